@@ -1,0 +1,130 @@
+// Loads and stores of storage elements for the CPU kernels: 8 (or 4 for float64) elements at a time
+// widened to the compute type, in GCC/Clang vector extensions so that one source compiles to SSE2
+// in the base build and to AVX2/F16C in the avx2 build. Only kernel sources include this, inside
+// their instruction-set namespace (FOMO_ISA), so no symbol is shared between the builds.
+#pragma once
+
+#if !defined(FOMO_ISA)
+#error "elements.h belongs to the per-instruction-set kernel sources (FOMO_ISA undefined)"
+#endif
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "fomo/math.h"
+
+#if defined(__FLT16_MANT_DIG__)
+#define FOMO_NATIVE_FLOAT16 1  // the compiler has _Float16 (hardware conversions with F16C)
+#endif
+
+namespace fomo {
+namespace cpu {
+namespace FOMO_ISA {
+
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef int64_t i64x4 __attribute__((vector_size(32)));
+
+// Arithmetic type for a storage type: float64 computes in double, everything else in float.
+template <class T>
+using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+template <class T>
+using vec_t = typename std::conditional<std::is_same<T, double>::value, f64x4, f32x8>::type;
+template <class T>
+constexpr int kLanes = std::is_same<T, double>::value ? 4 : 8;
+
+template <class V, class T>
+inline V load_raw(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V, class T>
+inline void store_raw(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// ---- scalars ----
+inline float load_one(const float* p) { return *p; }
+inline double load_one(const double* p) { return *p; }
+inline float load_one(const bfloat16_t* p) { return bf16_to_float(p->bits); }
+inline float load_one(const half_t* p) {
+#if defined(FOMO_NATIVE_FLOAT16)
+  _Float16 h;
+  std::memcpy(&h, p, 2);
+  return float(h);
+#else
+  return half_to_float(p->bits);
+#endif
+}
+
+inline void store_one(float* p, float v) { *p = v; }
+inline void store_one(double* p, double v) { *p = v; }
+inline void store_one(bfloat16_t* p, float v) { p->bits = float_to_bf16(v); }
+inline void store_one(half_t* p, float v) {
+#if defined(FOMO_NATIVE_FLOAT16)
+  const _Float16 h = _Float16(v);
+  std::memcpy(p, &h, 2);
+#else
+  p->bits = float_to_half(v);
+#endif
+}
+
+// ---- vectors of kLanes<T> elements ----
+inline f32x8 load_vec(const float* p) { return load_raw<f32x8>(p); }
+inline f64x4 load_vec(const double* p) { return load_raw<f64x4>(p); }
+inline f32x8 load_vec(const bfloat16_t* p) {
+  const u32x8 wide = __builtin_convertvector(load_raw<u16x8>(p), u32x8);
+  return (f32x8)(wide << 16);
+}
+inline f32x8 load_vec(const half_t* p) {
+#if defined(FOMO_NATIVE_FLOAT16)
+  typedef _Float16 f16x8 __attribute__((vector_size(16)));
+  return __builtin_convertvector(load_raw<f16x8>(p), f32x8);
+#else
+  f32x8 v;
+  for (int i = 0; i < 8; ++i) v[i] = half_to_float(p[i].bits);
+  return v;
+#endif
+}
+
+inline void store_vec(float* p, f32x8 v) { store_raw(p, v); }
+inline void store_vec(double* p, f64x4 v) { store_raw(p, v); }
+inline void store_vec(bfloat16_t* p, f32x8 v) {
+  // Same rounding as float_to_bf16 (math.h), lane by lane.
+  const u32x8 u = (u32x8)v;
+  const u32x8 magnitude = u & 0x7fffffffu;
+  const u32x8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const u32x8 quiet_nan = (u >> 16) | 0x0040u;
+  const u32x8 is_nan = (u32x8)(magnitude > 0x7f800000u);
+  store_raw(p, __builtin_convertvector((quiet_nan & is_nan) | (rounded & ~is_nan), u16x8));
+}
+inline void store_vec(half_t* p, f32x8 v) {
+#if defined(FOMO_NATIVE_FLOAT16)
+  typedef _Float16 f16x8 __attribute__((vector_size(16)));
+  store_raw(p, __builtin_convertvector(v, f16x8));
+#else
+  for (int i = 0; i < 8; ++i) p[i].bits = float_to_half(v[i]);
+#endif
+}
+
+// kLanes<T> elements widened to float64, as kLanes<T>/4 vectors.
+template <class T>
+inline void load_f64(const T* p, f64x4* out) {
+  if constexpr (std::is_same<T, double>::value) {
+    out[0] = load_vec(p);
+  } else {
+    const f32x8 v = load_vec(p);
+    out[0] = __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), f64x4);
+    out[1] = __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), f64x4);
+  }
+}
+
+inline f64x4 abs_f64(f64x4 v) { return (f64x4)((i64x4)v & INT64_MAX); }
+
+}  // namespace FOMO_ISA
+}  // namespace cpu
+}  // namespace fomo

@@ -1,0 +1,58 @@
+// The CPU kernels proper, compiled once per instruction set (namespaces base and avx2) and chosen
+// at run time by isa.cpp. They work chunk by chunk over a fixed partition of the runs (chunks.h),
+// which is what makes every result independent of the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "fomo/ops.h"
+
+namespace fomo {
+namespace cpu {
+
+// A stretch of one run: elements [begin, begin + count) of runs[run].
+struct Piece {
+  int64_t run;
+  int64_t begin;
+  int64_t count;
+};
+
+// Chunk c is pieces[chunk_begin[c] .. chunk_begin[c + 1]).
+struct ChunkTable {
+  const Piece* pieces;
+  const int64_t* chunk_begin;  // [num_chunks + 1]
+  int64_t num_chunks;
+};
+
+struct KernelSet {
+  // partials[c * count + k] = sum over chunk c of the distance terms of candidate which[k]
+  void (*distance_partials)(const ModelRuns& runs, const ChunkTable& chunks, Norm norm,
+                            const int64_t* which, int64_t count, double* partials);
+  // out = local + sum_k weights[k] * (candidate which[k] - local); count == 0 copies local's bits
+  void (*weighted_update)(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which,
+                          const double* weights, int64_t count);
+};
+
+#define FOMO_DECLARE_KERNEL_SET(isa)                                                       \
+  namespace isa {                                                                          \
+  void distance_partials(const ModelRuns&, const ChunkTable&, Norm, const int64_t*, int64_t, \
+                         double*);                                                         \
+  void weighted_update(const ModelRuns&, const ChunkTable&, const int64_t*, const double*,   \
+                       int64_t);                                                           \
+  }
+FOMO_DECLARE_KERNEL_SET(base)
+FOMO_DECLARE_KERNEL_SET(avx2)
+#undef FOMO_DECLARE_KERNEL_SET
+
+// Calls into a parallel region only pay off past this many elements of work.
+constexpr int64_t kParallelThreshold = int64_t(1) << 16;
+
+}  // namespace cpu
+}  // namespace fomo
+
+namespace fomo {
+namespace cpu {
+// The kernel set for this machine (isa.cpp).
+const KernelSet& kernels();
+}  // namespace cpu
+}  // namespace fomo

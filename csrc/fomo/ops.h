@@ -1,0 +1,73 @@
+// Kernel declarations over raw pointers. Nothing here knows Python or any framework: a model is a
+// table of runs (1-D strided stretches of elements that line up across the local model, the
+// output and every candidate), and every op reads and writes through that table.
+#pragma once
+
+#include <cstdint>
+
+namespace fomo {
+
+enum class DType : int32_t { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
+enum class Norm : int32_t { l2 = 0, l1 = 1 };
+
+// One stretch of `length` elements at the same logical positions in every model. Strides are in
+// elements and may be any value (views of views, transposes); `out` is null for read-only ops.
+struct Run {
+  DType dtype;
+  int64_t length;
+  const void* local;
+  int64_t local_stride;
+  void* out;
+  int64_t out_stride;
+};
+
+// The runs of one call and, for each run, where every candidate keeps that stretch.
+struct ModelRuns {
+  int64_t num_runs = 0;
+  int64_t num_candidates = 0;
+  const Run* runs = nullptr;
+  const void* const* candidate = nullptr;      // [num_runs * num_candidates], run-major
+  const int64_t* candidate_stride = nullptr;   // same layout
+  int64_t total_elements = 0;                  // sum of run lengths
+};
+
+// What happened to each candidate in a scoring pass (see math.h for the rules).
+enum CandidateStatus : uint8_t { kAccepted = 0, kRejected = 1, kSkipped = 2 };
+
+struct StepOptions {
+  Norm norm = Norm::l2;
+  double eps = 0.0;
+  bool all_scores = true;  // measure non-improving candidates too (their negative scores feed the affinity)
+  bool update = true;      // write the updated parameters to the runs' out pointers
+};
+
+// Per-candidate results of a step, caller-allocated, length num_candidates each.
+struct StepResult {
+  double* weights;
+  double* scores;     // NaN where skipped
+  double* distances;  // NaN where not measured
+  uint8_t* status;    // CandidateStatus
+};
+
+namespace cpu {
+
+// dist[m] = ||c_m - local|| for every m with measure[m] != 0 (others untouched); float64 sums with a
+// fixed chunking and reduction order, so the result does not depend on the thread count.
+void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist);
+
+// out = local + sum over m with weights[m] != 0 of weights[m] * (c_m - local). Candidates with a
+// zero weight are never read; with no nonzero weight out receives local's bits unchanged.
+void apply_update(const ModelRuns& runs, const double* weights);
+
+// The fused FedFomo step: distances of the candidates that need measuring, scores, weights, and
+// (when options.update) the update.
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
+               const double* candidate_losses, StepResult result);
+
+// Instruction set the dispatcher chose ("avx2" or "base") and OpenMP threads.
+const char* isa_name();
+int max_threads();
+void set_num_threads(int n);
+
+}  // namespace cpu
+}  // namespace fomo

@@ -1,0 +1,19 @@
+// Device dispatch, in one place: every op runs on the device its arrays live on.
+#pragma once
+
+#include "fomo/ops.h"
+#include "python/layout.h"
+
+namespace fomo {
+namespace python {
+
+void run_distances(const Layout& layout, Norm norm, const uint8_t* measure, double* distances);
+void run_update(const Layout& layout, const double* weights);
+void run_step(const Layout& layout, const StepOptions& options, double local_loss,
+              const double* candidate_losses, StepResult result);
+
+bool cuda_built();
+int cuda_device_count();
+
+}  // namespace python
+}  // namespace fomo

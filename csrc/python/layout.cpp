@@ -1,0 +1,206 @@
+#include "python/layout.h"
+
+#include "fomo/check.h"
+
+namespace fomo {
+namespace python {
+
+ModelRuns Layout::model_runs() const {
+  ModelRuns m;
+  m.num_runs = int64_t(runs.size());
+  m.num_candidates = num_candidates;
+  m.runs = runs.data();
+  m.candidate = candidate.data();
+  m.candidate_stride = candidate_stride.data();
+  m.total_elements = total_elements;
+  return m;
+}
+
+namespace {
+
+struct Leaves {
+  std::vector<ArrayView> local, out;
+  std::vector<std::vector<ArrayView>> candidates;  // [M][L]
+  std::vector<std::string> local_names, out_names;
+  std::vector<std::vector<std::string>> candidate_names;
+};
+
+bool overlaps(const ArrayView& a, const ArrayView& b) {
+  const auto x = a.extent(), y = b.extent();
+  return x.first < x.second && y.first < y.second && x.first < y.second && y.first < x.second;
+}
+
+bool same_view(const ArrayView& a, const ArrayView& b) {
+  return a.data == b.data && a.shape == b.shape && a.strides == b.strides;
+}
+
+void check_like(const ArrayView& v, const std::string& name, const ArrayView& ref, const std::string& ref_name) {
+  if (!v.floating || v.dtype != ref.dtype)
+    fail_type(name, " has dtype ", v.dtype_name, ", expected ", ref.dtype_name, " (the dtype of ", ref_name, ")");
+  if (v.shape != ref.shape)
+    fail_value(name, " has shape ", v.shape_str(), ", expected ", ref.shape_str(), " (the shape of ", ref_name, ")");
+  if (v.device != ref.device)
+    fail_value(name, " is on ", v.device.str(), ", expected ", ref.device.str(), " (the device of ", ref_name, ")");
+}
+
+Leaves read_leaves(const LayoutRequest& request) {
+  Leaves leaves;
+  const py::list local = py::reinterpret_borrow<py::list>(request.local);
+  const py::list names = py::reinterpret_borrow<py::list>(request.names);
+  const size_t num_leaves = local.size();
+  for (size_t l = 0; l < num_leaves; ++l) {
+    const std::string name = "local_params" + names[l].cast<std::string>();
+    ArrayView v = intake(local[l], name);
+    if (!v.floating)
+      fail_type(name, " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
+    if (l > 0 && v.device != leaves.local[0].device)
+      fail_value(name, " is on ", v.device.str(), ", expected ", leaves.local[0].device.str(),
+                 " (the device of ", leaves.local_names[0], ")");
+    leaves.local.push_back(std::move(v));
+    leaves.local_names.push_back(name);
+  }
+
+  if (py::isinstance<py::list>(request.candidates) || py::isinstance<py::tuple>(request.candidates)) {
+    const py::sequence models = py::reinterpret_borrow<py::sequence>(request.candidates);
+    for (size_t m = 0; m < models.size(); ++m) {
+      const py::list model = models[m].cast<py::list>();
+      std::vector<ArrayView> views;
+      std::vector<std::string> model_names;
+      for (size_t l = 0; l < num_leaves; ++l) {
+        const std::string name = concat("candidate_params[", m, "]", names[l].cast<std::string>());
+        views.push_back(intake(model[l], name));
+        check_like(views.back(), name, leaves.local[l], leaves.local_names[l]);
+        model_names.push_back(name);
+      }
+      leaves.candidates.push_back(std::move(views));
+      leaves.candidate_names.push_back(std::move(model_names));
+    }
+  } else {
+    const ArrayView block = intake(request.candidates, "candidate_params");
+    if (num_leaves != 1 || leaves.local[0].shape.size() != 1)
+      fail_value("candidate_params is one array, which needs local_params to be one flat 1-D array; "
+                 "give a list of models instead");
+    if (block.shape.size() != 2)
+      fail_value("candidate_params has shape ", block.shape_str(), ", expected (M, ", leaves.local[0].shape[0],
+                 ") (M candidates of local_params' size)");
+    for (int64_t m = 0; m < block.shape[0]; ++m) {
+      const std::string name = concat("candidate_params[", m, "]");
+      leaves.candidates.push_back({block.row(m)});
+      check_like(leaves.candidates.back()[0], name, leaves.local[0], leaves.local_names[0]);
+      leaves.candidate_names.push_back({name});
+    }
+  }
+
+  if (!request.out.is_none()) {
+    const py::list out = py::reinterpret_borrow<py::list>(request.out);
+    for (size_t l = 0; l < num_leaves; ++l) {
+      const std::string name = "out" + names[l].cast<std::string>();
+      leaves.out.push_back(intake(out[l], name));
+      check_like(leaves.out.back(), name, leaves.local[l], leaves.local_names[l]);
+      if (leaves.out.back().readonly) fail_value(name, " is read-only");
+      leaves.out_names.push_back(name);
+    }
+  }
+  return leaves;
+}
+
+// out may be local itself (in place) but must not otherwise share memory with anything the call
+// reads or writes: the update would read values it has already overwritten.
+void check_out_overlaps(const Leaves& leaves) {
+  for (size_t l = 0; l < leaves.out.size(); ++l) {
+    const ArrayView& o = leaves.out[l];
+    for (size_t k = 0; k < leaves.local.size(); ++k) {
+      if (k == l && same_view(o, leaves.local[k])) continue;
+      if (overlaps(o, leaves.local[k]))
+        fail_value(leaves.out_names[l], " overlaps ", leaves.local_names[k],
+                   " without being the same array; pass out=local_params to update in place, or a separate buffer");
+    }
+    for (size_t k = 0; k < l; ++k)
+      if (overlaps(o, leaves.out[k])) fail_value(leaves.out_names[l], " overlaps ", leaves.out_names[k]);
+    for (size_t m = 0; m < leaves.candidates.size(); ++m)
+      for (size_t k = 0; k < leaves.candidates[m].size(); ++k)
+        if (overlaps(o, leaves.candidates[m][k]))
+          fail_value(leaves.out_names[l], " overlaps ", leaves.candidate_names[m][k],
+                     "; the output must not share memory with a candidate");
+  }
+}
+
+// A dimension of a leaf, with its stride in each array (local, [out], candidates...).
+struct Dim {
+  int64_t size;
+  std::vector<int64_t> stride;
+};
+
+// Emits the leaf as runs: dimensions that every array walks contiguously are merged, so a
+// contiguous leaf is a single run and only genuinely strided views are cut into rows.
+void append_runs(Layout& layout, const std::vector<const ArrayView*>& arrays, bool has_out) {
+  const ArrayView& x = *arrays[0];
+  if (x.numel() == 0) return;
+  std::vector<Dim> dims;
+  for (size_t d = 0; d < x.shape.size(); ++d) {
+    if (x.shape[d] == 1) continue;
+    Dim dim{x.shape[d], {}};
+    for (const ArrayView* a : arrays) dim.stride.push_back(a->strides[d]);
+    if (!dims.empty()) {
+      Dim& outer = dims.back();
+      bool mergeable = true;
+      for (size_t a = 0; a < arrays.size(); ++a) mergeable = mergeable && outer.stride[a] == dim.stride[a] * dim.size;
+      if (mergeable) {
+        outer.size *= dim.size;
+        outer.stride = dim.stride;
+        continue;
+      }
+    }
+    dims.push_back(std::move(dim));
+  }
+  if (dims.empty()) dims.push_back(Dim{1, std::vector<int64_t>(arrays.size(), 1)});
+
+  const Dim inner = dims.back();
+  dims.pop_back();
+  int64_t num_rows = 1;
+  for (const Dim& d : dims) num_rows *= d.size;
+  const size_t first_candidate = has_out ? 2 : 1;
+  std::vector<int64_t> offset(arrays.size());
+  for (int64_t r = 0; r < num_rows; ++r) {
+    std::fill(offset.begin(), offset.end(), 0);
+    int64_t rest = r;
+    for (int64_t d = int64_t(dims.size()) - 1; d >= 0; --d) {
+      const int64_t index = rest % dims[d].size;
+      rest /= dims[d].size;
+      for (size_t a = 0; a < arrays.size(); ++a) offset[a] += index * dims[d].stride[a];
+    }
+    auto at = [&](size_t a) { return static_cast<char*>(arrays[a]->data) + offset[a] * x.itemsize; };
+    Run run{x.dtype, inner.size, at(0), inner.stride[0], nullptr, 0};
+    if (has_out) {
+      run.out = at(1);
+      run.out_stride = inner.stride[1];
+    }
+    layout.runs.push_back(run);
+    for (size_t a = first_candidate; a < arrays.size(); ++a) {
+      layout.candidate.push_back(at(a));
+      layout.candidate_stride.push_back(inner.stride[a]);
+    }
+    layout.total_elements += inner.size;
+  }
+}
+
+}  // namespace
+
+Layout build_layout(const LayoutRequest& request) {
+  const Leaves leaves = read_leaves(request);
+  check_out_overlaps(leaves);
+  Layout layout;
+  layout.num_candidates = int64_t(leaves.candidates.size());
+  if (!leaves.local.empty()) layout.device = leaves.local[0].device;
+  const bool has_out = !leaves.out.empty();
+  for (size_t l = 0; l < leaves.local.size(); ++l) {
+    std::vector<const ArrayView*> arrays{&leaves.local[l]};
+    if (has_out) arrays.push_back(&leaves.out[l]);
+    for (const auto& model : leaves.candidates) arrays.push_back(&model[l]);
+    append_runs(layout, arrays, has_out);
+  }
+  return layout;
+}
+
+}  // namespace python
+}  // namespace fomo

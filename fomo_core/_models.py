@@ -1,0 +1,187 @@
+"""Model structures: a flat array, or a sequence or mapping of layer arrays.
+
+This module turns the caller's models into the flat lists of floating-point leaves that the
+compiled kernels take, with a path name for every leaf so that errors can say exactly which array
+is wrong (``candidate_params[3]["fc.weight"]``), and builds outputs of the caller's own types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+import numpy as np
+
+__all__ = ["Structure", "parse_model", "candidate_leaves", "allocate_like", "is_array", "is_floating"]
+
+_FLOATING_NAMES = frozenset({"float16", "float32", "float64", "bfloat16", "float128", "longdouble"})
+_floating_cache: dict[Any, bool] = {}
+
+
+def is_array(x: Any) -> bool:
+    """Whether x looks like an array (NumPy, torch, or anything with shape and dtype)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, type)
+
+
+def is_floating(x: Any) -> bool:
+    """Whether an array holds real floating-point values (the entries FedFomo averages).
+
+    Integer and boolean entries (BatchNorm's ``num_batches_tracked``) take no part in distances or
+    updates. Complex values are not floating point here.
+    """
+    dtype = x.dtype
+    try:
+        return _floating_cache[dtype]
+    except (KeyError, TypeError):
+        pass
+    floating = getattr(dtype, "is_floating_point", None)  # torch.dtype
+    if floating is None:
+        kind = getattr(dtype, "kind", None)
+        floating = kind == "f" or str(getattr(dtype, "name", dtype)) in _FLOATING_NAMES
+    try:
+        _floating_cache[dtype] = bool(floating)
+    except TypeError:
+        pass
+    return bool(floating)
+
+
+def _key_name(key: Hashable) -> str:
+    return f'["{key}"]' if isinstance(key, str) else f"[{key!r}]"
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How a model is laid out: its kind, its keys in order and which leaves are floating."""
+
+    kind: str  # "flat" | "sequence" | "mapping"
+    keys: tuple  # () for flat; indices for a sequence; keys for a mapping
+    floating: tuple  # one bool per leaf
+    names: list  # path suffix of each floating leaf
+    container: type  # the caller's container type (list, tuple, dict, OrderedDict, ...)
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.floating)
+
+
+def parse_model(model: Any, role: str) -> tuple[Structure, list]:
+    """Splits a model into its structure and its leaves (all of them, floating or not)."""
+    if is_array(model):
+        return Structure("flat", (), (is_floating(model),), [""], type(model)), [model]
+    if isinstance(model, Mapping):
+        keys = tuple(model.keys())
+        leaves = [model[k] for k in keys]
+        names = [_key_name(k) for k in keys]
+        kind = "mapping"
+    elif isinstance(model, Sequence) and not isinstance(model, (str, bytes)):
+        keys = tuple(range(len(model)))
+        leaves = list(model)
+        names = [f"[{i}]" for i in keys]
+        kind = "sequence"
+    else:
+        raise TypeError(
+            f"{role} must be an array, a sequence of arrays or a mapping of arrays, "
+            f"got {type(model).__name__}"
+        )
+    floating = []
+    for name, leaf in zip(names, leaves):
+        if not is_array(leaf):
+            raise TypeError(f"{role}{name} must be an array, got {type(leaf).__name__}")
+        floating.append(is_floating(leaf))
+    float_names = [n for n, f in zip(names, floating) if f]
+    return Structure(kind, keys, tuple(floating), float_names, type(model)), leaves
+
+
+def floating_leaves(structure: Structure, leaves: list) -> list:
+    return [leaf for leaf, f in zip(leaves, structure.floating) if f]
+
+
+def _leaves_like(structure: Structure, model: Any, role: str) -> list:
+    """The floating leaves of `model`, which must have `structure`'s layout, in its order."""
+    if structure.kind == "flat":
+        if not is_array(model):
+            raise TypeError(f"{role} must be an array like local_params, got {type(model).__name__}")
+        return [model]
+    if structure.kind == "mapping":
+        if not isinstance(model, Mapping):
+            raise TypeError(f"{role} must be a mapping like local_params, got {type(model).__name__}")
+        if len(model) != len(structure.keys):
+            extra = [k for k in model.keys() if k not in set(structure.keys)]
+            if extra:
+                raise ValueError(f"{role} has entry {extra[0]!r}, which local_params does not have")
+        out = []
+        for key, f in zip(structure.keys, structure.floating):
+            if not f:
+                continue
+            try:
+                out.append(model[key])
+            except KeyError:
+                raise ValueError(f"{role} has no entry {key!r} (local_params has one)") from None
+        return out
+    if not isinstance(model, Sequence) or isinstance(model, (str, bytes)) or is_array(model):
+        raise TypeError(f"{role} must be a sequence of arrays like local_params, got {type(model).__name__}")
+    if len(model) != len(structure.keys):
+        raise ValueError(f"{role} has {len(model)} entries, expected {len(structure.keys)} (as local_params)")
+    return [leaf for leaf, f in zip(model, structure.floating) if f]
+
+
+def candidate_leaves(structure: Structure, local_float: list, candidates: Any) -> Any:
+    """What the kernels take as candidates: the [M, P] array itself (flat models), or one list of
+    floating leaves per candidate."""
+    if structure.kind == "flat" and is_array(candidates) and len(candidates.shape) != 1:
+        return candidates
+    if is_array(candidates):
+        if structure.kind == "flat":
+            raise ValueError(
+                f"candidate_params has shape {tuple(candidates.shape)}, expected (M, "
+                f"{tuple(local_float[0].shape)[0] if local_float[0].shape else 1}) (one row per candidate)"
+            )
+        raise TypeError("candidate_params must be a sequence of models (one per candidate), got an array")
+    if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+        raise TypeError(
+            "candidate_params must be a 2-D array [M, P] or a sequence of M models, "
+            f"got {type(candidates).__name__}"
+        )
+    return [_leaves_like(structure, c, f"candidate_params[{m}]") for m, c in enumerate(candidates)]
+
+
+def out_leaves(structure: Structure, out: Any) -> list:
+    return _leaves_like(structure, out, "out")
+
+
+def _empty_like(leaf: Any) -> Any:
+    if isinstance(leaf, np.ndarray):
+        return np.empty(leaf.shape, dtype=leaf.dtype)
+    module = type(leaf).__module__.split(".")[0]
+    if module == "torch":
+        import torch
+
+        return torch.empty(tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device)
+    return np.empty(tuple(leaf.shape), dtype=np.dtype(leaf.dtype))
+
+
+def _copy(leaf: Any) -> Any:
+    if isinstance(leaf, np.ndarray):
+        return leaf.copy()
+    if type(leaf).__module__.split(".")[0] == "torch":
+        return leaf.detach().clone()
+    return np.array(leaf)
+
+
+def allocate_like(structure: Structure, leaves: list) -> tuple[Any, list]:
+    """A new model of the local model's layout and array types: fresh buffers for the floating
+    leaves (returned second, for the kernels to fill) and copies of the others."""
+    new = [_empty_like(leaf) if f else _copy(leaf) for leaf, f in zip(leaves, structure.floating)]
+    float_new = [leaf for leaf, f in zip(new, structure.floating) if f]
+    if structure.kind == "flat":
+        return new[0], float_new
+    if structure.kind == "mapping":
+        try:
+            model = structure.container()
+        except TypeError:
+            model = {}
+        for key, leaf in zip(structure.keys, new):
+            model[key] = leaf
+        return model, float_new
+    return (tuple(new) if issubclass(structure.container, tuple) else list(new)), float_new

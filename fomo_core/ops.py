@@ -1,0 +1,234 @@
+"""The FedFomo ops: first-order scores, weights and the model update.
+
+Shapes: a model is a flat array [P], or a sequence or mapping of layer arrays (a state_dict, a
+Flower/Keras weight list). Candidates are a 2-D array [M, P] (flat models) or a sequence of M
+models laid out like the local one. Per-candidate results are float64 vectors [M] of the caller's
+array type (NumPy for NumPy input, torch for torch input). Entries that are not floating point
+take no part. Every argument is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from ._models import allocate_like, candidate_leaves, floating_leaves, out_leaves, parse_model
+
+__all__ = [
+    "Scores",
+    "StepResult",
+    "candidate_distances",
+    "first_order_scores",
+    "compute_weights",
+    "apply_update",
+    "fomo_step",
+]
+
+_NORMS = {"l2": 0, "l1": 1}
+_ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw first-order scores of the candidates.
+
+    scores:    [M] s_n = (L0 - L_n) / (d_n + eps); 0 where rejected, NaN where skipped
+    distances: [M] d_n, the l2 or l1 distance to the local model; NaN where not measured
+    rejected:  [M] bool, the candidate can never get weight (NaN/inf loss or distance, d + eps == 0)
+    skipped:   [M] bool, not measured because L_n >= L0 (only when scores of all candidates were
+               not asked for)
+    """
+
+    scores: Any
+    distances: Any
+    rejected: Any
+    skipped: Any
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Result of one fused FedFomo step.
+
+    params:    the updated model, laid out like local_params (``out`` when given)
+    weights:   [M] normalised weights w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 if none positive
+    scores, distances, rejected, skipped: as in :class:`Scores`
+    """
+
+    params: Any
+    weights: Any
+    scores: Any
+    distances: Any
+    rejected: Any
+    skipped: Any
+
+
+def _norm_code(norm: str) -> int:
+    try:
+        return _NORMS[norm]
+    except (KeyError, TypeError):
+        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}") from None
+
+
+def _check_eps(eps: float) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return value
+
+
+def _scalar(x: Any, name: str) -> float:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    try:
+        if getattr(x, "ndim", 0) != 0 and getattr(x, "size", 1) != 1:
+            raise TypeError
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}") from None
+
+
+def _vector(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    try:
+        v = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of real numbers, got {type(x).__name__}") from None
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {v.shape}")
+    return v
+
+
+class _Call:
+    """The parsed arguments of one op: the kernels' leaves plus what is needed to shape results."""
+
+    def __init__(self, local_params: Any, candidate_params: Any):
+        self.structure, self.leaves = parse_model(local_params, "local_params")
+        self.local = floating_leaves(self.structure, self.leaves)
+        if self.structure.kind == "flat" and not self.local:
+            raise TypeError(
+                f"local_params has dtype {self.leaves[0].dtype}; expected float32, float64, float16 or bfloat16"
+            )
+        self.candidates = candidate_leaves(self.structure, self.local, candidate_params)
+        first = self.leaves[0] if self.leaves else None
+        self.torch = first is not None and type(first).__module__.split(".")[0] == "torch"
+        self.device = first.device if self.torch else None
+
+    def vector(self, values: np.ndarray) -> Any:
+        """A result vector in the caller's array type."""
+        if self.torch:
+            import torch
+
+            return torch.from_numpy(values).to(self.device)
+        return values
+
+    def output(self, out: Any) -> tuple[Any, list]:
+        if out is None:
+            return allocate_like(self.structure, self.leaves)
+        return out, out_leaves(self.structure, out)
+
+    def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores):
+        weights, scores, distances, status = _C.step(
+            self.local,
+            self.candidates,
+            out_float,
+            self.structure.names,
+            _scalar(local_loss, "local_loss"),
+            _vector(candidate_losses, "candidate_losses"),
+            _norm_code(norm),
+            _check_eps(eps),
+            all_scores,
+        )
+        rejected = status == _REJECTED
+        skipped = status == _SKIPPED
+        return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))
+
+
+def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str = "l2") -> Any:
+    """Distance of every candidate to the local model, [M] float64.
+
+    ``norm="l2"``: sqrt(sum (c - x)^2); ``norm="l1"``: sum |c - x|; summed in float64 over the
+    floating-point entries, whatever their storage dtype.
+    """
+    call = _Call(local_params, candidate_params)
+    return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm)))
+
+
+def first_order_scores(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+) -> Scores:
+    """FedFomo's raw scores s_n = (L0 - L_n) / (||theta_n - theta_i|| + eps) of every candidate.
+
+    Every candidate is measured, improving or not (the affinity matrix adds negative scores too).
+    A candidate is rejected, score 0, when its loss, the local loss or its distance is NaN or
+    infinite, or when d + eps == 0.
+    """
+    call = _Call(local_params, candidate_params)
+    return call.step(None, local_loss, candidate_losses, norm, eps, True)[1]
+
+
+def compute_weights(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+) -> Any:
+    """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
+    score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless)."""
+    call = _Call(local_params, candidate_params)
+    weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False)
+    return call.vector(weights)
+
+
+def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out: Any = None) -> Any:
+    """theta_i + sum_n w_n (theta_n - theta_i), reading only candidates with a nonzero weight.
+
+    ``out`` (optional) receives the result and may be local_params itself (in place); otherwise a
+    new model of local_params' layout and array types is returned. With every weight 0 the result
+    equals local_params bit for bit.
+    """
+    call = _Call(local_params, candidate_params)
+    w = _vector(weights, "weights")
+    params, out_float = call.output(out)
+    _C.update(call.local, call.candidates, out_float, call.structure.names, w)
+    return params
+
+
+def fomo_step(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+    all_scores: bool = True,
+    out: Any = None,
+) -> StepResult:
+    """One fused FedFomo step: distances, scores, weights and the update in two passes over memory.
+
+    ``all_scores=True`` (default) measures every candidate so that the non-improving ones get
+    their (negative) scores for the affinity update; ``all_scores=False`` skips them (scores NaN,
+    ``skipped`` set). Weights and parameters are the same either way. ``out`` as in
+    :func:`apply_update`.
+    """
+    call = _Call(local_params, candidate_params)
+    params, out_float = call.output(out)
+    weights, scores = call.step(out_float, local_loss, candidate_losses, norm, eps, bool(all_scores))
+    return StepResult(params, call.vector(weights), scores.scores, scores.distances, scores.rejected, scores.skipped)
