@@ -41,6 +41,7 @@ bool overlaps(const ArrayView& a, const ArrayView& b) {
 // writing such an output would overwrite results element over element. Sorting the dimensions by
 // stride, each must step past everything the smaller ones span.
 bool self_overlapping(const ArrayView& v) {
+  if (v.numel() == 0) return false;
   std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size)
   for (size_t d = 0; d < v.shape.size(); ++d)
     if (v.shape[d] > 1) dims.push_back({v.strides[d] < 0 ? -v.strides[d] : v.strides[d], v.shape[d]});
