@@ -54,8 +54,9 @@ def bits(x: Any) -> np.ndarray:
     if is_torch(x):
         size = x.element_size()
         itype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
-        return x.detach().cpu().contiguous().view(itype).numpy().copy()
-    a = np.ascontiguousarray(x)
+        raw = x.detach().cpu().contiguous().view(itype).numpy()
+        return raw.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size]).copy()
+    a = np.array(x, order="C", copy=True)  # keeps 0-d arrays 0-d, unlike ascontiguousarray
     return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize]).copy()
 
 
@@ -306,18 +307,20 @@ def _losses(rng: np.random.Generator, local_loss: float, m: int, specials: bool)
 
 
 @st.composite
-def cases(draw, max_m: int = 16, specials: bool = True) -> Case:
-    dtype = draw(st.sampled_from(DTYPES))
-    backend = "torch" if dtype == "bfloat16" else draw(st.sampled_from(["numpy", "torch"]))
+def cases(draw, max_m: int = 16, specials: bool = True, dtypes=DTYPES, backends=("numpy", "torch"),
+          leaf_views=LEAF_VIEWS, block_views=BLOCK_VIEWS) -> Case:
+    """A FedFomo call; the keyword arguments narrow what is drawn."""
+    dtype = draw(st.sampled_from(dtypes))
+    backend = "torch" if dtype == "bfloat16" else draw(st.sampled_from(backends))
     layout = draw(model_layouts())
     m = draw(st.one_of(st.integers(1, max_m), st.integers(2, max_m), st.integers(0, max_m)))
     seed = draw(st.integers(0, 2**32 - 1))
     scale = draw(st.sampled_from([1e-6, 1e-3, 1.0, 100.0]))
     n_float = sum(layout.floating)
-    leaf_views = [draw(st.sampled_from(LEAF_VIEWS)) for _ in range(n_float)]
+    local_views = [draw(st.sampled_from(leaf_views)) for _ in range(n_float)]
     candidate_form = "list"
     if layout.kind == "flat":
-        candidate_form = draw(st.sampled_from(["list"] + [f"block_{v}" for v in BLOCK_VIEWS]))
+        candidate_form = draw(st.sampled_from(["list"] + [f"block_{v}" for v in block_views]))
     param_specials = specials and draw(st.integers(0, 5)) == 0
     loss_specials = specials and draw(st.integers(0, 7)) == 0
     local_loss = 2.0
@@ -363,7 +366,7 @@ def cases(draw, max_m: int = 16, specials: bool = True) -> Case:
                 leaves.append(_integer_leaf(shape, backend, counter))
         return assemble(layout, leaves)
 
-    local = build(local_values, leaf_views, 7)
+    local = build(local_values, local_views, 7)
     if candidate_form.startswith("block_"):
         p_size = float_shapes[0][0]
         block = np.array([c[0] for c in candidate_values]).reshape(m, p_size)
@@ -373,7 +376,7 @@ def cases(draw, max_m: int = 16, specials: bool = True) -> Case:
     else:
         candidates = []
         for n, values in enumerate(candidate_values):
-            views = [draw(st.sampled_from(LEAF_VIEWS)) for _ in range(n_float)]
+            views = [draw(st.sampled_from(leaf_views)) for _ in range(n_float)]
             candidates.append(build(values, views, 100 + n))
     return Case(dtype, backend, layout, local, candidates, local_loss, losses, weights, norm, eps,
-                all_scores, m, leaf_views, candidate_form, seed, placed)
+                all_scores, m, local_views, candidate_form, seed, placed)
