@@ -99,7 +99,7 @@ def mirror_to_torch(case: Case):
     return convert(case.local), convert(case.candidates)
 
 
-@settings(max_examples=80)
+@settings(max_examples=150)
 @given(case=cases(backends=("numpy",), dtypes=("float32", "float64", "float16"),
                   leaf_views=("contiguous", "offset", "strided", "transposed"),
                   block_views=tuple(v for v in BLOCK_VIEWS if v != "reversed")))
