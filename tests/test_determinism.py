@@ -216,7 +216,8 @@ def test_base_and_avx2_builds_agree_within_tolerance(fresh_runs):
         for norm in ("l2", "l1"):
             prefix = f"{name}/{norm}/"
             # each build is within the table's bound of the exact value, so they are within twice it
-            for field, rtol in (("distances", distance_rtol(n)), ("weights", weight_rtol(n, m))):
+            # 16/32-bit leaves in both models: float32 differences are the coarsest
+            for field, rtol in (("distances", distance_rtol(n, "float32")), ("weights", weight_rtol(n, m, "float32"))):
                 a, b = default[prefix + field], base[prefix + field]
                 assert np.all(np.abs(a - b) <= 2 * rtol * np.abs(a)), (prefix + field, a, b)
             assert np.any(default[prefix + "weights"] > 0)
@@ -225,6 +226,6 @@ def test_base_and_avx2_builds_agree_within_tolerance(fresh_runs):
                     leaf = key[len(prefix + "params"):]
                     dtype = str(default[prefix + "dtype" + leaf])
                     bound = update_bound(dtype, m, default[prefix + "value" + leaf],
-                                         default[prefix + "magnitude" + leaf], weight_rtol(n, m))
+                                         default[prefix + "magnitude" + leaf], weight_rtol(n, m, "float32"))
                     diff = np.abs(default[key] - base[key])
                     assert np.all(diff <= 2 * bound), (key, np.max(diff / (2 * bound)))

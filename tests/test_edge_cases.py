@@ -117,7 +117,7 @@ def test_nonimproving_poisoned_candidate_never_reaches_the_model(all_scores):
     expected = ref.fomo_step(x, [poisoned, good], 1.0, [3.0, 0.5], all_scores=all_scores)
     assert_update_close("params", "float32", 2, res.params, expected.params,
                         ref.fomo_step(x, [poisoned, good], 1.0, [3.0, 0.5], rounded=False).params,
-                        np.abs(x) + np.abs(good - x), weight_error=weight_rtol(100, 2))
+                        np.abs(x) + np.abs(good - x), weight_error=weight_rtol(100, 2, "float32"))
 
 
 @pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
@@ -143,12 +143,12 @@ def test_candidate_identical_to_local(norm):
     res = fc.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5)  # eps > 0: a huge, finite score
     assert not bool(res.rejected[0]) and res.scores[0] == (2.0 - 1.0) / (0.0 + 1e-5)
     expected = ref.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5)
-    assert_vector_close("weights", res.weights, expected.weights, weight_rtol(64, 2))
+    assert_vector_close("weights", res.weights, expected.weights, weight_rtol(64, 2, "float32"))
     assert res.weights[0] > 0.99
     assert_update_close("params", "float32", 2, res.params, expected.params,
                         ref.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5, rounded=False).params,
                         np.abs(x) + res.weights[1] * np.abs(other.astype(np.float64) - x),
-                        weight_error=weight_rtol(64, 2))
+                        weight_error=weight_rtol(64, 2, "float32"))
 
 
 @pytest.mark.parametrize("form", ["list", "block", "broadcast"])
@@ -165,11 +165,11 @@ def test_duplicate_candidates_get_identical_weights(form):
     res = fc.fomo_step(x, cands, 2.0, losses)
     assert res.weights[0] == res.weights[1] and res.scores[0] == res.scores[1]
     expected = ref.fomo_step(x, cands, 2.0, losses)
-    assert_vector_close("weights", res.weights, expected.weights, weight_rtol(300, 3))
+    assert_vector_close("weights", res.weights, expected.weights, weight_rtol(300, 3, "float64"))
     rounded = ref.fomo_step(x, cands, 2.0, losses, rounded=False).params
     magnitude = np.abs(x) + sum(w * np.abs(c - x) for w, c in zip(expected.weights, [a, a, a if form == "broadcast" else b]))
     assert_update_close("params", "float64", 3, res.params, expected.params, rounded, magnitude,
-                        weight_error=weight_rtol(300, 3))
+                        weight_error=weight_rtol(300, 3, "float64"))
 
 
 # ---- out aliasing the input; read-only inputs --------------------------------------------------
@@ -271,13 +271,13 @@ def test_mixed_layer_dtypes_match_reference(backend):
     expected = ref.fomo_step(local, cands, 2.0, losses)
     value = ref.fomo_step(local, cands, 2.0, losses, rounded=False).params
     n = sum(int(np.prod(s)) for s in shapes)
-    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3))
+    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3, "float32"))
     for d in dtypes:
         assert got.params[d].dtype == local[d].dtype
         x = to_f64(local[d])
         magnitude = np.abs(x) + sum(w * np.abs(to_f64(c[d]) - x) for w, c in zip(expected.weights, cands))
         assert_update_close(f"params[{d}]", d, 3, got.params[d], expected.params[d], value[d], magnitude,
-                            weight_error=weight_rtol(n, 3))
+                            weight_error=weight_rtol(n, 3, "float32"))
 
 
 def test_non_floating_entries_are_left_alone():

@@ -95,7 +95,7 @@ def test_candidate_distances_match_reference(case: Case):
     got = fc.candidate_distances(case.local, case.candidates, norm=case.norm)
     expected = ref.candidate_distances(case.local, case.candidates, norm=case.norm)
     assert_vector_type(case, got, F64)
-    assert_vector_close("distances", got, expected, distance_rtol(case.num_elements))
+    assert_vector_close("distances", got, expected, distance_rtol(case.num_elements, case.dtype))
     assert_inputs_unchanged(case, before)
 
 
@@ -114,8 +114,8 @@ def test_first_order_scores_match_reference(case: Case):
         assert_vector_type(case, v, BOOL)
         assert np.array_equal(np.asarray(v), getattr(expected, name)), (name, v, getattr(expected, name))
     assert not np.any(np.asarray(got.skipped)), "first_order_scores measures every candidate"
-    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(case.num_elements))
-    assert_vector_close("scores", got.scores, expected.scores, score_rtol(case.num_elements))
+    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(case.num_elements, case.dtype))
+    assert_vector_close("scores", got.scores, expected.scores, score_rtol(case.num_elements, case.dtype))
     assert_inputs_unchanged(case, before)
 
 
@@ -128,7 +128,7 @@ def test_compute_weights_match_reference(case: Case):
     expected = ref.compute_weights(case.local, case.candidates, case.local_loss, case.losses,
                                    norm=case.norm, eps=case.eps)
     assert_vector_type(case, got, F64)
-    assert_vector_close("weights", got, expected, weight_rtol(case.num_elements, case.m))
+    assert_vector_close("weights", got, expected, weight_rtol(case.num_elements, case.m, case.dtype))
     w = np.asarray(got)
     assert np.all(w >= 0)
     assert w.sum() == 0 or abs(w.sum() - 1) <= (case.m + 2) * 2**-52
@@ -176,15 +176,15 @@ def test_fomo_step_matches_reference(case: Case, mode: str, data):
         v = getattr(got, name)
         assert_vector_type(case, v, BOOL)
         assert np.array_equal(np.asarray(v), getattr(expected, name)), (name, v, getattr(expected, name))
-    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n))
-    assert_vector_close("scores", got.scores, expected.scores, score_rtol(n))
-    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, case.m))
+    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n, case.dtype))
+    assert_vector_close("scores", got.scores, expected.scores, score_rtol(n, case.dtype))
+    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, case.m, case.dtype))
     if out is not None:
         assert got.params is out
     assert_same_structure(case, got.params)
     assert_update_close("params", case.dtype, case.m, flat_values(case.layout, got.params),
                         flat_values(case.layout, expected.params), flat_values(case.layout, value),
-                        magnitude, weight_error=weight_rtol(n, case.m))
+                        magnitude, weight_error=weight_rtol(n, case.m, case.dtype))
     assert_inputs_unchanged(case, before, in_place=mode == "inplace")
     for p, b in zip(out_placed, out_before):
         assert untouched_outside(p, b), "out was written outside its view"
@@ -193,14 +193,12 @@ def test_fomo_step_matches_reference(case: Case, mode: str, data):
 @settings(max_examples=200)
 @given(case=cases())
 def test_ops_agree_with_each_other_bitwise(case: Case):
-    """DESIGN: weights and parameters are identical with and without all_scores; compute_weights,
-    first_order_scores and apply_update are the fused step's parts."""
+    """compute_weights, first_order_scores and apply_update are the fused step's parts; a candidate
+    with weight 0 is never read, so leaving it out changes no bit."""
     args = (case.local, case.candidates, case.local_loss, case.losses)
     options = dict(norm=case.norm, eps=case.eps)
     full = fc.fomo_step(*args, **options, all_scores=True)
     lean = fc.fomo_step(*args, **options, all_scores=False)
-    assert np.array_equal(bits(full.weights), bits(lean.weights))
-    assert np.array_equal(bits(flat_values(case.layout, full.params)), bits(flat_values(case.layout, lean.params)))
     assert np.array_equal(bits(fc.compute_weights(*args, **options)), bits(lean.weights))
     scores = fc.first_order_scores(*args, **options)
     assert np.array_equal(bits(scores.scores), bits(full.scores))
@@ -208,9 +206,52 @@ def test_ops_agree_with_each_other_bitwise(case: Case):
     assert np.array_equal(np.asarray(scores.rejected), np.asarray(full.rejected))
     updated = fc.apply_update(case.local, case.candidates, full.weights)
     assert np.array_equal(bits(flat_values(case.layout, updated)), bits(flat_values(case.layout, full.params)))
-    # where measured, the lean step's distances are the full step's
+    models = case.candidate_models()
+    nonzero = [k for k in range(case.m) if case.weights[k] != 0]
+    same = fc.apply_update(case.local, [models[k] for k in nonzero], case.weights[nonzero])
+    every = fc.apply_update(case.local, case.candidates, case.weights)
+    assert np.array_equal(bits(flat_values(case.layout, same)), bits(flat_values(case.layout, every)))
+
+
+MIXED_LAYOUT_GROUPS = (
+    "csrc/cpu/distances.cpp piece_sums: a group of up to 4 candidates takes strided_sum for all of "
+    "them when any one is strided, so a contiguous candidate's distance depends on which candidates "
+    "are measured with it, and all_scores changes the weights and parameters (DESIGN: identical); "
+    "fix: choose contiguous_sums<N, T, 1> or strided_sum per candidate in the !contiguous branch"
+)
+
+
+@settings(max_examples=200)
+@given(case=cases())
+def test_all_scores_changes_no_bit(case: Case):
+    """DESIGN: weights and parameters are identical with and without all_scores (so a candidate's
+    distance must not depend on which others are measured with it). Not asserted: a candidate's
+    distance measured alone equals its distance among others -- the run table splits a leaf where
+    any candidate's strides differ, which changes the summation order for all of them.
+    (The known violation, MIXED_LAYOUT_GROUPS below, needs a rare mix of layouts and losses that
+    these examples do not hit; the test after this one pins it down.)"""
+    args = (case.local, case.candidates, case.local_loss, case.losses)
+    options = dict(norm=case.norm, eps=case.eps)
+    full = fc.fomo_step(*args, **options, all_scores=True)
+    lean = fc.fomo_step(*args, **options, all_scores=False)
+    assert np.array_equal(bits(full.weights), bits(lean.weights))
+    assert np.array_equal(bits(flat_values(case.layout, full.params)), bits(flat_values(case.layout, lean.params)))
     measured = ~np.asarray(lean.skipped) & ~np.isnan(np.asarray(lean.distances))
     assert np.array_equal(bits(np.asarray(lean.distances)[measured]), bits(np.asarray(full.distances)[measured]))
+
+
+@pytest.mark.xfail(reason=MIXED_LAYOUT_GROUPS, strict=True)
+def test_all_scores_changes_no_bit_with_a_strided_worse_candidate():
+    """The minimal case: a worse candidate that is a strided view, measured (all_scores=True) in
+    the same group as two improving contiguous ones, changes their distances' last bits."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1000)
+    a, b = x + rng.standard_normal(1000), x + rng.standard_normal(1000)
+    worse = np.repeat(x + 1.0, 2)[::2]  # stride 2
+    full = fc.fomo_step(x, [worse, a, b], 2.0, [3.0, 1.0, 1.5], all_scores=True)
+    lean = fc.fomo_step(x, [worse, a, b], 2.0, [3.0, 1.0, 1.5], all_scores=False)
+    assert np.array_equal(bits(full.weights), bits(lean.weights))
+    assert np.array_equal(bits(full.params), bits(lean.params))
 
 
 # ---- several chunks, against the reference ------------------------------------------------------
@@ -240,11 +281,11 @@ def test_multi_chunk_layers_match_reference(dtype, norm):
     got = fc.fomo_step(local, candidates, 2.0, losses, norm=norm, eps=1e-5)
     n = layout.num_elements()
     assert n > 3 * 16384
-    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n))
-    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3))
+    assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n, dtype))
+    assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3, dtype))
     assert np.count_nonzero(np.asarray(got.weights)) == 2  # two improving candidates move the model
     case_like = Case(dtype, backend, layout, local, candidates, 2.0, losses, np.asarray(expected.weights),
                      norm, 1e-5, True, 3, views, "list", 0)
     assert_update_close("params", dtype, 3, flat_values(layout, got.params), flat_values(layout, expected.params),
                         flat_values(layout, value), case_like.magnitude(expected.weights),
-                        weight_error=weight_rtol(n, 3))
+                        weight_error=weight_rtol(n, 3, dtype))

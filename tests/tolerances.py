@@ -5,9 +5,12 @@ perform that the reference (fomo_core.reference: correctly rounded float64 sums,
 normalisation, one rounding of the update to the storage dtype) does not, and how large they can
 get. With u the unit roundoff of a format (half its machine epsilon):
 
-- distances are accumulated in float64 for every storage dtype, so they differ from the
-  correctly rounded sum only by the float64 roundings of a blocked sum of n non-negative terms:
-  |d - d_ref| <= (n + 4) * 2u64 * d_ref;
+- distances: each difference c - x is formed in the storage type's compute type (float64 for
+  float64 storage, the same rounding the reference does; float32 for float32, float16 and bfloat16
+  storage: one rounding, relative error <= u32, csrc/cpu/distances.cpp scalar_term), then squared
+  (l2) and summed in float64: a blocked sum of n non-negative terms, whose float64 roundings the
+  correctly rounded reference does not make. So |d - d_ref| <= (u_diff + (n + 4) * 2u64) * d_ref
+  (a relative error e of every difference is a relative error e of l1, and of l2 after sqrt);
 - scores s = (L0 - Ln) / (d + eps) inherit the relative error of d plus one division;
 - weights w = s / sum(s) inherit twice the scores' error plus the M additions of the sum;
 - the update out = x + sum_k w_k (c_k - x) is computed by the kernels in the storage type's
@@ -33,6 +36,7 @@ U64 = 2.0**-53  # unit roundoff of float64: distances, scores and weights are fl
 
 @dataclass(frozen=True)
 class DtypeTolerance:
+    difference_unit: float  # relative error of the distance pass's element differences c - x
     storage_unit: float  # unit roundoff of the storage format (one rounding of the result to it)
     compute_unit: float  # unit roundoff of the type the update kernel accumulates in
     tiny: float  # smallest positive subnormal of the storage format: absolute floor
@@ -41,51 +45,60 @@ class DtypeTolerance:
 
 TOLERANCES: dict[str, DtypeTolerance] = {
     "float64": DtypeTolerance(
-        storage_unit=2.0**-53,
+        difference_unit=0.0,  # the float64 difference the reference forms too
         compute_unit=2.0**-53,
         tiny=2.0**-1074,
-        reason="update accumulated in float64 (M + 4 roundings) and stored as is",
+        storage_unit=2.0**-53,
+        reason="differences, squares and sums in float64; update accumulated in float64 "
+        "(M + 4 roundings) and stored as is",
     ),
     "float32": DtypeTolerance(
+        difference_unit=2.0**-24,
         storage_unit=2.0**-24,
         compute_unit=2.0**-24,
         tiny=2.0**-149,
-        reason="update accumulated in float32 registers, the storage type itself (M + 4 roundings)",
+        reason="distance differences rounded once to float32; update accumulated in float32 "
+        "registers, the storage type itself (M + 4 roundings)",
     ),
     "float16": DtypeTolerance(
+        difference_unit=2.0**-24,
         storage_unit=2.0**-11,
         compute_unit=2.0**-24,
         tiny=2.0**-24,
-        reason="update accumulated in float32 (M + 4 roundings), then one rounding to float16, "
+        reason="distance differences formed in float32 (exact unless the operands are more than 13 "
+        "binades apart); update accumulated in float32 (M + 4 roundings), then one rounding to float16, "
         "which may fall on the other side of a float16 tie than the exact value's rounding",
     ),
     "bfloat16": DtypeTolerance(
+        difference_unit=2.0**-24,
         storage_unit=2.0**-8,
         compute_unit=2.0**-24,
         tiny=2.0**-133,
-        reason="update accumulated in float32 (M + 4 roundings), then one rounding to bfloat16, "
+        reason="distance differences formed in float32 (exact unless the operands are more than 16 "
+        "binades apart); update accumulated in float32 (M + 4 roundings), then one rounding to bfloat16, "
         "which may fall on the other side of a bfloat16 tie than the exact value's rounding",
     ),
 }
 
 
-def distance_rtol(num_elements: int) -> float:
-    """Relative bound of a float64 blocked sum of non-negative terms (the order of the sum and FMA
-    contraction of l2's diff * diff + acc are the only differences from the correctly rounded
-    reference; sqrt only halves a relative error)."""
-    return (num_elements + 4) * 2 * U64
+def distance_rtol(num_elements: int, dtype: str) -> float:
+    """Relative bound on a distance: the element differences' rounding (difference_unit; sqrt
+    keeps it for l2), plus a float64 blocked sum of non-negative terms (the order of the sum and
+    FMA contraction of l2's diff * diff + acc are its only other differences from the correctly
+    rounded reference). For a model mixing dtypes, pass the one with the largest difference_unit."""
+    return TOLERANCES[dtype].difference_unit + (num_elements + 4) * 2 * U64
 
 
-def score_rtol(num_elements: int) -> float:
+def score_rtol(num_elements: int, dtype: str) -> float:
     """The distance's relative error carried through (d + eps) (eps >= 0 only shrinks it) plus the
     subtraction and the division."""
-    return distance_rtol(num_elements) + 4 * U64
+    return distance_rtol(num_elements, dtype) + 4 * U64
 
 
-def weight_rtol(num_elements: int, num_candidates: int) -> float:
+def weight_rtol(num_elements: int, num_candidates: int, dtype: str) -> float:
     """w = s / sum(s): the score's error twice (numerator and the sum) plus the M float64 additions
     of the kernels' sum, which the reference does exactly."""
-    return 2 * score_rtol(num_elements) + (num_candidates + 4) * U64
+    return 2 * score_rtol(num_elements, dtype) + (num_candidates + 4) * U64
 
 
 def update_bound(dtype: str, num_candidates: int, value: np.ndarray, magnitude: np.ndarray,
