@@ -94,6 +94,11 @@ def out_dict_overlapping_leaves(p):
     return {"w": buf[:6].reshape(2, 3), "b": buf[5:8], "n": np.array(0)}
 
 
+def overlapping_rows(p):
+    raw = np.full(8, 7.0, np.float32)
+    return [np.lib.stride_tricks.as_strided(raw, shape=(2, 6), strides=(4, 4), writeable=True)]
+
+
 # (id, ops, build, exception, message pattern that names the argument)
 CASES = [
     # local_params
@@ -201,29 +206,20 @@ CASES = [
      r'out\["b"\] has shape \(4,\), expected \(3,\)'),
     ("out-leaves-overlap", OUT_OPS, with_(layered, out=out_dict_overlapping_leaves), ValueError,
      r'out\["b"\] overlaps out\["w"\]'),
+    ("out-expanded", OUT_OPS, with_(flat, local=lambda p: torch.from_numpy(p["local"]),
+                                    cands=lambda p: torch.from_numpy(p["cands"]),
+                                    out=lambda p: torch.full((1,), 7.0).expand(6)),
+     ValueError, r"out has elements that share memory"),
+    ("out-overlapping-rows", OUT_OPS, with_(flat, local=lambda p: [p["local"].reshape(2, 3).repeat(2, axis=1)],
+                                            cands=lambda p: [[c.reshape(2, 3).repeat(2, axis=1)] for c in p["cands"]],
+                                            out=overlapping_rows),
+     ValueError, r"out\[0\] has elements that share memory"),
 ]
 
 UNNAMED_ARGUMENT = "csrc/python/intake.cpp from_buffer: the stride error does not name the argument"
 LENIENT_STRINGS = ("ops._scalar/_vector/_check_eps pass strings to float()/np.asarray, which parse "
                    "numeric text: a str loss or eps is accepted instead of raising TypeError")
-SELF_OVERLAP = ("csrc/python/layout.cpp check_out_overlaps compares out with the other arrays only: an out "
-                "whose own elements share memory (torch expand, as_strided) is written element over element")
-
-
-def overlapping_rows(p):
-    raw = np.full(8, 7.0, np.float32)
-    return [np.lib.stride_tricks.as_strided(raw, shape=(2, 6), strides=(4, 4), writeable=True)]
-
-
 KNOWN_BUGS = [
-    ("out-expanded", OUT_OPS, with_(flat, local=lambda p: torch.from_numpy(p["local"]),
-                                    cands=lambda p: torch.from_numpy(p["cands"]),
-                                    out=lambda p: torch.full((1,), 7.0).expand(6)),
-     ValueError, r"out .*(overlap|memory)", SELF_OVERLAP),
-    ("out-overlapping-rows", OUT_OPS, with_(flat, local=lambda p: [p["local"].reshape(2, 3).repeat(2, axis=1)],
-                                            cands=lambda p: [[c.reshape(2, 3).repeat(2, axis=1)] for c in p["cands"]],
-                                            out=overlapping_rows),
-     ValueError, r"out\[0\] .*(overlap|memory)", SELF_OVERLAP),
     ("cand-bad-strides", MODEL_OPS, with_(flat, cands=lambda p: [p["cands"][0], bad_strides(p["local"])]),
      ValueError, r"candidate_params\[1\].*strides", UNNAMED_ARGUMENT),
     ("local-loss-numeric-text", LOSS_OPS, with_(flat, l0="2.0"), TypeError, r"local_loss", LENIENT_STRINGS),
