@@ -122,6 +122,12 @@ int pointer_device(const void* pointer) {
   return attributes.device;
 }
 
+int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
 void stream_wait(int device, void* waiter, void* producer) {
   if (waiter == producer) return;
   DeviceGuard guard(device);

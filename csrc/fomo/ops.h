@@ -96,6 +96,8 @@ int device_count();
 // The device that owns the memory at `pointer` (for arrays that do not say, like
 // __cuda_array_interface__); throws when CUDA cannot tell.
 int pointer_device(const void* pointer);
+// The calling thread's current device (where an empty array with a null pointer belongs).
+int current_device();
 // Makes `waiter` wait for the work queued so far on `producer` (both streams of `device`).
 void stream_wait(int device, void* waiter, void* producer);
 
