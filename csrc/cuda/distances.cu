@@ -1,5 +1,7 @@
 // Distance pass on the GPU: per piece and candidate, the float64 sum of (c - x)^2 or |c - x| with
-// 16-byte loads where the run allows, then a fixed-order final pass per candidate.
+// 16-byte loads where the run allows, then a fixed-order final pass per candidate. The element
+// arithmetic is the CPU's: the difference in the compute type (exact for float64 storage, one
+// float32 rounding for 16/32-bit storage), its square or absolute value and the sums in float64.
 #include <type_traits>
 
 #include "cuda/passes.cuh"
@@ -7,6 +9,11 @@
 namespace fomo {
 namespace cuda {
 namespace {
+
+template <Norm N, class C>
+__device__ __forceinline__ double term(C c, C x) {
+  return distance_term<N>(double(c - x));
+}
 
 template <Norm N, class T>
 __device__ double piece_sum(const DeviceRuns& t, const Piece& p, int64_t candidate) {
@@ -27,14 +34,14 @@ __device__ double piece_sum(const DeviceRuns& t, const Piece& p, int64_t candida
     for (int64_t v = threadIdx.x; v < vectors; v += kThreads) {
       const Vector<T> xv = load_vector(x + v * L), cv = load_vector(c + v * L);
 #pragma unroll
-      for (int i = 0; i < L; ++i) lane[i] += distance_term<N>(double(cv.v[i]) - double(xv.v[i]));
+      for (int i = 0; i < L; ++i) lane[i] += term<N>(cv.v[i], xv.v[i]);
     }
 #pragma unroll
     for (int i = 0; i < L; ++i) sum += lane[i];
     scalar_from = vectors * L;
   }
   for (int64_t j = scalar_from + threadIdx.x; j < p.count; j += kThreads)
-    sum += distance_term<N>(double(E::load(c + j * sc)) - double(E::load(x + j * sx)));
+    sum += term<N>(E::load(c + j * sc), E::load(x + j * sx));
   return sum;
 }
 
