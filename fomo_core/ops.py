@@ -182,8 +182,11 @@ class _Call:
         return int(self.candidates.shape[0])
 
     def device_results(self, count: int) -> list | None:
-        """Result vectors on the call's CUDA device (None for host arrays: the kernels return NumPy)."""
-        if self.cuda is None:
+        """Result vectors on the call's CUDA device (None for host arrays: the kernels return NumPy).
+
+        Without usable CUDA (a build without it, or no device) there is nothing to allocate on: the
+        kernels' intake then rejects the CUDA arrays with an error that names the argument."""
+        if self.cuda is None or not _C.has_cuda():
             return None
         return _device_vectors(self.first_float, self.cuda, self.num_candidates(), count)
 
@@ -199,7 +202,7 @@ class _Call:
 
     def output(self, out: Any) -> tuple[Any, list]:
         if out is None:
-            if self.cuda is not None and not self.torch:
+            if self.cuda is not None and not self.torch and _C.has_cuda():
                 raise TypeError(
                     f"local_params holds {type(self.first_float).__name__} CUDA arrays: pass out= "
                     "(fomo_core allocates new CUDA models for torch tensors only)"
