@@ -247,6 +247,7 @@ std::vector<int64_t> element_strides(const std::vector<int64_t>& bytes, int64_t 
 bool from_cuda_array_interface(py::handle obj, ArrayView& v, const std::string& what) {
   if (!py::hasattr(obj, "__cuda_array_interface__")) return false;
 #if !defined(FOMO_HAVE_CUDA)
+  (void)v;
   fail_no_cuda(what, type_name(obj));
 #else
   py::dict face = obj.attr("__cuda_array_interface__");
