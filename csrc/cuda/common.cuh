@@ -146,7 +146,9 @@ struct Vector {
 
 template <class T>
 __device__ __forceinline__ Vector<T> load_vector(const T* p) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  // A plain load, not __ldg: the update may write the local model in place during the kernel, which
+  // the non-coherent read-only path does not allow.
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
   T items[kVectorLanes<T>];
   static_assert(sizeof items == sizeof raw, "a vector is 16 bytes");
   memcpy(items, &raw, sizeof raw);
