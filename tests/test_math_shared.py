@@ -233,3 +233,12 @@ def test_normalise_weights_empty():
 )
 def test_needs_distance(all_scores, l0, ln, expected):
     assert mc.needs_distance(all_scores, l0, ln) is expected
+
+
+def test_normalise_weights_survives_a_sum_that_overflows():
+    # each score is finite but their float64 sum is not: the weights are still a distribution
+    scores = np.array([1e308, 1.5e308, -1.0, 5e307])
+    status = np.full(4, ACCEPTED, dtype=np.uint8)
+    w = mc.normalise_weights(scores, status)
+    assert np.isfinite(w).all()
+    np.testing.assert_allclose(w, [1 / 3.0, 0.5, 0.0, 1 / 6.0], rtol=4 * 2.0**-53, atol=0)  # a few float64 roundings
