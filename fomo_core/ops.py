@@ -5,6 +5,11 @@ Flower/Keras weight list). Candidates are a 2-D array [M, P] (flat models) or a 
 models laid out like the local one. Per-candidate results are float64 vectors [M] of the caller's
 array type (NumPy for NumPy input, torch for torch input). Entries that are not floating point
 take no part. Every argument is checked before anything is written.
+
+CUDA arrays (torch CUDA tensors, CuPy arrays, other ``__cuda_array_interface__`` or DLPack
+producers) run on the GPU that holds them, on the caller's current stream, in builds with CUDA
+(``fomo_core.build_info()["cuda"]``). Their results stay on that device: torch tensors for torch
+input, CuPy arrays for CuPy input, and the calls return without waiting for the GPU.
 """
 
 from __future__ import annotations
@@ -83,9 +88,20 @@ def _check_eps(eps: float) -> float:
     return value
 
 
+def _to_host(x: Any) -> Any:
+    """A CPU view or copy of a small per-candidate input (losses, weights) wherever it lives."""
+    if hasattr(x, "detach"):  # torch, any device
+        return x.detach().cpu()
+    if hasattr(x, "__cuda_array_interface__"):
+        if hasattr(x, "get"):  # CuPy
+            return x.get()
+        if hasattr(x, "copy_to_host"):  # Numba
+            return x.copy_to_host()
+    return x
+
+
 def _scalar(x: Any, name: str) -> float:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
+    x = _to_host(x)
     try:
         if getattr(x, "ndim", 0) != 0 and getattr(x, "size", 1) != 1:
             raise TypeError
@@ -95,8 +111,9 @@ def _scalar(x: Any, name: str) -> float:
 
 
 def _vector(x: Any, name: str) -> np.ndarray:
+    x = _to_host(x)
     if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
+        x = x.double().numpy()
     try:
         v = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
@@ -104,6 +121,42 @@ def _vector(x: Any, name: str) -> np.ndarray:
     if v.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {v.shape}")
     return v
+
+
+def _cuda_index(leaf: Any) -> int | None:
+    """The CUDA device index of an array, or None for arrays in host memory."""
+    if type(leaf).__module__.split(".")[0] == "torch":
+        if leaf.device.type != "cuda":
+            return None
+        return 0 if leaf.device.index is None else int(leaf.device.index)
+    if hasattr(leaf, "__cuda_array_interface__"):
+        device = getattr(leaf, "device", None)  # CuPy: a Device with .id
+        return int(getattr(device, "id", 0) or 0)
+    if hasattr(leaf, "__dlpack_device__"):
+        kind, index = leaf.__dlpack_device__()
+        return int(index) if int(kind) == 2 else None  # 2: kDLCUDA
+    return None
+
+
+def _device_vectors(leaf: Any, index: int, m: int, count: int) -> list:
+    """`count` float64 vectors [m] and one uint8 vector [m] on CUDA device `index`, in the array
+    library of `leaf` (torch for torch, CuPy for CuPy and other CUDA arrays when it is installed)."""
+    if type(leaf).__module__.split(".")[0] == "torch":
+        import torch
+
+        device = torch.device("cuda", index)
+        return [torch.empty(m, dtype=torch.float64, device=device) for _ in range(count)] + [
+            torch.empty(m, dtype=torch.uint8, device=device)
+        ]
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(
+            f"results of a CUDA call on {type(leaf).__name__} arrays are allocated with CuPy, which is not "
+            "installed; install cupy or pass torch CUDA tensors"
+        ) from None
+    with cupy.cuda.Device(index):
+        return [cupy.empty(m, dtype=cupy.float64) for _ in range(count)] + [cupy.empty(m, dtype=cupy.uint8)]
 
 
 class _Call:
@@ -120,9 +173,27 @@ class _Call:
         first = self.leaves[0] if self.leaves else None
         self.torch = first is not None and type(first).__module__.split(".")[0] == "torch"
         self.device = first.device if self.torch else None
+        self.first_float = self.local[0] if self.local else None
+        self.cuda = None if self.first_float is None else _cuda_index(self.first_float)
 
-    def vector(self, values: np.ndarray) -> Any:
+    def num_candidates(self) -> int:
+        if isinstance(self.candidates, (list, tuple)):
+            return len(self.candidates)
+        return int(self.candidates.shape[0])
+
+    def device_results(self, count: int) -> list | None:
+        """Result vectors on the call's CUDA device (None for host arrays: the kernels return NumPy).
+
+        Without usable CUDA (a build without it, or no device) there is nothing to allocate on: the
+        kernels' intake then rejects the CUDA arrays with an error that names the argument."""
+        if self.cuda is None or not _C.has_cuda():
+            return None
+        return _device_vectors(self.first_float, self.cuda, self.num_candidates(), count)
+
+    def vector(self, values: Any) -> Any:
         """A result vector in the caller's array type."""
+        if self.cuda is not None:
+            return values  # already a device vector of the caller's library
         if self.torch:
             import torch
 
@@ -131,10 +202,16 @@ class _Call:
 
     def output(self, out: Any) -> tuple[Any, list]:
         if out is None:
+            if self.cuda is not None and not self.torch and _C.has_cuda():
+                raise TypeError(
+                    f"local_params holds {type(self.first_float).__name__} CUDA arrays: pass out= "
+                    "(fomo_core allocates new CUDA models for torch tensors only)"
+                )
             return allocate_like(self.structure, self.leaves)
         return out, out_leaves(self.structure, out)
 
     def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores):
+        results = self.device_results(3)
         weights, scores, distances, status = _C.step(
             self.local,
             self.candidates,
@@ -145,6 +222,7 @@ class _Call:
             _norm_code(norm),
             _check_eps(eps),
             all_scores,
+            None if results is None else tuple(results),
         )
         rejected = status == _REJECTED
         skipped = status == _SKIPPED
@@ -158,7 +236,9 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     floating-point entries, whatever their storage dtype.
     """
     call = _Call(local_params, candidate_params)
-    return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm)))
+    results = call.device_results(1)
+    result = None if results is None else results[0]
+    return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
 
 
 def first_order_scores(

@@ -70,4 +70,36 @@ int max_threads();
 void set_num_threads(int n);
 
 }  // namespace cpu
+
+// CUDA twins of the cpu ops (csrc/cuda/, only in builds with CUDA: FOMO_HAVE_CUDA). Every pointer
+// in `runs` and every StepResult/`dist` pointer is device memory of `where.device`; the small
+// per-candidate host inputs (measure, weights, candidate_losses) are host memory and travel to the
+// device with the run table in one copy. Work is queued on `where.stream` and the calls return
+// without waiting for it (no host round-trip: scores, weights and the update stay on the device).
+// Results are bitwise reproducible: a fixed partition and fixed reduction order, no float atomics.
+// CUDA failures throw std::runtime_error carrying the CUDA error name and string.
+namespace cuda {
+
+struct DeviceStream {
+  int device = 0;
+  void* stream = nullptr;  // a cudaStream_t: nullptr is the default stream, 1 legacy, 2 per-thread
+};
+
+void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist,
+                         DeviceStream where);
+void apply_update(const ModelRuns& runs, const double* weights, DeviceStream where);
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
+               const double* candidate_losses, StepResult result, DeviceStream where);
+
+// Devices the CUDA runtime sees; 0 (never an exception) when there is no driver or no device.
+int device_count();
+// The device that owns the memory at `pointer` (for arrays that do not say, like
+// __cuda_array_interface__); throws when CUDA cannot tell.
+int pointer_device(const void* pointer);
+// The calling thread's current device (where an empty array with a null pointer belongs).
+int current_device();
+// Makes `waiter` wait for the work queued so far on `producer` (both streams of `device`).
+void stream_wait(int device, void* waiter, void* producer);
+
+}  // namespace cuda
 }  // namespace fomo

@@ -6,32 +6,68 @@ namespace fomo {
 namespace python {
 namespace {
 
-void require_cpu(const Layout& layout) {
-  if (layout.device.kind != DeviceKind::cpu)
-    fail_value("the arrays are on ", layout.device.str(), " but this build of fomo_core has no CUDA kernels "
-               "(rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
+bool on_cuda(const Layout& layout) { return layout.device.kind == DeviceKind::cuda; }
+
+#if defined(FOMO_HAVE_CUDA)
+// The call's stream, after making it wait for every other stream the arrays' producers named.
+cuda::DeviceStream place(const Layout& layout, const CudaStreams& streams) {
+  void* work = reinterpret_cast<void*>(streams.work);
+  for (uintptr_t producer : streams.producers)
+    cuda::stream_wait(layout.device.index, work, reinterpret_cast<void*>(producer));
+  return {layout.device.index, work};
 }
+#else
+[[noreturn]] void no_cuda(const Layout& layout) {
+  fail_value("the arrays are on ", layout.device.str(), " but this build of fomo_core has no CUDA kernels "
+             "(rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
+}
+#endif
 
 }  // namespace
 
-void run_distances(const Layout& layout, Norm norm, const uint8_t* measure, double* distances) {
-  require_cpu(layout);
+void run_distances(const Layout& layout, const CudaStreams& streams, Norm norm, const uint8_t* measure,
+                   double* distances) {
+  if (on_cuda(layout)) {
+#if defined(FOMO_HAVE_CUDA)
+    return cuda::candidate_distances(layout.model_runs(), norm, measure, distances, place(layout, streams));
+#else
+    no_cuda(layout);
+#endif
+  }
   cpu::candidate_distances(layout.model_runs(), norm, measure, distances);
 }
 
-void run_update(const Layout& layout, const double* weights) {
-  require_cpu(layout);
+void run_update(const Layout& layout, const CudaStreams& streams, const double* weights) {
+  if (on_cuda(layout)) {
+#if defined(FOMO_HAVE_CUDA)
+    return cuda::apply_update(layout.model_runs(), weights, place(layout, streams));
+#else
+    no_cuda(layout);
+#endif
+  }
   cpu::apply_update(layout.model_runs(), weights);
 }
 
-void run_step(const Layout& layout, const StepOptions& options, double local_loss,
+void run_step(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
               const double* candidate_losses, StepResult result) {
-  require_cpu(layout);
+  if (on_cuda(layout)) {
+#if defined(FOMO_HAVE_CUDA)
+    return cuda::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result,
+                           place(layout, streams));
+#else
+    no_cuda(layout);
+#endif
+  }
   cpu::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result);
 }
 
+#if defined(FOMO_HAVE_CUDA)
+bool cuda_built() { return true; }
+int cuda_device_count() { return cuda::device_count(); }
+#else
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
+#endif
 
 }  // namespace python
 }  // namespace fomo

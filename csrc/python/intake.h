@@ -1,6 +1,7 @@
 // Array intake: any supported Python array (NumPy and other buffer-protocol objects, torch tensors,
-// objects with __array_interface__ or __cuda_array_interface__) seen as a raw strided view.
-// Nothing is copied; the caller keeps the Python objects alive for the duration of the call.
+// objects with __array_interface__ or __cuda_array_interface__ (CuPy, Numba), DLPack producers
+// (JAX and others)) seen as a raw strided view. Nothing is copied; the caller keeps the Python
+// objects alive for the duration of the call, and an IntakeScope keeps what intake itself creates.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -43,6 +44,37 @@ struct ArrayView {
   std::pair<uintptr_t, uintptr_t> extent() const;
   // Sub-view of row `row` of a 2-D view (a candidate of a [M, P] array).
   ArrayView row(int64_t row) const;
+};
+
+// The CUDA side of one call, filled in by intake(): the stream the kernels run on (the caller's
+// current stream: torch's current stream, a __cuda_array_interface__ 'stream', the one DLPack
+// producers were asked to order their work on) and the other producer streams it must wait for.
+struct CudaStreams {
+  bool chosen = false;
+  uintptr_t work = 0;               // a cudaStream_t; 0 is the default stream
+  std::vector<uintptr_t> producers;  // streams (other than work) the arrays' producers named
+};
+
+// Per-call intake state. A binding opens one around reading its arrays and running the kernels;
+// intake() records into the innermost scope of the calling thread. DLPack capsules live here until
+// the kernels have been queued (their producers' memory must outlive the call).
+class IntakeScope {
+ public:
+  IntakeScope();
+  ~IntakeScope();
+  IntakeScope(const IntakeScope&) = delete;
+  IntakeScope& operator=(const IntakeScope&) = delete;
+  static IntakeScope* current();
+
+  CudaStreams streams;
+  std::vector<py::object> keep_alive;
+  std::vector<std::pair<int, uintptr_t>> torch_streams;  // torch's current stream, per device
+
+  // Records a CUDA array's stream: the first one becomes the work stream, others must be joined.
+  void use_stream(uintptr_t stream);
+
+ private:
+  IntakeScope* outer_;
 };
 
 // Reads obj as an array; `what` names the argument in error messages (TypeError when obj is no

@@ -1,5 +1,6 @@
-// Bindings of the FedFomo ops: Python models in, NumPy float64 vectors out. The Python layer
-// (fomo_core/ops.py) flattens structures and shapes the results; nothing here does maths.
+// Bindings of the FedFomo ops: Python models in, float64 vectors out: NumPy vectors for CPU arrays,
+// and for CUDA arrays the device vectors the Python layer allocated and passed in (results stay on
+// the device). fomo_core/ops.py flattens structures and shapes the results; nothing here does maths.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -24,43 +25,85 @@ void check_length(const Vector& v, const Layout& layout, const char* name) {
                ", expected one value per candidate (", layout.num_candidates, ")");
 }
 
-Vector distances(py::handle local, py::handle candidates, py::handle names, int norm_code) {
+// A result vector that Python allocated on the call's CUDA device: 1-D, one contiguous element per
+// candidate, float64 (or uint8 for the status). Returns its device pointer.
+void* device_result(py::handle obj, const Layout& layout, const char* name, bool status) {
+  const ArrayView v = intake(obj, name);
+  const bool typed = status ? (!v.floating && v.itemsize == 1) : (v.floating && v.dtype == DType::float64);
+  if (!typed) fail_type(name, " has dtype ", v.dtype_name, ", expected ", status ? "uint8" : "float64");
+  if (v.shape.size() != 1 || v.shape[0] != layout.num_candidates || (v.shape[0] > 1 && v.strides[0] != 1))
+    fail_value(name, " has shape ", v.shape_str(), ", expected a contiguous (", layout.num_candidates, ",)");
+  if (v.device != layout.device) fail_value(name, " is on ", v.device.str(), ", expected ", layout.device.str());
+  if (v.readonly) fail_value(name, " is read-only");
+  return v.data;
+}
+
+[[noreturn]] void fail_missing_results(const Layout& layout) {
+  fail_value("the arrays are on ", layout.device.str(), "; a CUDA call needs its result vectors allocated on that "
+             "device (fomo_core.ops passes them)");
+}
+
+py::object distances(py::handle local, py::handle candidates, py::handle names, int norm_code, py::handle result) {
   const Norm norm = norm_from(norm_code);
+  IntakeScope scope;
   const Layout layout = build_layout({local, candidates, py::none(), names});
-  Vector result(layout.num_candidates);
   std::vector<uint8_t> measure(size_t(layout.num_candidates), 1);
+  if (layout.device.kind == DeviceKind::cuda) {
+    if (result.is_none()) fail_missing_results(layout);
+    double* out = static_cast<double*>(device_result(result, layout, "distances", false));
+    py::gil_scoped_release unlocked;
+    run_distances(layout, scope.streams, norm, measure.data(), out);
+    return py::reinterpret_borrow<py::object>(result);
+  }
+  Vector host(layout.num_candidates);
   {
     py::gil_scoped_release unlocked;
-    run_distances(layout, norm, measure.data(), result.mutable_data());
+    run_distances(layout, scope.streams, norm, measure.data(), host.mutable_data());
   }
-  return result;
+  return std::move(host);
 }
 
 void update(py::handle local, py::handle candidates, py::handle out, py::handle names, const Vector& weights) {
+  IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
   check_length(weights, layout, "weights");
   for (py::ssize_t m = 0; m < weights.shape(0); ++m)
     if (!std::isfinite(weights.at(m))) fail_value("weights[", m, "] is ", weights.at(m), "; every weight must be finite");
   py::gil_scoped_release unlocked;
-  run_update(layout, weights.data());
+  run_update(layout, scope.streams, weights.data());
 }
 
 py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
-               const Vector& candidate_losses, int norm_code, double eps, bool all_scores) {
+               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results) {
   StepOptions options;
   options.norm = norm_from(norm_code);
   options.eps = eps;
   options.all_scores = all_scores;
   options.update = !out.is_none();
   if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
+  IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
   check_length(candidate_losses, layout, "candidate_losses");
   const py::ssize_t m = layout.num_candidates;
+  if (layout.device.kind == DeviceKind::cuda) {
+    if (results.is_none()) fail_missing_results(layout);
+    const py::tuple given = py::reinterpret_borrow<py::tuple>(results);
+    if (given.size() != 4) fail_value("results must be (weights, scores, distances, status)");
+    const StepResult device{static_cast<double*>(device_result(given[0], layout, "weights", false)),
+                            static_cast<double*>(device_result(given[1], layout, "scores", false)),
+                            static_cast<double*>(device_result(given[2], layout, "distances", false)),
+                            static_cast<uint8_t*>(device_result(given[3], layout, "status", true))};
+    {
+      py::gil_scoped_release unlocked;
+      run_step(layout, scope.streams, options, local_loss, candidate_losses.data(), device);
+    }
+    return given;
+  }
   Vector weights(m), scores(m), dists(m);
   py::array_t<uint8_t> status(m);
   {
     py::gil_scoped_release unlocked;
-    run_step(layout, options, local_loss, candidate_losses.data(),
+    run_step(layout, scope.streams, options, local_loss, candidate_losses.data(),
              {weights.mutable_data(), scores.mutable_data(), dists.mutable_data(), status.mutable_data()});
   }
   return py::make_tuple(weights, scores, dists, status);
@@ -69,11 +112,13 @@ py::tuple step(py::handle local, py::handle candidates, py::handle out, py::hand
 }  // namespace
 
 void bind_ops(py::module_& m) {
-  m.def("distances", &distances, py::arg("local"), py::arg("candidates"), py::arg("names"), py::arg("norm"));
+  m.def("distances", &distances, py::arg("local"), py::arg("candidates"), py::arg("names"), py::arg("norm"),
+        py::arg("result") = py::none());
   m.def("update", &update, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
         py::arg("weights"));
   m.def("step", &step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
-        py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"));
+        py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
+        py::arg("results") = py::none());
 }
 
 }  // namespace python
