@@ -78,8 +78,18 @@ def _norm_code(norm: str) -> int:
         raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}") from None
 
 
+def _is_real_number(x: Any) -> bool:
+    """Ints and floats of any library; not text, not booleans (a loss of True means nothing)."""
+    if isinstance(x, (str, bytes, bool, np.bool_)):
+        return False
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    return kind is None or kind in "iuf"
+
+
 def _check_eps(eps: float) -> float:
     try:
+        if not _is_real_number(eps):
+            raise TypeError
         value = float(eps)
     except (TypeError, ValueError):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
@@ -103,7 +113,7 @@ def _to_host(x: Any) -> Any:
 def _scalar(x: Any, name: str) -> float:
     x = _to_host(x)
     try:
-        if getattr(x, "ndim", 0) != 0 and getattr(x, "size", 1) != 1:
+        if not _is_real_number(x) or (getattr(x, "ndim", 0) != 0 and getattr(x, "size", 1) != 1):
             raise TypeError
         return float(x)
     except (TypeError, ValueError):
@@ -114,8 +124,13 @@ def _vector(x: Any, name: str) -> np.ndarray:
     x = _to_host(x)
     if hasattr(x, "detach"):
         x = x.double().numpy()
+    if isinstance(x, (list, tuple)) and any(hasattr(value, "detach") for value in x):
+        x = [_scalar(value, f"{name}[{i}]") for i, value in enumerate(x)]  # 0-d tensors from a training loop
     try:
-        v = np.asarray(x, dtype=np.float64)
+        v = np.asarray(x)
+        if v.dtype.kind not in "iuf":
+            raise TypeError
+        v = v.astype(np.float64, copy=False)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a sequence of real numbers, got {type(x).__name__}") from None
     if v.ndim != 1:

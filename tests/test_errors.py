@@ -214,27 +214,18 @@ CASES = [
                                             cands=lambda p: [[c.reshape(2, 3).repeat(2, axis=1)] for c in p["cands"]],
                                             out=overlapping_rows),
      ValueError, r"out\[0\] has elements that share memory"),
-]
-
-UNNAMED_ARGUMENT = "csrc/python/intake.cpp from_buffer: the stride error does not name the argument"
-LENIENT_STRINGS = ("ops._scalar/_vector/_check_eps pass strings to float()/np.asarray, which parse "
-                   "numeric text: a str loss or eps is accepted instead of raising TypeError")
-KNOWN_BUGS = [
     ("cand-bad-strides", MODEL_OPS, with_(flat, cands=lambda p: [p["cands"][0], bad_strides(p["local"])]),
-     ValueError, r"candidate_params\[1\].*strides", UNNAMED_ARGUMENT),
-    ("local-loss-numeric-text", LOSS_OPS, with_(flat, l0="2.0"), TypeError, r"local_loss", LENIENT_STRINGS),
-    ("losses-numeric-text", LOSS_OPS, with_(flat, losses=["1.0", "3.0"]), TypeError, r"candidate_losses",
-     LENIENT_STRINGS),
-    ("eps-numeric-text", LOSS_OPS, with_(flat, eps="0.5"), TypeError, r"eps", LENIENT_STRINGS),
+     ValueError, r"candidate_params\[1\].*strides"),
+    ("local-loss-numeric-text", LOSS_OPS, with_(flat, l0="2.0"), TypeError, r"local_loss"),
+    ("local-loss-bool", LOSS_OPS, with_(flat, l0=True), TypeError, r"local_loss"),
+    ("losses-numeric-text", LOSS_OPS, with_(flat, losses=["1.0", "3.0"]), TypeError, r"candidate_losses"),
+    ("eps-numeric-text", LOSS_OPS, with_(flat, eps="0.5"), TypeError, r"eps"),
 ]
 
-
-def params(cases, bug=False):
+def params(cases):
     out = []
-    for case in cases:
-        ident, ops, build, exc, pattern = case[:5]
-        marks = [pytest.mark.xfail(reason=case[5], strict=True)] if bug else []
-        out += [pytest.param(op, build, exc, pattern, id=f"{ident}-{op}", marks=marks) for op in ops]
+    for ident, ops, build, exc, pattern in cases:
+        out += [pytest.param(op, build, exc, pattern, id=f"{ident}-{op}") for op in ops]
     return out
 
 
@@ -251,11 +242,6 @@ def check_rejected(op, build, exc, pattern):
 
 @pytest.mark.parametrize("op,build,exc,pattern", params(CASES))
 def test_bad_input_is_rejected_before_any_write(op, build, exc, pattern):
-    check_rejected(op, build, exc, pattern)
-
-
-@pytest.mark.parametrize("op,build,exc,pattern", params(KNOWN_BUGS, bug=True))
-def test_bad_input_known_bugs(op, build, exc, pattern):
     check_rejected(op, build, exc, pattern)
 
 

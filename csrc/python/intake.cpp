@@ -175,7 +175,7 @@ bool dtype_from_format(const char* format, ArrayView& v) {
   return true;
 }
 
-bool from_buffer(py::handle obj, ArrayView& v) {
+bool from_buffer(py::handle obj, ArrayView& v, const std::string& what) {
   Py_buffer buffer;
   if (PyObject_GetBuffer(obj.ptr(), &buffer, PyBUF_RECORDS_RO) != 0) {
     PyErr_Clear();
@@ -195,7 +195,7 @@ bool from_buffer(py::handle obj, ArrayView& v) {
   else v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
                                                 : std::string(buffer.format ? buffer.format : "?");
   PyBuffer_Release(&buffer);
-  if (!aligned) fail_value("an array has strides that are not a multiple of its item size");
+  if (!aligned) fail_value(what, " has strides that are not a multiple of its item size");
   return true;
 }
 
@@ -376,7 +376,7 @@ ArrayView intake(py::handle obj, const std::string& what) {
       return from_torch(obj, *torch, what);
   }
   ArrayView v;
-  if (from_buffer(obj, v) || from_array_interface(obj, v) || from_cuda_array_interface(obj, v, what) ||
+  if (from_buffer(obj, v, what) || from_array_interface(obj, v) || from_cuda_array_interface(obj, v, what) ||
       from_dlpack(obj, v, what))
     return v;
   fail_type(what, " must be an array (NumPy array, torch tensor, CuPy array, or an object with the buffer "
