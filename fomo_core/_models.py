@@ -150,21 +150,36 @@ def out_leaves(structure: Structure, out: Any) -> list:
     return _leaves_like(structure, out, "out")
 
 
+def library(leaf: Any) -> str:
+    """The array library a leaf comes from ("numpy", "torch", "cupy", ...)."""
+    return type(leaf).__module__.split(".")[0]
+
+
+def can_allocate_like(leaf: Any) -> bool:
+    """Whether new arrays of this leaf's library can be made here (NumPy, torch, CuPy, or anything
+    in host memory, which gets NumPy)."""
+    return library(leaf) in ("numpy", "torch", "cupy") or not hasattr(leaf, "__cuda_array_interface__")
+
+
 def _empty_like(leaf: Any) -> Any:
     if isinstance(leaf, np.ndarray):
         return np.empty(leaf.shape, dtype=leaf.dtype)
-    module = type(leaf).__module__.split(".")[0]
-    if module == "torch":
+    if library(leaf) == "torch":
         import torch
 
         return torch.empty(tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device)
+    if library(leaf) == "cupy":
+        import cupy
+
+        with leaf.device:
+            return cupy.empty(leaf.shape, dtype=leaf.dtype)
     return np.empty(tuple(leaf.shape), dtype=np.dtype(leaf.dtype))
 
 
 def _copy(leaf: Any) -> Any:
-    if isinstance(leaf, np.ndarray):
+    if isinstance(leaf, np.ndarray) or library(leaf) == "cupy":
         return leaf.copy()
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if library(leaf) == "torch":
         return leaf.detach().clone()
     return np.array(leaf)
 

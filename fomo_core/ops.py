@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._models import allocate_like, candidate_leaves, floating_leaves, out_leaves, parse_model
+from ._models import allocate_like, can_allocate_like, candidate_leaves, floating_leaves, out_leaves, parse_model
 
 __all__ = [
     "Scores",
@@ -217,10 +217,10 @@ class _Call:
 
     def output(self, out: Any) -> tuple[Any, list]:
         if out is None:
-            if self.cuda is not None and not self.torch and _C.has_cuda():
+            if self.cuda is not None and not can_allocate_like(self.first_float) and _C.has_cuda():
                 raise TypeError(
                     f"local_params holds {type(self.first_float).__name__} CUDA arrays: pass out= "
-                    "(fomo_core allocates new CUDA models for torch tensors only)"
+                    "(fomo_core allocates new CUDA models for torch tensors and CuPy arrays only)"
                 )
             return allocate_like(self.structure, self.leaves)
         return out, out_leaves(self.structure, out)
