@@ -1,20 +1,21 @@
 """One FedFomo client round, framework-free: the order of the steps and their timing.
 
 The framework adapters (torch.py, numpy.py) supply how to evaluate and train their models; the
-round itself (DESIGN.md section 1: evaluate baseline and candidates, fomo_step, train) is the same.
+round itself (DESIGN.md section 1: evaluate baseline and candidates, fomo_step, then train) is the
+same for all of them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import fomo_step
 
-__all__ = ["ClientRound", "fedfomo_round"]
+__all__ = ["ClientRound", "fedfomo_update", "timed", "as_float64"]
 
 
 @dataclass
@@ -50,22 +51,21 @@ def as_float64(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def fedfomo_round(
+def fedfomo_update(
     params: Any,
     candidates: Any,
     evaluate: Callable[[Any], tuple],
-    train: Callable[[], Any],
     step_options: dict,
     *,
     baseline: Any,
-    loaded: Callable[[], Any] = lambda: None,
+    loaded: Optional[Callable[[], Any]] = None,
 ) -> ClientRound:
-    """Runs one round over the client's flat buffer ``params`` [P].
+    """Steps 1-4 of a round over the client's flat buffer ``params`` [P] (no training).
 
     evaluate(models [K, P]) -> (losses [K], accuracies [K]) on the client's validation data;
     ``baseline`` is ``params`` as a [1, P] model for it. fomo_step writes the update into
-    ``params``; ``loaded()`` then hands it to the model if the model does not read ``params``
-    directly; ``train()`` trains the model and leaves its parameters in ``params``.
+    ``params`` in place; ``loaded()`` then hands it to the model when the model does not read
+    ``params`` directly. ``train_seconds`` is 0 (see :func:`timed`).
     """
     t0 = time.perf_counter()
     base_loss, _ = evaluate(baseline)
@@ -73,10 +73,9 @@ def fedfomo_round(
     base_loss, losses, accuracies = float(as_float64(base_loss)[0]), as_float64(losses), as_float64(accuracies)
     t1 = time.perf_counter()
     res = fomo_step(params, candidates, base_loss, losses, out=params, **step_options)
-    loaded()
+    if loaded is not None:
+        loaded()
     t2 = time.perf_counter()
-    train()
-    t3 = time.perf_counter()
     return ClientRound(
         params=params,
         weights=as_float64(res.weights),
@@ -86,5 +85,12 @@ def fedfomo_round(
         candidate_accuracies=accuracies,
         eval_seconds=t1 - t0,
         step_seconds=t2 - t1,
-        train_seconds=t3 - t2,
+        train_seconds=0.0,
     )
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds taken by fn()."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

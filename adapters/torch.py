@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._round import ClientRound, as_float64, fedfomo_round
+from ._round import ClientRound, as_float64, fedfomo_update, timed
 from .torch_evaluate import evaluate_candidates
 
 __all__ = [
@@ -71,33 +71,23 @@ class FlatLayout:
 
 
 def _named_tensors(module: nn.Module, include_buffers: bool) -> list:
-    """(name, owner module, attribute, tensor, is_parameter) of every distinct floating tensor."""
+    """(name, tensor, is_parameter) of every distinct tensor to flatten, in ``named_parameters()``
+    order (the order of ``parameters_to_vector`` and of the evaluation adapter), then the floating
+    buffers in ``named_buffers()`` order."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    seen: set = set()
-    out = []
-    for prefix, owner in module.named_modules(remove_duplicate=False):
-        for attr, p in owner._parameters.items():
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            out.append((f"{prefix}.{attr}" if prefix else attr, owner, attr, p, True))
+    out = [(name, p, True) for name, p in module.named_parameters()]
     if include_buffers:
-        for prefix, owner in module.named_modules(remove_duplicate=False):
-            for attr, b in owner._buffers.items():
-                if b is None or id(b) in seen or not b.is_floating_point():
-                    continue
-                seen.add(id(b))
-                out.append((f"{prefix}.{attr}" if prefix else attr, owner, attr, b, False))
+        out += [(name, b, False) for name, b in module.named_buffers() if b.is_floating_point()]
     return out
 
 
 def _layout(entries: list) -> FlatLayout:
     if not entries:
         raise ValueError("module must have at least one floating-point parameter, got none")
-    first = entries[0][3]
+    first = entries[0][1]
     names, shapes, offsets, size = [], [], [], 0
-    for name, _, _, t, _ in entries:
+    for name, t, _ in entries:
         if not t.is_floating_point():
             raise TypeError(f"module parameter {name!r} has dtype {t.dtype}, expected a floating dtype")
         if t.dtype != first.dtype:
@@ -123,10 +113,10 @@ def flat_layout(module: nn.Module, *, include_buffers: bool = False) -> FlatLayo
 
 def _existing_flat(entries: list, layout: FlatLayout) -> Optional[torch.Tensor]:
     """The flat buffer the tensors already are views of, if they are laid out exactly as `layout`."""
-    first = entries[0][3]
+    first = entries[0][1]
     storage = first.untyped_storage()
     base = first.storage_offset()
-    for (_, _, _, t, _), off in zip(entries, layout.offsets):
+    for (_, t, _), off in zip(entries, layout.offsets):
         if (
             t.untyped_storage().data_ptr() != storage.data_ptr()
             or t.storage_offset() != base + off
@@ -155,12 +145,13 @@ def flatten_module(module: nn.Module, *, include_buffers: bool = False) -> torch
     flat = torch.empty(layout.size, dtype=layout.dtype, device=layout.device)
     views = layout.views(flat)
     with torch.no_grad():
-        for name, owner, attr, t, is_param in entries:
+        for name, t, is_param in entries:
             views[name].copy_(t)
             if is_param:
                 t.data = views[name]
             else:
-                owner._buffers[attr] = views[name]
+                owner, _, attr = name.rpartition(".")
+                module.get_submodule(owner)._buffers[attr] = views[name]
     return flat
 
 
@@ -415,25 +406,21 @@ class FedFomoClient:
         else:
             train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
 
-    def round(self, candidates: Any) -> ClientRound:
-        """One FedFomo round for this client (DESIGN.md section 1, steps 1-5): evaluates the model
-        and the candidates on the validation data, moves the model by fomo_step in place and
-        trains it. ``ClientRound.params`` is the model's live flat buffer.
+    def update(self, candidates: Any) -> ClientRound:
+        """The federated half of a round (DESIGN.md section 1, steps 1-4): evaluates the model and
+        the candidates on the validation data and moves the model by fomo_step, in place. No
+        training (``train_seconds`` is 0).
 
         candidates: a CandidateBank, a tensor [M, P] laid out like the model's flat buffer, or a
         sequence of models (state_dicts, modules or flat arrays).
         """
         cands = self._candidates(candidates)
         with torch.no_grad():
-            return fedfomo_round(
-                self.params,
-                cands,
-                self.evaluate,
-                self._train_with_grad,
-                self.step_options,
-                baseline=self.params.unsqueeze(0),
-            )
+            return fedfomo_update(self.params, cands, self.evaluate, self.step_options, baseline=self.params.unsqueeze(0))
 
-    def _train_with_grad(self) -> None:
-        with torch.enable_grad():
-            self.train()
+    def round(self, candidates: Any) -> ClientRound:
+        """One whole FedFomo round: :meth:`update`, then :meth:`train`. ``ClientRound.params`` is
+        the model's live flat buffer (copy it to keep it)."""
+        result = self.update(candidates)
+        result.train_seconds = timed(self.train)
+        return result

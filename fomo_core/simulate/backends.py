@@ -130,14 +130,16 @@ class SklearnBackend:
         )
 
     def init_params(self):
-        est = self.adapter.initialise_mlp(self.build_estimator(self.seed), self.dataset.x.shape[1],
-                                          np.arange(self.dataset.num_classes), seed=self.seed)
+        d = self.dataset
+        est = self.adapter.initialise_mlp(self.build_estimator(self.seed), d.x, d.y, np.arange(d.num_classes))
         return self.adapter.get_flat_params(est)
 
     def new_client(self, data: ClientData, init: Any, seed: int):
         s = self.settings
-        est = self.adapter.initialise_mlp(self.build_estimator(seed), self.dataset.x.shape[1],
-                                          np.arange(self.dataset.num_classes), seed=seed)
+        # partial_fit allocates the parameters (one step on one sample); set_params then loads
+        # the common initial model over them
+        est = self.adapter.initialise_mlp(self.build_estimator(seed), data.x_train, data.y_train,
+                                          np.arange(self.dataset.num_classes))
         client = self.adapter.MLPClassifierClient(
             est, (data.x_val, data.y_val), (data.x_train, data.y_train), epochs=s.epochs
         )

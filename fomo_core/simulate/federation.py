@@ -74,14 +74,18 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
         among = np.flatnonzero(uploaded)
         record = RoundRecord(r, 0.0, [], part.tolist())
         uploads = {}
+        taking_part = set(part.tolist())
+        after_update = [None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)]
         for i in part:
             ids = aff.select(int(i), fed.m, round=r, among=among)
-            res = clients[i].round(backend.candidates(table, ids, clients[i]))
+            res = clients[i].update(backend.candidates(table, ids, clients[i]))
             aff.update(int(i), ids, res.scores)
+            after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
+            record.train_seconds += timed(clients[i].train)
             uploads[int(i)] = clients[i].get_params()
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
-            record.train_seconds += res.train_seconds
+        record.update_accuracy = float(np.mean(after_update))
         for i, params in uploads.items():
             table[i] = params
             uploaded[i] = True
@@ -106,9 +110,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         models = []
         for i in part:
             clients[i].set_params(global_params)
-            t0 = time.perf_counter()
-            clients[i].train()
-            record.train_seconds += time.perf_counter() - t0
+            record.train_seconds += timed(clients[i].train)
             models.append(clients[i].get_params())
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
@@ -128,15 +130,19 @@ def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, o
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
         for i in part:
-            t0 = time.perf_counter()
-            clients[i].train()
-            record.train_seconds += time.perf_counter() - t0
+            record.train_seconds += timed(clients[i].train)
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
         run.rounds.append(record)
         if on_round is not None:
             on_round(run.name, record)
     return run
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _train_size(client: Any) -> int:

@@ -18,6 +18,8 @@ class RoundRecord:
                       on its own test data; FedAvg: the global model)
     client_accuracy:  [N] per client
     participants:     the clients that trained this round
+    update_accuracy:  FedFomo only: the mean accuracy right after the federated update, before local
+                      training (participants; the others as they stand)
     eval_seconds:     spent evaluating candidates on validation data (FedFomo)
     step_seconds:     spent computing weights and updating (fomo_step; FedAvg: averaging)
     train_seconds:    spent in local training
@@ -27,6 +29,7 @@ class RoundRecord:
     accuracy: float
     client_accuracy: list
     participants: list
+    update_accuracy: Optional[float] = None
     eval_seconds: float = 0.0
     step_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -55,6 +58,11 @@ class MethodRun:
         return {
             "final_accuracy": self.final_accuracy,
             "accuracy_per_round": self.accuracy_per_round,
+            **(
+                {"accuracy_after_update_per_round": [r.update_accuracy for r in self.rounds]}
+                if self.rounds and self.rounds[0].update_accuracy is not None
+                else {}
+            ),
             "final_client_accuracy": self.rounds[-1].client_accuracy if self.rounds else [],
             "eval_seconds_per_round": [r.eval_seconds for r in self.rounds],
             "step_seconds_per_round": [r.step_seconds for r in self.rounds],
