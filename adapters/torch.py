@@ -371,7 +371,7 @@ class FedFomoClient:
                     f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})"
                 )
             return candidates
-        if isinstance(candidates, Sequence):
+        if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
             if len(candidates) > self.bank.capacity:
                 self.bank = CandidateBank(self.module, len(candidates))
             return self.bank.fill(candidates)

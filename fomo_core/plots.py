@@ -35,6 +35,7 @@ def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> N
             ax.plot(rounds, after, ls="--", lw=1.5, color=_COLORS.get(name),
                     label=f"{_LABELS.get(name, name)} before local training")
     ax.set_xlabel("round")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("mean personalised test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
@@ -47,8 +48,9 @@ def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> N
 
 def plot_affinity(results: dict, path: str, *, title: Optional[str] = None) -> None:
     """FedFomo's affinity matrix A[i, n] (row i: how much client n's models helped client i),
-    clients ordered by latent group with the groups outlined. A symmetric log colour scale keeps
-    the small within-group values visible next to the large negative ones."""
+    clients ordered by latent group with the groups outlined, the diagonal (a client is not its
+    own candidate) in grey. A symmetric log colour scale keeps the small within-group values
+    visible next to the large negative ones."""
     plt = _pyplot()
     from matplotlib.colors import SymLogNorm
 
@@ -62,7 +64,9 @@ def plot_affinity(results: dict, path: str, *, title: Optional[str] = None) -> N
     positive = off[off > 0]
     linthresh = max(float(np.median(positive)) / 4, vmax * 1e-4) if positive.size else vmax * 1e-3
     fig, ax = plt.subplots(figsize=(6.0, 5.2), dpi=130)
-    im = ax.imshow(a, cmap="RdBu_r", norm=SymLogNorm(linthresh=linthresh, vmin=-vmax, vmax=vmax, base=10))
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")  # the diagonal: not its own candidate
+    shown = np.ma.masked_array(a, mask=np.eye(n, dtype=bool))
+    im = ax.imshow(shown, cmap=cmap, norm=SymLogNorm(linthresh=linthresh, vmin=-vmax, vmax=vmax, base=10))
     labels = [f"{k}" if groups is None else f"{k} (g{groups[k]})" for k in order]
     ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(n), labels, fontsize=7)
