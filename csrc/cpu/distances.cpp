@@ -1,5 +1,5 @@
 // Distance pass: per chunk, the float64 sum of |c - x| or (c - x)^2 for each measured candidate.
-// The local chunk stays in cache while the candidates stream past it once each.
+// The local chunk stays in cache while the candidates stream past it, a few at a time.
 #include "cpu/elements.h"
 #include "cpu/kernels.h"
 #include "fomo/dispatch.h"
@@ -15,69 +15,109 @@ inline f64x4 term_vec(f64x4 diff) {
   else return abs_f64(diff);
 }
 
-// Sum of the distance terms over n contiguous elements: 16 elements a step into four float64
-// accumulators, combined in a fixed order.
+// Element difference in the compute type: exact for float64 storage; for 16/32-bit storage one
+// float32 rounding (relative error <= 2^-24), which halves the float64 conversions that would
+// otherwise bound this pass. Squares and sums are float64.
 template <Norm N, class T>
-double contiguous_sum(const T* x, const T* c, int64_t n) {
-  constexpr int kLoad = kLanes<T>;
-  constexpr int kStep = 16;
-  f64x4 acc[4] = {};
+inline double scalar_term(const T* c, const T* x) {
+  const compute_t<T> diff = load_one(c) - load_one(x);
+  return distance_term<N>(double(diff));
+}
+
+constexpr int kGroup = 4;  // candidates sharing each load of the local chunk
+
+// Sums of the distance terms of G candidates over n contiguous elements, 8 elements a step into
+// two float64 accumulators per candidate, combined in a fixed order. Each candidate's arithmetic is
+// the same whatever G is, so grouping never changes a result.
+template <Norm N, class T, int G>
+void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
+  f64x4 acc[G][2] = {};
   int64_t j = 0;
-  for (; j + kStep <= n; j += kStep) {
-    f64x4 xv[4], cv[4];
-    for (int k = 0; k < kStep / kLoad; ++k) {
-      load_f64(x + j + k * kLoad, xv + k * (kLoad / 4));
-      load_f64(c + j + k * kLoad, cv + k * (kLoad / 4));
+  for (; j + 8 <= n; j += 8) {
+    if constexpr (std::is_same<T, double>::value) {
+      const f64x4 x0 = load_vec(x + j), x1 = load_vec(x + j + 4);
+      for (int g = 0; g < G; ++g) {
+        acc[g][0] += term_vec<N>(load_vec(c[g] + j) - x0);
+        acc[g][1] += term_vec<N>(load_vec(c[g] + j + 4) - x1);
+      }
+    } else {
+      const f32x8 xv = load_vec(x + j);
+      for (int g = 0; g < G; ++g) {
+        f64x4 wide[2];
+        widen(load_vec(c[g] + j) - xv, wide);
+        acc[g][0] += term_vec<N>(wide[0]);
+        acc[g][1] += term_vec<N>(wide[1]);
+      }
     }
-    for (int k = 0; k < 4; ++k) acc[k] += term_vec<N>(cv[k] - xv[k]);
   }
-  const f64x4 total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  double sum = (total[0] + total[1]) + (total[2] + total[3]);
-  for (; j < n; ++j) sum += distance_term<N>(double(load_one(c + j)) - double(load_one(x + j)));
-  return sum;
+  for (int g = 0; g < G; ++g) {
+    const f64x4 total = acc[g][0] + acc[g][1];
+    double sum = (total[0] + total[1]) + (total[2] + total[3]);
+    for (int64_t k = j; k < n; ++k) sum += scalar_term<N>(c[g] + k, x + k);
+    sums[g] = sum;
+  }
 }
 
 template <Norm N, class T>
 double strided_sum(const T* x, int64_t sx, const T* c, int64_t sc, int64_t n) {
   double sum = 0.0;
-  for (int64_t j = 0; j < n; ++j)
-    sum += distance_term<N>(double(load_one(c + j * sc)) - double(load_one(x + j * sx)));
+  for (int64_t j = 0; j < n; ++j) sum += scalar_term<N>(c + j * sc, x + j * sx);
   return sum;
 }
 
+// Adds the piece's distance terms of candidates which[0..count) to partials[0..count).
 template <Norm N, class T>
-double piece_sum(const ModelRuns& runs, const Piece& piece, int64_t candidate) {
+void piece_sums(const ModelRuns& runs, const Piece& piece, const int64_t* which, int64_t count,
+                double* partials) {
   const Run& run = runs.runs[piece.run];
-  const int64_t slot = piece.run * runs.num_candidates + candidate;
-  const int64_t sc = runs.candidate_stride[slot];
   const T* x = static_cast<const T*>(run.local) + piece.begin * run.local_stride;
-  const T* c = static_cast<const T*>(runs.candidate[slot]) + piece.begin * sc;
-  if (run.local_stride == 1 && sc == 1) return contiguous_sum<N>(x, c, piece.count);
-  return strided_sum<N>(x, run.local_stride, c, sc, piece.count);
+  for (int64_t k0 = 0; k0 < count; k0 += kGroup) {
+    const int group = int(count - k0 < kGroup ? count - k0 : kGroup);
+    const T* c[kGroup];
+    int64_t sc[kGroup];
+    bool contiguous = run.local_stride == 1;
+    for (int g = 0; g < group; ++g) {
+      const int64_t slot = piece.run * runs.num_candidates + which[k0 + g];
+      sc[g] = runs.candidate_stride[slot];
+      c[g] = static_cast<const T*>(runs.candidate[slot]) + piece.begin * sc[g];
+      contiguous = contiguous && sc[g] == 1;
+    }
+    double sums[kGroup];
+    if (!contiguous) {
+      for (int g = 0; g < group; ++g) sums[g] = strided_sum<N>(x, run.local_stride, c[g], sc[g], piece.count);
+    } else if (group == 4) {
+      contiguous_sums<N, T, 4>(x, c, piece.count, sums);
+    } else if (group == 3) {
+      contiguous_sums<N, T, 3>(x, c, piece.count, sums);
+    } else if (group == 2) {
+      contiguous_sums<N, T, 2>(x, c, piece.count, sums);
+    } else {
+      contiguous_sums<N, T, 1>(x, c, piece.count, sums);
+    }
+    for (int g = 0; g < group; ++g) partials[k0 + g] += sums[g];
+  }
 }
 
 template <Norm N>
-void partials_for(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which,
-                  int64_t count, double* partials) {
+void partials_for(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which, int64_t count,
+                  double* partials) {
 #pragma omp parallel for schedule(static) if (runs.total_elements * count > kParallelThreshold)
   for (int64_t c = 0; c < chunks.num_chunks; ++c) {
-    for (int64_t k = 0; k < count; ++k) {
-      double sum = 0.0;
-      for (int64_t p = chunks.chunk_begin[c]; p < chunks.chunk_begin[c + 1]; ++p) {
-        const Piece& piece = chunks.pieces[p];
-        sum += dispatch_dtype(runs.runs[piece.run].dtype, [&](auto tag) {
-          return piece_sum<N, typename decltype(tag)::type>(runs, piece, which[k]);
-        });
-      }
-      partials[c * count + k] = sum;
+    double* chunk_partials = partials + c * count;
+    for (int64_t k = 0; k < count; ++k) chunk_partials[k] = 0.0;
+    for (int64_t p = chunks.chunk_begin[c]; p < chunks.chunk_begin[c + 1]; ++p) {
+      const Piece& piece = chunks.pieces[p];
+      dispatch_dtype(runs.runs[piece.run].dtype, [&](auto tag) {
+        piece_sums<N, typename decltype(tag)::type>(runs, piece, which, count, chunk_partials);
+      });
     }
   }
 }
 
 }  // namespace
 
-void distance_partials(const ModelRuns& runs, const ChunkTable& chunks, Norm norm,
-                       const int64_t* which, int64_t count, double* partials) {
+void distance_partials(const ModelRuns& runs, const ChunkTable& chunks, Norm norm, const int64_t* which,
+                       int64_t count, double* partials) {
   if (norm == Norm::l2) partials_for<Norm::l2>(runs, chunks, which, count, partials);
   else partials_for<Norm::l1>(runs, chunks, which, count, partials);
 }

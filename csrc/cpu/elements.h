@@ -14,6 +14,11 @@
 
 #include "fomo/math.h"
 
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define FOMO_X86_AVX2 1  // GCC lowers some vector-extension conversions poorly; use intrinsics here
+#endif
+
 #if defined(__FLT16_MANT_DIG__)
 #define FOMO_NATIVE_FLOAT16 1  // the compiler has _Float16 (hardware conversions with F16C)
 #endif
@@ -77,11 +82,18 @@ inline void store_one(half_t* p, float v) {
 inline f32x8 load_vec(const float* p) { return load_raw<f32x8>(p); }
 inline f64x4 load_vec(const double* p) { return load_raw<f64x4>(p); }
 inline f32x8 load_vec(const bfloat16_t* p) {
+#if defined(FOMO_X86_AVX2)
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return (f32x8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16);
+#else
   const u32x8 wide = __builtin_convertvector(load_raw<u16x8>(p), u32x8);
   return (f32x8)(wide << 16);
+#endif
 }
 inline f32x8 load_vec(const half_t* p) {
-#if defined(FOMO_NATIVE_FLOAT16)
+#if defined(FOMO_X86_AVX2)
+  return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(FOMO_NATIVE_FLOAT16)
   typedef _Float16 f16x8 __attribute__((vector_size(16)));
   return __builtin_convertvector(load_raw<f16x8>(p), f32x8);
 #else
@@ -100,10 +112,20 @@ inline void store_vec(bfloat16_t* p, f32x8 v) {
   const u32x8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const u32x8 quiet_nan = (u >> 16) | 0x0040u;
   const u32x8 is_nan = (u32x8)(magnitude > 0x7f800000u);
-  store_raw(p, __builtin_convertvector((quiet_nan & is_nan) | (rounded & ~is_nan), u16x8));
+  const u32x8 bits = (quiet_nan & is_nan) | (rounded & ~is_nan);
+#if defined(FOMO_X86_AVX2)
+  // every lane is below 2^16, so unsigned saturation packs exactly; fix the lane order after
+  const __m256i packed = _mm256_packus_epi32((__m256i)bits, (__m256i)bits);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+#else
+  store_raw(p, __builtin_convertvector(bits, u16x8));
+#endif
 }
 inline void store_vec(half_t* p, f32x8 v) {
-#if defined(FOMO_NATIVE_FLOAT16)
+#if defined(FOMO_X86_AVX2)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#elif defined(FOMO_NATIVE_FLOAT16)
   typedef _Float16 f16x8 __attribute__((vector_size(16)));
   store_raw(p, __builtin_convertvector(v, f16x8));
 #else
@@ -111,16 +133,15 @@ inline void store_vec(half_t* p, f32x8 v) {
 #endif
 }
 
-// kLanes<T> elements widened to float64, as kLanes<T>/4 vectors.
-template <class T>
-inline void load_f64(const T* p, f64x4* out) {
-  if constexpr (std::is_same<T, double>::value) {
-    out[0] = load_vec(p);
-  } else {
-    const f32x8 v = load_vec(p);
-    out[0] = __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), f64x4);
-    out[1] = __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), f64x4);
-  }
+// 8 floats widened to float64, as two vectors.
+inline void widen(f32x8 v, f64x4* out) {
+#if defined(FOMO_X86_AVX2)
+  out[0] = (f64x4)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v));
+  out[1] = (f64x4)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1));
+#else
+  out[0] = __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), f64x4);
+  out[1] = __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), f64x4);
+#endif
 }
 
 inline f64x4 abs_f64(f64x4 v) { return (f64x4)((i64x4)v & INT64_MAX); }

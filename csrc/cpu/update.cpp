@@ -11,7 +11,7 @@ namespace cpu {
 namespace FOMO_ISA {
 namespace {
 
-constexpr int64_t kBlock = 512;
+constexpr int64_t kBlock = 1024;  // accumulator block: stays in L1 while the candidates stream through
 
 // Where candidate which[k] keeps this piece, and with which stride.
 template <class T>
@@ -27,28 +27,63 @@ CandidateRef<T> candidate_piece(const ModelRuns& runs, const Piece& piece, int64
   return {static_cast<const T*>(runs.candidate[slot]) + piece.begin * stride, stride};
 }
 
+constexpr int kGroup = 4;  // candidates folded into the accumulator per pass over a block
+
+// acc (+)= sum over the group of w_g * (c_g - x) for one block, or, on the last group, out = x + acc
+// directly. The candidates are added in index order whatever the grouping, so every element sees
+// the same arithmetic as in update_strided.
+template <class T, int G, bool kFirst, bool kLast>
+void fold_group(const T* xb, const T* const* cb, const compute_t<T>* w, compute_t<T>* acc, T* ob, int64_t m) {
+  using C = compute_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = kLanes<T>;
+  const int64_t mv = m - m % L;
+  for (int64_t j = 0; j < mv; j += L) {
+    const V xv = load_vec(xb + j);
+    V a = kFirst ? V{} : load_raw<V>(acc + j);
+    for (int g = 0; g < G; ++g) a += w[g] * (load_vec(cb[g] + j) - xv);
+    if (kLast) store_vec(ob + j, xv + a);
+    else store_raw(acc + j, a);
+  }
+  for (int64_t j = mv; j < m; ++j) {
+    const C xj = load_one(xb + j);
+    C a = kFirst ? C(0) : acc[j];
+    for (int g = 0; g < G; ++g) a += w[g] * (load_one(cb[g] + j) - xj);
+    if (kLast) store_one(ob + j, xj + a);
+    else acc[j] = a;
+  }
+}
+
+template <class T, int G>
+void fold(const T* xb, const T* const* cb, const compute_t<T>* w, compute_t<T>* acc, T* ob, int64_t m,
+          bool first, bool last) {
+  if (first && last) fold_group<T, G, true, true>(xb, cb, w, acc, ob, m);
+  else if (first) fold_group<T, G, true, false>(xb, cb, w, acc, ob, m);
+  else if (last) fold_group<T, G, false, true>(xb, cb, w, acc, ob, m);
+  else fold_group<T, G, false, false>(xb, cb, w, acc, ob, m);
+}
+
 template <class T>
 void update_contiguous(const ModelRuns& runs, const Piece& piece, const T* x, T* out,
                        const int64_t* which, const double* weights, int64_t count) {
   using C = compute_t<T>;
-  using V = vec_t<T>;
-  constexpr int L = kLanes<T>;
   alignas(32) C acc[kBlock];
   for (int64_t b = 0; b < piece.count; b += kBlock) {
     const int64_t m = piece.count - b < kBlock ? piece.count - b : kBlock;
-    const int64_t mv = m - m % L;
-    const T* xb = x + b;
-    for (int64_t j = 0; j < m; ++j) acc[j] = C(0);
-    for (int64_t k = 0; k < count; ++k) {
-      const T* cb = candidate_piece<T>(runs, piece, which[k]).data + b;
-      const C w = C(weights[k]);
-      for (int64_t j = 0; j < mv; j += L)
-        store_raw(acc + j, load_raw<V>(acc + j) + w * (load_vec(cb + j) - load_vec(xb + j)));
-      for (int64_t j = mv; j < m; ++j) acc[j] += w * (load_one(cb + j) - load_one(xb + j));
+    for (int64_t k0 = 0; k0 < count; k0 += kGroup) {
+      const int group = int(count - k0 < kGroup ? count - k0 : kGroup);
+      const T* cb[kGroup];
+      C w[kGroup];
+      for (int g = 0; g < group; ++g) {
+        cb[g] = candidate_piece<T>(runs, piece, which[k0 + g]).data + b;
+        w[g] = C(weights[k0 + g]);
+      }
+      const bool first = k0 == 0, last = k0 + group == count;
+      if (group == 4) fold<T, 4>(x + b, cb, w, acc, out + b, m, first, last);
+      else if (group == 3) fold<T, 3>(x + b, cb, w, acc, out + b, m, first, last);
+      else if (group == 2) fold<T, 2>(x + b, cb, w, acc, out + b, m, first, last);
+      else fold<T, 1>(x + b, cb, w, acc, out + b, m, first, last);
     }
-    T* ob = out + b;
-    for (int64_t j = 0; j < mv; j += L) store_vec(ob + j, load_vec(xb + j) + load_raw<V>(acc + j));
-    for (int64_t j = mv; j < m; ++j) store_one(ob + j, load_one(xb + j) + acc[j]);
   }
 }
 

@@ -73,28 +73,48 @@ void set_dtype(ArrayView& v, DType dtype) {
   v.itemsize = dtype == DType::float64 ? 8 : dtype == DType::float32 ? 4 : 2;
 }
 
+const char* numpy_name(DType dtype) {
+  switch (dtype) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::float16: return "float16";
+    case DType::bfloat16: return "bfloat16";
+  }
+  return "?";
+}
+
+// torch.Size and stride() are tuples of ints: read them directly, without the generic caster.
+std::vector<int64_t> int_tuple(const py::object& t) {
+  if (!PyTuple_Check(t.ptr())) return t.cast<std::vector<int64_t>>();
+  const Py_ssize_t n = PyTuple_GET_SIZE(t.ptr());
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) out[size_t(i)] = PyLong_AsLongLong(PyTuple_GET_ITEM(t.ptr(), i));
+  return out;
+}
+
 ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what) {
   ArrayView v;
   py::object dtype = obj.attr("dtype");
-  v.dtype_name = py::str(dtype);
   if (dtype.is(torch.float32)) set_dtype(v, DType::float32);
   else if (dtype.is(torch.float64)) set_dtype(v, DType::float64);
   else if (dtype.is(torch.float16)) set_dtype(v, DType::float16);
   else if (dtype.is(torch.bfloat16)) set_dtype(v, DType::bfloat16);
   else v.itemsize = obj.attr("element_size")().cast<int64_t>();
+  v.dtype_name = v.floating ? std::string("torch.") + numpy_name(v.dtype) : std::string(py::str(dtype));
   if (!py::object(obj.attr("layout")).is(torch.strided))
     fail_type(what, " is a ", std::string(py::str(obj.attr("layout"))),
               " tensor; only dense (strided) tensors are supported");
   v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
-  v.shape = obj.attr("shape").cast<std::vector<int64_t>>();
-  v.strides = obj.attr("stride")().cast<std::vector<int64_t>>();
-  py::object device = obj.attr("device");
-  const std::string type = py::str(device.attr("type"));
-  if (type == "cuda") {
+  v.shape = int_tuple(obj.attr("shape"));
+  v.strides = int_tuple(obj.attr("stride")());
+  if (obj.attr("is_cpu").cast<bool>()) {
+    // the common case, settled with one attribute
+  } else if (obj.attr("is_cuda").cast<bool>()) {
     v.device.kind = DeviceKind::cuda;
-    py::object index = device.attr("index");
+    py::object index = obj.attr("device").attr("index");
     v.device.index = index.is_none() ? 0 : index.cast<int>();
-  } else if (type != "cpu") {
+  } else {
+    const std::string type = py::str(obj.attr("device").attr("type"));
     fail_type(what, " is on device '", type, "'; fomo_core runs on cpu and cuda tensors");
   }
   return v;
@@ -126,10 +146,10 @@ bool from_buffer(py::handle obj, ArrayView& v) {
     aligned = aligned && buffer.strides[i] % buffer.itemsize == 0;
     v.strides.push_back(buffer.strides[i] / buffer.itemsize);
   }
-  const bool floating = dtype_from_format(buffer.format, v);
-  v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
-                                           : std::string(buffer.format ? buffer.format : "?");
-  if (!floating) v.floating = false;
+  // The library's own dtype name only where it is not one of ours (messages about foreign dtypes).
+  if (dtype_from_format(buffer.format, v)) v.dtype_name = numpy_name(v.dtype);
+  else v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
+                                                : std::string(buffer.format ? buffer.format : "?");
   PyBuffer_Release(&buffer);
   if (!aligned) fail_value("an array has strides that are not a multiple of its item size");
   return true;
@@ -164,7 +184,9 @@ bool from_array_interface(py::handle obj, ArrayView& v) {
 
 ArrayView intake(py::handle obj, const std::string& what) {
   if (const Torch* torch = torch_if_loaded()) {
-    if (PyObject_IsInstance(obj.ptr(), torch->tensor.ptr()) == 1) return from_torch(obj, *torch, what);
+    // A C-level subtype test: isinstance() would run torch's metaclass __instancecheck__.
+    if (PyType_IsSubtype(Py_TYPE(obj.ptr()), reinterpret_cast<PyTypeObject*>(torch->tensor.ptr())))
+      return from_torch(obj, *torch, what);
   }
   ArrayView v;
   if (from_buffer(obj, v) || from_array_interface(obj, v)) return v;

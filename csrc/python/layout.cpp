@@ -21,8 +21,13 @@ namespace {
 struct Leaves {
   std::vector<ArrayView> local, out;
   std::vector<std::vector<ArrayView>> candidates;  // [M][L]
-  std::vector<std::string> local_names, out_names;
-  std::vector<std::vector<std::string>> candidate_names;
+  std::vector<std::string> suffix;                 // each leaf's path, e.g. ["fc.weight"]
+
+  std::string local_name(size_t l) const { return "local_params" + suffix[l]; }
+  std::string out_name(size_t l) const { return "out" + suffix[l]; }
+  std::string candidate_name(size_t m, size_t l) const {
+    return "candidate_params[" + std::to_string(m) + "]" + suffix[l];
+  }
 };
 
 bool overlaps(const ArrayView& a, const ArrayView& b) {
@@ -43,37 +48,37 @@ void check_like(const ArrayView& v, const std::string& name, const ArrayView& re
     fail_value(name, " is on ", v.device.str(), ", expected ", ref.device.str(), " (the device of ", ref_name, ")");
 }
 
+// Names are built only where a message needs them: this runs once per leaf per model per call.
 Leaves read_leaves(const LayoutRequest& request) {
   Leaves leaves;
   const py::list local = py::reinterpret_borrow<py::list>(request.local);
   const py::list names = py::reinterpret_borrow<py::list>(request.names);
   const size_t num_leaves = local.size();
+  for (size_t l = 0; l < num_leaves; ++l) leaves.suffix.push_back(names[l].cast<std::string>());
   for (size_t l = 0; l < num_leaves; ++l) {
-    const std::string name = "local_params" + names[l].cast<std::string>();
-    ArrayView v = intake(local[l], name);
+    ArrayView v = intake(local[l], leaves.local_name(l));
     if (!v.floating)
-      fail_type(name, " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
+      fail_type(leaves.local_name(l), " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
     if (l > 0 && v.device != leaves.local[0].device)
-      fail_value(name, " is on ", v.device.str(), ", expected ", leaves.local[0].device.str(),
-                 " (the device of ", leaves.local_names[0], ")");
+      fail_value(leaves.local_name(l), " is on ", v.device.str(), ", expected ", leaves.local[0].device.str(),
+                 " (the device of ", leaves.local_name(0), ")");
     leaves.local.push_back(std::move(v));
-    leaves.local_names.push_back(name);
   }
 
   if (py::isinstance<py::list>(request.candidates) || py::isinstance<py::tuple>(request.candidates)) {
     const py::sequence models = py::reinterpret_borrow<py::sequence>(request.candidates);
-    for (size_t m = 0; m < models.size(); ++m) {
+    const size_t num_models = models.size();
+    leaves.candidates.resize(num_models);
+    for (size_t m = 0; m < num_models; ++m) {
       const py::list model = models[m].cast<py::list>();
-      std::vector<ArrayView> views;
-      std::vector<std::string> model_names;
+      std::vector<ArrayView>& views = leaves.candidates[m];
+      views.reserve(num_leaves);
       for (size_t l = 0; l < num_leaves; ++l) {
-        const std::string name = concat("candidate_params[", m, "]", names[l].cast<std::string>());
-        views.push_back(intake(model[l], name));
-        check_like(views.back(), name, leaves.local[l], leaves.local_names[l]);
-        model_names.push_back(name);
+        views.push_back(intake(model[l], leaves.candidate_name(m, l)));
+        if (!views.back().floating || views.back().dtype != leaves.local[l].dtype ||
+            views.back().shape != leaves.local[l].shape || views.back().device != leaves.local[l].device)
+          check_like(views.back(), leaves.candidate_name(m, l), leaves.local[l], leaves.local_name(l));
       }
-      leaves.candidates.push_back(std::move(views));
-      leaves.candidate_names.push_back(std::move(model_names));
     }
   } else {
     const ArrayView block = intake(request.candidates, "candidate_params");
@@ -84,21 +89,17 @@ Leaves read_leaves(const LayoutRequest& request) {
       fail_value("candidate_params has shape ", block.shape_str(), ", expected (M, ", leaves.local[0].shape[0],
                  ") (M candidates of local_params' size)");
     for (int64_t m = 0; m < block.shape[0]; ++m) {
-      const std::string name = concat("candidate_params[", m, "]");
       leaves.candidates.push_back({block.row(m)});
-      check_like(leaves.candidates.back()[0], name, leaves.local[0], leaves.local_names[0]);
-      leaves.candidate_names.push_back({name});
+      check_like(leaves.candidates.back()[0], leaves.candidate_name(size_t(m), 0), leaves.local[0], leaves.local_name(0));
     }
   }
 
   if (!request.out.is_none()) {
     const py::list out = py::reinterpret_borrow<py::list>(request.out);
     for (size_t l = 0; l < num_leaves; ++l) {
-      const std::string name = "out" + names[l].cast<std::string>();
-      leaves.out.push_back(intake(out[l], name));
-      check_like(leaves.out.back(), name, leaves.local[l], leaves.local_names[l]);
-      if (leaves.out.back().readonly) fail_value(name, " is read-only");
-      leaves.out_names.push_back(name);
+      leaves.out.push_back(intake(out[l], leaves.out_name(l)));
+      check_like(leaves.out.back(), leaves.out_name(l), leaves.local[l], leaves.local_name(l));
+      if (leaves.out.back().readonly) fail_value(leaves.out_name(l), " is read-only");
     }
   }
   return leaves;
@@ -112,15 +113,15 @@ void check_out_overlaps(const Leaves& leaves) {
     for (size_t k = 0; k < leaves.local.size(); ++k) {
       if (k == l && same_view(o, leaves.local[k])) continue;
       if (overlaps(o, leaves.local[k]))
-        fail_value(leaves.out_names[l], " overlaps ", leaves.local_names[k],
+        fail_value(leaves.out_name(l), " overlaps ", leaves.local_name(k),
                    " without being the same array; pass out=local_params to update in place, or a separate buffer");
     }
     for (size_t k = 0; k < l; ++k)
-      if (overlaps(o, leaves.out[k])) fail_value(leaves.out_names[l], " overlaps ", leaves.out_names[k]);
+      if (overlaps(o, leaves.out[k])) fail_value(leaves.out_name(l), " overlaps ", leaves.out_name(k));
     for (size_t m = 0; m < leaves.candidates.size(); ++m)
       for (size_t k = 0; k < leaves.candidates[m].size(); ++k)
         if (overlaps(o, leaves.candidates[m][k]))
-          fail_value(leaves.out_names[l], " overlaps ", leaves.candidate_names[m][k],
+          fail_value(leaves.out_name(l), " overlaps ", leaves.candidate_name(m, k),
                      "; the output must not share memory with a candidate");
   }
 }

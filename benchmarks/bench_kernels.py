@@ -1,0 +1,301 @@
+"""Speed of FedFomo's weights + update: fomo_core against the ways peers compute it.
+
+Headline: ResNet-18's parameters (P = 11,181,642 as its 62 real layer shapes, CIFAR-10 head),
+float32, M = 10 candidates, all improving. In the same process, medians over repeats:
+
+- fomo_core.fomo_step over the layer list (new output, and in place), and over a flat [M, P] array;
+- a PFLlib-style per-layer torch loop (clientfomo: cat of per-layer differences, torch.norm + 1e-5,
+  zero the model, accumulate w_n * theta_n layer by layer);
+- flat NumPy and flat torch, vectorised the obvious way ([M, P] differences);
+- a dot-product bandwidth probe (np.dot and torch.dot over two P-long arrays).
+
+Effective bandwidth counts the bytes the op must move, (M_d + M+ + 3) * P * bytes: M_d distances
+read, M+ improving candidates read by the update, and local read twice plus the output written.
+
+Also: float16/bfloat16/float64 storage, half the candidates not improving (skipped), M = 1..20,
+and a small model (P ~ 60k) where call overhead dominates. Writes results/kernels.{json,md,png}.
+
+    python benchmarks/bench_kernels.py            # full run (a few minutes)
+    python benchmarks/bench_kernels.py --quick    # smaller sizes, fewer repeats (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fomo_core as fc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, markdown_table, median_ms, peak_extra_mib, write_results  # noqa: E402
+
+BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
+
+
+def resnet18_shapes(num_classes: int = 10) -> list[tuple[int, ...]]:
+    """Parameter shapes of torchvision's resnet18(num_classes) in state_dict order (no buffers)."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    in_channels = 64
+    for channels in (64, 128, 256, 512):
+        for block in range(2):
+            block_in = in_channels if block == 0 else channels
+            shapes += [(channels, block_in, 3, 3), (channels,), (channels,), (channels, channels, 3, 3), (channels,), (channels,)]
+            if block == 0 and block_in != channels:
+                shapes += [(channels, block_in, 1, 1), (channels,), (channels,)]
+        in_channels = channels
+    return shapes + [(num_classes, 512), (num_classes,)]
+
+
+def small_cnn_shapes() -> list[tuple[int, ...]]:
+    """A LeNet-style CNN for 3x32x32 inputs: 62,006 parameters."""
+    return [(6, 3, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120), (84,), (10, 84), (10,)]
+
+
+class Problem:
+    """A local model and M candidates as layer lists (torch) and as flat arrays (NumPy and torch)."""
+
+    def __init__(self, shapes, m: int, dtype: torch.dtype, improving: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.shapes = shapes
+        self.p = sum(math.prod(s) for s in shapes)
+        self.m = m
+        self.dtype = dtype
+        self.flat_local = torch.randn(self.p, generator=gen).to(dtype)
+        # candidates near the local model, as after a round of local training
+        noise = torch.randn(m, self.p, generator=gen).to(dtype)
+        self.flat_candidates = self.flat_local + 0.01 * noise
+        self.layers_local = self._split(self.flat_local)
+        self.layers_candidates = [self._split(row) for row in self.flat_candidates]
+        self.local_loss = 1.0
+        # the first `improving` candidates lower the loss, the rest raise it
+        self.losses = np.array([0.5 + 0.02 * n if n < improving else 1.5 for n in range(m)])
+        self.improving = improving
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append(flat[offset : offset + n].view(shape))
+            offset += n
+        return out
+
+    def bytes_moved(self, measured: int) -> int:
+        return (measured + self.improving + 3) * self.p * BYTES[self.dtype]
+
+
+# ---- the baselines, written as their authors' code computes it ----
+
+
+def pfllib_loop(problem: Problem, model: list[torch.Tensor]) -> list[torch.Tensor]:
+    weights = []
+    for layers, loss in zip(problem.layers_candidates, problem.losses):
+        diff = torch.cat([(c - x).view(-1) for c, x in zip(layers, problem.layers_local)])
+        weights.append((problem.local_loss - loss) / (torch.norm(diff) + 1e-5))
+    w = torch.clamp(torch.tensor(weights), min=0)
+    total = w.sum()
+    if total > 0:
+        w = w / total
+        for param in model:
+            param.zero_()
+        for wn, layers in zip(w, problem.layers_candidates):
+            for param, c in zip(model, layers):
+                param += c.clone() * wn
+    return model
+
+
+def numpy_flat(problem: Problem, x: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    diff = candidates - x
+    d = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    s = np.maximum((problem.local_loss - problem.losses) / d, 0)
+    w = s / s.sum() if s.sum() > 0 else np.zeros_like(s)
+    return x + w.astype(x.dtype) @ diff
+
+
+def torch_flat(problem: Problem) -> torch.Tensor:
+    diff = problem.flat_candidates - problem.flat_local
+    d = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64)
+    s = torch.clamp((problem.local_loss - torch.from_numpy(problem.losses)) / d, min=0)
+    w = s / s.sum() if s.sum() > 0 else torch.zeros_like(s)
+    return problem.flat_local + w.to(problem.dtype) @ diff
+
+
+def probe_gbs(p: int, repeats: int) -> dict:
+    """Read bandwidth of a dot product over two float32 arrays of P elements (larger than caches)."""
+    a = np.random.default_rng(1).standard_normal(p, dtype=np.float32)
+    b = np.random.default_rng(2).standard_normal(p, dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    nbytes = 2 * p * 4
+    np_ms = median_ms(lambda: np.dot(a, b), repeats)
+    torch_ms = median_ms(lambda: torch.dot(ta, tb), repeats)
+    return {"numpy_dot_gbs": nbytes / np_ms / 1e6, "torch_dot_gbs": nbytes / torch_ms / 1e6,
+            "gbs": max(nbytes / np_ms, nbytes / torch_ms) / 1e6}
+
+
+def row(name: str, ms: float, problem: Problem, measured: int, probe: float, baseline_ms: float, mem) -> dict:
+    gbs = problem.bytes_moved(measured) / ms / 1e6
+    return {"method": name, "ms": ms, "gbs": gbs, "fraction_of_probe": gbs / probe,
+            "speedup_vs_pfllib": baseline_ms / ms, "peak_extra_mib": mem}
+
+
+def headline(problem: Problem, repeats: int, probe: float) -> list[dict]:
+    model = [t.clone() for t in problem.layers_local]
+    flat_x = problem.flat_local.numpy()
+    flat_c = problem.flat_candidates.numpy()
+    inplace = [t.clone() for t in problem.layers_local]
+    args = (problem.local_loss, problem.losses)
+    methods = {
+        "fomo_core.fomo_step (layers)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (layers, in place)": lambda: fc.fomo_step(inplace, problem.layers_candidates, *args, out=inplace),
+        "fomo_core.fomo_step (flat [M, P])": lambda: fc.fomo_step(flat_x, flat_c, *args),
+        "PFLlib-style per-layer torch loop": lambda: pfllib_loop(problem, model),
+        "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
+        "flat torch": lambda: torch_flat(problem),
+    }
+    times = {name: median_ms(fn, repeats) for name, fn in methods.items()}
+    baseline = times["PFLlib-style per-layer torch loop"]
+    return [row(name, times[name], problem, problem.m, probe, baseline, peak_extra_mib(fn)) for name, fn in methods.items()]
+
+
+def dtypes(shapes, m: int, repeats: int, probe: float) -> list[dict]:
+    rows, f32_ms = [], None
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        problem = Problem(shapes, m, dtype, improving=m)
+        ms = median_ms(lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, problem.local_loss, problem.losses), repeats)
+        f32_ms = ms if dtype == torch.float32 else f32_ms
+        gbs = problem.bytes_moved(m) / ms / 1e6
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "ms": ms, "gbs": gbs,
+                     "fraction_of_probe": gbs / probe, "speedup_vs_float32": f32_ms / ms})
+        del problem
+    return rows
+
+
+def skipping(shapes, m: int, repeats: int, probe: float) -> list[dict]:
+    rows = []
+    all_improving = Problem(shapes, m, torch.float32, improving=m)
+    base_ms = median_ms(lambda: fc.fomo_step(all_improving.layers_local, all_improving.layers_candidates, all_improving.local_loss, all_improving.losses), repeats)
+    rows.append({"case": f"all {m} improving", "ms": base_ms, "relative_time": 1.0,
+                 "relative_bytes": 1.0, "gbs": all_improving.bytes_moved(m) / base_ms / 1e6})
+    half = Problem(shapes, m, torch.float32, improving=m // 2)
+    for all_scores in (True, False):
+        ms = median_ms(lambda: fc.fomo_step(half.layers_local, half.layers_candidates, half.local_loss, half.losses, all_scores=all_scores), repeats)
+        measured = m if all_scores else m // 2
+        rows.append({"case": f"{m // 2} of {m} improving, all_scores={all_scores}", "ms": ms, "relative_time": ms / base_ms,
+                     "relative_bytes": half.bytes_moved(measured) / all_improving.bytes_moved(m),
+                     "gbs": half.bytes_moved(measured) / ms / 1e6})
+    return rows
+
+
+def m_sweep(shapes, ms_list, repeats: int, probe: float) -> list[dict]:
+    rows = []
+    for m in ms_list:
+        problem = Problem(shapes, m, torch.float32, improving=m)
+        model = [t.clone() for t in problem.layers_local]
+        ours = median_ms(lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, problem.local_loss, problem.losses), repeats)
+        theirs = median_ms(lambda: pfllib_loop(problem, model), repeats)
+        gbs = problem.bytes_moved(m) / ours / 1e6
+        rows.append({"M": m, "fomo_core_ms": ours, "pfllib_ms": theirs, "speedup_vs_pfllib": theirs / ours,
+                     "gbs": gbs, "fraction_of_probe": gbs / probe})
+        del problem, model
+    return rows
+
+
+def small_model(repeats: int) -> list[dict]:
+    problem = Problem(small_cnn_shapes(), 10, torch.float32, improving=10)
+    model = [t.clone() for t in problem.layers_local]
+    flat_x, flat_c = problem.flat_local.numpy(), problem.flat_candidates.numpy()
+    args = (problem.local_loss, problem.losses)
+    methods = {
+        "fomo_core.fomo_step (layers)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (flat [M, P])": lambda: fc.fomo_step(flat_x, flat_c, *args),
+        "PFLlib-style per-layer torch loop": lambda: pfllib_loop(problem, model),
+        "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
+        "flat torch": lambda: torch_flat(problem),
+    }
+    times = {name: median_ms(fn, repeats * 20, warmup=5) for name, fn in methods.items()}
+    base = times["PFLlib-style per-layer torch loop"]
+    return [{"method": k, "us": v * 1e3, "speedup_vs_pfllib": base / v} for k, v in times.items()]
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["headline"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    names = [r["method"] for r in rows]
+    values = [r["gbs"] for r in rows]
+    ax.barh(names[::-1], values[::-1], color=["#1f77b4" if n.startswith("fomo") else "#999999" for n in names[::-1]])
+    ax.axvline(results["probe"]["gbs"], color="#d62728", linestyle="--", label="dot-product probe")
+    ax.set_xlabel("effective bandwidth (GB/s), higher is better")
+    ax.set_title(f"FedFomo weights + update, P = {results['config']['P']:,} float32, M = {results['config']['M']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of ResNet-18's channels, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (median taken)")
+    parser.add_argument("--name", default="kernels", help="results file name under benchmarks/results/")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    shapes = resnet18_shapes()
+    if args.quick:
+        shapes = [tuple(max(1, d // 4) if i < 2 else d for i, d in enumerate(s)) for s in shapes]
+    p = sum(math.prod(s) for s in shapes)
+    m = 10
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"fomo_core {fc.build_info()}", flush=True)
+    probe = probe_gbs(p, repeats * 3)
+    print(f"dot-product probe: {probe['gbs']:.1f} GB/s", flush=True)
+    results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": args.quick},
+               "machine": machine(), "build_info": fc.build_info(), "torch_threads": torch.get_num_threads(),
+               "probe": probe}
+    results["headline"] = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe["gbs"])
+    print(markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
+                        [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
+                         for r in results["headline"]]), flush=True)
+    results["dtypes"] = dtypes(shapes, m, repeats, probe["gbs"])
+    results["skip"] = skipping(shapes, m, repeats, probe["gbs"])
+    results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe["gbs"])
+    results["small_model"] = small_model(repeats)
+
+    sections = [
+        f"P = {p:,} ({len(shapes)} layers), float32, M = {m}, all improving; dot-product probe "
+        f"{probe['gbs']:.1f} GB/s (np.dot {probe['numpy_dot_gbs']:.1f}, torch.dot {probe['torch_dot_gbs']:.1f}); "
+        f"medians of {repeats}; {fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels.",
+        markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
+                       [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
+                        for r in results["headline"]]),
+        "Storage dtypes (fomo_step over layers, M = 10):",
+        markdown_table(["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
+                       [[r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]] for r in results["dtypes"]]),
+        "Non-improving candidates (float32, M = 10):",
+        markdown_table(["case", "ms", "time vs all improving", "bytes vs all improving", "GB/s"],
+                       [[r["case"], r["ms"], r["relative_time"], r["relative_bytes"], r["gbs"]] for r in results["skip"]]),
+        "Number of candidates (float32):",
+        markdown_table(["M", "fomo_core ms", "PFLlib-style ms", "speedup", "GB/s", "of probe"],
+                       [[r["M"], r["fomo_core_ms"], r["pfllib_ms"], r["speedup_vs_pfllib"], r["gbs"], r["fraction_of_probe"]]
+                        for r in results["m_sweep"]]),
+        "Small model (LeNet-style CNN, P = 62,006, M = 10): call overhead",
+        markdown_table(["method", "µs", "vs PFLlib"], [[r["method"], r["us"], r["speedup_vs_pfllib"]] for r in results["small_model"]]),
+    ]
+    table = "\n\n".join(sections)
+    print("\n" + table)
+    json_path, md_path = write_results(args.name, results, table)
+    plot(results, json_path.with_suffix(".png"))
+    print(f"\nwrote {json_path}, {md_path} and {json_path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
