@@ -104,7 +104,7 @@ def test_flat_candidates_take_the_modules_buffers(cnn_case):
         clone.load_state_dict({**template.state_dict(), **dict(m.named_parameters())})
         mixed.append(clone)
     loss, _ = _baseline(mixed, X, y)
-    assert ev.method == "loop"  # convolutional: auto loops (see the module docstring)
+    assert ev.method == "loop"  # not a dense Sequential: auto loops on CPU (see the module docstring)
     torch.testing.assert_close(ev.loss, loss, **TOL)
 
 
@@ -133,10 +133,10 @@ def test_user_loss_functions_per_sample_or_mean(mlp_case):
 
     loss, _ = _baseline(models, X, y)
     ev = evaluate_candidates(models[0], flat, (X, y), loss_fn=per_sample)
-    assert ev.method == "vmap"  # a user loss never takes the fused route
+    assert ev.method == "loop"  # a user loss never takes the fused route; auto loops on CPU
     torch.testing.assert_close(ev.loss, loss, **TOL)
     margin, _ = _baseline(models, X, y, loss_fn=mean_margin)
-    ev = evaluate_candidates(models[0], flat, (X, y), loss_fn=mean_margin, method="loop")
+    ev = evaluate_candidates(models[0], flat, (X, y), loss_fn=mean_margin, method="vmap")
     torch.testing.assert_close(ev.loss, margin, rtol=0, atol=1e-6)
 
 
