@@ -11,12 +11,15 @@ read once for all candidates. Three ways to run them (``method=``):
 - ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch;
 - ``"loop"``: one ``functional_call`` per candidate per data batch.
 
-``method="auto"`` picks "fused" when it applies, else "vmap" for flat [M, P] candidates of a model
-without convolutions and "loop" otherwise. Measured in benchmarks/bench_evaluate.py
-(benchmarks/results/evaluate.md): on CPU, vmap turns the M Linear layers into one batched matmul
-and wins for MLPs, while for convolutional networks vmap's grouped-convolution rewrite is slower
-than looping; vmap over state_dicts or modules must first stack their tensors (an [M, P] copy),
-which the loop never does.
+``method="auto"`` picks "fused" when it applies; otherwise "loop" on CPU and "vmap" on CUDA.
+Measured on CPU (benchmarks/bench_evaluate.py, results in benchmarks/results/evaluate.md): vmap
+turns the M Linear layers into one batched matmul and the M convolutions into one grouped
+convolution, which saves dispatches but runs slower per FLOP than M separate MKL-DNN calls: with one
+thread the loop was 1.5x (MLP) to 2x (LeNet CNN) faster, and vmap only came ahead when the
+per-operator overhead dominated (two threads on a loaded machine). On CUDA, where every operator is
+a kernel launch, vmap's M-fold fewer launches are the better default (not measured here: no GPU).
+vmap over state_dicts or modules must first stack their tensors (an [M, P] copy); the loop never
+copies.
 
 Candidate formats (``candidates=``):
 
@@ -235,13 +238,13 @@ def _fused(spec: DenseSpec, cands: _Candidates, data: Any, batch_size: Optional[
     return Evaluation(loss / rows, acc / rows, "fused")
 
 
-def _choose(method: str, module: nn.Module, cands: _Candidates, spec: Optional[DenseSpec]) -> str:
+def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec]) -> str:
     if method != "auto":
         return method
     if spec is not None:
         return "fused"
-    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
-    return "vmap" if cands.kind == "flat" and cands.flat is not None and not convolutional else "loop"
+    first = cands.first_tensor()
+    return "vmap" if first is not None and first.device.type == "cuda" else "loop"
 
 
 def evaluate_candidates(
@@ -277,7 +280,7 @@ def evaluate_candidates(
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     cands = _Candidates(module, candidates)
     spec = _dense_spec(module, loss_fn)
-    chosen = _choose(method, module, cands, spec)
+    chosen = _choose(method, cands, spec)
     if chosen == "fused" and spec is None:
         raise ValueError(
             "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"

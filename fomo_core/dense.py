@@ -278,7 +278,7 @@ def sklearn_labels(estimator: Any, y: Any) -> np.ndarray:
     unknown = classes[index] != y
     if np.any(unknown):
         first = int(np.flatnonzero(unknown)[0])
-        raise ValueError(f"y[{first}] = {y[first]!r} is not one of estimator.classes_ {classes.tolist()}")
+        raise ValueError(f"y[{first}] = {y[first].item()!r} is not one of estimator.classes_ {classes.tolist()}")
     return index.astype(np.int64)
 
 
