@@ -9,7 +9,7 @@ import torch
 
 from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
 from fomo_core.simulate.backends import make_backend
-from fomo_core.simulate.data import _stratified_split, load_digits, split_clients, target_clients
+from fomo_core.simulate.data import _stratified_split, image_dataset, load_digits, split_clients, target_clients
 from fomo_core.simulate.federation import run_local
 from fomo_core.simulate.federation import participants
 from fomo_core.simulate.metrics import within_group_fraction
@@ -185,6 +185,9 @@ def test_a_short_federation_reports_every_metric(backend):
     fomo = res["methods"]["fedfomo"]
     assert fomo["seconds"]["eval"] > 0 and fomo["seconds"]["step"] > 0
     assert len(fomo["accuracy_after_update_per_round"]) == 4
+    assert np.array(fomo["client_accuracy_per_round"]).shape == (4, 6)
+    assert fomo["affinity_per_round"][-1] == res["affinity"] and len(fomo["affinity_per_round"]) == 4
+    assert "affinity_per_round" not in res["methods"]["local"]
     a = np.array(res["affinity"])
     assert a.shape == (6, 6) and np.all(np.diag(a) == 0.1)  # the client never scores itself
     assert np.any(a[~np.eye(6, dtype=bool)] < 0)  # other groups' models raised the loss
@@ -227,3 +230,35 @@ def test_experiment_errors():
         run_experiment(small("torch", partition="iid"))
     with pytest.raises(ValueError, match="methods must be among"):
         run_experiment(small("torch", methods=("fedprox",)))
+
+
+def digit_images(digits, n: int):
+    """The digits as 32x32 RGB uint8 images (each pixel blown up 4x4, grey in all channels)."""
+    grey = (digits.x[:n].reshape(n, 8, 8) * 255).astype(np.uint8)
+    big = np.kron(grey, np.ones((1, 4, 4), dtype=np.uint8))
+    return np.repeat(big[..., None], 3, axis=3), digits.y[:n]
+
+
+def test_image_dataset_normalises_per_channel(digits):
+    images, labels = digit_images(digits, 300)
+    ds = image_dataset("digit-images", images, labels, 10, max_samples=200, seed=0)
+    assert ds.x.shape == (200, 3, 32, 32) and ds.x.dtype == np.float32 and ds.y.shape == (200,)
+    # statistics taken in float64, applied in float32: mean 0 and std 1 up to float32 rounding
+    np.testing.assert_allclose(ds.x.mean(axis=(0, 2, 3), dtype=np.float64), 0, atol=1e-6)
+    np.testing.assert_allclose(ds.x.std(axis=(0, 2, 3), dtype=np.float64), 1, atol=1e-6)
+    with pytest.raises(ValueError, match="images must be"):
+        image_dataset("bad", images[:, :, :, 0], labels, 10)
+
+
+def test_the_convolutional_torch_backend_runs_on_images(digits, monkeypatch):
+    """The CIFAR-10 path (torchvision is not needed for this part): images go to the CNN."""
+    from fomo_core.simulate import experiment
+
+    images, labels = digit_images(digits, 400)
+    monkeypatch.setattr(experiment, "load_dataset", lambda cfg: image_dataset("digit-images", images, labels, 10))
+    cfg = ExperimentConfig(clients=4, groups=2, federation=FederationSettings(rounds=2, m=2),
+                           training=TrainSettings(epochs=1))
+    res = experiment.run_experiment(cfg)
+    assert res["dataset"]["name"] == "digit-images"
+    assert all(len(r["accuracy_per_round"]) == 2 for r in res["methods"].values())
+    assert res["methods"]["fedfomo"]["seconds"]["eval"] > 0

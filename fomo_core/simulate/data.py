@@ -14,7 +14,7 @@ import numpy as np
 
 from .partition import Partition
 
-__all__ = ["Dataset", "ClientData", "load_digits", "load_cifar10", "split_clients", "target_clients", "TARGETS"]
+__all__ = ["Dataset", "ClientData", "load_digits", "load_cifar10", "image_dataset", "split_clients", "target_clients", "TARGETS"]
 
 TARGETS = ("local", "shifted")
 
@@ -52,35 +52,46 @@ def load_digits() -> Dataset:
 
 def load_cifar10(folder: str, *, max_samples: int = 0, seed: int = 0) -> Dataset:
     """CIFAR-10 from a local folder (torchvision's layout, ``cifar-10-batches-py`` inside), train
-    and test sets pooled, normalised per channel, [n, 3, 32, 32]. ``max_samples`` > 0 keeps a
-    random subset of that size. Needs torchvision; nothing is downloaded."""
+    and test sets pooled (:func:`image_dataset`). Needs torchvision; nothing is downloaded."""
     try:
         import torchvision
     except ImportError:
         raise RuntimeError(
-            "--cifar10 needs torchvision, which is not installed (pip install torchvision); "
+            "CIFAR-10 needs torchvision, which is not installed (pip install torchvision); "
             "the default demo runs on scikit-learn's digits without it"
         ) from None
     if not os.path.isdir(folder):
-        raise RuntimeError(f"--cifar10 folder {folder!r} does not exist")
+        raise RuntimeError(f"CIFAR-10 folder {folder!r} does not exist")
     parts = []
     for train in (True, False):
         try:
             ds = torchvision.datasets.CIFAR10(root=folder, train=train, download=False)
         except RuntimeError as e:
             raise RuntimeError(
-                f"--cifar10 folder {folder!r} does not hold CIFAR-10 in torchvision's layout "
-                f"(cifar-10-batches-py/): {e}"
+                f"folder {folder!r} does not hold CIFAR-10 in torchvision's layout (cifar-10-batches-py/): {e}"
             ) from None
         parts.append((np.asarray(ds.data), np.asarray(ds.targets)))
-    x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0  # [n, 32, 32, 3]
-    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    if max_samples and max_samples < y.size:
-        keep = np.random.default_rng(seed).choice(y.size, max_samples, replace=False)
-        x, y = x[keep], y[keep]
-    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
-    x = ((x - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
-    return Dataset("cifar10", np.ascontiguousarray(x), y, 10)
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return image_dataset("cifar10", images, labels, 10, max_samples=max_samples, seed=seed)
+
+
+def image_dataset(
+    name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, *, max_samples: int = 0, seed: int = 0
+) -> Dataset:
+    """A Dataset of images [n, 3, H, W] float32 from uint8 images [n, H, W, C] (the layout image
+    files and torchvision's CIFAR-10 use), normalised per channel; ``max_samples`` > 0 keeps a
+    seeded random subset of that size."""
+    images, labels = np.asarray(images), np.asarray(labels).astype(np.int64)
+    if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images must be [n, H, W, C] with one label each, got {images.shape} and {labels.shape}")
+    if max_samples and max_samples < labels.size:
+        keep = np.sort(np.random.default_rng(seed).choice(labels.size, max_samples, replace=False))
+        images, labels = images[keep], labels[keep]
+    x = images.astype(np.float32) / 255.0
+    mean, std = x.mean(axis=(0, 1, 2), dtype=np.float64), x.std(axis=(0, 1, 2), dtype=np.float64)
+    x = ((x - mean.astype(np.float32)) / np.where(std > 0, std, 1.0).astype(np.float32)).transpose(0, 3, 1, 2)
+    return Dataset(name, np.ascontiguousarray(x, dtype=np.float32), labels, num_classes)
 
 
 def target_clients(partition: Partition, target: str) -> np.ndarray:

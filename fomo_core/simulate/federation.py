@@ -86,6 +86,7 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         record.update_accuracy = float(np.mean(after_update))
+        record.affinity = aff.matrix.tolist()
         for i, params in uploads.items():
             table[i] = params
             uploaded[i] = True

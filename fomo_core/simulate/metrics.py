@@ -20,6 +20,7 @@ class RoundRecord:
     participants:     the clients that trained this round
     update_accuracy:  FedFomo only: the mean accuracy right after the federated update, before local
                       training (participants; the others as they stand)
+    affinity:         FedFomo only: the server's affinity matrix [N, N] at the end of the round
     eval_seconds:     spent evaluating candidates on validation data (FedFomo)
     step_seconds:     spent computing weights and updating (fomo_step; FedAvg: averaging)
     train_seconds:    spent in local training
@@ -30,6 +31,7 @@ class RoundRecord:
     client_accuracy: list
     participants: list
     update_accuracy: Optional[float] = None
+    affinity: Optional[list] = None
     eval_seconds: float = 0.0
     step_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -64,6 +66,12 @@ class MethodRun:
                 else {}
             ),
             "final_client_accuracy": self.rounds[-1].client_accuracy if self.rounds else [],
+            "client_accuracy_per_round": [r.client_accuracy for r in self.rounds],
+            **(
+                {"affinity_per_round": [r.affinity for r in self.rounds]}
+                if self.rounds and self.rounds[0].affinity is not None
+                else {}
+            ),
             "eval_seconds_per_round": [r.eval_seconds for r in self.rounds],
             "step_seconds_per_round": [r.step_seconds for r in self.rounds],
             "train_seconds_per_round": [r.train_seconds for r in self.rounds],
