@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends import TrainSettings, make_backend
-from .data import Dataset, load_cifar10, load_digits, split_clients, target_clients
+from .data import Dataset, load_cifar10, load_digits, split_clients
 from .federation import METHODS, FederationSettings
 from .metrics import MethodRun, RoundRecord, within_group_fraction
 from .partition import dirichlet, latent_groups, pathological
