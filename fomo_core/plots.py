@@ -29,7 +29,8 @@ def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> N
     for name, run in results["methods"].items():
         acc = 100 * np.asarray(run["accuracy_per_round"], dtype=float)
         rounds = np.arange(1, acc.size + 1)
-        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=_COLORS.get(name), label=_LABELS.get(name, name))
+        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=_COLORS.get(name), label=_LABELS.get(name, name),
+                zorder=3 if name == "fedfomo" else 2)  # FedFomo on top where the lines meet
         if results.get("config", {}).get("target", "local") != "local" and "accuracy_after_update_per_round" in run:
             after = 100 * np.asarray(run["accuracy_after_update_per_round"], dtype=float)
             ax.plot(rounds, after, ls="--", lw=1.5, color=_COLORS.get(name),
