@@ -265,6 +265,8 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
         from .plots import plot_accuracy, plot_affinity
 
         title = f"{cfg.dataset}: {cfg.clients} clients, {cfg.partition} partition"
+        if cfg.target != "local":
+            title += ", shifted targets"
         plot_accuracy(results, os.path.join(args.out, "accuracy.png"), title=f"Personalised accuracy ({title})")
         written.append("accuracy.png")
         if "affinity" in results:
