@@ -9,6 +9,7 @@ with compiled kernels, for NumPy arrays and torch tensors alike.
 from __future__ import annotations
 
 from . import _C
+from .dense import DenseSpec, evaluate_candidates
 from .ops import (
     Scores,
     StepResult,
@@ -23,6 +24,8 @@ from .presets import PRESETS, Preset, get_preset
 __version__ = _C.build_info()["version"]
 
 __all__ = [
+    "DenseSpec",
+    "evaluate_candidates",
     "Scores",
     "StepResult",
     "apply_update",
