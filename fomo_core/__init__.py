@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import _C
 from .affinity import Affinity
+from .dense import DenseSpec, evaluate_candidates
 from .ops import (
     Scores,
     StepResult,
@@ -25,6 +26,8 @@ __version__ = _C.build_info()["version"]
 
 __all__ = [
     "Affinity",
+    "DenseSpec",
+    "evaluate_candidates",
     "Scores",
     "StepResult",
     "apply_update",

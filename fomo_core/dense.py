@@ -313,7 +313,7 @@ def _candidates_for_kernel(candidate_params: Any) -> Any:
     return out
 
 
-def _targets(spec: DenseSpec, y: Any, rows: int, device_torch: Any) -> tuple:
+def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
     """(labels int64 [B] or None, targets float64 [B, C] or None), on y's device for torch."""
     torch_y = _is_torch(y)
     if torch_y:
@@ -334,7 +334,8 @@ def _targets(spec: DenseSpec, y: Any, rows: int, device_torch: Any) -> tuple:
         if not (is_float or is_int):
             raise TypeError(f"y must hold real targets for output='squared_error', got dtype {y.dtype}")
         if torch_y:
-            return None, y.detach().to(torch.float64).reshape(rows, c).contiguous()
+            t = y.detach().to(torch.float64).reshape(rows, c).contiguous()
+            return None, (t.numpy() if t.device.type == "cpu" else t)
         return None, np.ascontiguousarray(y, dtype=np.float64).reshape(rows, c)
     if shape != (rows,):
         raise ValueError(f"y has shape {shape}, expected ({rows},) (one class index per row of X)")
@@ -420,7 +421,7 @@ def evaluate_candidates(
     if rows == 0:
         raise ValueError("X has no rows; the mean loss over an empty validation set is undefined")
     candidates = _candidates_for_kernel(candidate_params)
-    labels, targets = _targets(spec, y, rows, None)
+    labels, targets = _targets(spec, y, rows)
     weights = _sample_weight(sample_weight, rows)
     loss, accuracy = _C.evaluate_dense(
         list(spec.sizes),
@@ -433,12 +434,22 @@ def evaluate_candidates(
         targets,
         weights,
     )
-    first = candidates if hasattr(candidates, "shape") else (candidates[0] if candidates else None)
+    return _in_callers_type(Evaluation(loss, accuracy), _first_array(candidates), X)
+
+
+def _first_array(candidates: Any) -> Any:
+    """The first candidate array (it decides the result type), or None when there is none."""
+    first = candidates
     while isinstance(first, list):
         first = first[0] if first else None
-    if first is not None and _is_torch(first) or (first is None and _is_torch(X)):
-        import torch
+    return first
 
-        device = (first if first is not None else X).device
-        return Evaluation(torch.from_numpy(loss).to(device), torch.from_numpy(accuracy).to(device))
-    return Evaluation(loss, accuracy)
+
+def _in_callers_type(ev: Evaluation, first: Any, X: Any) -> Evaluation:
+    """Torch tensors on the candidates' device (X's when M = 0) for torch input, else NumPy."""
+    source = first if first is not None else X
+    if not _is_torch(source):
+        return ev
+    import torch
+
+    return Evaluation(torch.from_numpy(ev.loss).to(source.device), torch.from_numpy(ev.accuracy).to(source.device))

@@ -18,7 +18,6 @@ namespace python {
 namespace {
 
 using Vector = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using Labels = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 const char* dtype_label(DType d) {
   switch (d) {
@@ -128,6 +127,23 @@ class CandidateTable {
   bool seen_ = false;
 };
 
+// A C-contiguous int64 (integer = false) or float64 array of exactly `shape` on `device`.
+const void* side_array(py::handle obj, const char* what, const std::vector<int64_t>& shape, bool floating,
+                       const Device& device) {
+  const ArrayView v = intake(obj, what);
+  const bool right_type = floating ? (v.floating && v.dtype == DType::float64)
+                                   : (!v.floating && v.itemsize == 8 && v.dtype_name.find("int64") != std::string::npos);
+  if (!right_type) fail_type(what, " has dtype ", v.dtype_name, ", expected ", floating ? "float64" : "int64");
+  if (v.shape != shape) fail_value(what, " has shape ", v.shape_str(), ", expected one entry per row of X");
+  int64_t expected = 1;
+  for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
+    if (shape[d] > 1 && v.strides[d] != expected) fail_value(what, " must be C-contiguous");
+    expected *= shape[d];
+  }
+  if (v.device != device) fail_value(what, " is on ", v.device.str(), " but X is on ", device.str());
+  return v.data;
+}
+
 bool is_sequence(py::handle obj) { return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj); }
 
 py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation_codes, bool in_out, int output_code,
@@ -183,26 +199,12 @@ py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation
   data.x = xv.data;
   data.row_stride = xv.strides[0];
   data.col_stride = xv.strides[1];
-  Labels label_array;
-  Vector target_array, weight_array;
-  if (!labels.is_none()) {
-    label_array = labels.cast<Labels>();
-    if (label_array.ndim() != 1 || label_array.shape(0) != rows)
-      fail_value("y must hold one class index per row of X (", rows, ")");
-    data.labels = label_array.data();
-  }
-  if (!targets.is_none()) {
-    target_array = targets.cast<Vector>();
-    if (target_array.ndim() != 2 || target_array.shape(0) != rows || target_array.shape(1) != sizes.back())
-      fail_value("y must hold targets of shape (", rows, ", ", sizes.back(), ")");
-    data.targets = target_array.data();
-  }
-  if (!sample_weight.is_none()) {
-    weight_array = sample_weight.cast<Vector>();
-    if (weight_array.ndim() != 1 || weight_array.shape(0) != rows)
-      fail_value("sample_weight must hold one weight per row of X (", rows, ")");
-    data.sample_weight = weight_array.data();
-  }
+  // Labels, targets and weights are small arrays prepared by fomo_core/dense.py on X's device.
+  if (!labels.is_none()) data.labels = static_cast<const int64_t*>(side_array(labels, "y", {rows}, false, xv.device));
+  if (!targets.is_none())
+    data.targets = static_cast<const double*>(side_array(targets, "y", {rows, sizes.back()}, true, xv.device));
+  if (!sample_weight.is_none())
+    data.sample_weight = static_cast<const double*>(side_array(sample_weight, "sample_weight", {rows}, true, xv.device));
 
   const DenseCandidates cands = table.view();
   Vector loss(cands.count), accuracy(cands.count);
