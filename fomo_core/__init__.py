@@ -9,6 +9,8 @@ with compiled kernels, for NumPy arrays and torch tensors alike.
 from __future__ import annotations
 
 from . import _C
+from .affinity import Affinity
+from .dense import DenseSpec, evaluate_candidates
 from .ops import (
     Scores,
     StepResult,
@@ -23,6 +25,9 @@ from .presets import PRESETS, Preset, get_preset
 __version__ = _C.build_info()["version"]
 
 __all__ = [
+    "Affinity",
+    "DenseSpec",
+    "evaluate_candidates",
     "Scores",
     "StepResult",
     "apply_update",

@@ -71,3 +71,19 @@ int cuda_device_count() { return 0; }
 
 }  // namespace python
 }  // namespace fomo
+
+// ---- dense evaluation (issue 4; csrc/python/evaluate.cpp) ----
+namespace fomo {
+namespace python {
+
+void run_evaluate_dense(const Device& device, const DenseNet& net, const DenseCandidates& candidates,
+                        const DenseData& data, DenseResult result) {
+  if (device.kind != DeviceKind::cpu)
+    fail_value("the arrays are on ", device.str(), " but this build of fomo_core has no CUDA route for the dense "
+               "evaluation (rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
+  cpu::evaluate_dense(net, candidates, data, result);
+}
+
+}  // namespace python
+}  // namespace fomo
+// ---- end dense evaluation ----

@@ -23,3 +23,17 @@ int cuda_device_count();
 
 }  // namespace python
 }  // namespace fomo
+
+// ---- dense evaluation (issue 4; csrc/python/evaluate.cpp) ----
+#include "fomo/dense.h"
+
+namespace fomo {
+namespace python {
+
+// Runs the dense evaluation on `device`, where the arrays of `data` and the candidates live.
+void run_evaluate_dense(const Device& device, const DenseNet& net, const DenseCandidates& candidates,
+                        const DenseData& data, DenseResult result);
+
+}  // namespace python
+}  // namespace fomo
+// ---- end dense evaluation ----

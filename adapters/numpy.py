@@ -1,0 +1,248 @@
+"""NumPy adapter: models as lists of ndarrays (the Flower / Keras convention) and scikit-learn
+MLPClassifier clients.
+
+>>> flat, layout = to_flat(weights)              # [W1, b1, W2, b2] -> one vector [P]
+>>> weights = from_flat(flat, layout)            # views, no copy
+>>> client = MLPClassifierClient(clf, val_data=(Xv, yv), train_data=(Xt, yt))
+>>> result = client.round(candidates)            # evaluate, fomo_step, partial_fit
+
+Everything here converts and dispatches: the maths is fomo_core's (fomo_step, and the fused
+dense evaluation for the MLPs, fomo_core.dense).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_layers, sklearn_params
+from ._round import ClientRound, as_float64, fedfomo_update, timed
+
+__all__ = [
+    "ArrayLayout",
+    "to_flat",
+    "from_flat",
+    "mlp_spec",
+    "get_flat_params",
+    "set_flat_params",
+    "initialise_mlp",
+    "evaluate_mlp",
+    "train_mlp",
+    "MLPClassifierClient",
+    "ClientRound",
+]
+
+
+# --- lists of arrays <-> flat buffers -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """The shapes of a list of arrays laid end to end in one flat buffer (row-major each)."""
+
+    shapes: tuple
+    offsets: tuple
+    size: int
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, arrays: Sequence) -> "ArrayLayout":
+        """The layout of ``arrays`` (a list of ndarrays, e.g. Keras ``get_weights()``)."""
+        if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
+            raise TypeError(f"arrays must be a list of ndarrays, got {type(arrays).__name__}")
+        shapes, offsets, size = [], [], 0
+        dtypes = []
+        for k, a in enumerate(arrays):
+            if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+                raise TypeError(f"arrays[{k}] must be an ndarray, got {type(a).__name__}")
+            if np.dtype(a.dtype).kind != "f":
+                raise TypeError(f"arrays[{k}] has dtype {a.dtype}, expected a floating dtype")
+            shapes.append(tuple(a.shape))
+            offsets.append(size)
+            size += int(np.prod(a.shape, dtype=np.int64))
+            dtypes.append(np.dtype(a.dtype))
+        dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+        return cls(tuple(shapes), tuple(offsets), size, dtype)
+
+
+def to_flat(arrays: Sequence, *, dtype: Any = None, out: Optional[np.ndarray] = None) -> tuple:
+    """(flat [P], layout): the arrays copied end to end into one vector.
+
+    dtype: of the vector (default: the arrays' common dtype). out: an existing vector [P] to fill
+    instead of allocating one (checked before anything is written).
+    """
+    layout = ArrayLayout.of(arrays)
+    if out is None:
+        out = np.empty(layout.size, dtype=dtype or layout.dtype)
+    elif not isinstance(out, np.ndarray) or out.shape != (layout.size,):
+        shape = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be an ndarray of shape ({layout.size},), got {shape}")
+    for a, shape, off in zip(arrays, layout.shapes, layout.offsets):
+        n = int(np.prod(shape, dtype=np.int64))
+        out[off : off + n] = np.asarray(a).reshape(-1)
+    return out, ArrayLayout(layout.shapes, layout.offsets, layout.size, out.dtype)
+
+
+def from_flat(flat: np.ndarray, layout: ArrayLayout) -> list:
+    """The arrays of ``layout`` as views (no copy) into ``flat`` [P]."""
+    flat = np.asarray(flat)
+    if flat.shape != (layout.size,):
+        raise ValueError(f"flat has shape {flat.shape}, expected ({layout.size},) (the layout's size)")
+    return [
+        flat[off : off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        for shape, off in zip(layout.shapes, layout.offsets)
+    ]
+
+
+# --- scikit-learn MLPClassifier -----------------------------------------------------------------
+
+
+def mlp_spec(estimator: Any) -> DenseSpec:
+    """The DenseSpec of an initialised (fitted or partial_fit) MLPClassifier / MLPRegressor."""
+    return DenseSpec.from_sklearn(estimator)
+
+
+def get_flat_params(estimator: Any, *, dtype: Any = None) -> np.ndarray:
+    """A new flat vector [P] of the estimator's ``coefs_`` and ``intercepts_`` (layer by layer,
+    weight then bias, ``DenseSpec.from_sklearn``'s layout)."""
+    return sklearn_params(estimator, dtype=dtype)
+
+
+def set_flat_params(estimator: Any, flat: Any) -> None:
+    """Copies a flat vector [P] into the estimator's ``coefs_`` and ``intercepts_`` in place (the
+    arrays the estimator and its optimizer hold stay the same objects)."""
+    spec = mlp_spec(estimator)
+    if hasattr(flat, "detach"):
+        flat = flat.detach().cpu().numpy()
+    flat = np.asarray(flat)
+    if flat.shape != (spec.num_params,):
+        raise ValueError(f"flat has shape {flat.shape}, expected ({spec.num_params},) (the estimator's parameters)")
+    weights, biases = sklearn_layers(spec, flat)
+    for dst, src in zip(list(estimator.coefs_) + list(estimator.intercepts_), weights + biases):
+        dst[...] = src
+
+
+def initialise_mlp(estimator: Any, x: np.ndarray, y: np.ndarray, classes: Any) -> Any:
+    """Allocates an unfitted MLPClassifier's parameters through its own ``partial_fit`` (one call
+    on the first sample of x, y, declaring all ``classes``), so that set_flat_params can then
+    load a common initial model. Returns the estimator."""
+    if hasattr(estimator, "coefs_"):
+        return estimator
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"x, y must be [B, D] and [B] with B >= 1, got shapes {x.shape} and {y.shape}")
+    with warnings.catch_warnings():
+        # one sample is smaller than any batch_size: scikit-learn warns that it clips the batch
+        warnings.filterwarnings("ignore", message="Got `batch_size` less than 1 or larger than sample size")
+        estimator.partial_fit(x[:1], y[:1], classes=np.asarray(classes))
+    return estimator
+
+
+def evaluate_mlp(estimator: Any, candidates: Any, x: Any, y: Any) -> tuple:
+    """(losses [M], accuracies [M]) float64 of candidates [M, P] with the estimator's architecture
+    on (x, y), in one fused call (fomo_core.dense.evaluate_candidates). The losses equal
+    ``sklearn.metrics.log_loss(y, predict_proba(x))`` of each candidate."""
+    ev = evaluate_candidates(mlp_spec(estimator), candidates, x, sklearn_labels(estimator, y))
+    return as_float64(ev.loss), as_float64(ev.accuracy)
+
+
+def train_mlp(estimator: Any, x: Any, y: Any, *, epochs: int = 1) -> None:
+    """Local training through the estimator's own ``partial_fit``: ``epochs`` passes over (x, y)."""
+    for _ in range(epochs):
+        estimator.partial_fit(x, y)
+
+
+class MLPClassifierClient:
+    """One FedFomo client around a scikit-learn MLPClassifier: each :meth:`round` evaluates the
+    current model and the candidates on the validation data, moves the model by fomo_step and
+    trains it with ``partial_fit``.
+
+    estimator:  an MLPClassifier whose parameters exist (fitted, or :func:`initialise_mlp`)
+    val_data:   (X [B, D], y [B]) validation data from the client's target distribution
+    train_data: (X, y) local training data for the default training
+    train_fn:   ``train_fn(estimator)`` replaces the default (``epochs`` partial_fit passes)
+    norm, eps, all_scores: the fomo_step options
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        val_data: tuple,
+        train_data: Optional[tuple] = None,
+        *,
+        train_fn: Optional[Callable[[Any], Any]] = None,
+        epochs: int = 1,
+        norm: str = "l2",
+        eps: float = 0.0,
+        all_scores: bool = True,
+    ):
+        if not hasattr(estimator, "coefs_"):
+            raise ValueError(
+                "estimator must have parameters: fit it, or call initialise_mlp(estimator, X, y, classes) first"
+            )
+        if train_fn is None and train_data is None:
+            raise ValueError("train_data is required unless train_fn is given (the default training needs data)")
+        if train_fn is not None and not callable(train_fn):
+            raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        for name, data in (("val_data", val_data), ("train_data", train_data)):
+            if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
+                raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
+        self.estimator = estimator
+        self.params = get_flat_params(estimator)
+        self.val_data = val_data
+        self.train_data = train_data
+        self.train_fn = train_fn
+        self.epochs = epochs
+        self.step_options = dict(norm=norm, eps=eps, all_scores=all_scores)
+
+    def evaluate(self, candidates: Any, data: Optional[tuple] = None) -> tuple:
+        """(losses [M], accuracies [M]) float64 of flat candidates [M, P] on ``data`` (the
+        validation data by default)."""
+        x, y = self.val_data if data is None else data
+        return evaluate_mlp(self.estimator, candidates, x, y)
+
+    def get_params(self) -> np.ndarray:
+        """A copy of the model's flat parameters, [P]."""
+        return self.params.copy()
+
+    def set_params(self, flat: Any) -> None:
+        """Loads flat parameters [P] into the model."""
+        set_flat_params(self.estimator, flat)
+        self.params[...] = np.asarray(flat)
+
+    def train(self) -> None:
+        """Local training (the user's hook or partial_fit), then the flat buffer follows the model."""
+        if self.train_fn is not None:
+            self.train_fn(self.estimator)
+        else:
+            train_mlp(self.estimator, *self.train_data, epochs=self.epochs)
+        self.params[...] = get_flat_params(self.estimator)
+
+    def update(self, candidates: Any) -> ClientRound:
+        """The federated half of a round: evaluation on the validation data and fomo_step (into
+        the flat buffer, then loaded into the estimator). No training."""
+        cands = np.asarray(candidates) if not hasattr(candidates, "shape") else candidates
+        if len(cands.shape) != 2 or cands.shape[1] != self.params.size:
+            raise ValueError(f"candidates has shape {tuple(cands.shape)}, expected (M, {self.params.size})")
+        return fedfomo_update(
+            self.params,
+            cands,
+            self.evaluate,
+            self.step_options,
+            baseline=self.params[None, :],
+            loaded=lambda: set_flat_params(self.estimator, self.params),
+        )
+
+    def round(self, candidates: Any) -> ClientRound:
+        """One whole FedFomo round: :meth:`update`, then :meth:`train`.
+
+        candidates: [M, P] flat models (rows of :func:`get_flat_params` layout)."""
+        result = self.update(candidates)
+        result.train_seconds = timed(self.train)
+        return result

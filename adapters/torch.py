@@ -1,0 +1,426 @@
+"""PyTorch adapter: a module's parameters as one flat buffer, a candidate bank and a FedFomo client.
+
+>>> flat = flatten_module(model)                  # model's parameters are now views into `flat`
+>>> bank = CandidateBank(model, capacity=5)       # preallocated [5, P]
+>>> bank.fill([peer_state_dict, peer_model, peer_flat])
+>>> client = FedFomoClient(model, val_data=(Xv, yv), train_data=(Xt, yt))
+>>> result = client.round(bank)                   # evaluate, fomo_step in place, train locally
+
+Everything here converts and dispatches; the maths lives in fomo_core (fomo_step) and the
+candidate evaluation in :func:`evaluate_candidates`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._round import ClientRound, as_float64, fedfomo_update, timed
+from .torch_evaluate import evaluate_candidates
+
+__all__ = [
+    "FlatLayout",
+    "flatten_module",
+    "flat_layout",
+    "CandidateBank",
+    "FedFomoClient",
+    "ClientRound",
+    "train_sgd",
+    "evaluate_candidates",
+]
+
+
+# --- flat layout ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each tensor of a module lives in its flat buffer.
+
+    names:    state_dict keys, in buffer order (parameters, then floating buffers if included)
+    shapes:   their shapes
+    offsets:  start of each in the flat buffer (elements)
+    size:     P, the total number of elements
+    dtype, device: of the flat buffer
+    """
+
+    names: tuple
+    shapes: tuple
+    offsets: tuple
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def numel(self, k: int) -> int:
+        n = 1
+        for s in self.shapes[k]:
+            n *= s
+        return n
+
+    def views(self, flat: torch.Tensor) -> dict:
+        """name -> view into ``flat`` [P] with that tensor's shape (no copy)."""
+        return {
+            name: flat[off : off + self.numel(k)].view(shape)
+            for k, (name, shape, off) in enumerate(zip(self.names, self.shapes, self.offsets))
+        }
+
+
+def _named_tensors(module: nn.Module, include_buffers: bool) -> list:
+    """(name, tensor, is_parameter) of every distinct tensor to flatten, in ``named_parameters()``
+    order (the order of ``parameters_to_vector`` and of the evaluation adapter), then the floating
+    buffers in ``named_buffers()`` order."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    out = [(name, p, True) for name, p in module.named_parameters()]
+    if include_buffers:
+        out += [(name, b, False) for name, b in module.named_buffers() if b.is_floating_point()]
+    return out
+
+
+def _layout(entries: list) -> FlatLayout:
+    if not entries:
+        raise ValueError("module must have at least one floating-point parameter, got none")
+    first = entries[0][1]
+    names, shapes, offsets, size = [], [], [], 0
+    for name, t, _ in entries:
+        if not t.is_floating_point():
+            raise TypeError(f"module parameter {name!r} has dtype {t.dtype}, expected a floating dtype")
+        if t.dtype != first.dtype:
+            raise TypeError(
+                f"module parameter {name!r} has dtype {t.dtype}, expected {first.dtype} (the dtype of "
+                f"{entries[0][0]!r}); one flat buffer needs one dtype"
+            )
+        if t.device != first.device:
+            raise ValueError(
+                f"module parameter {name!r} is on {t.device}, expected {first.device} (the device of {entries[0][0]!r})"
+            )
+        names.append(name)
+        shapes.append(tuple(t.shape))
+        offsets.append(size)
+        size += t.numel()
+    return FlatLayout(tuple(names), tuple(shapes), tuple(offsets), size, first.dtype, first.device)
+
+
+def flat_layout(module: nn.Module, *, include_buffers: bool = False) -> FlatLayout:
+    """The layout :func:`flatten_module` gives (or gave) ``module``'s tensors."""
+    return _layout(_named_tensors(module, include_buffers))
+
+
+def _existing_flat(entries: list, layout: FlatLayout) -> Optional[torch.Tensor]:
+    """The flat buffer the tensors already are views of, if they are laid out exactly as `layout`."""
+    first = entries[0][1]
+    storage = first.untyped_storage()
+    base = first.storage_offset()
+    for (_, t, _), off in zip(entries, layout.offsets):
+        if (
+            t.untyped_storage().data_ptr() != storage.data_ptr()
+            or t.storage_offset() != base + off
+            or not t.is_contiguous()
+        ):
+            return None
+    if storage.nbytes() < (base + layout.size) * first.element_size():
+        return None
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, base, (layout.size,))
+
+
+def flatten_module(module: nn.Module, *, include_buffers: bool = False) -> torch.Tensor:
+    """Moves ``module``'s parameters into one contiguous buffer and returns it, [P].
+
+    Every parameter becomes a view into the buffer (the Parameter objects stay the same, so an
+    optimizer built before or after keeps working), so writing the buffer (``fomo_step(...,
+    out=flat)``) writes the model. Shared parameters appear once. ``include_buffers=True`` also
+    moves the floating-point buffers (BatchNorm running statistics) in, after the parameters.
+    All tensors must share one dtype and device. Calling it again returns the same buffer.
+    """
+    entries = _named_tensors(module, include_buffers)
+    layout = _layout(entries)
+    existing = _existing_flat(entries, layout)
+    if existing is not None:
+        return existing
+    flat = torch.empty(layout.size, dtype=layout.dtype, device=layout.device)
+    views = layout.views(flat)
+    with torch.no_grad():
+        for name, t, is_param in entries:
+            views[name].copy_(t)
+            if is_param:
+                t.data = views[name]
+            else:
+                owner, _, attr = name.rpartition(".")
+                module.get_submodule(owner)._buffers[attr] = views[name]
+    return flat
+
+
+# --- candidate bank -------------------------------------------------------------------------------
+
+
+class CandidateBank:
+    """A preallocated [capacity, P] buffer of candidate models laid out like ``module``'s flat buffer.
+
+    Fill it from state_dicts, modules or flat arrays (torch or NumPy, [P]); ``bank.candidates`` is
+    the [M, P] view of the rows filled so far, ready for fomo_step or evaluation.
+    """
+
+    def __init__(self, module: nn.Module, capacity: int, *, include_buffers: bool = False):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity must be an integer >= 0, got {capacity!r}")
+        self.layout = flat_layout(module, include_buffers=include_buffers)
+        self.capacity = capacity
+        self.buffer = torch.empty((capacity, self.layout.size), dtype=self.layout.dtype, device=self.layout.device)
+        self.count = 0
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """The filled rows, [count, P] (a view of the buffer)."""
+        return self.buffer[: self.count]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def add(self, model: Any) -> int:
+        """Copies one model (state_dict, nn.Module or flat array [P]) into the next row; returns its row."""
+        if self.count >= self.capacity:
+            raise ValueError(f"model does not fit: the bank is full ({self.capacity} candidates)")
+        self._write(self.buffer[self.count], model, f"model (candidate {self.count})")
+        self.count += 1
+        return self.count - 1
+
+    def fill(self, models: Iterable[Any]) -> torch.Tensor:
+        """Replaces the bank's content with ``models``; returns ``candidates`` [M, P]."""
+        if isinstance(models, (Mapping, nn.Module)) or (hasattr(models, "shape") and len(models.shape) == 1):
+            raise TypeError(f"models must be a sequence of models, got a single {type(models).__name__}")
+        models = list(models)
+        if len(models) > self.capacity:
+            raise ValueError(f"models has {len(models)} entries, more than the bank's capacity {self.capacity}")
+        # Check everything before the first write, so that a bad model leaves the bank as it was.
+        for m, model in enumerate(models):
+            self._check(model, f"models[{m}]")
+        for m, model in enumerate(models):
+            self._write(self.buffer[m], model, f"models[{m}]")
+        self.count = len(models)
+        return self.candidates
+
+    def fill_rows(self, table: torch.Tensor, rows: Any) -> torch.Tensor:
+        """Replaces the content with rows ``rows`` of ``table`` [N, P] (one gather, no temporary)."""
+        if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != self.layout.size:
+            shape = tuple(table.shape) if hasattr(table, "shape") else type(table).__name__
+            raise ValueError(f"table must be a torch tensor of shape (N, {self.layout.size}), got {shape}")
+        if table.dtype != self.layout.dtype:
+            raise TypeError(f"table has dtype {table.dtype}, expected {self.layout.dtype}")
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=table.device)
+        if idx.dim() != 1 or idx.numel() > self.capacity:
+            raise ValueError(f"rows must be 1-D with at most {self.capacity} entries, got shape {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
+            raise ValueError(f"rows must be indices in [0, {table.shape[0]}), got {idx.tolist()}")
+        torch.index_select(table, 0, idx, out=self.buffer[: idx.numel()])
+        self.count = idx.numel()
+        return self.candidates
+
+    # A model is checked fully (_check) before _write copies it.
+    def _check(self, model: Any, role: str) -> None:
+        L = self.layout
+        if isinstance(model, nn.Module):
+            model = dict(model.state_dict(keep_vars=True))
+        if isinstance(model, Mapping):
+            for name, shape in zip(L.names, L.shapes):
+                if name not in model:
+                    raise ValueError(f"{role} has no entry {name!r}")
+                t = model[name]
+                if not hasattr(t, "shape") or tuple(t.shape) != shape:
+                    got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
+                    raise ValueError(f"{role}[{name!r}] has shape {got}, expected {shape}")
+            return
+        if hasattr(model, "shape") and hasattr(model, "dtype"):
+            if tuple(model.shape) != (L.size,):
+                raise ValueError(f"{role} has shape {tuple(model.shape)}, expected ({L.size},) (a flat model)")
+            return
+        raise TypeError(f"{role} must be a state_dict, an nn.Module or a flat array, got {type(model).__name__}")
+
+    def _write(self, row: torch.Tensor, model: Any, role: str) -> None:
+        self._check(model, role)
+        with torch.no_grad():
+            if isinstance(model, nn.Module):
+                model = dict(model.state_dict(keep_vars=True))
+            if isinstance(model, Mapping):
+                views = self.layout.views(row)
+                for name in self.layout.names:
+                    views[name].copy_(torch.as_tensor(model[name]))
+            else:
+                row.copy_(torch.as_tensor(model))
+
+
+# --- one FedFomo client ---------------------------------------------------------------------------
+
+
+def _batches(data: Any, batch_size: int, generator: Optional[torch.Generator]):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        order = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
+        for start in range(0, x.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+    else:
+        yield from data
+
+
+def train_sgd(
+    module: nn.Module,
+    data: Any,
+    *,
+    epochs: int = 1,
+    lr: float = 0.05,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    batch_size: int = 32,
+    loss_fn: Optional[Callable] = None,
+    generator: Optional[torch.Generator] = None,
+) -> None:
+    """The default local training: ``epochs`` passes of minibatch SGD over ``data``.
+
+    data: a pair of tensors (X [B, ...], y [B]), shuffled with ``generator`` into batches of
+    ``batch_size``, or any iterable of (x, y) batches (a DataLoader).
+    loss_fn: loss(outputs, targets), cross-entropy by default.
+    """
+    loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
+    opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    was_training = module.training
+    module.train()
+    try:
+        for _ in range(epochs):
+            for x, y in _batches(data, batch_size, generator):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(module(x), y).backward()
+                opt.step()
+    finally:
+        module.train(was_training)
+
+
+class FedFomoClient:
+    """One FedFomo client around a PyTorch model: each :meth:`round` evaluates the baseline and the
+    candidates on the validation data, moves the model by ``fomo_step`` (in place, through the flat
+    buffer) and trains it locally.
+
+    module:      the client's model; its parameters are flattened (:func:`flatten_module`)
+    val_data:    validation data from the client's target distribution, as
+                 :func:`evaluate_candidates` takes it (a tensor pair or a DataLoader)
+    train_data:  local training data (tensor pair or DataLoader) for the default SGD loop
+    train_fn:    ``train_fn(module)`` replaces the default loop (then train_data is not needed)
+    epochs, lr, momentum, weight_decay, batch_size: the default loop's settings
+    loss_fn:     loss(outputs, targets) for evaluation and the default loop (cross-entropy)
+    norm, eps:   the fomo_step options (or take them from a preset: ``**preset.step_options()``)
+    all_scores:  measure every candidate's score (the affinity update needs them)
+    capacity:    rows of the internal candidate bank used when candidates come as a list of models
+    seed:        seeds the default loop's shuffling
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        val_data: Any,
+        train_data: Any = None,
+        *,
+        train_fn: Optional[Callable[[nn.Module], Any]] = None,
+        epochs: int = 1,
+        lr: float = 0.05,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        batch_size: int = 32,
+        loss_fn: Optional[Callable] = None,
+        norm: str = "l2",
+        eps: float = 0.0,
+        all_scores: bool = True,
+        capacity: int = 16,
+        seed: Optional[int] = None,
+    ):
+        if train_fn is None and train_data is None:
+            raise ValueError("train_data is required unless train_fn is given (the default SGD loop needs data)")
+        if train_fn is not None and not callable(train_fn):
+            raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        self.module = module
+        self.params = flatten_module(module)
+        self.val_data = val_data
+        self.train_data = train_data
+        self.train_fn = train_fn
+        self.train_options = dict(
+            epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, loss_fn=loss_fn
+        )
+        self.loss_fn = loss_fn
+        self.step_options = dict(norm=norm, eps=eps, all_scores=all_scores)
+        self.bank = CandidateBank(module, capacity)
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def _candidates(self, candidates: Any) -> torch.Tensor:
+        if isinstance(candidates, CandidateBank):
+            return candidates.candidates
+        if isinstance(candidates, torch.Tensor):
+            if candidates.dim() != 2 or candidates.shape[1] != self.params.numel():
+                raise ValueError(
+                    f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})"
+                )
+            return candidates
+        if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
+            if len(candidates) > self.bank.capacity:
+                self.bank = CandidateBank(self.module, len(candidates))
+            return self.bank.fill(candidates)
+        raise TypeError(
+            "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
+            f"got {type(candidates).__name__}"
+        )
+
+    def evaluate(self, candidates: Any, data: Any = None) -> tuple:
+        """(losses [M], accuracies [M]) as float64 NumPy of flat candidates [M, P] on ``data``
+        (the validation data by default)."""
+        kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
+        ev = evaluate_candidates(self.module, candidates, self.val_data if data is None else data, **kwargs)
+        return as_float64(ev.loss), as_float64(ev.accuracy)
+
+    def get_params(self) -> torch.Tensor:
+        """A copy of the model's flat parameters, [P]."""
+        return self.params.detach().clone()
+
+    def set_params(self, flat: Any) -> None:
+        """Loads flat parameters [P] (torch or NumPy) into the model."""
+        flat = torch.as_tensor(flat)
+        if tuple(flat.shape) != (self.params.numel(),):
+            raise ValueError(f"flat has shape {tuple(flat.shape)}, expected ({self.params.numel()},)")
+        with torch.no_grad():
+            self.params.copy_(flat)
+
+    def train(self) -> None:
+        """Local training: the user's hook, or the default SGD loop."""
+        if self.train_fn is not None:
+            self.train_fn(self.module)
+        else:
+            train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
+
+    def update(self, candidates: Any) -> ClientRound:
+        """The federated half of a round (DESIGN.md section 1, steps 1-4): evaluates the model and
+        the candidates on the validation data and moves the model by fomo_step, in place. No
+        training (``train_seconds`` is 0).
+
+        candidates: a CandidateBank, a tensor [M, P] laid out like the model's flat buffer, or a
+        sequence of models (state_dicts, modules or flat arrays).
+        """
+        cands = self._candidates(candidates)
+        with torch.no_grad():
+            return fedfomo_update(self.params, cands, self.evaluate, self.step_options, baseline=self.params.unsqueeze(0))
+
+    def round(self, candidates: Any) -> ClientRound:
+        """One whole FedFomo round: :meth:`update`, then :meth:`train`. ``ClientRound.params`` is
+        the model's live flat buffer (copy it to keep it)."""
+        result = self.update(candidates)
+        result.train_seconds = timed(self.train)
+        return result

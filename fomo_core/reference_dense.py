@@ -1,0 +1,97 @@
+"""Plain-NumPy float64 twin of :func:`fomo_core.evaluate_candidates`, the oracle of the tests.
+
+Written from the definitions in fomo_core/dense.py, one candidate and one sample set at a time,
+with no tiling and no shared code with the kernels: the forward pass layer by layer, then
+log-softmax through the max-shifted log-sum-exp, softplus for the logistic output, or the squared
+error. Accuracy: the first largest logit (softmax) or z > 0 (logistic) equals the label, and a
+sample whose loss is NaN counts as wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .dense import DenseSpec
+
+__all__ = ["evaluate_candidates_reference", "forward_reference"]
+
+
+def _activate(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.where(z < 0, 0.0, z)  # NaN stays NaN
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "logistic":
+        e = np.exp(-np.abs(z))  # never overflows
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return z
+
+
+def _to_f64(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _layers(spec: DenseSpec, candidate: Any) -> list:
+    """[(W [n_out, n_in], b [n_out])] in float64 from a flat vector or a layer list."""
+    if isinstance(candidate, (list, tuple)):
+        arrays = [_to_f64(a) for a in candidate]
+        pairs = list(zip(arrays[0::2], arrays[1::2]))
+    else:
+        flat = _to_f64(candidate)
+        pairs = []
+        for layer, (w_at, b_at) in enumerate(spec.offsets()):
+            n_out = spec.sizes[layer + 1]
+            pairs.append((flat[w_at:b_at].reshape(spec.weight_shape(layer)), flat[b_at : b_at + n_out]))
+    if spec.weight_layout == "in_out":
+        pairs = [(w.T, b) for w, b in pairs]
+    return pairs
+
+
+def forward_reference(spec: DenseSpec, candidate: Any, X: Any) -> np.ndarray:
+    """The output layer's values z [B, C] (logits, or predictions for squared error)."""
+    h = _to_f64(X)
+    layers = _layers(spec, candidate)
+    for index, (w, b) in enumerate(layers):
+        h = h @ w.T + b
+        if index < len(layers) - 1:
+            h = _activate(spec.activations[index], h)
+    return h
+
+
+def evaluate_candidates_reference(
+    spec: DenseSpec, candidate_params: Any, X: Any, y: Any, *, sample_weight: Optional[Any] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(loss [M], accuracy [M]) in float64, candidate by candidate."""
+    candidates = list(candidate_params)
+    y = _to_f64(y)
+    rows = _to_f64(X).shape[0]
+    w = np.ones(rows) if sample_weight is None else _to_f64(sample_weight)
+    losses, accuracies = np.zeros(len(candidates)), np.zeros(len(candidates))
+    for m, candidate in enumerate(candidates):
+        z = forward_reference(spec, candidate, X)
+        if spec.output == "softmax":
+            labels = y.astype(np.int64)
+            top = z.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+            per_sample = lse - z[np.arange(rows), labels]
+            correct = np.argmax(z, axis=1) == labels
+        elif spec.output == "logistic":
+            labels = y.astype(np.int64)
+            zz = z[:, 0]
+            per_sample = np.maximum(zz, 0) + np.log1p(np.exp(-np.abs(zz))) - labels * zz
+            correct = (zz > 0).astype(np.int64) == labels
+        else:
+            target = y.reshape(rows, -1)
+            per_sample = ((z - target) ** 2).mean(axis=1)
+            correct = None
+        losses[m] = np.sum(w * per_sample) / np.sum(w)
+        if correct is None:
+            accuracies[m] = np.nan
+        else:
+            correct = correct & ~np.isnan(per_sample)
+            accuracies[m] = np.sum(w * correct) / np.sum(w)
+    return losses, accuracies

@@ -1,0 +1,160 @@
+"""Datasets and per-client train / validation / test splits.
+
+A client trains on its own partition's training split; its validation and test data come from
+its *target* distribution: its own (``target="local"``) or another client's (``target="shifted"``,
+the paper's transfer outside the local distribution).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .partition import Partition
+
+__all__ = ["Dataset", "ClientData", "load_digits", "load_cifar10", "image_dataset", "split_clients", "target_clients", "TARGETS"]
+
+TARGETS = ("local", "shifted")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """x: [n, ...] float32 features (flat [n, d] or images [n, c, h, w]); y: [n] int64 labels."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's arrays. Train from its own distribution; val and test from its target's."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    target: int  # the client whose distribution val and test come from (itself when local)
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 samples, 64 features scaled to [0, 1], 10 classes)."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    return Dataset("digits", (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64), 10)
+
+
+def load_cifar10(folder: str, *, max_samples: int = 0, seed: int = 0) -> Dataset:
+    """CIFAR-10 from a local folder (torchvision's layout, ``cifar-10-batches-py`` inside), train
+    and test sets pooled (:func:`image_dataset`). Needs torchvision; nothing is downloaded."""
+    try:
+        import torchvision
+    except ImportError:
+        raise RuntimeError(
+            "CIFAR-10 needs torchvision, which is not installed (pip install torchvision); "
+            "the default demo runs on scikit-learn's digits without it"
+        ) from None
+    if not os.path.isdir(folder):
+        raise RuntimeError(f"CIFAR-10 folder {folder!r} does not exist")
+    parts = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.CIFAR10(root=folder, train=train, download=False)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"folder {folder!r} does not hold CIFAR-10 in torchvision's layout (cifar-10-batches-py/): {e}"
+            ) from None
+        parts.append((np.asarray(ds.data), np.asarray(ds.targets)))
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return image_dataset("cifar10", images, labels, 10, max_samples=max_samples, seed=seed)
+
+
+def image_dataset(
+    name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, *, max_samples: int = 0, seed: int = 0
+) -> Dataset:
+    """A Dataset of images [n, 3, H, W] float32 from uint8 images [n, H, W, C] (the layout image
+    files and torchvision's CIFAR-10 use), normalised per channel; ``max_samples`` > 0 keeps a
+    seeded random subset of that size."""
+    images, labels = np.asarray(images), np.asarray(labels).astype(np.int64)
+    if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images must be [n, H, W, C] with one label each, got {images.shape} and {labels.shape}")
+    if max_samples and max_samples < labels.size:
+        keep = np.sort(np.random.default_rng(seed).choice(labels.size, max_samples, replace=False))
+        images, labels = images[keep], labels[keep]
+    x = images.astype(np.float32) / 255.0
+    mean, std = x.mean(axis=(0, 1, 2), dtype=np.float64), x.std(axis=(0, 1, 2), dtype=np.float64)
+    x = ((x - mean.astype(np.float32)) / np.where(std > 0, std, 1.0).astype(np.float32)).transpose(0, 3, 1, 2)
+    return Dataset(name, np.ascontiguousarray(x, dtype=np.float32), labels, num_classes)
+
+
+def target_clients(partition: Partition, target: str) -> np.ndarray:
+    """[N] the client whose distribution each client's val/test data follow.
+
+    "local": itself. "shifted": with groups, the client at the same place in the next group
+    (another distribution by construction); without groups, the next client.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    n = partition.num_clients
+    if target == "local":
+        return np.arange(n)
+    groups = partition.groups
+    if groups is None or np.unique(groups).size < 2:
+        return (np.arange(n) + 1) % n
+    names = np.unique(groups)
+    members = {g: np.flatnonzero(groups == g) for g in names}
+    out = np.empty(n, dtype=np.int64)
+    for gi, g in enumerate(names):
+        nxt = members[names[(gi + 1) % names.size]]
+        for rank, k in enumerate(members[g]):
+            out[k] = nxt[rank % nxt.size]
+    return out
+
+
+def _stratified_split(idx: np.ndarray, labels: np.ndarray, val: float, test: float, rng: np.random.Generator):
+    """Per class: test and val fractions (rounded down, at least one each when the class has 3+)."""
+    train, v, t = [], [], []
+    for c in np.unique(labels[idx]):
+        ix = rng.permutation(idx[labels[idx] == c])
+        n_test = int(ix.size * test)
+        n_val = int(ix.size * val)
+        if ix.size >= 3:
+            n_test, n_val = max(n_test, 1 if test > 0 else 0), max(n_val, 1 if val > 0 else 0)
+        t.append(ix[:n_test])
+        v.append(ix[n_test : n_test + n_val])
+        train.append(ix[n_test + n_val :])
+    return (rng.permutation(np.concatenate(a)) for a in (train, v, t))
+
+
+def split_clients(
+    dataset: Dataset,
+    partition: Partition,
+    rng: np.random.Generator,
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    target: str = "local",
+) -> list:
+    """Each client's ClientData: its partition split per class into train / val / test; val and
+    test then taken from its target client's split (:func:`target_clients`)."""
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not (isinstance(f, (int, float)) and 0 < f < 1):
+            raise ValueError(f"{name} must be a number in (0, 1), got {f!r}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    targets = target_clients(partition, target)
+    splits = [_stratified_split(ix, dataset.y, val_fraction, test_fraction, rng) for ix in partition.indices]
+    splits = [tuple(s) for s in splits]
+    out = []
+    x, y = dataset.x, dataset.y
+    for k, (train, _, _) in enumerate(splits):
+        _, val, test = splits[targets[k]]
+        out.append(ClientData(x[train], y[train], x[val], y[val], x[test], y[test], int(targets[k])))
+    return out
