@@ -238,13 +238,21 @@ def _fused(spec: DenseSpec, cands: _Candidates, data: Any, batch_size: Optional[
     return Evaluation(loss / rows, acc / rows, "fused")
 
 
-def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec]) -> str:
+def _class_labels(data: Any) -> bool:
+    """False when a tensor pair's targets are not class indices (soft labels, regression)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1]):
+        return not data[1].is_floating_point() and data[1].ndim == 1
+    return True  # a DataLoader: checked batch by batch by the fused route
+
+
+def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: Any) -> str:
     if method != "auto":
         return method
-    if spec is not None:
-        return "fused"
     first = cands.first_tensor()
-    return "vmap" if first is not None and first.device.type == "cuda" else "loop"
+    on_cuda = first is not None and first.device.type == "cuda"
+    if spec is not None and not on_cuda and _class_labels(data):  # the fused route runs on CPU here
+        return "fused"
+    return "vmap" if on_cuda else "loop"
 
 
 def evaluate_candidates(
@@ -280,7 +288,7 @@ def evaluate_candidates(
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     cands = _Candidates(module, candidates)
     spec = _dense_spec(module, loss_fn)
-    chosen = _choose(method, cands, spec)
+    chosen = _choose(method, cands, spec, data)
     if chosen == "fused" and spec is None:
         raise ValueError(
             "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"
