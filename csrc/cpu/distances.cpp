@@ -84,7 +84,12 @@ void piece_sums(const ModelRuns& runs, const Piece& piece, const int64_t* which,
     }
     double sums[kGroup];
     if (!contiguous) {
-      for (int g = 0; g < group; ++g) sums[g] = strided_sum<N>(x, run.local_stride, c[g], sc[g], piece.count);
+      // Each candidate on its own, with the arithmetic its layout gets in any group: a result must
+      // not depend on which other candidates are measured with it (all_scores on or off).
+      for (int g = 0; g < group; ++g) {
+        if (run.local_stride == 1 && sc[g] == 1) contiguous_sums<N, T, 1>(x, c + g, piece.count, sums + g);
+        else sums[g] = strided_sum<N>(x, run.local_stride, c[g], sc[g], piece.count);
+      }
     } else if (group == 4) {
       contiguous_sums<N, T, 4>(x, c, piece.count, sums);
     } else if (group == 3) {

@@ -136,14 +136,25 @@ FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_lo
 }
 
 // w_n = max(s_n, 0) / sum_m max(s_m, 0) over accepted candidates, summed in index order; every
-// weight is 0 when no accepted score is positive.
+// weight is 0 when no accepted score is positive. Scores near the float64 maximum could overflow
+// the sum: then every score is first divided by the largest (each term <= 1, the sum <= M).
 FOMO_HOST_DEVICE void normalise_weights(const double* scores, const uint8_t* status, int64_t m,
                                         double* weights) {
-  double total = 0.0;
+  double total = 0.0, largest = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    if (status[i] == kAccepted && scores[i] > 0.0) {
+      total += scores[i];
+      largest = scores[i] > largest ? scores[i] : largest;
+    }
+  }
+  const double scale = is_finite(total) ? 1.0 : largest;
+  if (scale != 1.0) {
+    total = 0.0;
+    for (int64_t i = 0; i < m; ++i)
+      if (status[i] == kAccepted && scores[i] > 0.0) total += scores[i] / scale;
+  }
   for (int64_t i = 0; i < m; ++i)
-    if (status[i] == kAccepted && scores[i] > 0.0) total += scores[i];
-  for (int64_t i = 0; i < m; ++i)
-    weights[i] = (total > 0.0 && status[i] == kAccepted && scores[i] > 0.0) ? scores[i] / total : 0.0;
+    weights[i] = (total > 0.0 && status[i] == kAccepted && scores[i] > 0.0) ? (scores[i] / scale) / total : 0.0;
 }
 
 }  // namespace fomo

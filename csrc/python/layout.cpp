@@ -1,5 +1,7 @@
 #include "python/layout.h"
 
+#include <algorithm>
+
 #include "fomo/check.h"
 
 namespace fomo {
@@ -33,6 +35,23 @@ struct Leaves {
 bool overlaps(const ArrayView& a, const ArrayView& b) {
   const auto x = a.extent(), y = b.extent();
   return x.first < x.second && y.first < y.second && x.first < y.second && y.first < x.second;
+}
+
+// Whether two elements of the view share memory (a broadcast/expanded tensor, an as_strided view):
+// writing such an output would overwrite results element over element. Sorting the dimensions by
+// stride, each must step past everything the smaller ones span.
+bool self_overlapping(const ArrayView& v) {
+  if (v.numel() == 0) return false;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size)
+  for (size_t d = 0; d < v.shape.size(); ++d)
+    if (v.shape[d] > 1) dims.push_back({v.strides[d] < 0 ? -v.strides[d] : v.strides[d], v.shape[d]});
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 0;  // elements covered by the dimensions so far, minus one
+  for (const auto& [stride, size] : dims) {
+    if (stride <= span) return true;
+    span += stride * (size - 1);
+  }
+  return false;
 }
 
 bool same_view(const ArrayView& a, const ArrayView& b) {
@@ -100,6 +119,9 @@ Leaves read_leaves(const LayoutRequest& request) {
       leaves.out.push_back(intake(out[l], leaves.out_name(l)));
       check_like(leaves.out.back(), leaves.out_name(l), leaves.local[l], leaves.local_name(l));
       if (leaves.out.back().readonly) fail_value(leaves.out_name(l), " is read-only");
+      if (self_overlapping(leaves.out.back()))
+        fail_value(leaves.out_name(l), " has elements that share memory (a broadcast or expanded view); "
+                   "the output needs one memory location per element");
     }
   }
   return leaves;

@@ -1,0 +1,35 @@
+"""Shared test settings: a fixed hypothesis profile and the helper modules' import path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# pytest runs with --import-mode=importlib, which does not put tests/ on sys.path; the helper
+# modules (strategies.py, tolerances.py) live here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Derandomised: every run draws the same examples, so CI is reproducible and a failure seen once is
+# seen again. max_examples is set per test (the property tests are sized to keep the suite fast).
+settings.register_profile(
+    "fomo",
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("fomo")
+
+
+@pytest.fixture
+def restore_threads():
+    """Leaves fomo_core's OpenMP thread count as the test found it."""
+    import fomo_core
+
+    before = fomo_core.get_num_threads()
+    yield
+    fomo_core.set_num_threads(before)
