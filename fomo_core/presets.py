@@ -6,8 +6,8 @@ differ (DESIGN.md, "Reproducing the peers"), so that a user can run any of them 
 >>> p = get_preset("pfllib")
 >>> res = fomo_step(local, candidates, l0, losses, **p.step_options())
 
-The client-side fields (``norm``, ``eps``, ``include_buffers``) go to the ops; the server-side
-ones (selection, affinity) to :class:`fomo_core.Affinity`.
+The client-side fields (``norm``, ``eps``, ``include_buffers``, ``update_buffers``) go to the ops;
+the server-side ones (selection, affinity) to :class:`fomo_core.Affinity`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ class Preset:
 
     norm:             "l1" or "l2", the distance between parameter vectors
     eps:              added to the distance in the score's denominator
-    include_buffers:  measure and update the whole state_dict (running statistics included), not
-                      only the trainable parameters
+    include_buffers:  measure the distance over the whole state_dict (running statistics included),
+                      not only the trainable parameters
+    update_buffers:   apply the weights to the whole state_dict, not only the trainable parameters
+                      (the weights come from the distance above either way)
     include_self:     "always" (the client's own model is among its candidates), "if_selected" (only
-                      when the selection picks it) or "zero_weight" (present, never weighted)
+                      when the selection picks it), "zero_weight" (present, never weighted) or
+                      "never" (the client itself is excluded)
     selection:        "epsilon_greedy" (top-M with probability 1 - epsilon, random otherwise),
                       "top_m" (the M highest affinities) or "top_m_recent" (top-M among the clients
                       that took part in the previous round)
@@ -44,6 +47,7 @@ class Preset:
     norm: str
     eps: float
     include_buffers: bool
+    update_buffers: bool
     include_self: str
     selection: str
     epsilon: float
@@ -62,7 +66,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The authors' code: l1 distance by default, their own model among the candidates, epsilon-greedy
+    # The authors' code: l1 distance over the parameters by default, the weights applied to the whole
+    # state_dict, their own model among the candidates, epsilon-greedy
     # selection with epsilon 0.3 decaying by 0.05 a round, affinity starting at 0 with 0.1 on the
     # diagonal and normalised updates, reverting to the baseline when nothing helps.
     "paper": Preset(
@@ -70,6 +75,7 @@ PRESETS: dict[str, Preset] = {
         norm="l1",
         eps=0.0,
         include_buffers=False,
+        update_buffers=True,
         include_self="always",
         selection="epsilon_greedy",
         epsilon=0.3,
@@ -86,6 +92,7 @@ PRESETS: dict[str, Preset] = {
         norm="l2",
         eps=1e-5,
         include_buffers=False,
+        update_buffers=False,
         include_self="if_selected",
         selection="top_m",
         epsilon=0.0,
@@ -102,6 +109,7 @@ PRESETS: dict[str, Preset] = {
         norm="l2",
         eps=1e-5,
         include_buffers=True,
+        update_buffers=True,
         include_self="zero_weight",
         selection="top_m_recent",
         epsilon=0.0,
@@ -112,13 +120,15 @@ PRESETS: dict[str, Preset] = {
         none_positive="current",
     ),
 }
-# the default of this library: the paper's formula with the l2 distance, no eps
+# the default of this library: the paper's formula with the l2 distance, no eps; the client itself
+# is never a candidate (its own model is at distance 0: it could only ever be rejected)
 PRESETS["fomo-core"] = Preset(
     name="fomo-core",
     norm="l2",
     eps=0.0,
     include_buffers=False,
-    include_self="if_selected",
+    update_buffers=True,
+    include_self="never",
     selection="epsilon_greedy",
     epsilon=0.3,
     epsilon_decay=0.05,

@@ -278,28 +278,6 @@ leaf_shapes = st.one_of(
 )
 
 
-def _empty_layers_refused() -> bool:
-    """Whether this build refuses to update an empty 2-D layer (a known bug, pinned by
-    test_edge_cases.test_empty_layers_are_updated). While it does, the drawn models leave out
-    empty layers of two or more dimensions, so that the property tests keep testing everything
-    else; once it is fixed they come back by themselves."""
-    import fomo_core
-
-    empty = np.zeros((2, 0), np.float32)
-    try:
-        fomo_core.apply_update([empty], [[empty]], [1.0])
-    except ValueError:
-        return True
-    return False
-
-
-EMPTY_LAYERS_REFUSED = _empty_layers_refused()
-
-
-def _allowed(shape: tuple) -> bool:
-    return not (EMPTY_LAYERS_REFUSED and len(shape) >= 2 and 0 in shape)
-
-
 @st.composite
 def model_layouts(draw) -> ModelLayout:
     kind = draw(st.sampled_from(["flat", "list", "tuple", "dict"]))
@@ -308,7 +286,6 @@ def model_layouts(draw) -> ModelLayout:
     shapes = draw(st.one_of(st.lists(leaf_shapes, min_size=1, max_size=4),
                             st.lists(leaf_shapes, min_size=2, max_size=4),
                             st.lists(leaf_shapes, min_size=0, max_size=4)))  # [] too: a model without layers
-    shapes = [s if _allowed(s) else tuple(1 if d == 0 else d for d in s) for s in shapes]
     floating = [True] * len(shapes)
     if draw(st.booleans()):  # a non-floating entry like num_batches_tracked, anywhere
         at = draw(st.integers(0, len(shapes)))

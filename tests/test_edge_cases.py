@@ -375,12 +375,6 @@ def test_sixteen_bit_storage_rounds_once_to_nearest_even(backend, dtype):
 EMPTY_SHAPES = [(0,), (2, 0), (0, 3), (4, 0, 2), (1, 0)]
 
 
-@pytest.mark.xfail(
-    reason="csrc/python/layout.cpp self_overlapping: an empty view whose size > 1 dimension has "
-    "stride 0 (NumPy gives np.empty((2, 0)) the strides (0, 0)) counts as overlapping, so a model "
-    "with an empty layer cannot be updated; fix: return false when v.numel() == 0",
-    strict=True,
-)
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_empty_layers_are_updated(backend):
     """Layers with no elements in every position of the shape: nothing to measure or move, and

@@ -34,8 +34,8 @@ Where they differ from fomo_core's exact semantics (tolerances follow from these
   not, which is a deliberate difference (an average of step counters means nothing).
 - The authors' update loops over the whole state_dict while their distance reads parameters()
   only (their `model_params[k] += ... * w` would raise on an integer num_batches_tracked, so the
-  re-expression skips non-floating entries); the "paper" preset's include_buffers=False covers the
-  distance only, so the test measures the parameters and updates the state_dict, as they do.
+  re-expression skips non-floating entries); the "paper" preset says so (include_buffers=False,
+  update_buffers=True), so the test measures the parameters and updates the state_dict, as they do.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def fomo_core_step(preset_name: str, model, candidates, L0, losses, **override):
         return m.state_dict() if buffers else dict(m.named_parameters())
 
     res = fc.fomo_step(measured(model), [measured(c) for c in candidates], L0, losses, **options)
-    if preset_name == "paper":  # the authors update the whole state_dict with those weights
+    if preset.update_buffers and not buffers:  # the authors: weights from parameters, applied to the state_dict
         params = fc.apply_update(model.state_dict(), [c.state_dict() for c in candidates], res.weights)
     else:
         params = res.params

@@ -213,14 +213,6 @@ def test_ops_agree_with_each_other_bitwise(case: Case):
     assert np.array_equal(bits(flat_values(case.layout, same)), bits(flat_values(case.layout, every)))
 
 
-MIXED_LAYOUT_GROUPS = (
-    "csrc/cpu/distances.cpp piece_sums: a group of up to 4 candidates takes strided_sum for all of "
-    "them when any one is strided, so a contiguous candidate's distance depends on which candidates "
-    "are measured with it, and all_scores changes the weights and parameters (DESIGN: identical); "
-    "fix: choose contiguous_sums<N, T, 1> or strided_sum per candidate in the !contiguous branch"
-)
-
-
 @settings(max_examples=200)
 @given(case=cases())
 def test_all_scores_changes_no_bit(case: Case):
@@ -228,8 +220,7 @@ def test_all_scores_changes_no_bit(case: Case):
     distance must not depend on which others are measured with it). Not asserted: a candidate's
     distance measured alone equals its distance among others -- the run table splits a leaf where
     any candidate's strides differ, which changes the summation order for all of them.
-    (The known violation, MIXED_LAYOUT_GROUPS below, needs a rare mix of layouts and losses that
-    these examples do not hit; the test after this one pins it down.)"""
+    (A rare mix of layouts and losses that these examples do not hit is pinned by the next test.)"""
     args = (case.local, case.candidates, case.local_loss, case.losses)
     options = dict(norm=case.norm, eps=case.eps)
     full = fc.fomo_step(*args, **options, all_scores=True)
@@ -240,7 +231,6 @@ def test_all_scores_changes_no_bit(case: Case):
     assert np.array_equal(bits(np.asarray(lean.distances)[measured]), bits(np.asarray(full.distances)[measured]))
 
 
-@pytest.mark.xfail(reason=MIXED_LAYOUT_GROUPS, strict=True)
 def test_all_scores_changes_no_bit_with_a_strided_worse_candidate():
     """The minimal case: a worse candidate that is a strided view, measured (all_scores=True) in
     the same group as two improving contiguous ones, changes their distances' last bits."""
