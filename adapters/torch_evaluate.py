@@ -12,14 +12,15 @@ read once for all candidates. Three ways to run them (``method=``):
 - ``"loop"``: one ``functional_call`` per candidate per data batch.
 
 ``method="auto"`` picks "fused" when it applies; otherwise "loop" on CPU and "vmap" on CUDA.
-Measured on CPU (benchmarks/bench_evaluate.py, results in benchmarks/results/evaluate.md): vmap
-turns the M Linear layers into one batched matmul and the M convolutions into one grouped
-convolution, which saves dispatches but runs slower per FLOP than M separate MKL-DNN calls: with one
-thread the loop was 1.5x (MLP) to 2x (LeNet CNN) faster, and vmap only came ahead when the
-per-operator overhead dominated (two threads on a loaded machine). On CUDA, where every operator is
-a kernel launch, vmap's M-fold fewer launches are the better default (not measured here: no GPU).
-vmap over state_dicts or modules must first stack their tensors (an [M, P] copy); the loop never
-copies.
+Measured on CPU (benchmarks/bench_evaluate.py, benchmarks/results/evaluate.md; M = 10, B = 100
+and 500): vmap turns the M Linear layers into one batched matmul and the M convolutions into one
+grouped convolution, which saves dispatches but runs slower per FLOP than M separate calls. With
+one thread the loop was as fast or up to 1.15x faster on the MLP and 1.2x (B = 100) to 1.9x
+(B = 500) faster on the LeNet CNN; with two threads vmap came ahead only where the per-operator
+overhead dominated (the MLP at B = 100), and the LeNet CNN at B = 500 ran 2x faster looped. On
+CUDA, where every operator is a kernel launch, vmap's M-fold fewer launches are the better default
+(not measured here: no GPU). vmap over state_dicts or modules must first stack their tensors (an
+[M, P] copy); the loop never copies.
 
 Candidate formats (``candidates=``):
 
