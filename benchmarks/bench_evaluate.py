@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_results  # noqa: E402
+from common import interleaved_ms, machine, markdown_table, write_results  # noqa: E402
 
 import fomo_core  # noqa: E402
 from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
@@ -98,20 +96,6 @@ def make_torch_loop(template: nn.Module, state_dicts, X, y):
     return run
 
 
-def timed_rounds(methods: dict, repeats: int) -> dict:
-    """(median ms, min ms) of every method over interleaved rounds, after one warm-up each. The
-    median is the figure of merit; the minimum shows the method undisturbed by other processes."""
-    for fn in methods.values():
-        fn()
-    times = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
-
-
 def as_numpy(v):
     return v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
 
@@ -147,7 +131,7 @@ def mlp_case(B: int, classifiers, models, X_all, y_all, repeats: int) -> dict:
         got = as_numpy(fn())
         assert np.allclose(got, reference, rtol=1e-4), (name, got, reference)  # float32 against float64
     assert adapter_evaluate(models[0], flat32, (X32, yt)).method == "fused"
-    return timed_rounds(methods, repeats)
+    return interleaved_ms(methods, repeats)
 
 
 def cnn_case(B: int, repeats: int) -> dict:
@@ -168,7 +152,7 @@ def cnn_case(B: int, repeats: int) -> dict:
     reference = methods["torch loop"]()
     for name, fn in methods.items():
         assert np.allclose(as_numpy(fn()), reference, rtol=1e-4), name
-    return timed_rounds(methods, repeats)
+    return interleaved_ms(methods, repeats)
 
 
 def main() -> None:

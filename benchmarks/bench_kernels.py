@@ -34,7 +34,7 @@ import torch
 import fomo_core as fc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, median_ms, peak_extra_mib, write_results  # noqa: E402
+from common import interleaved_ms, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
 
 BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 
@@ -133,16 +133,24 @@ def torch_flat(problem: Problem) -> torch.Tensor:
     return problem.flat_local + w.to(problem.dtype) @ diff
 
 
-def probe_gbs(p: int, repeats: int) -> dict:
-    """Read bandwidth of a dot product over two float32 arrays of P elements (larger than caches)."""
-    a = np.random.default_rng(1).standard_normal(p, dtype=np.float32)
-    b = np.random.default_rng(2).standard_normal(p, dtype=np.float32)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    nbytes = 2 * p * 4
-    np_ms = median_ms(lambda: np.dot(a, b), repeats)
-    torch_ms = median_ms(lambda: torch.dot(ta, tb), repeats)
-    return {"numpy_dot_gbs": nbytes / np_ms / 1e6, "torch_dot_gbs": nbytes / torch_ms / 1e6,
-            "gbs": max(nbytes / np_ms, nbytes / torch_ms) / 1e6}
+class Probe:
+    """Read bandwidth of a dot product over two float32 arrays of P elements (larger than the
+    caches), timed interleaved with the methods of each table so that both see the same machine."""
+
+    def __init__(self, p: int):
+        self.a = torch.randn(p, generator=torch.Generator().manual_seed(1))
+        self.b = torch.randn(p, generator=torch.Generator().manual_seed(2))
+        self.a_np, self.b_np = self.a.numpy(), self.b.numpy()
+        self.nbytes = 2 * p * 4
+        self.methods = {"probe np.dot": lambda: np.dot(self.a_np, self.b_np),
+                        "probe torch.dot": lambda: torch.dot(self.a, self.b)}
+
+    def timed(self, methods: dict, repeats: int) -> tuple[dict, dict]:
+        """Median ms of every method, interleaved with the probe; and the probe's GB/s."""
+        times = {name: median for name, (median, _) in interleaved_ms({**methods, **self.methods}, repeats).items()}
+        gbs = {name: self.nbytes / times.pop(name) / 1e6 for name in self.methods}
+        return times, {"gbs": max(gbs.values()), "numpy_dot_gbs": gbs["probe np.dot"],
+                       "torch_dot_gbs": gbs["probe torch.dot"]}
 
 
 def row(name: str, ms: float, problem: Problem, measured: int, probe: float, baseline_ms: float, mem) -> dict:
@@ -151,7 +159,7 @@ def row(name: str, ms: float, problem: Problem, measured: int, probe: float, bas
             "speedup_vs_pfllib": baseline_ms / ms, "peak_extra_mib": mem}
 
 
-def headline(problem: Problem, repeats: int, probe: float) -> list[dict]:
+def headline(problem: Problem, repeats: int, probe: Probe) -> tuple[list[dict], dict]:
     model = [t.clone() for t in problem.layers_local]
     flat_x = problem.flat_local.numpy()
     flat_c = problem.flat_candidates.numpy()
@@ -166,50 +174,50 @@ def headline(problem: Problem, repeats: int, probe: float) -> list[dict]:
         "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
         "flat torch": lambda: torch_flat(problem),
     }
-    times = {name: median_ms(fn, repeats) for name, fn in methods.items()}
+    # memory first, with glibc's default policy (which returns big temporaries to the system)
+    memory = {name: peak_extra_mib(fn) for name, fn in methods.items()}
+    keep_freed_memory()
+    times, bandwidth = probe.timed(methods, repeats)
     baseline = times["PFLlib-style per-layer torch loop"]
-    return [row(name, times[name], problem, problem.m, probe, baseline, peak_extra_mib(fn)) for name, fn in methods.items()]
+    rows = [row(name, times[name], problem, problem.m, bandwidth["gbs"], baseline, memory[name]) for name in methods]
+    return rows, bandwidth
 
 
-def dtypes(shapes, m: int, repeats: int, probe: float) -> list[dict]:
-    rows, f32_ms = [], None
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        problem = Problem(shapes, m, dtype, improving=m)
-        ms = median_ms(problem.step, repeats)
-        f32_ms = ms if dtype == torch.float32 else f32_ms
-        gbs = problem.bytes_moved(m) / ms / 1e6
-        rows.append({"dtype": str(dtype).removeprefix("torch."), "ms": ms, "gbs": gbs,
-                     "fraction_of_probe": gbs / probe, "speedup_vs_float32": f32_ms / ms})
-        del problem
-    return rows
-
-
-def skipping(shapes, m: int, repeats: int, probe: float) -> list[dict]:
+def dtypes(shapes, m: int, repeats: int, probe: Probe) -> list[dict]:
+    problems = {str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
+                for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+    times, bandwidth = probe.timed({name: pb.step for name, pb in problems.items()}, repeats)
     rows = []
-    all_improving = Problem(shapes, m, torch.float32, improving=m)
-    base_ms = median_ms(all_improving.step, repeats)
-    rows.append({"case": f"all {m} improving", "ms": base_ms, "relative_time": 1.0,
-                 "relative_bytes": 1.0, "gbs": all_improving.bytes_moved(m) / base_ms / 1e6})
-    half = Problem(shapes, m, torch.float32, improving=m // 2)
-    for all_scores in (True, False):
-        ms = median_ms(lambda: half.step(all_scores=all_scores), repeats)
-        measured = m if all_scores else m // 2
-        rows.append({"case": f"{m // 2} of {m} improving, all_scores={all_scores}", "ms": ms, "relative_time": ms / base_ms,
-                     "relative_bytes": half.bytes_moved(measured) / all_improving.bytes_moved(m),
-                     "gbs": half.bytes_moved(measured) / ms / 1e6})
+    for name, pb in problems.items():
+        gbs = pb.bytes_moved(m) / times[name] / 1e6
+        rows.append({"dtype": name, "ms": times[name], "gbs": gbs, "fraction_of_probe": gbs / bandwidth["gbs"],
+                     "speedup_vs_float32": times["float32"] / times[name]})
     return rows
 
 
-def m_sweep(shapes, ms_list, repeats: int, probe: float) -> list[dict]:
+def skipping(shapes, m: int, repeats: int, probe: Probe) -> list[dict]:
+    full = Problem(shapes, m, torch.float32, improving=m)
+    half = Problem(shapes, m, torch.float32, improving=m // 2)
+    cases = {f"all {m} improving": (full, m, full.step),
+             f"{m // 2} of {m} improving, all_scores=True": (half, m, lambda: half.step(all_scores=True)),
+             f"{m // 2} of {m} improving, all_scores=False": (half, m // 2, lambda: half.step(all_scores=False))}
+    times, _ = probe.timed({name: fn for name, (_, _, fn) in cases.items()}, repeats)
+    base_ms, base_bytes = times[f"all {m} improving"], full.bytes_moved(m)
+    return [{"case": name, "ms": times[name], "relative_time": times[name] / base_ms,
+             "relative_bytes": pb.bytes_moved(measured) / base_bytes, "gbs": pb.bytes_moved(measured) / times[name] / 1e6}
+            for name, (pb, measured, _) in cases.items()]
+
+
+def m_sweep(shapes, ms_list, repeats: int, probe: Probe) -> list[dict]:
     rows = []
     for m in ms_list:
         problem = Problem(shapes, m, torch.float32, improving=m)
         model = [t.clone() for t in problem.layers_local]
-        ours = median_ms(problem.step, repeats)
-        theirs = median_ms(lambda: pfllib_loop(problem, model), repeats)
-        gbs = problem.bytes_moved(m) / ours / 1e6
-        rows.append({"M": m, "fomo_core_ms": ours, "pfllib_ms": theirs, "speedup_vs_pfllib": theirs / ours,
-                     "gbs": gbs, "fraction_of_probe": gbs / probe})
+        times, bandwidth = probe.timed({"ours": problem.step, "pfllib": lambda: pfllib_loop(problem, model)}, repeats)
+        gbs = problem.bytes_moved(m) / times["ours"] / 1e6
+        rows.append({"M": m, "fomo_core_ms": times["ours"], "pfllib_ms": times["pfllib"],
+                     "speedup_vs_pfllib": times["pfllib"] / times["ours"], "gbs": gbs,
+                     "fraction_of_probe": gbs / bandwidth["gbs"]})
         del problem, model
     return rows
 
@@ -226,7 +234,7 @@ def small_model(repeats: int) -> list[dict]:
         "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
         "flat torch": lambda: torch_flat(problem),
     }
-    times = {name: median_ms(fn, repeats * 20, warmup=5) for name, fn in methods.items()}
+    times = {name: median for name, (median, _) in interleaved_ms(methods, repeats * 20, warmup=5).items()}
     base = times["PFLlib-style per-layer torch loop"]
     return [{"method": k, "us": v * 1e3, "speedup_vs_pfllib": base / v} for k, v in times.items()]
 
@@ -266,26 +274,29 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     load_before = os.getloadavg()[0]
     print(f"fomo_core {fc.build_info()}; load average {load_before:.2f}", flush=True)
-    probe = probe_gbs(p, repeats * 3)
-    print(f"dot-product probe: {probe['gbs']:.1f} GB/s", flush=True)
+    probe_arrays = Probe(p)
     results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": args.quick},
-               "machine": machine(), "build_info": fc.build_info(), "torch_threads": torch.get_num_threads(),
-               "probe": probe}
-    results["headline"] = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe["gbs"])
+               "machine": machine(), "build_info": fc.build_info(), "torch_threads": torch.get_num_threads()}
+    results["headline"], probe = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe_arrays)
+    results["probe"] = probe
+    results["glibc_keeps_freed_memory"] = keep_freed_memory()  # already applied inside headline()
     print(markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
                         [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
                          for r in results["headline"]]), flush=True)
-    results["dtypes"] = dtypes(shapes, m, repeats, probe["gbs"])
-    results["skip"] = skipping(shapes, m, repeats, probe["gbs"])
-    results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe["gbs"])
+    results["dtypes"] = dtypes(shapes, m, repeats, probe_arrays)
+    results["skip"] = skipping(shapes, m, repeats, probe_arrays)
+    results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe_arrays)
     results["small_model"] = small_model(repeats)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
 
     sections = [
         f"P = {p:,} ({len(shapes)} layers), float32, M = {m}, all improving; dot-product probe "
         f"{probe['gbs']:.1f} GB/s (np.dot {probe['numpy_dot_gbs']:.1f}, torch.dot {probe['torch_dot_gbs']:.1f}); "
-        f"medians of {repeats}; {fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels; "
-        f"load average {load_before:.2f} before, {results['load_average']['after']:.2f} after.",
+        f"medians of {repeats} interleaved rounds (each table times the probe with its methods); "
+        f"{fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels; "
+        f"load average {load_before:.2f} before, {results['load_average']['after']:.2f} after; "
+        f"peak memory measured first; then glibc keeps freed memory for reuse, so no method is timed "
+        f"by the page faults of fresh temporaries: {results['glibc_keeps_freed_memory']}.",
         markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
                        [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
                         for r in results["headline"]]),

@@ -14,18 +14,34 @@ from typing import Callable
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds (the machines are shared: medians, never one run).
-    Two warm-up calls by default: glibc raises its mmap threshold after the first large frees, and
-    the baselines that allocate big temporaries only settle after that."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def keep_freed_memory() -> bool:
+    """Asks glibc to keep freed memory for reuse (no mmap for big blocks, no trimming), so that
+    methods allocating large temporaries are timed at their best instead of by the page faults of
+    fresh memory on every call. Applies to every method alike; False where glibc is absent."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 62))
+    except (OSError, AttributeError):
+        return False
+
+
+def interleaved_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
+    """{name: (median ms, min ms)} of every method over interleaved rounds, after `warmup` calls
+    each. Interleaving spreads the drift of a shared machine over all methods alike; the median is
+    the figure of merit, the minimum shows the method undisturbed by other processes."""
+    for fn in methods.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in methods}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def _status_kib(field: str) -> int:
