@@ -73,6 +73,9 @@ def main(grid: Grid, context: Context) -> None:
 
 
 if __name__ == "__main__":
+    # Ray puts the current directory first on its workers' import path: started from a source
+    # checkout's root, they would import the uncompiled fomo_core/ there instead of the install
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))
     run_simulation(
         server_app=server_app,
         client_app=client_app,
