@@ -39,7 +39,8 @@ class FedFomoRound:
     scores, weights: {client: [M] first-order scores / normalised weights it returned}
     baseline_loss:   {client: validation loss of its model before the update}
     failed:          {client: why its train reply was not used (error, invalid content, none)}
-    affinity:        [N, N] the affinity matrix after this round's updates
+    affinity:        [N, N] the affinity matrix after this round's updates (None without
+                     ``affinity_history``)
     loss, accuracy:  {client: evaluation of its own latest model on its evaluation data}
     evaluate_failed: {client: why its evaluate reply was not used}
     """
@@ -102,6 +103,8 @@ class FedFomo(Strategy):
         sampling; nodes connecting later than that, beyond the capacity, are never sampled.
     seed : int, optional
         Seeds node sampling and the Affinity's exploration and tie-breaking.
+    affinity_history : bool (default: True)
+        Keep a copy of the affinity matrix in every round's record (N * N * 8 bytes a round).
 
     State (read it after ``start``)
     -------------------------------
@@ -112,7 +115,9 @@ class FedFomo(Strategy):
     rounds          : one :class:`FedFomoRound` per server round
 
     Every client's model starts as ``initial_arrays``; uploads become candidates from the next
-    round on. The preset's ``include_buffers`` / ``update_buffers`` are the client's business
+    round on. There is no global model: ``Result.arrays`` stays empty and a centralised
+    ``evaluate_fn`` given to ``start`` only ever sees ``initial_arrays``; the personalised models
+    are in ``models``. The preset's ``include_buffers`` / ``update_buffers`` are the client's business
     (the adapters' clients weigh and update the parameters).
     """
 
@@ -130,6 +135,7 @@ class FedFomo(Strategy):
         min_available_nodes: int = 2,
         num_clients: Optional[int] = None,
         seed: Optional[int] = None,
+        affinity_history: bool = True,
     ) -> None:
         self.m = _count(m, "m", 1)
         if isinstance(preset, str):
@@ -147,7 +153,8 @@ class FedFomo(Strategy):
             self._affinity_options["epsilon"] = epsilon
         if epsilon_decay is not None:
             self._affinity_options["epsilon_decay"] = epsilon_decay
-            self._affinity_options["decay"] = "linear" if epsilon_decay > 0 else "none"
+            positive = isinstance(epsilon_decay, (int, float, np.number)) and epsilon_decay > 0  # else Affinity says why
+            self._affinity_options["decay"] = "linear" if positive else "none"
         self.fraction_train = _fraction(fraction_train, "fraction_train")
         self.fraction_evaluate = _fraction(fraction_evaluate, "fraction_evaluate")
         self.min_train_nodes = _count(min_train_nodes, "min_train_nodes", 0)
@@ -156,6 +163,9 @@ class FedFomo(Strategy):
         self.num_clients = None if num_clients is None else _count(num_clients, "num_clients", 1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
+        if not isinstance(affinity_history, bool):
+            raise TypeError(f"affinity_history must be a bool, got {type(affinity_history).__name__}")
+        self.affinity_history = affinity_history
         # One Affinity built now checks every option with the Affinity's own messages; the real
         # one is sized when the nodes are known.
         Affinity.from_preset(preset, 1, **self._affinity_options)
@@ -234,7 +244,7 @@ class FedFomo(Strategy):
             self._fail(record.failed, client, "no reply")
         self._pending_train = {}
         self._recent = sorted(uploaded)
-        if self.affinity is not None:
+        if self.affinity is not None and self.affinity_history:
             record.affinity = self.affinity.matrix.copy()
         _log.info("aggregate_train: %d replies used, %d failed", len(uploaded), len(record.failed))
         if not uploaded:

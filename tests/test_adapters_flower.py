@@ -114,6 +114,7 @@ def by_client(strategy: FedFomo, messages: list) -> dict:
         (dict(preset=3), TypeError, "preset must be a preset name or a fomo_core.Preset, got int"),
         (dict(epsilon=1.5), ValueError, "epsilon must be a finite number in [0.0, 1.0], got 1.5"),
         (dict(epsilon_decay=-0.1), ValueError, "epsilon_decay must be a finite number in [0.0, inf]"),
+        (dict(epsilon_decay="fast"), TypeError, "epsilon_decay must be a real number, got str"),
         (dict(preset="pfllib", epsilon=0.2), ValueError, "preset 'pfllib' selects by 'top_m'"),
         (dict(fraction_train=1.5), ValueError, "fraction_train must be a number in [0, 1], got 1.5"),
         (dict(fraction_evaluate="all"), TypeError, "fraction_evaluate must be a number in [0, 1], got str"),
@@ -121,6 +122,7 @@ def by_client(strategy: FedFomo, messages: list) -> dict:
         (dict(min_available_nodes=True), TypeError, "min_available_nodes must be an integer, got bool"),
         (dict(num_clients=0), ValueError, "num_clients must be an integer >= 1, got 0"),
         (dict(seed="zero"), TypeError, "seed must be an integer or None, got str"),
+        (dict(affinity_history=1), TypeError, "affinity_history must be a bool, got int"),
     ],
 )
 def test_bad_options_are_refused_with_the_argument_named(options, error, fragment):
@@ -243,6 +245,14 @@ def test_scores_go_into_the_affinity_row_of_the_client_that_sent_them(in_a_run):
     assert strategy.rounds[1].scores == scores and strategy.rounds[1].failed == {}
     assert arrays is None  # no global model
     assert metrics["num-clients"] == 4 and metrics["baseline-loss"] == 2.0 and metrics["candidates"] == 2.0
+
+
+def test_without_affinity_history_the_rounds_keep_no_matrix(in_a_run):
+    # Prepare / Execute
+    strategy = uploaded_strategy(affinity_history=False)
+
+    # Assert
+    assert strategy.rounds[0].affinity is None and strategy.affinity_matrix.shape == (4, 4)
 
 
 def test_bad_replies_are_recorded_and_change_nothing(in_a_run):
