@@ -400,11 +400,11 @@ class FedFomo(Strategy):
         """Waits for enough nodes (as Flower's sample_nodes), then draws from the registered ones
         with the strategy's seeded generator (Flower's own draw uses the global ``random``)."""
         need = max(self.min_available_nodes, minimum)
-        waited = False
+        tries = 0
         while len(nodes := list(grid.get_node_ids())) < need:
-            if not waited:
+            if tries % 50 == 0:  # every 10 s
                 _log.info("Waiting for nodes to connect: %d connected (minimum required: %d)", len(nodes), need)
-                waited = True
+            tries += 1
             time.sleep(0.2)
         known = self.register(sorted(nodes))
         size = min(max(int(len(nodes) * fraction), minimum), len(known))

@@ -5,9 +5,11 @@ FedFomo strategy keeps every client's model and an affinity matrix, and sends ea
 candidate models picked from its row; each client (a ClientApp around a PyTorch FedFomoClient)
 weighs them on its validation data, moves its model, trains it and returns its scores.
 Run:  python examples/flower_app.py          (needs: pip install "fomo-core[flower,torch,sklearn]")
+      python examples/flower_app.py --sklearn   (scikit-learn MLPClassifier clients instead)
 """
 
 import os
+import sys
 
 # before Flower and Ray start: no telemetry; opt in to Ray's future behaviour (it leaves
 # CUDA_VISIBLE_DEVICES alone for actors without GPUs) instead of a FutureWarning
@@ -19,15 +21,18 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from sklearn.neural_network import MLPClassifier
 from torch import nn
 
 from fomo_core.adapters.flower import FedFomo, fedfomo_client_app, model_record
+from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient
 from fomo_core.simulate.data import load_digits, split_clients
 from fomo_core.simulate.metrics import within_group_fraction
 from fomo_core.simulate.partition import latent_groups
 
 NUM_CLIENTS, GROUPS, M, ROUNDS = 6, 3, 2, 5
+SKLEARN = "--sklearn" in sys.argv
 
 # --- data: the simulator's latent-group partition of the digits, split per client ----------------
 rng = np.random.default_rng(0)
@@ -40,11 +45,20 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+def make_estimator(seed: int) -> MLPClassifier:
+    """An MLPClassifier whose parameters exist (partial_fit on one sample allocates them)."""
+    est = MLPClassifier(hidden_layer_sizes=(32,), solver="sgd", learning_rate_init=0.05, momentum=0.5,
+                        batch_size=16, random_state=seed)
+    return initialise_mlp(est, digits.x[:1], digits.y[:1], np.arange(10))
+
+
 # --- ClientApp: each node builds its client; the model's values arrive with every message --------
-def client_fn(context: Context) -> FedFomoClient:
-    torch.set_num_threads(1)  # tiny model, one CPU per simulated client
+def client_fn(context: Context):
     k = int(context.node_config["partition-id"])
     d = data[k]
+    if SKLEARN:
+        return MLPClassifierClient(make_estimator(k), (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=2)
+    torch.set_num_threads(1)  # tiny model, one CPU per simulated client
     return FedFomoClient(
         make_model(),
         val_data=(torch.tensor(d.x_val), torch.tensor(d.y_val)),  # copies: arrays arrive read-only
@@ -55,7 +69,7 @@ def client_fn(context: Context) -> FedFomoClient:
 
 def test_data_fn(context: Context):
     d = data[int(context.node_config["partition-id"])]
-    return torch.tensor(d.x_test), torch.tensor(d.y_test)
+    return (d.x_test, d.y_test) if SKLEARN else (torch.tensor(d.x_test), torch.tensor(d.y_test))
 
 
 client_app = fedfomo_client_app(client_fn, test_data_fn=test_data_fn)
@@ -69,7 +83,8 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(0)
-    strategy.start(grid=grid, initial_arrays=model_record(make_model()), num_rounds=ROUNDS)
+    initial = model_record(make_estimator(0) if SKLEARN else make_model())
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=ROUNDS)
 
 
 if __name__ == "__main__":

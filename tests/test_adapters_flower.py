@@ -467,7 +467,7 @@ def simulation(tmp_path_factory, clients_data):
     partition, data = clients_data
     env = {
         "FLWR_HOME": str(tmp_path_factory.mktemp("flwr")),
-        "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")),
+        "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")),  # short: Ray's socket paths must fit 107 bytes
         # opt in to Ray's coming default (it leaves CUDA_VISIBLE_DEVICES alone for CPU actors)
         # rather than let it warn about the change
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
@@ -486,7 +486,8 @@ def simulation(tmp_path_factory, clients_data):
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy.start(grid=grid, initial_arrays=model_record(mlp(0)), num_rounds=ROUNDS)
+        # a crashed backend leaves the messages unanswered: fail after 2 minutes, not Flower's hour
+        strategy.start(grid=grid, initial_arrays=model_record(mlp(0)), num_rounds=ROUNDS, timeout=120)
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -573,3 +574,31 @@ def test_evaluation_measured_each_clients_own_final_model_on_its_own_test_data(s
         assert last.accuracy[c] == float(ev.accuracy[0])
         # the same float32 model on the same data, evaluated by the client in another process
         assert last.loss[c] == pytest.approx(float(ev.loss[0]), rel=1e-6)
+
+
+# --- the example is documentation: it must keep running and showing what it claims -----------------
+
+
+def test_flower_example_runs_a_personalising_federation(tmp_path_factory):
+    # Prepare: its own process (it starts its own Ray). Ray's sockets live under RAY_TMPDIR and a
+    # Unix socket path has at most 107 bytes: a short directory name, not this test's long one.
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "flower_app.py"
+    env = {**os.environ, "FLWR_HOME": str(tmp_path_factory.mktemp("flwr")),
+           "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray"))}
+
+    # Execute
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path_factory.mktemp("cwd"), env=env,
+                          capture_output=True, text=True, timeout=300)
+
+    # Assert
+    assert done.returncode == 0, done.stderr[-3000:]
+    accs = [float(a) for a in re.findall(r"round \d: mean personalised test accuracy ([0-9.]+)%", done.stdout)]
+    share = re.search(r"share of positive affinity within the client's own group: ([0-9.]+)", done.stdout)
+    assert len(accs) == 5 and share is not None, done.stdout[-3000:]
+    assert accs[-1] > accs[0]  # four more rounds of FedFomo and training helped
+    # 1 of each client's 5 peers shares its group: by chance a fifth of the positive affinity would land there
+    assert float(share.group(1)) > 0.5
