@@ -6,8 +6,9 @@ Flower's ArrayRecords to and from their parameters and calls their ``round`` / `
 
 Clients are stateless between messages: the server sends every client its own latest model with
 its candidates (FedFomo's server keeps every client's model anyway), so a node restarted or served
-by another simulation actor picks up exactly where it was. Optimizer state is not carried over
-(each round trains with a fresh optimizer, as FedFomoClient always does).
+by another simulation actor picks up exactly where it was. Optimizer state does not travel:
+FedFomoClient starts a fresh SGD every round anyway; an MLPClassifier's partial_fit momentum
+restarts every round.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _check_shapes(record: ArrayRecord, expected: dict, role: str) -> None:
     """record must have exactly the keys of ``expected`` {key: shape}, with those shapes."""
     if not isinstance(record, ArrayRecord):
         raise TypeError(f"{role} must be a flwr.app.ArrayRecord, got {type(record).__name__}")
-    if list(record.keys()) != list(expected):
+    if set(record.keys()) != set(expected):
         missing = [k for k in expected if k not in record]
         extra = [k for k in record if k not in expected]
         raise ValueError(f"{role} has keys {list(record.keys())}, expected {list(expected)} (missing {missing}, unexpected {extra})")
