@@ -12,14 +12,15 @@ read once for all candidates. Three ways to run them (``method=``):
 - ``"loop"``: one ``functional_call`` per candidate per data batch.
 
 ``method="auto"`` picks "fused" when it applies; otherwise "loop" on CPU and "vmap" on CUDA.
-Measured on CPU (benchmarks/bench_evaluate.py, results in benchmarks/results/evaluate.md): vmap
-turns the M Linear layers into one batched matmul and the M convolutions into one grouped
-convolution, which saves dispatches but runs slower per FLOP than M separate MKL-DNN calls: with one
-thread the loop was 1.5x (MLP) to 2x (LeNet CNN) faster, and vmap only came ahead when the
-per-operator overhead dominated (two threads on a loaded machine). On CUDA, where every operator is
-a kernel launch, vmap's M-fold fewer launches are the better default (not measured here: no GPU).
-vmap over state_dicts or modules must first stack their tensors (an [M, P] copy); the loop never
-copies.
+Measured on CPU (benchmarks/bench_evaluate.py, benchmarks/results/evaluate.md; M = 10, B = 100
+and 500): vmap turns the M Linear layers into one batched matmul and the M convolutions into one
+grouped convolution, which saves dispatches but runs slower per FLOP than M separate calls. With
+one thread the loop was as fast or up to 1.15x faster on the MLP and 1.2x (B = 100) to 1.9x
+(B = 500) faster on the LeNet CNN; with two threads vmap came ahead only where the per-operator
+overhead dominated (the MLP at B = 100), and the LeNet CNN at B = 500 ran 2x faster looped. On
+CUDA, where every operator is a kernel launch, vmap's M-fold fewer launches are the better default
+(not measured here: no GPU). vmap over state_dicts or modules must first stack their tensors (an
+[M, P] copy); the loop never copies.
 
 Candidate formats (``candidates=``):
 
@@ -238,13 +239,21 @@ def _fused(spec: DenseSpec, cands: _Candidates, data: Any, batch_size: Optional[
     return Evaluation(loss / rows, acc / rows, "fused")
 
 
-def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec]) -> str:
+def _class_labels(data: Any) -> bool:
+    """False when a tensor pair's targets are not class indices (soft labels, regression)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1]):
+        return not data[1].is_floating_point() and data[1].ndim == 1
+    return True  # a DataLoader: checked batch by batch by the fused route
+
+
+def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: Any) -> str:
     if method != "auto":
         return method
-    if spec is not None:
-        return "fused"
     first = cands.first_tensor()
-    return "vmap" if first is not None and first.device.type == "cuda" else "loop"
+    on_cuda = first is not None and first.device.type == "cuda"
+    if spec is not None and not on_cuda and _class_labels(data):  # the fused route runs on CPU here
+        return "fused"
+    return "vmap" if on_cuda else "loop"
 
 
 def evaluate_candidates(
@@ -280,7 +289,7 @@ def evaluate_candidates(
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     cands = _Candidates(module, candidates)
     spec = _dense_spec(module, loss_fn)
-    chosen = _choose(method, cands, spec)
+    chosen = _choose(method, cands, spec, data)
     if chosen == "fused" and spec is None:
         raise ValueError(
             "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"

@@ -3,7 +3,8 @@
 Headline: ResNet-18's parameters (P = 11,181,642 as its 62 real layer shapes, CIFAR-10 head),
 float32, M = 10 candidates, all improving. In the same process, medians over repeats:
 
-- fomo_core.fomo_step over the layer list (new output, and in place), and over a flat [M, P] array;
+- fomo_core.fomo_step over the layer list (a new output, a reused out= buffer, and in place), and
+  over a flat [M, P] array (new output);
 - a PFLlib-style per-layer torch loop (clientfomo: cat of per-layer differences, torch.norm + 1e-5,
   zero the model, accumulate w_n * theta_n layer by layer);
 - flat NumPy and flat torch, vectorised the obvious way ([M, P] differences);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -71,6 +73,8 @@ class Problem:
         self.flat_candidates = self.flat_local + 0.01 * noise
         self.layers_local = self._split(self.flat_local)
         self.layers_candidates = [self._split(row) for row in self.flat_candidates]
+        # a reused output buffer: what a training loop passes as out= (no fresh pages every call)
+        self.layers_out = self._split(torch.zeros_like(self.flat_local))
         self.local_loss = 1.0
         # the first `improving` candidates lower the loss, the rest raise it
         self.losses = np.array([0.5 + 0.02 * n if n < improving else 1.5 for n in range(m)])
@@ -86,6 +90,11 @@ class Problem:
 
     def bytes_moved(self, measured: int) -> int:
         return (measured + self.improving + 3) * self.p * BYTES[self.dtype]
+
+    def step(self, **options):
+        """fomo_core's fused step over the layer lists into the reused output buffer."""
+        return fc.fomo_step(self.layers_local, self.layers_candidates, self.local_loss, self.losses,
+                            out=self.layers_out, **options)
 
 
 # ---- the baselines, written as their authors' code computes it ----
@@ -149,7 +158,8 @@ def headline(problem: Problem, repeats: int, probe: float) -> list[dict]:
     inplace = [t.clone() for t in problem.layers_local]
     args = (problem.local_loss, problem.losses)
     methods = {
-        "fomo_core.fomo_step (layers)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (layers, new output)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (layers, out=)": problem.step,
         "fomo_core.fomo_step (layers, in place)": lambda: fc.fomo_step(inplace, problem.layers_candidates, *args, out=inplace),
         "fomo_core.fomo_step (flat [M, P])": lambda: fc.fomo_step(flat_x, flat_c, *args),
         "PFLlib-style per-layer torch loop": lambda: pfllib_loop(problem, model),
@@ -165,7 +175,7 @@ def dtypes(shapes, m: int, repeats: int, probe: float) -> list[dict]:
     rows, f32_ms = [], None
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         problem = Problem(shapes, m, dtype, improving=m)
-        ms = median_ms(lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, problem.local_loss, problem.losses), repeats)
+        ms = median_ms(problem.step, repeats)
         f32_ms = ms if dtype == torch.float32 else f32_ms
         gbs = problem.bytes_moved(m) / ms / 1e6
         rows.append({"dtype": str(dtype).removeprefix("torch."), "ms": ms, "gbs": gbs,
@@ -177,12 +187,12 @@ def dtypes(shapes, m: int, repeats: int, probe: float) -> list[dict]:
 def skipping(shapes, m: int, repeats: int, probe: float) -> list[dict]:
     rows = []
     all_improving = Problem(shapes, m, torch.float32, improving=m)
-    base_ms = median_ms(lambda: fc.fomo_step(all_improving.layers_local, all_improving.layers_candidates, all_improving.local_loss, all_improving.losses), repeats)
+    base_ms = median_ms(all_improving.step, repeats)
     rows.append({"case": f"all {m} improving", "ms": base_ms, "relative_time": 1.0,
                  "relative_bytes": 1.0, "gbs": all_improving.bytes_moved(m) / base_ms / 1e6})
     half = Problem(shapes, m, torch.float32, improving=m // 2)
     for all_scores in (True, False):
-        ms = median_ms(lambda: fc.fomo_step(half.layers_local, half.layers_candidates, half.local_loss, half.losses, all_scores=all_scores), repeats)
+        ms = median_ms(lambda: half.step(all_scores=all_scores), repeats)
         measured = m if all_scores else m // 2
         rows.append({"case": f"{m // 2} of {m} improving, all_scores={all_scores}", "ms": ms, "relative_time": ms / base_ms,
                      "relative_bytes": half.bytes_moved(measured) / all_improving.bytes_moved(m),
@@ -195,7 +205,7 @@ def m_sweep(shapes, ms_list, repeats: int, probe: float) -> list[dict]:
     for m in ms_list:
         problem = Problem(shapes, m, torch.float32, improving=m)
         model = [t.clone() for t in problem.layers_local]
-        ours = median_ms(lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, problem.local_loss, problem.losses), repeats)
+        ours = median_ms(problem.step, repeats)
         theirs = median_ms(lambda: pfllib_loop(problem, model), repeats)
         gbs = problem.bytes_moved(m) / ours / 1e6
         rows.append({"M": m, "fomo_core_ms": ours, "pfllib_ms": theirs, "speedup_vs_pfllib": theirs / ours,
@@ -210,7 +220,7 @@ def small_model(repeats: int) -> list[dict]:
     flat_x, flat_c = problem.flat_local.numpy(), problem.flat_candidates.numpy()
     args = (problem.local_loss, problem.losses)
     methods = {
-        "fomo_core.fomo_step (layers)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (layers, out=)": problem.step,
         "fomo_core.fomo_step (flat [M, P])": lambda: fc.fomo_step(flat_x, flat_c, *args),
         "PFLlib-style per-layer torch loop": lambda: pfllib_loop(problem, model),
         "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
@@ -254,7 +264,8 @@ def main(argv=None) -> int:
     p = sum(math.prod(s) for s in shapes)
     m = 10
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"fomo_core {fc.build_info()}", flush=True)
+    load_before = os.getloadavg()[0]
+    print(f"fomo_core {fc.build_info()}; load average {load_before:.2f}", flush=True)
     probe = probe_gbs(p, repeats * 3)
     print(f"dot-product probe: {probe['gbs']:.1f} GB/s", flush=True)
     results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": args.quick},
@@ -268,15 +279,17 @@ def main(argv=None) -> int:
     results["skip"] = skipping(shapes, m, repeats, probe["gbs"])
     results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe["gbs"])
     results["small_model"] = small_model(repeats)
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
 
     sections = [
         f"P = {p:,} ({len(shapes)} layers), float32, M = {m}, all improving; dot-product probe "
         f"{probe['gbs']:.1f} GB/s (np.dot {probe['numpy_dot_gbs']:.1f}, torch.dot {probe['torch_dot_gbs']:.1f}); "
-        f"medians of {repeats}; {fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels.",
+        f"medians of {repeats}; {fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels; "
+        f"load average {load_before:.2f} before, {results['load_average']['after']:.2f} after.",
         markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
                        [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
                         for r in results["headline"]]),
-        "Storage dtypes (fomo_step over layers, M = 10):",
+        "Storage dtypes (fomo_step over layers into a reused out=, M = 10):",
         markdown_table(["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
                        [[r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]] for r in results["dtypes"]]),
         "Non-improving candidates (float32, M = 10):",

@@ -14,8 +14,10 @@ from typing import Callable
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in milliseconds (the machines are shared: medians, never one run)."""
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds (the machines are shared: medians, never one run).
+    Two warm-up calls by default: glibc raises its mmap threshold after the first large frees, and
+    the baselines that allocate big temporaries only settle after that."""
     for _ in range(warmup):
         fn()
     times = []

@@ -409,7 +409,9 @@ def evaluate_candidates(
                       means sum(w_i l_i) / sum(w_i)
 
     Returns an :class:`Evaluation` with ``loss`` [M] and ``accuracy`` [M], float64, NumPy arrays
-    (torch tensors on the candidates' device when the candidates are torch tensors).
+    (torch tensors on the candidates' device when the candidates are torch tensors). Arrays on a
+    CUDA device need a build whose device dispatch routes this op to the CUDA kernel
+    (csrc/cuda/evaluate_dense.cu); otherwise a ValueError says so.
     """
     if not isinstance(spec, DenseSpec):
         raise TypeError(f"spec must be a DenseSpec, got {type(spec).__name__}")

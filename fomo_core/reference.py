@@ -321,3 +321,7 @@ def fomo_step(local_params: Any, candidate_params: Any, local_loss: float, candi
     )
     params = _updated(model, candidates, weights, rounded)
     return StepResult(params, _vector(weights), scores.scores, scores.distances, scores.rejected, scores.skipped)
+
+
+# The dense-evaluation twin (issue 4) lives beside this file.
+from .reference_dense import evaluate_candidates_reference, forward_reference  # noqa: E402,F401

@@ -213,6 +213,18 @@ def test_16_bit_storage_computes_in_float32(storage):
     np.testing.assert_allclose(ev.loss.numpy(), loss, **F32_REFERENCE)
 
 
+def test_inputs_of_another_dtype_are_converted_tile_by_tile():
+    # float64 X with float32 candidates: computed in float32 (the candidates' compute type)
+    rng = np.random.default_rng(8)
+    spec = DenseSpec((10, 14, 6), "logistic", "in_out")
+    cands = rng.standard_normal((3, spec.num_params)).astype(np.float32)
+    X = rng.standard_normal((75, 10))
+    y = rng.integers(0, 6, 75)
+    ev = evaluate_candidates(spec, cands, X, y)
+    want = evaluate_candidates_reference(spec, cands, X.astype(np.float32), y)
+    np.testing.assert_allclose(ev.loss, want[0], **F32_REFERENCE)
+
+
 def test_results_do_not_depend_on_the_thread_count(digits):
     X, y = digits
     rng = np.random.default_rng(4)

@@ -121,6 +121,17 @@ def test_dataloader_equals_tensor_pair_and_batches_are_combined_by_size(mlp_case
     torch.testing.assert_close(split.loss, whole.loss, **TOL)
 
 
+def test_soft_labels_leave_the_fused_route(mlp_case):
+    models, X, y = mlp_case
+    flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
+    soft = nn.functional.one_hot(y, 10).float() * 0.9 + 0.01  # class probabilities: cross_entropy's other form
+    ev = evaluate_candidates(models[0], flat, (X, soft))
+    assert ev.method == "loop"
+    expected = torch.stack([nn.functional.cross_entropy(m(X), soft).detach().double() for m in models])
+    torch.testing.assert_close(ev.loss, expected, **TOL)
+    assert torch.isnan(ev.accuracy).all()
+
+
 def test_user_loss_functions_per_sample_or_mean(mlp_case):
     models, X, y = mlp_case
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()

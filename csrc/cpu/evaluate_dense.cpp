@@ -71,20 +71,21 @@ inline void micro_tile(const T* w, int64_t rs, int64_t cs, const T* bias, int64_
     for (int v = 0; v < kVecs; ++v) store_raw(out + r * ldh + v * L, acc[r][v]);
 }
 
-// The activation over rows x width values of a block just written (still in L1).
-template <class C>
-void activate_block(Activation act, C* out, int64_t ldh, int rows, int width) {
+// The activation over rows x kWidth values of a block just written (still in L1); the width is a
+// compile-time constant so that each row is a few whole vectors.
+template <class C, int kWidth>
+void activate_block(Activation act, C* out, int64_t ldh, int rows) {
   for (int r = 0; r < rows; ++r) {
     C* o = out + r * ldh;
     switch (act) {
       case Activation::relu:
-        for (int j = 0; j < width; ++j) o[j] = dense_select(o[j] < C(0), C(0), o[j]);
+        for (int j = 0; j < kWidth; ++j) o[j] = dense_select(o[j] < C(0), C(0), o[j]);
         break;
       case Activation::tanh:
-        for (int j = 0; j < width; ++j) o[j] = dense_tanh(o[j]);
+        for (int j = 0; j < kWidth; ++j) o[j] = dense_tanh(o[j]);
         break;
       case Activation::logistic:
-        for (int j = 0; j < width; ++j) o[j] = dense_logistic(o[j]);
+        for (int j = 0; j < kWidth; ++j) o[j] = dense_logistic(o[j]);
         break;
       case Activation::identity: break;
     }
@@ -113,7 +114,7 @@ void dense_layer(const DenseLayerParams& p, int64_t n_out, int64_t n_in, const C
         case 2: micro_tile<T, C, 2>(wo, p.row_stride, p.col_stride, bo, p.bias_stride, src, ldh, n_in, dst); break;
         default: micro_tile<T, C, 1>(wo, p.row_stride, p.col_stride, bo, p.bias_stride, src, ldh, n_in, dst); break;
       }
-      if (act != Activation::identity) activate_block(act, dst, ldh, rows, P);
+      if (act != Activation::identity) activate_block<C, P>(act, dst, ldh, rows);
     }
   }
 }

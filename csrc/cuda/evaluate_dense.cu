@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "fomo/check.h"
 #include "fomo/dense.h"
 #include "fomo/math.h"
 
@@ -226,18 +227,32 @@ void launch_for_x(const NetDevice& net, const DenseCandidates& cands, const Dens
   }
 }
 
+// Makes `device` current for the scope and restores the caller's device.
+struct CurrentDevice {
+  int previous = -1;
+  explicit CurrentDevice(int device) {
+    check_cuda(cudaGetDevice(&previous), "cudaGetDevice");
+    if (previous != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~CurrentDevice() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous) cudaSetDevice(previous);
+  }
+};
+
 }  // namespace
 
 void evaluate_dense(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data, DenseResult result,
-                    void* stream) {
+                    int device, void* stream) {
   if (candidates.count == 0 || data.rows == 0) return;  // nothing to launch
   if (net.num_layers < 1 || net.num_layers > kMaxLayers)
-    throw std::invalid_argument("fomo_core CUDA dense evaluation: between 1 and 64 layers are supported");
+    fail_value("the CUDA dense evaluation supports 1 to ", kMaxLayers, " layers, got ", net.num_layers);
   NetDevice dev{};
   dev.num_layers = net.num_layers;
   for (int64_t l = 0; l <= net.num_layers; ++l) dev.sizes[l] = net.sizes[l];
   for (int64_t l = 0; l + 1 < net.num_layers; ++l) dev.activations[l] = int32_t(net.activations[l]);
   dev.output = int32_t(net.output);
+  const CurrentDevice current(device);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (candidates.dtype) {
     case DType::float32: return launch_for_x<float>(dev, candidates, data, result, s);

@@ -73,12 +73,13 @@ void evaluate_dense(const DenseNet& net, const DenseCandidates& candidates, cons
 }  // namespace cpu
 
 namespace cuda {
-// The CUDA twin: every pointer of `data` and every DenseLayerParams pointer is device memory;
-// `candidates.layers`, `net` and `result` are host memory. Runs on `stream` (a cudaStream_t) and
-// returns when the results are on the host. Labels are trusted (checked by the caller); a label
-// out of range gives a NaN loss.
+// The CUDA twin: every pointer of `data` and every DenseLayerParams pointer is memory of CUDA
+// device `device`; `candidates.layers`, `net` and `result` are host memory. Runs on `stream` (a
+// cudaStream_t of that device; the current device is restored afterwards) and returns when the
+// results are on the host. Labels are trusted (checked by the caller); a label out of range gives a
+// NaN loss.
 void evaluate_dense(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,
-                    DenseResult result, void* stream);
+                    DenseResult result, int device, void* stream);
 }  // namespace cuda
 
 // ---------------------------------------------------------------------------------------------

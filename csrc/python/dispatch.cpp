@@ -10,17 +10,19 @@ bool on_cuda(const Layout& layout) { return layout.device.kind == DeviceKind::cu
 
 #if defined(FOMO_HAVE_CUDA)
 // The call's stream, after making it wait for every other stream the arrays' producers named.
-cuda::DeviceStream place(const Layout& layout, const CudaStreams& streams) {
+cuda::DeviceStream place(const Device& device, const CudaStreams& streams) {
   void* work = reinterpret_cast<void*>(streams.work);
   for (uintptr_t producer : streams.producers)
-    cuda::stream_wait(layout.device.index, work, reinterpret_cast<void*>(producer));
-  return {layout.device.index, work};
+    cuda::stream_wait(device.index, work, reinterpret_cast<void*>(producer));
+  return {device.index, work};
 }
+cuda::DeviceStream place(const Layout& layout, const CudaStreams& streams) { return place(layout.device, streams); }
 #else
-[[noreturn]] void no_cuda(const Layout& layout) {
-  fail_value("the arrays are on ", layout.device.str(), " but this build of fomo_core has no CUDA kernels "
+[[noreturn]] void no_cuda(const Device& device) {
+  fail_value("the arrays are on ", device.str(), " but this build of fomo_core has no CUDA kernels "
              "(rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
 }
+[[noreturn]] void no_cuda(const Layout& layout) { no_cuda(layout.device); }
 #endif
 
 }  // namespace
@@ -76,11 +78,17 @@ int cuda_device_count() { return 0; }
 namespace fomo {
 namespace python {
 
-void run_evaluate_dense(const Device& device, const DenseNet& net, const DenseCandidates& candidates,
-                        const DenseData& data, DenseResult result) {
-  if (device.kind != DeviceKind::cpu)
-    fail_value("the arrays are on ", device.str(), " but this build of fomo_core has no CUDA route for the dense "
-               "evaluation (rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
+void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                        const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
+  if (device.kind == DeviceKind::cuda) {
+#if defined(FOMO_HAVE_CUDA)
+    const cuda::DeviceStream where = place(device, streams);
+    return cuda::evaluate_dense(net, candidates, data, result, where.device, where.stream);
+#else
+    (void)streams;
+    no_cuda(device);
+#endif
+  }
   cpu::evaluate_dense(net, candidates, data, result);
 }
 

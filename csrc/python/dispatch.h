@@ -31,8 +31,8 @@ namespace fomo {
 namespace python {
 
 // Runs the dense evaluation on `device`, where the arrays of `data` and the candidates live.
-void run_evaluate_dense(const Device& device, const DenseNet& net, const DenseCandidates& candidates,
-                        const DenseData& data, DenseResult result);
+void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                        const DenseCandidates& candidates, const DenseData& data, DenseResult result);
 
 }  // namespace python
 }  // namespace fomo

@@ -149,6 +149,7 @@ bool is_sequence(py::handle obj) { return py::isinstance<py::list>(obj) || py::i
 py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation_codes, bool in_out, int output_code,
                          py::handle candidates, py::handle x, py::handle labels, py::handle targets,
                          py::handle sample_weight) {
+  IntakeScope scope;  // keeps DLPack exports alive and collects the CUDA streams of the arrays
   Shape shape{sizes, in_out};
   if (sizes.size() < 2) fail_value("sizes must hold at least two widths (inputs, outputs), got ", sizes.size());
   for (size_t l = 0; l < sizes.size(); ++l)
@@ -210,7 +211,7 @@ py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation
   Vector loss(cands.count), accuracy(cands.count);
   {
     py::gil_scoped_release unlocked;
-    run_evaluate_dense(xv.device, net, cands, data, {loss.mutable_data(), accuracy.mutable_data()});
+    run_evaluate_dense(xv.device, scope.streams, net, cands, data, {loss.mutable_data(), accuracy.mutable_data()});
   }
   return py::make_tuple(loss, accuracy);
 }

@@ -199,31 +199,6 @@ bool from_buffer(py::handle obj, ArrayView& v, const std::string& what) {
   return true;
 }
 
-// __array_interface__ (NumPy's protocol): also how ml_dtypes' bfloat16 arrays arrive, which the
-// buffer protocol cannot express.
-bool from_array_interface(py::handle obj, ArrayView& v) {
-  if (!py::hasattr(obj, "__array_interface__")) return false;
-  py::dict face = obj.attr("__array_interface__");
-  py::tuple data = face["data"];
-  v.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  v.readonly = data[1].cast<bool>();
-  v.shape = face["shape"].cast<std::vector<int64_t>>();
-  const std::string typestr = face["typestr"].cast<std::string>();
-  v.itemsize = std::stoll(typestr.substr(2));
-  v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype"))) : typestr;
-  if (typestr == "<f4") set_dtype(v, DType::float32);
-  else if (typestr == "<f8") set_dtype(v, DType::float64);
-  else if (typestr == "<f2") set_dtype(v, DType::float16);
-  else if (typestr == "<V2" && v.dtype_name == "bfloat16") set_dtype(v, DType::bfloat16);
-  if (face.contains("strides") && !face["strides"].is_none()) {
-    for (int64_t s : face["strides"].cast<std::vector<int64_t>>()) v.strides.push_back(s / v.itemsize);
-  } else {
-    v.strides.assign(v.shape.size(), 1);
-    for (int64_t i = int64_t(v.shape.size()) - 2; i >= 0; --i) v.strides[i] = v.strides[i + 1] * v.shape[i + 1];
-  }
-  return true;
-}
-
 // Row-major strides (in elements) of a compact array of this shape.
 std::vector<int64_t> compact_strides(const std::vector<int64_t>& shape) {
   std::vector<int64_t> strides(shape.size(), 1);
@@ -241,18 +216,9 @@ std::vector<int64_t> element_strides(const std::vector<int64_t>& bytes, int64_t 
   return strides;
 }
 
-// __cuda_array_interface__ (CuPy, Numba, ...): a device pointer, a typestr and strides in bytes.
-// Its 'stream' (version 3) is where the producer ordered its work: None means no ordering needed,
-// 1 and 2 are the legacy and per-thread default streams, anything else a stream handle.
-bool from_cuda_array_interface(py::handle obj, ArrayView& v, const std::string& what) {
-  if (!py::hasattr(obj, "__cuda_array_interface__")) return false;
-#if !defined(FOMO_HAVE_CUDA)
-  (void)v;
-  fail_no_cuda(what, type_name(obj));
-#else
-  py::dict face = obj.attr("__cuda_array_interface__");
-  if (face.contains("mask") && !face["mask"].is_none())
-    fail_type(what, " is a masked CUDA array; fomo_core takes unmasked arrays only");
+// The fields NumPy's __array_interface__ and __cuda_array_interface__ share: data pointer and
+// read-only flag, shape, typestr (ml_dtypes' bfloat16 is '<V2' named bfloat16) and byte strides.
+void read_interface(py::handle obj, const py::dict& face, ArrayView& v, const std::string& what) {
   py::tuple data = face["data"];
   v.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
   v.readonly = data[1].cast<bool>();
@@ -268,6 +234,29 @@ bool from_cuda_array_interface(py::handle obj, ArrayView& v, const std::string& 
     v.strides = element_strides(face["strides"].cast<std::vector<int64_t>>(), v.itemsize, what);
   else
     v.strides = compact_strides(v.shape);
+}
+
+// __array_interface__ (NumPy's protocol): also how ml_dtypes' bfloat16 arrays arrive, which the
+// buffer protocol cannot express.
+bool from_array_interface(py::handle obj, ArrayView& v, const std::string& what) {
+  if (!py::hasattr(obj, "__array_interface__")) return false;
+  read_interface(obj, obj.attr("__array_interface__"), v, what);
+  return true;
+}
+
+// __cuda_array_interface__ (CuPy, Numba, ...): a device pointer, a typestr and strides in bytes.
+// Its 'stream' (version 3) is where the producer ordered its work: None means no ordering needed,
+// 1 and 2 are the legacy and per-thread default streams, anything else a stream handle.
+bool from_cuda_array_interface(py::handle obj, ArrayView& v, const std::string& what) {
+  if (!py::hasattr(obj, "__cuda_array_interface__")) return false;
+#if !defined(FOMO_HAVE_CUDA)
+  (void)v;
+  fail_no_cuda(what, type_name(obj));
+#else
+  py::dict face = obj.attr("__cuda_array_interface__");
+  if (face.contains("mask") && !face["mask"].is_none())
+    fail_type(what, " is a masked CUDA array; fomo_core takes unmasked arrays only");
+  read_interface(obj, face, v, what);
   v.device.kind = DeviceKind::cuda;
   try {
     // The interface does not name the device: ask CUDA who owns the pointer (an empty array may
@@ -376,7 +365,7 @@ ArrayView intake(py::handle obj, const std::string& what) {
       return from_torch(obj, *torch, what);
   }
   ArrayView v;
-  if (from_buffer(obj, v, what) || from_array_interface(obj, v) || from_cuda_array_interface(obj, v, what) ||
+  if (from_buffer(obj, v, what) || from_array_interface(obj, v, what) || from_cuda_array_interface(obj, v, what) ||
       from_dlpack(obj, v, what))
     return v;
   fail_type(what, " must be an array (NumPy array, torch tensor, CuPy array, or an object with the buffer "
