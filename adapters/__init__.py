@@ -3,4 +3,6 @@ the frameworks you use get loaded:
 
 - ``fomo_core.adapters.torch``: flatten_module, CandidateBank, FedFomoClient, evaluate_candidates
 - ``fomo_core.adapters.numpy``: layer lists <-> flat buffers, scikit-learn MLPClassifier clients
+- ``fomo_core.adapters.flower``: a FedFomo strategy for Flower's Message API and ClientApps around
+  the torch / scikit-learn clients (extra "flower")
 """
