@@ -33,3 +33,16 @@ def restore_threads():
     before = fomo_core.get_num_threads()
     yield
     fomo_core.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest on one torch thread; on a busy 2-core machine several threads are
+    far slower (they spin waiting for each other). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

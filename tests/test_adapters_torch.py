@@ -14,14 +14,7 @@ import fomo_core as fc
 from fomo_core.adapters.torch import CandidateBank, FedFomoClient, flat_layout, flatten_module, train_sgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread is fastest, and several threads on a busy machine are
-    far slower (they spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp(seed: int, hidden: int = 32) -> nn.Sequential:

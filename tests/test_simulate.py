@@ -16,13 +16,7 @@ from fomo_core.simulate.metrics import within_group_fraction
 from fomo_core.simulate.partition import Partition, dirichlet, latent_groups, pathological
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one torch thread is fastest, and on a busy machine several are far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
