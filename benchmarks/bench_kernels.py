@@ -252,13 +252,13 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["headline"]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 4))
     names = [r["method"] for r in rows]
     values = [r["gbs"] for r in rows]
     ax.barh(names[::-1], values[::-1], color=["#1f77b4" if n.startswith("fomo") else "#999999" for n in names[::-1]])
     ax.axvline(results["probe"]["gbs"], color="#d62728", linestyle="--", label="dot-product probe")
     ax.set_xlabel("effective bandwidth (GB/s), higher is better")
-    ax.set_title(f"FedFomo weights + update, P = {results['config']['P']:,} float32, M = {results['config']['M']}")
+    ax.set_title(f"FedFomo weights + update\nP = {results['config']['P']:,} float32, M = {results['config']['M']} candidates")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
