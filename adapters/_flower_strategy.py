@@ -99,8 +99,9 @@ class FedFomo(Strategy):
     min_train_nodes, min_evaluate_nodes, min_available_nodes : int (default: 2)
         As in Flower's FedAvg: the minimum sampled, and the minimum connected before sampling.
     num_clients : int, optional
-        Capacity of the affinity matrix. By default the number of nodes connected at the first
-        sampling; nodes connecting later than that, beyond the capacity, are never sampled.
+        Capacity of the affinity matrix: nodes connecting beyond it are never sampled. By default
+        there is no cap: the matrix starts with the nodes connected at the first sampling and grows
+        (Affinity.grow) as nodes join later.
     seed : int, optional
         Seeds node sampling and the Affinity's exploration and tie-breaking.
     affinity_history : bool (default: True)
@@ -357,12 +358,14 @@ class FedFomo(Strategy):
     def register(self, node_ids: Iterable[int]) -> list:
         """Gives the nodes not seen before the next dense client indices (in node-id order) and
         returns those of ``node_ids`` that have an index. The first call sizes the affinity matrix
-        (``num_clients``, or the number of nodes given)."""
+        (``num_clients``, or the number of nodes given); without ``num_clients`` later nodes grow it."""
         node_ids = [int(n) for n in node_ids]
         new = sorted({n for n in node_ids if n not in self._index})
         if self.affinity is None and (new or self.num_clients):
             capacity = self.num_clients or len(new)
             self.affinity = Affinity.from_preset(self.preset, capacity, seed=self._affinity_seed, **self._affinity_options)
+        elif self.num_clients is None and len(self.node_ids) + len(new) > self.affinity.num_clients:
+            self.affinity.grow(len(self.node_ids) + len(new))
         for node in new:
             if len(self.node_ids) >= self.affinity.num_clients:
                 if not self._capacity_warned:

@@ -134,6 +134,16 @@ class Affinity:
             np.fill_diagonal(matrix, self.self_affinity)
         return matrix
 
+    def grow(self, num_clients: int) -> None:
+        """Makes room for clients that join later: the matrix becomes [num_clients, num_clients],
+        the new rows and columns take the initial values (``init``), and the existing entries and
+        the random generator stay as they are."""
+        n = _count(num_clients, "num_clients", low=self.num_clients)
+        old = self.matrix
+        self.num_clients = n
+        self.matrix = self._initial_matrix()
+        self.matrix[: old.shape[0], : old.shape[1]] = old
+
     def options(self) -> dict:
         """The constructor's options (without the seed)."""
         return dict(

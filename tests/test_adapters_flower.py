@@ -168,6 +168,24 @@ def test_nodes_beyond_num_clients_are_never_sampled():
     assert strategy.node_ids == [17, 40] and known == [17]
 
 
+def test_nodes_joining_later_grow_the_affinity_without_a_cap():
+    # Prepare
+    strategy = FedFomo(seed=0)
+    strategy.register([40, 17])
+    strategy.affinity.update(0, [1], [2.5])
+
+    # Execute
+    known = strategy.register([99, 17, 3])
+
+    # Assert: the newcomers get the next indices, the learned entry survives, the new ones start fresh
+    assert strategy.node_ids == [17, 40, 3, 99] and known == [99, 17, 3]
+    assert strategy.affinity.num_clients == 4
+    expected = fc.Affinity.from_preset(strategy.preset, 4).matrix
+    expected[0, 1] = strategy.affinity.matrix[0, 1]
+    np.testing.assert_array_equal(strategy.affinity.matrix, expected)
+    assert strategy.affinity.matrix[0, 1] != fc.Affinity.from_preset(strategy.preset, 4).matrix[0, 1]
+
+
 # --- train: configure and aggregate on hand-made messages -----------------------------------------
 
 

@@ -201,3 +201,17 @@ def test_a_rejected_update_changes_nothing():
     with pytest.raises(ValueError):
         aff.update(0, [1, 2], [0.5, np.inf])
     assert np.array_equal(aff.matrix, before)
+
+
+def test_grow_keeps_entries_and_initialises_the_newcomers():
+    aff = fc.Affinity(3, init="zeros_self", self_affinity=0.1, seed=0)
+    aff.update(0, [1, 2], [0.5, -0.25])
+    before = aff.matrix.copy()
+    aff.grow(5)
+    assert aff.num_clients == 5 and aff.matrix.shape == (5, 5)
+    np.testing.assert_array_equal(aff.matrix[:3, :3], before)
+    np.testing.assert_array_equal(aff.matrix[3:, 3:], np.diag([0.1, 0.1]))
+    assert not aff.matrix[:3, 3:].any() and not aff.matrix[3:, :3].any()
+    assert len(aff.select(4, 3)) == 3  # a newcomer can be served at once
+    with pytest.raises(ValueError, match="num_clients"):
+        aff.grow(2)  # never shrinks
