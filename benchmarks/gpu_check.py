@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import machine, markdown_table, write_results  # noqa: E402
+from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol  # noqa: E402
 
-U64 = 2.0**-53
 TARGET = 0.80  # of the copy bandwidth, for weights + update (DESIGN.md section 4)
 
 
@@ -144,22 +145,6 @@ def main() -> int:
 # ---- correctness --------------------------------------------------------------------------------
 
 
-def units(torch, dtype):
-    """(storage unit roundoff, compute unit roundoff, smallest subnormal of the storage format)."""
-    return {
-        torch.float64: (2.0**-53, 2.0**-53, 2.0**-1074),
-        torch.float32: (2.0**-24, 2.0**-24, 2.0**-149),
-        torch.float16: (2.0**-11, 2.0**-24, 2.0**-24),
-        torch.bfloat16: (2.0**-8, 2.0**-24, 2.0**-133),
-    }[dtype]
-
-
-def distance_rtol(torch, dtype, n: int) -> float:
-    # one float32 rounding of each element difference for 16/32-bit storage (2^-23 once squared),
-    # then n + 4 float64 roundings of a sum of non-negative terms
-    return (0.0 if dtype == torch.float64 else 2.0**-23) + (n + 4) * 2 * U64
-
-
 def host(torch, x):
     if isinstance(x, dict):
         return {k: host(torch, v) for k, v in x.items()}
@@ -208,18 +193,12 @@ def make_model(torch, kind, device, dtype, m, rng):
 def check_update(torch, checker, params, local, cands, weights, dtype, what):
     """|out - v| <= 2 u_s |v| + (M + 4) u_c S + tiny with v = x + sum w (c - x) in float64, S = |x| +
     sum |w| |c - x|: two roundings to storage, the accumulation in the compute type, a subnormal floor."""
-    us, uc, tiny = units(torch, dtype)
     w = as_np(torch, weights)
     cand_models = cands if isinstance(cands, list) else [cands[i] for i in range(cands.shape[0])]
     for out_leaf, x_leaf, *c_leaves in zip(leaves(params), leaves(local), *map(leaves, cand_models)):
-        x = as_np(torch, x_leaf).ravel()
-        v, s = x.copy(), np.abs(x)
-        for c_leaf, wk in zip(c_leaves, w):
-            if wk != 0.0:
-                c = as_np(torch, c_leaf).ravel()
-                v, s = v + wk * (c - x), s + abs(wk) * np.abs(c - x)
+        v, s = update_value_and_magnitude(as_np(torch, x_leaf).ravel(), [as_np(torch, c).ravel() for c in c_leaves], w)
         err = np.abs(as_np(torch, out_leaf).ravel() - v)
-        bound = 2 * us * np.abs(v) + (len(w) + 4) * uc * s + tiny
+        bound = update_bound(str(dtype).removeprefix("torch."), len(w), v, s)
         checker.expect(bool((err <= bound).all()), f"{what}: update off by up to {float(err.max()):.3g} (bound {float(bound.min()):.3g}+)")
 
 
@@ -233,9 +212,8 @@ def check_device(torch, fc, oracle, device, rng, checker):
             losses[0], losses[1] = 0.5, 1.5
             for norm in ("l2", "l1"):
                 what = f"{device} {str(dtype)[6:]} {kind} {norm}"
-                rtol = distance_rtol(torch, dtype, n)
-                srtol = rtol + 2 * U64
-                wrtol = 2 * srtol + (m + 2) * U64
+                name = str(dtype).removeprefix("torch.")
+                rtol, srtol, wrtol = distance_rtol(n, name), score_rtol(n, name), weight_rtol(n, m, name)
                 d = fc.candidate_distances(local, cands, norm=norm)
                 s = fc.first_order_scores(local, cands, 1.0, losses, norm=norm, eps=1e-5)
                 w = fc.compute_weights(local, cands, 1.0, losses, norm=norm)
@@ -286,9 +264,10 @@ def check_at_scale(torch, fc, device, checker):
     gpu = fc.fomo_step(local, cands, 1.0, losses)
     cpu = fc.fomo_step(host(torch, local), host(torch, cands), 1.0, losses)
     n = sum(t.numel() for t in local)
-    rtol = (n + 4) * 2 * U64
-    checker.close(as_np(torch, gpu.distances), as_np(torch, cpu.distances), rtol, f"{device} resnet18 distances vs CPU")
-    checker.close(as_np(torch, gpu.weights), as_np(torch, cpu.weights), 2 * (rtol + 2 * U64) + 12 * U64,
+    # the float64 parts of the bounds (the float32 difference rounding is the same on both sides)
+    checker.close(as_np(torch, gpu.distances), as_np(torch, cpu.distances), distance_rtol(n, "float64"),
+                  f"{device} resnet18 distances vs CPU")
+    checker.close(as_np(torch, gpu.weights), as_np(torch, cpu.weights), weight_rtol(n, 10, "float64"),
                   f"{device} resnet18 weights vs CPU")
     check_update(torch, checker, list(gpu.params), local, cands, gpu.weights, torch.float32, f"{device} resnet18 update")
 

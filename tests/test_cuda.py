@@ -6,7 +6,7 @@ Oracles: the distances, scores, statuses and weights are compared with fomo_core
 pure-Python float64 twin of every op) when it is installed, otherwise with fomo_core's own CPU
 kernels on host copies of the same data (and the test says which in its id). The updated
 parameters are compared with x + sum_n w_n (c_n - x) evaluated in float64 by NumPy with the
-weights the GPU produced, under the error bound written in `update_bound`.
+weights the GPU produced, under the error bound of tests/tolerances.py (`update_bound`).
 
 The device tests are parametrised over torch.cuda.device_count() devices and skip with the reason
 when there is none (or when this build has no CUDA kernels).
@@ -14,7 +14,6 @@ when there is none (or when this build has no CUDA kernels).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -24,16 +23,10 @@ import pytest
 import torch
 
 import fomo_core
-from fomo_core import _C
+from fomo_core import reference
+from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol
 
-try:
-    from fomo_core import reference as _reference
-except ImportError:  # fomo_core/reference.py is written by another issue
-    _reference = None
-
-ORACLE = "reference" if _reference is not None else "cpu-kernels"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-U64 = 2.0**-53
 
 
 def _cuda_devices() -> list:
@@ -64,9 +57,8 @@ def _host(x):
 
 
 def _oracle_step(local, cands, l0, losses, norm, eps, all_scores):
-    """(distances, scores, status codes, weights) as NumPy float64/bool from the oracle."""
-    lib = _reference if _reference is not None else fomo_core
-    res = lib.fomo_step(_host(local), _host(cands), l0, list(losses), norm=norm, eps=eps, all_scores=all_scores)
+    """(distances, scores, status codes, weights) as NumPy float64/bool from the reference."""
+    res = reference.fomo_step(_host(local), _host(cands), l0, list(losses), norm=norm, eps=eps, all_scores=all_scores)
     return tuple(np.asarray(_np(v)) for v in (res.distances, res.scores, res.rejected, res.skipped, res.weights))
 
 
@@ -89,36 +81,12 @@ def _candidate_models(cands) -> list:
     return list(cands) if isinstance(cands, (list, tuple)) else [cands[m] for m in range(cands.shape[0])]
 
 
-def _distance_rtol(dtype, n: int) -> float:
-    # The kernels take each element difference in the compute type (exact for float64 storage, one
-    # float32 rounding, relative 2^-24, for 16/32-bit storage; squared that is 2^-23), then square and
-    # sum in float64: n + 4 float64 roundings of a sum of non-negative terms.
-    return (0.0 if dtype == torch.float64 else 2.0**-23) + (n + 4) * 2 * U64
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def _unit(dtype) -> tuple:
-    """(storage unit roundoff, compute unit roundoff, smallest subnormal of the storage format)."""
-    return {
-        torch.float64: (2.0**-53, 2.0**-53, 2.0**-1074),
-        torch.float32: (2.0**-24, 2.0**-24, 2.0**-149),
-        torch.float16: (2.0**-11, 2.0**-24, 2.0**-24),
-        torch.bfloat16: (2.0**-8, 2.0**-24, 2.0**-133),
-    }[dtype]
-
-
-def update_bound(x: np.ndarray, cs: list, w: np.ndarray, dtype) -> tuple:
-    """The float64 value v = x + sum w (c - x) and the bound on |kernel - v| per element: two
-    roundings to the storage format (2 u_s |v|), the accumulation in the compute type with M + 4
-    roundings ((M + 4) u_c S, S = |x| + sum |w| |c - x|), and the storage format's subnormal quantum
-    as an absolute floor."""
-    us, uc, tiny = _unit(dtype)
-    v = x.copy()
-    s = np.abs(x)
-    for c, wk in zip(cs, w):
-        if wk != 0.0:
-            v = v + wk * (c - x)
-            s = s + abs(wk) * np.abs(c - x)
-    return v, 2 * us * np.abs(v) + (len(cs) + 4) * uc * s + tiny
+def distance_rtol_for(dtype, n: int) -> float:
+    return distance_rtol(n, _name(dtype))
 
 
 def _assert_update(params, local, cands, weights, dtype):
@@ -126,8 +94,9 @@ def _assert_update(params, local, cands, weights, dtype):
     w = _np(weights)
     for leaf_out, leaf_x, *leaf_cs in zip(_leaves(params), _leaves(local), *map(_leaves, _candidate_models(cands))):
         out = _np(leaf_out).ravel()
-        v, bound = update_bound(_np(leaf_x).ravel(), [_np(c).ravel() for c in leaf_cs], w, dtype)
-        np.testing.assert_array_less(np.abs(out - v), bound + 0.0 * v)  # strict <, bound > 0 always
+        v, s = update_value_and_magnitude(_np(leaf_x).ravel(), [_np(c).ravel() for c in leaf_cs], w)
+        bound = update_bound(_name(dtype), len(w), v, s)
+        np.testing.assert_array_less(np.abs(out - v), bound)  # strict <: the bound is never 0 (tiny floor)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -202,8 +171,7 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["flat", "layers"])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-@pytest.mark.parametrize("oracle", [ORACLE])
-def test_ops_match_oracle(device, dtype, kind, norm, oracle):
+def test_ops_match_reference(device, dtype, kind, norm):
     m = 5
     seed = 1 + DTYPES.index(dtype) + 10 * (kind == "layers") + 100 * (norm == "l1")
     local, cands = _model(kind, device, dtype, m, seed)
@@ -219,20 +187,18 @@ def test_ops_match_oracle(device, dtype, kind, norm, oracle):
     _assert_on(device, *_leaves(step.params), *_leaves(upd))
 
     ref_d, ref_s, ref_rej, ref_skip, ref_w = _oracle_step(local, cands, 1.0, losses, norm, 0.0, True)
-    rtol = _distance_rtol(dtype, n)
+    rtol = distance_rtol_for(dtype, n)
     np.testing.assert_allclose(_np(d), ref_d, rtol=rtol, atol=0)
     np.testing.assert_allclose(_np(step.distances), ref_d, rtol=rtol, atol=0)
-    # scores: the distance's relative error plus one division
-    np.testing.assert_allclose(_np(step.scores), ref_s, rtol=rtol + 2 * U64, atol=0)
+    np.testing.assert_allclose(_np(step.scores), ref_s, rtol=score_rtol(n, _name(dtype)), atol=0)
     np.testing.assert_array_equal(_np(step.rejected), ref_rej)
     np.testing.assert_array_equal(_np(step.skipped), ref_skip)
-    # weights: twice the scores' error plus the M additions of the normalising sum; zeros exact
-    np.testing.assert_allclose(_np(step.weights), ref_w, rtol=2 * (rtol + 2 * U64) + (m + 2) * U64, atol=0)
+    np.testing.assert_allclose(_np(step.weights), ref_w, rtol=weight_rtol(n, m, _name(dtype)), atol=0)  # zeros exact
     np.testing.assert_array_equal(_np(step.weights) == 0, ref_w == 0)
     np.testing.assert_array_equal(_np(w), _np(step.weights))  # same kernels, same order: bitwise
 
     _, e_s, *_ = _oracle_step(local, cands, 1.0, losses, norm, 1e-5, True)
-    np.testing.assert_allclose(_np(s.scores), e_s, rtol=rtol + 2 * U64, atol=0)
+    np.testing.assert_allclose(_np(s.scores), e_s, rtol=score_rtol(n, _name(dtype)), atol=0)
 
     _assert_update(step.params, local, cands, step.weights, dtype)
     for a, b in zip(_leaves(upd), _leaves(step.params)):  # the same pass either way
@@ -249,8 +215,7 @@ def test_skipping_non_improving_candidates(device, dtype):
     np.testing.assert_array_equal(_np(res.skipped), [False, True, True, False, True, False])
     np.testing.assert_array_equal(_np(res.skipped), ref_skip)
     assert np.isnan(_np(res.distances)[[1, 2, 4]]).all() and np.isnan(_np(res.scores)[[1, 2, 4]]).all()
-    rtol = _distance_rtol(dtype, 20000)
-    np.testing.assert_allclose(_np(res.weights), ref_w, rtol=2 * (rtol + 2 * U64) + 8 * U64, atol=0)
+    np.testing.assert_allclose(_np(res.weights), ref_w, rtol=weight_rtol(20000, 6, _name(dtype)), atol=0)
     full = fomo_core.fomo_step(local, cands, 1.0, losses, all_scores=True)
     np.testing.assert_array_equal(_bits(full.weights), _bits(res.weights))  # weights do not depend on it
     np.testing.assert_array_equal(_bits(full.params), _bits(res.params))
@@ -360,9 +325,9 @@ def test_cupy_arrays_stay_on_device(device):
         res = fomo_core.fomo_step(x, c, 1.0, [0.5, 0.7, 1.4], out=out)
     assert isinstance(res.weights, cupy.ndarray) and res.weights.device.id == index
     ref = fomo_core.fomo_step(torch.as_tensor(x.get()), torch.as_tensor(c.get()), 1.0, [0.5, 0.7, 1.4])
-    # same element terms on both sides; only the float64 summation order differs (distance rtol
-    # (n + 4) 2 u64), carried through the scores and the normalisation
-    rtol = 2 * ((50000 + 4) * 2 * U64 + 2 * U64) + 5 * U64
+    # same element terms on both sides; only the float64 summation order differs: the float64 part
+    # of the weight bound (the float32 difference rounding is the same on both sides)
+    rtol = weight_rtol(50000, 3, "float64")
     np.testing.assert_allclose(res.weights.get(), ref.weights.numpy(), rtol=rtol, atol=0)
 
 

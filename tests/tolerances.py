@@ -118,6 +118,17 @@ def update_bound(dtype: str, num_candidates: int, value: np.ndarray, magnitude: 
     )
 
 
+def update_value_and_magnitude(x: np.ndarray, candidates: list, weights) -> tuple:
+    """v = x + sum_k w_k (c_k - x) in float64 and S = |x| + sum_k |w_k| |c_k - x|, the two inputs of
+    update_bound, for one leaf (x and every c_k float64 arrays of one shape)."""
+    v, s = x.copy(), np.abs(x)
+    for c, w in zip(candidates, weights):
+        if w != 0.0:
+            v = v + w * (c - x)
+            s = s + abs(w) * np.abs(c - x)
+    return v, s
+
+
 def _f64(x) -> np.ndarray:
     if hasattr(x, "detach"):
         return x.detach().cpu().double().numpy()
