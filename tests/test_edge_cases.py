@@ -13,7 +13,7 @@ import torch
 import fomo_core as fc
 from fomo_core import reference as ref
 from strategies import NUMPY_DTYPES, TORCH_DTYPES, bits, place_leaf, to_f64, untouched_outside
-from tolerances import assert_update_close, assert_vector_close, weight_rtol
+from tolerances import assert_update_close, assert_vector_close, distance_rtol, weight_rtol
 
 # Bit patterns every copy must preserve: -0.0, a quiet NaN with a payload, a signalling NaN (any
 # arithmetic would quieten it), a negative NaN with a payload, +inf, -inf, the smallest subnormal, 1.
@@ -336,6 +336,21 @@ def test_weights_of_huge_finite_scores():
     res = fc.fomo_step(x, cands, 1.0, [0.0, 0.0], norm="l1")
     assert np.all(np.isfinite(res.scores)) and not np.any(res.rejected)
     assert np.array_equal(res.weights, ref.compute_weights(x, cands, 1.0, [0.0, 0.0], norm="l1"))  # [0.5, 0.5]
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_bfloat16_differences_beyond_float32_squares(norm):
+    """16-bit distances add the terms of element pairs in float32; a bfloat16 difference of 1e20
+    squares past float32's range, and the kernels then sum that candidate again in float64: the
+    distance stays finite and the candidate keeps its weight."""
+    x = torch.zeros(40, dtype=torch.bfloat16)
+    cands = torch.zeros(2, 40, dtype=torch.bfloat16)
+    cands[0, 3], cands[0, 20], cands[1, 5] = 1e20, -3e19, 1.0
+    res = fc.fomo_step(x, cands, 2.0, [1.0, 1.5], norm=norm)
+    expected = ref.fomo_step(x, cands, 2.0, [1.0, 1.5], norm=norm)
+    assert not res.rejected.any() and torch.isfinite(res.distances).all()
+    assert_vector_close("distances", res.distances, expected.distances, distance_rtol(40, "bfloat16"))
+    assert_vector_close("weights", res.weights, expected.weights, weight_rtol(40, 2, "bfloat16"))
 
 
 SIXTEEN_BIT = [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")]

@@ -15,6 +15,15 @@ inline f64x4 term_vec(f64x4 diff) {
   else return abs_f64(diff);
 }
 
+template <Norm N>
+inline f32x8 term_vec(f32x8 diff) {
+  if constexpr (N == Norm::l2) return diff * diff;
+  else return (f32x8)((u32x8)diff & 0x7fffffffu);
+}
+
+template <class T>
+constexpr bool kHalfWidth = std::is_same<T, half_t>::value || std::is_same<T, bfloat16_t>::value;
+
 // Element difference in the compute type: exact for float64 storage; for 16/32-bit storage one
 // float32 rounding (relative error <= 2^-24), which halves the float64 conversions that would
 // otherwise bound this pass. Squares and sums are float64.
@@ -29,10 +38,23 @@ constexpr int kGroup = 4;  // candidates sharing each load of the local chunk
 // Sums of the distance terms of G candidates over n contiguous elements, 8 elements a step into
 // two float64 accumulators per candidate, combined in a fixed order. Each candidate's arithmetic is
 // the same whatever G is, so grouping never changes a result.
-template <Norm N, class T, int G>
+template <Norm N, class T, int G, bool kPairs = kHalfWidth<T>>
 void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
   f64x4 acc[G][2] = {};
   int64_t j = 0;
+  // 16-bit storage: the terms of two elements are added in float32 before widening, which halves
+  // the float64 conversions that bound this pass (one more float32 rounding per pair of terms)
+  if constexpr (kPairs) {
+    for (; j + 16 <= n; j += 16) {
+      const f32x8 x0 = load_vec(x + j), x1 = load_vec(x + j + 8);
+      for (int g = 0; g < G; ++g) {
+        f64x4 wide[2];
+        widen(term_vec<N>(load_vec(c[g] + j) - x0) + term_vec<N>(load_vec(c[g] + j + 8) - x1), wide);
+        acc[g][0] += wide[0];
+        acc[g][1] += wide[1];
+      }
+    }
+  }
   for (; j + 8 <= n; j += 8) {
     if constexpr (std::is_same<T, double>::value) {
       const f64x4 x0 = load_vec(x + j), x1 = load_vec(x + j + 4);
@@ -55,6 +77,10 @@ void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
     double sum = (total[0] + total[1]) + (total[2] + total[3]);
     for (int64_t k = j; k < n; ++k) sum += scalar_term<N>(c[g] + k, x + k);
     sums[g] = sum;
+    // A bfloat16 difference beyond 1.8e19 overflows a float32 square: that candidate's piece is
+    // summed again without the float32 pairs (a candidate holding inf or NaN gives inf or NaN again).
+    if constexpr (kPairs)
+      if (!(sum - sum == 0.0)) contiguous_sums<N, T, 1, false>(x, c + g, n, sums + g);
   }
 }
 
