@@ -46,7 +46,9 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """How this copy was built: version, compiler, OpenMP and threads, SIMD level, CUDA."""
+    """How this copy was built: version, compiler, OpenMP and threads (and ``parallel_threshold``,
+    the element-candidate pairs of work below which the CPU kernels run on one thread), SIMD level,
+    CUDA."""
     return dict(_C.build_info())
 
 

@@ -3,7 +3,8 @@ OMP_NUM_THREADS in a fresh process), NumPy and torch inputs giving the same bits
 builds (base and avx2) agreeing within the tolerance table (they may differ by FMA contraction).
 
 The models are large enough for the kernels to split them into many 16384-element chunks and to
-run them in parallel (OpenMP only starts above 65536 elements of work)."""
+run them in parallel (OpenMP only starts above build_info()["parallel_threshold"] element-candidate
+pairs of work)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,18 @@ from strategies import BLOCK_VIEWS, Case, bits, cases, entries, place_leaf
 from tolerances import distance_rtol, update_bound, weight_rtol
 
 CHUNK = 16384
-PARALLEL_THRESHOLD = 1 << 16
+PARALLEL_THRESHOLD = fc.build_info()["parallel_threshold"]
 
 
 def big_models(backend: str):
-    """A flat model of 300,000 float32 with 6 candidates (a block), and a layer dict of 4 dtypes
+    """A flat model of 400,000 float32 with 6 candidates (a block), and a layer dict of 4 dtypes
     with strided and transposed views, 4 candidates; losses with improving and worse candidates."""
     rng = np.random.default_rng(12)
-    x = rng.standard_normal(300_000)
-    block = (x + rng.standard_normal((6, 300_000)) * np.arange(1, 7)[:, None] * 0.01).astype(np.float32)
+    x = rng.standard_normal(400_000)
+    block = (x + rng.standard_normal((6, 400_000)) * np.arange(1, 7)[:, None] * 0.01).astype(np.float32)
     flat_local = x.astype(np.float32)
-    specs = [((600, 120), "float16", "transposed"), ((50_001,), "float64", "strided"),
-             ((20_000,), "float32", "offset"), ((3, 7), "bfloat16", "contiguous")]
+    specs = [((1200, 300), "float16", "transposed"), ((150_001,), "float64", "strided"),
+             ((200_000,), "float32", "offset"), ((3, 7), "bfloat16", "contiguous")]
     if backend == "numpy":
         specs = [s for s in specs if s[1] != "bfloat16"]
     layer_values = [rng.standard_normal(shape) for shape, _, _ in specs]

@@ -39,6 +39,8 @@ const KernelSet& kernels() {
 
 const char* isa_name() { return kernels().distance_partials == base::distance_partials ? "base" : "avx2"; }
 
+int64_t parallel_threshold() { return kParallelThreshold; }
+
 int max_threads() {
 #if defined(FOMO_HAVE_OPENMP)
   return omp_get_max_threads();

@@ -44,8 +44,9 @@ FOMO_DECLARE_KERNEL_SET(base)
 FOMO_DECLARE_KERNEL_SET(avx2)
 #undef FOMO_DECLARE_KERNEL_SET
 
-// Calls into a parallel region only pay off past this many elements of work.
-constexpr int64_t kParallelThreshold = int64_t(1) << 16;
+// A second thread only pays off past about this many element-candidate pairs (measured on 2 cores:
+// below it the data sit in L3 and one thread is as fast; at twice it two threads are 2x faster).
+constexpr int64_t kParallelThreshold = int64_t(1) << 21;
 
 }  // namespace cpu
 }  // namespace fomo

@@ -67,6 +67,7 @@ void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_l
 // Instruction set the dispatcher chose ("avx2" or "base") and OpenMP threads.
 const char* isa_name();
 int max_threads();
+int64_t parallel_threshold();  // element-candidate pairs of work below which one thread runs
 void set_num_threads(int n);
 
 }  // namespace cpu

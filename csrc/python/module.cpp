@@ -26,6 +26,7 @@ py::dict build_info() {
   info["openmp"] = false;
 #endif
   info["threads"] = fomo::cpu::max_threads();
+  info["parallel_threshold"] = fomo::cpu::parallel_threshold();
   info["simd"] = fomo::cpu::isa_name();
   info["cuda"] = fomo::python::cuda_built();
 #if defined(FOMO_CUDA_VERSION)
