@@ -91,26 +91,6 @@ FOMO_HOST_DEVICE float dense_select(bool c, float a, float b) {
   return float_from_bits((bits_from_float(a) & mask) | (bits_from_float(b) & ~mask));
 }
 
-FOMO_HOST_DEVICE double double_from_bits(uint64_t u) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double((long long)u);
-#else
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-#endif
-}
-
-FOMO_HOST_DEVICE uint64_t bits_from_double(double d) {
-#if defined(__CUDA_ARCH__)
-  return (uint64_t)__double_as_longlong(d);
-#else
-  uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-#endif
-}
-
 FOMO_HOST_DEVICE double dense_select(bool c, double a, double b) {
   const uint64_t mask = uint64_t(0) - uint64_t(c);
   return double_from_bits((bits_from_double(a) & mask) | (bits_from_double(b) & ~mask));

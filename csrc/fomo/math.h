@@ -47,6 +47,26 @@ FOMO_HOST_DEVICE uint32_t bits_from_float(float f) {
 #endif
 }
 
+FOMO_HOST_DEVICE double double_from_bits(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double((long long)u);
+#else
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+#endif
+}
+
+FOMO_HOST_DEVICE uint64_t bits_from_double(double d) {
+#if defined(__CUDA_ARCH__)
+  return (uint64_t)__double_as_longlong(d);
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+#endif
+}
+
 // bfloat16 is the top half of a float32, so widening is a shift.
 FOMO_HOST_DEVICE float bf16_to_float(uint16_t h) { return float_from_bits(uint32_t(h) << 16); }
 
