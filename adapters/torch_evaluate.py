@@ -2,25 +2,39 @@
 validation set, without copying a model per candidate.
 
 The candidates are run through ``torch.func.functional_call`` over views of their own buffers (no
-``load_state_dict``, no ``deepcopy``), in eval mode under ``no_grad``; every batch of the data is
-read once for all candidates. Three ways to run them (``method=``):
+``load_state_dict``, no ``deepcopy``), in eval mode under ``torch.inference_mode``; every batch of
+the data is read once for all candidates. Three ways to run them (``method=``):
 
 - ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
   cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
   ``DenseSpec.from_module``), which reads the candidate buffers in place;
-- ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch;
+- ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch (the M
+  first-layer products against the shared input become one wide product, later layers batched
+  matmuls and grouped convolutions); 4-D inputs go in channels_last, where oneDNN's convolutions
+  and the pooling below run fastest;
 - ``"loop"``: one ``functional_call`` per candidate per data batch.
 
-``method="auto"`` picks "fused" when it applies; otherwise "loop" on CPU and "vmap" on CUDA.
-Measured on CPU (benchmarks/bench_evaluate.py, benchmarks/results/evaluate.md; M = 10, B = 100
-and 500): vmap turns the M Linear layers into one batched matmul and the M convolutions into one
-grouped convolution, which saves dispatches but runs slower per FLOP than M separate calls. With
-one thread the loop was as fast or up to 1.15x faster on the MLP and 1.2x (B = 100) to 1.9x
-(B = 500) faster on the LeNet CNN; with two threads vmap came ahead only where the per-operator
-overhead dominated (the MLP at B = 100), and the LeNet CNN at B = 500 ran 2x faster looped. On
-CUDA, where every operator is a kernel launch, vmap's M-fold fewer launches are the better default
-(not measured here: no GPU). vmap over state_dicts or modules must first stack their tensors (an
-[M, P] copy); the loop never copies.
+``method="auto"`` picks "fused" when it applies. Otherwise, on CPU, it times "loop" and "vmap" once
+on the first batch (per module, candidate count, input shape and thread count; remembered for later
+calls) and keeps the faster: vmap wins where each candidate's forward is too small to fill the
+machine (a LeNet-style CNN: 2.5-2.9x the per-candidate loop, benchmarks/results/evaluate.md), the
+loop where it is compute-bound (ResNet-18, whose grouped convolutions run slower than separate
+ones). On CUDA it picks vmap (M-fold fewer kernel launches; not measured here: no GPU).
+
+Both torch routes replace ``max_pool2d`` with non-overlapping windows (kernel = stride, no padding,
+dilation 1, floor mode: nn.MaxPool2d(k)) by the elementwise maximum of the k*k strided slices: the
+same values bit for bit (a maximum is exact and propagates NaN alike) and, measured here, 20-40x
+faster than torch's NCHW max_pool2d kernel on CPU, which was half of a LeNet forward.
+
+Measured and not kept: ``inference_mode`` instead of ``no_grad`` alone (0.9-1.03x; kept, since it
+costs nothing); channels_last in the loop (0.8-1.4x, inconsistent); bfloat16 autocast (2.8-3x on
+CPU, but losses off by ~1e-5 relative at initialisation and more on trained models) is the opt-in
+``autocast=torch.bfloat16``, never the default.
+
+Losses agree with the plain per-candidate loop: bit for bit on the loop route; to float32 rounding
+on the vmap route (the batched kernels sum in other orders: measured below 1e-7 relative).
+
+Early stopping (``early_stop=EarlyStop(baseline_loss)``, opt-in): see :mod:`._early_stop`.
 
 Candidate formats (``candidates=``):
 
@@ -36,18 +50,27 @@ Candidate formats (``candidates=``):
 from __future__ import annotations
 
 import math
+import time
+import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from fomo_core.dense import DenseSpec, Evaluation
 from fomo_core.dense import evaluate_candidates as _evaluate_dense
 
-__all__ = ["evaluate_candidates", "Evaluation"]
+from ._early_stop import EarlyStop, StopTracker
+
+__all__ = ["evaluate_candidates", "Evaluation", "EarlyStopped", "EarlyStop"]
 
 _METHODS = ("auto", "fused", "vmap", "loop")
 
@@ -163,8 +186,8 @@ class _Candidates:
         return [[p[n] for n in self.param_names] for p, _ in self.models]
 
 
-def _batches(data: Any, batch_size: Optional[int]) -> Iterable:
-    """(X, y) batches from a tensor pair or any iterable of pairs (a DataLoader)."""
+def _check_pair(data: Any) -> Optional[tuple]:
+    """(X, y) when data is a tensor pair (checked), None when it is some other iterable."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
         X, y = data
         if not torch.is_tensor(y) or y.shape[0] != X.shape[0]:
@@ -172,12 +195,25 @@ def _batches(data: Any, batch_size: Optional[int]) -> Iterable:
                 f"data must be (X, y) with one target per row of X; X has {X.shape[0]} rows, y "
                 f"{'has ' + str(y.shape[0]) if torch.is_tensor(y) and y.ndim else 'is not a tensor'}"
             )
-        if batch_size is None or batch_size >= X.shape[0]:
-            return [(X, y)]
-        return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+        return X, y
     if isinstance(data, Iterable) and not torch.is_tensor(data):
-        return data
+        return None
     raise TypeError(f"data must be a pair (X, y) of tensors or an iterable of (X, y) batches, got {type(data).__name__}")
+
+
+def _batches(data: Any, batch_size: Optional[int], order_seed: Optional[int] = None) -> Iterable:
+    """(X, y) batches from a tensor pair or any iterable of pairs (a DataLoader). A tensor pair is
+    visited in a random order seeded by ``order_seed`` when one is given (early stopping)."""
+    pair = _check_pair(data)
+    if pair is None:
+        return data
+    X, y = pair
+    if order_seed is not None:
+        order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(order_seed)).to(X.device)
+        X, y = X[order], y[order]
+    if batch_size is None or batch_size >= X.shape[0]:
+        return [(X, y)]
+    return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
 
 
 def _unpack(batch: Any, index: int) -> tuple:
@@ -189,7 +225,8 @@ def _unpack(batch: Any, index: int) -> tuple:
 def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the per-sample losses."""
     if loss_fn is None:
-        return torch.nn.functional.cross_entropy(out, y, reduction="sum").double()
+        return F.cross_entropy(out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y,
+                               reduction="sum").double()
     value = loss_fn(out, y)
     if not torch.is_tensor(value):
         value = torch.as_tensor(value)
@@ -219,26 +256,6 @@ def _dense_spec(module: nn.Module, loss_fn: Optional[Callable]) -> Optional[Dens
         return None
 
 
-def _fused(spec: DenseSpec, cands: _Candidates, data: Any, batch_size: Optional[int]) -> Evaluation:
-    params = cands.layer_lists()
-    loss = acc = None
-    rows = 0
-    for index, batch in enumerate(_batches(data, batch_size)):
-        X, y = _unpack(batch, index)
-        X = X.reshape(X.shape[0], -1)
-        first = cands.first_tensor()
-        if first is not None:
-            X, y = X.to(first.device), y.to(first.device)
-        res = _evaluate_dense(spec, params, X, y)
-        b = X.shape[0]
-        loss = res.loss * b if loss is None else loss + res.loss * b
-        acc = res.accuracy * b if acc is None else acc + res.accuracy * b
-        rows += b
-    if rows == 0:
-        raise ValueError("data holds no samples")
-    return Evaluation(loss / rows, acc / rows, "fused")
-
-
 def _class_labels(data: Any) -> bool:
     """False when a tensor pair's targets are not class indices (soft labels, regression)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1]):
@@ -246,14 +263,176 @@ def _class_labels(data: Any) -> bool:
     return True  # a DataLoader: checked batch by batch by the fused route
 
 
+# --- max_pool2d over non-overlapping windows --------------------------------------------------------
+
+
+def _pair2(value: Any) -> Optional[tuple]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
+        return (value[0], value[0])
+    return None
+
+
+def _window_max(x: torch.Tensor, kernel: tuple) -> torch.Tensor:
+    """max_pool2d(x, kernel) for stride = kernel, no padding, floor mode: the maximum of the
+    kernel[0] * kernel[1] strided slices (the same values, bit for bit)."""
+    kh, kw = kernel
+    h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            part = x[..., i:h:kh, j:w:kw]
+            out = part if out is None else torch.maximum(out, part)
+    return out
+
+
+class _FastPool(TorchFunctionMode):
+    """Routes F.max_pool2d with non-overlapping windows to :func:`_window_max`; everything else,
+    and every other pooling configuration, runs as called."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.max_pool2d:
+            kernel = self._windows(*args, **kwargs)
+            if kernel is not None:
+                return _window_max(args[0], kernel)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _windows(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        kernel = _pair2(kernel_size)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair2(stride)
+        if (
+            kernel is None or stride != kernel or _pair2(padding) != (0, 0) or _pair2(dilation) != (1, 1)
+            or ceil_mode or return_indices or not torch.is_tensor(input) or input.ndim not in (3, 4)
+            or min(kernel) < 1 or input.shape[-2] < kernel[0] or input.shape[-1] < kernel[1]
+        ):
+            return None
+        return kernel
+
+
+# --- the routes: each evaluates the candidates `active` on one batch --------------------------------
+
+
+class _Fused:
+    def __init__(self, spec: DenseSpec, cands: _Candidates):
+        self.spec, self.cands = spec, cands
+        self.params = cands.layer_lists()
+
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        params = self.params
+        if len(active) < self.cands.count:  # rows read in place: a list of views, never a copy
+            params = [params[m] for m in active]
+        res = _evaluate_dense(self.spec, params, X.reshape(X.shape[0], -1), y)
+        b = X.shape[0]
+        return res.loss.double() * b, res.accuracy.double() * b
+
+
+class _Loop:
+    def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable]):
+        self.module, self.cands, self.loss_fn = module, cands, loss_fn
+
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        losses, correct = [], []
+        for m in active:
+            out = functional_call(self.module, self.cands.state(int(m)), (X,))
+            losses.append(_loss_sum(self.loss_fn, out, y))
+            correct.append(_correct(out, y))
+        return torch.stack(losses), torch.tensor(correct, dtype=torch.float64, device=X.device)
+
+
+class _Vmap:
+    def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable]):
+        self.module, self.cands, self.loss_fn = module, cands, loss_fn
+        self.params, self.buffers = cands.stacked()
+        self.rows = np.arange(cands.count)
+        self.call = self._call(self.buffers is not None)
+
+    def _call(self, with_buffers: bool):
+        module = self.module
+        return vmap(
+            lambda p, b, x: functional_call(module, (p, b) if b is not None else p, (x,)),
+            in_dims=(0, 0 if with_buffers else None, None),
+        )
+
+    def _select(self, active: np.ndarray) -> None:
+        """Keeps only the candidates `active` stacked (early stopping drops rows; a copy each time
+        the set shrinks, at most M times)."""
+        if len(active) == len(self.rows) and (active == self.rows).all():
+            return
+        pos = torch.as_tensor(np.searchsorted(self.rows, active), device=next(iter(self.params.values())).device)
+        self.params = {n: t.index_select(0, pos) for n, t in self.params.items()}
+        if self.buffers is not None:
+            self.buffers = {n: t.index_select(0, pos) for n, t in self.buffers.items()}
+        self.rows = active.copy()
+
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        self._select(active)
+        if X.ndim == 4:
+            X = X.contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings():
+            # functorch's note that an op (as_strided_ in adaptive pooling) has no batching rule and
+            # runs per candidate: a speed remark, measured in the benchmarks, not a fault
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            outs = self.call(self.params, self.buffers, X)
+        losses = torch.stack([_loss_sum(self.loss_fn, outs[k], y) for k in range(len(active))])
+        correct = torch.tensor([_correct(outs[k], y) for k in range(len(active))], dtype=torch.float64, device=X.device)
+        return losses, correct
+
+
+# The route "auto" measured for a module, by (candidate kind, M, input shape/dtype, threads).
+_measured_routes: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _timed(run: Callable, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+    t0 = time.perf_counter()
+    result = run(active, X, y)
+    return time.perf_counter() - t0, result
+
+
+def _route_key(cands: _Candidates, X: torch.Tensor) -> tuple:
+    return (cands.kind, cands.count, tuple(X.shape), X.dtype, torch.get_num_threads())
+
+
+def _measure_routes(module: nn.Module, cands: _Candidates, routes: dict, active, X, y) -> tuple:
+    """Times loop and vmap on this batch (each once to warm up, once timed); remembers the faster
+    for the module and returns (its name, its result on this batch)."""
+    results = {}
+    times = {}
+    for name, run in routes.items():
+        run(active, X, y)  # first calls pay one-off costs (oneDNN primitive creation, vmap set-up)
+        times[name], results[name] = _timed(run, active, X, y)
+    best = min(times, key=times.get)
+    _measured_routes.setdefault(module, {})[_route_key(cands, X)] = best
+    return best, results[best]
+
+
 def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: Any) -> str:
+    """The route, or "measure" when auto must time loop against vmap on the first batch."""
     if method != "auto":
         return method
     first = cands.first_tensor()
     on_cuda = first is not None and first.device.type == "cuda"
     if spec is not None and not on_cuda and _class_labels(data):  # the fused route runs on CPU here
         return "fused"
-    return "vmap" if on_cuda else "loop"
+    return "vmap" if on_cuda else "measure"
+
+
+@dataclass(frozen=True)
+class EarlyStopped(Evaluation):
+    """An :class:`Evaluation` made with early stopping.
+
+    samples: [M] int64, the validation samples each candidate was evaluated on; a candidate with
+             fewer than the whole set was stopped, and its loss and accuracy are means over those
+             samples only (its loss is then above ``early_stop.baseline_loss`` with the stated
+             confidence, so its FedFomo weight is 0 as it would have been)
+    """
+
+    samples: Any = None
+    stopped: Any = None  # [M] bool: the candidates stopped before the end of the data
 
 
 def evaluate_candidates(
@@ -264,6 +443,8 @@ def evaluate_candidates(
     loss_fn: Optional[Callable] = None,
     batch_size: Optional[int] = None,
     method: str = "auto",
+    autocast: Optional[torch.dtype] = None,
+    early_stop: Optional[EarlyStop] = None,
 ) -> Evaluation:
     """Mean loss and accuracy of every candidate model on a validation set.
 
@@ -274,8 +455,17 @@ def evaluate_candidates(
     data:       a pair (X, y) of tensors, or an iterable of (X, y) batches (a DataLoader)
     loss_fn:    ``loss_fn(output, target)`` returning per-sample losses [b] or the batch mean;
                 default ``torch.nn.functional.cross_entropy``
-    batch_size: split a tensor pair into batches of this many rows (default: one batch)
+    batch_size: split a tensor pair into batches of this many rows (default: one batch, or
+                ``early_stop.batch_size`` with early stopping)
     method:     "auto", "fused", "vmap" or "loop" (see the module docstring)
+    autocast:   None (default: the candidates' own dtype) or a reduced-precision dtype
+                (``torch.bfloat16``) to run the torch routes under ``torch.autocast``: faster on
+                CPUs with bfloat16 arithmetic, but the losses move by the dtype's rounding (~1e-2
+                relative per layer in the worst case for bfloat16), which can change which
+                candidates improve on a close baseline. Not for the fused route.
+    early_stop: an :class:`EarlyStop` (opt-in): evaluate in batches and stop a candidate once its
+                loss is confidently above ``early_stop.baseline_loss``; returns an
+                :class:`EarlyStopped` evaluation (with ``samples`` per candidate)
 
     Returns an :class:`~fomo_core.dense.Evaluation`: ``loss`` [M] and ``accuracy`` [M] (float64
     tensors on the candidates' device; accuracy is NaN unless the output is [b, C] class scores
@@ -285,8 +475,12 @@ def evaluate_candidates(
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+    if early_stop is not None and not isinstance(early_stop, EarlyStop):
+        raise TypeError(f"early_stop must be an EarlyStop or None, got {type(early_stop).__name__}")
     cands = _Candidates(module, candidates)
     spec = _dense_spec(module, loss_fn)
     chosen = _choose(method, cands, spec, data)
@@ -294,38 +488,73 @@ def evaluate_candidates(
         raise ValueError(
             "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"
         )
+    if chosen == "fused" and autocast is not None:
+        if method == "fused":
+            raise ValueError("autocast applies to the torch routes ('vmap', 'loop'), not to method='fused'")
+        chosen = "measure"  # the caller asked for reduced precision: run a torch route under autocast
     first = cands.first_tensor()
     device = first.device if first is not None else torch.device("cpu")
     M = cands.count
+    make = EarlyStopped if early_stop is not None else Evaluation
     if M == 0:
+        _check_pair(data)
         empty = torch.zeros(0, dtype=torch.float64, device=device)
-        return Evaluation(empty, empty.clone(), chosen)
+        extra = {"samples": np.zeros(0, dtype=np.int64), "stopped": np.zeros(0, dtype=bool)} if early_stop else {}
+        return make(empty, empty.clone(), "fused" if chosen == "fused" else chosen.replace("measure", "loop"), **extra)
+
+    routes: dict = {}
     if chosen == "fused":
-        return _fused(spec, cands, data, batch_size)
+        routes["fused"] = _Fused(spec, cands)
+    else:
+        if chosen in ("loop", "measure"):
+            routes["loop"] = _Loop(module, cands, loss_fn)
+        if chosen in ("vmap", "measure"):
+            routes["vmap"] = _Vmap(module, cands, loss_fn)
+    pair = _check_pair(data)
+    tracker = StopTracker(early_stop, M, pair[0].shape[0] if pair is not None else None) if early_stop else None
+    if early_stop is not None and batch_size is None:
+        batch_size = early_stop.batch_size
+    batches = _batches(data, batch_size, early_stop.seed if early_stop is not None else None)
 
     loss_sums = torch.zeros(M, dtype=torch.float64, device=device)
     correct = torch.zeros(M, dtype=torch.float64, device=device)
+    samples = np.zeros(M, dtype=np.int64)
+    active = np.arange(M)
     rows = 0
-    with torch.no_grad(), _eval_mode(module):
-        if chosen == "vmap":
-            params, buffers = cands.stacked()
-            call = vmap(
-                lambda p, b, x: functional_call(module, (p, b) if b is not None else p, (x,)),
-                in_dims=(0, 0 if buffers is not None else None, None),
-            )
-        for index, batch in enumerate(_batches(data, batch_size)):
+    precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
+    with torch.inference_mode(), _eval_mode(module), _FastPool(), precision:
+        for index, batch in enumerate(batches):
             X, y = _unpack(batch, index)
+            if len(active) == 0:  # every candidate stopped: only count the remaining rows
+                rows += int(y.shape[0])
+                continue
             X, y = X.to(device), y.to(device)
-            if X.is_floating_point() and X.dtype != first.dtype:
+            if X.is_floating_point() and first is not None and X.dtype != first.dtype:
                 X = X.to(first.dtype)
-            if chosen == "vmap":
-                outs = call(params, buffers, X)
+            if chosen == "measure":
+                known = _measured_routes.get(module, {}).get(_route_key(cands, X))
+                if known is None:
+                    chosen, (batch_loss, batch_correct) = _measure_routes(module, cands, routes, active, X, y)
+                else:
+                    chosen = known
+                    batch_loss, batch_correct = routes[chosen](active, X, y)
+                routes = {chosen: routes[chosen]}
             else:
-                outs = [functional_call(module, cands.state(m), (X,)) for m in range(M)]
-            for m in range(M):
-                loss_sums[m] += _loss_sum(loss_fn, outs[m], y)
-                correct[m] += _correct(outs[m], y)
-            rows += int(y.shape[0])
+                batch_loss, batch_correct = routes[chosen](active, X, y)
+            b = int(y.shape[0])
+            index_t = torch.as_tensor(active, device=device)
+            loss_sums.index_add_(0, index_t, batch_loss.to(device=device, dtype=torch.float64))
+            correct.index_add_(0, index_t, batch_correct.to(device=device, dtype=torch.float64))
+            samples[active] += b
+            rows += b
+            if tracker is not None:
+                tracker.add(active, (batch_loss.double() / b).cpu().numpy(), b)
+                active = np.flatnonzero(tracker.active)
+                if len(active) == 0 and pair is not None:
+                    rows = int(pair[0].shape[0])
+                    break
     if rows == 0:
         raise ValueError("data holds no samples")
-    return Evaluation(loss_sums / rows, correct / rows, chosen)
+    counts = torch.as_tensor(samples, dtype=torch.float64, device=device)
+    extra = {"samples": samples, "stopped": samples < rows} if early_stop is not None else {}
+    return make(loss_sums / counts, correct / counts, chosen, **extra)

@@ -1,0 +1,198 @@
+"""The faster torch evaluation routes and early stopping (fomo_core.adapters.torch_evaluate).
+
+- The loop route (inference mode, max_pool2d by strided maxima) gives the plain per-candidate
+  loop's losses bit for bit: the same forward, a maximum is exact.
+- The vmap route and "auto" agree to float32 rounding: rtol 1e-6, because batched convolutions and
+  matmuls sum in other orders than the per-candidate kernels (measured below 1e-7 relative).
+- bfloat16 autocast is opt-in and agrees within 2e-2 relative: bfloat16 keeps 8 significant bits
+  (relative rounding 2^-9 per operation), compounded over a few layers on these small models.
+- Early stopping stops only candidates confidently above the baseline loss, never one below it
+  on these cases, and leaves every loss exact when nothing is stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parameters_to_vector
+
+import fomo_core as fc
+from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, _window_max, evaluate_candidates
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _lenet(seed: int, pool: nn.Module) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), pool,
+        nn.Conv2d(4, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(5),
+    )
+
+
+def _models(pool: nn.Module, count: int = 3, size: int = 17):
+    models = []
+    for s in range(count):
+        net = _lenet(s, copy.deepcopy(pool))
+        net(torch.zeros(1, 3, size, size))  # materialise the lazy head
+        with torch.no_grad():
+            net[1].running_mean.uniform_(-0.5, 0.5)
+            net[1].running_var.uniform_(0.5, 2.0)
+        models.append(net.eval())
+    return models
+
+
+def _plain_loop(models, X, y):
+    """The per-candidate loop of existing implementations: load_state_dict, eval, forward."""
+    target = copy.deepcopy(models[0])
+    out = []
+    with torch.no_grad():
+        for m in models:
+            target.load_state_dict(m.state_dict())
+            target.eval()
+            out.append(F.cross_entropy(target(X), y, reduction="sum").double() / y.shape[0])
+    return torch.stack(out)
+
+
+POOLS = {
+    "k2 (rewritten)": nn.MaxPool2d(2),
+    "k3 (rewritten)": nn.MaxPool2d(3),
+    "k(2,1) (rewritten)": nn.MaxPool2d((2, 1)),
+    "overlapping (as called)": nn.MaxPool2d(3, stride=2),
+    "padded (as called)": nn.MaxPool2d(2, padding=1),
+    "ceil mode (as called)": nn.MaxPool2d(2, ceil_mode=True),
+}
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_loop_route_equals_the_plain_loop_bit_for_bit(pool):
+    models = _models(POOLS[pool])
+    g = torch.Generator().manual_seed(3)
+    X, y = torch.randn(23, 3, 17, 17, generator=g), torch.randint(0, 5, (23,), generator=g)
+    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    assert torch.equal(ev.loss, _plain_loop(models, X, y))
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3, 9, 7), (2, 2)), ((3, 8, 8), (3, 3)), ((1, 2, 5, 6), (2, 3))])
+def test_window_max_is_max_pool2d(shape, kernel):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x.view(-1)[::7] = float("nan")  # NaN propagates the same way
+    x.view(-1)[1::11] = -0.0
+    expected = F.max_pool2d(x, kernel)
+    got = _window_max(x, kernel)
+    assert got.shape == expected.shape
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    finite = ~torch.isnan(expected)
+    assert torch.equal(got[finite], expected[finite])
+
+
+@pytest.mark.parametrize("candidates", ["flat", "state_dicts"])
+def test_vmap_and_auto_agree_with_the_loop_to_float32_rounding(candidates):
+    models = _models(nn.MaxPool2d(2))
+    g = torch.Generator().manual_seed(4)
+    X, y = torch.randn(31, 3, 17, 17, generator=g), torch.randint(0, 5, (31,), generator=g)
+    given = (
+        torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
+        if candidates == "flat" else [m.state_dict() for m in models]
+    )
+    loop = evaluate_candidates(models[0], given, (X, y), method="loop")
+    for method in ("vmap", "auto", "auto"):  # the second auto call uses the route the first measured
+        ev = evaluate_candidates(models[0], given, (X, y), method=method)
+        assert ev.method in (("vmap",) if method == "vmap" else ("loop", "vmap"))
+        torch.testing.assert_close(ev.loss, loop.loss, rtol=1e-6, atol=0)
+        assert torch.equal(ev.accuracy, loop.accuracy)
+
+
+def test_bfloat16_autocast_is_opt_in_and_close():
+    models = _models(nn.MaxPool2d(2))
+    g = torch.Generator().manual_seed(5)
+    X, y = torch.randn(16, 3, 17, 17, generator=g), torch.randint(0, 5, (16,), generator=g)
+    sds = [m.state_dict() for m in models]
+    exact = evaluate_candidates(models[0], sds, (X, y), method="loop")
+    for method in ("loop", "vmap"):
+        low = evaluate_candidates(models[0], sds, (X, y), method=method, autocast=torch.bfloat16)
+        torch.testing.assert_close(low.loss, exact.loss, rtol=2e-2, atol=0)
+        assert not torch.equal(low.loss, exact.loss)  # it did run in reduced precision
+    with pytest.raises(ValueError, match="autocast must be None, torch.bfloat16 or torch.float16"):
+        evaluate_candidates(models[0], sds, (X, y), autocast=torch.float64)
+
+
+# --- early stopping --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp_federation():
+    """Five MLP candidates of distinct quality on a learnable problem, and a validation set."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(20, 4, generator=g)
+    X = torch.randn(600, 20, generator=g)
+    y = (X @ W).argmax(1)
+    models = []
+    for k, steps in enumerate((0, 2, 5, 20, 60)):
+        torch.manual_seed(k)
+        net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(net.parameters(), lr=0.2)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(net(X[:300]), y[:300]).backward()
+            opt.step()
+        models.append(net)
+    flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
+    return models, flat, (X[300:], y[300:])
+
+
+@pytest.mark.parametrize("method", ["fused", "loop", "vmap"])
+def test_early_stop_drops_only_candidates_above_the_baseline(mlp_federation, method):
+    models, flat, val = mlp_federation
+    full = evaluate_candidates(models[0], flat, val, method=method)
+    baseline = float(full.loss[3])  # candidate 3 is the client: 0-2 are worse, 4 better
+    ev = evaluate_candidates(models[0], flat, val, method=method, early_stop=EarlyStop(baseline, batch_size=30))
+    assert isinstance(ev, EarlyStopped) and ev.method == method
+    assert ev.stopped[:2].all() and not ev.stopped[4]  # far worse stopped; better kept
+    assert (ev.samples[ev.stopped] < 300).all() and (ev.samples[~ev.stopped] == 300).all()
+    assert (ev.loss[torch.from_numpy(ev.stopped)] > baseline).all()  # so their weight is 0, as in full
+    kept = torch.from_numpy(~ev.stopped)
+    torch.testing.assert_close(ev.loss[kept], full.loss[kept], rtol=1e-6, atol=0)  # another batch order only
+    weights = [fc.compute_weights(flat[3], flat, baseline, e.loss.numpy()) for e in (full, ev)]
+    np.testing.assert_array_equal(np.asarray(weights[0]) > 0, np.asarray(weights[1]) > 0)
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-5, atol=0)
+
+
+def test_early_stop_never_stops_when_every_candidate_improves(mlp_federation):
+    models, flat, val = mlp_federation
+    ev = evaluate_candidates(models[0], flat, val, early_stop=EarlyStop(baseline_loss=100.0))
+    assert not ev.stopped.any() and (ev.samples == 300).all()
+    full = evaluate_candidates(models[0], flat, val)
+    torch.testing.assert_close(ev.loss, full.loss, rtol=1e-6, atol=0)
+
+
+def test_early_stop_when_all_stop_and_with_a_dataloader(mlp_federation):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    models, flat, (X, y) = mlp_federation
+    ev = evaluate_candidates(models[0], flat, (X, y), early_stop=EarlyStop(baseline_loss=-1.0, min_batches=2))
+    assert ev.stopped.all() and (ev.samples == 64).all()  # two batches of 32, then nothing left to run
+    loader = DataLoader(TensorDataset(X, y), batch_size=25)
+    ev = evaluate_candidates(models[0], flat, loader, method="loop", early_stop=EarlyStop(baseline_loss=-1.0))
+    assert ev.stopped.all() and (ev.samples == 100).all()  # the loader's batches: 4 of 25
+
+
+def test_early_stop_options_are_checked():
+    with pytest.raises(ValueError, match=r"early_stop.z must be a positive finite number"):
+        EarlyStop(1.0, z=0)
+    with pytest.raises(ValueError, match=r"early_stop.min_batches must be an integer >= 2"):
+        EarlyStop(1.0, min_batches=1)
+    with pytest.raises(ValueError, match=r"early_stop.batch_size must be an integer >= 1"):
+        EarlyStop(1.0, batch_size=0)
+    with pytest.raises(TypeError, match=r"early_stop.baseline_loss must be a number"):
+        EarlyStop("1")
+    with pytest.raises(TypeError, match=r"early_stop must be an EarlyStop or None"):
+        evaluate_candidates(nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)),
+                            early_stop=0.5)
+    assert math.isfinite(EarlyStop(0.0).z)
