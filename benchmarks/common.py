@@ -28,10 +28,10 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def interleaved_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
-    """{name: (median ms, min ms)} of every method over interleaved rounds, after `warmup` calls
-    each. Interleaving spreads the drift of a shared machine over all methods alike; the median is
-    the figure of merit, the minimum shows the method undisturbed by other processes."""
+def interleaved_samples(methods: dict, repeats: int, warmup: int = 2, tick: Callable[[], None] | None = None) -> dict:
+    """{name: [ms of each round]} of every method over interleaved rounds, after `warmup` calls
+    each. Interleaving spreads the drift of a shared machine over all methods alike. ``tick()`` is
+    called after every timed call (a progress bar)."""
     for fn in methods.values():
         for _ in range(warmup):
             fn()
@@ -41,7 +41,47 @@ def interleaved_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+            if tick is not None:
+                tick()
+    return times
+
+
+def interleaved_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
+    """{name: (median ms, min ms)} of every method over interleaved rounds (interleaved_samples):
+    the median is the figure of merit, the minimum shows the method undisturbed by other processes."""
+    return {name: (statistics.median(t), min(t)) for name, t in interleaved_samples(methods, repeats, warmup).items()}
+
+
+def spread(samples: list) -> dict:
+    """Median, quartiles, min and max of a list of timings (the quartiles by linear interpolation;
+    with fewer than 4 samples they are the min and max)."""
+    s = sorted(samples)
+    if not s:
+        raise ValueError("samples is empty")
+    q1, q3 = (statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) >= 4 else (s[0], s[-1]))
+    return {"median": statistics.median(s), "q1": q1, "q3": q3, "min": s[0], "max": s[-1], "n": len(s)}
+
+
+class DotProbe:
+    """Read bandwidth of a dot product over two float32 arrays (at least 16 MiB each, beyond the
+    caches): the memory roof that weights + update are measured against, timed in the same run."""
+
+    def __init__(self, elements: int = 1 << 22):
+        import numpy as np
+
+        n = max(int(elements), 1 << 22)
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal(n, dtype=np.float32)
+        self.b = rng.standard_normal(n, dtype=np.float32)
+        self.nbytes = 2 * n * 4
+
+    def __call__(self) -> float:
+        """One timed dot product; returns GB/s."""
+        import numpy as np
+
+        start = time.perf_counter()
+        np.dot(self.a, self.b)
+        return self.nbytes / (time.perf_counter() - start) / 1e9
 
 
 def _status_kib(field: str) -> int:
@@ -72,7 +112,9 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    """The machine's description: CPU model, cores, load average, library versions, build_info()."""
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "platform": platform.platform()}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -81,15 +123,42 @@ def machine() -> dict:
                     break
     except OSError:
         pass
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    for name in ("numpy", "torch", "sklearn"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    try:
+        import fomo_core
+
+        info["fomo_core"] = fomo_core.build_info()
+    except ImportError:
+        pass
     return info
 
 
-def write_results(name: str, payload: dict, table: str) -> tuple[Path, Path]:
-    """Writes results/<name>.json and results/<name>.md; returns their paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    md_path.write_text(table + "\n")
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Writes a file whole or not at all: a temporary file beside it, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(name: str, payload: dict, table: str, folder: Path | None = None) -> tuple[Path, Path]:
+    """Writes <folder>/<name>.json and <name>.md (folder: results/); returns their paths."""
+    folder = RESULTS if folder is None else Path(folder)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    write_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+    write_atomic(md_path, table + "\n")
     return json_path, md_path
 
 
@@ -102,3 +171,34 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lays out, writes (atomically) and closes a matplotlib figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+    return Path(path)
+
+
+def script_main(bench, name: str, argv=None) -> int:
+    """The command line of one benchmark script: ``[--quick]``; runs it, prints its table, writes
+    results/<name>.{json,md} and its PNGs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(bench.__doc__ or name).split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    args = parser.parse_args(argv)
+    payload = bench.run(args.quick)
+    payload["machine"] = machine()
+    text = bench.table(payload)
+    print(text)
+    write_results(name, payload, text)
+    bench.plot(payload, RESULTS)
+    return 0

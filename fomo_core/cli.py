@@ -3,6 +3,7 @@
     fomo-core demo                 # FedFomo vs FedAvg vs Local on scikit-learn's digits
     fomo-core demo --help          # every option
     fomo-core info                 # how this copy was built
+    fomo-core bench --quick        # the benchmark suite (from a source checkout)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
     )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
     sub.required = True
     demo = sub.add_parser(
         "demo",
@@ -114,7 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-plots", action="store_true", help="skip the PNGs (results.json only)")
     demo.set_defaults(command_parser=demo)
     sub.add_parser("info", help="print how this copy of fomo-core was built")
+    bench = sub.add_parser(
+        "bench", help="run the benchmark suite (needs the source checkout's benchmarks/ folder)",
+        description="Runs benchmarks/ (python -m benchmarks): every option after 'bench' goes to it, e.g. --quick.",
+        add_help=False,
+    )
+    bench.set_defaults(command_parser=bench)
     return parser
+
+
+def _benchmarks_folder() -> Optional[str]:
+    """benchmarks/ of the source checkout this copy runs from, or of the current directory."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.getcwd()):
+        folder = os.path.join(root, "benchmarks")
+        if os.path.isfile(os.path.join(folder, "suite.py")):
+            return folder
+    return None
+
+
+def run_bench(parser: argparse.ArgumentParser, argv: list) -> int:
+    folder = _benchmarks_folder()
+    if folder is None:
+        parser.error("the benchmark suite lives in the source checkout's benchmarks/ folder, which was not found "
+                     "beside this copy of fomo_core or in the current directory (run it from the repository)")
+    sys.path.insert(0, folder)
+    from suite import main as suite_main
+
+    return suite_main(argv)
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
@@ -285,6 +313,9 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every later option belongs to the suite's own parser
+        return run_bench(parser, argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         import fomo_core

@@ -1,0 +1,346 @@
+"""The whole FedFomo client round: fomo-core's FedFomoClient against a PFLlib-style client round.
+
+One round: evaluate the baseline and M candidates on the client's validation data, weigh them,
+update the model, train one local epoch. Both implementations get the same M candidates as
+state_dicts (what a client receives), the same model, the same data and the same training batches
+(PFLlib's defaults: batch 10, lr 0.005, SGD, validation = 1/4 of the training size as its 0.2
+split gives; both train from the same DataLoader; PFLlib's own re-reading of the client's files
+every round, data_utils.py:19-20, is left out). Subjects: the digits MLP 64-200-200-10 on scikit-learn's digits, a LeNet-style CNN
+and a CIFAR-size ResNet-18 on CIFAR-shaped data (3x32x32, random: only time and agreement matter);
+M = 5 and 10.
+
+Before timing, each case checks that the two agree where they should (a fresh PFLlib client's
+old_model is its model, fomo-core's baseline convention): on models without BatchNorm the losses,
+the weights, the parameters after the update and after the epoch; on ResNet-18, whose PFLlib-style
+evaluation runs in train mode (batch statistics) by design, the weights and the update given the
+same losses. A disagreement raises.
+
+Timing: interleaved rounds (each round runs both implementations from the same starting state),
+medians with quartiles, and the time of each phase: evaluation, weights + update, training,
+copies (fomo-core: filling its candidate bank; PFLlib: modules from the state_dicts and the clone
+to old_model).
+
+    python benchmarks/bench_round.py [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DotProbe, markdown_table, save_figure, script_main, spread  # noqa: E402
+from models import ResNet18, digits_mlp, lenet  # noqa: E402
+from pfllib_round import PFLlibStyleClient  # noqa: E402
+
+import fomo_core  # noqa: E402
+from fomo_core.adapters.torch import FedFomoClient  # noqa: E402
+
+BATCH, LR = 10, 0.005  # PFLlib's defaults (main.py:399-400)
+PHASES = ("eval", "weights+update", "train", "copies")
+
+# subject -> (model builder, has BatchNorm, (train, val) sizes full, (train, val) sizes quick)
+SUBJECTS = {
+    "digits MLP": (digits_mlp, False, (400, 100), (400, 100)),
+    "LeNet CNN": (lenet, False, (400, 100), (200, 50)),
+    "ResNet-18": (ResNet18, True, (80, 20), (20, 10)),
+}
+
+
+def data(subject: str, n_train: int, n_val: int, seed: int = 0) -> tuple:
+    """(train X, y), (val X, y) as float32 / int64 tensors."""
+    if subject == "digits MLP":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X = torch.from_numpy((X / 16.0).astype(np.float32))
+        y = torch.from_numpy(y)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: n_train + n_val]
+        X, y = X[order], y[order]
+    else:
+        g = torch.Generator().manual_seed(seed)
+        X = torch.randn(n_train + n_val, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (n_train + n_val,), generator=g)
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+def loader(pair: tuple, size: int, drop_last: bool) -> DataLoader:
+    """PFLlib's loaders: a DataLoader over a list of (x, y) samples (data_utils.py:39-42), without
+    shuffling (cf:70-71)."""
+    X, y = pair
+    return DataLoader(list(zip(X, y)), size, drop_last=drop_last, shuffle=False)
+
+
+def candidates(model: nn.Module, val: tuple, m: int, seed: int = 1) -> list:
+    """M state_dicts near the model, as peers' models after a round: even ones a step down the
+    validation gradient (they improve), odd ones perturbed at random (they do not), all with a
+    little noise."""
+    g = torch.Generator().manual_seed(seed)
+    probe = copy.deepcopy(model)
+    probe.eval()
+    nn.functional.cross_entropy(probe(val[0]), val[1]).backward()
+    out = []
+    for n in range(m):
+        sd = copy.deepcopy(model.state_dict())
+        for name, p in probe.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 1e-3 * (1 + p.detach().abs().mean())
+            step = -0.5 * (n + 2) / m * p.grad if n % 2 == 0 else 10 * noise
+            sd[name] = sd[name] + step + noise
+        out.append(sd)
+    return out
+
+
+class Case:
+    """One subject and M: the two clients, resettable to the same starting state."""
+
+    def __init__(self, subject: str, m: int, quick: bool, sizes: Optional[tuple] = None):
+        build, self.has_bn, full, small = SUBJECTS[subject]
+        n_train, n_val = sizes or (small if quick else full)
+        torch.manual_seed(0)
+        self.template = build()
+        self.template.train()
+        self.train, self.val = data(subject, n_train, n_val)
+        self.train_batches = loader(self.train, BATCH, drop_last=True)
+        self.val_batches = loader(self.val, BATCH, drop_last=self.has_bn)  # cf:71
+        self.state_dicts = candidates(self.template, self.val, m)
+        self.ids = list(range(1, m + 1))
+        self.start = copy.deepcopy(self.template.state_dict())
+        self.m, self.subject = m, subject
+        self.ours = self._fomo_client()
+        self.peer = PFLlibStyleClient(copy.deepcopy(self.template), self.train_batches, self.val_batches, m + 1, lr=LR)
+
+    def _fomo_client(self) -> FedFomoClient:
+        # the same training loader (PFLlib's order); l2 + 1e-5 as PFLlib; validation as a tensor pair
+        return FedFomoClient(copy.deepcopy(self.template), val_data=self.val, train_data=self.train_batches,
+                             lr=LR, batch_size=BATCH, norm="l2", eps=1e-5, capacity=self.m)
+
+    def reset(self) -> None:
+        """Both clients back to the starting model (PFLlib's old_model too: a first round)."""
+        with torch.no_grad():
+            self.ours.module.load_state_dict(self.start)
+            self.peer.model.load_state_dict(self.start)
+            self.peer.old_model.load_state_dict(self.start)
+        self.ours.module.train()
+
+    def run_ours(self) -> dict:
+        t0 = time.perf_counter()
+        res = self.ours.round(self.state_dicts)
+        total = time.perf_counter() - t0
+        ev, step, train = (getattr(res, k, float("nan")) for k in ("eval_seconds", "step_seconds", "train_seconds"))
+        return {"total": total, "eval": ev, "weights+update": step, "train": train,
+                "copies": total - ev - step - train}
+
+    def run_peer(self) -> dict:
+        t0 = time.perf_counter()
+        ph = self.peer.round(self.ids, self.state_dicts)
+        total = time.perf_counter() - t0
+        return {"total": total, "eval": ph.eval, "weights+update": ph.weights + ph.update, "train": ph.train,
+                "copies": ph.copies}
+
+
+def _close(name: str, got, expected, rtol: float, atol: float, case: Case) -> None:
+    got = torch.as_tensor(np.asarray(got, dtype=np.float64))
+    expected = torch.as_tensor(np.asarray(expected, dtype=np.float64))
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=rtol, atol=atol):
+        raise AssertionError(
+            f"{case.subject}, M = {case.m}: fomo-core and the PFLlib-style round disagree on {name}:\n"
+            f"  fomo-core {got.tolist() if got.numel() < 12 else got}\n  PFLlib    "
+            f"{expected.tolist() if expected.numel() < 12 else expected}"
+        )
+
+
+def _params(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).double()
+
+
+def check_agreement(case: Case) -> dict:
+    """Runs one round of each from the same state and compares what must agree (raises if not).
+
+    Tolerances: the peer sums in float32 (its loss a float32 mean per batch, its norm float32),
+    fomo-core in float64, so losses and weights agree to float32 rounding of sums over 10-100
+    terms (rtol 1e-5 on losses, 1e-4 on weights, whose denominators are differences of losses);
+    parameters to 1e-6 relative of their magnitude, after the update and after the epoch (the same
+    batches and SGD: the update's rounding carried through 10-40 steps).
+    """
+    case.reset()
+    ours = case.ours.update(case.state_dicts)
+    peer_losses = None
+    if case.has_bn:  # train-mode evaluation by design: compare the rest given fomo-core's losses
+        peer_losses = [ours.baseline_loss, *np.asarray(ours.candidate_losses)]
+    from pfllib_round import Phases
+
+    phases = Phases()
+    case.peer.receive_state_dicts(case.ids, case.state_dicts, phases)
+    case.peer.aggregate_parameters(phases, losses_given=peer_losses)
+    peer_weights = phases.weights_used
+    if len(peer_weights) == 0:
+        peer_weights = torch.zeros(case.m)
+    if not case.has_bn:
+        _close("the losses", [ours.baseline_loss, *np.asarray(ours.candidate_losses)], phases.losses, 1e-5, 0, case)
+    _close("the weights", ours.weights, peer_weights, 1e-4, 1e-7, case)
+    scale = float(_params(case.peer.model).abs().max())
+    _close("the parameters after the update", _params(case.ours.module), _params(case.peer.model), 1e-6, 1e-6 * scale, case)
+    improving = int((np.asarray(ours.weights) > 0).sum())
+    if not case.has_bn:
+        case.ours.train()
+        case.peer.clone_model(phases)
+        case.peer.train_epoch(phases)
+        _close("the parameters after the local epoch", _params(case.ours.module), _params(case.peer.model), 1e-5,
+               1e-5 * scale, case)
+    return {"improving_candidates": improving, "checked": "losses, weights, update, epoch" if not case.has_bn
+            else "weights and update given the same losses (PFLlib evaluates in train mode)"}
+
+
+def time_case(case: Case, repeats: int, warmup: int, tick: Optional[Callable] = None,
+              probe: Optional[DotProbe] = None) -> dict:
+    """Interleaved rounds: each repeat resets both clients (untimed) and runs one round of each,
+    and (given a probe) times the bandwidth probe beside them."""
+    runs: dict = {"fomo-core": [], "PFLlib-style": []}
+    probes: list = []
+    for r in range(warmup + repeats):
+        if probe is not None and r >= warmup:
+            probes.append(probe())
+        order = [("fomo-core", case.run_ours), ("PFLlib-style", case.run_peer)]
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
+            case.reset()
+            result = fn()
+            if r >= warmup:
+                runs[name].append(result)
+                if tick is not None:
+                    tick()
+    out = {}
+    for name, results in runs.items():
+        out[name] = {key: spread([1e3 * x[key] for x in results]) for key in ("total", *PHASES)}
+    base = out["PFLlib-style"]["total"]["median"]
+    for name in out:
+        out[name]["speedup_vs_pfllib"] = base / out[name]["total"]["median"]
+        # the ratio's own spread: every fomo-core round against every PFLlib round of the run
+        pairs = [1e3 * b["total"] / (1e3 * a["total"]) for a in runs[name] for b in runs["PFLlib-style"]]
+        out[name]["speedup_range"] = [min(pairs), max(pairs)]
+    if probes:
+        out["probe_gbs"] = spread(probes)
+    return out
+
+
+def step_bandwidth(case: Case, timing: dict, improving: int) -> Optional[dict]:
+    """fomo-core's weights + update as effective GB/s: the bytes the step must move, (M + M+ + 3) P
+    4 (every distance read, the improving candidates read again by the update, the local model read
+    twice and written), over its median time; and that against the same run's probe."""
+    if "probe_gbs" not in timing:
+        return None
+    P = sum(p.numel() for p in case.ours.module.parameters())
+    nbytes = (case.m + improving + 3) * P * 4
+    ms = timing["fomo-core"]["weights+update"]["median"]
+    gbs = nbytes / (ms * 1e-3) / 1e9
+    return {"P": P, "bytes": nbytes, "gbs": gbs, "probe_gbs": timing["probe_gbs"]["median"],
+            "fraction_of_probe": gbs / timing["probe_gbs"]["median"]}
+
+
+def cases(quick: bool) -> list:
+    if quick:
+        return [("digits MLP", 5), ("digits MLP", 10), ("LeNet CNN", 5), ("LeNet CNN", 10), ("ResNet-18", 5)]
+    return [(s, m) for s in SUBJECTS for m in (5, 10)]
+
+
+def run(quick: bool = False, repeats: Optional[int] = None, tick: Optional[Callable] = None,
+        threads: Optional[int] = None) -> dict:
+    """The round benchmark; returns its results (rows, per-case spreads, agreement checks)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        fomo_core.set_num_threads(threads)
+    rows = []
+    probe = DotProbe()
+    for subject, m in cases(quick):
+        heavy = subject == "ResNet-18"
+        reps = repeats or ((3 if heavy else 5) if quick else (5 if heavy else 11))
+        case = Case(subject, m, quick)
+        agreement = check_agreement(case)
+        timing = time_case(case, reps, warmup=1, tick=tick, probe=probe)
+        rows.append({"subject": subject, "M": m, "train": len(case.train[1]), "val": len(case.val[1]),
+                     "repeats": reps, "agreement": agreement, "timing": timing,
+                     "step_bandwidth": step_bandwidth(case, timing, agreement["improving_candidates"])})
+    return {"name": "round", "quick": quick, "torch_threads": torch.get_num_threads(), "batch_size": BATCH,
+            "lr": LR, "rows": rows}
+
+
+def count_ticks(quick: bool, repeats: Optional[int] = None) -> int:
+    total = 0
+    for subject, _ in cases(quick):
+        heavy = subject == "ResNet-18"
+        total += 2 * (repeats or ((3 if heavy else 5) if quick else (5 if heavy else 11)))
+    return total
+
+
+def table(results: dict) -> str:
+    out = []
+    for r in results["rows"]:
+        for name in ("fomo-core", "PFLlib-style"):
+            t = r["timing"][name]
+            cells = [r["subject"], r["M"], name, f"{t['total']['median']:.1f} [{t['total']['q1']:.1f}, {t['total']['q3']:.1f}]"]
+            cells += [f"{t[p]['median']:.1f}" for p in PHASES]
+            lo, hi = t["speedup_range"]
+            cells.append(f"{t['speedup_vs_pfllib']:.2f}x" + ("" if name == "PFLlib-style" else f" ({lo:.2f}-{hi:.2f})"))
+            out.append(cells)
+    text = markdown_table(["subject", "M", "client round", "total ms median [IQR]", "eval ms", "weights+update ms",
+                           "train ms", "copies ms", "vs PFLlib (range)"], out)
+    bw = [[r["subject"], r["M"], r["step_bandwidth"]["P"], r["step_bandwidth"]["gbs"], r["step_bandwidth"]["probe_gbs"],
+           r["step_bandwidth"]["fraction_of_probe"]] for r in results["rows"] if r.get("step_bandwidth")]
+    if bw:
+        text += "\n\nfomo-core's weights + update inside the round, as effective bandwidth ((M + M+ + 3) P 4 bytes):\n\n"
+        text += markdown_table(["subject", "M", "P", "GB/s", "probe GB/s (same run)", "of probe"], bw)
+    return text
+
+
+def plot(results: dict, folder: Path) -> list:
+    """One PNG per subject: the stacked phases of both rounds, M = 5 and 10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    colors = {"eval": "#1f77b4", "weights+update": "#d62728", "train": "#2ca02c", "copies": "#ff7f0e"}
+    for subject in dict.fromkeys(r["subject"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["subject"] == subject]
+        fig, (ax, roof) = plt.subplots(1, 2, figsize=(12, 1.6 + 0.9 * len(rows)), gridspec_kw={"width_ratios": [3, 1]})
+        labels, y = [], 0
+        for r in rows:
+            for name in ("PFLlib-style", "fomo-core"):
+                left = 0.0
+                for p in PHASES:
+                    v = r["timing"][name][p]["median"]
+                    ax.barh(y, v, left=left, color=colors[p], label=p if y == 0 else None)
+                    left += v
+                t = r["timing"][name]["total"]
+                ax.errorbar(t["median"], y, xerr=[[t["median"] - t["q1"]], [t["q3"] - t["median"]]], color="k", capsize=3)
+                labels.append(f"{name}, M={r['M']}" + (f" ({r['timing'][name]['speedup_vs_pfllib']:.2f}x)" if name == "fomo-core" else ""))
+                y += 1
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per client round (median; bar: IQR of the total)")
+        ax.set_title(f"FedFomo client round, {subject}: where the time goes")
+        ax.legend(loc="lower right", fontsize=8)
+        bw = [(r["M"], r["step_bandwidth"]) for r in rows if r.get("step_bandwidth")]
+        if bw:
+            roof.bar([f"M={m}" for m, _ in bw], [b["gbs"] for _, b in bw], color="#d62728")
+            roof.axhline(statistics.median(b["probe_gbs"] for _, b in bw), color="k", linestyle="--",
+                         label="dot-product probe (same run)")
+            roof.set_ylabel("GB/s")
+            roof.set_title("fomo-core weights + update:\nbytes moved / time", fontsize=9)
+            roof.legend(fontsize=7, loc="lower right")
+        path = folder / f"round-{subject.lower().replace(' ', '-')}.png"
+        paths.append(save_figure(fig, path))
+    return paths
+
+
+if __name__ == "__main__":
+    raise SystemExit(script_main(sys.modules[__name__], "round"))

@@ -1,0 +1,54 @@
+"""Smoke test of the benchmark suite's round subject (a few seconds): the PFLlib-style round and
+fomo-core's client agree on a small CNN, one timed round of each runs, the agreement check fails
+loudly when the two are set up differently, and the suite's command line rejects bad subjects.
+Timings are never asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bench_round():
+    import bench_round
+
+    return bench_round
+
+
+def test_round_subject_agrees_and_times_one_round(bench_round):
+    case = bench_round.Case("LeNet CNN", 3, quick=True, sizes=(60, 20))
+    agreement = bench_round.check_agreement(case)
+    assert agreement["checked"] == "losses, weights, update, epoch"
+    assert 0 < agreement["improving_candidates"] <= 3  # the benchmark's candidates include helpful ones
+    timing = bench_round.time_case(case, repeats=1, warmup=0)
+    for name in ("fomo-core", "PFLlib-style"):
+        phases = timing[name]
+        assert phases["total"]["n"] == 1
+        parts = sum(phases[p]["median"] for p in bench_round.PHASES)
+        assert parts == pytest.approx(phases["total"]["median"], rel=0.05)  # the phases cover the round
+
+
+def test_agreement_check_fails_loudly(bench_round):
+    from fomo_core.adapters.torch import FedFomoClient
+
+    case = bench_round.Case("LeNet CNN", 2, quick=True, sizes=(20, 10))
+    case.ours = FedFomoClient(case.ours.module, val_data=case.val, train_data=case.train_batches, lr=bench_round.LR,
+                              norm="l1", eps=1e-5)  # not PFLlib's distance
+    with pytest.raises(AssertionError, match="disagree on the weights"):
+        bench_round.check_agreement(case)
+
+
+def test_suite_rejects_unknown_subjects(capsys):
+    from suite import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "kernels,speed", "--no-progress"])
+    assert "expected a comma-separated subset of kernels,evaluate,round,early-stop" in capsys.readouterr().err
