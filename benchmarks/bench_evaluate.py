@@ -218,14 +218,14 @@ def cases(quick: bool) -> list:
     for t in threads:
         for B in ((100,) if quick else SIZES):
             out += [(t, "digits MLP 64-200-200-10", B, M), (t, "LeNet CNN 3x32x32", B, M)]
-        out.append((t, "ResNet-18 3x32x32", 16 if quick else 32, 5))
+        out.append((t, "ResNet-18 3x32x32", 8 if quick else 32, 3 if quick else 5))
     return out
 
 
 def count_ticks(quick: bool) -> int:
     n = 0
-    for _, model, _, _ in cases(quick):
-        per = 10 if "MLP" in model else (11 if "LeNet" in model and not quick else 6)
+    for _, model, B, _ in cases(quick):
+        per = 10 if "MLP" in model else (11 if "LeNet" in model and not quick and B == SIZES[0] else 6)
         reps = _repeats(model, quick)
         n += per * reps
     return n
@@ -233,10 +233,10 @@ def count_ticks(quick: bool) -> int:
 
 def _repeats(model: str, quick: bool) -> int:
     if "MLP" in model:
-        return 5 if quick else 15
+        return 5 if quick else 11
     if "LeNet" in model:
-        return 3 if quick else 7
-    return 3 if quick else 5
+        return 3 if quick else 5
+    return 2 if quick else 3
 
 
 def run(quick: bool = False, tick: Optional[Callable] = None) -> dict:
@@ -250,7 +250,7 @@ def run(quick: bool = False, tick: Optional[Callable] = None) -> dict:
             if "MLP" in model:
                 samples = mlp_case(B, classifiers, models, X_val, y_val, reps, tick)
             elif "LeNet" in model:
-                samples = cnn_case(lenet, m, B, reps, tick, ablations=not quick)
+                samples = cnn_case(lenet, m, B, reps, tick, ablations=not quick and B == SIZES[0])
             else:
                 samples = cnn_case(ResNet18, m, B, reps, tick, ablations=False)
         base = {name: spread(t)["median"] for name, t in samples.items()}
