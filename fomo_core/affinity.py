@@ -58,6 +58,16 @@ def _options(policy: ServerPolicy) -> dict:
     )
 
 
+def _torch_topk(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values in torch.topk's order (ties included), over the float32
+    values the peers keep their affinity in."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("tie='torch_topk' orders ties as torch.topk does: it needs PyTorch installed") from None
+    return torch.topk(torch.from_numpy(values.astype(np.float32)), k).indices.numpy()
+
+
 def _per_slot(ranking: np.ndarray, shuffled: np.ndarray, m: int, eps: float, rng: np.random.Generator) -> np.ndarray:
     """The authors' per-slot epsilon-greedy: for each of the m places a coin decides between the
     best and a random client not yet chosen."""
@@ -80,7 +90,8 @@ class Affinity:
     include_self:   "never" (a client is not its own candidate), "compete" (it competes for a
                     place like any other) or "always" (it competes, and is added last when not
                     picked)
-    tie:            "random" or "lowest_index": how equal affinities are ordered
+    tie:            "random", "lowest_index" or "torch_topk" (as ``torch.topk`` orders them; top_m
+                    only): how equal affinities are ordered
     epsilon:        exploration probability at round 0 (the epsilon-greedy selections)
     epsilon_decay:  subtracted from epsilon every round (floored at 0); 0 keeps it constant
     init:           "self" (0, ``self_affinity`` on the diagonal) or "identity"
@@ -241,6 +252,8 @@ class Affinity:
             chosen = _per_slot(ranking, rng.permutation(pool), m, eps, rng)
         elif self.policy.selection == "epsilon_greedy" and eps > 0 and rng.random() < eps:
             chosen = rng.permutation(pool)[:m]
+        elif self.policy.tie == "torch_topk":
+            chosen = pool[_torch_topk(self.matrix[client, pool], m)]
         else:
             chosen = ranking[:m]
         if self.policy.include_self == "always" and client not in chosen:

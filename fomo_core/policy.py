@@ -146,13 +146,18 @@ class ServerPolicy(_Policy):
                      uploaded in the previous round: PFLlib)
     include_self:    "never" (the client is not in its own pool), "compete" (it is, like any
                      other) or "always" (it competes, and is added when not picked: FL-bench)
-    tie:             ties in affinity broken "random"ly or by "lowest_index" first
+    tie:             ties in affinity broken "random"ly, by "lowest_index" first, or "torch_topk":
+                     exactly as ``torch.topk`` orders them (PFLlib and FL-bench; needs torch, and
+                     selection="top_m")
     epsilon:         the exploration probability at round 0 (epsilon-greedy selections)
     epsilon_decay:   subtracted from epsilon every round (floored at 0)
     affinity_init:   "self" (0, with ``self_affinity`` on the diagonal) or "identity"
     self_affinity:   the diagonal value for affinity_init="self"
     affinity_update: "raw" (A[i, n] += s_n) or "normalised" (A[i, n] += s_n / |sum_m s_m|, the sum
                      floored at 1e-9 as the authors do)
+    uploads:         when an uploaded model is sent to others: from the "next_round", or
+                     "immediately" (later clients of the same round already receive it, as
+                     FL-bench's serial trainer does)
     """
 
     selection: str = "epsilon_greedy"
@@ -164,12 +169,16 @@ class ServerPolicy(_Policy):
     affinity_init: str = "self"
     self_affinity: float = 0.1
     affinity_update: str = "raw"
+    uploads: str = "next_round"
 
     def __post_init__(self) -> None:
+        _one_of(self.uploads, "uploads", ("next_round", "immediately"))
         _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))
         _one_of(self.pool, "pool", ("uploaded", "last_round", "all_capped"))
         _one_of(self.include_self, "include_self", ("never", "compete", "always"))
-        _one_of(self.tie, "tie", ("random", "lowest_index"))
+        _one_of(self.tie, "tie", ("random", "lowest_index", "torch_topk"))
+        if self.tie == "torch_topk" and self.selection != "top_m":
+            raise ValueError("tie='torch_topk' orders a top-M selection: it needs selection='top_m'")
         _real(self.epsilon, "epsilon", low=0.0, high=1.0)
         _real(self.epsilon_decay, "epsilon_decay", low=0.0)
         _one_of(self.affinity_init, "affinity_init", ("self", "identity"))

@@ -101,9 +101,6 @@ class Server:
         """The ids of the models ``client`` receives this round, int64 [K] (K <= M, +1 with
         include_self="always")."""
         pool, m = self._pool()
-        if pool.size == 0:
-            self.affinity._client(client)
-            return np.zeros(0, dtype=np.int64)
         return self.affinity.select(client, m, round=self.round, among=pool)
 
     def candidates(self, client: int) -> tuple:
@@ -127,7 +124,7 @@ class Server:
         self_score: Optional[float] = None,
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
-        :meth:`end_round`) and its scores [K] of the candidates ``ids`` it received, plus the score
+        :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the candidates ``ids`` it received, plus the score
         of its own trained model when its policy makes that a candidate (``self_score``)."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
@@ -138,7 +135,11 @@ class Server:
         if self_score is not None:
             ids, scores = [client, *ids], [float(self_score), *scores]
         self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
-        self._pending[client] = params.detach().clone() if _is_torch(params) else np.array(params)
+        params = params.detach().clone() if _is_torch(params) else np.array(params)
+        if self.policy.uploads == "immediately":
+            self.models[client] = params
+            self.uploaded[client] = True
+        self._pending[client] = params
 
     def end_round(self) -> None:
         """Makes this round's uploads visible and starts the next round."""

@@ -147,7 +147,7 @@ def test_update_accepts_torch_scores():
 def test_from_preset(name):
     p = fc.get_preset(name)
     aff = Affinity.from_preset(name, 5, seed=0)
-    assert aff.policy.replace(pool=p.server.pool) == p.server
+    assert aff.policy.replace(pool=p.server.pool, uploads=p.server.uploads) == p.server
     if p.server.affinity_init == "self":
         assert np.all(np.diag(aff.matrix) == p.server.self_affinity)
     else:
