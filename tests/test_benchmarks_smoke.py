@@ -29,7 +29,7 @@ def test_round_subject_agrees_and_times_one_round(bench_round):
     assert agreement["checked"] == "losses, weights, update, epoch"
     assert 0 < agreement["improving_candidates"] <= 3  # the benchmark's candidates include helpful ones
     timing = bench_round.time_case(case, repeats=1, warmup=0)
-    for name in ("fomo-core", "PFLlib-style"):
+    for name in (bench_round.OURS, bench_round.OURS_PFLLIB, bench_round.PEER):
         phases = timing[name]
         assert phases["total"]["n"] == 1
         parts = sum(phases[p]["median"] for p in bench_round.PHASES)
@@ -37,11 +37,14 @@ def test_round_subject_agrees_and_times_one_round(bench_round):
 
 
 def test_agreement_check_fails_loudly(bench_round):
+    from fomo_core import ClientPolicy
     from fomo_core.adapters.torch import FedFomoClient
 
     case = bench_round.Case("LeNet CNN", 2, quick=True, sizes=(20, 10))
-    case.ours = FedFomoClient(case.ours.module, val_data=case.val, train_data=case.train_batches, lr=bench_round.LR,
-                              norm="l1", eps=1e-5)  # not PFLlib's distance
+    case.clients[bench_round.OURS] = FedFomoClient(
+        case.ours.module, val_data=case.val, train_data=case.train_batches, lr=bench_round.LR,
+        policy=ClientPolicy(norm="l1", eps=1e-5),  # not PFLlib's distance
+    )
     with pytest.raises(AssertionError, match="disagree on the weights"):
         bench_round.check_agreement(case)
 
