@@ -132,6 +132,9 @@ class _Candidates:
         if len(kinds) > 1:
             raise TypeError(f"candidates mixes kinds {sorted(kinds)}; give them all in one form")
         self.kind = kinds.pop() if kinds else "flat"
+        if self.kind == "flat" and self.count:
+            self.flat = _rows_as_matrix(list(candidates))  # rows of one [M, P] buffer: no stacking
+
 
     def _split(self, vector: torch.Tensor) -> dict:
         """Views of a flat vector [P] (any stride) as the module's parameters."""
@@ -184,6 +187,19 @@ class _Candidates:
         if self.flat is not None:
             return self.flat
         return [[p[n] for n in self.param_names] for p, _ in self.models]
+
+
+def _rows_as_matrix(rows: list) -> Optional[torch.Tensor]:
+    """The [M, P] tensor whose consecutive rows the 1-D tensors `rows` are (a candidate bank's
+    rows), as a view; None when they are not laid out so."""
+    first = rows[0]
+    if first.stride() != (1,) or any(
+        r.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or r.stride() != (1,)
+        or r.dtype != first.dtype or r.storage_offset() != first.storage_offset() + k * first.numel()
+        for k, r in enumerate(rows)
+    ):
+        return None
+    return first.as_strided((len(rows), first.numel()), (first.numel(), 1))
 
 
 def _check_pair(data: Any) -> Optional[tuple]:

@@ -196,3 +196,22 @@ def test_early_stop_options_are_checked():
         evaluate_candidates(nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)),
                             early_stop=0.5)
     assert math.isfinite(EarlyStop(0.0).z)
+
+
+def test_rows_of_one_buffer_are_read_in_place():
+    from fomo_core.adapters import torch_evaluate
+
+    models = _models(nn.MaxPool2d(2))
+    flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
+    rows = [flat[k] for k in range(len(models))]  # what a client passes: its candidate bank's rows
+    cands = torch_evaluate._Candidates(models[0], rows)
+    stacked, _ = cands.stacked()
+    assert all(t.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for t in stacked.values())
+    apart = [row.clone() for row in rows]  # separate buffers: stacked by copying, same losses
+    assert torch_evaluate._Candidates(models[0], apart).flat is None
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randn(9, 3, 17, 17, generator=g), torch.randint(0, 5, (9,), generator=g)
+    for method in ("loop", "vmap"):
+        by_rows = evaluate_candidates(models[0], rows, (X, y), method=method)
+        assert torch.equal(by_rows.loss, evaluate_candidates(models[0], flat, (X, y), method=method).loss)
+        assert torch.equal(by_rows.loss, evaluate_candidates(models[0], apart, (X, y), method=method).loss)
