@@ -55,3 +55,11 @@ def test_suite_rejects_unknown_subjects(capsys):
     with pytest.raises(SystemExit):
         main(["--only", "kernels,speed", "--no-progress"])
     assert "expected a comma-separated subset of kernels,evaluate,round,early-stop" in capsys.readouterr().err
+
+
+def test_cli_bench_hands_its_options_to_the_suite(capsys):
+    from fomo_core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "speed"])  # the suite's own parser answers
+    assert "argument --only: expected a comma-separated subset" in capsys.readouterr().err
