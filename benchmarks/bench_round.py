@@ -202,9 +202,10 @@ def _check_client(case: Case, name: str, compare_losses: bool) -> int:
     client.train()
     case.peer.clone_model(phases)
     case.peer.train_epoch(phases)
-    # BatchNorm divides by batch statistics, so the update's last-bit differences grow through the
-    # epoch (and oneDNN's threaded convolution backward need not sum in a fixed order): 1e-4 there
-    after = 1e-4 if case.has_bn else 1e-5
+    # BatchNorm over batches of 10 amplifies last-bit differences: measured on this ResNet-18, one
+    # parameter nudged by 1e-7 alone moves the parameters by 2.2e-4 after the 4 steps of the epoch
+    # (the same epoch run twice agrees exactly); so 1e-3 there
+    after = 1e-3 if case.has_bn else 1e-5
     _close(where, "the parameters after the local epoch", _params(client.module), _params(case.peer.model), after,
            after * scale)
     return int((np.asarray(ours.weights) > 0).sum())
@@ -221,7 +222,8 @@ def check_agreement(case: Case) -> dict:
     fomo-core in float64, so losses and weights agree to float32 rounding of sums over 10-100
     terms (rtol 1e-5 on losses, 1e-4 on weights, whose denominators are differences of losses);
     parameters to 1e-6 relative of their magnitude after the update, 1e-5 after the epoch (the
-    update's rounding carried through 1-40 SGD steps on the same batches; 1e-4 with BatchNorm).
+    update's rounding carried through 1-40 SGD steps on the same batches; 1e-3 with BatchNorm, which
+    amplifies it: see _check_client).
     """
     improving = _check_client(case, OURS, compare_losses=not case.has_bn)
     _check_client(case, OURS_PFLLIB, compare_losses=True)

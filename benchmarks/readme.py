@@ -153,7 +153,7 @@ def kernels_section(k: dict) -> list:
 def section() -> str:
     suite = _load("suite") or {}
     parts = [HEADING, "",
-             "Every figure below comes from `python -m benchmarks` (or `fomo-core bench`; `--quick` for a "
+             "Every figure below comes from `python -m benchmarks` run in the repository (or `fomo-core bench`; `--quick` for a "
              "short run), written to `benchmarks/results/` with the machine's description, and this section "
              "is regenerated from those files by `python benchmarks/readme.py`. Ratios are against baselines "
              "timed in the same run; medians with quartiles.", ""]
