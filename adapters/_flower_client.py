@@ -89,7 +89,7 @@ class _MLPCodec:
 
     @staticmethod
     def load(client: Any, model: Any) -> None:
-        client.set_params(model)
+        client.set_flat(model)
 
     @staticmethod
     def stack(client: Any, models: list) -> np.ndarray:
@@ -191,9 +191,9 @@ def fedfomo_train(
     candidates = codec.stack(client, [
         _decode(client, codec, layout, r, f"candidate {k}", instruction.transport) for k, r in enumerate(instruction.candidates)
     ])
-    for key in ("norm", "eps"):
-        if key in instruction.config:
-            client.step_options[key] = instruction.config[key]
+    options = {key: instruction.config[key] for key in ("norm", "eps") if key in instruction.config}
+    if options:
+        client.policy = client.policy.replace(**options)
     result = client.round(candidates)
     evaluation = _evaluate(client, codec, test_data) if instruction.evaluate else None
     content = protocol.train_reply(

@@ -32,7 +32,7 @@ MAX_HEADER_BYTES = 65536  # numpy writes headers of 64-4096 bytes; anything larg
 
 def _to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     """uint16 upper halves of float32 values, rounded to nearest even (NaN stays NaN)."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    bits = np.array(values, dtype=np.float32, order="C").view(np.uint32)
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     out = ((bits + rounding) >> 16).astype(np.uint16)
     nan = np.isnan(values)
@@ -138,10 +138,10 @@ class ModelLayout:
             values = flat[offset : offset + n].reshape(shape)
             offset += n
             dt = np.dtype(dtype)
-            if transport == "float32" or dt.kind != "f":
-                arrays[key] = Array(np.ascontiguousarray(values, dtype=dt))
+            if transport == "float32" or dt.kind != "f":  # np.array keeps 0-d arrays 0-d
+                arrays[key] = Array(np.array(values, dtype=dt, order="C"))
             elif transport == "float16":
-                arrays[key] = Array(np.ascontiguousarray(values, dtype=np.float16))
+                arrays[key] = Array(np.array(values, dtype=np.float16, order="C"))
             else:
                 arrays[key] = Array(_to_bfloat16_bits(values))
         return ArrayRecord(arrays)

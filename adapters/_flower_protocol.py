@@ -22,7 +22,9 @@ train reply
     ``<config>``          ``{"client-id": str}`` (must be the client the message was sent to)
     ``<metrics>``         ``"num-examples"``, ``"candidate-clients"`` (echoed), ``"scores"``,
                           ``"weights"``, ``"candidate-losses"`` ([M] each), ``"baseline-loss"``,
-                          ``"eval-seconds"``, ``"step-seconds"``, ``"train-seconds"``; with
+                          ``"eval-seconds"``, ``"step-seconds"``, ``"train-seconds"``,
+                          ``"self-score"`` when the preset makes the client's own trained model
+                          a candidate; with
                           ``evaluate``: ``"loss"``, ``"accuracy"``, ``"num-eval-examples"`` of the
                           new model on the client's test data (one message per client per round)
 evaluate instruction / reply (only for clients evaluated without training this round)
@@ -276,6 +278,7 @@ class TrainReply:
     scores:           [M] float64 raw scores, finite or NaN (not measured)
     weights:          [M] float64 in [0, 1], summing to at most 1
     candidate_losses: [M] float64 (NaN or inf for a diverged candidate)
+    self_score:       the score of its own trained model when its policy makes that a candidate
     baseline_loss:    the client's validation loss before the update (may be NaN or inf)
     num_examples:     its training-set size
     seconds:          {"eval", "step", "train"}
@@ -287,6 +290,7 @@ class TrainReply:
     scores: np.ndarray
     weights: np.ndarray
     candidate_losses: np.ndarray
+    self_score: Optional[float]
     baseline_loss: float
     num_examples: int
     seconds: dict
@@ -319,6 +323,8 @@ def train_reply(
             "train-seconds": float(result.train_seconds),
         }
     )
+    if getattr(result, "self_score", None) is not None:
+        metrics["self-score"] = float(result.self_score)
     if evaluation is not None:
         metrics["loss"] = float(evaluation.loss)
         metrics["accuracy"] = float(evaluation.accuracy)
@@ -371,13 +377,14 @@ def read_train_reply(
         raise ValueError(f"{role} metrics['weights'] must be in [0, 1] and sum to at most 1, got {weights.tolist()}")
     losses = _reals(metrics, "candidate-losses", f"{role} metrics", m)
     baseline = _real(metrics, "baseline-loss", f"{role} metrics", finite=False)
+    self_score = _real(metrics, "self-score", f"{role} metrics") if "self-score" in metrics else None
     num_examples = _integer(metrics, "num-examples", f"{role} metrics", 0, MAX_NUM_EXAMPLES)
     seconds = {k.split("-")[0]: _real(metrics, k, f"{role} metrics", 0.0, MAX_SECONDS) for k in _TIMES}
     evaluation = _read_evaluation(metrics, f"{role} metrics") if evaluate else None
     if keys.arrays not in content.array_records:
         raise ValueError(f"{role} must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}")
     params = layout.flat_from_record(content.array_records[keys.arrays], f"{role} model", out=out)
-    return TrainReply(params, scores, weights, losses, baseline, num_examples, seconds, evaluation, metrics)
+    return TrainReply(params, scores, weights, losses, self_score, baseline, num_examples, seconds, evaluation, metrics)
 
 
 # --- evaluate ------------------------------------------------------------------------------------

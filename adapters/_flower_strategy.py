@@ -30,10 +30,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from ..presets import Preset, get_preset
+from ..presets import Preset, as_preset
+from ..server import Server
 from . import _flower_protocol as protocol
 from ._flower_layout import TRANSPORTS, ModelLayout
-from ._flower_state import ServerState
 
 __all__ = ["FedFomo", "FedFomoRound"]
 
@@ -187,26 +187,14 @@ class FedFomo(Strategy):
         affinity_history: bool = False,
     ) -> None:
         self.m = _count(m, "m", 1)
-        if isinstance(preset, str):
-            preset = get_preset(preset)
-        elif not isinstance(preset, Preset):
-            raise TypeError(f"preset must be a preset name or a fomo_core.Preset, got {type(preset).__name__}")
-        self.preset = preset
-        self._affinity_options: dict = {}
-        if (epsilon is not None or epsilon_decay is not None) and preset.selection != "epsilon_greedy":
+        self.preset = as_preset(preset)
+        overrides = {k: v for k, v in (("epsilon", epsilon), ("epsilon_decay", epsilon_decay)) if v is not None}
+        if overrides and self.preset.server.selection == "top_m":
             raise ValueError(
-                f"epsilon and epsilon_decay apply to epsilon-greedy selection; preset {preset.name!r} "
-                f"selects by {preset.selection!r}, got epsilon={epsilon!r}, epsilon_decay={epsilon_decay!r}"
+                f"epsilon and epsilon_decay apply to epsilon-greedy selection; preset {self.preset.name!r} "
+                f"selects by {self.preset.server.selection!r}, got epsilon={epsilon!r}, epsilon_decay={epsilon_decay!r}"
             )
-        if epsilon is not None:
-            self._affinity_options["epsilon"] = epsilon
-        if epsilon_decay is not None:
-            self._affinity_options["epsilon_decay"] = epsilon_decay
-            positive = isinstance(epsilon_decay, (int, float, np.number)) and epsilon_decay > 0
-            self._affinity_options["decay"] = "linear" if positive else "none"
-        from ..affinity import Affinity
-
-        Affinity.from_preset(preset, 1, **self._affinity_options)  # checks the options now
+        self.policy = self.preset.server.replace(**overrides) if overrides else self.preset.server
         self.fraction_train = _fraction(fraction_train, "fraction_train")
         self.fraction_evaluate = _fraction(fraction_evaluate, "fraction_evaluate")
         self.min_train_nodes = _count(min_train_nodes, "min_train_nodes", 0)
@@ -237,7 +225,7 @@ class FedFomo(Strategy):
         self.affinity_history = affinity_history
 
         self._rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-        self.state: Optional[ServerState] = None
+        self.state: Optional[Server] = None
         self.layout: Optional[ModelLayout] = None
         self.client_ids: list = []  # dense index -> stable id (None: not yet claimed)
         self._index: dict = {}  # stable id -> dense index
@@ -254,12 +242,10 @@ class FedFomo(Strategy):
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        p = self.preset
-        eps = self._affinity_options.get("epsilon", p.epsilon)
-        decay = self._affinity_options.get("epsilon_decay", p.epsilon_decay)
+        p, server = self.preset, self.policy
         _log.info("\t├──> FedFomo: M=%d candidates, preset %r (selection %s, epsilon %.3g - %.3g/round), candidates in %s",
-                  self.m, p.name, p.selection, eps, decay, self.candidate_dtype)
-        _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.norm, p.eps)
+                  self.m, p.name, server.selection, server.epsilon, server.epsilon_decay, self.candidate_dtype)
+        _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.client.norm, p.client.eps)
         _log.info("\t├──> Sampling: fraction train %.2f | evaluate %.2f, minimum nodes train %d | evaluate %d | available %d",
                   self.fraction_train, self.fraction_evaluate, self.min_train_nodes,
                   self.min_evaluate_nodes, self.min_available_nodes)
@@ -341,7 +327,7 @@ class FedFomo(Strategy):
                 self._check_reply(reply, message)
                 parsed = self._read_train(reply.content, client, ids, evaluate)
                 record.bytes_up += _payload_bytes(reply.content)
-                self.state.receive(client, parsed.params, ids, parsed.scores)
+                self.state.receive(client, parsed.params, ids, parsed.scores, self_score=parsed.self_score)
             except Exception as e:  # a client can send anything: record it, never crash
                 self._fail(record.failed, client, str(e) or type(e).__name__)
                 continue
@@ -449,8 +435,8 @@ class FedFomo(Strategy):
                 cands.append(cache[j])
             content = protocol.train_instruction(
                 self.layout.record(self.state.model(client)), cands, ids, keys=self.keys,
-                server_round=server_round, client_id=self.client_ids[client], norm=self.preset.norm,
-                eps=self.preset.eps, transport=self.candidate_dtype, evaluate=node in evaluate, config=config,
+                server_round=server_round, client_id=self.client_ids[client], norm=self.preset.client.norm,
+                eps=self.preset.client.eps, transport=self.candidate_dtype, evaluate=node in evaluate, config=config,
             )
             record.bytes_down += _payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
@@ -488,7 +474,7 @@ class FedFomo(Strategy):
 
     @property
     def next_round(self) -> int:
-        return 1 if self.state is None else self.state.round
+        return 1 if self.state is None else self.state.round + 1
 
     def initialise(self, initial_arrays: ArrayRecord) -> None:
         """Fixes the model layout from ``initial_arrays`` and resumes from ``state_dir`` when it
@@ -506,8 +492,7 @@ class FedFomo(Strategy):
             return
         n = self.num_clients or num_nodes
         self.num_clients = n
-        self.state = ServerState(n, self._initial, self.preset, self.m, np.random.SeedSequence(self.seed).spawn(2)[1],
-                                 **self._affinity_options)
+        self.state = Server(n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy)
         self.client_ids = [None] * n
 
     def _bound_nodes(self, grid: Grid, minimum: int, server_round: int) -> list:
@@ -660,26 +645,22 @@ class FedFomo(Strategy):
         commit point: it names the server state's files)."""
         folder = self.state_dir
         os.makedirs(folder, exist_ok=True)
-        server_dir = os.path.join(folder, f"server-r{self.state.round:06d}")
-        self.state.save(server_dir)
+        server_file = os.path.join(folder, f"server-r{self.state.round:06d}.npz")
+        self.state.save(server_file)
         meta = {
             "format": _FORMAT,
-            "server": os.path.basename(server_dir),
+            "server": os.path.basename(server_file),
             "round": self.state.round,
             "layout": self.layout.to_json(),
-            "preset": self.preset.name,
-            "m": self.m,
             "candidate_dtype": self.candidate_dtype,
             "client_ids": self.client_ids,
             "rng": self._rng.bit_generator.state,
             "rounds": [r.to_json() for r in self.rounds],
         }
         _write_atomic(os.path.join(folder, _STATE_FILE), json.dumps(meta).encode())
-        for name in os.listdir(folder):
+        for name in os.listdir(folder):  # earlier rounds' server states
             if name.startswith("server-r") and name != meta["server"]:
-                import shutil
-
-                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                os.unlink(os.path.join(folder, name))
 
     def _resume(self, layout: ModelLayout) -> None:
         with open(os.path.join(self.state_dir, _STATE_FILE)) as f:
@@ -688,13 +669,14 @@ class FedFomo(Strategy):
             raise ValueError(f"state_dir {self.state_dir!r} holds format {meta.get('format')!r}, expected {_FORMAT!r}")
         if ModelLayout.from_json(meta["layout"]) != layout:
             raise ValueError(f"state_dir {self.state_dir!r} holds models of another layout than initial_arrays")
-        if meta["m"] != self.m or meta["preset"] != self.preset.name:
-            raise ValueError(f"state_dir {self.state_dir!r} was written with m={meta['m']}, preset {meta['preset']!r}; "
-                             f"this strategy has m={self.m}, preset {self.preset.name!r}")
-        self.state = ServerState.load(os.path.join(self.state_dir, meta["server"]), self.preset)
+        state = Server.load(os.path.join(self.state_dir, meta["server"]))
+        if state.m != self.m or state.policy != self.policy:
+            raise ValueError(f"state_dir {self.state_dir!r} was written with m={state.m}, {state.policy}; "
+                             f"this strategy has m={self.m}, {self.policy}")
+        self.state = state
         self.num_clients = self.state.num_clients
         self.client_ids = list(meta["client_ids"])
         self._index = {cid: i for i, cid in enumerate(self.client_ids) if cid is not None}
         self._rng.bit_generator.state = meta["rng"]
         self.rounds = [FedFomoRound.from_json(r) for r in meta["rounds"]]
-        _log.info("FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.state.round, len(self._index))
+        _log.info("FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.next_round, len(self._index))
