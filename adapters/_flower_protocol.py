@@ -154,6 +154,18 @@ def _config(base: Optional[ConfigRecord], entries: dict) -> ConfigRecord:
     return config
 
 
+def _reply_metrics(content: RecordDict, keys: RecordKeys, client_id: str, role: str, *, arrays: set) -> MetricRecord:
+    """The reply's MetricRecord, after checking it holds only the expected records (ArrayRecords
+    ``arrays``, one MetricRecord, one ConfigRecord) and names the client it was sent to."""
+    _only(content.array_records, arrays, f"{role} ArrayRecords")
+    _only(content.metric_records, {keys.metrics}, f"{role} MetricRecords")
+    _only(content.config_records, {keys.config}, f"{role} ConfigRecords")
+    _reply_client_id(content, keys, client_id, role)
+    if keys.metrics not in content.metric_records:
+        raise ValueError(f"{role} must hold a MetricRecord {keys.metrics!r}, got keys {list(content)}")
+    return content.metric_records[keys.metrics]
+
+
 def _reply_client_id(content: RecordDict, keys: RecordKeys, expected: str, role: str) -> None:
     if keys.config not in content.config_records:
         raise ValueError(f"{role} lacks its ConfigRecord {keys.config!r} (the client id)")
@@ -356,13 +368,7 @@ def read_train_reply(
     candidates echoed in order; one score, weight and loss per candidate; counts, times and (with
     ``evaluate``) the evaluation in range. ValueError with the reason otherwise."""
     role = "reply"
-    _only(content.array_records, {keys.arrays}, f"{role} ArrayRecords")
-    _only(content.metric_records, {keys.metrics}, f"{role} MetricRecords")
-    _only(content.config_records, {keys.config}, f"{role} ConfigRecords")
-    _reply_client_id(content, keys, client_id, role)
-    if keys.metrics not in content.metric_records:
-        raise ValueError(f"{role} must hold a MetricRecord {keys.metrics!r}, got keys {list(content)}")
-    metrics = content.metric_records[keys.metrics]
+    metrics = _reply_metrics(content, keys, client_id, role, arrays={keys.arrays})
     echoed = _get(metrics, "candidate-clients", f"{role} metrics")
     if not isinstance(echoed, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in echoed):
         raise ValueError(f"{role} metrics['candidate-clients'] must be a list of integers, got {type(echoed).__name__}")
@@ -413,11 +419,5 @@ def evaluate_reply(evaluation: Evaluation, *, keys: RecordKeys, client_id: str) 
 def read_evaluate_reply(content: RecordDict, *, keys: RecordKeys, client_id: str) -> tuple:
     """(Evaluation, MetricRecord) of an evaluate reply, checked like a train reply's."""
     role = "evaluate reply"
-    _only(content.array_records, set(), f"{role} ArrayRecords")
-    _only(content.metric_records, {keys.metrics}, f"{role} MetricRecords")
-    _only(content.config_records, {keys.config}, f"{role} ConfigRecords")
-    _reply_client_id(content, keys, client_id, role)
-    if keys.metrics not in content.metric_records:
-        raise ValueError(f"{role} must hold a MetricRecord {keys.metrics!r}, got keys {list(content)}")
-    metrics = content.metric_records[keys.metrics]
+    metrics = _reply_metrics(content, keys, client_id, role, arrays=set())
     return _read_evaluation(metrics, f"{role} metrics"), metrics

@@ -15,11 +15,9 @@ error replies the SuperLink sends on a node's behalf are recorded with their rea
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from .._atomic import atomic_write
 from ..presets import Preset, as_preset
 from ..server import Server
 from . import _flower_protocol as protocol
@@ -116,20 +115,6 @@ def _payload_bytes(content: RecordDict) -> int:
     return sum(len(a.data) for record in content.array_records.values() for a in record.values())
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _mean_finite(values: Iterable[float]) -> Optional[float]:
     arr = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     return float(arr.mean()) if arr.size else None
@@ -157,6 +142,8 @@ class FedFomo(Strategy):
                           default is the mean over clients (each personalised model counts once)
     weighted_by_key:      passed to the aggregation functions ("num-examples")
     arrayrecord_key, configrecord_key, metricrecord_key: record names in the messages
+    model_store:          a ``.npy`` file to hold the N x P model table on disk (memory-mapped,
+                          :mod:`fomo_core.model_store`) instead of in memory
     identify_timeout:     seconds to wait for new nodes to say their client id
     affinity_history:     keep a copy of the N x N matrix in every round's record
     """
@@ -183,6 +170,7 @@ class FedFomo(Strategy):
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
+        model_store: Optional[Union[str, os.PathLike]] = None,
         identify_timeout: float = 120.0,
         affinity_history: bool = False,
     ) -> None:
@@ -208,6 +196,7 @@ class FedFomo(Strategy):
             raise ValueError(f"candidate_dtype must be one of {TRANSPORTS}, got {candidate_dtype!r}")
         self.candidate_dtype = candidate_dtype
         self.state_dir = None if state_dir is None else os.fspath(state_dir)
+        self.model_store = None if model_store is None else os.fspath(model_store)
         for name, fn in (("train_metrics_aggr_fn", train_metrics_aggr_fn), ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable (list[RecordDict], str) -> MetricRecord, got {type(fn).__name__}")
@@ -492,8 +481,16 @@ class FedFomo(Strategy):
             return
         n = self.num_clients or num_nodes
         self.num_clients = n
-        self.state = Server(n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy)
+        self.state = Server(n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy,
+                            models=self._store(n))
         self.client_ids = [None] * n
+
+    def _store(self, num_clients: int) -> Optional[np.ndarray]:
+        if self.model_store is None:
+            return None
+        from ..model_store import open_model_store
+
+        return open_model_store(self.model_store, num_clients, self.layout.size)
 
     def _bound_nodes(self, grid: Grid, minimum: int, server_round: int) -> list:
         """Waits for enough nodes (as Flower's sample_nodes), asks new ones for their stable id,
@@ -657,7 +654,8 @@ class FedFomo(Strategy):
             "rng": self._rng.bit_generator.state,
             "rounds": [r.to_json() for r in self.rounds],
         }
-        _write_atomic(os.path.join(folder, _STATE_FILE), json.dumps(meta).encode())
+        data = json.dumps(meta).encode()
+        atomic_write(os.path.join(folder, _STATE_FILE), lambda f: f.write(data))
         for name in os.listdir(folder):  # earlier rounds' server states
             if name.startswith("server-r") and name != meta["server"]:
                 os.unlink(os.path.join(folder, name))
@@ -669,7 +667,7 @@ class FedFomo(Strategy):
             raise ValueError(f"state_dir {self.state_dir!r} holds format {meta.get('format')!r}, expected {_FORMAT!r}")
         if ModelLayout.from_json(meta["layout"]) != layout:
             raise ValueError(f"state_dir {self.state_dir!r} holds models of another layout than initial_arrays")
-        state = Server.load(os.path.join(self.state_dir, meta["server"]))
+        state = Server.load(os.path.join(self.state_dir, meta["server"]), models=self._store(len(meta["client_ids"])))
         if state.m != self.m or state.policy != self.policy:
             raise ValueError(f"state_dir {self.state_dir!r} was written with m={state.m}, {state.policy}; "
                              f"this strategy has m={self.m}, {self.policy}")

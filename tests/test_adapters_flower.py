@@ -37,7 +37,6 @@ from fomo_core.adapters.flower import (
 )
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
-from fomo_core.simulate.metrics import within_group_fraction
 
 import flower_local as fl
 
@@ -490,6 +489,16 @@ def test_a_resumed_strategy_continues_exactly_where_it_stopped(tmp_path):
     assert [r.candidates for r in straight.rounds] == [r.candidates for r in second.rounds]
     meta = json.loads((tmp_path / "strategy.json").read_text())
     assert meta["round"] == 4 and sorted(os.listdir(tmp_path)) == ["server-r000004.npz", "strategy.json"]
+
+
+def test_a_disk_model_store_gives_the_same_federation_and_resumes(tmp_path):
+    straight, _ = fl.run_federation(None, 4)
+    fl.run_federation(str(tmp_path / "state"), 2, model_store=tmp_path / "models.npy")
+    resumed, _ = fl.run_federation(str(tmp_path / "state"), 4, model_store=tmp_path / "models.npy")
+    assert isinstance(resumed.state.models, np.memmap)
+    np.testing.assert_array_equal(resumed.affinity_matrix, straight.affinity_matrix)
+    for cid in straight.client_ids:
+        np.testing.assert_array_equal(resumed.model(cid), straight.model(cid))
 
 
 def test_a_checkpoint_of_another_model_or_strategy_is_refused(tmp_path):
