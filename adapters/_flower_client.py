@@ -23,7 +23,36 @@ from flwr.clientapp import ClientApp
 from . import _flower_protocol as protocol
 from ._flower_layout import ModelLayout
 
-__all__ = ["model_record", "node_client_id", "fedfomo_train", "fedfomo_evaluate", "fedfomo_client_app"]
+__all__ = ["DictBatches", "model_record", "node_client_id", "fedfomo_train", "fedfomo_evaluate", "fedfomo_client_app"]
+
+
+class DictBatches:
+    """(X, y) batches from batches that are mappings, the flwr-datasets convention
+    (``{"img": ..., "label": ...}`` from a DataLoader over a partition): what the FedFomo clients
+    take as ``val_data`` / ``train_data``. Re-iterable; ``dataset`` is the loader's.
+
+    >>> FedFomoClient(Net(), val_data=DictBatches(val_loader, "img", "label"), ...)
+    """
+
+    def __init__(self, batches, features: str = "img", label: str = "label"):
+        if not hasattr(batches, "__iter__"):
+            raise TypeError(f"batches must be an iterable of mappings (a DataLoader), got {type(batches).__name__}")
+        for name, key in (("features", features), ("label", label)):
+            if not isinstance(key, str):
+                raise TypeError(f"{name} must be a key (str), got {type(key).__name__}")
+        self.batches, self.features, self.label = batches, features, label
+        self.dataset = getattr(batches, "dataset", None)
+
+    def __iter__(self):
+        for k, batch in enumerate(self.batches):
+            try:
+                yield batch[self.features], batch[self.label]
+            except (KeyError, TypeError, IndexError):
+                keys = list(batch.keys()) if hasattr(batch, "keys") else type(batch).__name__
+                raise ValueError(f"batch {k} has no {self.features!r} and {self.label!r} entries (it has {keys})") from None
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _data_size(data: Any) -> int:
@@ -159,6 +188,34 @@ def _decode(client: Any, codec: Any, layout: ModelLayout, record: ArrayRecord, r
     return codec.from_arrays(client, layout, layout.arrays(flat))
 
 
+LAST_UPDATE_KEY = "fedfomo.last-update"
+
+
+def _restore_last_update(client: Any, state: Any) -> None:
+    """Presets whose baseline is the model at the client's last federated update (PFLlib's) need
+    that model across rounds; a ClientApp is rebuilt for every message, so it lives in the node's
+    Context.state. Without one saved yet, the model just received is the baseline."""
+    last = getattr(client, "last_update", None)
+    if last is None:
+        return
+    saved = None if state is None else state.array_records.get(LAST_UPDATE_KEY)
+    values = client.params if saved is None else saved["0"].numpy()
+    if hasattr(last, "copy_"):
+        import torch
+
+        with torch.no_grad():
+            last.copy_(torch.as_tensor(np.asarray(values) if saved is not None else values))
+    else:
+        last[...] = np.asarray(values)
+
+
+def _save_last_update(client: Any, state: Any) -> None:
+    last = getattr(client, "last_update", None)
+    if last is not None and state is not None:
+        values = last.detach().cpu().numpy() if hasattr(last, "detach") else np.asarray(last)
+        state[LAST_UPDATE_KEY] = ArrayRecord([np.array(values)])
+
+
 def _evaluate(client: Any, codec: Any, data: Any) -> protocol.Evaluation:
     losses, accuracies = client.evaluate(codec.own_batch(client), data)
     size = _data_size(client.val_data if data is None else data)
@@ -175,19 +232,22 @@ def fedfomo_train(
     client_id: str,
     test_data: Any = None,
     keys: protocol.RecordKeys = protocol.RecordKeys(),
+    state: Any = None,
 ) -> Message:
     """Runs one FedFomo round of ``client`` on a train message and returns the reply.
 
     Loads the client's model from the message (its baseline), decodes the candidates (16-bit ones
     widened), runs ``client.round`` (evaluate on its validation data, fomo_step with the server's
     ``norm``/``eps``, local training) and, when the server asks, evaluates the new model on
-    ``test_data`` (the validation data when None) in the same reply.
+    ``test_data`` (the validation data when None) in the same reply. ``state`` (the node's
+    ``context.state``) keeps what the client's preset needs between rounds (PFLlib's baseline).
     """
     codec = _codec(client)
     instruction = protocol.read_train_instruction(message.content, keys)
     own = codec.record(client)
     layout = ModelLayout.of(own)
     codec.load(client, _decode(client, codec, layout, instruction.model, f"the message's {keys.arrays!r}"))
+    _restore_last_update(client, state)
     candidates = codec.stack(client, [
         _decode(client, codec, layout, r, f"candidate {k}", instruction.transport) for k, r in enumerate(instruction.candidates)
     ])
@@ -195,6 +255,7 @@ def fedfomo_train(
     if options:
         client.policy = client.policy.replace(**options)
     result = client.round(candidates)
+    _save_last_update(client, state)
     evaluation = _evaluate(client, codec, test_data) if instruction.evaluate else None
     content = protocol.train_reply(
         codec.record(client), result, instruction.candidate_clients, keys=keys, client_id=client_id,
@@ -255,7 +316,8 @@ def fedfomo_client_app(
     @app.train()
     def train(message: Message, context: Context) -> Message:
         cid = protocol.check_client_id(client_id_fn(context))
-        return fedfomo_train(message, client_fn(context), client_id=cid, test_data=test_data(context), keys=keys)
+        return fedfomo_train(message, client_fn(context), client_id=cid, test_data=test_data(context), keys=keys,
+                             state=context.state)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -22,12 +22,13 @@ layout is in ``fomo_core.adapters._flower_protocol``.
 
 from __future__ import annotations
 
-from ._flower_client import fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record, node_client_id
+from ._flower_client import DictBatches, fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record, node_client_id
 from ._flower_layout import ModelLayout
 from ._flower_protocol import RecordKeys
 from ._flower_strategy import FedFomo, FedFomoRound
 
 __all__ = [
+    "DictBatches",
     "FedFomo",
     "FedFomoRound",
     "ModelLayout",
