@@ -750,3 +750,24 @@ def test_a_node_without_a_stable_id_is_never_bound(clients_data):
     strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=1)
     assert strategy.rounds == [] or strategy.rounds[0].scores == {}
     assert [k for k, _ in grid.sent] == ["query"] * 4
+
+
+# --- the Flower App in examples/flower-app, in this process ----------------------------------------
+
+
+@pytest.mark.parametrize("framework", ["sklearn", "torch"])
+def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
+    import tomllib
+
+    app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+    monkeypatch.syspath_prepend(str(app_dir))
+    from fedfomo_app import client_app, server_app
+
+    config = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config.update({"num-server-rounds": 2, "num-clients": 4, "num-groups": 2, "framework": framework,
+                   "state-dir": str(tmp_path), "candidate-dtype": "bfloat16"})
+    grid = fl.LocalGrid(client_app.app, {101: 0, 102: 1, 103: 2, 104: 3}, run_config=config)
+    server_app.main(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=config))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["failed"] for r in results["rounds"]] == [{}, {}]
+    assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]

@@ -23,7 +23,7 @@ def main(grid: Grid, context: Context) -> None:
     state_dir = str(rc["state-dir"]) or None
     strategy = FedFomo(
         m=int(rc["candidates"]), preset=str(rc["preset"]), num_clients=n, seed=int(rc["seed"]),
-        fraction_train=float(rc["fraction-train"]), min_available_nodes=int(rc.get("min-nodes", n)),
+        fraction_train=float(rc["fraction-train"]), min_available_nodes=n,
         min_train_nodes=1, min_evaluate_nodes=1, candidate_dtype=str(rc["candidate-dtype"]), state_dir=state_dir,
     )
     result = strategy.start(grid=grid, initial_arrays=model_record(initial_model(str(rc["framework"]), 0)),
