@@ -255,7 +255,7 @@ class FedFomo(Strategy):
 
         Returns Flower's Result with the aggregated metrics per round and, in ``arrays``, every
         client's personalised model as one flat float32 array per stable client id (the layered
-        record of one client: :meth:`model_record`). ``evaluate_fn`` (server-side evaluation) is
+        record of one client: :meth:`model_record`; empty with a ``model_store``). ``evaluate_fn`` (server-side evaluation) is
         not supported: there is no global model."""
         if evaluate_fn is not None:
             raise ValueError("evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its own)")
@@ -630,8 +630,9 @@ class FedFomo(Strategy):
         return self.layout.record(self.state.model(self.client_index(client_id)))
 
     def models_record(self) -> ArrayRecord:
-        """Every bound client's latest model, one flat float32 array per stable id."""
-        if self.state is None:
+        """Every bound client's latest model, one flat float32 array per stable id (empty with a
+        ``model_store``: the models stay on disk, read them with :meth:`model`)."""
+        if self.state is None or self.model_store is not None:
             return ArrayRecord()
         return ArrayRecord({cid: Array(np.array(self.state.model(i))) for i, cid in enumerate(self.client_ids) if cid is not None})
 
