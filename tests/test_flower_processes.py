@@ -95,6 +95,12 @@ class Processes:
             pytest.fail(f"{name} did not finish within {timeout} s; log:\n{self.log(name)[-3000:]}")
         return self.log(name)
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM to one process's group (a SuperNode shutting down), waited for."""
+        proc = next(p for n, p, _ in self.procs if n == name)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
@@ -160,8 +166,8 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"nothing listened on port {port} within {timeout} s")
 
 
-def _flwr_run(procs: Processes, state: Path, run_config: str, extra: list, timeout: float) -> str:
-    out = procs.run("flwr-run", [str(BIN / "flwr"), "run", str(APP), *extra, "--stream",
+def _flwr_run(procs: Processes, state: Path, run_config: str, extra: list, timeout: float, name: str = "flwr-run") -> str:
+    out = procs.run(name, [str(BIN / "flwr"), "run", str(APP), *extra, "--stream",
                                  "--run-config", f"state-dir='{state}' {run_config}"], timeout)
     assert (state / "results.json").exists(), f"the ServerApp wrote no results; flwr run said:\n{out[-4000:]}"
     return out
@@ -246,3 +252,18 @@ def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
     accuracy = [r["mean_accuracy"] for r in results["rounds"]]
     print(f"deployment: {seconds:.1f} s, accuracy per round {accuracy}, "
           f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}")
+
+    # A restarted SuperNode (a new Flower node id, the same partition) and a new ServerApp on the
+    # same state folder: the run resumes at round 4 with client 1 on its new node
+    procs.terminate("supernode-1")
+    procs.start("supernode-1b", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                 "--host", "127.0.0.1", "--port", str(node_ports[1]),
+                                 "--node-config", "partition-id=1 num-partitions=3"])
+    before = json.loads((state / "strategy.json").read_text())
+    (state / "results.json").unlink()
+    _flwr_run(procs, state, "num-server-rounds=4 num-clients=3 num-groups=2 candidates=2", ["deploy"], timeout=120, name="flwr-run-2")
+    resumed = json.loads((state / "results.json").read_text())
+    assert json.loads((state / "strategy.json").read_text())["round"] == 4
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    assert resumed["rounds"][:3] == results["rounds"] and resumed["client_ids"] == before["client_ids"]
+    assert resumed["rounds"][3]["failed"] == {} and sorted(resumed["rounds"][3]["scores"]) == ["0", "1", "2"]
