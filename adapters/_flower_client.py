@@ -1,7 +1,9 @@
 """ClientApp side of FedFomo on Flower: a received message in, the client round, a reply out.
 
 The clients are the adapters' own: :class:`fomo_core.adapters.torch.FedFomoClient` (PyTorch) and
-:class:`fomo_core.adapters.numpy.MLPClassifierClient` (scikit-learn). This module converts
+:class:`fomo_core.adapters.numpy.MLPClassifierClient` (scikit-learn), or any object with the
+same interface (``get_flat``, ``set_flat``, ``round``, ``evaluate``: e.g. one built on
+:func:`fomo_core.round.federate` with its own training and evaluation). This module converts
 Flower's ArrayRecords to and from their parameters (decoding 16-bit candidates) and calls their
 ``round`` / ``evaluate``.
 
@@ -17,7 +19,7 @@ import sys
 from typing import Any, Callable, Optional
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from . import _flower_protocol as protocol
@@ -132,6 +134,40 @@ class _MLPCodec:
         return client.params[None, :]
 
 
+class _FlatCodec:
+    """Any other client with the FedFomo client interface: ``get_flat()`` -> [P], ``set_flat(flat)``,
+    ``round(candidates [M, P])`` -> a round result (:class:`fomo_core.ClientRound`'s fields),
+    ``evaluate(models [K, P], data=None)`` -> (losses [K], accuracies [K]) and ``train_data`` /
+    ``val_data``. Its model travels as one flat array ``"flat"``."""
+
+    @staticmethod
+    def record(client: Any) -> ArrayRecord:
+        return ArrayRecord({"flat": Array(np.array(_numpy(client.get_flat())))})
+
+    @staticmethod
+    def from_arrays(client: Any, layout: ModelLayout, arrays: list) -> np.ndarray:
+        return arrays[0]
+
+    @staticmethod
+    def load(client: Any, model: Any) -> None:
+        client.set_flat(model)
+
+    @staticmethod
+    def stack(client: Any, models: list) -> np.ndarray:
+        return np.stack(models) if models else np.empty((0, np.size(_numpy(client.get_flat()))), np.float32)
+
+    @staticmethod
+    def own_batch(client: Any) -> Any:
+        return _numpy(client.get_flat())[None, :]
+
+
+_CLIENT_INTERFACE = ("get_flat", "set_flat", "round", "evaluate")
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 def _codec(client: Any):
     from .numpy import MLPClassifierClient
 
@@ -142,16 +178,19 @@ def _codec(client: Any):
 
         if isinstance(client, FedFomoClient):
             return _TorchCodec
+    if all(callable(getattr(client, name, None)) for name in _CLIENT_INTERFACE):
+        return _FlatCodec
     raise TypeError(
-        "client must be a fomo_core.adapters.torch.FedFomoClient or a "
-        f"fomo_core.adapters.numpy.MLPClassifierClient, got {type(client).__name__}"
+        "client must be a fomo_core.adapters.torch.FedFomoClient, a fomo_core.adapters.numpy.MLPClassifierClient "
+        f"or have the FedFomo client interface ({', '.join(_CLIENT_INTERFACE)}), got {type(client).__name__}"
     )
 
 
 def model_record(model: Any) -> ArrayRecord:
     """The ArrayRecord FedFomo exchanges for ``model``: a torch ``nn.Module`` or FedFomoClient
     (its state_dict), a fitted / initialised scikit-learn MLPClassifier or MLPClassifierClient (its
-    layers [W1, b1, W2, b2, ...]). Use it for the strategy's ``initial_arrays``."""
+    layers [W1, b1, W2, b2, ...]), or any other client with the FedFomo client interface (its flat
+    model, one array). Use it for the strategy's ``initial_arrays``."""
     from .numpy import MLPClassifierClient
 
     if isinstance(model, MLPClassifierClient):
@@ -167,9 +206,12 @@ def model_record(model: Any) -> ArrayRecord:
             model = model.module
         if isinstance(model, torch.nn.Module):
             return ArrayRecord(model.state_dict())
+    if all(callable(getattr(model, name, None)) for name in _CLIENT_INTERFACE):
+        return _FlatCodec.record(model)
     raise TypeError(
         "model must be a torch.nn.Module, a scikit-learn MLPClassifier with parameters (fitted, or "
-        f"initialise_mlp) or a FedFomoClient / MLPClassifierClient, got {type(model).__name__}"
+        f"initialise_mlp), a FedFomoClient / MLPClassifierClient or a client with {_CLIENT_INTERFACE}, "
+        f"got {type(model).__name__}"
     )
 
 

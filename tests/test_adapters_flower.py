@@ -730,7 +730,7 @@ def test_handlers_refuse_models_that_do_not_fit_the_client(clients_data):
         fedfomo_train(train_message(good, [good, model_record(wide)], [1, 2]), client, client_id="0")
     with pytest.raises(ValueError, match="must hold 2 candidate ArrayRecords"):
         fedfomo_train(train_message(good, [good], [1, 2]), client, client_id="0")
-    with pytest.raises(TypeError, match="client must be a fomo_core.adapters.torch.FedFomoClient or"):
+    with pytest.raises(TypeError, match="client must be a fomo_core.adapters.torch.FedFomoClient, a"):
         fedfomo_train(train_message(good, [], []), object(), client_id="0")
 
 
@@ -758,6 +758,71 @@ def test_a_node_without_a_stable_id_is_never_bound(clients_data):
     strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=1)
     assert strategy.rounds == [] or strategy.rounds[0].scores == {}
     assert [k for k, _ in grid.sent] == ["query"] * 4
+
+
+class SoftmaxClient:
+    """A client of the user's own making: softmax regression in NumPy, its own loss and training,
+    FedFomo's weighing and update from fomo_core.round.federate. What the Flower adapter needs is
+    the interface (get_flat, set_flat, round, evaluate, train_data, val_data)."""
+
+    def __init__(self, d):
+        from fomo_core.presets import get_preset
+
+        self.policy = get_preset("fomo-core").client
+        self.params = np.zeros(65 * 10, np.float32)
+        self.train_data, self.val_data = (d.x_train, d.y_train), (d.x_val, d.y_val)
+
+    def get_flat(self):
+        return self.params.copy()
+
+    def set_flat(self, flat):
+        self.params[...] = flat
+
+    def evaluate(self, models, data=None):
+        x, y = self.val_data if data is None else data
+        losses, accs = [], []
+        for flat in np.asarray(models, dtype=np.float64):
+            logits = x @ flat[:640].reshape(64, 10) + flat[640:]
+            logits -= logits.max(1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+            losses.append(-logp[np.arange(len(y)), y].mean())
+            accs.append((logits.argmax(1) == y).mean())
+        return np.array(losses), np.array(accs)
+
+    def round(self, candidates):
+        from fomo_core.round import federate
+
+        result = federate(self.policy, self.params, candidates, lambda ms: self.evaluate(np.stack(ms)), copy=np.copyto)
+        x, y = self.train_data
+        for _ in range(20):  # plain gradient descent on the cross-entropy
+            w = self.params[:640].reshape(64, 10)
+            logits = x @ w + self.params[640:]
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1
+            self.params[:640] -= 0.5 * (x.T @ p / len(y)).ravel()
+            self.params[640:] -= 0.5 * p.mean(0)
+        return result
+
+
+def test_a_client_of_the_users_own_making_federates(clients_data):
+    _, data = clients_data
+
+    def client_fn(context):
+        return SoftmaxClient(data[int(context.node_config["partition-id"])])
+
+    def test_data_fn(context):
+        d = data[int(context.node_config["partition-id"])]
+        return d.x_test, d.y_test
+
+    grid = fl.LocalGrid(fedfomo_client_app(client_fn, test_data_fn=test_data_fn), NODES)
+    strategy = FedFomo(m=2, seed=0)
+    initial = model_record(SoftmaxClient(data[0]))
+    assert list(initial.keys()) == ["flat"]
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=3)
+    assert all(r.failed == {} and len(r.accuracy) == 4 for r in strategy.rounds)
+    assert strategy.rounds[-1].mean_accuracy > 0.8
+    assert any(max(w) > 0 for w in strategy.rounds[-1].weights.values())  # candidates were weighed
 
 
 # --- the Flower App in examples/flower-app, in this process ----------------------------------------
