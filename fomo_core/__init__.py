@@ -20,6 +20,7 @@ from .ops import (
     first_order_scores,
     fomo_step,
 )
+from .plan import Plan, plan
 from .presets import PRESETS, Preset, get_preset
 
 __version__ = _C.build_info()["version"]
@@ -35,6 +36,8 @@ __all__ = [
     "compute_weights",
     "first_order_scores",
     "fomo_step",
+    "Plan",
+    "plan",
     "Preset",
     "PRESETS",
     "get_preset",

@@ -35,6 +35,17 @@ inline double scalar_term(const T* c, const T* x) {
 
 constexpr int kGroup = 4;  // candidates sharing each load of the local chunk
 
+// Whether a piece's float32 pair terms may have lost precision to underflow. Each of the n / 2
+// pair terms then carries at most 3 * 2^-150 of absolute error (two squares and their sum rounded
+// in float32's subnormal range), n * 2^-149 in all: below 2^-53 of any sum above n * 2^-96, so
+// only smaller sums are redone. Only l2 squares, and only bfloat16 reaches that far: float16's
+// smallest difference, 2^-24, squares to a normal float32.
+template <Norm N, class T>
+inline bool may_have_underflowed(double sum, int64_t n) {
+  if constexpr (N == Norm::l2 && std::is_same<T, bfloat16_t>::value) return sum < double(n) * 0x1p-96;
+  else return false;
+}
+
 // Sums of the distance terms of G candidates over n contiguous elements, 8 elements a step into
 // two float64 accumulators per candidate, combined in a fixed order. Each candidate's arithmetic is
 // the same whatever G is, so grouping never changes a result.
@@ -77,10 +88,13 @@ void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
     double sum = (total[0] + total[1]) + (total[2] + total[3]);
     for (int64_t k = j; k < n; ++k) sum += scalar_term<N>(c[g] + k, x + k);
     sums[g] = sum;
-    // A bfloat16 difference beyond 1.8e19 overflows a float32 square: that candidate's piece is
-    // summed again without the float32 pairs (a candidate holding inf or NaN gives inf or NaN again).
+    // The float32 pair terms are exact to float32 rounding only inside float32's range: a bfloat16
+    // difference beyond 1.8e19 overflows its square, one below 1e-19 squares into float32's
+    // subnormals (below 1e-23 into zero). Then the candidate's piece is summed again without the
+    // pairs (a candidate holding inf or NaN gives inf or NaN again).
     if constexpr (kPairs)
-      if (!(sum - sum == 0.0)) contiguous_sums<N, T, 1, false>(x, c + g, n, sums + g);
+      if (!(sum - sum == 0.0) || may_have_underflowed<N, T>(sum, n))
+        contiguous_sums<N, T, 1, false>(x, c + g, n, sums + g);
   }
 }
 
