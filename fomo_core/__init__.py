@@ -21,7 +21,10 @@ from .ops import (
     fomo_step,
 )
 from .plan import Plan, plan
+from .policy import ClientPolicy, ServerPolicy
 from .presets import PRESETS, Preset, get_preset
+from .round import ClientRound
+from .server import Server
 
 __version__ = _C.build_info()["version"]
 
@@ -40,6 +43,10 @@ __all__ = [
     "plan",
     "Preset",
     "PRESETS",
+    "ClientPolicy",
+    "ServerPolicy",
+    "ClientRound",
+    "Server",
     "get_preset",
     "build_info",
     "has_cuda",
