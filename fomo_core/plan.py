@@ -46,8 +46,9 @@ class Plan:
     local_params:     the client's model: flat [P], or a sequence or mapping of layer arrays
     candidate_params: [M, P] for a flat model, or a sequence of M models laid out like local_params
     out:              where updates go: local_params itself (in place), another model of the same
-                      layout, or None for a model the plan allocates once (``plan.params``; its
-                      non-floating entries are copied from local_params at every update)
+                      layout, or None for a model the plan allocates (``plan.params``, made again
+                      only when the plan rebuilds itself; its non-floating entries are copied from
+                      local_params at every update)
 
     The ops take what their module-level namesakes take after the models, and give the same results
     bit for bit. Arrays may change their values between calls, not their layout; a changed layout
