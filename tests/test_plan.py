@@ -220,3 +220,34 @@ def test_bfloat16_distances_of_tiny_differences(scale):
     want = ref.candidate_distances(local, candidates)
     assert want[0] > 0
     assert_vector_close("distances", got, want, distance_rtol(4096, "bfloat16"))
+
+
+class InterfaceOnly:
+    """An array known only by __array_interface__ (no buffer protocol): the plan's generic recheck."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def __array_interface__(self):
+        return self.array.__array_interface__
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+
+def test_plan_rechecks_arrays_known_only_by_their_interface():
+    rng = np.random.default_rng(2)
+    local = [InterfaceOnly(rng.standard_normal((8, 3))), InterfaceOnly(rng.standard_normal(5))]
+    candidates = [[InterfaceOnly(rng.standard_normal(a.shape)) for a in local] for _ in range(2)]
+    plan = fc.plan(local, candidates)
+    want = fc.candidate_distances(local, candidates)
+    assert np.array_equal(plan.candidate_distances(), want)
+    candidates[1][0].array = rng.standard_normal((8, 3))  # the same object now points elsewhere
+    assert np.array_equal(plan.candidate_distances(), fc.candidate_distances(local, candidates))
+    assert not np.array_equal(plan.candidate_distances(), want)
