@@ -145,9 +145,31 @@ def kernels_section(k: dict) -> list:
         "",
         markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
         "",
-        "![weights + update bandwidth](benchmarks/results/kernels.png)",
+        f"Load average {k.get('load_average', {}).get('before', float('nan')):.1f} during that run: compare its "
+        "same-run ratios, not its milliseconds.",
         "",
-    ]
+    ] + _kernel_extras(k) + ["![weights + update bandwidth](benchmarks/results/kernels.png)", ""]
+
+
+def _kernel_extras(k: dict) -> list:
+    """Storage dtypes, skipped candidates and layer lists (with and without a plan), when present."""
+    out = []
+    wall = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes", [])}
+    cpu = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes_one_thread", [])}
+    if wall:
+        out += ["Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
+                "kernel thread, which other processes do not disturb):", "",
+                markdown_table(["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
+                               [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()]), ""]
+    if k.get("skip"):
+        out += ["Non-improving candidates (M = 10):", "",
+                markdown_table(["case", "time vs all improving", "bytes vs all improving"],
+                               [[r["case"], f"{r['relative_time']:.2f}", f"{r['relative_bytes']:.2f}"] for r in k["skip"]]), ""]
+    if k.get("layer_lists"):
+        out += ["Layer lists against the same data flat (`fomo_core.plan` reads a layout once):", "",
+                markdown_table(["model", "method", "time vs flat out="],
+                               [[r["model"], r["method"], f"{r['vs_flat']:.2f}x"] for r in k["layer_lists"]]), ""]
+    return out
 
 
 def section() -> str:

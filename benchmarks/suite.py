@@ -31,21 +31,13 @@ SUBJECTS = ("kernels", "evaluate", "round", "early-stop")
 
 
 def run_kernels(quick: bool, folder: Path) -> dict:
-    """bench_kernels' results: its run(quick) when it has one; until then its command line, which
-    writes results/<name>.json, read back. (The one place that knows how to call it.)"""
+    """bench_kernels' results, written to `folder` as kernels.{json,md,png}: its run(quick), report()
+    and plot(). (The one place that knows how to call it.)"""
     import bench_kernels
 
-    if hasattr(bench_kernels, "run"):
-        return bench_kernels.run(quick)
-    name = "kernels-quick" if quick else "kernels"
-    bench_kernels.main(["--quick", "--name", name] if quick else ["--name", name])
-    payload = json.loads((RESULTS / f"{name}.json").read_text())
-    if folder != RESULTS:  # keep every output of this run together
-        for suffix in (".json", ".md", ".png"):
-            src = RESULTS / f"{name}{suffix}"
-            if src.exists():
-                write_atomic(folder / f"kernels{suffix}", src.read_bytes())
-                src.unlink()
+    payload = bench_kernels.run(quick)
+    write_results("kernels", payload, bench_kernels.report(payload), folder)
+    bench_kernels.plot(payload, folder / "kernels.png")
     return payload
 
 
