@@ -16,20 +16,23 @@ the data is read once for all candidates. Three ways to run them (``method=``):
 
 ``method="auto"`` picks "fused" when it applies. Otherwise, on CPU, it times "loop" and "vmap" on
 the first batch (three times each, once per module, candidate count, input shape and thread count;
-remembered for later calls) and keeps vmap only when it is at least 10% faster: vmap wins where each candidate's forward is too small to fill the
-machine (a LeNet-style CNN: 2.5-2.9x the per-candidate loop, benchmarks/results/evaluate.md), the
-loop where it is compute-bound (ResNet-18, whose grouped convolutions run slower than separate
-ones). On CUDA it picks vmap (M-fold fewer kernel launches; not measured here: no GPU).
+remembered for later calls) and keeps vmap only when it is at least 10% faster. Measured
+(benchmarks/results/evaluate.md, a loaded 2-core machine, M = 10): on a LeNet-style CNN vmap ran
+1.4-1.5x the per-candidate load_state_dict loop on one thread and 2.2-3.0x on two; on ResNet-18,
+whose convolutions already fill the machine, grouped convolutions ran slower than separate ones
+(0.53x on one thread) and the loop wins. On CUDA auto picks vmap (M-fold fewer kernel launches;
+not measured here: no GPU).
 
 Both torch routes replace ``max_pool2d`` with non-overlapping windows (kernel = stride, no padding,
 dilation 1, floor mode: nn.MaxPool2d(k)) by the elementwise maximum of the k*k strided slices: the
-same values bit for bit (a maximum is exact and propagates NaN alike) and, measured here, 20-40x
-faster than torch's NCHW max_pool2d kernel on CPU, which was half of a LeNet forward.
+same values bit for bit (a maximum is exact and propagates NaN alike) and about 40x faster than
+torch's NCHW max_pool2d kernel on CPU on LeNet's first pooling ([100, 6, 28, 28]), which was half
+of a LeNet forward; with it the loop ran 1.4-1.6x the per-candidate loop on one thread.
 
-Measured and not kept: ``inference_mode`` instead of ``no_grad`` alone (0.9-1.03x; kept, since it
-costs nothing); channels_last in the loop (0.8-1.4x, inconsistent); bfloat16 autocast (2.8-3x on
-CPU, but losses off by ~1e-5 relative at initialisation and more on trained models) is the opt-in
-``autocast=torch.bfloat16``, never the default.
+Measured and not kept as defaults: ``inference_mode`` instead of ``no_grad`` alone (about 1x; kept,
+since it costs nothing); channels_last in the loop (1.05-1.6x, below the strided pooling and
+inconsistent); bfloat16 autocast (1.9-2.4x on one thread for the loop on LeNet and ResNet-18, but
+losses move by bfloat16 rounding) is the opt-in ``autocast=torch.bfloat16``.
 
 Losses agree with the plain per-candidate loop: bit for bit on the loop route; to float32 rounding
 on the vmap route (the batched kernels sum in other orders: measured below 1e-7 relative).
