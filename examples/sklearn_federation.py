@@ -39,10 +39,10 @@ clients = [MLPClassifierClient(make_estimator(k), splits[k]["val"], splits[k]["t
            for k in range(NUM_CLIENTS)]
 start = get_flat_params(clients[0].estimator)
 for c in clients:
-    c.set_params(start)
+    c.set_flat(start)
 
 # --- server ---------------------------------------------------------------------------------------
-uploaded = np.stack([c.get_params() for c in clients])  # [N, P]
+uploaded = np.stack([c.get_flat() for c in clients])  # [N, P]
 affinity = fc.Affinity(NUM_CLIENTS, epsilon=0.3, epsilon_decay=0.05, seed=0)
 
 for r in range(ROUNDS):

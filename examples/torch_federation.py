@@ -45,7 +45,7 @@ for k in range(NUM_CLIENTS):
                                  epochs=2, lr=0.05, momentum=0.5, batch_size=16, seed=k))
 
 # --- server: the latest model of every client, and who helps whom ------------------------------
-uploaded = torch.stack([c.get_params() for c in clients])  # [N, P]
+uploaded = torch.stack([c.get_flat() for c in clients])  # [N, P]
 affinity = fc.Affinity(NUM_CLIENTS, epsilon=0.3, epsilon_decay=0.05, seed=0)
 bank = CandidateBank(clients[0].module, capacity=M)
 

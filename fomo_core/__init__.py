@@ -20,7 +20,10 @@ from .ops import (
     first_order_scores,
     fomo_step,
 )
+from .policy import ClientPolicy, ServerPolicy
 from .presets import PRESETS, Preset, get_preset
+from .round import ClientRound
+from .server import Server
 
 __version__ = _C.build_info()["version"]
 
@@ -37,6 +40,10 @@ __all__ = [
     "fomo_step",
     "Preset",
     "PRESETS",
+    "ClientPolicy",
+    "ServerPolicy",
+    "ClientRound",
+    "Server",
     "get_preset",
     "build_info",
     "has_cuda",

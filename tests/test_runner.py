@@ -13,7 +13,7 @@ import torch
 
 from fomo_core.cli import main
 from fomo_core.simulate import run_experiment
-from fomo_core.simulate.files import write_atomic
+from fomo_core.simulate.files import write_atomic, write_json_atomic
 from fomo_core.simulate.runner import DEFAULT_GRID, Grid, config_from_flat, run_grid, summarise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,8 +116,15 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "f.json"
     write_atomic(str(path), "old")
 
-    with pytest.raises(TypeError):
-        write_atomic(str(path), 12345)  # neither str nor bytes: the write fails midway
+    with pytest.raises(TypeError, match="data must be str or bytes"):
+        write_atomic(str(path), 12345)
+    assert path.read_text() == "old"
+
+    class Unjsonable:
+        pass
+
+    with pytest.raises(TypeError):  # fails while serialising, before any byte is written
+        write_json_atomic(str(path), {"x": Unjsonable()})
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.json"]  # no temporary file left behind
     write_atomic(str(path), b"new")

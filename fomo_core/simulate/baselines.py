@@ -51,9 +51,9 @@ def _cohort_averaging(
                 continue
             trained = []
             for i in members:
-                clients[i].set_params(models[c])
+                clients[i].set_flat(models[c])
                 record.train_seconds += timed(clients[i].train)
-                trained.append(clients[i].get_params())
+                trained.append(clients[i].get_flat())
             t0 = time.perf_counter()
             models[c] = backend.average(trained, sizes[members])
             record.step_seconds += time.perf_counter() - t0
@@ -61,9 +61,9 @@ def _cohort_averaging(
         record.update_accuracy = float(np.mean(after_update))
         if fine_tune:
             for i in part:
-                clients[i].set_params(models[int(cohort[i])])
+                clients[i].set_flat(models[int(cohort[i])])
                 record.train_seconds += timed(clients[i].train)
-                personal[i] = clients[i].get_params()
+                personal[i] = clients[i].get_flat()
             record.client_accuracy = [_client_accuracy(backend, c, p) for c, p in zip(clients, personal)]
         else:
             record.client_accuracy = after_update

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..presets import PRESETS
 from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
 from .data import Dataset, load_dataset as _load_dataset, split_clients
@@ -33,6 +34,8 @@ def method_parts(name: str) -> tuple:
         raise ValueError(f"methods must be among {sorted(METHODS)} (FedFomo also as 'fedfomo:<preset>'), got {name!r}")
     if sep and (base != "fedfomo" or not preset):
         raise ValueError(f"only FedFomo takes a preset ('fedfomo:<preset>'), got {name!r}")
+    if sep and preset not in PRESETS:
+        raise ValueError(f"method {name!r}: preset must be one of {sorted(PRESETS)}, got {preset!r}")
     return base, (preset or None)
 
 
@@ -107,12 +110,20 @@ def run_experiment(
     partition = make_partition(cfg, dataset, rng)
     data = split_clients(dataset, partition, rng, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          target=cfg.target, max_train=cfg.max_train, label_noise=cfg.label_noise)
-    backend = make_backend(cfg.backend, dataset, cfg.training, seed)
-    init = backend.init_params()
-    _warm_up(backend, data[0], init, seed)
+    backends: dict = {}  # per FedFomo preset: clients run their preset's round
+
+    def backend_for(preset: str):
+        if preset not in backends:
+            backend = make_backend(cfg.backend, dataset, cfg.training, seed, preset=preset)
+            backends[preset] = (backend, backend.init_params())  # the same seeded initial model
+            if len(backends) == 1:
+                _warm_up(backend, data[0], backends[preset][1], seed)
+        return backends[preset]
+
     runs: dict = {}
     for name, base, preset in methods:
-        fed = cfg.federation if preset is None else _with_preset(cfg.federation, preset)
+        fed = cfg.federation if preset is None else replace(cfg.federation, preset=preset)
+        backend, init = backend_for(fed.preset)
         extra = {"groups": partition.groups} if base in BASELINES else {}
         # fresh clients for every method: same data, same initial model, same shuffling seeds
         clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
@@ -121,17 +132,11 @@ def run_experiment(
     return _results(cfg, dataset, partition, data, runs, time.perf_counter() - t_start)
 
 
-def _with_preset(fed: FederationSettings, preset: str) -> FederationSettings:
-    if "preset" not in FederationSettings.__dataclass_fields__:
-        raise ValueError(f"method 'fedfomo:{preset}': this version's simulator has no FedFomo presets")
-    return replace(fed, preset=preset)
-
-
 def _warm_up(backend, data, init, seed: int) -> None:
     """One throwaway round, so that the first method's timings do not include the framework's
     one-off start-up costs (kernel selection, allocator warm-up)."""
     client = backend.new_client(data, init, seed)
-    client.round(backend.candidates(backend.table(2, init), np.array([1]), client))
+    client.round(backend.as_batch(init))
 
 
 def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:

@@ -322,6 +322,7 @@ DEFAULT_GRID = Grid(
         "mnist-2groups": {},
         "mnist-2groups-20train": {"max_train": 20},
         "mnist-2groups-noise30": {"label_noise": 0.3},
+        "mnist-2groups-20train-noise30": {"max_train": 20, "label_noise": 0.3},
     },
     methods=("fedfomo", "fedavg", "local", "fedavg_ft", "oracle"),
     seeds=(0, 1, 2, 3, 4),
