@@ -291,7 +291,7 @@ def results_table(results: dict) -> str:
         after = run.get("final_accuracy_after_update")
         rows.append((
             method_label(name), "–" if after is None else f"{100 * after:.1f}%", f"{100 * run['final_accuracy']:.1f}%",
-            f"{s['eval']:.2f}", f"{s['step']:.3f}", f"{s['train']:.2f}",
+            *(f"{s[k]:.{d}f}" if s[k] > 0 else "–" for k, d in (("eval", 2), ("step", 3), ("train", 2))),
         ))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = []
@@ -342,7 +342,7 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
     def on_round(method: str, record) -> None:
         if bar is not None:
             bar.set_description(method_label(method))
-            bar.set_postfix(acc=f"{100 * record.accuracy:.1f}%")
+            bar.set_postfix_str(f"after local training {100 * record.accuracy:.1f}%")
             bar.update(1)
 
     t0 = time.perf_counter()

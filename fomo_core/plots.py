@@ -60,10 +60,13 @@ def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> N
         acc = 100 * np.asarray(run["accuracy_per_round"], dtype=float)
         rounds = np.arange(1, acc.size + 1)
         color = _color(name, k)
-        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=color, label=f"{method_label(name)}, after local training",
-                zorder=3 if name == "fedfomo" else 2)  # FedFomo on top where the lines meet
         after = run.get("accuracy_after_update_per_round")
-        if after is not None and not np.allclose(after, run["accuracy_per_round"]):
+        same = after is None or np.array_equal(after, run["accuracy_per_round"])
+        label = f"{method_label(name)}, " + ("averaged model (no training after it)" if same and after is not None
+                                             else "after local training")
+        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=color, label=label,
+                zorder=3 if name == "fedfomo" else 2)  # FedFomo on top where the lines meet
+        if not same:
             ax.plot(rounds, 100 * np.asarray(after, dtype=float), ls="--", lw=1.5, color=color,
                     label=f"{method_label(name)}, after the update")
     ax.set_xlabel("round")

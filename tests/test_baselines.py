@@ -42,20 +42,23 @@ def test_fedavg_ft_after_update_is_fedavg_before_its_first_fine_tuning():
     assert ft["seconds"]["train"] > 0
 
 
-def test_oracle_is_fedavg_run_inside_each_group():
-    """The oracle's per-client accuracies equal those of FedAvg run separately on each group's
-    clients (the same clients, seeds and data), round by round."""
+def federation(groups: int):
+    """(backend, initial model, partition, fresh()) for 6 digits clients in ``groups`` groups;
+    fresh() builds the clients anew (same data and seeds)."""
     digits = load_digits()
     rng = np.random.default_rng(0)
-    partition = latent_groups(digits.y, 6, 2, rng)
+    partition = latent_groups(digits.y, 6, groups, rng)
     data = split_clients(digits, partition, rng)
     backend = make_backend("torch", digits, TrainSettings(epochs=1, hidden=(8,)), seed=0)
     init = backend.init_params()
+    return backend, init, partition, lambda: [backend.new_client(d, init, k) for k, d in enumerate(data)]
+
+
+def test_oracle_is_fedavg_run_inside_each_group():
+    """The oracle's per-client accuracies equal those of FedAvg run separately on each group's
+    clients (the same clients, seeds and data), round by round."""
+    backend, init, partition, fresh = federation(2)
     fed = FederationSettings(rounds=2)
-
-    def fresh():
-        return [backend.new_client(d, init, k) for k, d in enumerate(data)]
-
     oracle = run_group_oracle(backend, fresh(), init, fed, groups=partition.groups)
     expected = np.zeros((2, 6))
     for g in (0, 1):
@@ -71,15 +74,9 @@ def test_oracle_is_fedavg_run_inside_each_group():
 def test_fedavg_ft_clients_skipping_a_round_keep_their_copy():
     """With participation < 1 a client that does not take part keeps its last fine-tuned copy,
     so its after-training accuracy is unchanged in a round it skips."""
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    partition = latent_groups(digits.y, 6, 3, rng)
-    data = split_clients(digits, partition, rng)
-    backend = make_backend("torch", digits, TrainSettings(epochs=1, hidden=(8,)), seed=0)
-    init = backend.init_params()
-    clients = [backend.new_client(d, init, k) for k, d in enumerate(data)]
+    backend, init, _, fresh = federation(3)
     fed = FederationSettings(rounds=3, participation=0.5, seed=4)
-    run = run_fedavg_finetune(backend, clients, init, fed)
+    run = run_fedavg_finetune(backend, fresh(), init, fed)
     for prev, cur in zip(run.rounds, run.rounds[1:]):
         for k in set(range(6)) - set(cur.participants):
             assert cur.client_accuracy[k] == prev.client_accuracy[k]

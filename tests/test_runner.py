@@ -71,10 +71,12 @@ def test_summary_statistics_are_paired_by_seed():
     fomo = summary["methods"]["fedfomo"]
     assert fomo["after_training"]["mean"] == pytest.approx(0.8)
     assert fomo["after_training"]["sd"] == pytest.approx(0.1)  # sample sd (ddof 1)
-    d = summary["methods"]["local"]["paired_difference"]
+    d = summary["methods"]["local"]["paired_difference"]["after_training"]
     diffs = np.array([0.05, 0.2, -0.05])
     assert d["mean"] == pytest.approx(diffs.mean()) and d["sd"] == pytest.approx(diffs.std(ddof=1))
     assert d["reference_better_seeds"] == 2 and d["seeds"] == 3 and d["min"] == pytest.approx(-0.05)
+    assert summary["methods"]["local"]["paired_difference"]["after_update"]["mean"] == pytest.approx(diffs.mean())
+    assert "paired_difference" not in fomo
     # shifted targets: the headline is the accuracy after the federated update
     shifted = [{**r, "target": "shifted"} for r in records]
     assert summarise(shifted, grid)["s"]["headline"] == "after_update"

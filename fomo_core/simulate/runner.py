@@ -189,7 +189,7 @@ def run_grid(
 
             def on_round(method: str, record) -> None:
                 if bar is not None:
-                    bar.set_postfix(acc=f"{100 * record.accuracy:.1f}%")
+                    bar.set_postfix_str(f"after local training {100 * record.accuracy:.1f}%")
                     bar.update(1)
 
             result = run(cfg, on_round)
@@ -232,9 +232,16 @@ def headline_metric(target: str) -> str:
     return "after_update" if target != "local" else "after_training"
 
 
+def _paired(diffs: list, reference: str) -> dict:
+    mean, sd = _mean_sd(diffs)
+    return {"reference": reference, "mean": mean, "sd": sd, "min": float(min(diffs)), "max": float(max(diffs)),
+            "reference_better_seeds": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)}
+
+
 def summarise(records: list, grid: Grid) -> dict:
-    """Per setting: the headline metric, per method the mean and sd over seeds of both metrics,
-    and the paired difference (first method minus each other, seed by seed) of the headline."""
+    """Per setting: the headline metric, and per method the mean and sd over seeds of both
+    metrics and, for every method but the first (the reference), the paired difference of both
+    (reference minus method, seed by seed: mean, sd, min, max, seeds where the reference is better)."""
     out = {}
     reference = grid.methods[0]
     for setting in grid.settings:
@@ -249,12 +256,9 @@ def summarise(records: list, grid: Grid) -> dict:
                 entry[metric] = {"mean": mean, "sd": sd}
             entry["per_seed"] = {str(s): {k: by[(m, s)][k] for k in METRICS} for s in grid.seeds}
             if m != reference:
-                diffs = [by[(reference, s)][headline] - by[(m, s)][headline] for s in grid.seeds]
-                mean, sd = _mean_sd(diffs)
                 entry["paired_difference"] = {
-                    "reference": reference, "metric": headline, "mean": mean, "sd": sd,
-                    "min": float(min(diffs)), "max": float(max(diffs)),
-                    "reference_better_seeds": int(sum(d > 0 for d in diffs)), "seeds": len(diffs),
+                    metric: _paired([by[(reference, s)][metric] - by[(m, s)][metric] for s in grid.seeds], reference)
+                    for metric in METRICS
                 }
             methods[m] = entry
         out[setting] = {"config": grid.flat(setting), "headline": headline, "methods": methods}
@@ -281,15 +285,15 @@ def summary_markdown(summary: dict, grid: Grid) -> str:
         lines += [f"### {setting}", "", f"`{conf}`", ""]
         cols = [f"after update{' *' if head == 'after_update' else ''}",
                 f"after local training{' *' if head == 'after_training' else ''}",
-                f"{reference} − method ({METRICS[head]}, paired)", f"seeds {reference} better"]
+                f"{reference} − method, after update (paired; seeds better)",
+                f"{reference} − method, after local training (paired; seeds better)"]
         lines.append("| method | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for m, e in s["methods"].items():
             d = e.get("paired_difference")
-            cells = [_pm(e["after_update"]["mean"], e["after_update"]["sd"]),
-                     _pm(e["after_training"]["mean"], e["after_training"]["sd"]),
-                     "–" if d is None else _pm(d["mean"], d["sd"], signed=True),
-                     "–" if d is None else f"{d['reference_better_seeds']}/{d['seeds']}"]
+            cells = [_pm(e[k]["mean"], e[k]["sd"]) for k in METRICS]
+            cells += ["–" if d is None else f"{_pm(d[k]['mean'], d[k]['sd'], signed=True)} "
+                      f"({d[k]['reference_better_seeds']}/{d[k]['seeds']})" for k in METRICS]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
