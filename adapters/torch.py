@@ -388,7 +388,8 @@ class FedFomoClient:
         carries = self.policy.carries_buffers
         self.params = flatten_module(module, include_buffers=carries)
         self.layout = flat_layout(module, include_buffers=carries)
-        self.measured = flat_layout(module).size  # the parameters lead the flat buffer
+        self.num_params = flat_layout(module).size  # the parameters lead the flat buffer
+        self.measured = self.layout.size if self.policy.measure == "state" else self.num_params
         self.last_update = self.params.detach().clone() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data
@@ -426,7 +427,7 @@ class FedFomoClient:
         when the policy carries them, else parameter vectors (the module's buffers)."""
         if self.policy.carries_buffers and self.policy.evaluation == "eval":
             return [self.layout.views(m) for m in models]
-        return [m[: self.measured] for m in models]
+        return [m[: self.num_params] for m in models]
 
     def _val_batches(self) -> list:
         batches = [tuple(b[:2]) for b in _eval_batches(self.val_data, self.eval_batch_size)]
