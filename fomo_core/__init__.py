@@ -29,6 +29,8 @@ _COMPILED = {
     "first_order_scores": ".ops",
     "fomo_step": ".ops",
     "ClientRound": ".round",
+    "Plan": ".plan",
+    "plan": ".plan",
 }
 
 
@@ -54,6 +56,8 @@ __all__ = [
     "compute_weights",
     "first_order_scores",
     "fomo_step",
+    "Plan",
+    "plan",
     "Preset",
     "PRESETS",
     "ClientPolicy",
