@@ -122,6 +122,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         record.step_seconds += time.perf_counter() - t0
         record.client_accuracy = [_client_accuracy(backend, c, global_params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
+        record.update_accuracy = record.accuracy  # the averaged model is the after-update model too
         run.rounds.append(record)
         if on_round is not None:
             on_round(run.name, record)
@@ -134,6 +135,8 @@ def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, o
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
+        # no federated update: "after the update" is the model before this round's training
+        record.update_accuracy = float(np.mean([_client_accuracy(backend, c, c.params) for c in clients]))
         for i in part:
             record.train_seconds += timed(clients[i].train)
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
