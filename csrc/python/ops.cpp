@@ -4,6 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cfloat>
+#include <cmath>
+
 #include "fomo/check.h"
 #include "python/dispatch.h"
 #include "python/layout.h"
@@ -67,17 +70,29 @@ void update(py::handle local, py::handle candidates, py::handle out, py::handle 
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
   check_length(weights, layout, "weights");
-  for (py::ssize_t m = 0; m < weights.shape(0); ++m)
-    if (!std::isfinite(weights.at(m))) fail_value("weights[", m, "] is ", weights.at(m), "; every weight must be finite");
+  // float32, float16 and bfloat16 models are updated in float32 registers: a weight beyond float32's
+  // range would become infinite there (and 0 * inf a NaN), so it is refused rather than mis-computed.
+  bool float32_compute = false;
+  for (const Run& run : layout.runs) float32_compute = float32_compute || run.dtype != DType::float64;
+  for (py::ssize_t m = 0; m < weights.shape(0); ++m) {
+    const double w = weights.at(m);
+    if (!std::isfinite(w)) fail_value("weights[", m, "] is ", w, "; every weight must be finite");
+    if (float32_compute && std::fabs(w) > double(FLT_MAX))
+      fail_value("weights[", m, "] is ", w, ", beyond float32's range (", double(FLT_MAX), "), in which models of "
+                 "float32, float16 and bfloat16 are updated");
+  }
   py::gil_scoped_release unlocked;
   run_update(layout, scope.streams, weights.data());
 }
 
 py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
-               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results) {
+               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results,
+               double max_distance) {
   StepOptions options;
   options.norm = norm_from(norm_code);
   options.eps = eps;
+  options.max_distance = max_distance;
+  if (!(max_distance >= 0.0)) fail_value("max_distance must be a number >= 0 (infinity: no guard), got ", max_distance);
   options.all_scores = all_scores;
   options.update = !out.is_none();
   if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
@@ -118,7 +133,7 @@ void bind_ops(py::module_& m) {
         py::arg("weights"));
   m.def("step", &step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
         py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
-        py::arg("results") = py::none());
+        py::arg("results") = py::none(), py::arg("max_distance") = INFINITY);
 }
 
 }  // namespace python
