@@ -106,10 +106,10 @@ def _range(low: float, high: float) -> str:
     if low == -math.inf and high == math.inf:
         return ""
     if high == math.inf:
-        return f" >= {low:g}"
+        return f" >= {float(low)!r}"
     if low == -math.inf:
-        return f" <= {high:g}"
-    return f" in [{low:g}, {high:g}]"
+        return f" <= {float(high)!r}"
+    return f" in [{float(low)!r}, {float(high)!r}]"
 
 
 def count(value: Any, name: str, *, low: int = 0) -> int:
