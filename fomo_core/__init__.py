@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import _C
 from .affinity import Affinity
 from .dense import DenseSpec, evaluate_candidates
+from .guard import distance_bound, model_norm
 from .ops import (
     Scores,
     StepResult,
@@ -35,6 +36,8 @@ __all__ = [
     "compute_weights",
     "first_order_scores",
     "fomo_step",
+    "distance_bound",
+    "model_norm",
     "Preset",
     "PRESETS",
     "get_preset",

@@ -8,12 +8,14 @@ FedFomo's clients additionally evaluate the candidates on their validation data 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..affinity import Affinity
+from ..guard import distance_bound
+from .attacks import AttackSettings, attacker_ids, corrupt, diverge, lying_evaluation
 from .metrics import MethodRun, RoundRecord
 
 __all__ = ["FederationSettings", "participants", "run_fedfomo", "run_fedavg", "run_local", "METHODS"]
@@ -23,7 +25,9 @@ __all__ = ["FederationSettings", "participants", "run_fedfomo", "run_fedavg", "r
 class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
-    epsilon, epsilon_decay, decay, affinity_update: the server's Affinity options. seed: everything."""
+    epsilon, epsilon_decay, decay, affinity_update: the server's Affinity options. seed: everything.
+    guard: FedFomo's poisoned-client guard, a multiple of each client's own model norm beyond which
+    candidates are rejected (None: off). attack: attackers and diverging clients (see attacks.py)."""
 
     rounds: int = 20
     m: int = 5
@@ -33,6 +37,8 @@ class FederationSettings:
     decay: str = "linear"
     affinity_update: str = "raw"
     seed: int = 0
+    guard: Optional[float] = None
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +65,28 @@ def _client_accuracy(backend: Any, client: Any, params: Any) -> float:
 OnRound = Optional[Callable[[str, RoundRecord], None]]
 
 
+class _Adversity:
+    """The attack of a run: who attacks, who diverges, and what they upload."""
+
+    def __init__(self, num_clients: int, fed: FederationSettings):
+        self.settings = fed.attack
+        self.attackers, self.diverging = attacker_ids(num_clients, fed.attack, fed.seed)
+        self.rng = np.random.default_rng([fed.seed, 31337])
+
+    def after_training(self, i: int, client: Any, round: int) -> Any:
+        """The model client i uploads after training in ``round`` (its own, or the attack's)."""
+        if i in self.diverging and round >= self.settings.diverge_round:
+            diverge(client)
+        params = client.get_params()
+        return corrupt(params, self.settings, self.rng) if i in self.attackers else params
+
+    def liars_among(self, i: int, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``ids`` whose loss client i is made to see as 0 (the 'lying' attack)."""
+        if self.settings.kind != "lying" or i in self.attackers:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(np.isin(ids, self.attackers))
+
+
 def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """FedFomo: each round a participating client receives the models the server's Affinity picks
     for it (among the clients that have uploaded one), runs its FedFomo round (evaluate, update,
@@ -68,6 +96,7 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
                    update=fed.affinity_update, seed=fed.seed)
     table = backend.table(n, init)
     uploaded = np.zeros(n, dtype=bool)
+    adversity = _Adversity(n, fed)
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
@@ -78,11 +107,14 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
         after_update = [None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)]
         for i in part:
             ids = aff.select(int(i), fed.m, round=r, among=among)
-            res = clients[i].update(backend.candidates(table, ids, clients[i]))
+            if fed.guard is not None:
+                clients[i].step_options["max_distance"] = distance_bound(clients[i].params, fed.guard)
+            with lying_evaluation(clients[i], adversity.liars_among(int(i), ids)):
+                res = clients[i].update(backend.candidates(table, ids, clients[i]))
             aff.update(int(i), ids, res.scores)
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
             record.train_seconds += timed(clients[i].train)
-            uploads[int(i)] = clients[i].get_params()
+            uploads[int(i)] = adversity.after_training(int(i), clients[i], r)
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         record.update_accuracy = float(np.mean(after_update))
@@ -104,6 +136,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
     models weighted by training-set size. Every client is tested with the global model."""
     global_params = init
     sizes = np.array([_train_size(c) for c in clients], dtype=np.float64)
+    adversity = _Adversity(len(clients), fed)
     run = MethodRun("fedavg")
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
@@ -112,7 +145,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         for i in part:
             clients[i].set_params(global_params)
             record.train_seconds += timed(clients[i].train)
-            models.append(clients[i].get_params())
+            models.append(adversity.after_training(int(i), clients[i], r))
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
         record.step_seconds += time.perf_counter() - t0
@@ -127,11 +160,13 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
 def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """Local: every participant trains its own model on its own data; nothing is shared."""
     run = MethodRun("local")
+    adversity = _Adversity(len(clients), fed)
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
         for i in part:
             record.train_seconds += timed(clients[i].train)
+            adversity.after_training(int(i), clients[i], r)  # diverging clients break; nothing is sent
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
         run.rounds.append(record)
