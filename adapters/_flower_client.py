@@ -110,7 +110,7 @@ class _MLPCodec:
 
     @classmethod
     def load(cls, client: Any, record: ArrayRecord, role: str) -> None:
-        client.set_params(cls.flat(client, record, role))
+        client.set_flat(cls.flat(client, record, role))
 
     @classmethod
     def candidates(cls, client: Any, records: list) -> np.ndarray:
@@ -185,9 +185,9 @@ def fedfomo_train(message: Message, client: Any, *, partition_id: Optional[int] 
     instruction = protocol.read_train_instruction(message.content)
     codec.load(client, instruction.model, f"the message's {protocol.ARRAYS!r} (the client's model)")
     candidates = codec.candidates(client, instruction.candidates)
-    for key in ("norm", "eps"):
-        if key in instruction.config:
-            client.step_options[key] = instruction.config[key]
+    options = {key: instruction.config[key] for key in ("norm", "eps") if key in instruction.config}
+    if options:
+        client.policy = client.policy.replace(**options)
     result = client.round(candidates)
     content = protocol.train_reply(
         codec.record(client),

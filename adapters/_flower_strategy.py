@@ -145,17 +145,15 @@ class FedFomo(Strategy):
             raise TypeError(f"preset must be a preset name or a fomo_core.Preset, got {type(preset).__name__}")
         self.preset = preset
         self._affinity_options: dict = {}
-        if (epsilon is not None or epsilon_decay is not None) and preset.selection != "epsilon_greedy":
+        if (epsilon is not None or epsilon_decay is not None) and preset.server.selection == "top_m":
             raise ValueError(
                 f"epsilon and epsilon_decay apply to epsilon-greedy selection; preset {preset.name!r} "
-                f"selects by {preset.selection!r}, got epsilon={epsilon!r}, epsilon_decay={epsilon_decay!r}"
+                f"selects by {preset.server.selection!r}, got epsilon={epsilon!r}, epsilon_decay={epsilon_decay!r}"
             )
         if epsilon is not None:
             self._affinity_options["epsilon"] = epsilon
         if epsilon_decay is not None:
             self._affinity_options["epsilon_decay"] = epsilon_decay
-            positive = isinstance(epsilon_decay, (int, float, np.number)) and epsilon_decay > 0  # else Affinity says why
-            self._affinity_options["decay"] = "linear" if positive else "none"
         self.fraction_train = _fraction(fraction_train, "fraction_train")
         self.fraction_evaluate = _fraction(fraction_evaluate, "fraction_evaluate")
         self.min_train_nodes = _count(min_train_nodes, "min_train_nodes", 0)
@@ -190,11 +188,11 @@ class FedFomo(Strategy):
     def summary(self) -> None:
         """Log the strategy's configuration."""
         p = self.preset
-        eps = self._affinity_options.get("epsilon", p.epsilon)
-        decay = self._affinity_options.get("epsilon_decay", p.epsilon_decay)
+        eps = self._affinity_options.get("epsilon", p.server.epsilon)
+        decay = self._affinity_options.get("epsilon_decay", p.server.epsilon_decay)
         _log.info("\t├──> FedFomo: M=%d candidates, preset %r (selection %s, epsilon %.3g - %.3g/round)",
-                  self.m, p.name, p.selection, eps, decay)
-        _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.norm, p.eps)
+                  self.m, p.name, p.server.selection, eps, decay)
+        _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.client.norm, p.client.eps)
         _log.info("\t└──> Sampling: fraction train %.2f | evaluate %.2f, minimum nodes train %d | evaluate %d | available %d",
                   self.fraction_train, self.fraction_evaluate, self.min_train_nodes,
                   self.min_evaluate_nodes, self.min_available_nodes)
@@ -313,7 +311,7 @@ class FedFomo(Strategy):
         server_round = _count(server_round, "server_round", 1)
         nodes = self.register(node_ids)
         record = self._record(server_round)
-        among = self._recent if self.preset.selection == "top_m_recent" else sorted(self.models)
+        among = self._recent if self.preset.server.pool == "last_round" else sorted(self.models)
         messages = []
         self._pending_train = {}
         for node in nodes:
@@ -326,8 +324,8 @@ class FedFomo(Strategy):
                 ids,
                 server_round=server_round,
                 client=client,
-                norm=self.preset.norm,
-                eps=self.preset.eps,
+                norm=self.preset.client.norm,
+                eps=self.preset.client.eps,
                 config=config,
             )
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)))

@@ -21,7 +21,10 @@ from .ops import (
     first_order_scores,
     fomo_step,
 )
+from .policy import ClientPolicy, ServerPolicy
 from .presets import PRESETS, Preset, get_preset
+from .round import ClientRound
+from .server import Server
 
 __version__ = _C.build_info()["version"]
 
@@ -40,6 +43,10 @@ __all__ = [
     "model_norm",
     "Preset",
     "PRESETS",
+    "ClientPolicy",
+    "ServerPolicy",
+    "ClientRound",
+    "Server",
     "get_preset",
     "build_info",
     "has_cuda",

@@ -1,10 +1,11 @@
-"""Atomic file writes: a checkpoint is either the old file or the complete new one, never half.
+"""Atomic file writes: a checkpoint is either the old one or the new one, never half of either.
 
 The data goes to a temporary file in the destination's own folder (so that the final rename stays
 on one file system), is flushed and fsync'ed, and then replaces the destination with
 ``os.replace`` (atomic on POSIX and Windows); the folder is fsync'ed too where the platform allows,
 so that the rename itself survives a power cut. If anything fails, the temporary file is removed
-and the destination is untouched.
+and the destination is untouched. The new file keeps the old one's permissions (or gets what a
+plain ``open`` would give).
 """
 
 from __future__ import annotations
@@ -12,13 +13,33 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import IO, Iterator, Union
+from typing import Any, Callable, Union
 
 __all__ = ["atomic_write"]
 
 
+def atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None]) -> None:
+    """Calls ``write(f)`` on a temporary binary file beside ``path``, then fsyncs it and renames it
+    over ``path`` (and fsyncs the folder), so a crash at any point leaves the previous file intact."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
 def _new_file_mode(path: str) -> int:
-    """The permissions the file would get from a plain open(): the old file's, or 0o666 less the umask."""
+    """The permissions a plain open() would leave: the old file's, or 0o666 less the umask."""
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
@@ -27,32 +48,10 @@ def _new_file_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
-@contextlib.contextmanager
-def atomic_write(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[IO]:
-    """``with atomic_write(path) as f: f.write(...)``: ``path`` gets the whole content or nothing."""
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, _new_file_mode(path))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
-
-
 def _fsync_folder(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open folders; the rename is durable there already
+    except OSError:  # Windows cannot open folders; its rename is durable already
         return
     try:
         os.fsync(fd)

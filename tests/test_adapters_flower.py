@@ -135,7 +135,7 @@ def test_the_preset_sets_the_server_choices_and_the_clients_step_options():
 
     # Assert: the Affinity is the preset's (normalised updates, own model always first)
     assert strategy.affinity.options() == fc.Affinity.from_preset("paper", 3).options()
-    assert strategy.preset.norm == "l1"
+    assert strategy.preset.client.norm == "l1"
 
 
 # --- node ids and dense client indices -----------------------------------------------------------
@@ -404,14 +404,14 @@ def test_sklearn_train_handler_is_the_mlp_client_round(in_a_run, clients_data):
 
     # Execute
     answer = fedfomo_train(message, via_flower)
-    direct.step_options.update(norm="l1", eps=1e-5)  # the server's step options reach the client
-    expected = direct.round(np.stack([p.get_params() for p in peers]))
+    direct.policy = direct.policy.replace(norm="l1", eps=1e-5)  # the server's step options reach the client
+    expected = direct.round(np.stack([p.get_flat() for p in peers]))
 
     # Assert
     metrics = answer.content["metrics"]
     assert metrics["scores"] == expected.scores.tolist() and "partition-id" not in metrics
     flat = np.concatenate([a.ravel() for a in answer.content["arrays"].to_numpy_ndarrays()])
-    np.testing.assert_array_equal(flat, direct.get_params())
+    np.testing.assert_array_equal(flat, direct.get_flat())
 
 
 def test_evaluate_handler_measures_the_model_it_was_sent(in_a_run, clients_data):

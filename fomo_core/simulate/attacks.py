@@ -104,31 +104,30 @@ def corrupt(params: Any, settings: AttackSettings, rng: np.random.Generator) -> 
 
 def diverge(client: Any) -> None:
     """Turns a client's own model NaN (its training diverged)."""
-    params = client.get_params()
-    client.set_params(params * float("nan"))
+    client.set_flat(client.get_flat() * float("nan"))
 
 
-def _address(x: Any) -> int:
-    if hasattr(x, "data_ptr"):
-        return int(x.data_ptr())
-    return int(np.asarray(x).__array_interface__["data"][0])
+def _is_lying_poison(model: Any) -> bool:
+    """Whether a flat model is the lying attackers' upload (every element the same 1e30)."""
+    values = np.asarray(model.detach().cpu() if hasattr(model, "detach") else model, dtype=np.float64)
+    return values.size > 0 and values.min() == values.max() and values.max() > POISON / 2
 
 
 @contextlib.contextmanager
-def lying_evaluation(client: Any, liar_rows: np.ndarray) -> Iterator[None]:
-    """While open, ``client.evaluate`` reports a loss of 0 for the candidate rows ``liar_rows`` (the
-    baseline, the client's own model, is evaluated honestly)."""
-    if len(liar_rows) == 0:
+def lying_evaluation(client: Any, fooled: bool = True) -> Iterator[None]:
+    """While open (and ``fooled``), ``client.evaluate`` reports a validation loss of 0 for the lying
+    attackers' models among those it evaluates; everything else is evaluated honestly."""
+    if not fooled:
         yield
         return
     honest = client.evaluate
-    own = _address(client.params)
 
     def evaluate(models: Any, *args: Any, **kwargs: Any) -> tuple:
         losses, accuracies = honest(models, *args, **kwargs)
-        if _address(models) != own:
+        liars = [k for k, model in enumerate(models) if _is_lying_poison(model)]
+        if liars:
             losses = np.array(losses, dtype=np.float64)
-            losses[liar_rows] = 0.0
+            losses[liars] = 0.0
         return losses, accuracies
 
     client.evaluate = evaluate
