@@ -105,10 +105,6 @@ def real(value: Any, name: str, *, low: float = -math.inf, high: float = math.in
 def _range(low: float, high: float) -> str:
     if low == -math.inf and high == math.inf:
         return ""
-    if high == math.inf:
-        return f" >= {float(low)!r}"
-    if low == -math.inf:
-        return f" <= {float(high)!r}"
     return f" in [{float(low)!r}, {float(high)!r}]"
 
 
