@@ -54,6 +54,7 @@ def run_cell(cell: tuple) -> dict:
     guard = None if method == "fedfomo_guard" else math.inf  # None: the preset's (GUARD); inf: off
     name = "fedfomo" if method == "fedfomo_guard" else method
     fed = FederationSettings(seed=seed, guard=guard, attack=attack)
+    ratios = _measure_ratios() if (k == 0 and method == "fedfomo") else None
     start = time.perf_counter()
     results = run_experiment(ExperimentConfig(methods=(name,), federation=fed))
     return {
@@ -61,7 +62,30 @@ def run_cell(cell: tuple) -> dict:
         "client_accuracy": results["methods"][name]["final_client_accuracy"],
         "attacker_ids": results.get("attack", {}).get("attacker_ids", []),
         "seconds": time.perf_counter() - start,
+        **({"honest_distance_ratios": ratios} if ratios is not None else {}),
     }
+
+
+def _measure_ratios() -> list:
+    """Records, during a clean FedFomo run, every candidate's distance over the norm of the model
+    it is measured from, with whether it improved on it: [[ratio, improving], ...]. The guard's
+    default must sit well above the honest ones."""
+    import fomo_core as fc
+    import fomo_core.round as round_module
+
+    seen: list = []
+    step = round_module.fomo_step
+
+    def spy(local, candidates, local_loss, losses, **options):
+        norm = fc.model_norm(local)  # before the update writes into it
+        result = step(local, candidates, local_loss, losses, **options)
+        for d, loss in zip(np.asarray(result.distances), np.asarray(losses)):
+            if np.isfinite(d) and norm > 0:
+                seen.append([float(d / norm), bool(loss < local_loss)])
+        return result
+
+    round_module.fomo_step = spy
+    return seen
 
 
 def cells(seeds, kinds, attackers) -> list:
@@ -158,7 +182,18 @@ def main() -> int:
             print(f"\r{n}/{len(todo)} runs, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     table = summarise(runs, seeds, KINDS, attackers)
-    text = markdown(table, KINDS, attackers)
+    ratios = np.array([r for run in runs for r in run.pop("honest_distance_ratios", [])])
+    honest = {
+        "candidates": int(len(ratios)),
+        "max_ratio": float(ratios[:, 0].max()),
+        "p99_ratio": float(np.quantile(ratios[:, 0], 0.99)),
+        "max_ratio_improving": float(ratios[ratios[:, 1] > 0, 0].max()) if (ratios[:, 1] > 0).any() else None,
+    }
+    text = markdown(table, KINDS, attackers) + (
+        f"\n\nHonest candidates without attackers ({honest['candidates']} measured): distance / norm of the "
+        f"client's model at most {honest['max_ratio']:.2f} (99th percentile {honest['p99_ratio']:.2f}; improving "
+        f"ones at most {honest['max_ratio_improving']:.2f}); the guard rejects beyond {GUARD:g}."
+    )
     print(text)
     if args.quick:
         return 0
@@ -168,6 +203,7 @@ def main() -> int:
         "machine": machine(),
         "seconds": time.perf_counter() - start,
         "summary": {kind: {str(k): v for k, v in by_k.items()} for kind, by_k in table.items()},
+        "honest_distance_ratios": honest,
         "runs": sorted(runs, key=lambda r: (r["seed"], r["kind"], r["attackers"], r["method"])),
     }
     write_results("attacks", payload, text)

@@ -361,10 +361,12 @@ def _read_checkpoint(path: Union[str, os.PathLike], where: str, max_bytes: int) 
                 raise ValueError(f"{where} is not an Affinity file (no {', '.join(missing)} entry)")
             matrix = _read_entry(archive, where, "matrix", "f", max_bytes)
             text = _read_entry(archive, where, "meta", "U", _MAX_META_CHARS * 4)
-    except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, NotImplementedError) as e:
-        raise ValueError(f"{where} is not a readable Affinity file: {type(e).__name__}: {e}") from None
-    except (KeyError, UnicodeDecodeError) as e:
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(where):
+            raise  # ours, already saying what is wrong
         raise ValueError(f"{where} is not a readable Affinity file: {e}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, NotImplementedError, KeyError, OverflowError) as e:
+        raise ValueError(f"{where} is not a readable Affinity file: {type(e).__name__}: {e}") from None
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 1:
         raise ValueError(f"{where} holds a matrix of shape {matrix.shape}, expected (N, N) with N >= 1")
     matrix = np.array(matrix, dtype=np.float64)

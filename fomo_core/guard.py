@@ -44,8 +44,13 @@ def model_norm(params: Any, *, norm: str = "l2") -> float:
 
 
 def distance_bound(local_params: Any, ratio: float, *, norm: str = "l2") -> float:
-    """``ratio * model_norm(local_params)``: the ``max_distance`` of the relative guard. A local model
-    that is not finite gives infinity (no guard: its candidates are judged by their losses)."""
-    ratio = real(ratio, "ratio", low=0.0)
+    """``ratio * model_norm(local_params)``: the ``max_distance`` of the relative guard (a ratio of
+    infinity: no guard). A local model that is not finite gives infinity too (its own loss is not
+    finite either, and the round's non-finite rule decides)."""
+    ratio = real(ratio, "ratio", low=0.0, finite=False)
+    if math.isnan(ratio):
+        raise ValueError("ratio must be a number >= 0 (infinity: no guard), got nan")
+    if math.isinf(ratio):
+        return math.inf
     bound = ratio * model_norm(local_params, norm=norm)
     return bound if math.isfinite(bound) else math.inf
