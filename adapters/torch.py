@@ -221,7 +221,10 @@ class CandidateBank:
             raise ValueError(f"table must be a torch tensor of shape (N, {self.layout.size}), got {shape}")
         if table.dtype != self.layout.dtype:
             raise TypeError(f"table has dtype {table.dtype}, expected {self.layout.dtype}")
-        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=table.device)
+        given = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        if given.size and given.dtype.kind not in "iu":
+            raise TypeError(f"rows must be integer row indices, got dtype {given.dtype}")
+        idx = torch.as_tensor(given.astype(np.int64), device=table.device)
         if idx.dim() != 1 or idx.numel() > self.capacity:
             raise ValueError(f"rows must be 1-D with at most {self.capacity} entries, got shape {tuple(idx.shape)}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):

@@ -270,6 +270,15 @@ def test_candidate_bank_fill_is_all_or_nothing(bad):
     assert bank.count == 1
 
 
+@pytest.mark.parametrize("rows", [[10**400], [0.5], ["0"], [True]])
+def test_candidate_bank_fill_rows_refuses_non_integer_rows(rows):
+    model = nn.Linear(3, 2)
+    bank = CandidateBank(model, 2)
+    table = torch.ones(4, bank.layout.size)
+    with pytest.raises(TypeError, match="rows must be integer row indices"):
+        bank.fill_rows(table, rows)  # 10**400 raised OverflowError, 0.5 was truncated to row 0
+
+
 # ---- Affinity checkpoints -----------------------------------------------------------------------
 
 
@@ -410,3 +419,59 @@ def test_guard_off_by_default_and_shared_maths():
     np.testing.assert_array_equal(
         fc.compute_weights(x, c, 1.0, [0.5, 0.5], max_distance=float("inf")), fc.compute_weights(x, c, 1.0, [0.5, 0.5])
     )
+
+
+# ---- the guard as part of the fomo-core round ---------------------------------------------------
+
+
+def _round_with(policy, candidates, losses):
+    """One client round under ``policy`` from the model linspace(-1, 1, 20) (loss 1.0)."""
+    from fomo_core.round import federate
+
+    params = np.linspace(-1.0, 1.0, 20)
+    res = federate(policy, params, np.stack(candidates), lambda models: _by_value(models, candidates, losses),
+                   copy=lambda dst, src: np.copyto(dst, src))
+    return params, res
+
+
+def _by_value(models, candidates, losses):
+    """The validation losses: each candidate's given loss, 1.0 for the client's own model."""
+    out = []
+    for m in models:
+        matches = [loss for c, loss in zip(candidates, losses) if np.array_equal(np.asarray(m), c)]
+        out.append(matches[0] if matches else 1.0)
+    return np.array(out), np.zeros(len(models))
+
+
+def test_fomo_core_preset_guards_the_round_and_peer_presets_do_not():
+    honest = np.linspace(-1.0, 1.0, 20) + 0.05
+    poison = np.full(20, 1e30)
+    guarded_policy = fc.get_preset("fomo-core").client
+    assert guarded_policy.guard is not None
+    assert all(fc.get_preset(name).client.guard is None for name in ("paper", "pfllib", "fl-bench"))
+    params, res = _round_with(guarded_policy, [honest, poison], [1.5, 0.0])  # the poison is the only improving one
+    np.testing.assert_array_equal(res.weights, [0.0, 0.0])
+    np.testing.assert_array_equal(params, np.linspace(-1.0, 1.0, 20))
+    params, res = _round_with(guarded_policy.replace(guard=None), [honest, poison], [1.5, 0.0])
+    np.testing.assert_array_equal(res.weights, [0.0, 1.0])
+    np.testing.assert_array_equal(params, poison)  # what the guard prevents
+
+
+def test_simulator_attack_option_reports_honest_accuracy():
+    from fomo_core.simulate.attacks import AttackSettings
+    from fomo_core.simulate.backends import TrainSettings
+    from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
+    from fomo_core.simulate.federation import FederationSettings
+
+    fed = FederationSettings(rounds=2, m=2, attack=AttackSettings(kind="lying", attackers=2, diverging=1, diverge_round=0))
+    cfg = ExperimentConfig(clients=6, groups=3, methods=("fedfomo", "fedavg"), federation=fed,
+                           training=TrainSettings(epochs=1, hidden=(8,)))
+    results = run_experiment(cfg)
+    attack = results["attack"]
+    assert len(attack["attacker_ids"]) == 2 and len(attack["diverging_ids"]) == 1
+    assert not set(attack["attacker_ids"]) & set(attack["diverging_ids"])
+    fomo, avg = results["methods"]["fedfomo"], results["methods"]["fedavg"]
+    assert avg["honest_final_accuracy"] < 0.5  # the 1e30 uploads take FedAvg's global model
+    assert fomo["honest_final_accuracy"] > avg["honest_final_accuracy"]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AttackSettings(kind="meteor", attackers=1)
