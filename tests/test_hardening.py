@@ -475,3 +475,24 @@ def test_simulator_attack_option_reports_honest_accuracy():
     assert fomo["honest_final_accuracy"] > avg["honest_final_accuracy"]
     with pytest.raises(ValueError, match="kind must be one of"):
         AttackSettings(kind="meteor", attackers=1)
+
+
+@pytest.mark.parametrize(
+    "upload, error",
+    [
+        (lambda s, init: s.receive(0, init, [1, 2], [HUGE, 0.0]), ValueError),  # OverflowError before
+        (lambda s, init: s.receive(0, init, [1], [0.1], self_score=HUGE), ValueError),
+        (lambda s, init: s.receive(0, init, [1.5], [0.1]), TypeError),  # truncated to client 1 before
+        (lambda s, init: s.receive(0, init, [HUGE], [0.1]), TypeError),
+        (lambda s, init: s.receive(0, np.zeros(5, bool), [1], [0.1]), TypeError),  # stored as 0/1 before
+        (lambda s, init: s.receive(0, np.zeros(5, complex), [1], [0.1]), TypeError),
+        (lambda s, init: s.receive(0, init, [1], torch.tensor([0.1 + 1j])), TypeError),
+    ],
+)
+def test_server_uploads_follow_the_same_rule(upload, error):
+    init = np.zeros(5, np.float32)
+    server = fc.Server(4, init, m=2, seed=0)
+    before = server.affinity.matrix.copy()
+    with pytest.raises(error):
+        upload(server, init)
+    np.testing.assert_array_equal(server.affinity.matrix, before)
