@@ -5,7 +5,8 @@ The simulator's default federation (digits, 15 clients in 5 latent groups of 2 c
 M = 5, 2 local epochs) with k = 0, 1, 3, 5 attackers taking part in every round and uploading a
 corrupted model instead of the one they trained (fomo_core/simulate/attacks.py): x10 and x1000
 scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, and "lying" (1e30 whose validation loss
-every victim sees as 0). The figure of merit is the honest clients' mean personalised test
+every victim sees as 0); and, as "diverging", k honest clients whose own models turn NaN after
+training from round 2 on (they count among the honest clients). The figure of merit is the honest clients' mean personalised test
 accuracy (the attackers' own models are left out), mean +- sd over 3 seeds; "drop" is the paired
 difference, per seed, from the same method without attackers over the same honest clients.
 
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, write_results  # noqa: E402
 
-KINDS = ("scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying")
+KINDS = ("scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying", "diverging")
 ATTACKERS = (1, 3, 5)
 SEEDS = (0, 1, 2)
 from fomo_core.policy import GUARD  # noqa: E402  (the fomo-core preset's default)
@@ -50,7 +51,10 @@ def run_cell(cell: tuple) -> dict:
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
 
-    attack = AttackSettings(kind=kind, attackers=k) if k else AttackSettings()
+    if kind == "diverging":  # k honest clients whose models turn NaN after training from round 2 on
+        attack = AttackSettings(diverging=k)
+    else:
+        attack = AttackSettings(kind=kind, attackers=k) if k else AttackSettings()
     guard = None if method == "fedfomo_guard" else math.inf  # None: the preset's (GUARD); inf: off
     name = "fedfomo" if method == "fedfomo_guard" else method
     fed = FederationSettings(seed=seed, guard=guard, attack=attack)
@@ -90,7 +94,8 @@ def _measure_ratios() -> list:
 
 def cells(seeds, kinds, attackers) -> list:
     clean = [(s, "none", 0, m) for s in seeds for m in METHODS]
-    attacked = [(s, kind, k, m) for s, kind, k, m in itertools.product(seeds, kinds, attackers, METHODS) if m != "local"]
+    attacked = [(s, kind, k, m) for s, kind, k, m in itertools.product(seeds, kinds, attackers, METHODS)
+                if m != "local" or kind == "diverging"]  # Local does not see attackers, but it does diverge
     return clean + attacked
 
 
@@ -107,7 +112,7 @@ def summarise(runs: list, seeds, kinds, attackers) -> dict:
     for kind, k, method in itertools.product(kinds, attackers, METHODS):
         values, drops = [], []
         for s in seeds:
-            attacked = clean[(s, "local")] if method == "local" else by[(s, kind, k, method)]
+            attacked = clean[(s, "local")] if method == "local" and kind != "diverging" else by[(s, kind, k, method)]
             ids = by[(s, kind, k, "fedavg")]["attacker_ids"]  # the same attackers for every method
             value = 100 * honest_mean(attacked["client_accuracy"], ids)
             values.append(value)

@@ -388,8 +388,8 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     if not largest > 0:
         raise ValueError("sample_weight must have a positive sum")
     # The weighted means do not change when every weight is divided by the largest, and the sums of
-    # weights (and of weighted losses) then stay far from float64's range: weights of 1e307 would
-    # overflow them (NaN losses), subnormal ones lose their precision.
+    # weights (and of weighted losses) then stay far from float64's range at both ends: weights of
+    # 1e307 overflowed them (NaN losses), and tiny ones no longer underflow in w * loss.
     w = w / largest
     if _is_torch(w) and w.device.type == "cpu":
         w = w.numpy()

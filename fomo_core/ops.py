@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
 from . import _C
 from ._models import (
     allocate_like,
