@@ -5,8 +5,8 @@ The simulator's default federation (digits, 15 clients in 5 latent groups of 2 c
 M = 5, 2 local epochs) with k = 0, 1, 3, 5 attackers taking part in every round and uploading a
 corrupted model instead of the one they trained (fomo_core/simulate/attacks.py): x10 and x1000
 scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, and "lying" (1e30 whose validation loss
-every victim sees as 0); and, as "diverging", k honest clients whose own models turn NaN after
-training from round 2 on (they count among the honest clients). The figure of merit is the honest clients' mean personalised test
+every victim sees as 0); and, as "diverging", k honest clients whose own models turn NaN once,
+after training in round 2 (they count among the honest clients). The figure of merit is the honest clients' mean personalised test
 accuracy (the attackers' own models are left out), mean +- sd over 3 seeds; "drop" is the paired
 difference, per seed, from the same method without attackers over the same honest clients.
 
@@ -51,7 +51,7 @@ def run_cell(cell: tuple) -> dict:
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
 
-    if kind == "diverging":  # k honest clients whose models turn NaN after training from round 2 on
+    if kind == "diverging":  # k honest clients whose models turn NaN after training in round 2
         attack = AttackSettings(diverging=k)
     else:
         attack = AttackSettings(kind=kind, attackers=k) if k else AttackSettings()

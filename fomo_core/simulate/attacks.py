@@ -15,9 +15,9 @@ trained:
   report a loss; ``lying`` models the worst case of an attacker whose model scores low on the
   victim's validation data anyway (or a deployment that trusts reported losses).
 
-``diverging`` clients are honest clients whose training blows up: from round ``diverge_round`` on,
-their own model becomes NaN after every local training (and is uploaded that way). They count as
-honest: the results show whether they recover.
+``diverging`` clients are honest clients whose training blows up once: in round ``diverge_round``
+their own model becomes NaN after local training (and is uploaded that way); they go on as before
+afterwards. They count as honest: the results show whether they recover.
 
 Only honest clients (not the attackers) enter the accuracy reported for an attacked run.
 """
@@ -41,8 +41,8 @@ POISON = 1e30
 @dataclass(frozen=True)
 class AttackSettings:
     """kind: one of ATTACKS. attackers: how many clients attack (every round). sigma: the noise
-    attack's standard deviation. diverging: honest clients whose models turn NaN from round
-    ``diverge_round`` on."""
+    attack's standard deviation. diverging: honest clients whose models turn NaN in round
+    ``diverge_round`` (once)."""
 
     kind: str = "none"
     attackers: int = 0

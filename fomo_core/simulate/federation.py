@@ -91,7 +91,7 @@ class _Adversity:
 
     def after_training(self, i: int, client: Any, round: int) -> Any:
         """The model client i uploads after training in ``round`` (its own, or the attack's)."""
-        if i in self.diverging and round >= self.settings.diverge_round:
+        if i in self.diverging and round == self.settings.diverge_round:
             diverge(client)
         params = client.get_flat()
         return corrupt(params, self.settings, self.rng) if i in self.attackers else params
