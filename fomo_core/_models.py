@@ -163,17 +163,20 @@ def check_writable(leaves: list, names: list) -> None:
     """Refuses the output tensors that torch's own in-place ops refuse: tensors autograd tracks
     (``requires_grad`` while grad mode is on: a leaf Parameter of a live graph) and inference
     tensors outside ``torch.inference_mode()``. ``names`` are the leaves' path suffixes."""
+    if not any(library(leaf) == "torch" for leaf in leaves):
+        return
+    import torch
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     for leaf, name in zip(leaves, names):
         if library(leaf) != "torch":
             continue
-        import torch
-
-        if leaf.is_inference() and not torch.is_inference_mode_enabled():
+        if not inference and leaf.is_inference():
             raise ValueError(
                 f"out{name} is an inference tensor, which torch does not let anyone update in place outside "
                 "torch.inference_mode(); run the call inside it, or pass a normal tensor"
             )
-        if leaf.requires_grad and torch.is_grad_enabled():
+        if grad and leaf.requires_grad:
             raise ValueError(
                 f"out{name} requires grad: writing it in place would corrupt the autograd graph (torch refuses "
                 "in-place ops on it too); wrap the call in torch.no_grad(), as optimizers do"

@@ -206,6 +206,10 @@ class _Call:
         )
         if out_float is not None:
             mark_written(out_float)
+        return self.scores(weights, scores, distances, status)
+
+    def scores(self, weights, scores, distances, status) -> tuple[Any, Scores]:
+        """The kernels' step results as (weights, Scores), vectors of the caller's type except weights."""
         rejected = status == _REJECTED
         skipped = status == _SKIPPED
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))

@@ -26,6 +26,7 @@ from ._atomic import atomic_write
 from ._models import is_floating
 from ._validate import real, real_vector
 from .affinity import Affinity
+from .model_store import read_npz_rows
 from .policy import ServerPolicy
 from .presets import Preset, as_preset
 
@@ -57,6 +58,9 @@ class Server:
     m:            M, the number of candidates each client receives
     seed:         seeds the generator used for exploration and ties
     policy:       a :class:`ServerPolicy` to use instead of the preset's
+    models:       an [N, P] NumPy array to hold the models instead of one in memory, e.g. a
+                  disk-backed table from :func:`fomo_core.model_store.open_model_store` when
+                  N x P outgrows RAM (filled with ``init_params`` here)
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Server:
         m: int = 5,
         seed: Optional[int] = None,
         policy: Optional[ServerPolicy] = None,
+        models: Optional[np.ndarray] = None,
     ):
         self.preset = as_preset(preset)
         self.policy = self.preset.server if policy is None else policy
@@ -78,7 +83,15 @@ class Server:
         self.m = int(m)
         self.affinity = Affinity.from_policy(self.policy, num_clients, seed=seed)
         init = _flat(init_params, "init_params")
-        if _is_torch(init):
+        if models is not None:
+            if not isinstance(models, np.ndarray) or _is_torch(init):
+                raise TypeError(f"models must be a NumPy array (with NumPy init_params), got {type(models).__name__}")
+            if models.shape != (num_clients, init.shape[0]) or models.dtype.kind != "f":
+                raise ValueError(f"models must be a floating [N, P] = ({num_clients}, {init.shape[0]}) array, "
+                                 f"got {models.dtype} {models.shape}")
+            models[...] = np.asarray(init)
+            self.models = models
+        elif _is_torch(init):
             self.models = init.detach().unsqueeze(0).repeat(num_clients, 1)
         else:
             self.models = np.repeat(np.asarray(init)[None, :], num_clients, axis=0)
@@ -185,35 +198,42 @@ class Server:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Server":
-        """A Server restored from :meth:`save`'s file; it continues exactly where it stopped."""
+    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> "Server":
+        """A Server restored from :meth:`save`'s file; it continues exactly where it stopped.
+        ``models``: a table to hold the models, as the constructor's (they are streamed into it,
+        never whole in memory)."""
         where = f"path {os.fspath(path)!r}"
+        keys = ("meta", "affinity", "uploaded", "last_round") + (("models",) if models is None else ())
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: np.array(data[k]) for k in ("meta", "models", "affinity", "uploaded", "last_round")}
+                arrays = {k: np.array(data[k]) for k in keys}
             meta = json.loads(str(arrays["meta"]))
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise ValueError(f"{where} is not a readable Server checkpoint: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{where} is not a Server checkpoint (format {_FORMAT!r})")
-        models, matrix = arrays["models"], arrays["affinity"]
+        table, matrix = (arrays["models"] if models is None else models), arrays["affinity"]
         n = matrix.shape[0] if matrix.ndim == 2 else -1
         if (
-            models.ndim != 2
-            or models.shape[0] != n
+            table.ndim != 2
+            or table.shape[0] != n
             or matrix.shape != (n, n)
             or arrays["uploaded"].shape != (n,)
             or not np.isfinite(matrix).all()
         ):
-            raise ValueError(f"{where} holds inconsistent arrays (models {models.shape}, affinity {matrix.shape})")
+            raise ValueError(f"{where} holds inconsistent arrays (models {table.shape}, affinity {matrix.shape})")
         if meta["torch"]:
             import torch
 
-            init = torch.from_numpy(models[0])
+            init = torch.from_numpy(table[0])
         else:
-            init = models[0]
-        server = cls(n, init, preset=meta["preset"], m=meta["m"], policy=ServerPolicy.from_dict(meta["policy"]))
-        server.models[...] = torch.from_numpy(models) if meta["torch"] else models
+            init = np.array(table[0])
+        server = cls(n, init, preset=meta["preset"], m=meta["m"], policy=ServerPolicy.from_dict(meta["policy"]), models=models)
+        if models is None:
+            server.models[...] = torch.from_numpy(table) if meta["torch"] else table
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                read_npz_rows(data, "models", models)
         server.affinity.matrix = matrix.astype(np.float64)
         server.affinity.rng.bit_generator.state = meta["rng"]
         server.uploaded = arrays["uploaded"].astype(bool)
