@@ -177,7 +177,10 @@ class _Call:
             return torch.from_numpy(values).to(self.device)
         return values
 
-    def output(self, out: Any) -> tuple[Any, list]:
+    def output(self, out: Any, *, writing_now: bool = True) -> tuple[Any, list]:
+        """(the result model, its floating leaves): ``out`` or a new model. ``writing_now``: the
+        caller writes at once, so torch's in-place rules are checked here (a plan checks them at
+        every write instead)."""
         if out is None:
             if self.cuda is not None and not can_allocate_like(self.first_float) and _C.has_cuda():
                 raise TypeError(
@@ -186,7 +189,8 @@ class _Call:
                 )
             return allocate_like(self.structure, self.leaves)
         leaves = out_leaves(self.structure, out)
-        check_writable(leaves, self.structure.names)
+        if writing_now:
+            check_writable(leaves, self.structure.names)
         return out, leaves
 
     def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance=None):

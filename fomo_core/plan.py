@@ -63,7 +63,7 @@ class Plan:
 
     def _build(self) -> None:
         call = _Call(self._local, self._candidates)
-        self.params, out_float = call.output(self._out)
+        self.params, out_float = call.output(self._out, writing_now=False)
         self._out_float = out_float
         self._call = call
         self._native = None

@@ -127,7 +127,7 @@ def call_safely(fn, *arrays) -> None:
 
 # ---- the ops --------------------------------------------------------------------------------
 
-OPS = ("candidate_distances", "first_order_scores", "compute_weights", "apply_update", "fomo_step")
+OPS = ("candidate_distances", "first_order_scores", "compute_weights", "apply_update", "fomo_step", "plan")
 
 
 @settings(max_examples=300)
@@ -152,10 +152,10 @@ def test_ops_survive_hostile_arguments(op, m, data):
         options = data.draw(st.fixed_dictionaries({}, optional={
             "eps": scalars, "norm": st.sampled_from(["l2", "l1", "l3", None, 2]), "max_distance": scalars,
         }))
-    if op == "fomo_step":
+    if op in ("fomo_step", "plan"):
         options.update(data.draw(st.fixed_dictionaries({}, optional={"all_scores": scalars | st.sampled_from(["no"])})))
     out = None
-    if op in ("apply_update", "fomo_step") and data.draw(st.booleans()):
+    if op in ("apply_update", "fomo_step", "plan") and data.draw(st.booleans()):
         out = data.draw(st.sampled_from(["local", "new", "param", "inference"]))
         if out == "local":
             out = local
@@ -172,7 +172,9 @@ def test_ops_survive_hostile_arguments(op, m, data):
 
     def run():
         fn = getattr(fc, op)
-        if op == "candidate_distances":
+        if op == "plan":  # a plan's fomo_step: the same checks, kept between calls
+            fn(local, candidates, out=out).fomo_step(local_loss, losses, **options)
+        elif op == "candidate_distances":
             fn(local, candidates, **data.draw(st.fixed_dictionaries({}, optional={"norm": st.sampled_from(["l2", "x"])})))
         elif op == "apply_update":
             fn(local, candidates, losses, out=out)

@@ -496,3 +496,25 @@ def test_server_uploads_follow_the_same_rule(upload, error):
     with pytest.raises(error):
         upload(server, init)
     np.testing.assert_array_equal(server.affinity.matrix, before)
+
+
+def test_plans_follow_the_same_rules():
+    p = nn.Parameter(torch.zeros(4))
+    cands = torch.stack([torch.ones(4), torch.full((4,), 1e30)])
+    plan = fc.plan(p, cands, out=p)
+    loss = (p * p).sum()
+    with pytest.raises(ValueError, match=r"out requires grad"):
+        plan.fomo_step(1.0, [0.5, 0.0])
+    with pytest.raises(ValueError, match=r"beyond float32's range"):
+        with torch.no_grad():
+            plan.apply_update([1e39, 0.0])
+    with pytest.raises(ValueError, match="local_loss is beyond float64's range"):
+        plan.fomo_step(HUGE, [0.5, 0.0])
+    version = p._version
+    with torch.no_grad():
+        res = plan.fomo_step(1.0, [1.5, 0.0], max_distance=10.0)  # the poison is the only improving one
+    assert p._version > version
+    np.testing.assert_array_equal(res.rejected.numpy(), [False, True])
+    assert torch.equal(p.detach(), torch.zeros(4))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
