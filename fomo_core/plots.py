@@ -1,16 +1,45 @@
-"""The demo's two figures: mean personalised accuracy per round, and FedFomo's affinity matrix
-with the clients ordered by group. Both read the results dict of fomo_core.simulate."""
+"""The simulator's figures: the demo's mean personalised accuracy per round and FedFomo's affinity
+matrix with the clients ordered by group (both read the results dict of fomo_core.simulate), and
+the experiment runner's accuracy per round, mean ± sd over seeds, for each setting.
+
+Every accuracy axis says which accuracy it shows: after the federated update, or after local
+training (the model a client ends the round with)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["plot_accuracy", "plot_affinity"]
+__all__ = ["plot_accuracy", "plot_affinity", "plot_grid_setting", "method_label"]
 
-_LABELS = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local"}
-_COLORS = {"fedfomo": "#d62728", "fedavg": "#1f77b4", "local": "#7f7f7f"}
+_LABELS = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local", "fedavg_ft": "FedAvg+FT",
+           "oracle": "per-group FedAvg (oracle)"}
+_COLORS = {"fedfomo": "#d62728", "fedavg": "#1f77b4", "local": "#7f7f7f", "fedavg_ft": "#2ca02c", "oracle": "#9467bd"}
+
+
+def method_label(name: str) -> str:
+    """"FedFomo", "FedFomo (paper)" for "fedfomo:paper", "FedAvg+FT", ..."""
+    base, _, preset = name.partition(":")
+    label = _LABELS.get(base, base)
+    return f"{label} ({preset})" if preset else label
+
+
+def _color(name: str, k: int) -> Optional[str]:
+    if ":" in name:  # presets of FedFomo: colours of their own
+        return f"C{(k + 5) % 10}"
+    return _COLORS.get(name)
+
+
+def _save(fig, path: str) -> None:
+    """Renders to memory, then writes the file atomically."""
+    import io
+
+    from .simulate.files import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png")
+    write_atomic(path, buf.getvalue())
 
 
 def _pyplot():
@@ -23,27 +52,66 @@ def _pyplot():
 
 
 def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> None:
-    """Mean personalised test accuracy (%) per round, one line per method."""
+    """Mean test accuracy (%) per round, one colour per method: solid after local training (the
+    model a client ends the round with), dashed after the federated update where it differs."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=130)
-    for name, run in results["methods"].items():
+    for k, (name, run) in enumerate(results["methods"].items()):
         acc = 100 * np.asarray(run["accuracy_per_round"], dtype=float)
         rounds = np.arange(1, acc.size + 1)
-        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=_COLORS.get(name), label=_LABELS.get(name, name),
+        color = _color(name, k)
+        after = run.get("accuracy_after_update_per_round")
+        same = after is None or np.array_equal(after, run["accuracy_per_round"])
+        label = f"{method_label(name)}, " + ("averaged model (no training after it)" if same and after is not None
+                                             else "after local training")
+        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=color, label=label,
                 zorder=3 if name == "fedfomo" else 2)  # FedFomo on top where the lines meet
-        if results.get("config", {}).get("target", "local") != "local" and "accuracy_after_update_per_round" in run:
-            after = 100 * np.asarray(run["accuracy_after_update_per_round"], dtype=float)
-            ax.plot(rounds, after, ls="--", lw=1.5, color=_COLORS.get(name),
-                    label=f"{_LABELS.get(name, name)} before local training")
+        if not same:
+            ax.plot(rounds, 100 * np.asarray(after, dtype=float), ls="--", lw=1.5, color=color,
+                    label=f"{method_label(name)}, after the update")
     ax.set_xlabel("round")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("mean personalised test accuracy (%)")
+    ax.set_ylabel("mean test accuracy over clients (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize=7)
     ax.set_title(title or "Personalised accuracy per round", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_grid_setting(records: list, methods: Sequence[str], path: str, *, title: Optional[str] = None) -> None:
+    """The runner's figure for one setting: two panels (after the federated update, after local
+    training), mean accuracy per round over the seeds with a ± 1 sd band, one line per method.
+    records: the setting's cell records (after_update_per_round, after_training_per_round)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=130, sharey=True)
+    panels = (("after_update_per_round", "after the federated update"),
+              ("after_training_per_round", "after local training"))
+    for ax, (key, what) in zip(axes, panels):
+        for k, name in enumerate(methods):
+            curves = [r[key] for r in records if r["method"] == name and r[key] and r[key][0] is not None]
+            if not curves:
+                continue
+            acc = 100 * np.asarray(curves, dtype=float)  # [seeds, rounds]
+            mean = acc.mean(axis=0)
+            sd = acc.std(axis=0, ddof=1) if acc.shape[0] > 1 else np.zeros_like(mean)
+            rounds = np.arange(1, mean.size + 1)
+            color = _color(name, k)
+            ax.plot(rounds, mean, lw=2, color=color, label=method_label(name), zorder=3 if name == "fedfomo" else 2)
+            ax.fill_between(rounds, mean - sd, mean + sd, color=color, alpha=0.18, lw=0)
+        ax.set_title(f"accuracy {what}", fontsize=10)
+        ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    seeds = len({r["seed"] for r in records})
+    axes[0].set_ylabel(f"mean test accuracy over clients (%)\nmean ± sd over {seeds} seeds")
+    axes[1].legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -82,5 +150,5 @@ def plot_affinity(results: dict, path: str, *, title: Optional[str] = None) -> N
     fig.colorbar(im, ax=ax, shrink=0.85, label="affinity (symmetric log scale)")
     ax.set_title(title or "FedFomo affinity: red = helpful, blue = harmful")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)

@@ -475,6 +475,8 @@ def test_simulator_attack_option_reports_honest_accuracy():
     assert fomo["honest_final_accuracy"] > avg["honest_final_accuracy"]
     with pytest.raises(ValueError, match="kind must be one of"):
         AttackSettings(kind="meteor", attackers=1)
+    # a grid file spells the attack as a dict
+    assert FederationSettings(attack={"kind": "nan", "attackers": 1}).attack == AttackSettings(kind="nan", attackers=1)
 
 
 @pytest.mark.parametrize(

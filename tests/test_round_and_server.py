@@ -201,7 +201,7 @@ def test_the_simulator_equals_a_hand_driven_loop(preset):
     cfg = ExperimentConfig(clients=5, groups=2, federation=fed, training=TrainSettings(epochs=1, hidden=(8,)))
     dataset = load_dataset(cfg)
     rng = np.random.default_rng(4)
-    data = split_clients(dataset, make_partition(cfg, dataset.y, rng), rng, val_fraction=0.2, test_fraction=0.2,
+    data = split_clients(dataset, make_partition(cfg, dataset, rng), rng, val_fraction=0.2, test_fraction=0.2,
                          target="local")
 
     def fresh():

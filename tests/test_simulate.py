@@ -46,15 +46,6 @@ def test_latent_groups_deal_disjoint_classes_to_groups(digits):
     assert max(sizes) - min(sizes) <= 0.1 * max(sizes)  # classes hold 174-183 samples, split evenly
 
 
-def test_pathological_gives_n_classes_per_client(digits):
-    p = pathological(digits.y, 10, 3, np.random.default_rng(1))
-    assert _covers_disjointly(p, digits.y.size)
-    assert all(len(c) == 3 for c in p.classes)
-    for g in np.unique(p.groups):  # clients of a group hold the same classes
-        members = np.flatnonzero(p.groups == g)
-        assert all(np.array_equal(p.classes[k], p.classes[members[0]]) for k in members)
-
-
 def test_dirichlet_skews_labels_and_keeps_every_sample(digits):
     rng = np.random.default_rng(2)
     skewed = dirichlet(digits.y, 10, 0.1, rng, min_samples=10)
@@ -74,7 +65,7 @@ def test_dirichlet_skews_labels_and_keeps_every_sample(digits):
         (lambda y: latent_groups(y, 15, 11, np.random.default_rng()), "num_groups must be at most the number of classes"),
         (lambda y: latent_groups(y, 3, 5, np.random.default_rng()), "num_groups must be at most num_clients"),
         (lambda y: latent_groups(y, 0, 1, np.random.default_rng()), "num_clients must be a positive integer, got 0"),
-        (lambda y: pathological(y, 5, 11, np.random.default_rng()), "classes_per_client must be at most"),
+        (lambda y: pathological(y, 5, 3, np.random.default_rng()), "must be a multiple of the number of classes"),
         (lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()), "alpha must be a positive number, got 0.0"),
         (lambda y: dirichlet(y, 500, 1.0, np.random.default_rng()), "num_clients must be at most 179"),
         (lambda y: latent_groups(y.astype(float), 5, 5, np.random.default_rng()), "labels must be a 1-D integer array"),

@@ -19,7 +19,8 @@ trained:
 their own model becomes NaN after local training (and is uploaded that way); they go on as before
 afterwards. They count as honest: the results show whether they recover.
 
-Only honest clients (not the attackers) enter the accuracy reported for an attacked run.
+Only honest clients (not the attackers) enter the accuracy reported for an attacked run. The attack
+applies to FedFomo, FedAvg and Local (the other baselines run without it).
 """
 
 from __future__ import annotations

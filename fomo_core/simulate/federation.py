@@ -48,6 +48,8 @@ class FederationSettings:
         get_preset(self.preset)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
+        if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
+            object.__setattr__(self, "attack", AttackSettings(**self.attack))
         if not isinstance(self.attack, AttackSettings):
             raise TypeError(f"attack must be an AttackSettings, got {type(self.attack).__name__}")
 
@@ -160,6 +162,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         record.step_seconds += time.perf_counter() - t0
         record.client_accuracy = [_client_accuracy(backend, c, global_params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
+        record.update_accuracy = record.accuracy  # the averaged model is the after-update model too
         run.rounds.append(record)
         if on_round is not None:
             on_round(run.name, record)
@@ -173,6 +176,8 @@ def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, o
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
+        # no federated update: "after the update" is the model before this round's training
+        record.update_accuracy = float(np.mean([_client_accuracy(backend, c, c.params) for c in clients]))
         for i in part:
             record.train_seconds += timed(clients[i].train)
             adversity.after_training(int(i), clients[i], r)  # diverging clients break; nothing is sent

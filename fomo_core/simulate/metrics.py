@@ -14,12 +14,16 @@ __all__ = ["RoundRecord", "MethodRun", "within_group_fraction"]
 class RoundRecord:
     """One round of one method.
 
-    accuracy:         mean personalised test accuracy over all clients (each client's own model
-                      on its own test data; FedAvg: the global model)
+    accuracy:         mean test accuracy over all clients of the model each client ends the round
+                      with, *after local training* (FedFomo, Local, FedAvg+FT: its own model on its
+                      own test data; FedAvg and the group oracle, which train before they average:
+                      the averaged model, the same as after the update)
     client_accuracy:  [N] per client
     participants:     the clients that trained this round
-    update_accuracy:  FedFomo only: the mean accuracy right after the federated update, before local
-                      training (participants; the others as they stand)
+    update_accuracy:  the mean accuracy right *after the federated update*, before local training
+                      (FedFomo: after its weighted step; FedAvg, FedAvg+FT, oracle: the averaged
+                      model; Local, which has no update: its model before this round's training).
+                      Clients not taking part are counted as they stand.
     affinity:         FedFomo only: the server's affinity matrix [N, N] at the end of the round
     eval_seconds:     spent evaluating candidates on validation data (FedFomo)
     step_seconds:     spent computing weights and updating (fomo_step; FedAvg: averaging)
@@ -51,7 +55,13 @@ class MethodRun:
 
     @property
     def final_accuracy(self) -> float:
+        """After local training, last round."""
         return self.rounds[-1].accuracy if self.rounds else float("nan")
+
+    @property
+    def final_accuracy_after_update(self) -> Optional[float]:
+        """Right after the federated update, last round (None when the method does not record it)."""
+        return self.rounds[-1].update_accuracy if self.rounds else None
 
     def seconds(self, kind: str) -> float:
         return float(sum(getattr(r, f"{kind}_seconds") for r in self.rounds))
@@ -61,7 +71,10 @@ class MethodRun:
             "final_accuracy": self.final_accuracy,
             "accuracy_per_round": self.accuracy_per_round,
             **(
-                {"accuracy_after_update_per_round": [r.update_accuracy for r in self.rounds]}
+                {
+                    "final_accuracy_after_update": self.final_accuracy_after_update,
+                    "accuracy_after_update_per_round": [r.update_accuracy for r in self.rounds],
+                }
                 if self.rounds and self.rounds[0].update_accuracy is not None
                 else {}
             ),

@@ -1,7 +1,13 @@
 """Partitioners: which samples of a labelled dataset each simulated client holds.
 
-All three return a :class:`Partition`: one index array per client and, when the partition has
-one, the latent group of every client (clients of a group share a data distribution).
+Every partitioner returns a :class:`Partition`: one index array per client and, when the
+partition has one, the latent group of every client (clients of a group share a data
+distribution).
+
+latent_groups     groups own disjoint sets of classes (the paper's latent distributions by label)
+pathological      LG-FedAvg-style random class shards (the paper's pathological non-IID split)
+dirichlet         label skew by Dirichlet(alpha)
+feature_clusters  latent distributions by clustering features, as the paper builds them
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Partition", "pathological", "latent_groups", "dirichlet", "PARTITIONS"]
+__all__ = ["Partition", "pathological", "latent_groups", "dirichlet", "feature_clusters", "PARTITIONS"]
 
-PARTITIONS = ("groups", "pathological", "dirichlet")
+PARTITIONS = ("groups", "pathological", "dirichlet", "clusters")
 
 
 @dataclass(frozen=True)
@@ -84,32 +90,41 @@ def latent_groups(
 
 
 def pathological(
-    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+    labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator
 ) -> Partition:
-    """The pathological non-IID split: every client holds ``classes_per_client`` classes.
+    """The pathological non-IID split as LG-FedAvg builds it (and FedFomo's authors use): every
+    class's samples are shuffled and cut into equal shards, ``num_clients * shards_per_client``
+    shards in all, and every client is dealt ``shards_per_client`` shards of random classes
+    (a shuffled multiset with each class equally often, so two shards of one client may share a
+    class). Every sample is used once. Clients holding the same set of classes form a group.
 
-    Client k gets the classes k*n, k*n+1, ... (mod C) of a shuffled class order, so every class
-    is held by about the same number of clients, and each class's samples are split evenly among
-    its holders. Clients holding the same set of classes form a group.
+    num_clients * shards_per_client must be a multiple of the number of classes.
     """
     labels = _check_labels(labels)
     num_clients = _positive(num_clients, "num_clients")
-    n = _positive(classes_per_client, "classes_per_client")
-    classes = rng.permutation(np.unique(labels))
-    if n > classes.size:
-        raise ValueError(f"classes_per_client must be at most the number of classes ({classes.size}), got {n}")
-    held = [np.sort(classes[(k * n + np.arange(n)) % classes.size]) for k in range(num_clients)]
-    indices: list = [[] for _ in range(num_clients)]
+    s = _positive(shards_per_client, "shards_per_client")
+    classes = np.unique(labels)
+    if (num_clients * s) % classes.size:
+        raise ValueError(
+            f"num_clients * shards_per_client must be a multiple of the number of classes ({classes.size}), "
+            f"got {num_clients} * {s} = {num_clients * s}"
+        )
+    per_class = num_clients * s // classes.size
+    shards = {}
     for c in classes:
-        holders = [k for k in range(num_clients) if c in held[k]]
-        if not holders:
-            continue
-        for k, part in zip(holders, _split_evenly(np.flatnonzero(labels == c), len(holders), rng)):
-            indices[k].append(part)
-    keys = {tuple(h.tolist()) for h in held}
-    key_id = {key: g for g, key in enumerate(sorted(keys))}
-    groups = np.array([key_id[tuple(h.tolist())] for h in held], dtype=np.int64)
-    return _finish(labels, [np.concatenate(ix) for ix in indices], groups)
+        idx = np.flatnonzero(labels == c)
+        if idx.size < per_class:
+            raise ValueError(
+                f"shards_per_client={s} over {num_clients} clients needs {per_class} shards of class {c}, "
+                f"which has {idx.size} samples"
+            )
+        shards[int(c)] = _split_evenly(idx, per_class, rng)
+    dealt = rng.permutation(np.repeat(classes, per_class)).reshape(num_clients, s)
+    indices = [np.concatenate([shards[int(c)].pop() for c in row]) for row in dealt]
+    keys = [tuple(np.unique(row).tolist()) for row in dealt]
+    key_id = {key: g for g, key in enumerate(sorted(set(keys)))}
+    groups = np.array([key_id[key] for key in keys], dtype=np.int64)
+    return _finish(labels, indices, groups)
 
 
 def dirichlet(
@@ -147,3 +162,47 @@ def dirichlet(
         f"alpha={alpha} leaves some client with fewer than {min_samples} samples after {max_tries} draws; "
         "raise alpha or lower num_clients"
     )
+
+
+def feature_clusters(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_clients: int,
+    num_groups: int,
+    rng: np.random.Generator,
+    *,
+    components: int = 20,
+) -> Partition:
+    """Latent distributions by clustering features, as the FedFomo paper builds them: an embedding
+    of every sample (the caller's ``features`` [n, ...], flattened), reduced by PCA to
+    ``components`` dimensions and clustered by KMeans into ``num_groups`` clusters; each cluster is
+    a latent distribution. Clients are dealt to groups in turn (client k in group k % num_groups)
+    and every cluster's samples are split evenly among its group's clients. Needs scikit-learn.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    labels = _check_labels(labels)
+    num_clients = _positive(num_clients, "num_clients")
+    num_groups = _positive(num_groups, "num_groups")
+    components = _positive(components, "components")
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    if x.shape[0] != labels.size:
+        raise ValueError(f"features must have one row per label ({labels.size}), got {x.shape[0]}")
+    if num_groups > num_clients:
+        raise ValueError(f"num_groups must be at most num_clients ({num_clients}), got {num_groups}")
+    if num_groups * num_clients > labels.size:
+        raise ValueError(f"num_groups * num_clients must be at most the number of samples ({labels.size})")
+    seed = int(rng.integers(2**31 - 1))
+    reduced = PCA(n_components=min(components, *x.shape), random_state=seed).fit_transform(x)
+    cluster = KMeans(n_clusters=num_groups, n_init=4, random_state=seed).fit_predict(reduced)
+    groups = np.arange(num_clients, dtype=np.int64) % num_groups
+    indices: list = [None] * num_clients
+    for g in range(num_groups):
+        members = np.flatnonzero(groups == g)
+        pool = np.flatnonzero(cluster == g)
+        if pool.size < members.size:
+            raise ValueError(f"cluster {g} holds {pool.size} samples, fewer than its {members.size} clients")
+        for k, part in zip(members, _split_evenly(pool, members.size, rng)):
+            indices[k] = part
+    return _finish(labels, indices, groups)
