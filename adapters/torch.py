@@ -196,7 +196,7 @@ class CandidateBank:
         """Copies one model (state_dict, nn.Module or flat array [P]) into the next row; returns its row."""
         if self.count >= self.capacity:
             raise ValueError(f"model does not fit: the bank is full ({self.capacity} candidates)")
-        self._write(self.buffer[self.count], model, f"model (candidate {self.count})")
+        self._write(self.buffer[self.count], self._prepare(model, f"model (candidate {self.count})"))
         self.count += 1
         return self.count - 1
 
@@ -207,11 +207,10 @@ class CandidateBank:
         models = list(models)
         if len(models) > self.capacity:
             raise ValueError(f"models has {len(models)} entries, more than the bank's capacity {self.capacity}")
-        # Check everything before the first write, so that a bad model leaves the bank as it was.
-        for m, model in enumerate(models):
-            self._check(model, f"models[{m}]")
-        for m, model in enumerate(models):
-            self._write(self.buffer[m], model, f"models[{m}]")
+        # Check and convert everything before the first write, so that a bad model leaves the bank as it was.
+        prepared = [self._prepare(model, f"models[{m}]") for m, model in enumerate(models)]
+        for m, tensors in enumerate(prepared):
+            self._write(self.buffer[m], tensors)
         self.count = len(models)
         return self.candidates
 
@@ -222,7 +221,10 @@ class CandidateBank:
             raise ValueError(f"table must be a torch tensor of shape (N, {self.layout.size}), got {shape}")
         if table.dtype != self.layout.dtype:
             raise TypeError(f"table has dtype {table.dtype}, expected {self.layout.dtype}")
-        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=table.device)
+        given = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        if given.size and given.dtype.kind not in "iu":
+            raise TypeError(f"rows must be integer row indices, got dtype {given.dtype}")
+        idx = torch.as_tensor(given.astype(np.int64), device=table.device)
         if idx.dim() != 1 or idx.numel() > self.capacity:
             raise ValueError(f"rows must be 1-D with at most {self.capacity} entries, got shape {tuple(idx.shape)}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
@@ -231,12 +233,15 @@ class CandidateBank:
         self.count = idx.numel()
         return self.candidates
 
-    # A model is checked fully (_check) before _write copies it.
-    def _check(self, model: Any, role: str) -> None:
+    # A model is checked and converted fully (_prepare) before _write copies it.
+    def _prepare(self, model: Any, role: str) -> Any:
+        """The model's tensors (a dict by entry name, or one flat tensor), every one checked:
+        shape, a real dtype, a device with data. Nothing is written here."""
         L = self.layout
         if isinstance(model, nn.Module):
             model = dict(model.state_dict(keep_vars=True))
         if isinstance(model, Mapping):
+            tensors = {}
             for name, shape in zip(L.names, L.shapes):
                 if name not in model:
                     raise ValueError(f"{role} has no entry {name!r}")
@@ -244,24 +249,34 @@ class CandidateBank:
                 if not hasattr(t, "shape") or tuple(t.shape) != shape:
                     got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
                     raise ValueError(f"{role}[{name!r}] has shape {got}, expected {shape}")
-            return
+                tensors[name] = self._real_tensor(t, f"{role}[{name!r}]")
+            return tensors
         if hasattr(model, "shape") and hasattr(model, "dtype"):
             if tuple(model.shape) != (L.size,):
                 raise ValueError(f"{role} has shape {tuple(model.shape)}, expected ({L.size},) (a flat model)")
-            return
+            return self._real_tensor(model, role)
         raise TypeError(f"{role} must be a state_dict, an nn.Module or a flat array, got {type(model).__name__}")
 
-    def _write(self, row: torch.Tensor, model: Any, role: str) -> None:
-        self._check(model, role)
+    @staticmethod
+    def _real_tensor(value: Any, role: str) -> torch.Tensor:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{role} must hold real numbers, got dtype {getattr(value, 'dtype', '?')}") from None
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{role} must hold real numbers, got dtype {t.dtype}")
+        if t.device.type == "meta":
+            raise ValueError(f"{role} is a meta tensor (it holds no data)")
+        return t
+
+    def _write(self, row: torch.Tensor, tensors: Any) -> None:
         with torch.no_grad():
-            if isinstance(model, nn.Module):
-                model = dict(model.state_dict(keep_vars=True))
-            if isinstance(model, Mapping):
+            if isinstance(tensors, dict):
                 views = self.layout.views(row)
                 for name in self.layout.names:
-                    views[name].copy_(torch.as_tensor(model[name]))
+                    views[name].copy_(tensors[name])
             else:
-                row.copy_(torch.as_tensor(model))
+                row.copy_(tensors)
 
 
 # --- one FedFomo client ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from .affinity import Affinity
+from .guard import distance_bound, model_norm
 from .policy import ClientPolicy, ServerPolicy
 from .presets import PRESETS, Preset, get_preset
 from .server import Server
@@ -56,6 +57,8 @@ __all__ = [
     "compute_weights",
     "first_order_scores",
     "fomo_step",
+    "distance_bound",
+    "model_norm",
     "Plan",
     "plan",
     "Preset",

@@ -13,7 +13,16 @@ from typing import Any, Hashable
 
 import numpy as np
 
-__all__ = ["Structure", "parse_model", "candidate_leaves", "allocate_like", "is_array", "is_floating"]
+__all__ = [
+    "Structure",
+    "parse_model",
+    "candidate_leaves",
+    "allocate_like",
+    "is_array",
+    "is_floating",
+    "check_writable",
+    "mark_written",
+]
 
 _FLOATING_NAMES = frozenset({"float16", "float32", "float64", "bfloat16", "float128", "longdouble"})
 _floating_cache: dict[Any, bool] = {}
@@ -148,6 +157,40 @@ def candidate_leaves(structure: Structure, local_float: list, candidates: Any) -
 
 def out_leaves(structure: Structure, out: Any) -> list:
     return _leaves_like(structure, out, "out")
+
+
+def check_writable(leaves: list, names: list) -> None:
+    """Refuses the output tensors that torch's own in-place ops refuse: tensors autograd tracks
+    (``requires_grad`` while grad mode is on: a leaf Parameter of a live graph) and inference
+    tensors outside ``torch.inference_mode()``. ``names`` are the leaves' path suffixes."""
+    if not any(library(leaf) == "torch" for leaf in leaves):
+        return
+    import torch
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    for leaf, name in zip(leaves, names):
+        if library(leaf) != "torch":
+            continue
+        if not inference and leaf.is_inference():
+            raise ValueError(
+                f"out{name} is an inference tensor, which torch does not let anyone update in place outside "
+                "torch.inference_mode(); run the call inside it, or pass a normal tensor"
+            )
+        if grad and leaf.requires_grad:
+            raise ValueError(
+                f"out{name} requires grad: writing it in place would corrupt the autograd graph (torch refuses "
+                "in-place ops on it too); wrap the call in torch.no_grad(), as optimizers do"
+            )
+
+
+def mark_written(leaves: list) -> None:
+    """Bumps the version counter of the torch tensors the kernels wrote (as torch's in-place ops
+    do), so that autograd refuses a backward pass through values that have changed."""
+    written = [leaf for leaf in leaves if library(leaf) == "torch" and not leaf.is_inference()]
+    if written:
+        import torch.autograd.graph
+
+        torch.autograd.graph.increment_version(written)
 
 
 def library(leaf: Any) -> str:

@@ -13,35 +13,26 @@ epsilon decaying over the rounds as in the authors' code).
 from __future__ import annotations
 
 import json
-import math
 import os
+import struct
+import zipfile
+import zlib
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ._atomic import atomic_write
+from ._validate import count as _count
+from ._validate import real as _real
+from ._validate import real_vector
 from .policy import ServerPolicy
 from .presets import Preset, as_preset
 
 __all__ = ["Affinity"]
 
 _FORMAT = "fomo_core.Affinity/1"
-
-
-def _real(value: Any, name: str, *, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not (math.isfinite(v) and low <= v <= high):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
-    return v
-
-
-def _count(value: Any, name: str, *, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+MAX_LOAD_BYTES = 1 << 30  # Affinity.load's default cap on the matrix (N up to 11,585)
+_MAX_META_CHARS = 1 << 20
 
 
 def _options(policy: ServerPolicy) -> dict:
@@ -277,12 +268,7 @@ class Affinity:
         """
         client = self._client(client)
         ids = self._ids(ids, "ids")
-        if hasattr(scores, "detach"):
-            scores = scores.detach().cpu().double().numpy()
-        try:
-            s = np.asarray(scores, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"scores must be a sequence of real numbers, got {type(scores).__name__}") from None
+        s = real_vector(scores, "scores")
         if s.shape != ids.shape:
             raise ValueError(f"scores must have one value per id, shape {ids.shape}, got shape {s.shape}")
         if np.isinf(s).any():
@@ -297,28 +283,99 @@ class Affinity:
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Writes the matrix, the options and the random generator's state to a .npz file."""
+        """Writes the matrix, the options and the random generator's state to a .npz file,
+        atomically: a crash mid-save leaves the previous file as it was."""
         meta = {"format": _FORMAT, "options": self.options(), "rng": self.rng.bit_generator.state}
-        with open(path, "wb") as f:
-            np.savez(f, matrix=self.matrix, meta=np.array(json.dumps(meta)))
+        atomic_write(path, lambda f: np.savez(f, matrix=self.matrix, meta=np.array(json.dumps(meta))))
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Affinity":
-        """An Affinity restored from :meth:`save`'s file: it continues exactly where it stopped."""
-        with np.load(path, allow_pickle=False) as data:
-            if "matrix" not in data or "meta" not in data:
-                raise ValueError(f"path {os.fspath(path)!r} is not an Affinity file (no 'matrix'/'meta' entries)")
-            matrix = np.array(data["matrix"], dtype=np.float64)
-            meta = json.loads(str(data["meta"]))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"path {os.fspath(path)!r} has format {meta.get('format')!r}, expected {_FORMAT!r}")
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"path {os.fspath(path)!r} holds a matrix of shape {matrix.shape}, expected (N, N)")
-        aff = cls(matrix.shape[0], **meta["options"])
+    def load(cls, path: Union[str, os.PathLike], *, max_bytes: int = MAX_LOAD_BYTES) -> "Affinity":
+        """An Affinity restored from :meth:`save`'s file: it continues exactly where it stopped.
+
+        The file is checked before anything is built: a readable zip of the two entries, the
+        matrix a square float array of at most ``max_bytes`` (1 GiB by default; the size declared in
+        its header is checked before it is read, so a small compressed file cannot expand beyond
+        it), every entry finite, the options and the generator state valid. A file that fails gets
+        a ValueError (TypeError for wrong types) naming the file and what is wrong; a file that
+        cannot be opened raises the usual OSError.
+        """
+        where = f"path {os.fspath(path)!r}"
+        max_bytes = _count(max_bytes, "max_bytes", low=1)
+        matrix, meta = _read_checkpoint(path, where, max_bytes)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{where} has format {found!r}, expected {_FORMAT!r}")
+        options, rng = meta.get("options"), meta.get("rng")
+        if not isinstance(options, dict) or not isinstance(rng, dict):
+            raise ValueError(f"{where} has no options/rng entries in its metadata")
+        try:
+            aff = cls(matrix.shape[0], **options)
+            aff.rng.bit_generator.state = rng
+        except (TypeError, ValueError, KeyError) as e:
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"{where} holds invalid options or generator state: {e}") from None
         aff.matrix = matrix
-        aff.rng.bit_generator.state = meta["rng"]
         return aff
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"Affinity({self.num_clients}, {opts})"
+
+
+# --- reading a checkpoint -----------------------------------------------------------------------
+
+
+def _npy_header(member: Any, where: str, entry: str) -> tuple:
+    """(shape, fortran_order, dtype) from a .npy header, without reading the data."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member)
+    raise ValueError(f"{where}: entry {entry!r} has .npy format version {version}, expected 1.0 or 2.0")
+
+
+def _read_entry(archive: zipfile.ZipFile, where: str, entry: str, kinds: str, max_bytes: int) -> np.ndarray:
+    """One .npy entry of the archive, its declared dtype and size checked before its data is read."""
+    with archive.open(entry + ".npy") as member:
+        shape, fortran, dtype = _npy_header(member, where, entry)
+        if dtype.kind not in kinds or dtype.hasobject:
+            raise TypeError(f"{where}: entry {entry!r} has dtype {dtype}, expected {'a real float' if kinds == 'f' else 'text'}")
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > max_bytes:
+            raise ValueError(f"{where}: entry {entry!r} declares shape {shape} ({size} bytes), beyond the cap of {max_bytes} bytes")
+        data = member.read(size)
+        if len(data) != size:
+            raise ValueError(f"{where}: entry {entry!r} is truncated ({len(data)} of {size} bytes)")
+    array = np.frombuffer(data, dtype=dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _read_checkpoint(path: Union[str, os.PathLike], where: str, max_bytes: int) -> tuple:
+    """(matrix [N, N] float64, meta) from an Affinity file, or a ValueError/TypeError saying why not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [n for n in ("matrix.npy", "meta.npy") if n not in names]
+            if missing:
+                raise ValueError(f"{where} is not an Affinity file (no {', '.join(missing)} entry)")
+            matrix = _read_entry(archive, where, "matrix", "f", max_bytes)
+            text = _read_entry(archive, where, "meta", "U", _MAX_META_CHARS * 4)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(where):
+            raise  # ours, already saying what is wrong
+        raise ValueError(f"{where} is not a readable Affinity file: {e}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, NotImplementedError, KeyError, OverflowError) as e:
+        raise ValueError(f"{where} is not a readable Affinity file: {type(e).__name__}: {e}") from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 1:
+        raise ValueError(f"{where} holds a matrix of shape {matrix.shape}, expected (N, N) with N >= 1")
+    matrix = np.array(matrix, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{where} holds a matrix with NaN or infinite entries")
+    if text.shape != ():
+        raise ValueError(f"{where}: entry 'meta' has shape {text.shape}, expected one string")
+    try:
+        meta = json.loads(str(text[()]))
+    except ValueError as e:
+        raise ValueError(f"{where}: entry 'meta' is not JSON: {e}") from None
+    return matrix, meta

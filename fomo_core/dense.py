@@ -319,6 +319,7 @@ def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
     if torch_y:
         import torch
 
+        y = y.detach().resolve_conj().resolve_neg()  # lazily negated labels would be read un-negated
         shape = tuple(y.shape)
         is_float = y.is_floating_point()
         is_int = not is_float and y.dtype not in (torch.complex64, torch.complex128)
@@ -367,21 +368,31 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     if _is_torch(sample_weight):
         import torch
 
-        w = sample_weight.detach().to(torch.float64).contiguous()
-        if w.device.type == "cpu":
-            w = w.numpy()
+        if sample_weight.is_complex() or sample_weight.dtype == torch.bool:
+            raise TypeError(f"sample_weight must hold real numbers, got dtype {sample_weight.dtype}")
+        w = sample_weight.detach().resolve_neg().to(torch.float64).contiguous()
     else:
         try:
-            w = np.ascontiguousarray(sample_weight, dtype=np.float64)
-        except (TypeError, ValueError):
+            w = np.asarray(sample_weight)
+            if w.dtype.kind not in "iuf":
+                raise TypeError
+            w = np.ascontiguousarray(w, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
             raise TypeError(f"sample_weight must be an array of real numbers, got {type(sample_weight).__name__}") from None
     if tuple(w.shape) != (rows,):
         raise ValueError(f"sample_weight has shape {tuple(w.shape)}, expected ({rows},) (one weight per row of X)")
     finite_nonneg = bool(((w >= 0) & (w < float("inf"))).all())
     if not finite_nonneg:
         raise ValueError("sample_weight must hold finite values >= 0")
-    if not float(w.sum()) > 0:
+    largest = float(w.max())
+    if not largest > 0:
         raise ValueError("sample_weight must have a positive sum")
+    # The weighted means do not change when every weight is divided by the largest, and the sums of
+    # weights (and of weighted losses) then stay far from float64's range at both ends: weights of
+    # 1e307 overflowed them (NaN losses), and tiny ones no longer underflow in w * loss.
+    w = w / largest
+    if _is_torch(w) and w.device.type == "cpu":
+        w = w.numpy()
     return w
 
 

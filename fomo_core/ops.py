@@ -18,10 +18,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from . import _C
-from ._models import allocate_like, can_allocate_like, candidate_leaves, floating_leaves, out_leaves, parse_model
+from ._models import (
+    allocate_like,
+    can_allocate_like,
+    candidate_leaves,
+    check_writable,
+    floating_leaves,
+    mark_written,
+    out_leaves,
+    parse_model,
+)
+from ._validate import flag, real, real_vector
 
 __all__ = [
     "Scores",
@@ -78,64 +86,18 @@ def _norm_code(norm: str) -> int:
         raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}") from None
 
 
-def _is_real_number(x: Any) -> bool:
-    """Ints and floats of any library; not text, not booleans (a loss of True means nothing)."""
-    if isinstance(x, (str, bytes, bool, np.bool_)):
-        return False
-    kind = getattr(getattr(x, "dtype", None), "kind", None)
-    return kind is None or kind in "iuf"
+def _check_eps(eps: Any) -> float:
+    return real(eps, "eps", low=0.0)
 
 
-def _check_eps(eps: float) -> float:
-    try:
-        if not _is_real_number(eps):
-            raise TypeError
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+def _check_max_distance(max_distance: Any) -> float:
+    """The guard's bound; None (no guard) is infinity."""
+    if max_distance is None:
+        return math.inf
+    value = real(max_distance, "max_distance", low=0.0, finite=False)
+    if math.isnan(value):
+        raise ValueError("max_distance must be a number >= 0 or None (no guard), got nan")
     return value
-
-
-def _to_host(x: Any) -> Any:
-    """A CPU view or copy of a small per-candidate input (losses, weights) wherever it lives."""
-    if hasattr(x, "detach"):  # torch, any device
-        return x.detach().cpu()
-    if hasattr(x, "__cuda_array_interface__"):
-        if hasattr(x, "get"):  # CuPy
-            return x.get()
-        if hasattr(x, "copy_to_host"):  # Numba
-            return x.copy_to_host()
-    return x
-
-
-def _scalar(x: Any, name: str) -> float:
-    x = _to_host(x)
-    try:
-        if not _is_real_number(x) or (getattr(x, "ndim", 0) != 0 and getattr(x, "size", 1) != 1):
-            raise TypeError
-        return float(x)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}") from None
-
-
-def _vector(x: Any, name: str) -> np.ndarray:
-    x = _to_host(x)
-    if hasattr(x, "detach"):
-        x = x.double().numpy()
-    if isinstance(x, (list, tuple)) and any(hasattr(value, "detach") for value in x):
-        x = [_scalar(value, f"{name}[{i}]") for i, value in enumerate(x)]  # 0-d tensors from a training loop
-    try:
-        v = np.asarray(x)
-        if v.dtype.kind not in "iuf":
-            raise TypeError
-        v = v.astype(np.float64, copy=False)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a sequence of real numbers, got {type(x).__name__}") from None
-    if v.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {v.shape}")
-    return v
 
 
 def _cuda_index(leaf: Any) -> int | None:
@@ -215,7 +177,10 @@ class _Call:
             return torch.from_numpy(values).to(self.device)
         return values
 
-    def output(self, out: Any) -> tuple[Any, list]:
+    def output(self, out: Any, *, writing_now: bool = True) -> tuple[Any, list]:
+        """(the result model, its floating leaves): ``out`` or a new model. ``writing_now``: the
+        caller writes at once, so torch's in-place rules are checked here (a plan checks them at
+        every write instead)."""
         if out is None:
             if self.cuda is not None and not can_allocate_like(self.first_float) and _C.has_cuda():
                 raise TypeError(
@@ -223,22 +188,28 @@ class _Call:
                     "(fomo_core allocates new CUDA models for torch tensors and CuPy arrays only)"
                 )
             return allocate_like(self.structure, self.leaves)
-        return out, out_leaves(self.structure, out)
+        leaves = out_leaves(self.structure, out)
+        if writing_now:
+            check_writable(leaves, self.structure.names)
+        return out, leaves
 
-    def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores):
+    def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance=None):
         results = self.device_results(3)
         weights, scores, distances, status = _C.step(
             self.local,
             self.candidates,
             out_float,
             self.structure.names,
-            _scalar(local_loss, "local_loss"),
-            _vector(candidate_losses, "candidate_losses"),
+            real(local_loss, "local_loss", finite=False),
+            real_vector(candidate_losses, "candidate_losses"),
             _norm_code(norm),
             _check_eps(eps),
-            all_scores,
+            flag(all_scores, "all_scores"),
             None if results is None else tuple(results),
+            _check_max_distance(max_distance),
         )
+        if out_float is not None:
+            mark_written(out_float)
         return self.scores(weights, scores, distances, status)
 
     def scores(self, weights, scores, distances, status) -> tuple[Any, Scores]:
@@ -268,15 +239,18 @@ def first_order_scores(
     *,
     norm: str = "l2",
     eps: float = 0.0,
+    max_distance: float | None = None,
 ) -> Scores:
     """FedFomo's raw scores s_n = (L0 - L_n) / (||theta_n - theta_i|| + eps) of every candidate.
 
     Every candidate is measured, improving or not (the affinity matrix adds negative scores too).
     A candidate is rejected, score 0, when its loss, the local loss or its distance is NaN or
-    infinite, or when d + eps == 0.
+    infinite, or when d + eps == 0. ``max_distance`` (optional, off by default) is the guard
+    against finite poisoned models: a candidate farther than it from the local model is rejected
+    too, however low its loss.
     """
     call = _Call(local_params, candidate_params)
-    return call.step(None, local_loss, candidate_losses, norm, eps, True)[1]
+    return call.step(None, local_loss, candidate_losses, norm, eps, True, max_distance)[1]
 
 
 def compute_weights(
@@ -287,11 +261,13 @@ def compute_weights(
     *,
     norm: str = "l2",
     eps: float = 0.0,
+    max_distance: float | None = None,
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
-    score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless)."""
+    score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless).
+    ``max_distance`` as in :func:`first_order_scores`."""
     call = _Call(local_params, candidate_params)
-    weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False)
+    weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False, max_distance)
     return call.vector(weights)
 
 
@@ -300,12 +276,18 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
 
     ``out`` (optional) receives the result and may be local_params itself (in place); otherwise a
     new model of local_params' layout and array types is returned. With every weight 0 the result
-    equals local_params bit for bit.
+    equals local_params bit for bit. As torch's own in-place ops do, torch tensors in ``out`` that
+    autograd tracks (``requires_grad`` while grad mode is on) or inference tensors outside
+    ``torch.inference_mode()`` are refused, and every written tensor's version counter is bumped
+    (a backward pass that saved the old values then fails instead of using the new ones).
+    Weights beyond float32's range are refused for float32, float16 and bfloat16 models (their
+    update is accumulated in float32).
     """
     call = _Call(local_params, candidate_params)
-    w = _vector(weights, "weights")
+    w = real_vector(weights, "weights")
     params, out_float = call.output(out)
     _C.update(call.local, call.candidates, out_float, call.structure.names, w)
+    mark_written(out_float)
     return params
 
 
@@ -319,15 +301,16 @@ def fomo_step(
     eps: float = 0.0,
     all_scores: bool = True,
     out: Any = None,
+    max_distance: float | None = None,
 ) -> StepResult:
     """One fused FedFomo step: distances, scores, weights and the update in two passes over memory.
 
     ``all_scores=True`` (default) measures every candidate so that the non-improving ones get
     their (negative) scores for the affinity update; ``all_scores=False`` skips them (scores NaN,
     ``skipped`` set). Weights and parameters are the same either way. ``out`` as in
-    :func:`apply_update`.
+    :func:`apply_update`; ``max_distance`` as in :func:`first_order_scores`.
     """
     call = _Call(local_params, candidate_params)
     params, out_float = call.output(out)
-    weights, scores = call.step(out_float, local_loss, candidate_losses, norm, eps, bool(all_scores))
+    weights, scores = call.step(out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance)
     return StepResult(params, call.vector(weights), scores.scores, scores.distances, scores.rejected, scores.skipped)

@@ -25,8 +25,9 @@ import numpy as np
 
 from . import _C
 from . import ops as _ops
-from ._models import Structure, is_array
-from .ops import Scores, StepResult, _Call, _check_eps, _norm_code, _scalar, _vector
+from ._models import Structure, check_writable, is_array, mark_written
+from ._validate import flag, real, real_vector
+from .ops import Scores, StepResult, _Call, _check_eps, _check_max_distance, _norm_code
 
 __all__ = ["Plan", "plan"]
 
@@ -62,7 +63,8 @@ class Plan:
 
     def _build(self) -> None:
         call = _Call(self._local, self._candidates)
-        self.params, out_float = call.output(self._out)
+        self.params, out_float = call.output(self._out, writing_now=False)
+        self._out_float = out_float
         self._call = call
         self._native = None
         if call.cuda is None:
@@ -106,9 +108,20 @@ class Plan:
                 else:
                     dst.copy_(src)
 
-    def _step(self, local_loss, candidate_losses, norm, eps, all_scores, update) -> tuple[Any, Scores] | None:
-        raw = self._run("step", _scalar(local_loss, "local_loss"), _vector(candidate_losses, "candidate_losses"),
-                        _norm_code(norm), _check_eps(eps), bool(all_scores), update)
+    def _writing(self) -> None:
+        """What every write rechecks: torch's in-place rules may change with grad/inference mode."""
+        check_writable(self._out_float, self._call.structure.names)
+
+    def _step(self, local_loss, candidate_losses, norm, eps, all_scores, update,
+              max_distance=None) -> tuple[Any, Scores] | None:
+        args = (real(local_loss, "local_loss", finite=False), real_vector(candidate_losses, "candidate_losses"),
+                _norm_code(norm), _check_eps(eps), flag(all_scores, "all_scores"), update,
+                _check_max_distance(max_distance))
+        if update:
+            self._writing()
+        raw = self._run("step", *args)
+        if raw is not None and update:
+            mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
 
     def candidate_distances(self, *, norm: str = "l2") -> Any:
@@ -119,37 +132,40 @@ class Plan:
         return self._call.vector(d)
 
     def first_order_scores(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2",
-                           eps: float = 0.0) -> Scores:
+                           eps: float = 0.0, max_distance: float | None = None) -> Scores:
         """Raw scores of every candidate (see fomo_core.first_order_scores)."""
-        done = self._step(local_loss, candidate_losses, norm, eps, True, False)
+        done = self._step(local_loss, candidate_losses, norm, eps, True, False, max_distance)
         if done is None:
             return _ops.first_order_scores(self._local, self._candidates, local_loss, candidate_losses, norm=norm,
-                                           eps=eps)
+                                           eps=eps, max_distance=max_distance)
         return done[1]
 
     def compute_weights(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2",
-                        eps: float = 0.0) -> Any:
+                        eps: float = 0.0, max_distance: float | None = None) -> Any:
         """[M] normalised weights (see fomo_core.compute_weights)."""
-        done = self._step(local_loss, candidate_losses, norm, eps, False, False)
+        done = self._step(local_loss, candidate_losses, norm, eps, False, False, max_distance)
         if done is None:
-            return _ops.compute_weights(self._local, self._candidates, local_loss, candidate_losses, norm=norm, eps=eps)
+            return _ops.compute_weights(self._local, self._candidates, local_loss, candidate_losses, norm=norm, eps=eps,
+                                        max_distance=max_distance)
         return self._call.vector(done[0])
 
     def apply_update(self, weights: Any) -> Any:
         """theta_i + sum_n w_n (theta_n - theta_i) into the plan's output, which it returns."""
-        w = _vector(weights, "weights")
+        w = real_vector(weights, "weights")
+        self._writing()
         if self._run("update", w) is None:
             return _ops.apply_update(self._local, self._candidates, w, out=self.params)
+        mark_written(self._out_float)
         self._refresh_nonfloating()
         return self.params
 
     def fomo_step(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2", eps: float = 0.0,
-                  all_scores: bool = True) -> StepResult:
+                  all_scores: bool = True, max_distance: float | None = None) -> StepResult:
         """The fused step into the plan's output (see fomo_core.fomo_step); ``.params`` is that output."""
-        done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True)
+        done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True, max_distance)
         if done is None:
             return _ops.fomo_step(self._local, self._candidates, local_loss, candidate_losses, norm=norm, eps=eps,
-                                  all_scores=all_scores, out=self.params)
+                                  all_scores=all_scores, out=self.params, max_distance=max_distance)
         self._refresh_nonfloating()
         weights, s = done
         return StepResult(self.params, self._call.vector(weights), s.scores, s.distances, s.rejected, s.skipped)

@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Optional
 
-__all__ = ["ClientPolicy", "ServerPolicy"]
+from ._validate import choice as _one_of
+from ._validate import real
 
+__all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 
-def _one_of(value: Any, name: str, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+# The fomo-core preset's guard: candidates farther than 3 x the norm of the client's own model are
+# rejected. Chosen from benchmarks/bench_attacks.py: honest candidates measured at most 0.73 x
+# (improving ones at most 0.11 x); x10 scaled, noise and 1e30 poison models sit at 9 x and beyond.
+GUARD = 3.0
 
 
 def _real(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} must be a finite number in [{float(low)}, {float(high)}], got {value!r}")
+    real(value, name, low=low, high=high)
 
 
 class _Policy:
@@ -89,6 +89,11 @@ class ClientPolicy(_Policy):
                      "reject" (non-finite candidates are rejected; a non-finite own loss rejects
                      every candidate) or "skip_round" (any non-finite loss skips the update)
     norm, eps:       the distance ("l2" or "l1") and the constant added to it in the score
+    guard:           the poisoned-client guard: a candidate farther from the baseline than
+                     ``guard`` times the baseline's own norm is rejected (score 0, weight 0),
+                     however low its loss; None (or infinity) turns it off. A finite poisoned model
+                     (parameters of 1e30 with a low loss) would otherwise take the client's model
+                     whenever it is the only improving candidate. None of the peers has it.
     """
 
     baseline: str = "current"
@@ -102,6 +107,7 @@ class ClientPolicy(_Policy):
     nonfinite: str = "adopt_best"
     norm: str = "l2"
     eps: float = 0.0
+    guard: Optional[float] = None
 
     def __post_init__(self) -> None:
         _one_of(self.baseline, "baseline", ("current", "last_update"))
@@ -115,6 +121,8 @@ class ClientPolicy(_Policy):
         _one_of(self.nonfinite, "nonfinite", ("adopt_best", "reject", "skip_round"))
         _one_of(self.norm, "norm", ("l2", "l1"))
         _real(self.eps, "eps", low=0.0)
+        if self.guard is not None:
+            real(self.guard, "guard", low=0.0, finite=False)
         if self.measure == "state" and self.buffers != "moved":
             raise ValueError("measure='state' measures the buffers, so they must be moved too: buffers='moved'")
         if self.self_candidate == "trained" and self.baseline == "current":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .policy import ClientPolicy, ServerPolicy
+from .policy import GUARD, ClientPolicy, ServerPolicy
 
 __all__ = ["Preset", "PRESETS", "get_preset", "as_preset", "client_policy"]
 
@@ -51,7 +51,7 @@ _NAN_AFFINITY = (
 PRESETS: dict[str, Preset] = {
     "fomo-core": Preset(
         name="fomo-core",
-        client=ClientPolicy(),
+        client=ClientPolicy(guard=GUARD),
         server=ServerPolicy(),
     ),
     "paper": Preset(

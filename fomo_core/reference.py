@@ -188,16 +188,17 @@ def _distance(local: list, candidate: list, norm: str) -> float:
 _ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
 
 
-def _score(local_loss: float, loss: float, distance: float, eps: float, measured: bool) -> tuple:
+def _score(local_loss: float, loss: float, distance: float, eps: float, measured: bool,
+           max_distance: float = math.inf) -> tuple:
     """(score, status): s = (L0 - Ln) / (d + eps), or 0 and rejected when a loss or the distance is
-    NaN or infinite, when d + eps == 0, or when the quotient overflows; NaN and skipped when the
-    distance was not measured."""
+    NaN or infinite, when d + eps == 0, when d > max_distance (the guard), or when the quotient
+    overflows; NaN and skipped when the distance was not measured."""
     if not (math.isfinite(local_loss) and math.isfinite(loss)):
         return 0.0, _REJECTED
     if not measured:
         return math.nan, _SKIPPED
     denominator = distance + eps
-    if not math.isfinite(distance) or denominator == 0.0:
+    if not math.isfinite(distance) or denominator == 0.0 or distance > max_distance:
         return 0.0, _REJECTED
     score = (local_loss - loss) / denominator
     if not math.isfinite(score):
@@ -216,14 +217,14 @@ def _normalise(scores: list, status: list) -> list:
 
 
 def _scores(model: _Model, candidates: list, local_loss: float, losses: list, norm: str, eps: float,
-            all_scores: bool) -> tuple:
+            all_scores: bool, max_distance: float) -> tuple:
     local = [leaf.values for leaf in model.floating]
     scores, distances, status = [], [], []
     for candidate, loss in zip(candidates, losses):
         finite = math.isfinite(local_loss) and math.isfinite(loss)
         measured = all_scores or (finite and loss < local_loss)
         distance = _distance(local, candidate, norm) if measured else math.nan
-        score, st = _score(local_loss, loss, distance, eps, measured)
+        score, st = _score(local_loss, loss, distance, eps, measured, max_distance)
         scores.append(score)
         distances.append(distance)
         status.append(st)
@@ -267,12 +268,13 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     return _vector([_distance(local, c, _norm(norm)) for c in model.candidates(candidate_params)])
 
 
-def _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, all_scores):
+def _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, all_scores, max_distance):
     model = _Model(local_params, "local_params")
     candidates = model.candidates(candidate_params)
     losses = _losses(candidate_losses, len(candidates), "candidate_losses")
+    bound = math.inf if max_distance is None else float(max_distance)
     scores, distances, status = _scores(
-        model, candidates, float(local_loss), losses, _norm(norm), float(eps), all_scores
+        model, candidates, float(local_loss), losses, _norm(norm), float(eps), all_scores, bound
     )
     result = Scores(
         scores=_vector(scores),
@@ -284,15 +286,18 @@ def _scored(local_params, candidate_params, local_loss, candidate_losses, norm, 
 
 
 def first_order_scores(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-                       *, norm: str = "l2", eps: float = 0.0) -> Scores:
-    """Every candidate's s_n = (L0 - L_n) / (d_n + eps), all measured (as for the affinity)."""
-    return _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, True)[2]
+                       *, norm: str = "l2", eps: float = 0.0, max_distance: Any = None) -> Scores:
+    """Every candidate's s_n = (L0 - L_n) / (d_n + eps), all measured (as for the affinity);
+    candidates farther than max_distance (None: no guard) are rejected."""
+    return _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, True, max_distance)[2]
 
 
 def compute_weights(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-                    *, norm: str = "l2", eps: float = 0.0) -> np.ndarray:
+                    *, norm: str = "l2", eps: float = 0.0, max_distance: Any = None) -> np.ndarray:
     """[M] float64 weights w_n = max(s_n, 0) / sum_m max(s_m, 0); all 0 if no score is positive."""
-    return _vector(_scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, False)[3])
+    return _vector(
+        _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, False, max_distance)[3]
+    )
 
 
 def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, rounded: bool = True) -> Any:
@@ -310,14 +315,15 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, roun
 
 
 def fomo_step(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-              *, norm: str = "l2", eps: float = 0.0, all_scores: bool = True, rounded: bool = True) -> StepResult:
+              *, norm: str = "l2", eps: float = 0.0, all_scores: bool = True, rounded: bool = True,
+              max_distance: Any = None) -> StepResult:
     """Scores, weights and the updated model of one FedFomo step (see the functions above).
 
     all_scores=False leaves the candidates with L_n >= L0 unmeasured (score and distance NaN,
     skipped); the weights and parameters are the same either way.
     """
     model, candidates, scores, weights = _scored(
-        local_params, candidate_params, local_loss, candidate_losses, norm, eps, bool(all_scores)
+        local_params, candidate_params, local_loss, candidate_losses, norm, eps, bool(all_scores), max_distance
     )
     params = _updated(model, candidates, weights, rounded)
     return StepResult(params, _vector(weights), scores.scores, scores.distances, scores.rejected, scores.skipped)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .guard import distance_bound
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
@@ -120,16 +121,20 @@ def federate(
     p = len(params) if measured is None else measured
     whole = p == len(params)
     fused_in_place = own_is_baseline and whole and policy.nonfinite != "skip_round"
+    measured_base = base if whole else base[:p]
+    options = policy.step_options()
+    if policy.guard is not None:
+        options["max_distance"] = distance_bound(measured_base, policy.guard, norm=policy.norm)
     if fused_in_place:
         # The common case in one fused pass; no weight leaves the model bit for bit as it was.
-        res = fomo_step(params, cands, base_loss, losses, out=params, **policy.step_options())
+        res = fomo_step(params, cands, base_loss, losses, out=params, **options)
     else:
         res = fomo_step(
-            base[:p] if not whole else base,
+            measured_base,
             [c[:p] for c in cands] if not whole else cands,
             base_loss,
             losses,
-            **policy.step_options(),
+            **options,
         )
     weights, scores = as_float64(res.weights), as_float64(res.scores)
     scores = np.where(np.isnan(scores), 0.0, scores)

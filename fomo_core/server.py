@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ._atomic import atomic_write
+from ._models import is_floating
+from ._validate import real, real_vector
 from .affinity import Affinity
 from .model_store import read_npz_rows
 from .policy import ServerPolicy
@@ -41,6 +43,8 @@ def _flat(x: Any, name: str) -> Any:
     if not (hasattr(x, "shape") and hasattr(x, "dtype")) or len(x.shape) != 1:
         shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
         raise ValueError(f"{name} must be a flat model, a 1-D array or tensor [P], got {shape}")
+    if not is_floating(x):
+        raise TypeError(f"{name} must hold real floating-point values, got dtype {x.dtype}")
     return x
 
 
@@ -143,10 +147,10 @@ class Server:
         params = _flat(params, "params")
         if tuple(params.shape) != tuple(self.models.shape[1:]):
             raise ValueError(f"params has shape {tuple(params.shape)}, expected ({self.models.shape[1]},)")
-        ids = list(np.asarray(ids, dtype=np.int64).reshape(-1)) if len(ids) else []
-        scores = list(np.asarray(scores.detach().cpu() if _is_torch(scores) else scores, dtype=np.float64).reshape(-1))
+        ids = list(self.affinity._ids(ids, "ids")) if len(ids) else []
+        scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
-            ids, scores = [client, *ids], [float(self_score), *scores]
+            ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
         self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
         params = params.detach().clone() if _is_torch(params) else np.array(params)
         if self.policy.uploads == "immediately":

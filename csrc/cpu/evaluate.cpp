@@ -46,6 +46,7 @@ void check(const DenseNet& net, const DenseCandidates& cands, const DenseData& d
   if (net.num_layers < 1) fail_value("the network needs at least one layer, got ", net.num_layers);
   for (int64_t l = 0; l <= net.num_layers; ++l)
     if (net.sizes[l] < 1) fail_value("sizes[", l, "] is ", net.sizes[l], "; every layer width must be positive");
+  check_dense_sizes(net, cands.count, data.rows);  // before make_plan multiplies any of them
   if (net.output == DenseOutput::logistic && net.sizes[net.num_layers] != 1)
     fail_value("output 'logistic' needs one output unit, got ", net.sizes[net.num_layers]);
   if (data.rows < 1) fail_value("X has no rows; the mean loss over an empty validation set is undefined");

@@ -93,7 +93,7 @@ void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_l
   for (int64_t n : which) measured[size_t(n)] = 1;
   for (int64_t n = 0; n < m; ++n)
     result.scores[n] = first_order_score(local_loss, candidate_losses[n], result.distances[n], options.eps,
-                                         measured[size_t(n)] != 0, &result.status[n]);
+                                         options.max_distance, measured[size_t(n)] != 0, &result.status[n]);
   normalise_weights(result.scores, result.status, m, result.weights);
   if (options.update) update(runs, chunks, result.weights);
 }

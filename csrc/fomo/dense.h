@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fomo/check.h"
 #include "fomo/math.h"
 #include "fomo/ops.h"
 
@@ -64,6 +65,60 @@ struct DenseResult {
   double* loss;
   double* accuracy;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Size arithmetic: the one place where the counts of a dense evaluation are multiplied.
+//
+// Layer widths come from the caller and arrays may have stride 0, so a width of 2^61 costs no
+// memory: unchecked products of widths wrap around (a buffer overrun, or a division by a count
+// that wrapped to 0). dense_param_count() and check_dense_sizes() form every product the bindings
+// and the CPU and CUDA plans build from the widths, M and B, with overflow-checked arithmetic and
+// with generous caps for the plans' own factors (a tile of at most kDenseMaxTileSamples samples,
+// at most 8 bytes per value, at most kDenseMaxThreads scratch areas): a problem that passes cannot
+// wrap in any later product, which are all bounded by the ones checked here.
+
+constexpr int64_t kDenseMaxTileSamples = 64;  // CPU tiles are <= 64 samples, CUDA tiles 32
+constexpr int64_t kDenseMaxThreads = 4096;
+
+namespace dense_sizes {
+inline int64_t add(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) fail_value(what);
+  return r;
+}
+inline int64_t mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) fail_value(what);
+  return r;
+}
+}  // namespace dense_sizes
+
+// P = sum over layers of n_in * n_out + n_out; a ValueError when it does not fit in 64 bits.
+inline int64_t dense_param_count(int64_t num_layers, const int64_t* sizes) {
+  const char* what = "sizes are too large: the network's parameter count does not fit in 64 bits";
+  int64_t p = 0;
+  for (int64_t l = 0; l < num_layers; ++l)
+    p = dense_sizes::add(p, dense_sizes::add(dense_sizes::mul(sizes[l], sizes[l + 1], what), sizes[l + 1], what), what);
+  return p;
+}
+
+// The scratch, partial-sum and layer-table sizes of both back ends for M candidates and B samples
+// (see above); a ValueError naming what is too large.
+inline void check_dense_sizes(const DenseNet& net, int64_t candidates, int64_t rows) {
+  using dense_sizes::add;
+  using dense_sizes::mul;
+  dense_param_count(net.num_layers, net.sizes);
+  int64_t widest = 0;
+  for (int64_t l = 0; l <= net.num_layers; ++l) widest = net.sizes[l] > widest ? net.sizes[l] : widest;
+  const int64_t m = candidates > 1 ? candidates : 1;
+  const char* scratch = "sizes are too large: the activations of one tile of samples do not fit in 64-bit byte counts";
+  // Per scratch area: X tile [D], the first layer of up to M candidates [M * H1], two later-layer
+  // buffers and the per-sample softmax state, each [tile] values (CPU); 2 * widest per candidate (CUDA).
+  const int64_t values = add(add(net.sizes[0], mul(add(m, 3, scratch), widest, scratch), scratch), 4, scratch);
+  mul(mul(mul(values, kDenseMaxTileSamples, scratch), 8, scratch), kDenseMaxThreads, scratch);
+  const char* tables = "the per-candidate tables are too large: M x (B + layers) does not fit in 64-bit byte counts";
+  mul(mul(m, add(rows, net.num_layers, tables), tables), 64, tables);
+}
 
 namespace cpu {
 // Checks the problem (labels in range, sample weights finite, >= 0 with a positive sum) and

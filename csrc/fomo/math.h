@@ -130,9 +130,11 @@ FOMO_HOST_DEVICE bool needs_distance(bool all_scores, double local_loss, double 
 
 // s = (L0 - Ln) / (d + eps). A candidate is rejected (score 0) when the denominator is 0, when any
 // input is NaN or infinite, or when the quotient overflows: a diverged or poisoned candidate must
-// never reach the model. A candidate whose distance was not measured is skipped (score NaN).
+// never reach the model. The guard rejects a candidate farther than max_distance too (infinity:
+// no guard), so that a finite poisoned model (parameters of 1e30) cannot take a client's model by
+// being the only improving one. A candidate whose distance was not measured is skipped (score NaN).
 FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_loss, double distance,
-                                          double eps, bool measured, uint8_t* status) {
+                                          double eps, double max_distance, bool measured, uint8_t* status) {
   if (!is_finite(local_loss) || !is_finite(candidate_loss)) {
     *status = kRejected;
     return 0.0;
@@ -142,7 +144,7 @@ FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_lo
     return NAN;
   }
   const double denominator = distance + eps;
-  if (!is_finite(distance) || denominator == 0.0) {
+  if (!is_finite(distance) || denominator == 0.0 || distance > max_distance) {
     *status = kRejected;
     return 0.0;
   }

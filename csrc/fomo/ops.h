@@ -37,6 +37,7 @@ enum CandidateStatus : uint8_t { kAccepted = 0, kRejected = 1, kSkipped = 2 };
 struct StepOptions {
   Norm norm = Norm::l2;
   double eps = 0.0;
+  double max_distance = __builtin_inf();  // the guard: farther candidates are rejected (math.h)
   bool all_scores = true;  // measure non-improving candidates too (their negative scores feed the affinity)
   bool update = true;      // write the updated parameters to the runs' out pointers
 };

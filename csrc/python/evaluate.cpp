@@ -33,12 +33,10 @@ const char* dtype_label(DType d) {
 struct Shape {
   std::vector<int64_t> sizes;
   bool in_out = false;  // weights stored [n_in, n_out] (scikit-learn, Keras) instead of [n_out, n_in]
+  int64_t params_ = 0;  // set once by count_params(), overflow-checked
   int64_t layers() const { return int64_t(sizes.size()) - 1; }
-  int64_t params() const {
-    int64_t p = 0;
-    for (int64_t l = 0; l < layers(); ++l) p += sizes[l] * sizes[l + 1] + sizes[l + 1];
-    return p;
-  }
+  int64_t params() const { return params_; }
+  void count_params() { params_ = dense_param_count(layers(), sizes.data()); }
 };
 
 // Collects every candidate's layer table while checking that all share one dtype and device.
@@ -164,6 +162,7 @@ py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation
   }
   if (output_code < 0 || output_code > 2) fail_value("output code ", output_code, " is not one of 0..2");
   const DenseNet net{shape.layers(), shape.sizes.data(), activations.data(), DenseOutput(output_code)};
+  shape.count_params();
 
   const ArrayView xv = intake(x, "X");
   if (!xv.floating) fail_type("X has dtype ", xv.dtype_name, "; expected float32, float64, float16 or bfloat16");
@@ -208,6 +207,7 @@ py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation
     data.sample_weight = static_cast<const double*>(side_array(sample_weight, "sample_weight", {rows}, true, xv.device));
 
   const DenseCandidates cands = table.view();
+  check_dense_sizes(net, cands.count, rows);  // the CUDA twin's plan too
   Vector loss(cands.count), accuracy(cands.count);
   {
     py::gil_scoped_release unlocked;

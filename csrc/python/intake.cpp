@@ -143,6 +143,12 @@ ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what
   if (!py::object(obj.attr("layout")).is(torch.strided))
     fail_type(what, " is a ", std::string(py::str(obj.attr("layout"))),
               " tensor; only dense (strided) tensors are supported");
+  // A lazily negated view (z.conj().imag, torch._neg_view) holds the un-negated values in memory:
+  // reading or writing that memory would flip every sign. (Conjugate bits only exist on complex
+  // tensors, which no op takes.)
+  if (obj.attr("is_neg")().cast<bool>())
+    fail_value(what, " is a torch tensor with its negative bit set (a lazily negated view such as "
+               "z.conj().imag); pass t.resolve_neg() instead");
   v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
   v.shape = int_tuple(obj.attr("shape"));
   v.strides = int_tuple(obj.attr("stride")());

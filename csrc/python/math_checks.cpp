@@ -21,9 +21,10 @@ py::array_t<Out> map(const py::array_t<In, py::array::c_style | py::array::force
   return out;
 }
 
-py::tuple score(double local_loss, double candidate_loss, double distance, double eps, bool measured) {
+py::tuple score(double local_loss, double candidate_loss, double distance, double eps, bool measured,
+                double max_distance) {
   uint8_t status = 255;
-  const double s = first_order_score(local_loss, candidate_loss, distance, eps, measured, &status);
+  const double s = first_order_score(local_loss, candidate_loss, distance, eps, max_distance, measured, &status);
   return py::make_tuple(s, int(status));
 }
 
@@ -46,7 +47,7 @@ void bind_math_checks(py::module_& m) {
   sub.def("bf16_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return bf16_to_float(h); }); });
   sub.def("float_to_bf16", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_bf16(x); }); });
   sub.def("first_order_score", &score, py::arg("local_loss"), py::arg("candidate_loss"), py::arg("distance"),
-          py::arg("eps"), py::arg("measured"));
+          py::arg("eps"), py::arg("measured"), py::arg("max_distance") = INFINITY);
   sub.def("normalise_weights", &weights, py::arg("scores"), py::arg("status"));
   sub.def("needs_distance", [](bool all_scores, double l0, double ln) { return needs_distance(all_scores, l0, ln); },
           py::arg("all_scores"), py::arg("local_loss"), py::arg("candidate_loss"));

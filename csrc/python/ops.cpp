@@ -3,6 +3,9 @@
 // the device). fomo_core/ops.py flattens structures and shapes the results; nothing here does maths.
 #include "python/ops.h"
 
+#include <cfloat>
+#include <cmath>
+
 #include "fomo/check.h"
 #include "python/dispatch.h"
 
@@ -14,13 +17,15 @@ Norm norm_from(int code) {
   return Norm(code);
 }
 
-StepOptions step_options(int norm_code, double eps, bool all_scores, bool update) {
+StepOptions step_options(int norm_code, double eps, bool all_scores, bool update, double max_distance) {
   StepOptions options;
   options.norm = norm_from(norm_code);
   options.eps = eps;
   options.all_scores = all_scores;
   options.update = update;
+  options.max_distance = max_distance;
   if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
+  if (!(max_distance >= 0.0)) fail_value("max_distance must be a number >= 0 (infinity: no guard), got ", max_distance);
   return options;
 }
 
@@ -71,8 +76,17 @@ py::object distances_on(const Layout& layout, const CudaStreams& streams, Norm n
 
 void update_on(const Layout& layout, const CudaStreams& streams, const Vector& weights) {
   check_length(weights, layout, "weights");
-  for (py::ssize_t m = 0; m < weights.shape(0); ++m)
-    if (!std::isfinite(weights.at(m))) fail_value("weights[", m, "] is ", weights.at(m), "; every weight must be finite");
+  // float32, float16 and bfloat16 models are updated in float32 registers: a weight beyond float32's
+  // range would become infinite there (and 0 * inf a NaN), so it is refused rather than mis-computed.
+  bool float32_compute = false;
+  for (const Run& run : layout.runs) float32_compute = float32_compute || run.dtype != DType::float64;
+  for (py::ssize_t m = 0; m < weights.shape(0); ++m) {
+    const double w = weights.at(m);
+    if (!std::isfinite(w)) fail_value("weights[", m, "] is ", w, "; every weight must be finite");
+    if (float32_compute && std::fabs(w) > double(FLT_MAX))
+      fail_value("weights[", m, "] is ", w, ", beyond float32's range (", double(FLT_MAX), "), in which models of "
+                 "float32, float16 and bfloat16 are updated");
+  }
   py::gil_scoped_release unlocked;
   run_update(layout, streams, weights.data());
 }
@@ -121,8 +135,9 @@ void update(py::handle local, py::handle candidates, py::handle out, py::handle 
 }
 
 py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
-               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results) {
-  const StepOptions options = step_options(norm_code, eps, all_scores, !out.is_none());
+               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results,
+               double max_distance) {
+  const StepOptions options = step_options(norm_code, eps, all_scores, !out.is_none(), max_distance);
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
   return step_on(layout, scope.streams, options, local_loss, candidate_losses, results);
@@ -137,7 +152,7 @@ void bind_ops(py::module_& m) {
         py::arg("weights"));
   m.def("step", &step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
         py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
-        py::arg("results") = py::none());
+        py::arg("results") = py::none(), py::arg("max_distance") = INFINITY);
 }
 
 }  // namespace python

@@ -12,7 +12,8 @@ namespace python {
 using Vector = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 Norm norm_from(int code);
-StepOptions step_options(int norm_code, double eps, bool all_scores, bool update);
+// max_distance: the guard (candidates farther are rejected); infinity turns it off.
+StepOptions step_options(int norm_code, double eps, bool all_scores, bool update, double max_distance);
 
 // `result` / `results`: the device vectors of a CUDA call, None on the host (NumPy comes back).
 py::object distances_on(const Layout& layout, const CudaStreams& streams, Norm norm, py::handle result);

@@ -211,15 +211,15 @@ void bind_plan(py::module_& m) {
            py::arg("weights"))
       .def("step",
            [](const Plan& plan, double local_loss, const Vector& candidate_losses, int norm_code, double eps,
-              bool all_scores, bool update) -> py::object {
-             const StepOptions options = step_options(norm_code, eps, all_scores, update);
+              bool all_scores, bool update, double max_distance) -> py::object {
+             const StepOptions options = step_options(norm_code, eps, all_scores, update, max_distance);
              if (update) plan.require_out();
              IntakeScope scope;
              if (!plan.current()) return py::none();
              return step_on(plan.layout(), scope.streams, options, local_loss, candidate_losses, py::none());
            },
            py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
-           py::arg("update"));
+           py::arg("update"), py::arg("max_distance"));
 }
 
 }  // namespace python

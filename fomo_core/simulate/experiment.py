@@ -14,6 +14,7 @@ import numpy as np
 
 from ..presets import PRESETS
 from .backends import TrainSettings, make_backend
+from .attacks import attacker_ids
 from .baselines import BASELINES
 from .data import Dataset, load_dataset as _load_dataset, split_clients
 from .federation import METHODS as _FEDERATION_METHODS, FederationSettings
@@ -158,6 +159,15 @@ def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:
         "methods": {name: run.to_dict() for name, run in runs.items()},
         "seconds": seconds,
     }
+    attack = cfg.federation.attack
+    if attack.active:
+        attackers, diverging = attacker_ids(len(data), attack, cfg.federation.seed)
+        honest = np.setdiff1d(np.arange(len(data)), attackers)
+        out["attack"] = {**attack.as_dict(), "attacker_ids": attackers.tolist(), "diverging_ids": diverging.tolist()}
+        for name, run in runs.items():
+            final = np.asarray(run.rounds[-1].client_accuracy) if run.rounds else np.zeros(0)
+            # the attackers' own models are no one's concern: the mean over the honest clients
+            out["methods"][name]["honest_final_accuracy"] = float(final[honest].mean()) if final.size else float("nan")
     fomo: Optional[MethodRun] = next((run for name, run in runs.items() if name.partition(":")[0] == "fedfomo"), None)
     if fomo is not None:
         out["affinity"] = fomo.affinity.tolist()

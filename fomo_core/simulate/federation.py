@@ -8,13 +8,15 @@ FedFomo's clients additionally evaluate the candidates on their validation data 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .._validate import real
 from ..presets import get_preset
 from ..server import Server
+from .attacks import AttackSettings, attacker_ids, corrupt, diverge, lying_evaluation
 from .metrics import MethodRun, RoundRecord
 
 __all__ = ["FederationSettings", "participants", "run_fedfomo", "run_fedavg", "run_local", "METHODS"]
@@ -26,7 +28,10 @@ class FederationSettings:
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
     epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
-    seed: everything."""
+    seed: everything.
+    guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
+    client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
+    attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
     m: int = 5
@@ -36,9 +41,17 @@ class FederationSettings:
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
     seed: int = 0
+    guard: Optional[float] = None
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
+        if self.guard is not None:
+            real(self.guard, "guard", low=0.0, finite=False)
+        if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
+            object.__setattr__(self, "attack", AttackSettings(**self.attack))
+        if not isinstance(self.attack, AttackSettings):
+            raise TypeError(f"attack must be an AttackSettings, got {type(self.attack).__name__}")
 
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
@@ -70,6 +83,26 @@ def _client_accuracy(backend: Any, client: Any, params: Any) -> float:
 OnRound = Optional[Callable[[str, RoundRecord], None]]
 
 
+class _Adversity:
+    """The attack of a run: who attacks, who diverges, and what they upload."""
+
+    def __init__(self, num_clients: int, fed: FederationSettings):
+        self.settings = fed.attack
+        self.attackers, self.diverging = attacker_ids(num_clients, fed.attack, fed.seed)
+        self.rng = np.random.default_rng([fed.seed, 31337])
+
+    def after_training(self, i: int, client: Any, round: int) -> Any:
+        """The model client i uploads after training in ``round`` (its own, or the attack's)."""
+        if i in self.diverging and round == self.settings.diverge_round:
+            diverge(client)
+        params = client.get_flat()
+        return corrupt(params, self.settings, self.rng) if i in self.attackers else params
+
+    def fooled(self, i: int) -> bool:
+        """Whether client i sees the lying attackers' models with a loss of 0."""
+        return self.settings.kind == "lying" and i not in self.attackers
+
+
 def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """FedFomo with the shared :class:`fomo_core.Server` and the clients' own round (the preset's
     policies): each round a participating client receives the models the server selects for it,
@@ -77,6 +110,10 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     become visible the next round."""
     n = len(clients)
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
+    adversity = _Adversity(n, fed)
+    if fed.guard is not None:
+        for client in clients:
+            client.policy = client.policy.replace(guard=fed.guard)
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
@@ -85,10 +122,12 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
         after_update = [None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)]
         for i in part:
             ids, cands = server.candidates(int(i))
-            res = clients[i].update(cands)
+            with lying_evaluation(clients[i], adversity.fooled(int(i))):
+                res = clients[i].update(cands)
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
             record.train_seconds += timed(clients[i].train)
-            server.receive(int(i), clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
+            upload = adversity.after_training(int(i), clients[i], r)
+            server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         server.end_round()
@@ -108,6 +147,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
     models weighted by training-set size. Every client is tested with the global model."""
     global_params = init
     sizes = np.array([_train_size(c) for c in clients], dtype=np.float64)
+    adversity = _Adversity(len(clients), fed)
     run = MethodRun("fedavg")
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
@@ -116,7 +156,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         for i in part:
             clients[i].set_flat(global_params)
             record.train_seconds += timed(clients[i].train)
-            models.append(clients[i].get_flat())
+            models.append(adversity.after_training(int(i), clients[i], r))
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
         record.step_seconds += time.perf_counter() - t0
@@ -132,6 +172,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
 def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """Local: every participant trains its own model on its own data; nothing is shared."""
     run = MethodRun("local")
+    adversity = _Adversity(len(clients), fed)
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
@@ -139,6 +180,7 @@ def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, o
         record.update_accuracy = float(np.mean([_client_accuracy(backend, c, c.params) for c in clients]))
         for i in part:
             record.train_seconds += timed(clients[i].train)
+            adversity.after_training(int(i), clients[i], r)  # diverging clients break; nothing is sent
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
         run.rounds.append(record)

@@ -1,0 +1,138 @@
+"""Attackers and diverging clients for the simulator: what a federation looks like when some of
+the models it receives are not what honest training produced.
+
+An attack is a fixed set of ``count`` clients (drawn once per run from the seed) that take part
+every round like the others, train as usual, and upload a corrupted model instead of the one they
+trained:
+
+- ``scale10`` / ``scale1000``: their model times 10 or 1000;
+- ``sign_flip``: minus their model;
+- ``noise``: their model plus Gaussian noise of standard deviation ``sigma`` (10);
+- ``nan``: every parameter NaN (a diverged client, or a malicious one);
+- ``huge``: every parameter 1e30 (finite poison);
+- ``lying``: the 1e30 poison, and every FedFomo client that evaluates it sees a validation loss of
+  0. In fomo-core's protocol a client evaluates each candidate on its own data, so no attacker can
+  report a loss; ``lying`` models the worst case of an attacker whose model scores low on the
+  victim's validation data anyway (or a deployment that trusts reported losses).
+
+``diverging`` clients are honest clients whose training blows up once: in round ``diverge_round``
+their own model becomes NaN after local training (and is uploaded that way); they go on as before
+afterwards. They count as honest: the results show whether they recover.
+
+Only honest clients (not the attackers) enter the accuracy reported for an attacked run. The attack
+applies to FedFomo, FedAvg and Local (the other baselines run without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from .._validate import choice, count, real
+
+__all__ = ["ATTACKS", "AttackSettings", "attacker_ids", "corrupt", "lying_evaluation", "diverge"]
+
+ATTACKS = ("none", "scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying")
+POISON = 1e30
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """kind: one of ATTACKS. attackers: how many clients attack (every round). sigma: the noise
+    attack's standard deviation. diverging: honest clients whose models turn NaN in round
+    ``diverge_round`` (once)."""
+
+    kind: str = "none"
+    attackers: int = 0
+    sigma: float = 10.0
+    diverging: int = 0
+    diverge_round: int = 2
+
+    def __post_init__(self) -> None:
+        choice(self.kind, "kind", ATTACKS)
+        count(self.attackers, "attackers")
+        real(self.sigma, "sigma", low=0.0)
+        count(self.diverging, "diverging")
+        count(self.diverge_round, "diverge_round")
+        if self.kind == "none" and self.attackers:
+            raise ValueError(f"attackers must be 0 with kind='none', got {self.attackers}")
+
+    @property
+    def active(self) -> bool:
+        return (self.kind != "none" and self.attackers > 0) or self.diverging > 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def attacker_ids(num_clients: int, settings: AttackSettings, seed: int) -> tuple:
+    """(attackers, diverging): disjoint sorted client indices, drawn once from ``seed``."""
+    if settings.attackers + settings.diverging > num_clients:
+        raise ValueError(
+            f"attackers + diverging ({settings.attackers} + {settings.diverging}) exceed the {num_clients} clients"
+        )
+    order = np.random.default_rng([seed, 4099]).permutation(num_clients)
+    attackers = np.sort(order[: settings.attackers]) if settings.kind != "none" else np.zeros(0, np.int64)
+    diverging = np.sort(order[len(attackers) : len(attackers) + settings.diverging])
+    return attackers.astype(np.int64), diverging.astype(np.int64)
+
+
+def corrupt(params: Any, settings: AttackSettings, rng: np.random.Generator) -> Any:
+    """The model an attacker uploads instead of ``params`` (a new array of the same type)."""
+    kind = settings.kind
+    if kind == "scale10":
+        return params * 10
+    if kind == "scale1000":
+        return params * 1000
+    if kind == "sign_flip":
+        return -params
+    if kind in ("huge", "lying"):
+        return params * 0 + POISON
+    if kind == "nan":
+        return params * 0 + float("nan")
+    if kind == "noise":
+        noise = rng.standard_normal(tuple(params.shape)) * settings.sigma
+        if hasattr(params, "detach"):
+            import torch
+
+            return params + torch.from_numpy(noise).to(params.dtype)
+        return params + noise.astype(params.dtype)
+    raise ValueError(f"kind {kind!r} does not corrupt models")
+
+
+def diverge(client: Any) -> None:
+    """Turns a client's own model NaN (its training diverged)."""
+    client.set_flat(client.get_flat() * float("nan"))
+
+
+def _is_lying_poison(model: Any) -> bool:
+    """Whether a flat model is the lying attackers' upload (every element the same 1e30)."""
+    values = np.asarray(model.detach().cpu() if hasattr(model, "detach") else model, dtype=np.float64)
+    return values.size > 0 and values.min() == values.max() and values.max() > POISON / 2
+
+
+@contextlib.contextmanager
+def lying_evaluation(client: Any, fooled: bool = True) -> Iterator[None]:
+    """While open (and ``fooled``), ``client.evaluate`` reports a validation loss of 0 for the lying
+    attackers' models among those it evaluates; everything else is evaluated honestly."""
+    if not fooled:
+        yield
+        return
+    honest = client.evaluate
+
+    def evaluate(models: Any, *args: Any, **kwargs: Any) -> tuple:
+        losses, accuracies = honest(models, *args, **kwargs)
+        liars = [k for k, model in enumerate(models) if _is_lying_poison(model)]
+        if liars:
+            losses = np.array(losses, dtype=np.float64)
+            losses[liars] = 0.0
+        return losses, accuracies
+
+    client.evaluate = evaluate
+    try:
+        yield
+    finally:
+        del client.evaluate  # back to the class's method
