@@ -23,8 +23,11 @@ the client round is :class:`~fomo_core.adapters.torch.FedFomoClient`'s or
 
 from __future__ import annotations
 
-from ._flower_client import fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record
-from ._flower_strategy import FedFomo, FedFomoRound
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.flower"):
+    from ._flower_client import fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record
+    from ._flower_strategy import FedFomo, FedFomoRound
 
 __all__ = [
     "FedFomo",

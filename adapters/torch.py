@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
-import torch
-from torch import nn
+
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.torch"):
+    import torch
+    from torch import nn
 
 from ._round import ClientRound, as_float64, fedfomo_update, timed
 from .torch_evaluate import evaluate_candidates

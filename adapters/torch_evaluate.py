@@ -40,9 +40,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
-import torch
-from torch import nn
-from torch.func import functional_call, vmap
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.torch"):
+    import torch
+    from torch import nn
+    from torch.func import functional_call, vmap
 
 from fomo_core.dense import DenseSpec, Evaluation
 from fomo_core.dense import evaluate_candidates as _evaluate_dense

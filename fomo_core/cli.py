@@ -3,6 +3,7 @@
     fomo-core demo                 # FedFomo vs FedAvg vs Local on scikit-learn's digits
     fomo-core demo --help          # every option
     fomo-core info                 # how this copy was built
+    fomo-core --version            # also: python -m fomo_core
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import sys
 import time
 from typing import Optional, Sequence
+
+from ._optional import MissingExtraError, optional_import
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fomo-core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
     sub.required = True
     demo = sub.add_parser(
@@ -295,7 +301,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo_parser = args.command_parser
     methods = _check(demo_parser, args)
     try:
-        run_demo(args, methods)
+        with optional_import("fomo-core demo", extra="demo"):
+            run_demo(args, methods)
+    except MissingExtraError as e:  # one line naming the extra, not a traceback
+        demo_parser.exit(2, f"fomo-core: error: {e}\n")
     except RuntimeError as e:  # data that cannot be loaded (CIFAR-10 folder), with the reason
         demo_parser.error(str(e))
     return 0

@@ -7,6 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from ._optional import optional_import
+
 __all__ = ["plot_accuracy", "plot_affinity"]
 
 _LABELS = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local"}
@@ -14,10 +16,11 @@ _COLORS = {"fedfomo": "#d62728", "fedavg": "#1f77b4", "local": "#7f7f7f"}
 
 
 def _pyplot():
-    import matplotlib
+    with optional_import("fomo_core.plots"):
+        import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
 
     return plt
 
