@@ -6,7 +6,7 @@ The candidates are run through ``torch.func.functional_call`` over views of thei
 read once for all candidates. Three ways to run them (``method=``):
 
 - ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
-  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
+  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_dense`,
   ``DenseSpec.from_module``), which reads the candidate buffers in place;
 - ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch;
 - ``"loop"``: one ``functional_call`` per candidate per data batch.
@@ -48,9 +48,9 @@ with optional_import("fomo_core.adapters.torch"):
     from torch.func import functional_call, vmap
 
 from fomo_core.dense import DenseSpec, Evaluation
-from fomo_core.dense import evaluate_candidates as _evaluate_dense
+from fomo_core.dense import evaluate_dense as _evaluate_dense
 
-__all__ = ["evaluate_candidates", "Evaluation"]
+__all__ = ["evaluate_module", "evaluate_candidates", "Evaluation"]
 
 _METHODS = ("auto", "fused", "vmap", "loop")
 
@@ -259,7 +259,7 @@ def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: An
     return "vmap" if on_cuda else "loop"
 
 
-def evaluate_candidates(
+def evaluate_module(
     module: nn.Module,
     candidates: Any,
     data: Any,
@@ -332,3 +332,8 @@ def evaluate_candidates(
     if rows == 0:
         raise ValueError("data holds no samples")
     return Evaluation(loss_sums / rows, correct / rows, chosen)
+
+
+#: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code
+#: keeps working (``fomo_core.evaluate_candidates``, now ``fomo_core.evaluate_dense``, shared it).
+evaluate_candidates = evaluate_module

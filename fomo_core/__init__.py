@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import _C
 from .affinity import Affinity
-from .dense import DenseSpec, evaluate_candidates
+from .dense import DenseSpec, evaluate_candidates, evaluate_dense
 from .ops import (
     Scores,
     StepResult,
@@ -27,6 +27,7 @@ __version__ = _C.build_info()["version"]
 __all__ = [
     "Affinity",
     "DenseSpec",
+    "evaluate_dense",
     "evaluate_candidates",
     "Scores",
     "StepResult",
