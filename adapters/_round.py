@@ -1,7 +1,7 @@
 """One FedFomo client round, framework-free: the order of the steps and their timing.
 
 The framework adapters (torch.py, numpy.py) supply how to evaluate and train their models; the
-round itself (DESIGN.md section 1: evaluate baseline and candidates, fomo_step, then train) is the
+round itself (evaluate baseline and candidates, fomo_step, then train: docs/concepts/round.md) is the
 same for all of them.
 """
 

