@@ -3,22 +3,21 @@ adapters' FedFomo clients.
 
 Server (a ``ServerApp``):
 
->>> strategy = FedFomo(m=3, preset="fomo-core", seed=0)
+>>> strategy = FedFomo(m=3, preset="fomo-core", seed=0, state_dir="fedfomo-state")
 >>> result = strategy.start(grid=grid, initial_arrays=model_record(Net()), num_rounds=10)
->>> strategy.affinity_matrix, strategy.models, strategy.rounds[-1].mean_accuracy
+>>> strategy.affinity_matrix, strategy.model_record("3"), strategy.rounds[-1].mean_accuracy
 
 Clients (a ``ClientApp``): build the node's client from its context; the model's values come
-from the server with every message.
+from the server with every message. Each node names itself with a stable id (its
+``partition-id``, or a ``client-id`` in its node config).
 
 >>> def client_fn(context):
 ...     train, val = load_partition(context.node_config["partition-id"])
 ...     return FedFomoClient(Net(), val_data=val, train_data=train, epochs=2)
 >>> app = fedfomo_client_app(client_fn, test_data_fn=lambda ctx: load_test(ctx))
 
-Everything here converts and dispatches: the server's choices are :class:`fomo_core.Affinity`'s,
-the client round is :class:`~fomo_core.adapters.torch.FedFomoClient`'s or
-:class:`~fomo_core.adapters.numpy.MLPClassifierClient`'s. The messages' layout is in
-``fomo_core.adapters._flower_protocol``.
+The server side (strategy, protocol, layout) imports NumPy and Flower, never torch; the messages'
+layout is in ``fomo_core.adapters._flower_protocol``.
 """
 
 from __future__ import annotations
@@ -26,14 +25,27 @@ from __future__ import annotations
 from .._optional import optional_import
 
 with optional_import("fomo_core.adapters.flower"):
-    from ._flower_client import fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record
+    from ._flower_client import (
+        DictBatches,
+        fedfomo_client_app,
+        fedfomo_evaluate,
+        fedfomo_train,
+        model_record,
+        node_client_id,
+    )
+    from ._flower_layout import ModelLayout
+    from ._flower_protocol import RecordKeys
     from ._flower_strategy import FedFomo, FedFomoRound
 
 __all__ = [
+    "DictBatches",
     "FedFomo",
     "FedFomoRound",
+    "ModelLayout",
+    "RecordKeys",
     "fedfomo_client_app",
     "fedfomo_train",
     "fedfomo_evaluate",
     "model_record",
+    "node_client_id",
 ]

@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_layers, sklearn_params
-from ._round import ClientRound, as_float64, fedfomo_update, timed
+from fomo_core.policy import ClientPolicy
+from fomo_core.presets import client_policy
+from fomo_core.round import ClientRound, as_float64, federate, timed
 
 __all__ = [
     "ArrayLayout",
@@ -157,15 +159,23 @@ def train_mlp(estimator: Any, x: Any, y: Any, *, epochs: int = 1) -> None:
 
 
 class MLPClassifierClient:
-    """One FedFomo client around a scikit-learn MLPClassifier: each :meth:`round` evaluates the
-    current model and the candidates on the validation data, moves the model by fomo_step and
-    trains it with ``partial_fit``.
+    """One FedFomo client around a scikit-learn MLPClassifier, running its preset's round: each
+    :meth:`round` evaluates the baseline and the candidates on the validation data (one fused
+    call), weighs them and moves the model (:func:`fomo_core.round.federate`), then trains it with
+    ``partial_fit``.
 
-    estimator:  an MLPClassifier whose parameters exist (fitted, or :func:`initialise_mlp`)
-    val_data:   (X [B, D], y [B]) validation data from the client's target distribution
-    train_data: (X, y) local training data for the default training
-    train_fn:   ``train_fn(estimator)`` replaces the default (``epochs`` partial_fit passes)
-    norm, eps, all_scores: the fomo_step options
+    estimator:       an MLPClassifier whose parameters exist (fitted, or :func:`initialise_mlp`)
+    val_data:        (X [B, D], y [B]) validation data from the client's target distribution
+    train_data:      (X, y) local training data for the default training
+    preset:          a preset or its name (default "fomo-core"); ``policy`` overrides its client
+                     policy (an MLP has no buffers and no BatchNorm: the buffer, evaluation-mode
+                     and drop-last choices change nothing)
+    train_fn:        ``train_fn(estimator)`` replaces the default (``epochs`` partial_fit passes)
+    eval_batch_size: rows per validation batch, for the "batch_mean"/"batch_sum_per_sample"
+                     losses (default: one batch)
+
+    The flat model is :func:`get_flat_params`'s vector: ``get_flat()`` / ``set_flat()`` (not
+    scikit-learn's ``get_params``, which means hyperparameters).
     """
 
     def __init__(
@@ -174,12 +184,13 @@ class MLPClassifierClient:
         val_data: tuple,
         train_data: Optional[tuple] = None,
         *,
+        preset: Any = "fomo-core",
+        policy: Optional[ClientPolicy] = None,
         train_fn: Optional[Callable[[Any], Any]] = None,
         epochs: int = 1,
-        norm: str = "l2",
-        eps: float = 0.0,
-        all_scores: bool = True,
+        eval_batch_size: Optional[int] = None,
     ):
+        self.policy = client_policy(preset, policy)
         if not hasattr(estimator, "coefs_"):
             raise ValueError(
                 "estimator must have parameters: fit it, or call initialise_mlp(estimator, X, y, classes) first"
@@ -190,31 +201,55 @@ class MLPClassifierClient:
             raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if eval_batch_size is not None and (
+            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
+        ):
+            raise ValueError(f"eval_batch_size must be an integer >= 1 or None, got {eval_batch_size!r}")
         for name, data in (("val_data", val_data), ("train_data", train_data)):
             if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
         self.estimator = estimator
         self.params = get_flat_params(estimator)
+        self.last_update = self.params.copy() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data
         self.train_fn = train_fn
         self.epochs = epochs
-        self.step_options = dict(norm=norm, eps=eps, all_scores=all_scores)
+        self.eval_batch_size = eval_batch_size
 
-    def evaluate(self, candidates: Any, data: Optional[tuple] = None) -> tuple:
-        """(losses [M], accuracies [M]) float64 of flat candidates [M, P] on ``data`` (the
-        validation data by default)."""
+    def evaluate(self, models: Any, data: Optional[tuple] = None) -> tuple:
+        """(losses [K], accuracies [K]) float64 of K flat models ([K, P] or a list of [P]) on
+        ``data`` (default: the validation data, with the policy's loss)."""
+        models = np.stack([np.asarray(m) for m in models]) if isinstance(models, list) else models
         x, y = self.val_data if data is None else data
-        return evaluate_mlp(self.estimator, candidates, x, y)
+        size = len(y)
+        step = size if (data is not None or self.eval_batch_size is None) else self.eval_batch_size
+        per_batch, correct, sizes = [], 0.0, []
+        for start in range(0, size, step):
+            loss, acc = evaluate_mlp(self.estimator, models, x[start : start + step], y[start : start + step])
+            n = len(y[start : start + step])
+            per_batch.append(loss)
+            correct = correct + acc * n
+            sizes.append(n)
+        per_batch = np.array(per_batch)
+        if data is not None or self.policy.loss == "mean":
+            loss = (per_batch * np.array(sizes)[:, None]).sum(axis=0) / size
+        elif self.policy.loss == "batch_mean":
+            loss = per_batch.mean(axis=0)
+        else:
+            loss = per_batch.sum(axis=0) / size
+        return loss, correct / size
 
-    def get_params(self) -> np.ndarray:
-        """A copy of the model's flat parameters, [P]."""
+    def get_flat(self) -> np.ndarray:
+        """A copy of the model's flat parameters, [P]: what the client uploads."""
         return self.params.copy()
 
-    def set_params(self, flat: Any) -> None:
-        """Loads flat parameters [P] into the model."""
+    def set_flat(self, flat: Any) -> None:
+        """Loads flat parameters [P] into the model (and as its last federated update)."""
         set_flat_params(self.estimator, flat)
         self.params[...] = np.asarray(flat)
+        if self.last_update is not None:
+            self.last_update[...] = self.params
 
     def train(self) -> None:
         """Local training (the user's hook or partial_fit), then the flat buffer follows the model."""
@@ -225,19 +260,25 @@ class MLPClassifierClient:
         self.params[...] = get_flat_params(self.estimator)
 
     def update(self, candidates: Any) -> ClientRound:
-        """The federated half of a round: evaluation on the validation data and fomo_step (into
-        the flat buffer, then loaded into the estimator). No training."""
+        """The federated half of a round (into the flat buffer, then loaded into the estimator).
+        No training.
+
+        candidates: [M, P] flat models (rows of :func:`get_flat_params`'s layout)."""
         cands = np.asarray(candidates) if not hasattr(candidates, "shape") else candidates
         if len(cands.shape) != 2 or cands.shape[1] != self.params.size:
             raise ValueError(f"candidates has shape {tuple(cands.shape)}, expected (M, {self.params.size})")
-        return fedfomo_update(
+        res = federate(
+            self.policy,
             self.params,
             cands,
             self.evaluate,
-            self.step_options,
-            baseline=self.params[None, :],
-            loaded=lambda: set_flat_params(self.estimator, self.params),
+            baseline=self.last_update,
+            copy=lambda dst, src: np.copyto(dst, src),
         )
+        set_flat_params(self.estimator, self.params)
+        if self.last_update is not None:
+            self.last_update[...] = self.params
+        return res
 
     def round(self, candidates: Any) -> ClientRound:
         """One whole FedFomo round: :meth:`update`, then :meth:`train`.

@@ -4,7 +4,8 @@
 >>> bank = CandidateBank(model, capacity=5)       # preallocated [5, P]
 >>> bank.fill([peer_state_dict, peer_model, peer_flat])
 >>> client = FedFomoClient(model, val_data=(Xv, yv), train_data=(Xt, yt))
->>> result = client.round(bank)                   # evaluate, fomo_step in place, train locally
+>>> client = FedFomoClient(model, (Xv, yv), (Xt, yt), preset="pfllib")   # PFLlib's round, exactly
+>>> result = client.round(bank)                   # evaluate, weigh, update in place, train locally
 
 Everything here converts and dispatches; the maths lives in fomo_core (fomo_step) and the
 candidate evaluation in :func:`evaluate_candidates`.
@@ -13,7 +14,9 @@ candidate evaluation in :func:`evaluate_candidates`.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -24,8 +27,13 @@ from .._optional import optional_import
 with optional_import("fomo_core.adapters.torch"):
     import torch
     from torch import nn
+    from torch.func import functional_call
 
-from ._round import ClientRound, as_float64, fedfomo_update, timed
+from fomo_core.policy import ClientPolicy
+from fomo_core.presets import client_policy
+from fomo_core.round import ClientRound, as_float64, federate, timed
+
+from .torch_evaluate import _batches as _eval_batches
 from .torch_evaluate import evaluate_candidates, evaluate_module
 
 __all__ = [
@@ -382,22 +390,44 @@ def train_sgd(
         module.train(was_training)
 
 
-class FedFomoClient:
-    """One FedFomo client around a PyTorch model: each :meth:`round` evaluates the baseline and the
-    candidates on the validation data, moves the model by ``fomo_step`` (in place, through the flat
-    buffer) and trains it locally.
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
-    module:      the client's model; its parameters are flattened (:func:`flatten_module`)
-    val_data:    validation data from the client's target distribution, as
-                 :func:`evaluate_candidates` takes it (a tensor pair or a DataLoader)
-    train_data:  local training data (tensor pair or DataLoader) for the default SGD loop
-    train_fn:    ``train_fn(module)`` replaces the default loop (then train_data is not needed)
+
+@contextmanager
+def _train_mode(module: nn.Module):
+    flags = [(m, m.training) for m in module.modules()]
+    module.train()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class FedFomoClient:
+    """One FedFomo client around a PyTorch model, running its preset's round exactly.
+
+    Each :meth:`round` evaluates the baseline and the candidates on the validation data, weighs
+    them and moves the model (:func:`fomo_core.round.federate`, in place through the flat
+    buffer), then trains locally. What the baseline is, whether the client's own model is a
+    candidate, what BatchNorm statistics become, and so on, is the preset's
+    :class:`~fomo_core.ClientPolicy`.
+
+    module:          the client's model; its parameters (and, when the policy moves them, its
+                     floating-point buffers) are flattened (:func:`flatten_module`)
+    val_data:        validation data from the client's target distribution: a tensor pair
+                     (X, y) or an iterable of (X, y) batches (a DataLoader)
+    train_data:      local training data (tensor pair or DataLoader) for the default SGD loop
+    preset:          a preset or its name (default "fomo-core"); ``policy`` overrides its client
+                     policy
+    train_fn:        ``train_fn(module)`` replaces the default loop (then train_data is not needed)
     epochs, lr, momentum, weight_decay, batch_size: the default loop's settings
-    loss_fn:     loss(outputs, targets) for evaluation and the default loop (cross-entropy)
-    norm, eps:   the fomo_step options (or take them from a preset: ``**preset.step_options()``)
-    all_scores:  measure every candidate's score (the affinity update needs them)
-    capacity:    rows of the internal candidate bank used when candidates come as a list of models
-    seed:        seeds the default loop's shuffling
+    loss_fn:         loss(outputs, targets) for evaluation and the default loop (cross-entropy)
+    eval_batch_size: rows per validation batch when val_data is a tensor pair (the batch losses
+                     of the "batch_mean"/"batch_sum_per_sample" policies; default: one batch)
+    capacity:        rows of the internal candidate bank used when candidates come as models
+    seed:            seeds the default loop's shuffling
     """
 
     def __init__(
@@ -406,6 +436,8 @@ class FedFomoClient:
         val_data: Any,
         train_data: Any = None,
         *,
+        preset: Any = "fomo-core",
+        policy: Optional[ClientPolicy] = None,
         train_fn: Optional[Callable[[nn.Module], Any]] = None,
         epochs: int = 1,
         lr: float = 0.05,
@@ -413,12 +445,11 @@ class FedFomoClient:
         weight_decay: float = 0.0,
         batch_size: int = 32,
         loss_fn: Optional[Callable] = None,
-        norm: str = "l2",
-        eps: float = 0.0,
-        all_scores: bool = True,
+        eval_batch_size: Optional[int] = None,
         capacity: int = 16,
         seed: Optional[int] = None,
     ):
+        self.policy = client_policy(preset, policy)
         if train_fn is None and train_data is None:
             raise ValueError("train_data is required unless train_fn is given (the default SGD loop needs data)")
         if train_fn is not None and not callable(train_fn):
@@ -427,10 +458,19 @@ class FedFomoClient:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if eval_batch_size is not None and (
+            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
+        ):
+            raise ValueError(f"eval_batch_size must be an integer >= 1 or None, got {eval_batch_size!r}")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.module = module
-        self.params = flatten_module(module)
+        carries = self.policy.carries_buffers
+        self.params = flatten_module(module, include_buffers=carries)
+        self.layout = flat_layout(module, include_buffers=carries)
+        self.num_params = flat_layout(module).size  # the parameters lead the flat buffer
+        self.measured = self.layout.size if self.policy.measure == "state" else self.num_params
+        self.last_update = self.params.detach().clone() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data
         self.train_fn = train_fn
@@ -438,8 +478,8 @@ class FedFomoClient:
             epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, loss_fn=loss_fn
         )
         self.loss_fn = loss_fn
-        self.step_options = dict(norm=norm, eps=eps, all_scores=all_scores)
-        self.bank = CandidateBank(module, capacity)
+        self.eval_batch_size = eval_batch_size
+        self.bank = CandidateBank(module, capacity, include_buffers=carries)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def _candidates(self, candidates: Any) -> torch.Tensor:
@@ -453,31 +493,96 @@ class FedFomoClient:
             return candidates
         if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
             if len(candidates) > self.bank.capacity:
-                self.bank = CandidateBank(self.module, len(candidates))
+                self.bank = CandidateBank(self.module, len(candidates), include_buffers=self.policy.carries_buffers)
             return self.bank.fill(candidates)
         raise TypeError(
             "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
             f"got {type(candidates).__name__}"
         )
 
-    def evaluate(self, candidates: Any, data: Any = None) -> tuple:
-        """(losses [M], accuracies [M]) as float64 NumPy of flat candidates [M, P] on ``data``
-        (the validation data by default)."""
-        kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
-        ev = evaluate_candidates(self.module, candidates, self.val_data if data is None else data, **kwargs)
-        return as_float64(ev.loss), as_float64(ev.accuracy)
+    # --- evaluation ----------------------------------------------------------------------------
 
-    def get_params(self) -> torch.Tensor:
-        """A copy of the model's flat parameters, [P]."""
+    def _as_models(self, models: list) -> list:
+        """Flat models [P] as the evaluator takes them: with their own buffers (state_dict views)
+        when the policy carries them, else parameter vectors (the module's buffers)."""
+        if self.policy.carries_buffers and self.policy.evaluation == "eval":
+            return [self.layout.views(m) for m in models]
+        return [m[: self.num_params] for m in models]
+
+    def _val_batches(self) -> list:
+        batches = [tuple(b[:2]) for b in _eval_batches(self.val_data, self.eval_batch_size)]
+        if (
+            self.policy.drop_last == "if_batchnorm"
+            and len(batches) > 1
+            and batches[-1][1].shape[0] < batches[0][1].shape[0]
+            and _has_batchnorm(self.module)
+        ):
+            batches = batches[:-1]
+        return batches
+
+    def _train_mode_losses(self, models: list, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """Batch-mean losses [K] and correct counts [K] in train mode: BatchNorm normalises with
+        the batch's statistics; its running statistics are updated on copies, never kept."""
+        names = [n for n, _ in self.module.named_parameters()]
+        losses, correct = [], []
+        loss_fn = nn.functional.cross_entropy if self.loss_fn is None else self.loss_fn
+        with torch.no_grad(), _train_mode(self.module):
+            for model in models:
+                state = {n: v for n, v in zip(names, _split_params(self.module, model))}
+                state.update({n: b.clone() for n, b in self.module.named_buffers()})
+                out = functional_call(self.module, state, (x,))
+                losses.append(float(loss_fn(out, y)))
+                correct.append(float((out.argmax(dim=1) == y).sum()) if out.ndim == 2 else math.nan)
+        return np.array(losses), np.array(correct)
+
+    def evaluate(self, models: Any, data: Any = None) -> tuple:
+        """(losses [K], accuracies [K]) float64 NumPy of K flat models (a [K, P] tensor or a list
+        of [P]) on ``data`` (default: the validation data), with the policy's evaluation mode and
+        loss."""
+        models = list(models) if not isinstance(models, list) else models
+        kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
+        if data is not None or (self.policy.loss == "mean" and self.policy.evaluation == "eval"):
+            ev = evaluate_candidates(self.module, self._as_models(models), self.val_data if data is None else data,
+                                     batch_size=self.eval_batch_size, **kwargs)
+            return as_float64(ev.loss), as_float64(ev.accuracy)
+        per_batch, correct, sizes = [], np.zeros(len(models)), []
+        for x, y in self._val_batches():
+            if self.policy.evaluation == "train":
+                loss, right = self._train_mode_losses(models, x, y)
+            else:
+                ev = evaluate_candidates(self.module, self._as_models(models), (x, y), **kwargs)
+                loss, right = as_float64(ev.loss), as_float64(ev.accuracy) * y.shape[0]
+            per_batch.append(loss)
+            correct += right
+            sizes.append(y.shape[0])
+        if not sizes:
+            raise ValueError("val_data has no batch to evaluate on")
+        per_batch, total = np.array(per_batch), float(sum(sizes))
+        if self.policy.loss == "batch_mean":
+            loss = per_batch.mean(axis=0)
+        elif self.policy.loss == "batch_sum_per_sample":
+            loss = per_batch.sum(axis=0) / total
+        else:
+            loss = (per_batch * np.array(sizes)[:, None]).sum(axis=0) / total
+        return loss, correct / total
+
+    # --- the round -----------------------------------------------------------------------------
+
+    def get_flat(self) -> torch.Tensor:
+        """A copy of the model's flat buffer, [P] (parameters, then the floating-point buffers
+        when the policy moves them): what the client uploads."""
         return self.params.detach().clone()
 
-    def set_params(self, flat: Any) -> None:
-        """Loads flat parameters [P] (torch or NumPy) into the model."""
+    def set_flat(self, flat: Any) -> None:
+        """Loads a flat model [P] (torch or NumPy) into the module; the next round measures from
+        it (it is the last federated update too)."""
         flat = torch.as_tensor(flat)
         if tuple(flat.shape) != (self.params.numel(),):
             raise ValueError(f"flat has shape {tuple(flat.shape)}, expected ({self.params.numel()},)")
         with torch.no_grad():
             self.params.copy_(flat)
+            if self.last_update is not None:
+                self.last_update.copy_(flat)
 
     def train(self) -> None:
         """Local training: the user's hook, or the default SGD loop."""
@@ -487,16 +592,31 @@ class FedFomoClient:
             train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
 
     def update(self, candidates: Any) -> ClientRound:
-        """The federated half of a round (steps 1-4 of docs/concepts/round.md): evaluates the model and
-        the candidates on the validation data and moves the model by fomo_step, in place. No
-        training (``train_seconds`` is 0).
+        """The federated half of a round, no training (``train_seconds`` is 0).
 
-        candidates: a CandidateBank, a tensor [M, P] laid out like the model's flat buffer, or a
-        sequence of models (state_dicts, modules or flat arrays).
+        candidates: a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a sequence
+        of models (state_dicts, modules or flat arrays).
         """
         cands = self._candidates(candidates)
         with torch.no_grad():
-            return fedfomo_update(self.params, cands, self.evaluate, self.step_options, baseline=self.params.unsqueeze(0))
+            res = federate(
+                self.policy,
+                self.params,
+                cands,
+                self.evaluate,
+                baseline=self.last_update,
+                measured=self.measured,
+                copy=lambda dst, src: dst.copy_(src),
+            )
+            total = res.weights.sum() + (res.self_weight or 0.0)
+            if self.policy.buffers == "scaled" and res.outcome == "updated":
+                # FL-bench multiplies the buffers by the float32 sum of the normalised weights.
+                for b in self.module.buffers():
+                    if b.is_floating_point():
+                        b.mul_(torch.tensor(total, dtype=torch.float32))
+            if self.last_update is not None:
+                self.last_update.copy_(self.params)
+        return res
 
     def round(self, candidates: Any) -> ClientRound:
         """One whole FedFomo round: :meth:`update`, then :meth:`train`. ``ClientRound.params`` is
@@ -504,3 +624,12 @@ class FedFomoClient:
         result = self.update(candidates)
         result.train_seconds = timed(self.train)
         return result
+
+
+def _split_params(module: nn.Module, flat: torch.Tensor) -> list:
+    """Views of a flat parameter vector as the module's parameters, in named_parameters order."""
+    out, at = [], 0
+    for _, p in module.named_parameters():
+        out.append(flat[at : at + p.numel()].view(p.shape))
+        at += p.numel()
+    return out

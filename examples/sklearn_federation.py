@@ -2,8 +2,10 @@
 
 Models travel as flat NumPy vectors; every client evaluates its candidates with fomo-core's fused
 dense kernel, moves by fomo_step and trains with the estimator's own partial_fit.
-Run:  python examples/sklearn_federation.py
+Run:  python examples/sklearn_federation.py [preset]
 """
+
+import sys
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -13,6 +15,7 @@ import fomo_core as fc
 from fomo_core.adapters.numpy import MLPClassifierClient, get_flat_params, initialise_mlp
 
 NUM_CLIENTS, GROUPS, M, ROUNDS = 9, 3, 3, 10
+PRESET = sys.argv[1] if len(sys.argv) > 1 else "fomo-core"  # or paper, pfllib, fl-bench
 rng = np.random.default_rng(0)
 
 # --- data: client k holds the classes of group k % 3, split into train / validation / test ------
@@ -35,27 +38,24 @@ def make_estimator(k):
 
 
 # --- clients, all starting from one model --------------------------------------------------------
-clients = [MLPClassifierClient(make_estimator(k), splits[k]["val"], splits[k]["train"], epochs=2)
+clients = [MLPClassifierClient(make_estimator(k), splits[k]["val"], splits[k]["train"], preset=PRESET, epochs=2)
            for k in range(NUM_CLIENTS)]
 start = get_flat_params(clients[0].estimator)
 for c in clients:
-    c.set_params(start)
+    c.set_flat(start)
 
-# --- server ---------------------------------------------------------------------------------------
-uploaded = np.stack([c.get_params() for c in clients])  # [N, P]
-affinity = fc.Affinity(NUM_CLIENTS, epsilon=0.3, epsilon_decay=0.05, seed=0)
+# --- server: the latest model of every client, the affinity, the selection -----------------------
+server = fc.Server(NUM_CLIENTS, start, preset=PRESET, m=M, seed=0)
 
 for r in range(ROUNDS):
-    new = uploaded.copy()
     for k, client in enumerate(clients):
-        ids = affinity.select(k, M, round=r)
-        result = client.round(uploaded[ids])  # evaluate, fomo_step, partial_fit
-        affinity.update(k, ids, result.scores)
-        new[k] = result.params
-    uploaded = new
+        ids, candidates = server.candidates(k)  # none in round 0: nobody has uploaded yet
+        result = client.round(candidates)  # evaluate, weigh, update, partial_fit
+        server.receive(k, client.get_flat(), ids, result.scores, self_score=result.self_score)
+    server.end_round()
     acc = np.mean([c.estimator.score(*splits[k]["test"]) for k, c in enumerate(clients)])
     print(f"round {r + 1:2d}: mean personalised test accuracy {100 * acc:.1f}%")
 
 order = np.argsort([k % GROUPS for k in range(NUM_CLIENTS)], kind="stable")
 print("affinity, clients ordered by group (positive: helpful):")
-print(np.array2string(affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))
+print(np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))

@@ -2,8 +2,10 @@
 
 Nine clients hold digits of three disjoint class groups. Each round the server picks M candidate
 models per client from its affinity matrix; each client weighs them on its own validation data
-(FedFomo), moves its model and trains it. Run:  python examples/torch_federation.py
+(FedFomo), moves its model and trains it. Run:  python examples/torch_federation.py [preset]
 """
+
+import sys
 
 import numpy as np
 import torch
@@ -11,10 +13,11 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import fomo_core as fc
-from fomo_core.adapters.torch import CandidateBank, FedFomoClient
+from fomo_core.adapters.torch import FedFomoClient
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest
 NUM_CLIENTS, GROUPS, M, ROUNDS = 9, 3, 3, 10
+PRESET = sys.argv[1] if len(sys.argv) > 1 else "fomo-core"  # or paper, pfllib, fl-bench
 rng = np.random.default_rng(0)
 
 # --- data: client k holds the classes of group k % 3, split into train / validation / test ------
@@ -42,24 +45,20 @@ for k in range(NUM_CLIENTS):
     model = make_model()
     model.load_state_dict(start)
     clients.append(FedFomoClient(model, splits[k]["val"], splits[k]["train"],
-                                 epochs=2, lr=0.05, momentum=0.5, batch_size=16, seed=k))
+                                 preset=PRESET, epochs=2, lr=0.05, momentum=0.5, batch_size=16, seed=k))
 
-# --- server: the latest model of every client, and who helps whom ------------------------------
-uploaded = torch.stack([c.get_params() for c in clients])  # [N, P]
-affinity = fc.Affinity(NUM_CLIENTS, epsilon=0.3, epsilon_decay=0.05, seed=0)
-bank = CandidateBank(clients[0].module, capacity=M)
+# --- server: the latest model of every client, the affinity, the selection -----------------------
+server = fc.Server(NUM_CLIENTS, clients[0].get_flat(), preset=PRESET, m=M, seed=0)
 
 for r in range(ROUNDS):
-    new = uploaded.clone()
     for k, client in enumerate(clients):
-        ids = affinity.select(k, M, round=r)
-        result = client.round(bank.fill_rows(uploaded, ids))  # evaluate, fomo_step, train
-        affinity.update(k, ids, result.scores)
-        new[k] = result.params
-    uploaded = new
-    acc = np.mean([c.evaluate(c.params.unsqueeze(0), splits[k]["test"])[1][0] for k, c in enumerate(clients)])
+        ids, candidates = server.candidates(k)  # none in round 0: nobody has uploaded yet
+        result = client.round(candidates)  # evaluate, weigh, update, train
+        server.receive(k, client.get_flat(), ids, result.scores, self_score=result.self_score)
+    server.end_round()
+    acc = np.mean([c.evaluate(c.params[None, : c.num_params], splits[k]["test"])[1][0] for k, c in enumerate(clients)])
     print(f"round {r + 1:2d}: mean personalised test accuracy {100 * acc:.1f}%")
 
 order = np.argsort([k % GROUPS for k in range(NUM_CLIENTS)], kind="stable")
 print("affinity, clients ordered by group (positive: helpful):")
-print(np.array2string(affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))
+print(np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))

@@ -8,21 +8,58 @@ with compiled kernels, for NumPy arrays and torch tensors alike.
 
 from __future__ import annotations
 
-from . import _C
-from .affinity import Affinity
-from .dense import DenseSpec, evaluate_candidates, evaluate_dense
-from .ops import (
-    Scores,
-    StepResult,
-    apply_update,
-    candidate_distances,
-    compute_weights,
-    first_order_scores,
-    fomo_step,
-)
-from .presets import PRESETS, Preset, get_preset
+import importlib
+from typing import TYPE_CHECKING
 
-__version__ = _C.build_info()["version"]
+from .affinity import Affinity
+from .policy import ClientPolicy, ServerPolicy
+from .presets import PRESETS, Preset, get_preset
+from .server import Server
+
+# The compiled kernels (and what is built on them) load on first use, so that the server side
+# (Server, Affinity, presets, the Flower strategy) imports where the extension is not built.
+_COMPILED = {
+    "_C": "._C",
+    "DenseSpec": ".dense",
+    "evaluate_dense": ".dense",
+    "evaluate_candidates": ".dense",
+    "Scores": ".ops",
+    "StepResult": ".ops",
+    "apply_update": ".ops",
+    "candidate_distances": ".ops",
+    "compute_weights": ".ops",
+    "first_order_scores": ".ops",
+    "fomo_step": ".ops",
+    "ClientRound": ".round",
+}
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, named for type checkers (py.typed)
+    from . import _C
+    from .dense import DenseSpec, evaluate_candidates, evaluate_dense
+    from .ops import (
+        Scores,
+        StepResult,
+        apply_update,
+        candidate_distances,
+        compute_weights,
+        first_order_scores,
+        fomo_step,
+    )
+    from .round import ClientRound
+
+    __version__: str
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        return build_info()["version"]
+    if name in _COMPILED:
+        module = importlib.import_module(_COMPILED[name], __name__)
+        value = module if name == "_C" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fomo_core' has no attribute {name!r}")
+
 
 __all__ = [
     "Affinity",
@@ -38,6 +75,10 @@ __all__ = [
     "fomo_step",
     "Preset",
     "PRESETS",
+    "ClientPolicy",
+    "ServerPolicy",
+    "ClientRound",
+    "Server",
     "get_preset",
     "build_info",
     "has_cuda",
@@ -50,11 +91,15 @@ def build_info() -> dict:
     """How this copy was built: version, compiler, OpenMP and threads (and ``parallel_threshold``,
     the element-candidate pairs of work below which the CPU kernels run on one thread), SIMD level,
     CUDA."""
+    from . import _C
+
     return dict(_C.build_info())
 
 
 def has_cuda() -> bool:
     """True only when fomo_core was built with CUDA kernels and a CUDA device is present."""
+    from . import _C
+
     return bool(_C.has_cuda())
 
 
@@ -62,9 +107,13 @@ def set_num_threads(n: int) -> None:
     """Threads used by the CPU kernels (OpenMP). Results do not depend on it."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    from . import _C
+
     _C.set_num_threads(n)
 
 
 def get_num_threads() -> int:
     """Threads the CPU kernels will use."""
+    from . import _C
+
     return int(_C.get_num_threads())

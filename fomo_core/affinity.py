@@ -19,22 +19,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .presets import Preset, get_preset
+from .policy import ServerPolicy
+from .presets import Preset, as_preset
 
 __all__ = ["Affinity"]
 
-SELECTIONS = ("epsilon_greedy", "top_m", "top_m_recent")
-DECAYS = ("linear", "none")
-INITS = ("zeros_self", "identity", "zeros")
-UPDATES = ("raw", "normalised")
-INCLUDE_SELF = ("never", "if_selected", "always", "zero_weight")
 _FORMAT = "fomo_core.Affinity/1"
-
-
-def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-    return value
 
 
 def _real(value: Any, name: str, *, low: float = -math.inf, high: float = math.inf) -> float:
@@ -54,24 +44,63 @@ def _count(value: Any, name: str, *, low: int = 0) -> int:
     return int(value)
 
 
+def _options(policy: ServerPolicy) -> dict:
+    """Affinity's constructor options from a ServerPolicy (the pool is the Server's concern)."""
+    return dict(
+        selection=policy.selection,
+        include_self=policy.include_self,
+        tie=policy.tie,
+        epsilon=policy.epsilon,
+        epsilon_decay=policy.epsilon_decay,
+        init=policy.affinity_init,
+        self_affinity=policy.self_affinity,
+        update=policy.affinity_update,
+    )
+
+
+def _torch_topk(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values in torch.topk's order (ties included), over the float32
+    values the peers keep their affinity in."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("tie='torch_topk' orders ties as torch.topk does: it needs PyTorch installed") from None
+    return torch.topk(torch.from_numpy(values.astype(np.float32)), k).indices.numpy()
+
+
+def _per_slot(ranking: np.ndarray, shuffled: np.ndarray, m: int, eps: float, rng: np.random.Generator) -> np.ndarray:
+    """The authors' per-slot epsilon-greedy: for each of the m places a coin decides between the
+    best and a random client not yet chosen."""
+    best, random_order, chosen = list(ranking), list(shuffled), []
+    for _ in range(m):
+        source = random_order if rng.random() < eps else best
+        while source[0] in chosen:
+            source.pop(0)
+        chosen.append(source.pop(0))
+    return np.asarray(chosen, dtype=np.int64)
+
+
 class Affinity:
-    """The affinity matrix ``A`` [N, N] (float64) and epsilon-greedy top-M candidate selection.
+    """The affinity matrix ``A`` [N, N] (float64) and the choice of each client's candidates.
 
     num_clients:    N, the number of clients
     selection:      "epsilon_greedy" (top-M; with probability epsilon M clients uniformly at random
-                    instead), "top_m" (always top-M) or "top_m_recent" (top-M among ``among``, the
-                    clients of the previous round, which ``select`` then requires)
-    epsilon:        exploration probability at round 0 (epsilon_greedy only)
-    epsilon_decay:  subtracted from epsilon every round when decay="linear" (floored at 0)
-    decay:          "linear" (the authors' schedule) or "none" (epsilon stays constant)
-    init:           "zeros_self" (0, self_affinity on the diagonal), "identity" or "zeros"
-    self_affinity:  the diagonal value for init="zeros_self"
-    update:         "raw" (A[i, n] += s_n) or "normalised" (A[i, n] += s_n / |sum_m s_m|)
-    include_self:   "never" (the client is never its own candidate), "if_selected" (it competes
-                    for a place like any other client), "always" / "zero_weight" (it comes first,
-                    in addition to the M others; the client gives it no weight either way since it
-                    is at distance 0 from its own model)
+                    instead), "epsilon_greedy_per_slot" (each of the M places is the best remaining
+                    client or, with probability epsilon, a random remaining one) or "top_m"
+    include_self:   "never" (a client is not its own candidate), "compete" (it competes for a
+                    place like any other) or "always" (it competes, and is added last when not
+                    picked)
+    tie:            "random", "lowest_index" or "torch_topk" (as ``torch.topk`` orders them; top_m
+                    only): how equal affinities are ordered
+    epsilon:        exploration probability at round 0 (the epsilon-greedy selections)
+    epsilon_decay:  subtracted from epsilon every round (floored at 0); 0 keeps it constant
+    init:           "self" (0, ``self_affinity`` on the diagonal) or "identity"
+    self_affinity:  the diagonal value for init="self"
+    update:         "raw" (A[i, n] += s_n) or "normalised" (A[i, n] += s_n / |sum_m s_m|, the sum
+                    floored at 1e-9)
     seed:           seed of the numpy.random.Generator used for exploration and tie-breaking
+
+    :class:`fomo_core.Server` drives one per federation from a preset's :class:`ServerPolicy`.
     """
 
     def __init__(
@@ -79,24 +108,27 @@ class Affinity:
         num_clients: int,
         *,
         selection: str = "epsilon_greedy",
+        include_self: str = "never",
+        tie: str = "random",
         epsilon: float = 0.3,
         epsilon_decay: float = 0.05,
-        decay: str = "linear",
-        init: str = "zeros_self",
+        init: str = "self",
         self_affinity: float = 0.1,
         update: str = "raw",
-        include_self: str = "never",
         seed: Union[int, None, np.random.SeedSequence] = None,
     ):
         self.num_clients = _count(num_clients, "num_clients", low=1)
-        self.selection = _choice(selection, "selection", SELECTIONS)
-        self.epsilon = _real(epsilon, "epsilon", low=0.0, high=1.0)
-        self.epsilon_decay = _real(epsilon_decay, "epsilon_decay", low=0.0)
-        self.decay = _choice(decay, "decay", DECAYS)
-        self.init = _choice(init, "init", INITS)
-        self.self_affinity = _real(self_affinity, "self_affinity")
-        self.update_rule = _choice(update, "update", UPDATES)
-        self.include_self = _choice(include_self, "include_self", INCLUDE_SELF)
+        # ServerPolicy checks the options with their own names.
+        self.policy = ServerPolicy(
+            selection=selection,
+            include_self=include_self,
+            tie=tie,
+            epsilon=epsilon,
+            epsilon_decay=epsilon_decay,
+            affinity_init=init,
+            self_affinity=self_affinity,
+            affinity_update=update,
+        )
         if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
             raise TypeError(f"seed must be an integer, a numpy SeedSequence or None, got {type(seed).__name__}")
         self.rng = np.random.default_rng(seed)
@@ -105,33 +137,26 @@ class Affinity:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
+    def from_policy(cls, policy: ServerPolicy, num_clients: int, *, seed: Any = None) -> "Affinity":
+        """The Affinity a :class:`ServerPolicy` describes."""
+        if not isinstance(policy, ServerPolicy):
+            raise TypeError(f"policy must be a fomo_core.ServerPolicy, got {type(policy).__name__}")
+        return cls(num_clients, seed=seed, **_options(policy))
+
+    @classmethod
     def from_preset(cls, preset: Union[str, Preset], num_clients: int, **overrides: Any) -> "Affinity":
-        """An Affinity with the server-side choices of a preset (see fomo_core.PRESETS); keyword
+        """An Affinity with the server policy of a preset (see fomo_core.PRESETS); keyword
         ``overrides`` replace single options (``seed``, ``epsilon``, ...)."""
-        if isinstance(preset, str):
-            preset = get_preset(preset)
-        elif not isinstance(preset, Preset):
-            raise TypeError(f"preset must be a preset name or a fomo_core.Preset, got {type(preset).__name__}")
-        options = dict(
-            selection=preset.selection,
-            epsilon=preset.epsilon,
-            epsilon_decay=preset.epsilon_decay,
-            decay="linear" if preset.epsilon_decay > 0 else "none",
-            init=preset.affinity_init,
-            self_affinity=preset.self_affinity,
-            update=preset.affinity_update,
-            include_self=preset.include_self,
-        )
+        options = _options(as_preset(preset).server)
         options.update(overrides)
         return cls(num_clients, **options)
 
     def _initial_matrix(self) -> np.ndarray:
         n = self.num_clients
-        if self.init == "identity":
+        if self.policy.affinity_init == "identity":
             return np.eye(n)
         matrix = np.zeros((n, n))
-        if self.init == "zeros_self":
-            np.fill_diagonal(matrix, self.self_affinity)
+        np.fill_diagonal(matrix, self.policy.self_affinity)
         return matrix
 
     def grow(self, num_clients: int) -> None:
@@ -146,27 +171,16 @@ class Affinity:
 
     def options(self) -> dict:
         """The constructor's options (without the seed)."""
-        return dict(
-            selection=self.selection,
-            epsilon=self.epsilon,
-            epsilon_decay=self.epsilon_decay,
-            decay=self.decay,
-            init=self.init,
-            self_affinity=self.self_affinity,
-            update=self.update_rule,
-            include_self=self.include_self,
-        )
+        return _options(self.policy)
 
     # --- selection ----------------------------------------------------------------------------
 
     def epsilon_at(self, round: int) -> float:
         """The exploration probability at round ``round`` (0-based)."""
         round = _count(round, "round")
-        if self.selection != "epsilon_greedy":
+        if self.policy.selection == "top_m":
             return 0.0
-        if self.decay == "none":
-            return self.epsilon
-        return max(0.0, self.epsilon - self.epsilon_decay * round)
+        return max(0.0, self.policy.epsilon - self.policy.epsilon_decay * round)
 
     def _client(self, client: Any, name: str = "client") -> int:
         client = _count(client, name)
@@ -198,46 +212,59 @@ class Affinity:
         client: int,
         m: int,
         *,
-        round: int = 0,
+        round: Optional[int] = None,
         epsilon: Optional[float] = None,
         among: Optional[Sequence[int]] = None,
         rng: Optional[np.random.Generator] = None,
     ) -> np.ndarray:
-        """The clients whose models client ``client`` receives this round, int64 [<= M] (+1 with
-        include_self "always"/"zero_weight", the client itself first).
+        """The clients whose models client ``client`` receives, int64 [<= M], best first (with
+        include_self="always", the client itself last when it was not picked).
 
-        Top-M of row ``client`` of the affinity matrix, highest first, ties broken at random; with
-        probability epsilon (``epsilon`` if given, else the schedule at ``round``) M clients chosen
-        uniformly at random instead. ``among`` restricts the choice to those clients (those with a
-        model on the server, or the previous round's for selection="top_m_recent"); fewer than M
-        are returned when fewer are eligible.
+        The M clients of ``among`` (default: all) with the highest affinity in row ``client``,
+        explored per the selection rule with probability epsilon: ``epsilon`` if given, else the
+        schedule at ``round``, which the epsilon-greedy selections therefore require (an
+        epsilon that silently never decays is a trap). Fewer than M come back when fewer are
+        eligible.
         """
         client = self._client(client)
         m = _count(m, "m")
-        eps = self.epsilon_at(round) if epsilon is None else _real(epsilon, "epsilon", low=0.0, high=1.0)
+        if epsilon is not None:
+            eps = _real(epsilon, "epsilon", low=0.0, high=1.0)
+        elif self.policy.selection == "top_m":
+            eps = 0.0
+        elif round is None:
+            raise TypeError(
+                "select() needs round= (the 0-based round, for the epsilon schedule) or epsilon=; "
+                f"selection {self.policy.selection!r} explores with a decaying epsilon"
+            )
+        else:
+            eps = self.epsilon_at(round)
         if rng is None:
             rng = self.rng
         elif not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if among is None:
-            if self.selection == "top_m_recent":
-                raise ValueError("among (the previous round's clients) is required with selection='top_m_recent'")
-            pool = np.arange(self.num_clients, dtype=np.int64)
-        else:
-            pool = self._ids(among, "among")
-        if self.include_self != "if_selected":
+        pool = np.arange(self.num_clients, dtype=np.int64) if among is None else np.sort(self._ids(among, "among"))
+        if self.policy.include_self == "never":
             pool = pool[pool != client]
         m = min(m, pool.size)
-        # Shuffle first so that the stable sort below breaks ties at random.
-        pool = rng.permutation(pool)
-        if self.selection == "epsilon_greedy" and eps > 0 and rng.random() < eps:
-            chosen = pool[:m]
+        ranking = self._ranking(client, pool, rng)
+        if self.policy.selection == "epsilon_greedy_per_slot":
+            chosen = _per_slot(ranking, rng.permutation(pool), m, eps, rng)
+        elif self.policy.selection == "epsilon_greedy" and eps > 0 and rng.random() < eps:
+            chosen = rng.permutation(pool)[:m]
+        elif self.policy.tie == "torch_topk":
+            chosen = pool[_torch_topk(self.matrix[client, pool], m)]
         else:
-            order = np.argsort(-self.matrix[client, pool], kind="stable")
-            chosen = pool[order[:m]]
-        if self.include_self in ("always", "zero_weight"):
-            chosen = np.concatenate([np.array([client], dtype=np.int64), chosen])
-        return chosen
+            chosen = ranking[:m]
+        if self.policy.include_self == "always" and client not in chosen:
+            chosen = np.append(chosen, np.int64(client))
+        return chosen.astype(np.int64)
+
+    def _ranking(self, client: int, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``pool`` ordered by affinity, highest first, ties per the tie rule."""
+        if self.policy.tie == "random":
+            pool = rng.permutation(pool)
+        return pool[np.argsort(-self.matrix[client, pool], kind="stable")]
 
     # --- update -------------------------------------------------------------------------------
 
@@ -261,11 +288,10 @@ class Affinity:
         if np.isinf(s).any():
             raise ValueError(f"scores must be finite or NaN (not measured), got {s.tolist()}")
         s = np.where(np.isnan(s), 0.0, s)
-        if self.update_rule == "normalised":
+        if self.policy.affinity_update == "normalised":
+            # The authors' rule: a sum below 1e-9 is raised by 1e-9 (so all-zero scores add 0).
             total = abs(float(s.sum()))
-            if total == 0.0:
-                return
-            s = s / total
+            s = s / (total + 1e-9 if total < 1e-9 else total)
         self.matrix[client, ids] += s
 
     # --- persistence --------------------------------------------------------------------------

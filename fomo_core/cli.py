@@ -16,6 +16,7 @@ import time
 from typing import Optional, Sequence
 
 from ._optional import MissingExtraError, optional_import
+from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -82,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--groups", type=_int_at_least(1), default=5, help="latent groups (partition 'groups')")
     g.add_argument("--rounds", type=_int_at_least(1), default=20, help="communication rounds")
     g.add_argument("-M", "--M", dest="m", type=_int_at_least(1), default=5, help="candidates per client and round")
-    g.add_argument("--epsilon", type=_real_in(0, 1), default=0.3, help="initial exploration probability")
-    g.add_argument("--epsilon-decay", type=_real_in(0, 1), default=0.05, help="subtracted from epsilon each round")
-    g.add_argument("--affinity-update", choices=("raw", "normalised"), default="raw",
-                   help="A[i,n] += s (raw) or s / |sum s| (normalised, the authors' code)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="fomo-core",
+                   help="whose FedFomo round to run: this library's, the authors' (paper), PFLlib's or FL-bench's")
+    g.add_argument("--epsilon", type=_real_in(0, 1), default=None,
+                   help="initial exploration probability (default: the preset's)")
+    g.add_argument("--epsilon-decay", type=_real_in(0, 1), default=None,
+                   help="subtracted from epsilon each round (default: the preset's)")
+    g.add_argument("--affinity-update", choices=("raw", "normalised"), default=None,
+                   help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's")
     g.add_argument("--participation", type=_real_in(0, 1, low_open=True), default=1.0,
                    help="fraction of the clients training each round")
     g.add_argument("--methods", default="fedfomo,fedavg,local", help="comma-separated: fedfomo, fedavg, local")
@@ -175,7 +180,7 @@ def _config(args: argparse.Namespace, methods: list):
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(
-            rounds=args.rounds, m=args.m, participation=args.participation, epsilon=args.epsilon,
+            rounds=args.rounds, m=args.m, participation=args.participation, preset=args.preset, epsilon=args.epsilon,
             epsilon_decay=args.epsilon_decay, affinity_update=args.affinity_update, seed=args.seed,
         ),
         training=TrainSettings(
@@ -193,7 +198,8 @@ def _headline(cfg) -> str:
     f = cfg.federation
     target = ", validation/test from another group (shifted targets)" if cfg.target == "shifted" else ""
     return (
-        f"fomo-core demo: {cfg.dataset}, {part}{target}; {f.rounds} rounds, M={f.m}, epsilon={f.epsilon}, "
+        f"fomo-core demo: {cfg.dataset}, {part}{target}; {f.rounds} rounds, M={f.m}, preset {f.preset} "
+        f"(epsilon {f.server_policy().epsilon}), "
         f"participation={f.participation}, {cfg.training.epochs} local epochs, backend {cfg.backend}"
     )
 

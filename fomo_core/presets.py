@@ -1,147 +1,165 @@
-"""Named option sets that reproduce the published FedFomo implementations.
+"""Presets: a whole FedFomo round (a client policy and a server policy) under one name.
 
-Each preset records the choices in which the paper's code (NVlabs/FedFomo), PFLlib and FL-bench
-differ (docs/design.md, "How the implementations differ"), so that a user can run any of them exactly:
+``"fomo-core"`` is this library's own round; ``"paper"``, ``"pfllib"`` and ``"fl-bench"`` reproduce
+the round of the authors' code (NVlabs/FedFomo), PFLlib (clientfomo/serverfomo) and FL-bench
+(fedfomo) from the same inputs, departing only where the peer would corrupt its state or crash
+(each departure is listed in the preset's ``departures``).
 
 >>> p = get_preset("pfllib")
->>> res = fomo_step(local, candidates, l0, losses, **p.step_options())
-
-The client-side fields (``norm``, ``eps``, ``include_buffers``, ``update_buffers``) go to the ops;
-the server-side ones (selection, affinity) to :class:`fomo_core.Affinity`.
+>>> client = FedFomoClient(model, val_data, train_data, preset=p)      # the client's half
+>>> server = Server(num_clients, init_params, preset=p)                  # the server's half
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any, Union
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+from .policy import ClientPolicy, ServerPolicy
+
+__all__ = ["Preset", "PRESETS", "get_preset", "as_preset", "client_policy"]
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One implementation's FedFomo choices.
+    """One implementation's FedFomo round.
 
-    norm:             "l1" or "l2", the distance between parameter vectors
-    eps:              added to the distance in the score's denominator
-    include_buffers:  measure the distance over the whole state_dict (running statistics included),
-                      not only the trainable parameters
-    update_buffers:   apply the weights to the whole state_dict, not only the trainable parameters
-                      (the weights come from the distance above either way)
-    include_self:     "always" (the client's own model is among its candidates), "if_selected" (only
-                      when the selection picks it), "zero_weight" (present, never weighted) or
-                      "never" (the client itself is excluded)
-    selection:        "epsilon_greedy" (top-M with probability 1 - epsilon, random otherwise),
-                      "top_m" (the M highest affinities) or "top_m_recent" (top-M among the clients
-                      that took part in the previous round)
-    epsilon:          initial exploration probability (epsilon_greedy)
-    epsilon_decay:    subtracted from epsilon each round (linear decay)
-    affinity_init:    "zeros_self" (0, and self_affinity on the diagonal) or "identity"
-    self_affinity:    the diagonal value for affinity_init="zeros_self"
-    affinity_update:  "raw" (A[i, n] += s_n) or "normalised" (A[i, n] += s_n / |sum_m s_m|)
-    none_positive:    what the client keeps when no score is positive: "baseline" (its model before
-                      the round) or "current" (its model as it stands); the update leaves the
-                      local parameters unchanged either way
+    name:        the preset's name
+    client:      what each client does (:class:`ClientPolicy`)
+    server:      how the server selects candidates and keeps the affinity (:class:`ServerPolicy`)
+    departures:  where the preset departs from its peer's code, and why
     """
 
     name: str
-    norm: str
-    eps: float
-    include_buffers: bool
-    update_buffers: bool
-    include_self: str
-    selection: str
-    epsilon: float
-    epsilon_decay: float
-    affinity_init: str
-    self_affinity: float
-    affinity_update: str
-    none_positive: str
+    client: ClientPolicy
+    server: ServerPolicy
+    departures: tuple = field(default=())
 
     def step_options(self) -> dict:
-        """Keyword options for compute_weights / first_order_scores / fomo_step."""
-        return {"norm": self.norm, "eps": self.eps}
+        """The ``norm`` and ``eps`` of the client policy, for the ops (fomo_step, ...)."""
+        return self.client.step_options()
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, "client": self.client.as_dict(), "server": self.server.as_dict()}
 
+
+_NAN_AFFINITY = (
+    "a non-finite score adds 0 to the affinity (the peer adds NaN, after which its selection "
+    "is undefined)"
+)
 
 PRESETS: dict[str, Preset] = {
-    # The authors' code: l1 distance over the parameters by default, the weights applied to the whole
-    # state_dict, their own model among the candidates, epsilon-greedy
-    # selection with epsilon 0.3 decaying by 0.05 a round, affinity starting at 0 with 0.1 on the
-    # diagonal and normalised updates, reverting to the baseline when nothing helps.
+    "fomo-core": Preset(
+        name="fomo-core",
+        client=ClientPolicy(),
+        server=ServerPolicy(),
+    ),
     "paper": Preset(
         name="paper",
-        norm="l1",
-        eps=0.0,
-        include_buffers=False,
-        update_buffers=True,
-        include_self="always",
-        selection="epsilon_greedy",
-        epsilon=0.3,
-        epsilon_decay=0.05,
-        affinity_init="zeros_self",
-        self_affinity=0.1,
-        affinity_update="normalised",
-        none_positive="baseline",
+        client=ClientPolicy(
+            baseline="last_update",
+            self_candidate="trained",
+            buffers="moved",
+            nothing_helps="revert",
+            loss="batch_mean",
+            nonfinite="reject",
+            norm="l1",
+            eps=0.0,
+        ),
+        server=ServerPolicy(
+            selection="epsilon_greedy_per_slot",
+            pool="last_round",
+            epsilon=0.3,
+            epsilon_decay=0.05,
+            affinity_init="self",
+            self_affinity=0.1,
+            affinity_update="normalised",
+        ),
+        departures=(
+            _NAN_AFFINITY,
+            "a candidate at distance 0 is rejected (the peer divides 0 by 0)",
+            "integer buffers (num_batches_tracked) keep the current value (the peer's update crashes on them)",
+            "no sub-federation or global average models are added to the candidates (the peer's "
+            "optional hierarchical extension)",
+            "random draws (tie-breaking, exploration) come from the server's own generator, not "
+            "NumPy's global seed",
+        ),
     ),
-    # PFLlib (clientfomo/serverfomo): l2 over the parameters + 1e-5, top-M of the affinity row
-    # (the client itself only if it ranks), identity start, raw updates, keep the current model.
     "pfllib": Preset(
         name="pfllib",
-        norm="l2",
-        eps=1e-5,
-        include_buffers=False,
-        update_buffers=False,
-        include_self="if_selected",
-        selection="top_m",
-        epsilon=0.0,
-        epsilon_decay=0.0,
-        affinity_init="identity",
-        self_affinity=1.0,
-        affinity_update="raw",
-        none_positive="current",
+        client=ClientPolicy(
+            baseline="last_update",
+            evaluation="train",
+            loss="batch_mean",
+            drop_last="if_batchnorm",
+            nonfinite="skip_round",
+            norm="l2",
+            eps=1e-5,
+        ),
+        server=ServerPolicy(
+            selection="top_m",
+            pool="all_capped",
+            include_self="compete",
+            tie="torch_topk",
+            epsilon=0.0,
+            epsilon_decay=0.0,
+            affinity_init="identity",
+        ),
+        departures=(
+            _NAN_AFFINITY,
+            "train-mode evaluation leaves every model's BatchNorm running statistics as they were "
+            "(the peer's evaluation updates those of the server's stored models)",
+        ),
     ),
-    # FL-bench: l2 over the whole state_dict + 1e-5, the client's own model present with weight 0,
-    # top-M among the previous round's clients, identity start, raw updates, keep its own model.
     "fl-bench": Preset(
         name="fl-bench",
-        norm="l2",
-        eps=1e-5,
-        include_buffers=True,
-        update_buffers=True,
-        include_self="zero_weight",
-        selection="top_m_recent",
-        epsilon=0.0,
-        epsilon_decay=0.0,
-        affinity_init="identity",
-        self_affinity=1.0,
-        affinity_update="raw",
-        none_positive="current",
+        client=ClientPolicy(
+            buffers="scaled",
+            loss="batch_sum_per_sample",
+            nonfinite="skip_round",
+            norm="l2",
+            eps=1e-5,
+        ),
+        server=ServerPolicy(
+            selection="top_m",
+            pool="last_round",
+            include_self="always",
+            tie="torch_topk",
+            epsilon=0.0,
+            epsilon_decay=0.0,
+            affinity_init="identity",
+            uploads="immediately",
+        ),
+        departures=(
+            _NAN_AFFINITY,
+            "integer buffers (num_batches_tracked) keep their dtype and value (the peer turns them "
+            "into floats)",
+        ),
     ),
 }
-# the default of this library: the paper's formula with the l2 distance, no eps; the client itself
-# is never a candidate (its own model is at distance 0: it could only ever be rejected)
-PRESETS["fomo-core"] = Preset(
-    name="fomo-core",
-    norm="l2",
-    eps=0.0,
-    include_buffers=False,
-    update_buffers=True,
-    include_self="never",
-    selection="epsilon_greedy",
-    epsilon=0.3,
-    epsilon_decay=0.05,
-    affinity_init="zeros_self",
-    self_affinity=0.1,
-    affinity_update="raw",
-    none_positive="baseline",
-)
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called `name` (one of PRESETS)."""
+    """The preset called ``name`` (one of PRESETS)."""
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def as_preset(preset: Union[str, Preset, Any], name: str = "preset") -> Preset:
+    """A Preset from a preset or its name."""
+    if isinstance(preset, Preset):
+        return preset
+    if isinstance(preset, str):
+        return get_preset(preset)
+    raise TypeError(f"{name} must be a preset name or a fomo_core.Preset, got {type(preset).__name__}")
+
+
+def client_policy(preset: Union[str, Preset], policy: Any = None) -> ClientPolicy:
+    """The client policy a client runs: ``policy`` when given, else the preset's."""
+    if policy is None:
+        return as_preset(preset).client
+    if not isinstance(policy, ClientPolicy):
+        raise TypeError(f"policy must be a fomo_core.ClientPolicy, got {type(policy).__name__}")
+    return policy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def restore_torch_threads():
 
 
 @pytest.mark.parametrize("name", ["torch_federation.py", "sklearn_federation.py"])
-def test_example_runs_and_personalises(name, capsys):
+def test_example_runs_and_personalises(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name])  # the default preset, not pytest's arguments
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     out = capsys.readouterr().out
     accs = [float(a) for a in re.findall(r"accuracy ([0-9.]+)%", out)]

@@ -154,7 +154,7 @@ def test_client_user_training_hook(digits):
     train, val, _ = digits
     seen = []
     client = MLPClassifierClient(fitted(0, train, 3), val, train_fn=lambda est: (seen.append(est), est.partial_fit(*train)))
-    before = client.get_params()
+    before = client.get_flat()
     client.round(np.stack([get_flat_params(fitted(1, train, 30))]))
     assert seen == [client.estimator] and not np.array_equal(before, client.params)
 

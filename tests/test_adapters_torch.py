@@ -227,20 +227,20 @@ def test_round_uses_the_user_training_hook_and_a_dataloader(digits):
 
     model = mlp(0)
     client = FedFomoClient(model, val, train_fn=hook)
-    before = client.get_params()
+    before = client.get_flat()
     client.round([mlp(1)])
     assert calls == [model]
     assert not torch.equal(before, client.params)
 
 
-def test_client_set_and_get_params():
+def test_client_set_and_get_flat():
     client = FedFomoClient(mlp(0), (torch.zeros(2, 64), torch.zeros(2, dtype=torch.int64)), train_fn=lambda m: None)
     v = torch.arange(client.params.numel(), dtype=torch.float32)
-    client.set_params(v.numpy())
-    assert torch.equal(client.get_params(), v)
-    assert client.get_params().data_ptr() != client.params.data_ptr()
+    client.set_flat(v.numpy())
+    assert torch.equal(client.get_flat(), v)
+    assert client.get_flat().data_ptr() != client.params.data_ptr()
     with pytest.raises(ValueError, match=r"flat has shape \(3,\), expected \(2410,\)"):
-        client.set_params(torch.zeros(3))
+        client.set_flat(torch.zeros(3))
 
 
 def test_client_rejects_bad_arguments():

@@ -1,41 +1,12 @@
-"""Parity with the published FedFomo implementations: each peer's formula, re-expressed in plain torch
-below from its source, against fomo_core run with that peer's preset, on real torch models (an MLP
-and a small CNN with BatchNorm, whose state_dict holds running statistics and the integer
-num_batches_tracked) trained for a few steps on scikit-learn's digits so that they genuinely differ.
+"""Each peer preset reproduces its peer's FedFomo round: one client round (models, weights, scores,
+affinity) on an MLP and a BatchNorm CNN with M = 1, 3, 5, and whole federations (selection,
+affinity, models) over several rounds. The peers' code paths are re-stated in tests/peers.py
+(file:line there); the models are compared to float32 rounding.
 
-The peers, as published:
-
-- PFLlib (system/flcore/clients/clientfomo.py): per candidate, the parameters' differences
-  flattened and concatenated, s = (L - L_n) / (torch.norm(diff) + 1e-5); weights max(s, 0) / sum;
-  when the sum is positive the model's parameters are zeroed and sum_n w_n theta_n accumulated
-  layer by layer (buffers untouched); otherwise the model stays.
-- FL-bench (src/client/fedfomo.py): the whole state_dict vectorised (buffers and
-  num_batches_tracked included, promoted to float by torch.cat), s = (L - L_n) / (norm + 1e-5) for
-  every selected client, the client itself included (distance 0, score 0); W clipped at 0 and
-  normalised; every state_dict entry set to torch.sum(stack(entries) * W).
-- The authors (NVlabs/FedFomo, federation.py): s = (L0 - L_n) / sum over parameters() of the
-  per-layer float32 L1 norms (no eps), the client's own model among the candidates; positive
-  scores normalised; theta_i + sum_n w_n (theta_n - theta_i) over every state_dict entry.
-
-Where they differ from fomo_core's exact semantics (tolerances follow from these, see below):
-- The peers compute in the storage dtype (float32): the norms (worst case n * u32 relative for a
-  float32 sum of n non-negative terms), PFLlib's L - L_n (float32), the normalisation. fomo_core
-  sums in float64. So the float32 runs are compared within those worst-case bounds, and the same
-  formulas are also run on float64 copies of the models (the peers' arithmetic then in float64),
-  where they must agree to ~1e-12 -- tight enough to tell eps = 1e-5 from eps = 0, l1 from l2, or
-  the state_dict from the parameters (checked: the neighbouring options fail that comparison).
-- PFLlib and FL-bench zero-then-accumulate: sum_n w_n theta_n equals fomo_core's
-  theta_i + sum_n w_n (theta_n - theta_i) only because sum_n w_n = 1, which holds up to rounding.
-- The authors' identical own model gets 0/0 = NaN as its score (never positive, weight 0);
-  fomo_core rejects it (score 0, weight 0). The weights agree; that score is not compared.
-- FL-bench averages num_batches_tracked into a float tensor and counts it in the distance; fomo_core
-  leaves non-floating entries alone. The clients here all train the same number of steps, so the
-  counts agree and FL-bench's average equals the integer (checked); with unequal counts they would
-  not, which is a deliberate difference (an average of step counters means nothing).
-- The authors' update loops over the whole state_dict while their distance reads parameters()
-  only (their `model_params[k] += ... * w` would raise on an integer num_batches_tracked, so the
-  re-expression skips non-floating entries); the "paper" preset says so (include_buffers=False,
-  update_buffers=True), so the test measures the parameters and updates the state_dict, as they do.
+Tolerances: the peers sum in float32 in their own order, fomo-core accumulates distances in float64
+and rounds the update once, so parameters agree to a few float32 ulps of their magnitude
+(rtol 1e-5, atol 1e-6) and scores to float32 precision of the loss differences (rtol 1e-4,
+atol 1e-6: a loss difference of two float32-rounded batch means carries about 1e-7 absolute).
 """
 
 from __future__ import annotations
@@ -45,310 +16,321 @@ import copy
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import fomo_core as fc
-from strategies import to_f64
+from fomo_core.adapters.torch import FedFomoClient
 
-U = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
-STEPS = 25
+import peers
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# ---- the federation: real models, real data ------------------------------------------------------
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+EVAL_BATCH = 32
+PARAMS = dict(rtol=1e-5, atol=1e-6)
+SCORES = dict(rtol=1e-4, atol=1e-6)
 
 
-def cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(6 * 4 * 4, 10))
+def build(kind: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)
+    )
 
 
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = torch.from_numpy((X / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
-    return X, torch.from_numpy(y)
-
-
-def train(model: nn.Module, X, y, lr: float, seed: int) -> nn.Module:
-    """STEPS steps of SGD on minibatches of 32 (every client the same number of steps, so that
-    BatchNorm's num_batches_tracked agree)."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+def gd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 5, lr: float = 0.5) -> nn.Module:
+    """Deterministic local training, the same on both sides: full-batch gradient descent in train
+    mode (BatchNorm running statistics move)."""
     model.train()
-    for _ in range(STEPS):
-        batch = torch.randint(0, len(X), (32,), generator=g)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(X[batch]), y[batch]).backward()
-        opt.step()
+    for _ in range(steps):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
     return model
 
 
-@torch.no_grad()
-def val_loss(model: nn.Module, X, y) -> float:
-    model.eval()
-    return float(nn.functional.cross_entropy(model(X.to(next(model.parameters()).dtype)), y))
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    member = [torch.isin(y, torch.tensor(g)) for g in groups]
+    # client 0 cares about group 0; 90 validation rows make batches of 32, 32 and 26
+    val = (x[member[0]][:90], y[member[0]][:90])
+    train = [(x[m][100 + 60 * k : 160 + 60 * k], y[m][100 + 60 * k : 160 + 60 * k]) for m in member for k in range(2)]
+    return val, train  # train[0], train[1]: group 0; [2], [3]: group 1; [4], [5]: group 2
 
 
-@pytest.fixture(scope="module", params=["mlp", "cnn"])
-def federation(request, digits):
-    """Client 0 (the local model, trained slowly on digits 0-4) and three candidates from the same
-    starting point: two trained on other samples of digits 0-4 (they help), one on digits 5-9 (it
-    does not). Returns float32 models and float64 copies, with client 0's validation losses."""
-    X, y = digits
-    rng = np.random.default_rng(0)
-    low, high = rng.permutation(np.flatnonzero(y < 5)), rng.permutation(np.flatnonzero(y >= 5))
-    train_sets = [low[:150], low[350:600], low[600:800], high[:300]]
-    val = low[150:350]
-    torch.manual_seed(0)
-    start = mlp() if request.param == "mlp" else cnn()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small train fastest on one thread (and CI shares 2 cores)
-    try:
-        models = [train(copy.deepcopy(start), X[idx], y[idx], lr, seed)
-                  for seed, (idx, lr) in enumerate(zip(train_sets, [0.02, 0.5, 0.3, 0.5]))]
-    finally:
-        torch.set_num_threads(threads)
-    for m in models:
-        m.eval()
-    doubles = [copy.deepcopy(m).double() for m in models]
-    losses32 = [val_loss(m, X[val], y[val]) for m in models]
-    losses64 = [val_loss(m, X[val], y[val]) for m in doubles]
-    assert losses32[1] < losses32[0] and losses32[3] > losses32[0], losses32  # some help, some do not
-    return {"float32": (models, losses32), "float64": (doubles, losses64), "kind": request.param}
+def trained(kind: str, base: nn.Module, part: tuple, steps: int = 5) -> nn.Module:
+    return gd(copy.deepcopy(base), *part, steps=steps)
 
 
-# ---- the peers' formulas, re-expressed -----------------------------------------------------------
+def nan_model(model: nn.Module) -> nn.Module:
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        next(bad.parameters())[0].fill_(float("nan"))
+    return bad
 
 
-@torch.no_grad()
-def pfllib_step(model, received, L, received_losses):
-    """PFLlib clientFomo.weight_cal, weight_scale and aggregate_parameters."""
-    weight_list = []
-    for received_model, loss in zip(received, received_losses):
-        params_dif = []
-        for param_n, param_i in zip(received_model.parameters(), model.parameters()):
-            params_dif.append((param_n - param_i).view(-1))
-        params_dif = torch.cat(params_dif)
-        loss = torch.tensor(loss, dtype=params_dif.dtype)  # recalculate_loss returns a tensor
-        weight_list.append((L - loss) / (torch.norm(params_dif) + 1e-5))
-    scores = torch.tensor(weight_list)
-    weights = torch.maximum(scores, torch.tensor(0))
-    w_sum = torch.sum(weights)
-    new = copy.deepcopy(model)
-    if w_sum > 0:
-        weights = torch.tensor([w / w_sum for w in weights])
-        for param in new.parameters():
-            param.data = torch.zeros_like(param.data)
-        for w, received_model in zip(weights, received):
-            for param, received_param in zip(new.parameters(), received_model.parameters()):
-                param.data += received_param.data.clone() * w
+def scenario(kind: str, case: str, m: int, data) -> dict:
+    """The client's models before and after its last training, and m candidates from the others."""
+    val, train = data
+    base = build(kind, 0)
+    good = trained(kind, base, train[0])  # the client's own model after training on its group
+    helpful = [trained(kind, base, train[1], steps=3 + k) for k in range(m)]
+    harmful = [trained(kind, base, train[2 + k % 4], steps=3 + k) for k in range(m)]
+    if case == "mixed":
+        others = [helpful[k] if k % 2 == 0 else harmful[k] for k in range(m)]
+    elif case == "nothing_helps":
+        others = harmful
+        good = trained(kind, good, train[3], steps=10)  # its own training went astray too
+    elif case == "equal":
+        others = [copy.deepcopy(base)] + helpful[: m - 1]
+    else:  # "nan"
+        others = [nan_model(helpful[0])] + helpful[1:m]
+    return dict(val=val, last_update=base, current=good, others=others, ids=list(range(1, m + 1)))
+
+
+def our_update(preset: str, s: dict, candidates: list) -> tuple:
+    """fomo-core's client with the preset: the same models, the same candidates."""
+    module = copy.deepcopy(s["last_update"])
+    client = FedFomoClient(module, s["val"], train_fn=lambda m: None, preset=preset, eval_batch_size=EVAL_BATCH)
+    client.set_flat(client.params.clone())  # the last federated update
+    module.load_state_dict(s["current"].state_dict())  # then its training
+    res = client.update([c.state_dict() for c in candidates])
+    return module.state_dict(), res
+
+
+def assert_states(ours: dict, theirs: dict) -> None:
+    for name, value in theirs.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ours[name], value, **PARAMS, msg=lambda m, n=name: f"{n}: {m}")
+
+
+CASES = ["mixed", "nothing_helps", "equal", "nan"]
+
+
+@pytest.mark.parametrize("m", [1, 3, 5])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_pfllib_client_round(kind, case, m, data):
+    s = scenario(kind, case, m, data)
+    # PFLlib's top-M often includes the client's own uploaded (trained) model: it takes the last
+    # place here when there are two or more
+    if m == 1:
+        cands, ids = s["others"][:1], s["ids"][:1]
     else:
-        weights = torch.zeros(len(received), dtype=scores.dtype)  # PFLlib: no weights, model kept
-    return scores, weights, new.state_dict()
+        cands, ids = [*s["others"][: m - 1], s["current"]], [*s["ids"][: m - 1], 0]
+    has_bn = peers.has_batchnorm(s["current"])
+    loader = peers.batches(*s["val"], EVAL_BATCH, drop_last=has_bn)
+    model, old_model, weight_vector = peers.pfllib_client_round(s["current"], s["last_update"], ids, cands, loader, 6)
+
+    ours, res = our_update("pfllib", s, cands)
+
+    assert_states(ours, model.state_dict())
+    finite = np.isfinite(weight_vector[ids])  # PFLlib's NaN scores: fomo-core reports 0 (a departure)
+    np.testing.assert_allclose(res.scores[finite], weight_vector[ids][finite], **SCORES)
+    assert np.all(res.scores[~finite] == 0)
+    if case == "nan":
+        assert res.outcome == "skipped"
 
 
-def vectorize(state: dict) -> torch.Tensor:
-    return torch.cat([p.detach().clone().flatten() for p in state.values()])
+@pytest.mark.parametrize("m", [1, 3, 5])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_flbench_client_round(kind, case, m, data):
+    s = scenario(kind, case, m, data)
+    own = s["current"].state_dict()
+    param_names = [n for n, _ in s["current"].named_parameters()]
+    # the server sends the others' parameters only, and the client's own full state last
+    # (server/fedfomo.py:44-49)
+    selected = {cid: {k: c.state_dict()[k] for k in param_names} for cid, c in zip(s["ids"], s["others"])}
+    selected[0] = own
+    loader = peers.batches(*s["val"], EVAL_BATCH)
+    state, weights = peers.flbench_client_round(own, selected, 0, s["current"], loader)
+
+    ours, res = our_update("fl-bench", s, [*s["others"], s["current"]])
+
+    assert_states(ours, {k: v for k, v in state.items() if k != "num_batches_tracked" and not k.endswith("num_batches_tracked")})
+    theirs = np.array([weights[cid] for cid in [*s["ids"], 0]])
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(res.scores[finite], theirs[finite], **SCORES)
+    assert res.scores[-1] == 0.0  # its own model: distance 0, score 0 (FL-bench's too)
+    for name, buf in ours.items():  # integer buffers keep their dtype (FL-bench makes them float)
+        if name.endswith("num_batches_tracked"):
+            assert buf.dtype == torch.int64
 
 
-@torch.no_grad()
-def flbench_step(model, received, LOSS, losses):
-    """FL-bench FedFomoClient.set_parameters (the client itself among `received`). W is created in
-    the model's dtype (FL-bench: torch.zeros' default float32) so that the float64 run is float64
-    throughout."""
-    vectorized_self_params = vectorize(model.state_dict())
-    W = torch.zeros(len(received), dtype=vectorized_self_params.dtype)
-    for i, (params_i, loss) in enumerate(zip(received, losses)):
-        params_diff = vectorize(params_i.state_dict()) - vectorized_self_params
-        W[i] = (LOSS - loss) / (torch.norm(params_diff) + 1e-5)
-    scores = W.clone()
-    W.clip_(min=0)
-    weight_sum = W.sum()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    if weight_sum > 0:
-        W /= weight_sum
-        for key in state:
-            clients_model_params = [r.state_dict()[key] for r in received]
-            state[key] = torch.sum(torch.stack(clients_model_params, dim=-1) * W, dim=-1)
-    return scores, W, state
+@pytest.mark.parametrize("m", [1, 3, 5])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_paper_client_round(kind, case, m, data):
+    s = scenario(kind, case, m, data)
+    n = 6
+    row = np.zeros(n)
+    row[0] = 0.1  # client.py:285-288
+    loader = peers.batches(*s["val"], EVAL_BATCH)
+    # client.py:320: the client's own (trained) model first, then the others
+    state, their_row, deltas = peers.paper_client_round(
+        s["last_update"], [s["current"], *s["others"]], [0, *s["ids"]], loader, row
+    )
 
+    ours, res = our_update("paper", s, s["others"])
 
-@torch.no_grad()
-def authors_step(baseline, comparison_models, baseline_loss, comparison_losses):
-    """NVlabs/FedFomo compute_fomo_weights (l1 parameter distance), update_client_weights
-    (positive deltas normalised) and Federation.federate (theta_i + sum w (theta_n - theta_i))."""
-    loss_deltas = [baseline_loss - loss for loss in comparison_losses]
-    weight_deltas = np.ones(len(comparison_models))
-    for ix, comparison_model in enumerate(comparison_models):
-        total_diff = 0.0
-        for w_a, w_b in zip(comparison_model.parameters(), baseline.parameters()):
-            total_diff += (w_a - w_b).norm(1).item()
-        weight_deltas[ix] = total_diff
-    with np.errstate(divide="ignore", invalid="ignore"):  # the own model: 0 / 0
-        scores = np.array(loss_deltas) / weight_deltas
-    positive = [d for d in scores if d > 0]
-    weights = np.array([d / np.sum(positive) if d > 0 else 0.0 for d in scores])
-    models = [m.state_dict() for m, d in zip(comparison_models, scores) if d > 0]
-    model_weights = [w for w in weights if w > 0]
-    if not models:  # nothing better than the baseline: revert to it
-        models, model_weights = [baseline.state_dict()], [1.0]
-    client_model = baseline.state_dict()
-    model_params = copy.deepcopy(client_model)
-    for k in model_params.keys():
-        if not model_params[k].is_floating_point():
-            continue  # their in-place float update of an int64 tensor would raise
-        for i in range(0, len(models)):
-            model_params[k] += (models[i][k] - client_model[k]) * model_weights[i]
-    return torch.from_numpy(scores), torch.from_numpy(weights), model_params
-
-
-# ---- fomo_core with each preset ------------------------------------------------------------------
-
-PEERS = {"pfllib": pfllib_step, "fl-bench": flbench_step, "paper": authors_step}
-
-
-def candidates_for(preset: str, models: list) -> list:
-    """Which models the peer weighs for client 0: FL-bench and the authors include the client's own
-    model, PFLlib only the others (it is not in its own top-M here)."""
-    return models[1:] if preset == "pfllib" else models
-
-
-def fomo_core_step(preset_name: str, model, candidates, L0, losses, **override):
-    preset = fc.get_preset(preset_name)
-    options = dict(preset.step_options(), **override)
-    buffers = override.pop("include_buffers", preset.include_buffers)
-    options.pop("include_buffers", None)
-
-    def measured(m):  # trainable parameters (as torch Parameters, requires_grad and all) or everything
-        return m.state_dict() if buffers else dict(m.named_parameters())
-
-    res = fc.fomo_step(measured(model), [measured(c) for c in candidates], L0, losses, **options)
-    if preset.update_buffers and not buffers:  # the authors: weights from parameters, applied to the state_dict
-        params = fc.apply_update(model.state_dict(), [c.state_dict() for c in candidates], res.weights)
+    assert_states(ours, state)
+    ours_scores = np.array([res.self_score, *res.scores])
+    deltas = np.array(deltas)
+    finite = np.isfinite(deltas)
+    np.testing.assert_allclose(ours_scores[finite], deltas[finite], **SCORES)
+    assert np.all(ours_scores[~finite] == 0)
+    aff = fc.Affinity.from_preset("paper", n)
+    aff.update(0, [0, *s["ids"]], ours_scores)
+    if finite.all():  # with a NaN score the authors' whole row becomes NaN (a departure)
+        np.testing.assert_allclose(aff.matrix[0], their_row, **SCORES)
     else:
-        params = res.params
-    return res, params
+        assert np.isfinite(aff.matrix).all()
 
 
-# ---- tolerances ----------------------------------------------------------------------------------
+# --- whole federations: selection, affinity and models over rounds --------------------------------
 
 
-def peer_tolerances(preset: str, dtype, model, candidates, L0, losses):
-    """Relative bounds on the peer's scores and weights, from the roundings it does that fomo_core
-    does not (fomo_core's own float64 error, ~n * 2^-52, is far below all of these)."""
-    u = U[dtype]
-    n_params = sum(p.numel() for p in model.parameters())
-    n_state = sum(v.numel() for v in model.state_dict().values())
-    largest_layer = max(p.numel() for p in model.parameters())
-    rtols = []
-    for loss in losses:
-        if preset == "pfllib":  # float32 norm of n_params terms; L - L_n and the division in float32
-            r = n_params * u + u * (abs(L0) + abs(loss)) / max(abs(L0 - loss), 1e-300) + 4 * u
-        elif preset == "fl-bench":  # norm over the whole state_dict; the quotient rounded to float32
-            r = n_state * u + 4 * u
-        else:  # per-layer float32 l1 norms (each <= layer size * u relative), summed in float64
-            r = largest_layer * u + 4 * 2.0**-53
-        rtols.append(r)
-    m = len(losses)
-    weight = 2 * max(rtols) + (m + 4) * u  # numerator and sum, plus the peer's normalisation
-    return np.array(rtols), weight
+SCHEDULE = [[0, 1, 2, 3, 4, 5], [0, 1, 3, 4], [0, 2, 3, 5], [1, 2, 3, 4, 5]]  # who takes part
 
 
-def param_bound(dtype, model, candidates, peer_weights, core_weights, key):
-    """|peer - fomo_core| per element of state_dict[key], given the weights each side used (already
-    compared above): both sides are within one storage rounding of their exact value (2u|v|) after
-    accumulations of (M + 4) roundings each, over S = |x| + sum w |c - x| (fomo_core, the authors)
-    and T = sum w |c| (zero-then-accumulate); and their exact values differ by what the weights
-    differ by: sum_n w'_n c_n - (x + sum_n w_n (c_n - x)) = sum_n (w'_n - w_n) c_n + (1 - sum_n w_n) x,
-    bounded by sum_n |w'_n - w_n| (|c_n| + |c_n - x|) + (M + 4) u64 |x| (fomo_core's float64 weights
-    sum to 1 within M + 4 roundings)."""
-    u = U[dtype]
-    x = to_f64(model.state_dict()[key])
-    cs = [to_f64(c.state_dict()[key]) for c in candidates]
-    m = len(cs)
-    value = x + sum(w * (c - x) for w, c in zip(core_weights, cs))
-    s = np.abs(x) + sum(w * np.abs(c - x) for w, c in zip(core_weights, cs))
-    t = sum(w * np.abs(c) for w, c in zip(peer_weights, cs))
-    weights = sum(abs(a - b) * (np.abs(c) + np.abs(c - x)) for a, b, c in zip(peer_weights, core_weights, cs))
-    return 2 * u * np.abs(value) + 2 * (m + 4) * u * (s + t) + weights + (m + 4) * 2.0**-53 * np.abs(x)
+def fleet(kind: str, data) -> tuple:
+    val, train = data
+    base = build(kind, 0)
+    vals = [(train[k][0][:30], train[k][1][:30]) for k in range(6)]
+    trains = [(train[k][0][30:], train[k][1][30:]) for k in range(6)]
+    return base, vals, trains
 
 
-# ---- the tests -----------------------------------------------------------------------------------
+def our_federation(preset: str, kind: str, data, m: int, **server_changes) -> tuple:
+    base, vals, trains = fleet(kind, data)
+    policy = fc.get_preset(preset).server.replace(**server_changes)
+    clients = [
+        FedFomoClient(copy.deepcopy(base), vals[k], train_fn=lambda mod, k=k: gd(mod, *trains[k], steps=2),
+                      preset=preset, eval_batch_size=16)
+        for k in range(6)
+    ]
+    server = fc.Server(6, clients[0].get_flat(), preset=preset, m=m, seed=0, policy=policy)
+    selections = []
+    for part in SCHEDULE:
+        chosen = {}
+        for i in part:
+            ids, cands = server.candidates(i)
+            chosen[i] = ids.tolist()
+            res = clients[i].round(cands)
+            server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
+        server.end_round()
+        selections.append(chosen)
+    return selections, server.affinity.matrix, [c.module.state_dict() for c in clients]
 
 
-@pytest.mark.parametrize("precision", ["float32", "float64"])
-@pytest.mark.parametrize("preset", ["pfllib", "fl-bench", "paper"])
-def test_preset_reproduces_peer(federation, preset, precision):
-    models, losses = federation[precision]
-    dtype = torch.float32 if precision == "float32" else torch.float64
-    local, candidates = models[0], candidates_for(preset, models)
-    L0, cand_losses = losses[0], [losses[models.index(c)] for c in candidates]
+def test_pfllib_federation(data):
+    kind, m = "cnn", 2
+    base, vals, trains = fleet(kind, data)
+    # serverfomo.py:20-23: identity affinity, every client's server copy starts as the global model
+    P = torch.eye(6)
+    client_models = [copy.deepcopy(base) for _ in range(6)]
+    models = [copy.deepcopy(base) for _ in range(6)]
+    old_models = [copy.deepcopy(base) for _ in range(6)]  # clientfomo.py:15
+    uploaded_ids: list = []
+    selections = []
+    for part in SCHEDULE:
+        chosen = {}
+        sent = {i: peers.pfllib_send_ids(P, i, m, uploaded_ids) for i in range(6)}  # send_models, :69-89
+        for i in part:  # serverfomo.py:41-42: the selected clients train
+            ids = sent[i]
+            chosen[i] = ids
+            loader = peers.batches(*vals[i], 16, drop_last=True)
+            models[i], old_models[i], wv = peers.pfllib_client_round(
+                models[i], old_models[i], ids, [client_models[j] for j in ids], loader, 6)
+            gd(models[i], *trains[i], steps=2)
+            P[i] += torch.tensor(wv, dtype=P.dtype)  # receive_models, :111 (after all trained)
+        for i in part:
+            client_models[i] = copy.deepcopy(models[i])  # :110
+        uploaded_ids = list(part)
+        selections.append(chosen)
 
-    peer_scores, peer_weights, peer_state = PEERS[preset](local, candidates, L0, cand_losses)
-    res, params = fomo_core_step(preset, local, candidates, L0, cand_losses)
+    ours_sel, ours_aff, ours_models = our_federation("pfllib", kind, data, m)
 
-    score_rtol, weight_rtol = peer_tolerances(preset, dtype, local, candidates, L0, cand_losses)
-    got_scores, got_weights = res.scores.numpy(), res.weights.numpy()
-    want_scores, want_weights = to_f64(peer_scores), to_f64(peer_weights)
-    comparable = np.isfinite(want_scores)  # the authors' own-model 0/0
-    assert np.all(np.abs(got_scores - want_scores)[comparable] <= score_rtol[comparable] * np.abs(want_scores[comparable]))
-    if preset == "paper":
-        assert not comparable[0] and bool(res.rejected[0]) and got_weights[0] == 0.0
-    assert np.all(np.abs(got_weights - want_weights) <= weight_rtol * want_weights + 1e-300)
-    assert np.count_nonzero(got_weights) >= 1 and got_weights[-1] == 0.0  # digits 5-9 never helps
-
-    updated = dict(params)
-    for key, want in peer_state.items():
-        if key not in updated:  # PFLlib: buffers untouched by both
-            assert torch.equal(want, local.state_dict()[key])
-            continue
-        got = updated[key]
-        assert got.dtype == local.state_dict()[key].dtype and got.shape == want.shape
-        if not got.is_floating_point():
-            assert torch.equal(got, local.state_dict()[key])  # fomo_core leaves counters alone
-            assert float(torch.max(torch.abs(want.double() - got.double()))) <= 4 * STEPS * U[torch.float32]
-            continue
-        bound = param_bound(dtype, local, candidates, want_weights, got_weights, key)
-        err = np.abs(to_f64(got) - to_f64(want))
-        assert np.all(err <= bound), (key, float(np.max(err / bound)))
-    # the models really moved
-    moved = [k for k, v in updated.items() if v.is_floating_point() and not torch.equal(v, local.state_dict()[k])]
-    assert moved
+    assert ours_sel == selections
+    np.testing.assert_allclose(ours_aff, P.double().numpy(), **SCORES)
+    for ours, theirs in zip(ours_models, models):
+        assert_states(ours, theirs.state_dict())
 
 
-NEIGHBOURS = {
-    "pfllib": [dict(eps=0.0), dict(norm="l1")],
-    "fl-bench": [dict(eps=0.0), dict(include_buffers=False)],
-    "paper": [dict(norm="l2"), dict(eps=1e-5)],
-}
+def test_flbench_federation(data):
+    kind, m = "cnn", 2
+    base, vals, trains = fleet(kind, data)
+    P = torch.eye(6)  # server/fedfomo.py:25
+    personal = [copy.deepcopy(base.state_dict()) for _ in range(6)]  # fedavg.py:256-265
+    names = [n for n, _ in base.named_parameters()]
+    selections = []
+    prev: list = []
+    for epoch, part in enumerate(SCHEDULE):
+        chosen = {}
+        for i in part:  # trainer.py:40-56: one client after the other
+            ids = peers.flbench_selected_ids(P, i, m, prev, epoch)
+            chosen[i] = ids
+            selected = {j: {k: personal[j][k] for k in names} for j in ids if j != i}
+            selected = {j: (personal[i] if j == i else selected[j]) for j in ids}
+            state, weights = peers.flbench_client_round(personal[i], selected, i, base, peers.batches(*vals[i], 16))
+            model = copy.deepcopy(base)
+            model.load_state_dict({k: v.to(personal[i][k].dtype) for k, v in state.items()})
+            gd(model, *trains[i], steps=2)
+            personal[i] = copy.deepcopy(model.state_dict())  # trainer.py:54-56, visible at once
+            for j, val in weights.items():  # server/fedfomo.py:29-31
+                P[i][j] += val
+        prev = list(part)
+        selections.append(chosen)
+
+    ours_sel, ours_aff, ours_models = our_federation("fl-bench", kind, data, m)
+
+    assert ours_sel == selections
+    np.testing.assert_allclose(ours_aff, P.double().numpy(), **SCORES)
+    for ours, theirs in zip(ours_models, personal):
+        assert_states(ours, theirs)
 
 
-@pytest.mark.parametrize("preset", ["pfllib", "fl-bench", "paper"])
-def test_float64_parity_tells_the_presets_apart(federation, preset):
-    """In float64 the comparison is tight enough that a neighbouring option (eps 1e-5 or 0, the
-    other norm, parameters instead of the state_dict) misses the peer: the parity above is not
-    vacuous. (The CNN's buffers are what tells FL-bench's state_dict from the parameters; the MLP
-    has none.)"""
-    models, losses = federation["float64"]
-    local, candidates = models[0], candidates_for(preset, models)
-    L0, cand_losses = losses[0], [losses[models.index(c)] for c in candidates]
-    peer_scores, _, _ = PEERS[preset](local, candidates, L0, cand_losses)
-    score_rtol, _ = peer_tolerances(preset, torch.float64, local, candidates, L0, cand_losses)
-    want = to_f64(peer_scores)
-    comparable = np.isfinite(want) & (want != 0)
+def test_paper_federation(data):
+    kind = "cnn"
+    m = 5  # every other uploader: exploration and ties can't make the two sides' choices differ
+    base, vals, trains = fleet(kind, data)
+    rows = np.zeros((6, 6))
+    np.fill_diagonal(rows, 0.1)  # client.py:285-288
+    models = [copy.deepcopy(base) for _ in range(6)]
+    first_models = [copy.deepcopy(base) for _ in range(6)]
+    uploaded: list = []
+    selections = []
+    for epoch, part in enumerate(SCHEDULE):
+        chosen = {}
+        if epoch > 0:  # server.py:121-122: round 0 only trains
+            updates = {}
+            for i in part:  # federation.py:273-284: every client's weights before any update
+                ids = peers.paper_federating_ids(rows[i], i, uploaded, m)
+                chosen[i] = sorted(ids)
+                loader = peers.batches(*vals[i], 16)
+                updates[i], rows[i], _ = peers.paper_client_round(
+                    first_models[i], [models[i], *[models[j] for j in ids]], [i, *ids], loader, rows[i])
+            for i, state in updates.items():  # federation.py:549-554
+                models[i].load_state_dict(state, strict=False)
+        for i in part:
+            first_models[i] = copy.deepcopy(models[i])  # main.py:325-326, server.py:171
+            gd(models[i], *trains[i], steps=2)
+        uploaded = list(part)  # server.py:266
+        selections.append(chosen)
 
-    def misses(**override):
-        res, _ = fomo_core_step(preset, local, candidates, L0, cand_losses, **override)
-        err = np.abs(res.scores.numpy() - want)[comparable]
-        return bool(np.any(err > score_rtol[comparable] * np.abs(want[comparable])))
+    ours_sel, ours_aff, ours_models = our_federation("paper", kind, data, m, epsilon=0.0)
 
-    assert not misses()
-    for override in NEIGHBOURS[preset]:
-        if federation["kind"] == "mlp" and override == dict(include_buffers=False):
-            continue
-        assert misses(**override), override
+    assert [{i: sorted(ids) for i, ids in r.items() if ids} for r in ours_sel] == selections
+    np.testing.assert_allclose(ours_aff, rows, **SCORES)
+    for ours, theirs in zip(ours_models, models):
+        assert_states(ours, theirs.state_dict())

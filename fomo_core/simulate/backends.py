@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..presets import client_policy
 from .data import ClientData, Dataset
 
 __all__ = ["TrainSettings", "TorchBackend", "SklearnBackend", "make_backend", "BACKENDS"]
@@ -42,14 +43,14 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, dataset: Dataset, settings: TrainSettings, seed: int):
+    def __init__(self, dataset: Dataset, settings: TrainSettings, seed: int, preset: str = "fomo-core"):
         import torch
 
         from ..adapters import torch as adapter
 
         self.torch, self.adapter = torch, adapter
         self.dataset, self.settings, self.seed = dataset, settings, seed
-        self.bank = None
+        self.preset = preset
 
     def build_module(self):
         nn = self.torch.nn
@@ -71,7 +72,8 @@ class TorchBackend:
     def init_params(self):
         """The common initial model, flat [P]."""
         self.torch.manual_seed(self.seed)
-        return self.adapter.flatten_module(self.build_module()).detach().clone()
+        carries = client_policy(self.preset).carries_buffers
+        return self.adapter.flatten_module(self.build_module(), include_buffers=carries).detach().clone()
 
     def _pair(self, x: np.ndarray, y: np.ndarray) -> tuple:
         return self.torch.from_numpy(x), self.torch.from_numpy(y)
@@ -82,20 +84,11 @@ class TorchBackend:
             self.build_module(),
             self._pair(data.x_val, data.y_val),
             self._pair(data.x_train, data.y_train),
-            epochs=s.epochs, lr=s.lr, momentum=s.momentum, batch_size=s.batch_size, seed=seed,
+            epochs=s.epochs, lr=s.lr, momentum=s.momentum, batch_size=s.batch_size, seed=seed, preset=self.preset,
         )
-        client.set_params(init)
+        client.set_flat(init)
         client.test_data = self._pair(data.x_test, data.y_test)
         return client
-
-    def table(self, n: int, init: Any):
-        """The server's copy of every client's latest model, [N, P]."""
-        return init.unsqueeze(0).repeat(n, 1)
-
-    def candidates(self, table: Any, ids: np.ndarray, client: Any):
-        if self.bank is None or self.bank.capacity < len(ids):
-            self.bank = self.adapter.CandidateBank(client.module, max(len(ids), 1))
-        return self.bank.fill_rows(table, ids)
 
     def as_batch(self, params: Any):
         return params.unsqueeze(0)
@@ -112,13 +105,14 @@ class SklearnBackend:
 
     name = "sklearn"
 
-    def __init__(self, dataset: Dataset, settings: TrainSettings, seed: int):
+    def __init__(self, dataset: Dataset, settings: TrainSettings, seed: int, preset: str = "fomo-core"):
         from ..adapters import numpy as adapter
 
         if dataset.x.ndim != 2:
             raise ValueError(f"backend 'sklearn' needs flat features, got {dataset.name} of shape {dataset.x.shape[1:]}")
         self.adapter = adapter
         self.dataset, self.settings, self.seed = dataset, settings, seed
+        self.preset = preset
 
     def build_estimator(self, seed: int):
         from sklearn.neural_network import MLPClassifier
@@ -141,17 +135,11 @@ class SklearnBackend:
         est = self.adapter.initialise_mlp(self.build_estimator(seed), data.x_train, data.y_train,
                                           np.arange(self.dataset.num_classes))
         client = self.adapter.MLPClassifierClient(
-            est, (data.x_val, data.y_val), (data.x_train, data.y_train), epochs=s.epochs
+            est, (data.x_val, data.y_val), (data.x_train, data.y_train), epochs=s.epochs, preset=self.preset
         )
-        client.set_params(init)
+        client.set_flat(init)
         client.test_data = (data.x_test, data.y_test)
         return client
-
-    def table(self, n: int, init: Any):
-        return np.repeat(init[None, :], n, axis=0)
-
-    def candidates(self, table: Any, ids: np.ndarray, client: Any):
-        return table[np.asarray(ids, dtype=np.int64)]
 
     def as_batch(self, params: Any):
         return params[None, :]
@@ -160,9 +148,9 @@ class SklearnBackend:
         return (weights / weights.sum()).astype(models[0].dtype) @ np.stack(models)
 
 
-def make_backend(name: str, dataset: Dataset, settings: TrainSettings, seed: int):
+def make_backend(name: str, dataset: Dataset, settings: TrainSettings, seed: int, preset: str = "fomo-core"):
     if name == "torch":
-        return TorchBackend(dataset, settings, seed)
+        return TorchBackend(dataset, settings, seed, preset)
     if name == "sklearn":
-        return SklearnBackend(dataset, settings, seed)
+        return SklearnBackend(dataset, settings, seed, preset)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

@@ -80,7 +80,7 @@ def run_experiment(
     partition = make_partition(cfg, dataset.y, rng)
     data = split_clients(dataset, partition, rng, val_fraction=cfg.val_fraction,
                          test_fraction=cfg.test_fraction, target=cfg.target)
-    backend = make_backend(cfg.backend, dataset, cfg.training, seed)
+    backend = make_backend(cfg.backend, dataset, cfg.training, seed, preset=cfg.federation.preset)
     init = backend.init_params()
     _warm_up(backend, data[0], init, seed)
     runs: dict = {}
@@ -97,7 +97,7 @@ def _warm_up(backend, data, init, seed: int) -> None:
     """One throwaway round, so that the first method's timings do not include the framework's
     one-off start-up costs (kernel selection, allocator warm-up)."""
     client = backend.new_client(data, init, seed)
-    client.round(backend.candidates(backend.table(2, init), np.array([1]), client))
+    client.round(backend.as_batch(init))
 
 
 def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:

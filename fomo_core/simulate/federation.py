@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..affinity import Affinity
+from ..presets import get_preset
+from ..server import Server
 from .metrics import MethodRun, RoundRecord
 
 __all__ = ["FederationSettings", "participants", "run_fedfomo", "run_fedavg", "run_local", "METHODS"]
@@ -23,16 +24,26 @@ __all__ = ["FederationSettings", "participants", "run_fedfomo", "run_fedavg", "r
 class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
-    epsilon, epsilon_decay, decay, affinity_update: the server's Affinity options. seed: everything."""
+    preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
+    epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
+    seed: everything."""
 
     rounds: int = 20
     m: int = 5
     participation: float = 1.0
-    epsilon: float = 0.3
-    epsilon_decay: float = 0.05
-    decay: str = "linear"
-    affinity_update: str = "raw"
+    preset: str = "fomo-core"
+    epsilon: Optional[float] = None
+    epsilon_decay: Optional[float] = None
+    affinity_update: Optional[str] = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_preset(self.preset)
+
+    def server_policy(self):
+        """The preset's server policy with this run's overrides."""
+        changes = {k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None}
+        return get_preset(self.preset).server.replace(**changes)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,42 +71,35 @@ OnRound = Optional[Callable[[str, RoundRecord], None]]
 
 
 def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
-    """FedFomo: each round a participating client receives the models the server's Affinity picks
-    for it (among the clients that have uploaded one), runs its FedFomo round (evaluate, update,
-    train) and uploads its model and scores. Uploads become visible the next round."""
+    """FedFomo with the shared :class:`fomo_core.Server` and the clients' own round (the preset's
+    policies): each round a participating client receives the models the server selects for it,
+    runs its round (evaluate, weigh, update, train) and uploads its model and scores; uploads
+    become visible the next round."""
     n = len(clients)
-    aff = Affinity(n, epsilon=fed.epsilon, epsilon_decay=fed.epsilon_decay, decay=fed.decay,
-                   update=fed.affinity_update, seed=fed.seed)
-    table = backend.table(n, init)
-    uploaded = np.zeros(n, dtype=bool)
+    server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
-        among = np.flatnonzero(uploaded)
         record = RoundRecord(r, 0.0, [], part.tolist())
-        uploads = {}
         taking_part = set(part.tolist())
         after_update = [None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)]
         for i in part:
-            ids = aff.select(int(i), fed.m, round=r, among=among)
-            res = clients[i].update(backend.candidates(table, ids, clients[i]))
-            aff.update(int(i), ids, res.scores)
+            ids, cands = server.candidates(int(i))
+            res = clients[i].update(cands)
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
             record.train_seconds += timed(clients[i].train)
-            uploads[int(i)] = clients[i].get_params()
+            server.receive(int(i), clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
+        server.end_round()
         record.update_accuracy = float(np.mean(after_update))
-        record.affinity = aff.matrix.tolist()
-        for i, params in uploads.items():
-            table[i] = params
-            uploaded[i] = True
+        record.affinity = server.affinity.matrix.tolist()
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
         run.rounds.append(record)
         if on_round is not None:
             on_round(run.name, record)
-    run.affinity = aff.matrix.copy()
+    run.affinity = server.affinity.matrix.copy()
     return run
 
 
@@ -110,9 +114,9 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         record = RoundRecord(r, 0.0, [], part.tolist())
         models = []
         for i in part:
-            clients[i].set_params(global_params)
+            clients[i].set_flat(global_params)
             record.train_seconds += timed(clients[i].train)
-            models.append(clients[i].get_params())
+            models.append(clients[i].get_flat())
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
         record.step_seconds += time.perf_counter() - t0

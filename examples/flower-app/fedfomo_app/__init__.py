@@ -1,0 +1,1 @@
+"""fedfomo_app: FedFomo personalised federated learning as a Flower App."""

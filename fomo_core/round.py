@@ -1,0 +1,168 @@
+"""One FedFomo client round, framework-free: a :class:`ClientPolicy` applied to flat buffers.
+
+The adapters (``fomo_core.adapters.torch``, ``.numpy``) supply how their models are evaluated and
+trained; what the round does with the losses (the baseline, the client's own model as a candidate,
+what is measured and moved, nothing-helps, non-finite losses) is decided here, once, for all of
+them. The maths is :func:`fomo_core.fomo_step` / :func:`fomo_core.apply_update`.
+
+Layout of a flat model [P]: the parameters first (``measured`` elements when only parameters are
+measured), then, when the policy carries buffers, the floating-point buffers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .ops import apply_update, fomo_step
+from .policy import ClientPolicy
+
+__all__ = ["ClientRound", "federate", "as_float64", "timed"]
+
+
+@dataclass
+class ClientRound:
+    """What one FedFomo client round produced.
+
+    params:               the client's flat model after the round, [P] (its live buffer: copy it
+                          to keep it)
+    weights:              [M] float64 normalised weights of the candidates it received
+    scores:               [M] float64 first-order scores of those candidates (for the affinity;
+                          0 where rejected)
+    self_weight, self_score: the weight and score of its own trained model when the policy makes
+                          it a candidate (self_candidate="trained"), else None
+    baseline_loss:        validation loss of the baseline
+    candidate_losses:     [M] validation losses of the candidates received
+    candidate_accuracies: [M] their validation accuracies
+    outcome:              "updated", "nothing_helps" (kept or reverted per the policy),
+                          "skipped" (a non-finite loss with nonfinite="skip_round") or "adopted"
+                          (a non-finite own loss: the best finite candidate was adopted)
+    eval_seconds, step_seconds, train_seconds: time spent evaluating, in the weights and update,
+                          and in local training
+    """
+
+    params: Any
+    weights: np.ndarray
+    scores: np.ndarray
+    self_weight: Optional[float]
+    self_score: Optional[float]
+    baseline_loss: float
+    candidate_losses: np.ndarray
+    candidate_accuracies: np.ndarray
+    outcome: str
+    eval_seconds: float
+    step_seconds: float
+    train_seconds: float = 0.0
+
+
+def as_float64(x: Any) -> np.ndarray:
+    """A float64 NumPy copy of a vector of any array type (torch included)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds taken by fn()."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _rows(candidates: Any) -> list:
+    """The candidates [M, P] (array or sequence) as a list of 1-D rows (views, no copy)."""
+    return [candidates[k] for k in range(len(candidates))]
+
+
+def federate(
+    policy: ClientPolicy,
+    params: Any,
+    candidates: Any,
+    evaluate: Callable[[list], tuple],
+    *,
+    baseline: Any = None,
+    measured: Optional[int] = None,
+    copy: Callable[[Any, Any], None],
+) -> ClientRound:
+    """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
+
+    params:     the client's flat model [P], written in place
+    candidates: [M, P] (an array or a sequence of flat models) as received
+    evaluate:   evaluate(list of K flat models [P]) -> (losses [K], accuracies [K]) on the
+                client's validation data, per the policy's evaluation mode and loss
+    baseline:   the flat model at the last federated update [P] (policy.baseline="last_update");
+                ignored for "current", where the baseline is ``params`` itself
+    measured:   how many leading elements the distance covers (the parameters when buffers ride
+                behind them); default all P
+    copy:       copy(dst, src) for flat models (the framework's in-place copy)
+    """
+    own_is_baseline = policy.baseline == "current"
+    if not own_is_baseline and baseline is None:
+        raise ValueError("baseline is required with policy.baseline='last_update'")
+    base = params if own_is_baseline else baseline
+    received = _rows(candidates)
+    cands = ([params] if policy.self_candidate == "trained" else []) + received
+    n_self = len(cands) - len(received)
+
+    t0 = time.perf_counter()
+    base_loss = float(as_float64(evaluate([base])[0])[0])
+    if cands:
+        losses, accuracies = (as_float64(v) for v in evaluate(cands))
+    else:
+        losses, accuracies = np.zeros(0), np.zeros(0)
+    t1 = time.perf_counter()
+
+    all_finite = math.isfinite(base_loss) and bool(np.isfinite(losses).all())
+    p = len(params) if measured is None else measured
+    whole = p == len(params)
+    fused_in_place = own_is_baseline and whole and policy.nonfinite != "skip_round"
+    if fused_in_place:
+        # The common case in one fused pass; no weight leaves the model bit for bit as it was.
+        res = fomo_step(params, cands, base_loss, losses, out=params, **policy.step_options())
+    else:
+        res = fomo_step(
+            base[:p] if not whole else base,
+            [c[:p] for c in cands] if not whole else cands,
+            base_loss,
+            losses,
+            **policy.step_options(),
+        )
+    weights, scores = as_float64(res.weights), as_float64(res.scores)
+    scores = np.where(np.isnan(scores), 0.0, scores)
+
+    outcome = "updated" if weights.sum() > 0 else "nothing_helps"
+    if policy.nonfinite == "skip_round" and not all_finite:
+        outcome, weights = "skipped", np.zeros_like(weights)
+    elif policy.nonfinite == "adopt_best" and not math.isfinite(base_loss) and np.isfinite(losses).any():
+        # A diverged client would otherwise never recover: its own loss can't be beaten.
+        best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+        weights = np.zeros_like(weights)
+        weights[best] = 1.0
+        copy(params, cands[best])
+        outcome = "adopted"
+    if not fused_in_place and outcome == "updated":
+        if n_self:  # params is a candidate too: the update can't be written over it
+            copy(params, apply_update(base, cands, weights))
+        else:
+            apply_update(base, cands, weights, out=params)
+    elif not fused_in_place and outcome == "nothing_helps" and policy.nothing_helps == "revert" and base is not params:
+        copy(params, base)
+    t2 = time.perf_counter()
+
+    return ClientRound(
+        params=params,
+        weights=weights[n_self:],
+        scores=scores[n_self:],
+        self_weight=float(weights[0]) if n_self else None,
+        self_score=float(scores[0]) if n_self else None,
+        baseline_loss=base_loss,
+        candidate_losses=losses[n_self:],
+        candidate_accuracies=accuracies[n_self:],
+        outcome=outcome,
+        eval_seconds=t1 - t0,
+        step_seconds=t2 - t1,
+    )
