@@ -13,11 +13,16 @@ float32, M = 10 candidates, all improving. In the same process, medians over rep
 Effective bandwidth counts the bytes the op must move, (M_d + M+ + 3) * P * bytes: M_d distances
 read, M+ improving candidates read by the update, and local read twice plus the output written.
 
-Also: float16/bfloat16/float64 storage, half the candidates not improving (skipped), M = 1..20,
-and a small model (P ~ 60k) where call overhead dominates. Writes results/kernels.{json,md,png}.
+Also: float16/bfloat16/float64 storage (wall time at the default threads, and CPU time on one
+thread, which other processes on a shared machine disturb less), half the candidates not improving
+(skipped), M = 1..20; small models as layer lists against the same data flat, with and without a
+plan (fomo_core.plan: the per-array intake paid once); Fortran-order layers (time and peak memory
+against the same values in C order). Writes results/kernels.{json,md,png}.
 
     python benchmarks/bench_kernels.py            # full run (a few minutes)
     python benchmarks/bench_kernels.py --quick    # smaller sizes, fewer repeats (smoke test)
+
+``run(quick)`` returns the results as a dict (for the benchmark suite); ``main`` also writes them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +252,103 @@ def small_model(repeats: int) -> list[dict]:
     return [{"method": k, "us": v * 1e3, "speedup_vs_pfllib": base / v} for k, v in times.items()]
 
 
+SMALL_MODELS = {
+    "P = 1,000 as 10 layers, M = 4": ([(10, 10)] * 10, 4),
+    "LeNet-style CNN, P = 62,006 as 10 layers, M = 10": (small_cnn_shapes(), 10),
+}
+
+
+def layer_lists(repeats: int) -> list[dict]:
+    """A layer-list call against the same data flat, with and without a plan, all into reused
+    output buffers (the flat call also with a new output, as most callers make it). First checks
+    that every route agrees with the flat call (runs cut at layer ends may round a distance's sum
+    differently in the last bit)."""
+    rows = []
+    for name, (shapes, m) in SMALL_MODELS.items():
+        pb = Problem(shapes, m, torch.float32, improving=m)
+        args = (pb.local_loss, pb.losses)
+        flat_out = torch.empty_like(pb.flat_local)
+        plan = fc.plan(pb.layers_local, pb.layers_candidates, out=pb.layers_out)
+        methods = {
+            "flat, out=": lambda: fc.fomo_step(pb.flat_local, pb.flat_candidates, *args, out=flat_out),
+            "flat, new output": lambda: fc.fomo_step(pb.flat_local, pb.flat_candidates, *args),
+            "layers, out=": pb.step,
+            "layers through a plan": lambda: plan.fomo_step(*args),
+        }
+        want = methods["flat, out="]().params
+        for method in ("layers, out=", "layers through a plan"):
+            got = torch.cat([t.reshape(-1) for t in methods[method]().params])
+            assert torch.allclose(got, want, rtol=1e-6, atol=1e-6), f"{name}: {method} differs from the flat call"
+        times = {k: med for k, (med, _) in interleaved_ms(methods, repeats * 20, warmup=5).items()}
+        base = times["flat, out="]
+        for method, ms in times.items():
+            rows.append({"model": name, "P": pb.p, "M": m, "layers": len(shapes), "method": method,
+                         "us": ms * 1e3, "vs_flat": ms / base})
+        del pb, plan
+    return rows
+
+
+def fortran_order(p: int, m: int, repeats: int) -> list[dict]:
+    """Layers whose short dimension is the contiguous one for none of the arrays (Fortran order,
+    as a transposed [P / 4, 4] weight): every array alike, and one such candidate among C-order ones.
+    Time and peak memory against the same values in C order, out= a reused buffer. First checks
+    that the three agree (the summation order differs: a float64-sum tolerance)."""
+    rows_, cols = p // 4, 4
+    gen = torch.Generator().manual_seed(5)
+    c_local = torch.randn(rows_, cols, generator=gen)
+    c_cands = [c_local + 0.01 * torch.randn(rows_, cols, generator=gen) for _ in range(m)]
+
+    def fortran(t: torch.Tensor) -> torch.Tensor:
+        return t.t().contiguous().t()  # the same values, column-major
+
+    cases = {
+        "C order (baseline)": ([c_local], [[c] for c in c_cands], [torch.empty_like(c_local)]),
+        "Fortran order, every array": ([fortran(c_local)], [[fortran(c)] for c in c_cands],
+                                       [fortran(torch.empty_like(c_local))]),
+        "one Fortran-order candidate among C-order ones": ([c_local], [[fortran(c_cands[0])]] + [[c] for c in c_cands[1:]],
+                                                           [torch.empty_like(c_local)]),
+    }
+    losses = np.linspace(0.5, 0.8, m)
+    methods = {name: (lambda a=a: fc.fomo_step(a[0], a[1], 1.0, losses, out=a[2])) for name, a in cases.items()}
+    want = methods["C order (baseline)"]().distances
+    for name, fn in methods.items():
+        np.testing.assert_allclose(fn().distances.numpy(), want.numpy(), rtol=1e-9, err_msg=name)
+    memory = {name: peak_extra_mib(fn) for name, fn in methods.items()}
+    times = {k: med for k, (med, _) in interleaved_ms(methods, repeats).items()}
+    base = times["C order (baseline)"]
+    return [{"case": name, "ms": times[name], "vs_c_order": times[name] / base, "peak_extra_mib": memory[name]}
+            for name in methods]
+
+
+def interleaved_cpu_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median CPU time (ms) of the calling thread, interleaved: with one kernel thread the work runs
+    on the caller, and time the scheduler gives other processes does not count."""
+    for fn in methods.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            start = time.thread_time()
+            fn()
+            times[name].append((time.thread_time() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def dtypes_one_thread(shapes, m: int, repeats: int) -> list[dict]:
+    """16-bit against float32 storage on one kernel thread, by CPU time (see interleaved_cpu_ms)."""
+    problems = {str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
+                for d in (torch.float32, torch.float16, torch.bfloat16)}
+    threads = fc.get_num_threads()
+    fc.set_num_threads(1)
+    try:
+        times = interleaved_cpu_ms({name: pb.step for name, pb in problems.items()}, repeats)
+    finally:
+        fc.set_num_threads(threads)
+    return [{"dtype": name, "cpu_ms": times[name], "speedup_vs_float32": times["float32"] / times[name]}
+            for name in problems]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -265,57 +369,63 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a quarter of ResNet-18's channels, fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (median taken)")
-    parser.add_argument("--name", default="kernels", help="results file name under benchmarks/results/")
-    args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+def run(quick: bool, repeats: int | None = None) -> dict:
+    """Every measurement of this script; ``quick`` shrinks the models (a quarter of ResNet-18's
+    channels, P = 1e6 for the Fortran-order case) and the repeats."""
+    repeats = repeats or (3 if quick else 7)
     shapes = resnet18_shapes()
-    if args.quick:
+    if quick:
         shapes = [tuple(max(1, d // 4) if i < 2 else d for i, d in enumerate(s)) for s in shapes]
     p = sum(math.prod(s) for s in shapes)
     m = 10
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     load_before = os.getloadavg()[0]
-    print(f"fomo_core {fc.build_info()}; load average {load_before:.2f}", flush=True)
     probe_arrays = Probe(p)
-    results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": args.quick},
+    results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": quick},
                "machine": machine(), "build_info": fc.build_info(), "torch_threads": torch.get_num_threads()}
     results["headline"], probe = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe_arrays)
     results["pfllib_default_allocator"] = probe.pop("default_allocator")
     results["probe"] = probe
     results["glibc_keeps_freed_memory"] = keep_freed_memory()  # already applied inside headline()
-    print(markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
-                        [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
-                         for r in results["headline"]]), flush=True)
     results["dtypes"] = dtypes(shapes, m, repeats, probe_arrays)
+    results["dtypes_one_thread"] = dtypes_one_thread(shapes, m, repeats)
     results["skip"] = skipping(shapes, m, repeats, probe_arrays)
     results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe_arrays)
     results["small_model"] = small_model(repeats)
+    results["layer_lists"] = layer_lists(repeats)
+    results["fortran_order_p"] = 1_000_000 if quick else 4_000_000
+    results["fortran_order"] = fortran_order(results["fortran_order_p"], m, repeats)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
+    return results
 
+
+def report(results: dict) -> str:
+    """The markdown tables of run()'s results."""
+    p, m, repeats = results["config"]["P"], results["config"]["M"], results["config"]["repeats"]
+    probe, info = results["probe"], results["build_info"]
+    headline_rows = [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
+                     for r in results["headline"]]
+    allocator = results["pfllib_default_allocator"]
     sections = [
-        f"P = {p:,} ({len(shapes)} layers), float32, M = {m}, all improving; dot-product probe "
+        f"P = {p:,} ({results['config']['layers']} layers), float32, M = {m}, all improving; dot-product probe "
         f"{probe['gbs']:.1f} GB/s (np.dot {probe['numpy_dot_gbs']:.1f}, torch.dot {probe['torch_dot_gbs']:.1f}); "
         f"medians of {repeats} interleaved rounds (each table times the probe with its methods); "
-        f"{fc.build_info()['threads']} threads, {fc.build_info()['simd']} kernels; "
-        f"load average {load_before:.2f} before, {results['load_average']['after']:.2f} after; "
+        f"{info['threads']} threads, {info['simd']} kernels; "
+        f"load average {results['load_average']['before']:.2f} before, {results['load_average']['after']:.2f} after; "
         f"peak memory measured first; then glibc keeps freed memory for reuse, so no method is timed "
         f"by the page faults of fresh temporaries: {results['glibc_keeps_freed_memory']}.",
-        markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"],
-                       [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
-                        for r in results["headline"]]),
+        markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"], headline_rows),
         f"Under glibc's default allocator (big temporaries returned to the system after each call), the "
-        f"PFLlib-style loop takes {results['pfllib_default_allocator']['pfllib_ms']:.0f} ms against fomo_step's "
-        f"{results['pfllib_default_allocator']['fomo_core_ms']:.1f} ms: "
-        f"{results['pfllib_default_allocator']['speedup_vs_pfllib']:.1f}x. The table above keeps freed memory for reuse, "
-        f"which is every method's best case.",
-        "Storage dtypes (fomo_step over layers into a reused out=, M = 10):",
+        f"PFLlib-style loop takes {allocator['pfllib_ms']:.0f} ms against fomo_step's "
+        f"{allocator['fomo_core_ms']:.1f} ms: {allocator['speedup_vs_pfllib']:.1f}x. The table above keeps freed "
+        f"memory for reuse, which is every method's best case.",
+        f"Storage dtypes (fomo_step over layers into a reused out=, M = {m}), wall time at {info['threads']} threads:",
         markdown_table(["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
                        [[r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]] for r in results["dtypes"]]),
-        "Non-improving candidates (float32, M = 10):",
+        "The same on one kernel thread, by the thread's CPU time (time given to other processes on this "
+        "shared machine does not count):",
+        markdown_table(["dtype", "CPU ms", "speed vs float32"],
+                       [[r["dtype"], r["cpu_ms"], r["speedup_vs_float32"]] for r in results["dtypes_one_thread"]]),
+        f"Non-improving candidates (float32, M = {m}):",
         markdown_table(["case", "ms", "time vs all improving", "bytes vs all improving", "GB/s"],
                        [[r["case"], r["ms"], r["relative_time"], r["relative_bytes"], r["gbs"]] for r in results["skip"]]),
         "Number of candidates (float32):",
@@ -324,8 +434,27 @@ def main(argv=None) -> int:
                         for r in results["m_sweep"]]),
         "Small model (LeNet-style CNN, P = 62,006, M = 10): call overhead",
         markdown_table(["method", "µs", "vs PFLlib"], [[r["method"], r["us"], r["speedup_vs_pfllib"]] for r in results["small_model"]]),
+        "Layer lists against the same data flat (float32, all improving, torch tensors; a plan is "
+        "`fomo_core.plan(local, candidates, out=...)`, which reads the arrays once):",
+        markdown_table(["model", "method", "µs", "vs flat out="],
+                       [[r["model"], r["method"], r["us"], r["vs_flat"]] for r in results["layer_lists"]]),
+        f"Fortran-order layers ([P / 4, 4] column-major, P = {results['fortran_order_p']:,}, M = {m}, out= a reused "
+        "buffer): time and peak extra memory against the same values in C order:",
+        markdown_table(["case", "ms", "time vs C order", "peak extra MiB"],
+                       [[r["case"], r["ms"], r["vs_c_order"], r["peak_extra_mib"]] for r in results["fortran_order"]]),
     ]
-    table = "\n\n".join(sections)
+    return "\n\n".join(sections)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of ResNet-18's channels, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (median taken)")
+    parser.add_argument("--name", default="kernels", help="results file name under benchmarks/results/")
+    args = parser.parse_args(argv)
+    print(f"fomo_core {fc.build_info()}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    results = run(args.quick, args.repeats)
+    table = report(results)
     print("\n" + table)
     json_path, md_path = write_results(args.name, results, table)
     plot(results, json_path.with_suffix(".png"))

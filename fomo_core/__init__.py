@@ -31,6 +31,8 @@ _COMPILED = {
     "first_order_scores": ".ops",
     "fomo_step": ".ops",
     "ClientRound": ".round",
+    "Plan": ".plan",
+    "plan": ".plan",
 }
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, named for type checkers (py.typed)
@@ -73,6 +75,8 @@ __all__ = [
     "compute_weights",
     "first_order_scores",
     "fomo_step",
+    "Plan",
+    "plan",
     "Preset",
     "PRESETS",
     "ClientPolicy",

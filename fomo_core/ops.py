@@ -273,6 +273,10 @@ class _Call:
             all_scores,
             None if results is None else tuple(results),
         )
+        return self.scores(weights, scores, distances, status)
+
+    def scores(self, weights, scores, distances, status) -> tuple[Any, Scores]:
+        """The kernels' step results as (weights, Scores), vectors of the caller's type except weights."""
         rejected = status == _REJECTED
         skipped = status == _SKIPPED
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))

@@ -39,6 +39,7 @@ from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
 
 import flower_local as fl
+import fomo_core as fc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NODES = {2**64 - 5: 0, 17: 1, 2**63 + 3: 2, 40: 3}  # Flower node ids are unsigned 64-bit
@@ -846,3 +847,34 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["failed"] for r in results["rounds"]] == [{}, {}]
     assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]
+
+
+def test_the_strategy_equals_a_hand_driven_loop_of_the_shared_server_and_client_round(clients_data):
+    # Execute: Flower's path (messages, validation, the ClientApp) ...
+    strategy, _ = fl.run_federation(None, 3)
+
+    # ... and the same federation driven by hand with fomo_core.Server and the client round. A
+    # ClientApp is rebuilt for every message, from the model the server sends: so are these.
+    _, data = clients_data
+    init = initial_flat()
+
+    def client(k: int, flat: np.ndarray) -> MLPClassifierClient:
+        d = data[k]
+        c = MLPClassifierClient(fl.estimator(k), (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=1)
+        c.set_flat(flat)
+        return c
+
+    server = fc.Server(4, init, preset="fomo-core", m=2, seed=0)
+    for record in strategy.rounds:
+        for i in record.candidates:  # the strategy's visiting order: the same random draws
+            ids, cands = server.candidates(i)
+            assert ids.tolist() == record.candidates[i]
+            c = client(i, np.array(server.model(i)))
+            res = c.round(cands)
+            server.receive(i, c.get_flat(), ids, res.scores, self_score=res.self_score)
+        server.end_round()
+
+    # Assert
+    np.testing.assert_array_equal(strategy.affinity_matrix, server.affinity.matrix)
+    for k, cid in enumerate(strategy.client_ids):
+        np.testing.assert_array_equal(strategy.model(cid), server.model(k))

@@ -340,7 +340,7 @@ def test_weights_of_huge_finite_scores():
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
 def test_bfloat16_differences_beyond_float32_squares(norm):
-    """16-bit distances add the terms of element pairs in float32; a bfloat16 difference of 1e20
+    """16-bit distances add the terms of four elements in float32; a bfloat16 difference of 1e20
     squares past float32's range, and the kernels then sum that candidate again in float64: the
     distance stays finite and the candidate keeps its weight."""
     x = torch.zeros(40, dtype=torch.bfloat16)

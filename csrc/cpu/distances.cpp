@@ -21,9 +21,6 @@ inline f32x8 term_vec(f32x8 diff) {
   else return (f32x8)((u32x8)diff & 0x7fffffffu);
 }
 
-template <class T>
-constexpr bool kHalfWidth = std::is_same<T, half_t>::value || std::is_same<T, bfloat16_t>::value;
-
 // Element difference in the compute type: exact for float64 storage; for 16/32-bit storage one
 // float32 rounding (relative error <= 2^-24), which halves the float64 conversions that would
 // otherwise bound this pass. Squares and sums are float64.
@@ -34,22 +31,41 @@ inline double scalar_term(const T* c, const T* x) {
 }
 
 constexpr int kGroup = 4;  // candidates sharing each load of the local chunk
+constexpr int64_t kPrefetchAhead = 512;  // elements: 16 cache lines of 16-bit candidates
 
-// Sums of the distance terms of G candidates over n contiguous elements, 8 elements a step into
-// two float64 accumulators per candidate, combined in a fixed order. Each candidate's arithmetic is
-// the same whatever G is, so grouping never changes a result.
-template <Norm N, class T, int G, bool kPairs = kHalfWidth<T>>
+// Whether a piece's float32 quad terms may have lost precision to underflow. Each of the n / 4
+// quad terms then carries at most 7 * 2^-150 of absolute error (four squares and three sums rounded
+// in float32's subnormal range), n * 2^-149 in all: below 2^-53 of any sum above n * 2^-96, so
+// only smaller sums are redone. Only l2 squares, and only bfloat16 reaches that far: float16's
+// smallest difference, 2^-24, squares to a normal float32.
+template <Norm N, class T>
+inline bool may_have_underflowed(double sum, int64_t n) {
+  if constexpr (N == Norm::l2 && std::is_same<T, bfloat16_t>::value) return sum < double(n) * 0x1p-96;
+  else return false;
+}
+
+// Sums of the distance terms of G candidates over n contiguous elements into two float64
+// accumulators per candidate, combined in a fixed order. Each candidate's arithmetic is the same
+// whatever G is, so grouping never changes a result.
+template <Norm N, class T, int G, bool kQuads = kHalfWidth<T>>
 void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
   f64x4 acc[G][2] = {};
   int64_t j = 0;
-  // 16-bit storage: the terms of two elements are added in float32 before widening, which halves
-  // the float64 conversions that bound this pass (one more float32 rounding per pair of terms)
-  if constexpr (kPairs) {
-    for (; j + 16 <= n; j += 16) {
-      const f32x8 x0 = load_vec(x + j), x1 = load_vec(x + j + 8);
+  // 16-bit storage: the terms of four elements (32 a step, in load_pair's order) are added in
+  // float32, as (t0 + t1) + (t2 + t3), before widening: a quarter of the float64 conversions that
+  // bound this pass, for two more float32 roundings per term.
+  if constexpr (kQuads) {
+    for (; j + 32 <= n; j += 32) {
+      f32x8 x0, x1, x2, x3;
+      load_pair(x + j, x0, x1);
+      load_pair(x + j + 16, x2, x3);
       for (int g = 0; g < G; ++g) {
+        f32x8 c0, c1, c2, c3;
+        __builtin_prefetch(c[g] + j + kPrefetchAhead);
+        load_pair(c[g] + j, c0, c1);
+        load_pair(c[g] + j + 16, c2, c3);
         f64x4 wide[2];
-        widen(term_vec<N>(load_vec(c[g] + j) - x0) + term_vec<N>(load_vec(c[g] + j + 8) - x1), wide);
+        widen((term_vec<N>(c0 - x0) + term_vec<N>(c1 - x1)) + (term_vec<N>(c2 - x2) + term_vec<N>(c3 - x3)), wide);
         acc[g][0] += wide[0];
         acc[g][1] += wide[1];
       }
@@ -66,6 +82,7 @@ void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
       const f32x8 xv = load_vec(x + j);
       for (int g = 0; g < G; ++g) {
         f64x4 wide[2];
+        __builtin_prefetch(c[g] + j + kPrefetchAhead);
         widen(load_vec(c[g] + j) - xv, wide);
         acc[g][0] += term_vec<N>(wide[0]);
         acc[g][1] += term_vec<N>(wide[1]);
@@ -77,10 +94,13 @@ void contiguous_sums(const T* x, const T* const* c, int64_t n, double* sums) {
     double sum = (total[0] + total[1]) + (total[2] + total[3]);
     for (int64_t k = j; k < n; ++k) sum += scalar_term<N>(c[g] + k, x + k);
     sums[g] = sum;
-    // A bfloat16 difference beyond 1.8e19 overflows a float32 square: that candidate's piece is
-    // summed again without the float32 pairs (a candidate holding inf or NaN gives inf or NaN again).
-    if constexpr (kPairs)
-      if (!(sum - sum == 0.0)) contiguous_sums<N, T, 1, false>(x, c + g, n, sums + g);
+    // The float32 quad terms are exact to float32 rounding only inside float32's range: a bfloat16
+    // difference beyond 9e18 overflows its square (or their sum), one below 1e-19 squares into
+    // float32's subnormals (below 1e-23 into zero). Then the candidate's piece is summed again
+    // without the quads (a candidate holding inf or NaN gives inf or NaN again).
+    if constexpr (kQuads)
+      if (!(sum - sum == 0.0) || may_have_underflowed<N, T>(sum, n))
+        contiguous_sums<N, T, 1, false>(x, c + g, n, sums + g);
   }
 }
 

@@ -31,6 +31,7 @@ typedef float f32x8 __attribute__((vector_size(32)));
 typedef double f64x4 __attribute__((vector_size(32)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef int64_t i64x4 __attribute__((vector_size(32)));
 
 // Arithmetic type for a storage type: float64 computes in double, everything else in float.
@@ -40,6 +41,8 @@ template <class T>
 using vec_t = typename std::conditional<std::is_same<T, double>::value, f64x4, f32x8>::type;
 template <class T>
 constexpr int kLanes = std::is_same<T, double>::value ? 4 : 8;
+template <class T>
+constexpr bool kHalfWidth = std::is_same<T, half_t>::value || std::is_same<T, bfloat16_t>::value;
 
 template <class V, class T>
 inline V load_raw(const T* p) {
@@ -105,14 +108,19 @@ inline f32x8 load_vec(const half_t* p) {
 
 inline void store_vec(float* p, f32x8 v) { store_raw(p, v); }
 inline void store_vec(double* p, f64x4 v) { store_raw(p, v); }
-inline void store_vec(bfloat16_t* p, f32x8 v) {
-  // Same rounding as float_to_bf16 (math.h), lane by lane.
+// float32 -> bfloat16 bit patterns (in the low half of each lane), the rounding of float_to_bf16
+// (math.h) lane by lane.
+inline u32x8 bf16_bits(f32x8 v) {
   const u32x8 u = (u32x8)v;
   const u32x8 magnitude = u & 0x7fffffffu;
   const u32x8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const u32x8 quiet_nan = (u >> 16) | 0x0040u;
   const u32x8 is_nan = (u32x8)(magnitude > 0x7f800000u);
-  const u32x8 bits = (quiet_nan & is_nan) | (rounded & ~is_nan);
+  return (quiet_nan & is_nan) | (rounded & ~is_nan);
+}
+
+inline void store_vec(bfloat16_t* p, f32x8 v) {
+  const u32x8 bits = bf16_bits(v);
 #if defined(FOMO_X86_AVX2)
   // every lane is below 2^16, so unsigned saturation packs exactly; fix the lane order after
   const __m256i packed = _mm256_packus_epi32((__m256i)bits, (__m256i)bits);
@@ -130,6 +138,45 @@ inline void store_vec(half_t* p, f32x8 v) {
   store_raw(p, __builtin_convertvector(v, f16x8));
 #else
   for (int i = 0; i < 8; ++i) p[i].bits = float_to_half(v[i]);
+#endif
+}
+
+// ---- 16 elements as two vectors (the 16-bit kernels' step) ----
+// For bfloat16 the two vectors hold the elements interleaved by 128-bit lane (lo: 0-3 and 8-11, hi:
+// 4-7 and 12-15): what in-lane unpacks give, without the zero-extension and shift of load_vec, and
+// what one in-lane pack puts back in order. Every build uses this order; the update is element-wise
+// and never sees it, the distance pass sums the same terms in the same pairs in every build.
+template <class T>
+inline void load_pair(const T* p, f32x8& lo, f32x8& hi) {
+  lo = load_vec(p);
+  hi = load_vec(p + 8);
+}
+template <class T>
+inline void store_pair(T* p, f32x8 lo, f32x8 hi) {
+  store_vec(p, lo);
+  store_vec(p + 8, hi);
+}
+
+inline void load_pair(const bfloat16_t* p, f32x8& lo, f32x8& hi) {
+#if defined(FOMO_X86_AVX2)
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i zero = _mm256_setzero_si256();
+  lo = (f32x8)_mm256_unpacklo_epi16(zero, bits);
+  hi = (f32x8)_mm256_unpackhi_epi16(zero, bits);
+#else
+  const u16x16 v = load_raw<u16x16>(p);
+  lo = (f32x8)(__builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 8, 9, 10, 11), u32x8) << 16);
+  hi = (f32x8)(__builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7, 12, 13, 14, 15), u32x8) << 16);
+#endif
+}
+
+inline void store_pair(bfloat16_t* p, f32x8 lo, f32x8 hi) {
+  const u32x8 a = bf16_bits(lo), b = bf16_bits(hi);
+#if defined(FOMO_X86_AVX2)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32((__m256i)a, (__m256i)b));
+#else
+  const u16x8 a16 = __builtin_convertvector(a, u16x8), b16 = __builtin_convertvector(b, u16x8);
+  store_raw(p, __builtin_shufflevector(a16, b16, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
 #endif
 }
 

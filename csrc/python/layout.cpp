@@ -73,6 +73,13 @@ void check_like(const ArrayView& v, const std::string& name, const ArrayView& re
     fail_value(name, " is on ", v.device.str(), ", expected ", ref.device.str(), " (the device of ", ref_name, ")");
 }
 
+// intake(), noting what it read when the request asks (plans keep it to recheck later calls).
+ArrayView read(const LayoutRequest& request, py::handle object, const std::string& what) {
+  ArrayView view = intake(object, what);
+  if (request.seen) request.seen->push_back({object, view});
+  return view;
+}
+
 // Names are built only where a message needs them: this runs once per leaf per model per call.
 Leaves read_leaves(const LayoutRequest& request) {
   Leaves leaves;
@@ -81,7 +88,7 @@ Leaves read_leaves(const LayoutRequest& request) {
   const size_t num_leaves = local.size();
   for (size_t l = 0; l < num_leaves; ++l) leaves.suffix.push_back(names[l].cast<std::string>());
   for (size_t l = 0; l < num_leaves; ++l) {
-    ArrayView v = intake(local[l], leaves.local_name(l));
+    ArrayView v = read(request, local[l], leaves.local_name(l));
     if (!v.floating)
       fail_type(leaves.local_name(l), " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
     if (l > 0 && v.device != leaves.local[0].device)
@@ -99,14 +106,14 @@ Leaves read_leaves(const LayoutRequest& request) {
       std::vector<ArrayView>& views = leaves.candidates[m];
       views.reserve(num_leaves);
       for (size_t l = 0; l < num_leaves; ++l) {
-        views.push_back(intake(model[l], leaves.candidate_name(m, l)));
+        views.push_back(read(request, model[l], leaves.candidate_name(m, l)));
         if (!views.back().floating || views.back().dtype != leaves.local[l].dtype ||
             views.back().shape != leaves.local[l].shape || views.back().device != leaves.local[l].device)
           check_like(views.back(), leaves.candidate_name(m, l), leaves.local[l], leaves.local_name(l));
       }
     }
   } else {
-    const ArrayView block = intake(request.candidates, "candidate_params");
+    const ArrayView block = read(request, request.candidates, "candidate_params");
     if (num_leaves != 1 || leaves.local[0].shape.size() != 1)
       fail_value("candidate_params is one array, which needs local_params to be one flat 1-D array; "
                  "give a list of models instead");
@@ -122,7 +129,7 @@ Leaves read_leaves(const LayoutRequest& request) {
   if (!request.out.is_none()) {
     const py::list out = py::reinterpret_borrow<py::list>(request.out);
     for (size_t l = 0; l < num_leaves; ++l) {
-      leaves.out.push_back(intake(out[l], leaves.out_name(l)));
+      leaves.out.push_back(read(request, out[l], leaves.out_name(l)));
       check_like(leaves.out.back(), leaves.out_name(l), leaves.local[l], leaves.local_name(l));
       if (leaves.out.back().readonly) fail_value(leaves.out_name(l), " is read-only");
       if (self_overlapping(leaves.out.back()))
@@ -160,18 +167,33 @@ struct Dim {
   std::vector<int64_t> stride;
 };
 
-// Emits the leaf as runs: dimensions that every array walks contiguously are merged, so a
-// contiguous leaf is a single run and only genuinely strided views are cut into rows.
-void append_runs(Layout& layout, const std::vector<const ArrayView*>& arrays, bool has_out) {
+int64_t magnitude(int64_t v) { return v < 0 ? -v : v; }
+
+// A run whose elements every array reads contiguously is worth keeping even when it is short; a
+// strided one is chosen as long as possible, since each run costs a table entry per candidate.
+constexpr int64_t kShortestContiguousRun = 256;
+
+// The leaf's dimensions in the local model's memory order (largest stride first), merged wherever
+// every array steps through two neighbours as through one: a contiguous leaf becomes one run, and
+// so does a Fortran-order or transposed leaf that the other arrays share. The last dimension left
+// becomes the run unless it is short and not contiguous in every array; then the longest one does,
+// so that arrays of different layouts cost at most numel / (longest dimension) runs, never one per
+// short row.
+std::vector<Dim> run_dimensions(const std::vector<const ArrayView*>& arrays) {
   const ArrayView& x = *arrays[0];
-  if (x.numel() == 0) return;
   std::vector<Dim> dims;
   for (size_t d = 0; d < x.shape.size(); ++d) {
     if (x.shape[d] == 1) continue;
     Dim dim{x.shape[d], {}};
     for (const ArrayView* a : arrays) dim.stride.push_back(a->strides[d]);
-    if (!dims.empty()) {
-      Dim& outer = dims.back();
+    dims.push_back(std::move(dim));
+  }
+  std::stable_sort(dims.begin(), dims.end(),
+                   [](const Dim& a, const Dim& b) { return magnitude(a.stride[0]) > magnitude(b.stride[0]); });
+  std::vector<Dim> merged;
+  for (Dim& dim : dims) {
+    if (!merged.empty()) {
+      Dim& outer = merged.back();
       bool mergeable = true;
       for (size_t a = 0; a < arrays.size(); ++a) mergeable = mergeable && outer.stride[a] == dim.stride[a] * dim.size;
       if (mergeable) {
@@ -180,10 +202,27 @@ void append_runs(Layout& layout, const std::vector<const ArrayView*>& arrays, bo
         continue;
       }
     }
-    dims.push_back(std::move(dim));
+    merged.push_back(std::move(dim));
   }
-  if (dims.empty()) dims.push_back(Dim{1, std::vector<int64_t>(arrays.size(), 1)});
+  if (merged.empty()) merged.push_back(Dim{1, std::vector<int64_t>(arrays.size(), 1)});
+  const Dim& last = merged.back();
+  bool contiguous = true;
+  for (int64_t s : last.stride) contiguous = contiguous && s == 1;
+  if (!(contiguous && last.size >= kShortestContiguousRun)) {
+    size_t longest = merged.size() - 1;
+    for (size_t d = 0; d < merged.size(); ++d)
+      if (merged[d].size > merged[longest].size) longest = d;
+    std::rotate(merged.begin() + longest, merged.begin() + longest + 1, merged.end());
+  }
+  return merged;
+}
 
+// Emits the leaf as runs along its run dimension (the last of run_dimensions), one per position of
+// the others.
+void append_runs(Layout& layout, const std::vector<const ArrayView*>& arrays, bool has_out) {
+  const ArrayView& x = *arrays[0];
+  if (x.numel() == 0) return;
+  std::vector<Dim> dims = run_dimensions(arrays);
   const Dim inner = dims.back();
   dims.pop_back();
   int64_t num_rows = 1;

@@ -25,11 +25,18 @@ struct Layout {
   ModelRuns model_runs() const;
 };
 
+// One array as intake read it (what a plan compares on later calls).
+struct IntakeRecord {
+  py::handle object;
+  ArrayView view;
+};
+
 struct LayoutRequest {
   py::handle local;       // list of leaf arrays
   py::handle candidates;  // list (one per candidate) of lists of leaves, or one 2-D array
   py::handle out;         // list of leaf arrays, or None for read-only ops
   py::handle names;       // list of str: each leaf's path suffix ('' for a flat model)
+  std::vector<IntakeRecord>* seen = nullptr;  // when set, receives every array read, in order
 };
 
 Layout build_layout(const LayoutRequest& request);

@@ -1,23 +1,30 @@
 // Bindings of the FedFomo ops: Python models in, float64 vectors out: NumPy vectors for CPU arrays,
 // and for CUDA arrays the device vectors the Python layer allocated and passed in (results stay on
 // the device). fomo_core/ops.py flattens structures and shapes the results; nothing here does maths.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
+#include "python/ops.h"
 
 #include "fomo/check.h"
 #include "python/dispatch.h"
-#include "python/layout.h"
 
 namespace fomo {
 namespace python {
-namespace {
-
-using Vector = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 Norm norm_from(int code) {
   if (code != int(Norm::l2) && code != int(Norm::l1)) fail_value("norm code must be 0 (l2) or 1 (l1), got ", code);
   return Norm(code);
 }
+
+StepOptions step_options(int norm_code, double eps, bool all_scores, bool update) {
+  StepOptions options;
+  options.norm = norm_from(norm_code);
+  options.eps = eps;
+  options.all_scores = all_scores;
+  options.update = update;
+  if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
+  return options;
+}
+
+namespace {
 
 void check_length(const Vector& v, const Layout& layout, const char* name) {
   if (v.ndim() != 1 || v.shape(0) != layout.num_candidates)
@@ -43,46 +50,35 @@ void* device_result(py::handle obj, const Layout& layout, const char* name, bool
              "device (fomo_core.ops passes them)");
 }
 
-py::object distances(py::handle local, py::handle candidates, py::handle names, int norm_code, py::handle result) {
-  const Norm norm = norm_from(norm_code);
-  IntakeScope scope;
-  const Layout layout = build_layout({local, candidates, py::none(), names});
+}  // namespace
+
+py::object distances_on(const Layout& layout, const CudaStreams& streams, Norm norm, py::handle result) {
   std::vector<uint8_t> measure(size_t(layout.num_candidates), 1);
   if (layout.device.kind == DeviceKind::cuda) {
     if (result.is_none()) fail_missing_results(layout);
     double* out = static_cast<double*>(device_result(result, layout, "distances", false));
     py::gil_scoped_release unlocked;
-    run_distances(layout, scope.streams, norm, measure.data(), out);
+    run_distances(layout, streams, norm, measure.data(), out);
     return py::reinterpret_borrow<py::object>(result);
   }
   Vector host(layout.num_candidates);
   {
     py::gil_scoped_release unlocked;
-    run_distances(layout, scope.streams, norm, measure.data(), host.mutable_data());
+    run_distances(layout, streams, norm, measure.data(), host.mutable_data());
   }
   return std::move(host);
 }
 
-void update(py::handle local, py::handle candidates, py::handle out, py::handle names, const Vector& weights) {
-  IntakeScope scope;
-  const Layout layout = build_layout({local, candidates, out, names});
+void update_on(const Layout& layout, const CudaStreams& streams, const Vector& weights) {
   check_length(weights, layout, "weights");
   for (py::ssize_t m = 0; m < weights.shape(0); ++m)
     if (!std::isfinite(weights.at(m))) fail_value("weights[", m, "] is ", weights.at(m), "; every weight must be finite");
   py::gil_scoped_release unlocked;
-  run_update(layout, scope.streams, weights.data());
+  run_update(layout, streams, weights.data());
 }
 
-py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
-               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results) {
-  StepOptions options;
-  options.norm = norm_from(norm_code);
-  options.eps = eps;
-  options.all_scores = all_scores;
-  options.update = !out.is_none();
-  if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
-  IntakeScope scope;
-  const Layout layout = build_layout({local, candidates, out, names});
+py::tuple step_on(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
+                  const Vector& candidate_losses, py::handle results) {
   check_length(candidate_losses, layout, "candidate_losses");
   const py::ssize_t m = layout.num_candidates;
   if (layout.device.kind == DeviceKind::cuda) {
@@ -95,7 +91,7 @@ py::tuple step(py::handle local, py::handle candidates, py::handle out, py::hand
                             static_cast<uint8_t*>(device_result(given[3], layout, "status", true))};
     {
       py::gil_scoped_release unlocked;
-      run_step(layout, scope.streams, options, local_loss, candidate_losses.data(), device);
+      run_step(layout, streams, options, local_loss, candidate_losses.data(), device);
     }
     return given;
   }
@@ -103,10 +99,33 @@ py::tuple step(py::handle local, py::handle candidates, py::handle out, py::hand
   py::array_t<uint8_t> status(m);
   {
     py::gil_scoped_release unlocked;
-    run_step(layout, scope.streams, options, local_loss, candidate_losses.data(),
+    run_step(layout, streams, options, local_loss, candidate_losses.data(),
              {weights.mutable_data(), scores.mutable_data(), dists.mutable_data(), status.mutable_data()});
   }
   return py::make_tuple(weights, scores, dists, status);
+}
+
+namespace {
+
+py::object distances(py::handle local, py::handle candidates, py::handle names, int norm_code, py::handle result) {
+  const Norm norm = norm_from(norm_code);
+  IntakeScope scope;
+  const Layout layout = build_layout({local, candidates, py::none(), names});
+  return distances_on(layout, scope.streams, norm, result);
+}
+
+void update(py::handle local, py::handle candidates, py::handle out, py::handle names, const Vector& weights) {
+  IntakeScope scope;
+  const Layout layout = build_layout({local, candidates, out, names});
+  update_on(layout, scope.streams, weights);
+}
+
+py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
+               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results) {
+  const StepOptions options = step_options(norm_code, eps, all_scores, !out.is_none());
+  IntakeScope scope;
+  const Layout layout = build_layout({local, candidates, out, names});
+  return step_on(layout, scope.streams, options, local_loss, candidate_losses, results);
 }
 
 }  // namespace
