@@ -22,10 +22,20 @@ layout is in ``fomo_core.adapters._flower_protocol``.
 
 from __future__ import annotations
 
-from ._flower_client import DictBatches, fedfomo_client_app, fedfomo_evaluate, fedfomo_train, model_record, node_client_id
-from ._flower_layout import ModelLayout
-from ._flower_protocol import RecordKeys
-from ._flower_strategy import FedFomo, FedFomoRound
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.flower"):
+    from ._flower_client import (
+        DictBatches,
+        fedfomo_client_app,
+        fedfomo_evaluate,
+        fedfomo_train,
+        model_record,
+        node_client_id,
+    )
+    from ._flower_layout import ModelLayout
+    from ._flower_protocol import RecordKeys
+    from ._flower_strategy import FedFomo, FedFomoRound
 
 __all__ = [
     "DictBatches",

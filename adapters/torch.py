@@ -13,6 +13,7 @@ candidate evaluation in :func:`evaluate_candidates`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -20,16 +21,20 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
-import torch
-from torch import nn
-from torch.func import functional_call
+
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.torch"):
+    import torch
+    from torch import nn
+    from torch.func import functional_call
 
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
 from fomo_core.round import ClientRound, as_float64, federate, timed
 
 from .torch_evaluate import _batches as _eval_batches
-from .torch_evaluate import evaluate_candidates
+from .torch_evaluate import evaluate_candidates, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -39,6 +44,7 @@ __all__ = [
     "FedFomoClient",
     "ClientRound",
     "train_sgd",
+    "evaluate_module",
     "evaluate_candidates",
 ]
 
@@ -136,6 +142,66 @@ def _existing_flat(entries: list, layout: FlatLayout) -> Optional[torch.Tensor]:
     return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, base, (layout.size,))
 
 
+class _FlatAlias:
+    """What :func:`flatten_module` made of a module: the buffer it returned and the options, kept
+    on the module (attribute ``_fomo_core_flat``) so that a conversion can carry the buffer along.
+
+    Copies of the module (``copy.deepcopy``, pickling) get their own, separate tensors and no
+    buffer: they carry an empty record and are ordinary modules."""
+
+    def __init__(self, flat: Optional[torch.Tensor] = None, include_buffers: bool = False):
+        self.flat = flat
+        self.include_buffers = include_buffers
+
+    def __deepcopy__(self, memo: dict) -> "_FlatAlias":
+        return _FlatAlias()
+
+    def __reduce__(self) -> tuple:
+        return (_FlatAlias, ())
+
+
+_ALIAS_ATTRIBUTE = "_fomo_core_flat"
+
+
+def _apply_keeping_flat(module: nn.Module, fn: Callable, *args: Any, **kwargs: Any) -> nn.Module:
+    """``module._apply`` of a flattened module: the conversion (``.to()``, ``.double()``,
+    ``.cuda()``, ...) as usual, then, if it gave the parameters new tensors, the module is
+    flattened again and the tensor that flatten_module returned becomes the new buffer in place
+    (``torch.utils.swap_tensors``), so that writing it keeps writing the model."""
+    result = type(module)._apply(module, fn, *args, **kwargs)
+    alias = module.__dict__.get(_ALIAS_ATTRIBUTE)
+    if alias is None or alias.flat is None:
+        return result
+    entries = _named_tensors(module, alias.include_buffers)
+    if _existing_flat(entries, _layout(entries)) is not None and _same_memory(entries[0][1], alias.flat):
+        return result  # nothing moved (.to() to the dtype and device it already had)
+    old = alias.flat
+    new = flatten_module(module, include_buffers=alias.include_buffers)
+    try:
+        torch.utils.swap_tensors(old, new)
+    except RuntimeError:
+        raise RuntimeError(
+            "the module was converted after flatten_module, and the buffer that flatten_module returned "
+            "could not follow because views or weak references of it are held elsewhere: it no longer holds "
+            "the model's parameters. Call flatten_module(module) again and use the buffer it returns."
+        ) from None
+    module.__dict__[_ALIAS_ATTRIBUTE] = _FlatAlias(old, alias.include_buffers)
+    return result
+
+
+def _same_memory(first: torch.Tensor, flat: torch.Tensor) -> bool:
+    """Whether ``first`` starts where ``flat`` does (same device and dtype)."""
+    return first.device == flat.device and first.dtype == flat.dtype and first.data_ptr() == flat.data_ptr()
+
+
+def _shared_tensor(base: torch.Tensor) -> torch.Tensor:
+    """A tensor over ``base``'s memory that is not a view of it: views would hold a reference to
+    it, which swap_tensors refuses."""
+    return torch.empty(0, dtype=base.dtype, device=base.device).set_(
+        base.untyped_storage(), base.storage_offset(), (base.numel(),)
+    )
+
+
 def flatten_module(module: nn.Module, *, include_buffers: bool = False) -> torch.Tensor:
     """Moves ``module``'s parameters into one contiguous buffer and returns it, [P].
 
@@ -144,22 +210,36 @@ def flatten_module(module: nn.Module, *, include_buffers: bool = False) -> torch
     out=flat)``) writes the model. Shared parameters appear once. ``include_buffers=True`` also
     moves the floating-point buffers (BatchNorm running statistics) in, after the parameters.
     All tensors must share one dtype and device. Calling it again returns the same buffer.
+
+    The buffer follows the module through conversions: after ``module.to(...)``, ``.double()``,
+    ``.cuda()`` or ``.half()`` the returned tensor *is* the module's new buffer (new dtype or
+    device, same Python object), so code that holds it keeps writing the model. When it cannot
+    follow (the caller keeps views or weak references of it) the conversion raises a
+    RuntimeError instead of leaving a buffer that silently no longer writes the model. A
+    conversion of a submodule alone (``module.fc.double()``) is not followed. A deep copy of a
+    flattened module is an ordinary module with its own tensors (flatten the copy for its buffer).
     """
     entries = _named_tensors(module, include_buffers)
     layout = _layout(entries)
-    existing = _existing_flat(entries, layout)
-    if existing is not None:
-        return existing
-    flat = torch.empty(layout.size, dtype=layout.dtype, device=layout.device)
-    views = layout.views(flat)
-    with torch.no_grad():
-        for name, t, is_param in entries:
-            views[name].copy_(t)
-            if is_param:
-                t.data = views[name]
-            else:
-                owner, _, attr = name.rpartition(".")
-                module.get_submodule(owner)._buffers[attr] = views[name]
+    flat = _existing_flat(entries, layout)
+    alias = module.__dict__.get(_ALIAS_ATTRIBUTE)
+    if flat is not None and alias is not None and alias.flat is not None and _same_memory(flat, alias.flat):
+        flat = alias.flat  # the very tensor returned before, so that it keeps following conversions
+    if flat is None:
+        base = torch.empty(layout.size, dtype=layout.dtype, device=layout.device)
+        views = layout.views(base)
+        with torch.no_grad():
+            for name, t, is_param in entries:
+                views[name].copy_(t)
+                if is_param:
+                    t.data = views[name]
+                else:
+                    owner, _, attr = name.rpartition(".")
+                    module.get_submodule(owner)._buffers[attr] = views[name]
+        flat = _shared_tensor(base)
+    module.__dict__[_ALIAS_ATTRIBUTE] = _FlatAlias(flat, include_buffers)
+    if not isinstance(module.__dict__.get("_apply"), functools.partial):
+        module.__dict__["_apply"] = functools.partial(_apply_keeping_flat, module)
     return flat
 
 

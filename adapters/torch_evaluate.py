@@ -6,7 +6,7 @@ The candidates are run through ``torch.func.functional_call`` over views of thei
 the data is read once for all candidates. Three ways to run them (``method=``):
 
 - ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
-  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
+  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_dense`,
   ``DenseSpec.from_module``), which reads the candidate buffers in place;
 - ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch (the M
   first-layer products against the shared input become one wide product, later layers batched
@@ -62,18 +62,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
-import torch
-from torch import nn
-from torch.func import functional_call, vmap
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
+
+from .._optional import optional_import
+
+with optional_import("fomo_core.adapters.torch"):
+    import torch
+    from torch import nn
+    from torch.func import functional_call, vmap
+    from torch.nn import functional as F
+    from torch.overrides import TorchFunctionMode
 
 from fomo_core.dense import DenseSpec, Evaluation
-from fomo_core.dense import evaluate_candidates as _evaluate_dense
+from fomo_core.dense import evaluate_dense as _evaluate_dense
 
 from ._early_stop import EarlyStop, StopTracker
 
-__all__ = ["evaluate_candidates", "Evaluation", "EarlyStopped", "EarlyStop"]
+__all__ = ["evaluate_module", "evaluate_candidates", "Evaluation", "EarlyStopped", "EarlyStop"]
 
 _METHODS = ("auto", "fused", "vmap", "loop")
 
@@ -454,7 +458,7 @@ class EarlyStopped(Evaluation):
     stopped: Any = None  # [M] bool: the candidates stopped before the end of the data
 
 
-def evaluate_candidates(
+def evaluate_module(
     module: nn.Module,
     candidates: Any,
     data: Any,
@@ -578,3 +582,8 @@ def evaluate_candidates(
     counts = torch.as_tensor(samples, dtype=torch.float64, device=device)
     extra = {"samples": samples, "stopped": samples < rows} if early_stop is not None else {}
     return make(loss_sums / counts, correct / counts, chosen, **extra)
+
+
+#: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code
+#: keeps working (``fomo_core.evaluate_candidates``, now ``fomo_core.evaluate_dense``, shared it).
+evaluate_candidates = evaluate_module

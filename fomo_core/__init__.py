@@ -9,6 +9,7 @@ with compiled kernels, for NumPy arrays and torch tensors alike.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .affinity import Affinity
 from .guard import distance_bound, model_norm
@@ -21,6 +22,7 @@ from .server import Server
 _COMPILED = {
     "_C": "._C",
     "DenseSpec": ".dense",
+    "evaluate_dense": ".dense",
     "evaluate_candidates": ".dense",
     "Scores": ".ops",
     "StepResult": ".ops",
@@ -33,6 +35,22 @@ _COMPILED = {
     "Plan": ".plan",
     "plan": ".plan",
 }
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, named for type checkers (py.typed)
+    from . import _C
+    from .dense import DenseSpec, evaluate_candidates, evaluate_dense
+    from .ops import (
+        Scores,
+        StepResult,
+        apply_update,
+        candidate_distances,
+        compute_weights,
+        first_order_scores,
+        fomo_step,
+    )
+    from .round import ClientRound
+
+    __version__: str
 
 
 def __getattr__(name: str):
@@ -49,6 +67,7 @@ def __getattr__(name: str):
 __all__ = [
     "Affinity",
     "DenseSpec",
+    "evaluate_dense",
     "evaluate_candidates",
     "Scores",
     "StepResult",

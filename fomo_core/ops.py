@@ -10,13 +10,21 @@ CUDA arrays (torch CUDA tensors, CuPy arrays, other ``__cuda_array_interface__``
 producers) run on the GPU that holds them, on the caller's current stream, in builds with CUDA
 (``fomo_core.build_info()["cuda"]``). Their results stay on that device: torch tensors for torch
 input, CuPy arrays for CuPy input, and the calls return without waiting for the GPU.
+
+Types: the signatures are overloaded so that a type checker follows the array type through a call
+(NumPy models give :class:`numpy.ndarray` results, torch models ``torch.Tensor`` results, and
+``apply_update``/``fomo_step`` return a model of the type given); torch is named for the checker
+only and never imported here at run time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overload
+
+import numpy as np
 
 from . import _C
 from ._models import (
@@ -31,7 +39,12 @@ from ._models import (
 )
 from ._validate import flag, real, real_vector
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = [
+    "ArrayModel",
+    "TensorModel",
     "Scores",
     "StepResult",
     "candidate_distances",
@@ -41,12 +54,35 @@ __all__ = [
     "fomo_step",
 ]
 
+#: A model of NumPy arrays: flat [P], or a sequence or mapping of layer arrays.
+ArrayModel = Union[np.ndarray, Sequence[np.ndarray], Mapping[Any, np.ndarray]]
+#: A model of torch tensors: flat [P], a list of layers or a state_dict.
+TensorModel = Union["Tensor", Sequence["Tensor"], Mapping[Any, "Tensor"]]
+
+
+class _CudaArray(Protocol):
+    """Any array of another library on a CUDA device (CuPy, Numba, JAX)."""
+
+    @property
+    def __cuda_array_interface__(self) -> Any: ...
+
+
+# Other libraries' CUDA arrays: results of their own type, which the checker is not told. (A
+# catch-all ``Any`` overload instead would turn every np.ndarray result into Any.)
+_CudaArrayModel = Union[_CudaArray, Sequence[_CudaArray], Mapping[Any, _CudaArray]]
+
+VectorT = TypeVar("VectorT")  # the per-candidate result vectors: np.ndarray or torch.Tensor
+ModelT = TypeVar("ModelT")  # the updated model: the local model's (or out's) type
+_ArrayModelT = TypeVar("_ArrayModelT", bound=ArrayModel)
+_TensorModelT = TypeVar("_TensorModelT", bound=TensorModel)
+_OutT = TypeVar("_OutT")
+
 _NORMS = {"l2": 0, "l1": 1}
 _ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class Scores:
+class Scores(Generic[VectorT]):
     """Raw first-order scores of the candidates.
 
     scores:    [M] s_n = (L0 - L_n) / (d_n + eps); 0 where rejected, NaN where skipped
@@ -56,14 +92,14 @@ class Scores:
                not asked for)
     """
 
-    scores: Any
-    distances: Any
-    rejected: Any
-    skipped: Any
+    scores: VectorT
+    distances: VectorT
+    rejected: VectorT
+    skipped: VectorT
 
 
 @dataclass(frozen=True)
-class StepResult:
+class StepResult(Generic[ModelT, VectorT]):
     """Result of one fused FedFomo step.
 
     params:    the updated model, laid out like local_params (``out`` when given)
@@ -71,12 +107,12 @@ class StepResult:
     scores, distances, rejected, skipped: as in :class:`Scores`
     """
 
-    params: Any
-    weights: Any
-    scores: Any
-    distances: Any
-    rejected: Any
-    skipped: Any
+    params: ModelT
+    weights: VectorT
+    scores: VectorT
+    distances: VectorT
+    rejected: VectorT
+    skipped: VectorT
 
 
 def _norm_code(norm: str) -> int:
@@ -219,6 +255,12 @@ class _Call:
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))
 
 
+@overload
+def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: str = ...) -> np.ndarray: ...
+@overload
+def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: str = ...) -> Tensor: ...
+@overload
+def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: str = ...) -> Any: ...
 def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str = "l2") -> Any:
     """Distance of every candidate to the local model, [M] float64.
 
@@ -231,6 +273,21 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
 
 
+@overload
+def first_order_scores(
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> Scores[np.ndarray]: ...
+@overload
+def first_order_scores(
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> Scores[Tensor]: ...
+@overload
+def first_order_scores(
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> Scores[Any]: ...
 def first_order_scores(
     local_params: Any,
     candidate_params: Any,
@@ -240,7 +297,7 @@ def first_order_scores(
     norm: str = "l2",
     eps: float = 0.0,
     max_distance: float | None = None,
-) -> Scores:
+) -> Scores[Any]:
     """FedFomo's raw scores s_n = (L0 - L_n) / (||theta_n - theta_i|| + eps) of every candidate.
 
     Every candidate is measured, improving or not (the affinity matrix adds negative scores too).
@@ -253,6 +310,21 @@ def first_order_scores(
     return call.step(None, local_loss, candidate_losses, norm, eps, True, max_distance)[1]
 
 
+@overload
+def compute_weights(
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> np.ndarray: ...
+@overload
+def compute_weights(
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> Tensor: ...
+@overload
+def compute_weights(
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
+) -> Any: ...
 def compute_weights(
     local_params: Any,
     candidate_params: Any,
@@ -271,6 +343,10 @@ def compute_weights(
     return call.vector(weights)
 
 
+@overload
+def apply_update(local_params: ModelT, candidate_params: Any, weights: Any, *, out: None = ...) -> ModelT: ...
+@overload
+def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out: _OutT) -> _OutT: ...
 def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out: Any = None) -> Any:
     """theta_i + sum_n w_n (theta_n - theta_i), reading only candidates with a nonzero weight.
 
@@ -291,6 +367,31 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
     return params
 
 
+@overload
+def fomo_step(
+    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+) -> StepResult[_ArrayModelT, np.ndarray]: ...
+@overload
+def fomo_step(
+    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+) -> StepResult[_TensorModelT, Tensor]: ...
+@overload
+def fomo_step(
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+) -> StepResult[_OutT, np.ndarray]: ...
+@overload
+def fomo_step(
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+) -> StepResult[_OutT, Tensor]: ...
+@overload
+def fomo_step(
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
+) -> StepResult[Any, Any]: ...
 def fomo_step(
     local_params: Any,
     candidate_params: Any,
@@ -302,7 +403,7 @@ def fomo_step(
     all_scores: bool = True,
     out: Any = None,
     max_distance: float | None = None,
-) -> StepResult:
+) -> StepResult[Any, Any]:
     """One fused FedFomo step: distances, scores, weights and the update in two passes over memory.
 
     ``all_scores=True`` (default) measures every candidate so that the non-improving ones get

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._optional import optional_import
+
 __all__ = ["plot_accuracy", "plot_affinity", "plot_grid_setting", "method_label"]
 
 _LABELS = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local", "fedavg_ft": "FedAvg+FT",
@@ -43,10 +45,11 @@ def _save(fig, path: str) -> None:
 
 
 def _pyplot():
-    import matplotlib
+    with optional_import("fomo_core.plots"):
+        import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
 
     return plt
 

@@ -1,6 +1,6 @@
 """The pure-Python twin of every FedFomo op: the oracle the tests compare the kernels with.
 
-Written from DESIGN.md section 1 ("Normative semantics"), not from the kernels: plain loops over
+Written from the kernels' promises (docs/design.md), not from the kernels: plain loops over
 Python floats (IEEE float64), correctly rounded sums (:func:`math.fsum`, exact rationals where
 float64 would overflow), the weights normalised exactly, and the updated parameters computed in
 float64 and rounded *once* to the storage format. Speed is irrelevant here; keep inputs small.

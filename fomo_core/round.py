@@ -110,11 +110,10 @@ def federate(
     n_self = len(cands) - len(received)
 
     t0 = time.perf_counter()
-    base_loss = float(as_float64(evaluate([base])[0])[0])
-    if cands:
-        losses, accuracies = (as_float64(v) for v in evaluate(cands))
-    else:
-        losses, accuracies = np.zeros(0), np.zeros(0)
+    # One call for the baseline and the candidates: the same evaluation route for all of them, so a
+    # candidate equal to the baseline gets exactly its loss (a score of 0, not rounding / eps).
+    all_losses, all_accuracies = (as_float64(v) for v in evaluate([base, *cands]))
+    base_loss, losses, accuracies = float(all_losses[0]), all_losses[1:], all_accuracies[1:]
     t1 = time.perf_counter()
 
     all_finite = math.isfinite(base_loss) and bool(np.isfinite(losses).all())

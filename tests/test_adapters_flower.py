@@ -110,7 +110,9 @@ def test_server_side_imports_without_torch_or_the_compiled_extension():
             "ids, c = s.candidates(0); s.receive(0, np.ones(4, np.float32), ids, np.zeros(len(ids))); s.end_round()\n"
             "assert s.round == 1\n"
             "try:\n    fc.fomo_step\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('the kernels imported')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    # from outside the checkout: its fomo_core/ folder (no adapters/, no extension) would shadow
+    # the installed package
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     assert done.returncode == 0, done.stderr
 

@@ -1,7 +1,7 @@
 """The element maths of csrc/fomo/math.h, which the CUDA kernels run on the device and the CPU
 kernels on the host, checked on the CPU through fomo_core._C.math_checks: every float16 and
 bfloat16 bit pattern in both directions against NumPy and torch, rounding to nearest even, and the
-first-order score and weight normalisation rules of DESIGN.md.
+first-order score and weight normalisation rules of docs/design.md.
 
 Every comparison here is exact (bit patterns or exact float64 values): these are conversions and
 branch rules, with no accumulated rounding to allow for.
@@ -147,7 +147,7 @@ def test_float_to_bf16_keeps_nan_from_rounding_into_infinity():
 
 
 def _expected_score(l0, ln, d, eps, measured):
-    """DESIGN.md's rule, written independently of math.h."""
+    """docs/design.md's rule, written independently of math.h."""
     if not (math.isfinite(l0) and math.isfinite(ln)):
         return 0.0, REJECTED
     if not measured:

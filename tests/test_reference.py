@@ -1,5 +1,5 @@
 """The oracle checked on its own: its rounding against the array libraries' conversions, small cases
-worked out from DESIGN.md's formulas, and agreement with an independent vectorised NumPy
+worked out from docs/design.md's formulas, and agreement with an independent vectorised NumPy
 formulation."""
 
 from __future__ import annotations

@@ -59,8 +59,14 @@ bool same_view(const ArrayView& a, const ArrayView& b) {
 }
 
 void check_like(const ArrayView& v, const std::string& name, const ArrayView& ref, const std::string& ref_name) {
-  if (!v.floating || v.dtype != ref.dtype)
-    fail_type(name, " has dtype ", v.dtype_name, ", expected ", ref.dtype_name, " (the dtype of ", ref_name, ")");
+  // Never converted here: that would copy the whole model. The message says where to do it.
+  if (!v.floating || v.dtype != ref.dtype) {
+    const bool torch_names = ref.dtype_name.rfind("torch.", 0) == 0;
+    const std::string conversion =
+        torch_names ? ".to(" + ref.dtype_name + ")" : ".astype(numpy." + ref.dtype_name + ")";
+    fail_type(name, " has dtype ", v.dtype_name, ", expected ", ref.dtype_name, " (the dtype of ", ref_name,
+              "): models are never copied to convert them; convert it once where it arrives (", conversion, ")");
+  }
   if (v.shape != ref.shape)
     fail_value(name, " has shape ", v.shape_str(), ", expected ", ref.shape_str(), " (the shape of ", ref_name, ")");
   if (v.device != ref.device)

@@ -32,8 +32,10 @@ py::dict build_info() {
   info["cuda"] = fomo::python::cuda_built();
 #if defined(FOMO_CUDA_VERSION)
   info["cuda_version"] = FOMO_CUDA_VERSION;
+  info["cuda_architectures"] = FOMO_CUDA_ARCHITECTURES;
 #else
   info["cuda_version"] = py::none();
+  info["cuda_architectures"] = py::none();
 #endif
   info["cuda_devices"] = fomo::python::cuda_device_count();
   return info;

