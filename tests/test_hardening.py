@@ -24,8 +24,10 @@ HUGE = 10**400  # a Python int beyond float64's range
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter, so that a crash fails this test instead of killing pytest."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    """Runs code in a fresh interpreter, so that a crash fails this test instead of killing pytest.
+    From outside the checkout: its fomo_core/ source folder would shadow the installed package."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.abspath(os.sep))
 
 
 # ---- evaluate_candidates: sizes whose products wrap ------------------------------------------
