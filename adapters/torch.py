@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -34,6 +33,7 @@ from fomo_core.presets import client_policy
 from fomo_core.round import ClientRound, as_float64, federate, timed
 
 from .torch_evaluate import _batches as _eval_batches
+from .torch_evaluate import _module_mode
 from .torch_evaluate import evaluate_candidates, evaluate_module
 
 __all__ = [
@@ -409,17 +409,6 @@ def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-@contextmanager
-def _train_mode(module: nn.Module):
-    flags = [(m, m.training) for m in module.modules()]
-    module.train()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 class FedFomoClient:
     """One FedFomo client around a PyTorch model, running its preset's round exactly.
 
@@ -541,7 +530,7 @@ class FedFomoClient:
         names = [n for n, _ in self.module.named_parameters()]
         losses, correct = [], []
         loss_fn = nn.functional.cross_entropy if self.loss_fn is None else self.loss_fn
-        with torch.no_grad(), _train_mode(self.module):
+        with torch.no_grad(), _module_mode(self.module, True):
             for model in models:
                 state = {n: v for n, v in zip(names, _split_params(self.module, model))}
                 state.update({n: b.clone() for n, b in self.module.named_buffers()})

@@ -83,10 +83,10 @@ _METHODS = ("auto", "fused", "vmap", "loop")
 
 
 @contextmanager
-def _eval_mode(module: nn.Module):
-    """module.eval() for the duration, then every submodule's own training flag back."""
+def _module_mode(module: nn.Module, training: bool):
+    """module.train(training) for the duration, then every submodule's own training flag back."""
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    module.train(training)
     try:
         yield
     finally:
@@ -546,7 +546,7 @@ def evaluate_module(
     rows = 0
     precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
     pooling = nullcontext() if chosen == "fused" else _FastPool()  # the fused route calls no max_pool2d
-    with torch.inference_mode(), _eval_mode(module), pooling, precision:
+    with torch.inference_mode(), _module_mode(module, False), pooling, precision:
         for index, batch in enumerate(batches):
             X, y = _unpack(batch, index)
             if len(active) == 0:  # every candidate stopped: only count the remaining rows
