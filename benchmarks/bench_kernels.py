@@ -41,7 +41,7 @@ import torch
 import fomo_core as fc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_ms, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
+from common import interleaved_ms, interleaved_samples, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
 
 BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 
@@ -323,15 +323,7 @@ def fortran_order(p: int, m: int, repeats: int) -> list[dict]:
 def interleaved_cpu_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
     """Median CPU time (ms) of the calling thread, interleaved: with one kernel thread the work runs
     on the caller, and time the scheduler gives other processes does not count."""
-    for fn in methods.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            start = time.thread_time()
-            fn()
-            times[name].append((time.thread_time() - start) * 1e3)
+    times = interleaved_samples(methods, repeats, warmup, clock=time.thread_time)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -28,19 +28,26 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def interleaved_samples(methods: dict, repeats: int, warmup: int = 2, tick: Callable[[], None] | None = None) -> dict:
+def interleaved_samples(
+    methods: dict,
+    repeats: int,
+    warmup: int = 2,
+    tick: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
     """{name: [ms of each round]} of every method over interleaved rounds, after `warmup` calls
     each. Interleaving spreads the drift of a shared machine over all methods alike. ``tick()`` is
-    called after every timed call (a progress bar)."""
+    called after every timed call (a progress bar); ``clock`` is wall time unless given (e.g.
+    ``time.thread_time``, the calling thread's CPU time)."""
     for fn in methods.values():
         for _ in range(warmup):
             fn()
     times: dict = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
             if tick is not None:
                 tick()
     return times
