@@ -10,11 +10,11 @@ negated or conjugated views included) and plain Python numbers follow the same r
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["choice", "count", "flag", "real", "real_vector", "to_host"]
+__all__ = ["choice", "count", "flag", "fraction", "real", "real_vector", "to_host"]
 
 
 def _library(x: Any) -> str:
@@ -80,40 +80,66 @@ def _short(x: Any) -> str:
     return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
 
 
-def real(value: Any, name: str, *, low: float = -math.inf, high: float = math.inf, finite: bool = True) -> float:
+def real(
+    value: Any,
+    name: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    finite: bool = True,
+    low_open: bool = False,
+    high_open: bool = False,
+    type_error: type = TypeError,
+) -> float:
     """A real number as a Python float; a 0-d array or one-element tensor counts as a number.
 
-    TypeError for anything that is not a real number; ValueError outside [low, high], when not
-    finite (with ``finite=True``) or beyond float64's range (``10**400``).
+    ``type_error`` (TypeError by default) for anything that is not a real number; ValueError
+    outside [low, high] (an open end excludes its bound), when not finite (with ``finite=True``)
+    or beyond float64's range (``10**400``). Readers of messages from the network pass
+    ``type_error=ValueError``: a wrong value there is bad data whatever its kind, and entry points
+    that have always raised ValueError for every bad value keep doing so.
     """
     host = to_host(value)
     if getattr(host, "ndim", 0) != 0 and getattr(host, "size", 1) == 1:
         host = host.reshape(())
     if not _is_number_kind(host) or getattr(host, "ndim", 0) != 0:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise type_error(f"{name} must be a real number, got {type(value).__name__}")
     try:
         v = _as_float(host, name)
     except TypeError:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+        raise type_error(f"{name} must be a real number, got {type(value).__name__}") from None
     if math.isnan(v) and not finite:
         return v
-    if not (low <= v <= high) or (finite and not math.isfinite(v)):
-        raise ValueError(f"{name} must be {'a finite number' if finite else 'a number'}{_range(low, high)}, got {_short(value)}")
+    too_low = v <= low if low_open else v < low
+    too_high = v >= high if high_open else v > high
+    if too_low or too_high or (finite and not math.isfinite(v)):
+        number = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {number}{_range(low, high, low_open, high_open)}, got {_short(value)}")
     return v
 
 
-def _range(low: float, high: float) -> str:
+def fraction(value: Any, name: str, *, low_open: bool = False, high_open: bool = False, type_error: type = TypeError) -> float:
+    """A real number in [0, 1] (an open end excludes 0 or 1): a probability, share or rate."""
+    return real(value, name, low=0.0, high=1.0, low_open=low_open, high_open=high_open, type_error=type_error)
+
+
+def _range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> str:
     if low == -math.inf and high == math.inf:
         return ""
-    return f" in [{float(low)!r}, {float(high)!r}]"
+    return f" in {'(' if low_open else '['}{float(low)!r}, {float(high)!r}{')' if high_open else ']'}"
 
 
-def count(value: Any, name: str, *, low: int = 0) -> int:
-    """An integer >= low (Python or NumPy integers; not booleans, not floats)."""
+def count(value: Any, name: str, *, low: int = 0, high: Optional[int] = None, type_error: type = TypeError) -> int:
+    """An integer in [low, high] (Python or NumPy integers; not booleans, not floats).
+
+    ``type_error`` for anything else (see :func:`real`); ValueError out of range.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        raise type_error(f"{name} must be an integer, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)
 
 
