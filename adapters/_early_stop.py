@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import count
+
 __all__ = ["EarlyStop", "StopTracker"]
 
 
@@ -52,10 +54,8 @@ class EarlyStop:
             raise TypeError(f"early_stop.baseline_loss must be a number, got {type(self.baseline_loss).__name__}")
         if not (isinstance(self.z, (int, float)) and self.z > 0 and math.isfinite(self.z)):
             raise ValueError(f"early_stop.z must be a positive finite number, got {self.z!r}")
-        for name in ("batch_size", "min_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 2):
-                raise ValueError(f"early_stop.{name} must be an integer >= {1 if name == 'batch_size' else 2}, got {value!r}")
+        count(self.batch_size, "early_stop.batch_size", low=1, type_error=ValueError)
+        count(self.min_batches, "early_stop.min_batches", low=2, type_error=ValueError)
 
 
 class StopTracker:

@@ -44,6 +44,7 @@ from typing import Any, Optional
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from .._validate import count, real
 from ._flower_layout import TRANSPORTS, ModelLayout
 
 __all__ = [
@@ -111,25 +112,16 @@ def _get(record: Any, key: str, role: str) -> Any:
     return record[key]
 
 
+# A record holds what a peer sent: a wrong value there is bad data whatever its kind (ValueError).
+
+
 def _integer(record: Any, key: str, role: str, low: int, high: int) -> int:
-    value = _get(record, key, role)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{role}[{key!r}] must be an integer, got {type(value).__name__} {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{role}[{key!r}] must be in [{low}, {high}], got {value}")
-    return int(value)
+    return count(_get(record, key, role), f"{role}[{key!r}]", low=low, high=high, type_error=ValueError)
 
 
 def _real(record: Any, key: str, role: str, low: float = -math.inf, high: float = math.inf, finite: bool = True) -> float:
-    value = _get(record, key, role)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{role}[{key!r}] must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not finite:  # NaN / inf allowed (a diverged model's loss): kept out of the means
-        return value
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{role}[{key!r}] must be a finite number in [{low}, {high}], got {value}")
-    return value
+    """``finite=False``: NaN and infinities pass (a diverged model's loss; kept out of the means)."""
+    return real(_get(record, key, role), f"{role}[{key!r}]", low=low, high=high, finite=finite, type_error=ValueError)
 
 
 def _reals(record: Any, key: str, role: str, count: int) -> np.ndarray:

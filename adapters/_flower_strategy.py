@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from .._atomic import atomic_write
+from .._validate import count, fraction, real
 from ..presets import Preset, as_preset
 from ..server import Server
 from . import _flower_protocol as protocol
@@ -95,22 +96,6 @@ class FedFomoRound:
         return rec
 
 
-def _count(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
-def _fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
-
-
 def _payload_bytes(content: RecordDict) -> int:
     return sum(len(a.data) for record in content.array_records.values() for a in record.values())
 
@@ -174,7 +159,7 @@ class FedFomo(Strategy):
         identify_timeout: float = 120.0,
         affinity_history: bool = False,
     ) -> None:
-        self.m = _count(m, "m", 1)
+        self.m = count(m, "m", low=1)
         self.preset = as_preset(preset)
         overrides = {k: v for k, v in (("epsilon", epsilon), ("epsilon_decay", epsilon_decay)) if v is not None}
         if overrides and self.preset.server.selection == "top_m":
@@ -183,12 +168,12 @@ class FedFomo(Strategy):
                 f"selects by {self.preset.server.selection!r}, got epsilon={epsilon!r}, epsilon_decay={epsilon_decay!r}"
             )
         self.policy = self.preset.server.replace(**overrides) if overrides else self.preset.server
-        self.fraction_train = _fraction(fraction_train, "fraction_train")
-        self.fraction_evaluate = _fraction(fraction_evaluate, "fraction_evaluate")
-        self.min_train_nodes = _count(min_train_nodes, "min_train_nodes", 0)
-        self.min_evaluate_nodes = _count(min_evaluate_nodes, "min_evaluate_nodes", 0)
-        self.min_available_nodes = _count(min_available_nodes, "min_available_nodes", 0)
-        self.num_clients = None if num_clients is None else _count(num_clients, "num_clients", 1)
+        self.fraction_train = fraction(fraction_train, "fraction_train")
+        self.fraction_evaluate = fraction(fraction_evaluate, "fraction_evaluate")
+        self.min_train_nodes = count(min_train_nodes, "min_train_nodes")
+        self.min_evaluate_nodes = count(min_evaluate_nodes, "min_evaluate_nodes")
+        self.min_available_nodes = count(min_available_nodes, "min_available_nodes")
+        self.num_clients = None if num_clients is None else count(num_clients, "num_clients", low=1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
         self.seed = seed
@@ -206,9 +191,8 @@ class FedFomo(Strategy):
             raise TypeError(f"weighted_by_key must be a string, got {type(weighted_by_key).__name__}")
         self.weighted_by_key = weighted_by_key
         self.keys = protocol.RecordKeys(arrayrecord_key, configrecord_key, metricrecord_key)
-        if isinstance(identify_timeout, bool) or not isinstance(identify_timeout, (int, float)) or identify_timeout <= 0:
-            raise ValueError(f"identify_timeout must be a positive number of seconds, got {identify_timeout!r}")
-        self.identify_timeout = float(identify_timeout)
+        # seconds; ValueError for any bad value, as always
+        self.identify_timeout = real(identify_timeout, "identify_timeout", low=0.0, low_open=True, type_error=ValueError)
         if not isinstance(affinity_history, bool):
             raise TypeError(f"affinity_history must be a bool, got {type(affinity_history).__name__}")
         self.affinity_history = affinity_history
@@ -259,7 +243,7 @@ class FedFomo(Strategy):
         not supported: there is no global model."""
         if evaluate_fn is not None:
             raise ValueError("evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its own)")
-        num_rounds = _count(num_rounds, "num_rounds", 0)
+        num_rounds = count(num_rounds, "num_rounds")
         self.initialise(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config

@@ -22,7 +22,7 @@ import numpy as np
 from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_layers, sklearn_params
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, federate, timed
+from fomo_core.round import ClientRound, as_float64, check_client_options, federate, timed
 
 __all__ = [
     "ArrayLayout",
@@ -195,16 +195,7 @@ class MLPClassifierClient:
             raise ValueError(
                 "estimator must have parameters: fit it, or call initialise_mlp(estimator, X, y, classes) first"
             )
-        if train_fn is None and train_data is None:
-            raise ValueError("train_data is required unless train_fn is given (the default training needs data)")
-        if train_fn is not None and not callable(train_fn):
-            raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-        if eval_batch_size is not None and (
-            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
-        ):
-            raise ValueError(f"eval_batch_size must be an integer >= 1 or None, got {eval_batch_size!r}")
+        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default training")
         for name, data in (("val_data", val_data), ("train_data", train_data)):
             if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")

@@ -30,7 +30,8 @@ with optional_import("fomo_core.adapters.torch"):
 
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, federate, timed
+from fomo_core._validate import count, real
+from fomo_core.round import ClientRound, as_float64, check_client_options, federate, timed
 
 from .torch_evaluate import _batches as _eval_batches
 from .torch_evaluate import _module_mode
@@ -254,8 +255,7 @@ class CandidateBank:
     """
 
     def __init__(self, module: nn.Module, capacity: int, *, include_buffers: bool = False):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(f"capacity must be an integer >= 0, got {capacity!r}")
+        capacity = count(capacity, "capacity", type_error=ValueError)
         self.layout = flat_layout(module, include_buffers=include_buffers)
         self.capacity = capacity
         self.buffer = torch.empty((capacity, self.layout.size), dtype=self.layout.dtype, device=self.layout.device)
@@ -454,20 +454,9 @@ class FedFomoClient:
         seed: Optional[int] = None,
     ):
         self.policy = client_policy(preset, policy)
-        if train_fn is None and train_data is None:
-            raise ValueError("train_data is required unless train_fn is given (the default SGD loop needs data)")
-        if train_fn is not None and not callable(train_fn):
-            raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if eval_batch_size is not None and (
-            isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
-        ):
-            raise ValueError(f"eval_batch_size must be an integer >= 1 or None, got {eval_batch_size!r}")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default SGD loop")
+        count(batch_size, "batch_size", low=1, type_error=ValueError)
+        real(lr, "lr", low=0.0, low_open=True, type_error=ValueError)
         self.module = module
         carries = self.policy.carries_buffers
         self.params = flatten_module(module, include_buffers=carries)

@@ -74,6 +74,7 @@ with optional_import("fomo_core.adapters.torch"):
 
 from fomo_core.dense import DenseSpec, Evaluation
 from fomo_core.dense import evaluate_dense as _evaluate_dense
+from fomo_core._validate import count
 
 from ._early_stop import EarlyStop, StopTracker
 
@@ -498,8 +499,8 @@ def evaluate_module(
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if batch_size is not None:
+        count(batch_size, "batch_size", low=1, type_error=ValueError)
     if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
         raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
     if early_stop is not None and not isinstance(early_stop, EarlyStop):

@@ -19,6 +19,7 @@ import time
 from typing import Optional, Sequence
 
 from ._optional import MissingExtraError, optional_import
+from ._validate import count, real
 from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -29,37 +30,37 @@ DEMO_METHODS = "fedfomo,fedavg,local,fedavg_ft,oracle"
 # --- argument types: each names what it expected and what it got --------------------------------
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
+def _argument(convert, kind: str, check, expected: str):
+    """An argparse type: ``convert`` the text (else "expected <kind>"), then ``check`` the value
+    with a shared validator (else "expected <expected>")."""
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}") from None
 
     return parse
+
+
+def _int_at_least(low: int):
+    return _argument(int, "an integer", lambda v: count(v, "value", low=low), f"an integer >= {low}")
 
 
 def _real_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = value <= low if low_open else value < low
-        too_high = value >= high if high_open else value > high
-        if not (value == value) or too_low or too_high:
-            lb, hb = "(" if low_open else "[", ")" if high_open else "]"
-            raise argparse.ArgumentTypeError(f"expected a number in {lb}{low}, {high}{hb}, got {text}")
-        return value
+    bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
-    return parse
+    def check(value: float) -> float:
+        return real(value, "value", low=low, high=high, low_open=low_open, high_open=high_open)
+
+    return _argument(float, "a number", check, f"a number in {bounds}")
 
 
-def _positive_real(text: str) -> float:
-    return _real_in(0.0, float("inf"), low_open=True, high_open=True)(text)
+_positive_real = _real_in(0.0, float("inf"), low_open=True, high_open=True)
 
 
 def _demo_parser(sub) -> argparse.ArgumentParser:

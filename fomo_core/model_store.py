@@ -20,6 +20,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ._validate import count
+
 __all__ = ["open_model_store", "read_npz_rows"]
 
 BLOCK_BYTES = 64 << 20  # rows copied at a time between a store and a checkpoint
@@ -30,8 +32,7 @@ def open_model_store(path: Union[str, os.PathLike], num_clients: int, num_params
     read-write: an existing file of that shape and dtype is reopened (its rows kept), a missing
     one is created (its contents undefined until the Server fills it)."""
     for name, value in (("num_clients", num_clients), ("num_params", num_params)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        count(value, name, low=1, type_error=ValueError)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")

@@ -16,12 +16,11 @@ before the training that followed) with the client's freshly trained model as a 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from ._validate import choice as _one_of
-from ._validate import real
+from ._validate import fraction, real
 
 __all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 
@@ -29,10 +28,6 @@ __all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 # rejected. Chosen from benchmarks/bench_attacks.py: honest candidates measured at most 0.73 x
 # (improving ones at most 0.11 x); x10 scaled, noise and 1e30 poison models sit at 9 x and beyond.
 GUARD = 3.0
-
-
-def _real(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> None:
-    real(value, name, low=low, high=high)
 
 
 class _Policy:
@@ -120,7 +115,7 @@ class ClientPolicy(_Policy):
         _one_of(self.drop_last, "drop_last", ("never", "if_batchnorm"))
         _one_of(self.nonfinite, "nonfinite", ("adopt_best", "reject", "skip_round"))
         _one_of(self.norm, "norm", ("l2", "l1"))
-        _real(self.eps, "eps", low=0.0)
+        real(self.eps, "eps", low=0.0)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
         if self.measure == "state" and self.buffers != "moved":
@@ -187,8 +182,8 @@ class ServerPolicy(_Policy):
         _one_of(self.tie, "tie", ("random", "lowest_index", "torch_topk"))
         if self.tie == "torch_topk" and self.selection != "top_m":
             raise ValueError("tie='torch_topk' orders a top-M selection: it needs selection='top_m'")
-        _real(self.epsilon, "epsilon", low=0.0, high=1.0)
-        _real(self.epsilon_decay, "epsilon_decay", low=0.0)
+        fraction(self.epsilon, "epsilon")
+        real(self.epsilon_decay, "epsilon_decay", low=0.0)
         _one_of(self.affinity_init, "affinity_init", ("self", "identity"))
-        _real(self.self_affinity, "self_affinity")
+        real(self.self_affinity, "self_affinity")
         _one_of(self.affinity_update, "affinity_update", ("raw", "normalised"))

@@ -18,11 +18,27 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ._validate import count
 from .guard import distance_bound
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
-__all__ = ["ClientRound", "federate", "as_float64", "timed"]
+__all__ = ["ClientRound", "federate", "as_float64", "timed", "check_client_options"]
+
+
+def check_client_options(
+    train_fn: Optional[Callable], train_data: Any, epochs: Any, eval_batch_size: Any, default_training: str
+) -> None:
+    """The options every adapter's client takes for its training and evaluation, checked alike
+    (ValueError for any bad value, TypeError for a train_fn that cannot be called).
+    ``default_training`` names the adapter's own loop in the message when data is missing."""
+    if train_fn is None and train_data is None:
+        raise ValueError(f"train_data is required unless train_fn is given ({default_training} needs data)")
+    if train_fn is not None and not callable(train_fn):
+        raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
+    count(epochs, "epochs", type_error=ValueError)
+    if eval_batch_size is not None:
+        count(eval_batch_size, "eval_batch_size", low=1, type_error=ValueError)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from ._models import is_floating
-from ._validate import real, real_vector
+from ._validate import count, real, real_vector
 from .affinity import Affinity
 from .model_store import read_npz_rows
 from .policy import ServerPolicy
@@ -78,9 +78,7 @@ class Server:
         self.policy = self.preset.server if policy is None else policy
         if not isinstance(self.policy, ServerPolicy):
             raise TypeError(f"policy must be a fomo_core.ServerPolicy, got {type(self.policy).__name__}")
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
-            raise ValueError(f"m must be an integer >= 0, got {m!r}")
-        self.m = int(m)
+        self.m = count(m, "m", type_error=ValueError)
         self.affinity = Affinity.from_policy(self.policy, num_clients, seed=seed)
         init = _flat(init_params, "init_params")
         if models is not None:

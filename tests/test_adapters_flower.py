@@ -79,8 +79,8 @@ def initial_flat() -> np.ndarray:
 @pytest.mark.parametrize(
     "options, error, fragment",
     [
-        ({"m": 0}, ValueError, "m must be >= 1"),
-        ({"fraction_train": 1.5}, ValueError, "fraction_train must be in"),
+        ({"m": 0}, ValueError, "m must be an integer >= 1"),
+        ({"fraction_train": 1.5}, ValueError, "fraction_train must be a finite number in"),
         ({"min_train_nodes": -1}, ValueError, "min_train_nodes"),
         ({"candidate_dtype": "int8"}, ValueError, "candidate_dtype must be one of"),
         ({"preset": "nope"}, ValueError, "nope"),
@@ -89,7 +89,7 @@ def initial_flat() -> np.ndarray:
         ({"train_metrics_aggr_fn": 3}, TypeError, "train_metrics_aggr_fn must be callable"),
         ({"arrayrecord_key": "candidate.x"}, ValueError, "record key arrays"),
         ({"arrayrecord_key": "same", "configrecord_key": "same"}, ValueError, "record keys must differ"),
-        ({"num_clients": 0}, ValueError, "num_clients must be >= 1"),
+        ({"num_clients": 0}, ValueError, "num_clients must be an integer >= 1"),
         ({"seed": 1.5}, TypeError, "seed must be an integer"),
     ],
 )

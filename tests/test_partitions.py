@@ -75,7 +75,7 @@ def test_shards_group_clients_by_class_set(digits):
 def test_shard_errors(digits):
     with pytest.raises(ValueError, match="num_clients \\* shards_per_client must be a multiple of the number of classes"):
         pathological(digits.y, 7, 1, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="shards_per_client must be a positive integer"):
+    with pytest.raises(ValueError, match="shards_per_client must be an integer >= 1"):
         pathological(digits.y, 10, 0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="needs 200 shards of class"):
         pathological(digits.y, 1000, 2, np.random.default_rng(0))
@@ -206,5 +206,5 @@ def test_split_option_errors(digits):
     p = latent_groups(digits.y, 5, 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="max_train must be an integer >= 0"):
         split_clients(digits, p, np.random.default_rng(0), max_train=-1)
-    with pytest.raises(ValueError, match="label_noise must be a number in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match="label_noise must be a finite number in \\[0.0, 1.0\\)"):
         split_clients(digits, p, np.random.default_rng(0), label_noise=1.0)

@@ -64,9 +64,9 @@ def test_dirichlet_skews_labels_and_keeps_every_sample(digits):
     [
         (lambda y: latent_groups(y, 15, 11, np.random.default_rng()), "num_groups must be at most the number of classes"),
         (lambda y: latent_groups(y, 3, 5, np.random.default_rng()), "num_groups must be at most num_clients"),
-        (lambda y: latent_groups(y, 0, 1, np.random.default_rng()), "num_clients must be a positive integer, got 0"),
+        (lambda y: latent_groups(y, 0, 1, np.random.default_rng()), "num_clients must be an integer >= 1, got 0"),
         (lambda y: pathological(y, 5, 3, np.random.default_rng()), "must be a multiple of the number of classes"),
-        (lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()), "alpha must be a positive number, got 0.0"),
+        (lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()), "alpha must be a finite number in \\(0.0, inf\\], got 0.0"),
         (lambda y: dirichlet(y, 500, 1.0, np.random.default_rng()), "num_clients must be at most 179"),
         (lambda y: latent_groups(y.astype(float), 5, 5, np.random.default_rng()), "labels must be a 1-D integer array"),
     ],

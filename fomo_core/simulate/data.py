@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from .._validate import count, fraction
 from .partition import Partition
 
 __all__ = [
@@ -226,14 +227,11 @@ def split_clients(
                  against the truth
     """
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not (isinstance(f, (int, float)) and 0 < f < 1):
-            raise ValueError(f"{name} must be a number in (0, 1), got {f!r}")
+        fraction(f, name, low_open=True, high_open=True, type_error=ValueError)
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
-    if isinstance(max_train, bool) or not isinstance(max_train, (int, np.integer)) or max_train < 0:
-        raise ValueError(f"max_train must be an integer >= 0 (0: no cap), got {max_train!r}")
-    if not (isinstance(label_noise, (int, float)) and 0 <= label_noise < 1):
-        raise ValueError(f"label_noise must be a number in [0, 1), got {label_noise!r}")
+    count(max_train, "max_train", type_error=ValueError)  # 0: no cap
+    fraction(label_noise, "label_noise", high_open=True, type_error=ValueError)
     targets = target_clients(partition, target)
     splits = [tuple(_stratified_split(ix, dataset.y, val_fraction, test_fraction, rng)) for ix in partition.indices]
     out = []

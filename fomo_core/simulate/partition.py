@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from .._validate import count, real
+
 __all__ = ["Partition", "pathological", "latent_groups", "dirichlet", "feature_clusters", "PARTITIONS"]
 
 PARTITIONS = ("groups", "pathological", "dirichlet", "clusters")
@@ -45,12 +47,6 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _finish(labels: np.ndarray, indices: list, groups: Optional[np.ndarray]) -> Partition:
     indices = [np.sort(np.asarray(ix, dtype=np.int64)) for ix in indices]
     classes = [np.unique(labels[ix]) for ix in indices]
@@ -71,8 +67,8 @@ def latent_groups(
     samples are split evenly among its group's clients.
     """
     labels = _check_labels(labels)
-    num_clients = _positive(num_clients, "num_clients")
-    num_groups = _positive(num_groups, "num_groups")
+    num_clients = count(num_clients, "num_clients", low=1, type_error=ValueError)
+    num_groups = count(num_groups, "num_groups", low=1, type_error=ValueError)
     classes = np.unique(labels)
     if num_groups > classes.size:
         raise ValueError(f"num_groups must be at most the number of classes ({classes.size}), got {num_groups}")
@@ -101,8 +97,8 @@ def pathological(
     num_clients * shards_per_client must be a multiple of the number of classes.
     """
     labels = _check_labels(labels)
-    num_clients = _positive(num_clients, "num_clients")
-    s = _positive(shards_per_client, "shards_per_client")
+    num_clients = count(num_clients, "num_clients", low=1, type_error=ValueError)
+    s = count(shards_per_client, "shards_per_client", low=1, type_error=ValueError)
     classes = np.unique(labels)
     if (num_clients * s) % classes.size:
         raise ValueError(
@@ -140,9 +136,8 @@ def dirichlet(
     proportions drawn from Dir(alpha) (small alpha: few classes per client). Redrawn until every
     client has at least ``min_samples`` samples. No groups."""
     labels = _check_labels(labels)
-    num_clients = _positive(num_clients, "num_clients")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    num_clients = count(num_clients, "num_clients", low=1, type_error=ValueError)
+    real(alpha, "alpha", low=0.0, low_open=True, type_error=ValueError)
     if num_clients * min_samples > labels.size:
         raise ValueError(
             f"num_clients must be at most {labels.size // max(min_samples, 1)} for {labels.size} samples "
@@ -183,9 +178,9 @@ def feature_clusters(
     from sklearn.decomposition import PCA
 
     labels = _check_labels(labels)
-    num_clients = _positive(num_clients, "num_clients")
-    num_groups = _positive(num_groups, "num_groups")
-    components = _positive(components, "components")
+    num_clients = count(num_clients, "num_clients", low=1, type_error=ValueError)
+    num_groups = count(num_groups, "num_groups", low=1, type_error=ValueError)
+    components = count(components, "components", low=1, type_error=ValueError)
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     if x.shape[0] != labels.size:
         raise ValueError(f"features must have one row per label ({labels.size}), got {x.shape[0]}")
