@@ -11,7 +11,7 @@ Candidates may travel in 16 bits (``transport="float16"`` or ``"bfloat16"``): fl
 dtype; bfloat16 is not, so it travels as the upper 16 bits of each float32 (uint16, rounded to
 nearest even) and is widened back on arrival.
 
-Importing this module needs NumPy and Flower only (no compiled extension).
+Importing this module needs NumPy and Flower only (no compiled extension: fomo_core.layout is plain Python).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+from ..layout import join, offsets_of, split
 
 __all__ = ["ModelLayout", "TRANSPORTS", "MAX_HEADER_BYTES"]
 
@@ -106,9 +108,14 @@ class ModelLayout:
         return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
     @property
+    def offsets(self) -> tuple:
+        """Where each array starts in the flat row."""
+        return offsets_of(self.shapes)[0]
+
+    @property
     def size(self) -> int:
         """P, the number of values of the flat row."""
-        return int(sum(self.sizes))
+        return offsets_of(self.shapes)[1]
 
     def nbytes(self, transport: str = "float32") -> int:
         """Payload bytes of one model sent in ``transport`` (float32: the arrays' own dtypes)."""
@@ -133,10 +140,8 @@ class ModelLayout:
         flat = np.asarray(flat)
         if flat.shape != (self.size,):
             raise ValueError(f"flat has shape {flat.shape}, expected ({self.size},)")
-        arrays, offset = {}, 0
-        for key, dtype, shape, n in zip(self.keys, self.dtypes, self.shapes, self.sizes):
-            values = flat[offset : offset + n].reshape(shape)
-            offset += n
+        arrays = {}
+        for key, dtype, values in zip(self.keys, self.dtypes, split(flat, self.shapes, self.offsets)):
             dt = np.dtype(dtype)
             if transport == "float32" or dt.kind != "f":  # np.array keeps 0-d arrays 0-d
                 arrays[key] = Array(np.array(values, dtype=dt, order="C"))
@@ -148,11 +153,7 @@ class ModelLayout:
 
     def arrays(self, flat: np.ndarray) -> list:
         """The flat row [P] as the layout's arrays, each reshaped and in its own dtype."""
-        out, offset = [], 0
-        for dtype, shape, n in zip(self.dtypes, self.shapes, self.sizes):
-            out.append(np.asarray(flat[offset : offset + n], dtype=np.dtype(dtype)).reshape(shape))
-            offset += n
-        return out
+        return [np.asarray(values, dtype=np.dtype(d)) for values, d in zip(split(flat, self.shapes, self.offsets), self.dtypes)]
 
     # --- record -> flat row (validated) ------------------------------------------------------
 
@@ -173,13 +174,11 @@ class ModelLayout:
             raise ValueError(f"{role} has {len(got)} arrays, expected {len(self.keys)} (missing {missing[:5]}, unexpected {extra})")
         if out is None:
             out = np.empty(self.size, dtype=np.float32)
-        offset = 0
-        for key, dtype, shape, n in zip(self.keys, self.dtypes, self.shapes, self.sizes):
+        for key, dtype, shape, offset in zip(self.keys, self.dtypes, self.shapes, self.offsets):
             values = self._read(record[key], f"{role}[{key!r}]", np.dtype(dtype), shape, transport)
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 raise ValueError(f"{role}[{key!r}] holds NaN or infinite values")
-            out[offset : offset + n] = values.reshape(-1)
-            offset += n
+            join([values], [offset], out)
         return out
 
     @staticmethod

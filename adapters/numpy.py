@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_layers, sklearn_params
+from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
 from fomo_core.round import ClientRound, as_float64, check_client_options, federate, timed
@@ -56,19 +57,15 @@ class ArrayLayout:
         """The layout of ``arrays`` (a list of ndarrays, e.g. Keras ``get_weights()``)."""
         if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
             raise TypeError(f"arrays must be a list of ndarrays, got {type(arrays).__name__}")
-        shapes, offsets, size = [], [], 0
-        dtypes = []
         for k, a in enumerate(arrays):
             if not hasattr(a, "shape") or not hasattr(a, "dtype"):
                 raise TypeError(f"arrays[{k}] must be an ndarray, got {type(a).__name__}")
             if np.dtype(a.dtype).kind != "f":
                 raise TypeError(f"arrays[{k}] has dtype {a.dtype}, expected a floating dtype")
-            shapes.append(tuple(a.shape))
-            offsets.append(size)
-            size += int(np.prod(a.shape, dtype=np.int64))
-            dtypes.append(np.dtype(a.dtype))
-        dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
-        return cls(tuple(shapes), tuple(offsets), size, dtype)
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        offsets, size = offsets_of(shapes)
+        dtype = np.result_type(*[np.dtype(a.dtype) for a in arrays]) if shapes else np.dtype(np.float32)
+        return cls(shapes, offsets, size, dtype)
 
 
 def to_flat(arrays: Sequence, *, dtype: Any = None, out: Optional[np.ndarray] = None) -> tuple:
@@ -83,9 +80,7 @@ def to_flat(arrays: Sequence, *, dtype: Any = None, out: Optional[np.ndarray] = 
     elif not isinstance(out, np.ndarray) or out.shape != (layout.size,):
         shape = out.shape if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"out must be an ndarray of shape ({layout.size},), got {shape}")
-    for a, shape, off in zip(arrays, layout.shapes, layout.offsets):
-        n = int(np.prod(shape, dtype=np.int64))
-        out[off : off + n] = np.asarray(a).reshape(-1)
+    join([np.asarray(a) for a in arrays], layout.offsets, out)
     return out, ArrayLayout(layout.shapes, layout.offsets, layout.size, out.dtype)
 
 
@@ -94,10 +89,7 @@ def from_flat(flat: np.ndarray, layout: ArrayLayout) -> list:
     flat = np.asarray(flat)
     if flat.shape != (layout.size,):
         raise ValueError(f"flat has shape {flat.shape}, expected ({layout.size},) (the layout's size)")
-    return [
-        flat[off : off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
-        for shape, off in zip(layout.shapes, layout.offsets)
-    ]
+    return split(flat, layout.shapes, layout.offsets)
 
 
 # --- scikit-learn MLPClassifier -----------------------------------------------------------------

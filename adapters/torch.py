@@ -28,6 +28,7 @@ with optional_import("fomo_core.adapters.torch"):
     from torch import nn
     from torch.func import functional_call
 
+from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
 from fomo_core._validate import count, real
@@ -79,10 +80,7 @@ class FlatLayout:
 
     def views(self, flat: torch.Tensor) -> dict:
         """name -> view into ``flat`` [P] with that tensor's shape (no copy)."""
-        return {
-            name: flat[off : off + self.numel(k)].view(shape)
-            for k, (name, shape, off) in enumerate(zip(self.names, self.shapes, self.offsets))
-        }
+        return dict(zip(self.names, split(flat, self.shapes, self.offsets)))
 
 
 def _named_tensors(module: nn.Module, include_buffers: bool) -> list:
@@ -101,7 +99,6 @@ def _layout(entries: list) -> FlatLayout:
     if not entries:
         raise ValueError("module must have at least one floating-point parameter, got none")
     first = entries[0][1]
-    names, shapes, offsets, size = [], [], [], 0
     for name, t, _ in entries:
         if not t.is_floating_point():
             raise TypeError(f"module parameter {name!r} has dtype {t.dtype}, expected a floating dtype")
@@ -114,11 +111,9 @@ def _layout(entries: list) -> FlatLayout:
             raise ValueError(
                 f"module parameter {name!r} is on {t.device}, expected {first.device} (the device of {entries[0][0]!r})"
             )
-        names.append(name)
-        shapes.append(tuple(t.shape))
-        offsets.append(size)
-        size += t.numel()
-    return FlatLayout(tuple(names), tuple(shapes), tuple(offsets), size, first.dtype, first.device)
+    shapes = tuple(tuple(t.shape) for _, t, _ in entries)
+    offsets, size = offsets_of(shapes)
+    return FlatLayout(tuple(name for name, _, _ in entries), shapes, offsets, size, first.dtype, first.device)
 
 
 def flat_layout(module: nn.Module, *, include_buffers: bool = False) -> FlatLayout:
@@ -621,8 +616,5 @@ class FedFomoClient:
 
 def _split_params(module: nn.Module, flat: torch.Tensor) -> list:
     """Views of a flat parameter vector as the module's parameters, in named_parameters order."""
-    out, at = [], 0
-    for _, p in module.named_parameters():
-        out.append(flat[at : at + p.numel()].view(p.shape))
-        at += p.numel()
-    return out
+    shapes = [tuple(p.shape) for p in module.parameters()]
+    return split(flat, shapes, offsets_of(shapes)[0])

@@ -75,6 +75,7 @@ with optional_import("fomo_core.adapters.torch"):
 from fomo_core.dense import DenseSpec, Evaluation
 from fomo_core.dense import evaluate_dense as _evaluate_dense
 from fomo_core._validate import count
+from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker
 
@@ -101,10 +102,10 @@ class _Candidates:
     def __init__(self, module: nn.Module, candidates: Any):
         self.param_names = [n for n, _ in module.named_parameters()]
         self.param_shapes = [p.shape for _, p in module.named_parameters()]
+        self.param_offsets, total = offsets_of(self.param_shapes)
         self.buffer_names = [n for n, _ in module.named_buffers()]
         self.flat: Optional[torch.Tensor] = None  # [M, P] when given so
         self.models: list = []  # per candidate: (params dict, buffers dict)
-        total = sum(math.prod(s) for s in self.param_shapes)
         if torch.is_tensor(candidates):
             if candidates.ndim != 2 or candidates.shape[1] != total:
                 raise ValueError(
@@ -146,12 +147,7 @@ class _Candidates:
 
     def _split(self, vector: torch.Tensor) -> dict:
         """Views of a flat vector [P] (any stride) as the module's parameters."""
-        out, at = {}, 0
-        for name, shape in zip(self.param_names, self.param_shapes):
-            n = math.prod(shape)
-            out[name] = vector[at : at + n].view(shape)
-            at += n
-        return out
+        return dict(zip(self.param_names, split(vector, self.param_shapes, self.param_offsets)))
 
     def _from_mapping(self, mapping: Mapping, where: str) -> tuple:
         params = {}
@@ -174,12 +170,7 @@ class _Candidates:
     def stacked(self) -> tuple:
         """(params [M, ...] by name, buffers [M, ...] by name or None when shared) for vmap."""
         if self.flat is not None:
-            out, at = {}, 0
-            for name, shape in zip(self.param_names, self.param_shapes):
-                n = math.prod(shape)
-                out[name] = self.flat[:, at : at + n].view(self.count, *shape)
-                at += n
-            return out, None
+            return dict(zip(self.param_names, split(self.flat, self.param_shapes, self.param_offsets))), None
         params = {n: torch.stack([p[n] for p, _ in self.models]) for n in self.param_names}
         have = [n for n in self.buffer_names if all(n in b for _, b in self.models)]
         buffers = {n: torch.stack([b[n] for _, b in self.models]) for n in have} or None

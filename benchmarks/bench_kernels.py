@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import fomo_core as fc
+from fomo_core.layout import offsets_of, split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_ms, interleaved_samples, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
@@ -88,12 +89,7 @@ class Problem:
         self.improving = improving
 
     def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, offset = [], 0
-        for shape in self.shapes:
-            n = math.prod(shape)
-            out.append(flat[offset : offset + n].view(shape))
-            offset += n
-        return out
+        return split(flat, self.shapes, offsets_of(self.shapes)[0])
 
     def bytes_moved(self, measured: int) -> int:
         return (measured + self.improving + 3) * self.p * BYTES[self.dtype]
