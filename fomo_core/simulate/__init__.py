@@ -5,7 +5,7 @@ partition.py    which samples each client holds (latent groups, LG-FedAvg class 
                 Dirichlet, feature-clustered latent distributions)
 data.py         datasets (digits, MNIST-5k, CIFAR-10) and per-client train / val / test splits,
                 target distributions, label noise, a cap on training samples
-backends.py     torch and scikit-learn clients built from fomo_core.adapters
+backends.py     the model backends by name (torch, sklearn: they live in fomo_core.adapters)
 federation.py   the rounds of FedFomo, FedAvg and Local
 baselines.py    FedAvg + local fine-tuning, the per-group FedAvg oracle
 metrics.py      per-round records (accuracy after the update and after local training) and the
