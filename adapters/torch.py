@@ -73,10 +73,8 @@ class FlatLayout:
     device: torch.device
 
     def numel(self, k: int) -> int:
-        n = 1
-        for s in self.shapes[k]:
-            n *= s
-        return n
+        """The number of elements of tensor ``k``."""
+        return math.prod(self.shapes[k])
 
     def views(self, flat: torch.Tensor) -> dict:
         """name -> view into ``flat`` [P] with that tensor's shape (no copy)."""

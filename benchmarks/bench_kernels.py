@@ -28,6 +28,7 @@ against the same values in C order). Writes results/kernels.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -222,7 +223,7 @@ def m_sweep(shapes, ms_list, repeats: int, probe: Probe) -> list[dict]:
     for m in ms_list:
         problem = Problem(shapes, m, torch.float32, improving=m)
         model = [t.clone() for t in problem.layers_local]
-        times, bandwidth = probe.timed({"ours": problem.step, "pfllib": lambda: pfllib_loop(problem, model)}, repeats)
+        times, bandwidth = probe.timed({"ours": problem.step, "pfllib": functools.partial(pfllib_loop, problem, model)}, repeats)
         gbs = problem.bytes_moved(m) / times["ours"] / 1e6
         rows.append({"M": m, "fomo_core_ms": times["ours"], "pfllib_ms": times["pfllib"],
                      "speedup_vs_pfllib": times["pfllib"] / times["ours"], "gbs": gbs,
@@ -266,10 +267,10 @@ def layer_lists(repeats: int) -> list[dict]:
         flat_out = torch.empty_like(pb.flat_local)
         plan = fc.plan(pb.layers_local, pb.layers_candidates, out=pb.layers_out)
         methods = {
-            "flat, out=": lambda: fc.fomo_step(pb.flat_local, pb.flat_candidates, *args, out=flat_out),
-            "flat, new output": lambda: fc.fomo_step(pb.flat_local, pb.flat_candidates, *args),
+            "flat, out=": functools.partial(fc.fomo_step, pb.flat_local, pb.flat_candidates, *args, out=flat_out),
+            "flat, new output": functools.partial(fc.fomo_step, pb.flat_local, pb.flat_candidates, *args),
             "layers, out=": pb.step,
-            "layers through a plan": lambda: plan.fomo_step(*args),
+            "layers through a plan": functools.partial(plan.fomo_step, *args),
         }
         want = methods["flat, out="]().params
         for method in ("layers, out=", "layers through a plan"):
@@ -280,7 +281,7 @@ def layer_lists(repeats: int) -> list[dict]:
         for method, ms in times.items():
             rows.append({"model": name, "P": pb.p, "M": m, "layers": len(shapes), "method": method,
                          "us": ms * 1e3, "vs_flat": ms / base})
-        del pb, plan
+        del pb, plan, methods
     return rows
 
 

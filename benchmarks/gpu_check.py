@@ -23,6 +23,7 @@ when any check fails; exits 2 when there is nothing to check (no GPU, or no CUDA
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -302,13 +303,22 @@ def gpu_ms(torch, fn, repeats=20, warmup=3) -> float:
     return float(np.median(times))
 
 
+def torch_flat_step(torch, flat_x, flat_c, losses: list):
+    """The same step in plain torch on flat buffers (local loss 1.0), the baseline of the timing."""
+    diff = flat_c - flat_x
+    d = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float32)
+    s = torch.clamp((1.0 - torch.tensor(losses, device=flat_x.device)) / d, min=0)
+    w = s / s.sum()
+    return flat_x + (w.to(flat_x.dtype)[:, None] * diff).sum(0)
+
+
 def time_device(torch, fc, device) -> dict:
     runs = []
     with torch.cuda.device(device):
         # device-to-device copy bandwidth over a buffer far larger than L2: read + write bytes
         src = torch.empty(256 << 20, dtype=torch.uint8, device=device).random_()
         dst = torch.empty_like(src)
-        copy_gbs = 2 * src.numel() / (gpu_ms(torch, lambda: dst.copy_(src)) * 1e6)
+        copy_gbs = 2 * src.numel() / (gpu_ms(torch, functools.partial(dst.copy_, src)) * 1e6)
         del src, dst
         for dtype, label in ((torch.float32, "float32"), (torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
             m = 10
@@ -316,19 +326,11 @@ def time_device(torch, fc, device) -> dict:
             losses = [0.5] * m  # all improving: M_d = M+ = M
             moved = (m + m + 3) * p * local[0].element_size()
             out = [torch.empty_like(t) for t in local]
-            ms = gpu_ms(torch, lambda: fc.fomo_step(local, cands, 1.0, losses, all_scores=False, out=out))
+            ms = gpu_ms(torch, functools.partial(fc.fomo_step, local, cands, 1.0, losses, all_scores=False, out=out))
             flat_x = torch.cat([t.reshape(-1) for t in local])
             flat_c = torch.stack([torch.cat([t.reshape(-1) for t in c]) for c in cands])
             del cands
-
-            def torch_baseline():
-                diff = flat_c - flat_x
-                d = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float32)
-                s = torch.clamp((1.0 - torch.tensor(losses, device=device)) / d, min=0)
-                w = s / s.sum()
-                return flat_x + (w.to(dtype)[:, None] * diff).sum(0)
-
-            torch_ms = gpu_ms(torch, torch_baseline)
+            torch_ms = gpu_ms(torch, functools.partial(torch_flat_step, torch, flat_x, flat_c, losses))
             for what, t in ((f"fomo_core fomo_step {label} (layers)", ms), (f"torch flat {label}", torch_ms)):
                 gbs = moved / (t * 1e6)
                 runs.append({"what": what, "ms": t, "gb_per_s": gbs, "of_copy": gbs / copy_gbs,

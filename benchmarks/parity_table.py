@@ -7,13 +7,18 @@ tests' client rounds (MLP and BatchNorm CNN, M = 1, 3, 5, per case), and the fed
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import numpy as np, torch
-torch.set_num_threads(1)
-import test_presets_parity as t, peers
+import numpy as np
+import torch
 from sklearn.datasets import load_digits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import peers  # noqa: E402
+import test_presets_parity as t  # noqa: E402
+
+torch.set_num_threads(1)
 d = load_digits()
-x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8); y = torch.tensor(d.target)
+x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+y = torch.tensor(d.target)
 groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
 member = [torch.isin(y, torch.tensor(g)) for g in groups]
 data = ((x[member[0]][:90], y[member[0]][:90]), [(x[m][100 + 60 * k : 160 + 60 * k], y[m][100 + 60 * k : 160 + 60 * k]) for m in member for k in range(2)])
@@ -37,14 +42,17 @@ for preset in ("paper", "pfllib", "fl-bench"):
                     ours, res = t.our_update("pfllib", s, cands)
                     ours_scores = res.scores
                 elif preset == "fl-bench":
-                    own = s["current"].state_dict(); names = [n for n, _ in s["current"].named_parameters()]
-                    sel = {cid: {k: c.state_dict()[k] for k in names} for cid, c in zip(s["ids"], s["others"])}; sel[0] = own
+                    own = s["current"].state_dict()
+                    names = [n for n, _ in s["current"].named_parameters()]
+                    sel = {cid: {k: c.state_dict()[k] for k in names} for cid, c in zip(s["ids"], s["others"])}
+                    sel[0] = own
                     theirs_state, w = peers.flbench_client_round(own, sel, 0, s["current"], peers.batches(*s["val"], 32))
                     theirs_scores = np.array([w[c] for c in [*s["ids"], 0]])
                     ours, res = t.our_update("fl-bench", s, [*s["others"], s["current"]])
                     ours_scores = res.scores
                 else:
-                    row = np.zeros(6); row[0] = 0.1
+                    row = np.zeros(6)
+                    row[0] = 0.1
                     theirs_state, _, deltas = peers.paper_client_round(s["last_update"], [s["current"], *s["others"]], [0, *s["ids"]], peers.batches(*s["val"], 32), row)
                     theirs_scores = np.array(deltas)
                     ours, res = t.our_update("paper", s, s["others"])
@@ -56,7 +64,7 @@ for preset in ("paper", "pfllib", "fl-bench"):
                 sd = float(np.max(np.abs(ours_scores[f] - theirs_scores[f]) / (np.abs(theirs_scores[f]) + 1e-6))) if f.any() else 0.0
                 key = {"mixed": "weights/params", "nothing_helps": "nothing helps", "equal": "equal to baseline", "nan": "NaN"}[case]
                 r = rows.setdefault(key, [0, 0, 0])
-                r[0] = max(r[0], pd); r[1] = max(r[1], bd); r[2] = max(r[2], sd)
+                r[:] = max(r[0], pd), max(r[1], bd), max(r[2], sd)
     table[preset] = rows
 for p, rows in table.items():
     for k, (pd, bd, sd) in rows.items():

@@ -37,7 +37,7 @@ _COMPILED = {
 }
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, named for type checkers (py.typed)
-    from . import _C
+    from . import _C  # noqa: F401 (named for type checkers)
     from .dense import DenseSpec, evaluate_candidates, evaluate_dense
     from .ops import (
         Scores,

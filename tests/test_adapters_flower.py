@@ -22,7 +22,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read once when flwr is i
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from sklearn.neural_network import MLPClassifier
 from torch import nn
 
