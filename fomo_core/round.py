@@ -23,7 +23,7 @@ from .guard import distance_bound
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
-__all__ = ["ClientRound", "federate", "as_float64", "timed", "check_client_options"]
+__all__ = ["ClientRound", "federate", "federate_client", "batch_loss", "as_float64", "timed", "check_client_options"]
 
 
 def check_client_options(
@@ -93,6 +93,28 @@ def timed(fn: Callable[[], Any]) -> float:
 def _rows(candidates: Any) -> list:
     """The candidates [M, P] (array or sequence) as a list of 1-D rows (views, no copy)."""
     return [candidates[k] for k in range(len(candidates))]
+
+
+def federate_client(client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None) -> ClientRound:
+    """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
+    (written in place), ``evaluate`` and ``last_update`` (the baseline the policy may name)."""
+    return federate(
+        client.policy, client.params, candidates, client.evaluate, baseline=client.last_update, measured=measured, copy=copy
+    )
+
+
+def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
+    """The validation loss [K] of K models from their mean losses per batch [batches, K] and the
+    batch sizes [batches], as a :class:`ClientPolicy` ``loss`` says: "mean" over all samples,
+    "batch_mean" (the mean of the batch means) or "batch_sum_per_sample" (their sum over the
+    number of samples)."""
+    per_batch, sizes = np.asarray(per_batch), np.asarray(sizes)
+    if loss == "batch_mean":
+        return per_batch.mean(axis=0)
+    total = float(sizes.sum())
+    if loss == "batch_sum_per_sample":
+        return per_batch.sum(axis=0) / total
+    return (per_batch * sizes[:, None]).sum(axis=0) / total
 
 
 def federate(

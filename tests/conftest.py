@@ -46,3 +46,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Leaves torch's thread count as the test found it (the CLI and the examples set it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli_refuses(capsys, tmp_path):
+    """``cli_refuses(command, argv, message)``: ``fomo-core <command> --out <tmp> <argv>`` stops
+    with a usage error (exit code 2) whose text holds ``message``, and writes nothing."""
+    from fomo_core.cli import main
+
+    def check(command: str, argv: list, message: str) -> None:
+        out = tmp_path / "x"
+        with pytest.raises(SystemExit) as exit:
+            main([command, "--out", str(out), *argv])
+        assert exit.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()  # nothing written
+
+    return check

@@ -7,17 +7,12 @@ import json
 import os
 
 import pytest
-import torch
 
 from fomo_core.cli import main
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """The demo sets torch's thread count (--threads, 1 by default); give the others theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+# The demo sets torch's thread count (--threads, 1 by default); give the other tests theirs back.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.mark.slow
@@ -119,12 +114,8 @@ def test_dirichlet_without_groups(tmp_path):
         (["--cifar10", "/nonexistent/cifar"], "argument --cifar10: "),
     ],
 )
-def test_bad_options_get_clear_messages(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit:
-        main(["demo", "--out", str(tmp_path / "x"), *argv])
-    assert exit.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()  # nothing written
+def test_bad_options_get_clear_messages(argv, message, cli_refuses):
+    cli_refuses("demo", argv, message)
 
 
 def test_cifar10_without_torchvision_says_so(capsys, tmp_path):

@@ -23,6 +23,53 @@ def _each_sample_once(p: Partition, n: int) -> bool:
     return every.size == np.unique(every).size == n
 
 
+# --- latent groups, argument errors ---------------------------------------------------------------
+
+
+def test_latent_groups_deal_disjoint_classes_to_groups(digits):
+    p = latent_groups(digits.y, 15, 5, np.random.default_rng(0))
+    assert _each_sample_once(p, digits.y.size)
+    assert p.groups.tolist() == [k % 5 for k in range(15)]
+    group_classes = {}
+    for k in range(15):
+        assert len(p.classes[k]) == 2
+        group_classes.setdefault(int(p.groups[k]), set()).update(p.classes[k].tolist())
+    assert all(len(c) == 2 for c in group_classes.values())
+    assert set().union(*group_classes.values()) == set(range(10))
+    sizes = [ix.size for ix in p.indices]
+    assert max(sizes) - min(sizes) <= 0.1 * max(sizes)  # classes hold 174-183 samples, split evenly
+
+
+def test_dirichlet_skews_labels_and_keeps_every_sample(digits):
+    rng = np.random.default_rng(2)
+    skewed = dirichlet(digits.y, 10, 0.1, rng, min_samples=10)
+    flat = dirichlet(digits.y, 10, 100.0, rng, min_samples=10)
+    assert _each_sample_once(skewed, digits.y.size) and skewed.groups is None
+    assert min(ix.size for ix in skewed.indices) >= 10
+
+    def top_class_share(p):
+        return np.mean([np.bincount(digits.y[ix]).max() / ix.size for ix in p.indices])
+
+    assert top_class_share(skewed) > 0.4 > top_class_share(flat)  # 0.1 at alpha -> inf
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda y: latent_groups(y, 15, 11, np.random.default_rng()), "num_groups must be at most the number of classes"),
+        (lambda y: latent_groups(y, 3, 5, np.random.default_rng()), "num_groups must be at most num_clients"),
+        (lambda y: latent_groups(y, 0, 1, np.random.default_rng()), "num_clients must be an integer >= 1, got 0"),
+        (lambda y: pathological(y, 5, 3, np.random.default_rng()), "must be a multiple of the number of classes"),
+        (lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()), "alpha must be a finite number in \\(0.0, inf\\], got 0.0"),
+        (lambda y: dirichlet(y, 500, 1.0, np.random.default_rng()), "num_clients must be at most 179"),
+        (lambda y: latent_groups(y.astype(float), 5, 5, np.random.default_rng()), "labels must be a 1-D integer array"),
+    ],
+)
+def test_partition_errors_name_the_argument(digits, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(digits.y)
+
+
 # --- pathological: LG-FedAvg class shards ---------------------------------------------------------
 
 

@@ -233,6 +233,15 @@ def our_federation(preset: str, kind: str, data, m: int, **server_changes) -> tu
     return selections, server.affinity.matrix, [c.module.state_dict() for c in clients]
 
 
+def assert_same_federation(ours: tuple, selections: list, affinity: np.ndarray, states: list) -> None:
+    """Our federation (our_federation's selections, affinity and models) against the peer's."""
+    ours_sel, ours_aff, ours_models = ours
+    assert ours_sel == selections
+    np.testing.assert_allclose(ours_aff, affinity, **SCORES)
+    for mine, theirs in zip(ours_models, states):
+        assert_states(mine, theirs)
+
+
 def test_pfllib_federation(data):
     kind, m = "cnn", 2
     base, vals, trains = fleet(kind, data)
@@ -259,12 +268,8 @@ def test_pfllib_federation(data):
         uploaded_ids = list(part)
         selections.append(chosen)
 
-    ours_sel, ours_aff, ours_models = our_federation("pfllib", kind, data, m)
-
-    assert ours_sel == selections
-    np.testing.assert_allclose(ours_aff, P.double().numpy(), **SCORES)
-    for ours, theirs in zip(ours_models, models):
-        assert_states(ours, theirs.state_dict())
+    ours = our_federation("pfllib", kind, data, m)
+    assert_same_federation(ours, selections, P.double().numpy(), [model.state_dict() for model in models])
 
 
 def test_flbench_federation(data):
@@ -292,12 +297,7 @@ def test_flbench_federation(data):
         prev = list(part)
         selections.append(chosen)
 
-    ours_sel, ours_aff, ours_models = our_federation("fl-bench", kind, data, m)
-
-    assert ours_sel == selections
-    np.testing.assert_allclose(ours_aff, P.double().numpy(), **SCORES)
-    for ours, theirs in zip(ours_models, personal):
-        assert_states(ours, theirs)
+    assert_same_federation(our_federation("fl-bench", kind, data, m), selections, P.double().numpy(), personal)
 
 
 def test_paper_federation(data):
@@ -329,8 +329,5 @@ def test_paper_federation(data):
         selections.append(chosen)
 
     ours_sel, ours_aff, ours_models = our_federation("paper", kind, data, m, epsilon=0.0)
-
-    assert [{i: sorted(ids) for i, ids in r.items() if ids} for r in ours_sel] == selections
-    np.testing.assert_allclose(ours_aff, rows, **SCORES)
-    for ours, theirs in zip(ours_models, models):
-        assert_states(ours, theirs.state_dict())
+    ours_sel = [{i: sorted(ids) for i, ids in r.items() if ids} for r in ours_sel]  # the peer's sets, sorted
+    assert_same_federation((ours_sel, ours_aff, ours_models), selections, rows, [model.state_dict() for model in models])

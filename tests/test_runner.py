@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from fomo_core.cli import main
 from fomo_core.simulate import run_experiment
@@ -159,14 +158,8 @@ def test_the_default_grid_is_the_readme_run():
         assert cfg.dataset == "mnist5k" and cfg.clients == 20 and cfg.groups == 2
 
 
-@pytest.fixture
-def restore_torch_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def test_the_experiment_command_runs_and_resumes(tmp_path, capsys, restore_torch_threads):
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_the_experiment_command_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = ["experiment", "--set", ",".join(f"{k}={v}" for k, v in TINY.items()), "--setting", "noisy:label_noise=0.2",
             "--methods", "fedfomo,oracle", "--seeds", "0-1", "--out", str(out), "--no-progress", "--no-plots"]
@@ -188,9 +181,5 @@ def test_the_experiment_command_runs_and_resumes(tmp_path, capsys, restore_torch
         (["--grid", "/nonexistent/grid.json"], "experiment grid: "),
     ],
 )
-def test_experiment_command_errors(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit:
-        main(["experiment", "--out", str(tmp_path / "x"), *argv])
-    assert exit.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+def test_experiment_command_errors(argv, message, cli_refuses):
+    cli_refuses("experiment", argv, message)
