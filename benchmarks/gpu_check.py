@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import machine, markdown_table, write_results  # noqa: E402
+from fomo_core._models import floating_leaves, parse_model  # noqa: E402
 from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol  # noqa: E402
 
 TARGET = 0.80  # of the copy bandwidth, for weights + update (the CUDA target in docs/design.md)
@@ -160,11 +161,8 @@ def as_np(torch, x) -> np.ndarray:
 
 
 def leaves(model) -> list:
-    if isinstance(model, dict):
-        return [v for v in model.values() if v.is_floating_point()]
-    if isinstance(model, (list, tuple)):
-        return [v for v in model if v.is_floating_point()]
-    return [model]
+    """The floating-point arrays of a model, as the ops see them (integer entries take no part)."""
+    return floating_leaves(*parse_model(model, "model"))
 
 
 def make_model(torch, kind, device, dtype, m, rng):
