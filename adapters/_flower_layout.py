@@ -153,7 +153,8 @@ class ModelLayout:
 
     def arrays(self, flat: np.ndarray) -> list:
         """The flat row [P] as the layout's arrays, each reshaped and in its own dtype."""
-        return [np.asarray(values, dtype=np.dtype(d)) for values, d in zip(split(flat, self.shapes, self.offsets), self.dtypes)]
+        views = split(flat, self.shapes, self.offsets)
+        return [np.asarray(values, dtype=np.dtype(d)) for values, d in zip(views, self.dtypes)]
 
     # --- record -> flat row (validated) ------------------------------------------------------
 

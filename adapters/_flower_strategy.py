@@ -192,7 +192,9 @@ class FedFomo(Strategy):
         self.weighted_by_key = weighted_by_key
         self.keys = protocol.RecordKeys(arrayrecord_key, configrecord_key, metricrecord_key)
         # seconds; ValueError for any bad value, as always
-        self.identify_timeout = real(identify_timeout, "identify_timeout", low=0.0, low_open=True, type_error=ValueError)
+        self.identify_timeout = real(
+            identify_timeout, "identify_timeout", low=0.0, low_open=True, type_error=ValueError
+        )
         if not isinstance(affinity_history, bool):
             raise TypeError(f"affinity_history must be a bool, got {type(affinity_history).__name__}")
         self.affinity_history = affinity_history

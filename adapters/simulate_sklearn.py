@@ -25,7 +25,9 @@ class SklearnBackend:
 
     def __init__(self, dataset: Dataset, settings: TrainSettings, seed: int, preset: str = "fomo-core"):
         if dataset.x.ndim != 2:
-            raise ValueError(f"backend 'sklearn' needs flat features, got {dataset.name} of shape {dataset.x.shape[1:]}")
+            raise ValueError(
+                f"backend 'sklearn' needs flat features, got {dataset.name} of shape {dataset.x.shape[1:]}"
+            )
         self.adapter = adapter
         self.dataset, self.settings, self.seed = dataset, settings, seed
         self.preset = preset

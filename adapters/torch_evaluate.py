@@ -72,9 +72,9 @@ with optional_import("fomo_core.adapters.torch"):
     from torch.nn import functional as F
     from torch.overrides import TorchFunctionMode
 
+from fomo_core._validate import count
 from fomo_core.dense import DenseSpec, Evaluation
 from fomo_core.dense import evaluate_dense as _evaluate_dense
-from fomo_core._validate import count
 from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker

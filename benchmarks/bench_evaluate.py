@@ -286,8 +286,8 @@ def plot(payload: dict, folder: Path) -> list:
         base = {(r["threads"], r["B"]): r["median_ms"] for r in rows if r["method"] == "torch loop"}
         lo = [s - base[(r["threads"], r["B"])] / r["q3_ms"] for s, r in zip(speed, rows)]
         hi = [base[(r["threads"], r["B"])] / r["q1_ms"] - s for s, r in zip(speed, rows)]
-        ax.barh(range(len(rows)), speed, xerr=[lo, hi], color=["#1f77b4" if "adapter" in label or "fused" in label else "#999999"
-                                                             for label in labels])
+        colours = ["#1f77b4" if "adapter" in label or "fused" in label else "#999999" for label in labels]
+        ax.barh(range(len(rows)), speed, xerr=[lo, hi], color=colours)
         ax.axvline(1.0, color="k", linewidth=0.8)
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.invert_yaxis()

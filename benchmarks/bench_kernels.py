@@ -223,7 +223,8 @@ def m_sweep(shapes, ms_list, repeats: int, probe: Probe) -> list[dict]:
     for m in ms_list:
         problem = Problem(shapes, m, torch.float32, improving=m)
         model = [t.clone() for t in problem.layers_local]
-        times, bandwidth = probe.timed({"ours": problem.step, "pfllib": functools.partial(pfllib_loop, problem, model)}, repeats)
+        methods = {"ours": problem.step, "pfllib": functools.partial(pfllib_loop, problem, model)}
+        times, bandwidth = probe.timed(methods, repeats)
         gbs = problem.bytes_moved(m) / times["ours"] / 1e6
         rows.append({"M": m, "fomo_core_ms": times["ours"], "pfllib_ms": times["pfllib"],
                      "speedup_vs_pfllib": times["pfllib"] / times["ours"], "gbs": gbs,

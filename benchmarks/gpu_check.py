@@ -36,8 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import machine, markdown_table, write_results  # noqa: E402
-from fomo_core._models import floating_leaves, parse_model  # noqa: E402
 from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol  # noqa: E402
+
+from fomo_core._models import floating_leaves, parse_model  # noqa: E402
 
 TARGET = 0.80  # of the copy bandwidth, for weights + update (the CUDA target in docs/design.md)
 

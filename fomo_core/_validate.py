@@ -10,7 +10,8 @@ negated or conjugated views included) and plain Python numbers follow the same r
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -118,7 +119,9 @@ def real(
     return v
 
 
-def fraction(value: Any, name: str, *, low_open: bool = False, high_open: bool = False, type_error: type = TypeError) -> float:
+def fraction(
+    value: Any, name: str, *, low_open: bool = False, high_open: bool = False, type_error: type = TypeError
+) -> float:
     """A real number in [0, 1] (an open end excludes 0 or 1): a probability, share or rate."""
     return real(value, name, low=0.0, high=1.0, low_open=low_open, high_open=high_open, type_error=type_error)
 

@@ -95,12 +95,13 @@ def _rows(candidates: Any) -> list:
     return [candidates[k] for k in range(len(candidates))]
 
 
-def federate_client(client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None) -> ClientRound:
+def federate_client(
+    client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None
+) -> ClientRound:
     """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
     (written in place), ``evaluate`` and ``last_update`` (the baseline the policy may name)."""
-    return federate(
-        client.policy, client.params, candidates, client.evaluate, baseline=client.last_update, measured=measured, copy=copy
-    )
+    policy, params, evaluate, baseline = client.policy, client.params, client.evaluate, client.last_update
+    return federate(policy, params, candidates, evaluate, baseline=baseline, measured=measured, copy=copy)
 
 
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:

@@ -330,4 +330,5 @@ def test_paper_federation(data):
 
     ours_sel, ours_aff, ours_models = our_federation("paper", kind, data, m, epsilon=0.0)
     ours_sel = [{i: sorted(ids) for i, ids in r.items() if ids} for r in ours_sel]  # the peer's sets, sorted
-    assert_same_federation((ours_sel, ours_aff, ours_models), selections, rows, [model.state_dict() for model in models])
+    theirs = [model.state_dict() for model in models]
+    assert_same_federation((ours_sel, ours_aff, ours_models), selections, rows, theirs)
