@@ -77,8 +77,6 @@ _ArrayModelT = TypeVar("_ArrayModelT", bound=ArrayModel)
 _TensorModelT = TypeVar("_TensorModelT", bound=TensorModel)
 _OutT = TypeVar("_OutT")
 
-_NORMS = {"l2": 0, "l1": 1}
-_ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -116,10 +114,11 @@ class StepResult(Generic[ModelT, VectorT]):
 
 
 def _norm_code(norm: str) -> int:
+    """The kernels' code of a norm name (the table is the extension's: ``_C.NORMS``)."""
     try:
-        return _NORMS[norm]
+        return _C.NORMS[norm]
     except (KeyError, TypeError):
-        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}") from None
+        raise ValueError(f"norm must be {' or '.join(map(repr, _C.NORMS))}, got {norm!r}") from None
 
 
 def _check_eps(eps: Any) -> float:
@@ -231,7 +230,7 @@ class _Call:
 
     def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance=None):
         results = self.device_results(3)
-        weights, scores, distances, status = _C.step(
+        weights, scores, distances, status = _C.fomo_step(
             self.local,
             self.candidates,
             out_float,
@@ -250,8 +249,8 @@ class _Call:
 
     def scores(self, weights, scores, distances, status) -> tuple[Any, Scores]:
         """The kernels' step results as (weights, Scores), vectors of the caller's type except weights."""
-        rejected = status == _REJECTED
-        skipped = status == _SKIPPED
+        rejected = status == _C.STATUS["rejected"]
+        skipped = status == _C.STATUS["skipped"]
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))
 
 
@@ -270,7 +269,7 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     call = _Call(local_params, candidate_params)
     results = call.device_results(1)
     result = None if results is None else results[0]
-    return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
+    return call.vector(_C.candidate_distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
 
 
 @overload
@@ -362,7 +361,7 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
     call = _Call(local_params, candidate_params)
     w = real_vector(weights, "weights")
     params, out_float = call.output(out)
-    _C.update(call.local, call.candidates, out_float, call.structure.names, w)
+    _C.apply_update(call.local, call.candidates, out_float, call.structure.names, w)
     mark_written(out_float)
     return params
 

@@ -119,14 +119,14 @@ class Plan:
                 _check_max_distance(max_distance))
         if update:
             self._writing()
-        raw = self._run("step", *args)
+        raw = self._run("fomo_step", *args)
         if raw is not None and update:
             mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
 
     def candidate_distances(self, *, norm: str = "l2") -> Any:
         """[M] float64 distances of the candidates to the local model (see fomo_core.candidate_distances)."""
-        d = self._run("distances", _norm_code(norm))
+        d = self._run("candidate_distances", _norm_code(norm))
         if d is None:
             return _ops.candidate_distances(self._local, self._candidates, norm=norm)
         return self._call.vector(d)
@@ -153,7 +153,7 @@ class Plan:
         """theta_i + sum_n w_n (theta_n - theta_i) into the plan's output, which it returns."""
         w = real_vector(weights, "weights")
         self._writing()
-        if self._run("update", w) is None:
+        if self._run("apply_update", w) is None:
             return _ops.apply_update(self._local, self._candidates, w, out=self.params)
         mark_written(self._out_float)
         self._refresh_nonfloating()

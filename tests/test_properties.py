@@ -270,7 +270,7 @@ def test_multi_chunk_layers_match_reference(dtype, norm):
     value = ref.fomo_step(local, candidates, 2.0, losses, norm=norm, eps=1e-5, rounded=False).params
     got = fc.fomo_step(local, candidates, 2.0, losses, norm=norm, eps=1e-5)
     n = layout.num_elements()
-    assert n > 3 * 16384
+    assert n > 3 * fc._C.CHUNK_ELEMENTS
     assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n, dtype))
     assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3, dtype))
     assert np.count_nonzero(np.asarray(got.weights)) == 2  # two improving candidates move the model
