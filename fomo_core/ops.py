@@ -304,6 +304,9 @@ def first_order_scores(
     infinite, or when d + eps == 0. ``max_distance`` (optional, off by default) is the guard
     against finite poisoned models: a candidate farther than it from the local model is rejected
     too, however low its loss.
+
+    A front door of :func:`fomo_step` (its scores, without the update): the same kernels, the same
+    bits.
     """
     call = _Call(local_params, candidate_params)
     return call.step(None, local_loss, candidate_losses, norm, eps, True, max_distance)[1]
@@ -336,7 +339,10 @@ def compute_weights(
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
     score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless).
-    ``max_distance`` as in :func:`first_order_scores`."""
+    ``max_distance`` as in :func:`first_order_scores`.
+
+    A front door of :func:`fomo_step` (its weights, without the update, ``all_scores=False``): the
+    same kernels, the same bits."""
     call = _Call(local_params, candidate_params)
     weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False, max_distance)
     return call.vector(weights)

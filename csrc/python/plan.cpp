@@ -173,7 +173,6 @@ class Plan {
     if (!has_out_) fail_value("this plan was built without an output; it cannot update");
   }
   int64_t num_runs() const { return int64_t(layout_.runs.size()); }
-  int64_t num_arrays() const { return int64_t(arrays_.size()); }
 
  private:
   Layout layout_;
@@ -189,9 +188,7 @@ void bind_plan(py::module_& m) {
   py::class_<Plan>(m, "Plan")
       .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle>(), py::arg("local"),
            py::arg("candidates"), py::arg("out"), py::arg("names"), py::arg("entries"))
-      .def("current", &Plan::current)
       .def_property_readonly("num_runs", &Plan::num_runs)
-      .def_property_readonly("num_arrays", &Plan::num_arrays)
       .def("candidate_distances",
            [](const Plan& plan, int norm_code) -> py::object {
              const Norm norm = norm_from(norm_code);
