@@ -135,6 +135,21 @@ def _check_max_distance(max_distance: Any) -> float:
     return value
 
 
+def _step_options(local_loss: Any, candidate_losses: Any, norm: Any, eps: Any, all_scores: Any,
+                  max_distance: Any) -> dict:
+    """fomo_step's scalar and per-candidate arguments, checked once for the ops and for plans, as the
+    bindings' keyword arguments (the bindings check only what needs the run table: one loss per
+    candidate)."""
+    return dict(
+        local_loss=real(local_loss, "local_loss", finite=False),
+        candidate_losses=real_vector(candidate_losses, "candidate_losses"),
+        norm=_norm_code(norm),
+        eps=_check_eps(eps),
+        all_scores=flag(all_scores, "all_scores"),
+        max_distance=_check_max_distance(max_distance),
+    )
+
+
 def _cuda_index(leaf: Any) -> int | None:
     """The CUDA device index of an array, or None for arrays in host memory."""
     if type(leaf).__module__.split(".")[0] == "torch":
@@ -229,19 +244,15 @@ class _Call:
         return out, leaves
 
     def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance=None):
+        options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         results = self.device_results(3)
         weights, scores, distances, status = _C.fomo_step(
             self.local,
             self.candidates,
             out_float,
             self.structure.names,
-            real(local_loss, "local_loss", finite=False),
-            real_vector(candidate_losses, "candidate_losses"),
-            _norm_code(norm),
-            _check_eps(eps),
-            flag(all_scores, "all_scores"),
-            None if results is None else tuple(results),
-            _check_max_distance(max_distance),
+            results=None if results is None else tuple(results),
+            **options,
         )
         if out_float is not None:
             mark_written(out_float)

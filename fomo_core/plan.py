@@ -26,8 +26,8 @@ import numpy as np
 from . import _C
 from . import ops as _ops
 from ._models import Structure, check_writable, is_array, mark_written
-from ._validate import flag, real, real_vector
-from .ops import Scores, StepResult, _Call, _check_eps, _check_max_distance, _norm_code
+from ._validate import real_vector
+from .ops import Scores, StepResult, _Call, _norm_code, _step_options
 
 __all__ = ["Plan", "plan"]
 
@@ -84,13 +84,13 @@ class Plan:
         """Runs in the table (stretches of elements laid out alike in every array); 0 for CUDA."""
         return 0 if self._native is None else int(self._native.num_runs)
 
-    def _run(self, op: str, *args: Any) -> Any:
+    def _run(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """The native op over the kept table; None when there is no table (CUDA) or the arrays
         keep changing under the plan (a container building new arrays on every access)."""
         for _ in range(2):
             if self._native is None:
                 return None
-            result = getattr(self._native, op)(*args)
+            result = getattr(self._native, op)(*args, **kwargs)
             if result is not None:
                 return result
             self._build()
@@ -114,12 +114,10 @@ class Plan:
 
     def _step(self, local_loss, candidate_losses, norm, eps, all_scores, update,
               max_distance=None) -> tuple[Any, Scores] | None:
-        args = (real(local_loss, "local_loss", finite=False), real_vector(candidate_losses, "candidate_losses"),
-                _norm_code(norm), _check_eps(eps), flag(all_scores, "all_scores"), update,
-                _check_max_distance(max_distance))
+        options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         if update:
             self._writing()
-        raw = self._run("fomo_step", *args)
+        raw = self._run("fomo_step", update=update, **options)
         if raw is not None and update:
             mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
