@@ -280,7 +280,8 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     call = _Call(local_params, candidate_params)
     results = call.device_results(1)
     result = None if results is None else results[0]
-    return call.vector(_C.candidate_distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
+    distances = _C.candidate_distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result)
+    return call.vector(distances)
 
 
 @overload

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from hypothesis import strategies as st
-
 from strategies import LEAF_VIEWS, Case, bits, entries, untouched_outside
 
 OUT_MODES = ("new", "separate", "inplace")

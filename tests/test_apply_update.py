@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fomo_core as fc
-from fomo_core import reference as ref
 from op_checks import OUT_MODES, assert_inputs_unchanged, assert_same_structure, make_out
 from strategies import Case, cases, flat_values, untouched_outside
 from tolerances import assert_update_close
+
+import fomo_core as fc
+from fomo_core import reference as ref
 
 
 @settings(max_examples=300)

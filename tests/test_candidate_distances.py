@@ -4,12 +4,12 @@ fomo_core takes (see strategies.py), within the tolerance table (tolerances.py).
 from __future__ import annotations
 
 from hypothesis import given, settings
-
-import fomo_core as fc
-from fomo_core import reference as ref
 from op_checks import F64, assert_inputs_unchanged, assert_vector_type
 from strategies import Case, cases
 from tolerances import assert_vector_close, distance_rtol
+
+import fomo_core as fc
+from fomo_core import reference as ref
 
 
 @settings(max_examples=300)

@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fomo_core as fc
-from fomo_core import reference as ref
 from op_checks import (
     BOOL,
     F64,
@@ -28,6 +25,9 @@ from tolerances import (
     score_rtol,
     weight_rtol,
 )
+
+import fomo_core as fc
+from fomo_core import reference as ref
 
 
 @settings(max_examples=300)
