@@ -74,22 +74,21 @@ int cuda_device_count() { return 0; }
 }  // namespace python
 }  // namespace fomo
 
-// ---- dense evaluation (issue 4; csrc/python/evaluate.cpp) ----
+// ---- dense evaluation (csrc/python/evaluate_candidates.cpp) ----
 namespace fomo {
 namespace python {
 
-void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
-                        const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
+void evaluate_candidates(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                         const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
   if (device.kind == DeviceKind::cuda) {
 #if defined(FOMO_HAVE_CUDA)
-    const cuda::DeviceStream where = place(device, streams);
-    return cuda::evaluate_dense(net, candidates, data, result, where.device, where.stream);
+    return cuda::evaluate_candidates(net, candidates, data, result, place(device, streams));
 #else
     (void)streams;
     no_cuda(device);
 #endif
   }
-  cpu::evaluate_dense(net, candidates, data, result);
+  cpu::evaluate_candidates(net, candidates, data, result);
 }
 
 }  // namespace python

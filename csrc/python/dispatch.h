@@ -24,15 +24,16 @@ int cuda_device_count();
 }  // namespace python
 }  // namespace fomo
 
-// ---- dense evaluation (issue 4; csrc/python/evaluate.cpp) ----
+// ---- dense evaluation (csrc/python/evaluate_candidates.cpp) ----
 #include "fomo/dense.h"
 
 namespace fomo {
 namespace python {
 
-// Runs the dense evaluation on `device`, where the arrays of `data` and the candidates live.
-void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
-                        const DenseCandidates& candidates, const DenseData& data, DenseResult result);
+// Runs the dense evaluation on `device`, where the arrays of `data`, the candidates and (for CUDA)
+// `result` live.
+void evaluate_candidates(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                         const DenseCandidates& candidates, const DenseData& data, DenseResult result);
 
 }  // namespace python
 }  // namespace fomo
