@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_cuda import DEVICES
 
 from fomo_core import reference_dense as reference
 from fomo_core.dense import DenseSpec, evaluate_candidates
-from test_cuda import DEVICES
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-4, atol=1e-5)

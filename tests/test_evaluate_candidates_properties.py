@@ -22,8 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fomo_core.dense import ACTIVATIONS, DenseSpec, evaluate_candidates, layers_from_flat
 from fomo_core import reference_dense as reference
+from fomo_core.dense import ACTIVATIONS, DenseSpec, evaluate_candidates, layers_from_flat
 
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
 

@@ -18,7 +18,7 @@ namespace fomo {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 32;               // samples per block: one per lane
+constexpr int kTile = 32;                 // samples per block: one per lane
 constexpr int kWarps = kThreads / kTile;  // warps per block, each computing every kWarps-th unit
 // Scratch for the activations of all blocks of one launch; larger validation sets run in chunks.
 constexpr size_t kScratchBudget = size_t(256) << 20;
@@ -198,9 +198,8 @@ void evaluate_candidates(const DenseNet& net, const DenseCandidates& candidates,
                          DenseResult result, DeviceStream where) {
   if (candidates.count == 0) return;  // nothing to launch
   DeviceGuard guard(where.device);
-  dispatch_dtype(candidates.dtype, [&](auto tag) {
-    launch<typename decltype(tag)::type>(net, candidates, data, result, where);
-  });
+  dispatch_dtype(candidates.dtype,
+                 [&](auto tag) { launch<typename decltype(tag)::type>(net, candidates, data, result, where); });
 }
 
 }  // namespace cuda
