@@ -9,6 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from fomo_core import _C
 from fomo_core.adapters.numpy import mlp_labels, mlp_spec
 from fomo_core.adapters.torch import dense_spec
 from fomo_core.dense import DenseSpec, evaluate_candidates
@@ -118,3 +119,20 @@ def test_binary_and_regression_targets_are_checked():
 def test_torch_labels_out_of_range_are_named():
     with pytest.raises(ValueError, match=r"y\[3\] is 7"):
         evaluate_candidates(SPEC, torch.from_numpy(CANDS), torch.from_numpy(X), torch.tensor([0, 1, 2, 7, 1, 2]))
+
+
+def test_the_bindings_check_their_codes_and_arrays():
+    # fomo_core.dense passes a checked DenseSpec's codes; the bindings still refuse what no table holds
+    # and an output without its y array, naming the argument.
+    sizes, acts = list(SPEC.sizes), [_C.ACTIVATIONS["relu"]]
+    labels = Y.astype(np.int64)
+    with pytest.raises(ValueError, match=r"output is 7, not a code of the table \(0 to 2\)"):
+        _C.evaluate_candidates(sizes, acts, False, 7, CANDS, X, labels, None, None)
+    with pytest.raises(ValueError, match=r"activations\[0\] is -1, not a code of the table \(0 to 3\)"):
+        _C.evaluate_candidates(sizes, [-1], False, _C.OUTPUTS["softmax"], CANDS, X, labels, None, None)
+    with pytest.raises(ValueError, match=r"y: output 'softmax' needs integer class labels"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["softmax"], CANDS, X, None, None, None)
+    with pytest.raises(ValueError, match=r"y: output 'squared_error' needs float targets"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["squared_error"], CANDS, X, labels, None, None)
+    with pytest.raises(TypeError, match=r"y has dtype float64, expected int64"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["softmax"], CANDS, X, Y.astype(float), None, None)
