@@ -69,10 +69,6 @@ class Structure:
     names: list  # path suffix of each floating leaf
     container: type  # the caller's container type (list, tuple, dict, OrderedDict, ...)
 
-    @property
-    def num_leaves(self) -> int:
-        return len(self.floating)
-
 
 def parse_model(model: Any, role: str) -> tuple[Structure, list]:
     """Splits a model into its structure and its leaves (all of them, floating or not)."""

@@ -77,8 +77,6 @@ _ArrayModelT = TypeVar("_ArrayModelT", bound=ArrayModel)
 _TensorModelT = TypeVar("_TensorModelT", bound=TensorModel)
 _OutT = TypeVar("_OutT")
 
-_NORMS = {"l2": 0, "l1": 1}
-_ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -116,10 +114,11 @@ class StepResult(Generic[ModelT, VectorT]):
 
 
 def _norm_code(norm: str) -> int:
+    """The kernels' code of a norm name (the table is the extension's: ``_C.NORMS``)."""
     try:
-        return _NORMS[norm]
+        return _C.NORMS[norm]
     except (KeyError, TypeError):
-        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}") from None
+        raise ValueError(f"norm must be {' or '.join(map(repr, _C.NORMS))}, got {norm!r}") from None
 
 
 def _check_eps(eps: Any) -> float:
@@ -134,6 +133,21 @@ def _check_max_distance(max_distance: Any) -> float:
     if math.isnan(value):
         raise ValueError("max_distance must be a number >= 0 or None (no guard), got nan")
     return value
+
+
+def _step_options(local_loss: Any, candidate_losses: Any, norm: Any, eps: Any, all_scores: Any,
+                  max_distance: Any) -> dict:
+    """fomo_step's scalar and per-candidate arguments, checked once for the ops and for plans, as the
+    bindings' keyword arguments (the bindings check only what needs the run table: one loss per
+    candidate)."""
+    return dict(
+        local_loss=real(local_loss, "local_loss", finite=False),
+        candidate_losses=real_vector(candidate_losses, "candidate_losses"),
+        norm=_norm_code(norm),
+        eps=_check_eps(eps),
+        all_scores=flag(all_scores, "all_scores"),
+        max_distance=_check_max_distance(max_distance),
+    )
 
 
 def _cuda_index(leaf: Any) -> int | None:
@@ -230,19 +244,15 @@ class _Call:
         return out, leaves
 
     def step(self, out_float, local_loss, candidate_losses, norm, eps, all_scores, max_distance=None):
+        options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         results = self.device_results(3)
-        weights, scores, distances, status = _C.step(
+        weights, scores, distances, status = _C.fomo_step(
             self.local,
             self.candidates,
             out_float,
             self.structure.names,
-            real(local_loss, "local_loss", finite=False),
-            real_vector(candidate_losses, "candidate_losses"),
-            _norm_code(norm),
-            _check_eps(eps),
-            flag(all_scores, "all_scores"),
-            None if results is None else tuple(results),
-            _check_max_distance(max_distance),
+            results=None if results is None else tuple(results),
+            **options,
         )
         if out_float is not None:
             mark_written(out_float)
@@ -250,8 +260,8 @@ class _Call:
 
     def scores(self, weights, scores, distances, status) -> tuple[Any, Scores]:
         """The kernels' step results as (weights, Scores), vectors of the caller's type except weights."""
-        rejected = status == _REJECTED
-        skipped = status == _SKIPPED
+        rejected = status == _C.STATUS["rejected"]
+        skipped = status == _C.STATUS["skipped"]
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))
 
 
@@ -270,7 +280,8 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     call = _Call(local_params, candidate_params)
     results = call.device_results(1)
     result = None if results is None else results[0]
-    return call.vector(_C.distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result))
+    distances = _C.candidate_distances(call.local, call.candidates, call.structure.names, _norm_code(norm), result)
+    return call.vector(distances)
 
 
 @overload
@@ -305,6 +316,9 @@ def first_order_scores(
     infinite, or when d + eps == 0. ``max_distance`` (optional, off by default) is the guard
     against finite poisoned models: a candidate farther than it from the local model is rejected
     too, however low its loss.
+
+    A front door of :func:`fomo_step` (its scores, without the update): the same kernels, the same
+    bits.
     """
     call = _Call(local_params, candidate_params)
     return call.step(None, local_loss, candidate_losses, norm, eps, True, max_distance)[1]
@@ -337,7 +351,10 @@ def compute_weights(
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
     score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless).
-    ``max_distance`` as in :func:`first_order_scores`."""
+    ``max_distance`` as in :func:`first_order_scores`.
+
+    A front door of :func:`fomo_step` (its weights, without the update, ``all_scores=False``): the
+    same kernels, the same bits."""
     call = _Call(local_params, candidate_params)
     weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False, max_distance)
     return call.vector(weights)
@@ -362,7 +379,7 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
     call = _Call(local_params, candidate_params)
     w = real_vector(weights, "weights")
     params, out_float = call.output(out)
-    _C.update(call.local, call.candidates, out_float, call.structure.names, w)
+    _C.apply_update(call.local, call.candidates, out_float, call.structure.names, w)
     mark_written(out_float)
     return params
 

@@ -26,8 +26,8 @@ import numpy as np
 from . import _C
 from . import ops as _ops
 from ._models import Structure, check_writable, is_array, mark_written
-from ._validate import flag, real, real_vector
-from .ops import Scores, StepResult, _Call, _check_eps, _check_max_distance, _norm_code
+from ._validate import real_vector
+from .ops import Scores, StepResult, _Call, _norm_code, _step_options
 
 __all__ = ["Plan", "plan"]
 
@@ -84,13 +84,13 @@ class Plan:
         """Runs in the table (stretches of elements laid out alike in every array); 0 for CUDA."""
         return 0 if self._native is None else int(self._native.num_runs)
 
-    def _run(self, op: str, *args: Any) -> Any:
+    def _run(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """The native op over the kept table; None when there is no table (CUDA) or the arrays
         keep changing under the plan (a container building new arrays on every access)."""
         for _ in range(2):
             if self._native is None:
                 return None
-            result = getattr(self._native, op)(*args)
+            result = getattr(self._native, op)(*args, **kwargs)
             if result is not None:
                 return result
             self._build()
@@ -114,19 +114,17 @@ class Plan:
 
     def _step(self, local_loss, candidate_losses, norm, eps, all_scores, update,
               max_distance=None) -> tuple[Any, Scores] | None:
-        args = (real(local_loss, "local_loss", finite=False), real_vector(candidate_losses, "candidate_losses"),
-                _norm_code(norm), _check_eps(eps), flag(all_scores, "all_scores"), update,
-                _check_max_distance(max_distance))
+        options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         if update:
             self._writing()
-        raw = self._run("step", *args)
+        raw = self._run("fomo_step", update=update, **options)
         if raw is not None and update:
             mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
 
     def candidate_distances(self, *, norm: str = "l2") -> Any:
         """[M] float64 distances of the candidates to the local model (see fomo_core.candidate_distances)."""
-        d = self._run("distances", _norm_code(norm))
+        d = self._run("candidate_distances", _norm_code(norm))
         if d is None:
             return _ops.candidate_distances(self._local, self._candidates, norm=norm)
         return self._call.vector(d)
@@ -153,7 +151,7 @@ class Plan:
         """theta_i + sum_n w_n (theta_n - theta_i) into the plan's output, which it returns."""
         w = real_vector(weights, "weights")
         self._writing()
-        if self._run("update", w) is None:
+        if self._run("apply_update", w) is None:
             return _ops.apply_update(self._local, self._candidates, w, out=self.params)
         mark_written(self._out_float)
         self._refresh_nonfloating()

@@ -1,4 +1,5 @@
-"""The pure-Python twin of every FedFomo op: the oracle the tests compare the kernels with.
+"""The pure-Python twin of every step op: the oracle the tests compare the kernels with (the
+dense evaluation's twin is :mod:`fomo_core.reference_dense`).
 
 Written from the kernels' promises (docs/design.md), not from the kernels: plain loops over
 Python floats (IEEE float64), correctly rounded sums (:func:`math.fsum`, exact rationals where
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _C
 from .ops import Scores, StepResult
 
 __all__ = [
@@ -30,12 +32,11 @@ __all__ = [
     "compute_weights",
     "apply_update",
     "fomo_step",
-    "evaluate_candidates",
     "round_to_dtype",
     "storage_dtype",
 ]
 
-_NORMS = ("l2", "l1")
+_NORMS = tuple(_C.NORMS)  # the norm names the kernels know
 _FLOATING = ("float16", "bfloat16", "float32", "float64")
 
 # (precision in bits including the implicit one, smallest normal exponent, largest exponent)
@@ -154,7 +155,7 @@ def _losses(values: Any, m: int, name: str) -> list:
 
 def _norm(norm: str) -> str:
     if norm not in _NORMS:
-        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}")
+        raise ValueError(f"norm must be {' or '.join(map(repr, _NORMS))}, got {norm!r}")
     return norm
 
 
@@ -186,7 +187,8 @@ def _distance(local: list, candidate: list, norm: str) -> float:
     return math.sqrt(total) if norm == "l2" else total
 
 
-_ACCEPTED, _REJECTED, _SKIPPED = 0, 1, 2
+# The status codes of the kernels' results (one source: the extension's table).
+_ACCEPTED, _REJECTED, _SKIPPED = (_C.STATUS[name] for name in ("accepted", "rejected", "skipped"))
 
 
 def _score(local_loss: float, loss: float, distance: float, eps: float, measured: bool,
@@ -328,7 +330,3 @@ def fomo_step(local_params: Any, candidate_params: Any, local_loss: float, candi
     )
     params = _updated(model, candidates, weights, rounded)
     return StepResult(params, _vector(weights), scores.scores, scores.distances, scores.rejected, scores.skipped)
-
-
-# The twin of the dense evaluation lives beside this file (reference_dense.py).
-from .reference_dense import evaluate_candidates  # noqa: E402,F401

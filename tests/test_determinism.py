@@ -24,7 +24,7 @@ import fomo_core as fc
 from strategies import BLOCK_VIEWS, Case, bits, cases, entries, place_leaf
 from tolerances import distance_rtol, update_bound, weight_rtol
 
-CHUNK = 16384
+CHUNK = fc._C.CHUNK_ELEMENTS
 PARALLEL_THRESHOLD = fc.build_info()["parallel_threshold"]
 
 

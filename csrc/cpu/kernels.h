@@ -1,6 +1,6 @@
-// The CPU kernels proper, compiled once per instruction set (namespaces base and avx2) and chosen
-// at run time by isa.cpp. They work chunk by chunk over a fixed partition of the runs (chunks.h),
-// which is what makes every result independent of the thread count.
+// The CPU kernels proper (csrc/cpu/kernels/*.cpp), compiled once per instruction set (namespaces
+// base and avx2) and chosen at run time by isa.cpp. They work chunk by chunk over a fixed partition
+// of the runs (made by chunks.h), which is what makes every result independent of the thread count.
 #pragma once
 
 #include <cstdint>
@@ -10,14 +10,7 @@
 namespace fomo {
 namespace cpu {
 
-// A stretch of one run: elements [begin, begin + count) of runs[run].
-struct Piece {
-  int64_t run;
-  int64_t begin;
-  int64_t count;
-};
-
-// Chunk c is pieces[chunk_begin[c] .. chunk_begin[c + 1]).
+// Chunk c is pieces[chunk_begin[c] .. chunk_begin[c + 1]) (Piece: fomo/ops.h).
 struct ChunkTable {
   const Piece* pieces;
   const int64_t* chunk_begin;  // [num_chunks + 1]

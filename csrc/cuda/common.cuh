@@ -15,12 +15,10 @@
 namespace fomo {
 namespace cuda {
 
-// Threads per block of every kernel. Fixed at compile time: with the fixed piece partition below
-// it fixes every summation order, so results do not depend on the GPU.
+// Threads per block of every kernel. Fixed at compile time: with the fixed piece partition (each
+// run cut into pieces of kChunkElements, fomo/ops.h; one block per piece) it fixes every summation
+// order, so results do not depend on the GPU.
 constexpr int kThreads = 256;
-// Elements of one piece (the work of one block): a multiple of 8 so that a piece of an aligned
-// run starts 16-byte aligned for every dtype.
-constexpr int64_t kPieceElements = 16384;
 
 // Throws std::runtime_error "fomo_core CUDA error in <what>: <name>: <string>" unless ok.
 void check(cudaError_t status, const char* what);
@@ -43,20 +41,13 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
-// A stretch of one run, handled by one block: elements [begin, begin + count) of runs[run].
-struct Piece {
-  int64_t run;
-  int64_t begin;
-  int64_t count;
-};
-
 // The run table on the device (the multi-tensor pattern: one pointer table, no concatenation).
 struct DeviceRuns {
   const Run* runs;
   const void* const* candidate;     // [num_runs * num_candidates], run-major
   const int64_t* candidate_stride;  // same layout
   const uint8_t* vector_ok;         // [num_runs]: all pointers 16-byte aligned, all strides 1
-  const Piece* pieces;              // [num_pieces], in run order, pieces of kPieceElements
+  const Piece* pieces;              // [num_pieces], in run order, pieces of kChunkElements
   int64_t num_pieces;
   int64_t num_candidates;
 };

@@ -1,5 +1,5 @@
-// The two passes over memory that the CUDA ops queue, shared by distances.cu, update.cu and
-// step.cu. CUDA-only.
+// The two passes over memory that the CUDA ops queue, shared by candidate_distances.cu,
+// apply_update.cu and fomo_step.cu (defined in the first two). CUDA-only.
 #pragma once
 
 #include "cuda/common.cuh"

@@ -99,8 +99,8 @@ StagedRuns::StagedRuns(Staging& staging, const ModelRuns& runs) : num_candidates
       ok = runs.candidate_stride[slot] == 1 && aligned(runs.candidate[slot]);
     }
     vector_ok[size_t(r)] = ok ? 1 : 0;
-    for (int64_t begin = 0; begin < run.length; begin += kPieceElements)
-      pieces.push_back({r, begin, run.length - begin < kPieceElements ? run.length - begin : kPieceElements});
+    for (int64_t begin = 0; begin < run.length; begin += kChunkElements)
+      pieces.push_back({r, begin, run.length - begin < kChunkElements ? run.length - begin : kChunkElements});
   }
   num_pieces_ = int64_t(pieces.size());
   runs_ = staging.add(runs.runs, runs.num_runs);

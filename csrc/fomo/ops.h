@@ -1,6 +1,7 @@
-// Kernel declarations over raw pointers. Nothing here knows Python or any framework: a model is a
-// table of runs (1-D strided stretches of elements that line up across the local model, the
-// output and every candidate), and every op reads and writes through that table.
+// Kernel declarations over raw pointers, and the constants every layer shares (the extension exports
+// them to Python: fomo_core._C.STATUS, NORMS, CHUNK_ELEMENTS). Nothing here knows Python or any
+// framework: a model is a table of runs (1-D strided stretches of elements that line up across the
+// local model, the output and every candidate), and every op reads and writes through that table.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,12 @@ namespace fomo {
 
 enum class DType : int32_t { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
 enum class Norm : int32_t { l2 = 0, l1 = 1 };
+// The norms by the names the Python API takes (norm="l2" / "l1").
+struct NormName {
+  const char* name;
+  Norm norm;
+};
+constexpr NormName kNormNames[] = {{"l2", Norm::l2}, {"l1", Norm::l1}};
 
 // One stretch of `length` elements at the same logical positions in every model. Strides are in
 // elements and may be any value (views of views, transposes); `out` is null for read-only ops.
@@ -33,6 +40,24 @@ struct ModelRuns {
 
 // What happened to each candidate in a scoring pass (see math.h for the rules).
 enum CandidateStatus : uint8_t { kAccepted = 0, kRejected = 1, kSkipped = 2 };
+struct StatusName {
+  const char* name;
+  CandidateStatus status;
+};
+constexpr StatusName kStatusNames[] = {{"accepted", kAccepted}, {"rejected", kRejected}, {"skipped", kSkipped}};
+
+// Elements per chunk of the fixed partition that the CPU and CUDA kernels cut a model into (a
+// chunk of the CPU kernels, the piece one CUDA block handles). Never derived from the thread count
+// or the GPU: the partition is what fixes every summation order. A multiple of 8, so that a chunk
+// of an aligned run starts 16-byte aligned for every dtype.
+constexpr int64_t kChunkElements = 16384;
+
+// A stretch of one run: elements [begin, begin + count) of runs[run].
+struct Piece {
+  int64_t run;
+  int64_t begin;
+  int64_t count;
+};
 
 struct StepOptions {
   Norm norm = Norm::l2;

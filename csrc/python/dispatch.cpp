@@ -27,8 +27,8 @@ cuda::DeviceStream place(const Layout& layout, const CudaStreams& streams) { ret
 
 }  // namespace
 
-void run_distances(const Layout& layout, const CudaStreams& streams, Norm norm, const uint8_t* measure,
-                   double* distances) {
+void candidate_distances(const Layout& layout, const CudaStreams& streams, Norm norm, const uint8_t* measure,
+                         double* distances) {
   if (on_cuda(layout)) {
 #if defined(FOMO_HAVE_CUDA)
     return cuda::candidate_distances(layout.model_runs(), norm, measure, distances, place(layout, streams));
@@ -39,7 +39,7 @@ void run_distances(const Layout& layout, const CudaStreams& streams, Norm norm, 
   cpu::candidate_distances(layout.model_runs(), norm, measure, distances);
 }
 
-void run_update(const Layout& layout, const CudaStreams& streams, const double* weights) {
+void apply_update(const Layout& layout, const CudaStreams& streams, const double* weights) {
   if (on_cuda(layout)) {
 #if defined(FOMO_HAVE_CUDA)
     return cuda::apply_update(layout.model_runs(), weights, place(layout, streams));
@@ -50,8 +50,8 @@ void run_update(const Layout& layout, const CudaStreams& streams, const double* 
   cpu::apply_update(layout.model_runs(), weights);
 }
 
-void run_step(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
-              const double* candidate_losses, StepResult result) {
+void fomo_step(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
+               const double* candidate_losses, StepResult result) {
   if (on_cuda(layout)) {
 #if defined(FOMO_HAVE_CUDA)
     return cuda::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result,
@@ -62,21 +62,6 @@ void run_step(const Layout& layout, const CudaStreams& streams, const StepOption
   }
   cpu::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result);
 }
-
-#if defined(FOMO_HAVE_CUDA)
-bool cuda_built() { return true; }
-int cuda_device_count() { return cuda::device_count(); }
-#else
-bool cuda_built() { return false; }
-int cuda_device_count() { return 0; }
-#endif
-
-}  // namespace python
-}  // namespace fomo
-
-// ---- dense evaluation (csrc/python/evaluate_candidates.cpp) ----
-namespace fomo {
-namespace python {
 
 void evaluate_candidates(const Device& device, const CudaStreams& streams, const DenseNet& net,
                          const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
@@ -91,6 +76,13 @@ void evaluate_candidates(const Device& device, const CudaStreams& streams, const
   cpu::evaluate_candidates(net, candidates, data, result);
 }
 
+#if defined(FOMO_HAVE_CUDA)
+bool cuda_built() { return true; }
+int cuda_device_count() { return cuda::device_count(); }
+#else
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+#endif
+
 }  // namespace python
 }  // namespace fomo
-// ---- end dense evaluation ----

@@ -1,6 +1,10 @@
-// Bindings of the FedFomo ops: Python models in, float64 vectors out: NumPy vectors for CPU arrays,
-// and for CUDA arrays the device vectors the Python layer allocated and passed in (results stay on
-// the device). fomo_core/ops.py flattens structures and shapes the results; nothing here does maths.
+// Bindings of the three step ops, _C.candidate_distances, _C.apply_update and _C.fomo_step, and the
+// constants they share with Python (_C.STATUS, _C.NORMS, _C.CHUNK_ELEMENTS, from fomo/ops.h): Python
+// models in, float64 vectors out: NumPy vectors for CPU arrays, and for CUDA arrays the device
+// vectors the Python layer allocated and passed in (results stay on the device).
+// fomo_core/ops.py flattens structures, checks the scalar arguments (norm name, eps, max_distance,
+// losses) and shapes the results; this layer checks what needs the run table (one value per
+// candidate, result vectors on the right device, weights the models' compute type can hold).
 #include "python/ops.h"
 
 #include <cfloat>
@@ -13,8 +17,9 @@ namespace fomo {
 namespace python {
 
 Norm norm_from(int code) {
-  if (code != int(Norm::l2) && code != int(Norm::l1)) fail_value("norm code must be 0 (l2) or 1 (l1), got ", code);
-  return Norm(code);
+  for (const NormName& known : kNormNames)
+    if (code == int(known.norm)) return known.norm;
+  fail_value("norm code ", code, " is none of fomo_core._C.NORMS");
 }
 
 StepOptions step_options(int norm_code, double eps, bool all_scores, bool update, double max_distance) {
@@ -24,8 +29,6 @@ StepOptions step_options(int norm_code, double eps, bool all_scores, bool update
   options.all_scores = all_scores;
   options.update = update;
   options.max_distance = max_distance;
-  if (!(eps >= 0.0) || !std::isfinite(eps)) fail_value("eps must be a finite number >= 0, got ", eps);
-  if (!(max_distance >= 0.0)) fail_value("max_distance must be a number >= 0 (infinity: no guard), got ", max_distance);
   return options;
 }
 
@@ -57,24 +60,24 @@ void* device_result(py::handle obj, const Layout& layout, const char* name, bool
 
 }  // namespace
 
-py::object distances_on(const Layout& layout, const CudaStreams& streams, Norm norm, py::handle result) {
+py::object candidate_distances_on(const Layout& layout, const CudaStreams& streams, Norm norm, py::handle result) {
   std::vector<uint8_t> measure(size_t(layout.num_candidates), 1);
   if (layout.device.kind == DeviceKind::cuda) {
     if (result.is_none()) fail_missing_results(layout);
     double* out = static_cast<double*>(device_result(result, layout, "distances", false));
     py::gil_scoped_release unlocked;
-    run_distances(layout, streams, norm, measure.data(), out);
+    candidate_distances(layout, streams, norm, measure.data(), out);
     return py::reinterpret_borrow<py::object>(result);
   }
   Vector host(layout.num_candidates);
   {
     py::gil_scoped_release unlocked;
-    run_distances(layout, streams, norm, measure.data(), host.mutable_data());
+    candidate_distances(layout, streams, norm, measure.data(), host.mutable_data());
   }
   return std::move(host);
 }
 
-void update_on(const Layout& layout, const CudaStreams& streams, const Vector& weights) {
+void apply_update_on(const Layout& layout, const CudaStreams& streams, const Vector& weights) {
   check_length(weights, layout, "weights");
   // float32, float16 and bfloat16 models are updated in float32 registers: a weight beyond float32's
   // range would become infinite there (and 0 * inf a NaN), so it is refused rather than mis-computed.
@@ -88,10 +91,10 @@ void update_on(const Layout& layout, const CudaStreams& streams, const Vector& w
                  "float32, float16 and bfloat16 are updated");
   }
   py::gil_scoped_release unlocked;
-  run_update(layout, streams, weights.data());
+  apply_update(layout, streams, weights.data());
 }
 
-py::tuple step_on(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
+py::tuple fomo_step_on(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
                   const Vector& candidate_losses, py::handle results) {
   check_length(candidate_losses, layout, "candidate_losses");
   const py::ssize_t m = layout.num_candidates;
@@ -105,7 +108,7 @@ py::tuple step_on(const Layout& layout, const CudaStreams& streams, const StepOp
                             static_cast<uint8_t*>(device_result(given[3], layout, "status", true))};
     {
       py::gil_scoped_release unlocked;
-      run_step(layout, streams, options, local_loss, candidate_losses.data(), device);
+      fomo_step(layout, streams, options, local_loss, candidate_losses.data(), device);
     }
     return given;
   }
@@ -113,7 +116,7 @@ py::tuple step_on(const Layout& layout, const CudaStreams& streams, const StepOp
   py::array_t<uint8_t> status(m);
   {
     py::gil_scoped_release unlocked;
-    run_step(layout, streams, options, local_loss, candidate_losses.data(),
+    fomo_step(layout, streams, options, local_loss, candidate_losses.data(),
              {weights.mutable_data(), scores.mutable_data(), dists.mutable_data(), status.mutable_data()});
   }
   return py::make_tuple(weights, scores, dists, status);
@@ -121,38 +124,47 @@ py::tuple step_on(const Layout& layout, const CudaStreams& streams, const StepOp
 
 namespace {
 
-py::object distances(py::handle local, py::handle candidates, py::handle names, int norm_code, py::handle result) {
+py::object bind_candidate_distances(py::handle local, py::handle candidates, py::handle names, int norm_code,
+                                    py::handle result) {
   const Norm norm = norm_from(norm_code);
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, py::none(), names});
-  return distances_on(layout, scope.streams, norm, result);
+  return candidate_distances_on(layout, scope.streams, norm, result);
 }
 
-void update(py::handle local, py::handle candidates, py::handle out, py::handle names, const Vector& weights) {
+void bind_apply_update(py::handle local, py::handle candidates, py::handle out, py::handle names,
+                       const Vector& weights) {
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
-  update_on(layout, scope.streams, weights);
+  apply_update_on(layout, scope.streams, weights);
 }
 
-py::tuple step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
-               const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results,
-               double max_distance) {
+py::tuple bind_fomo_step(py::handle local, py::handle candidates, py::handle out, py::handle names,
+                         double local_loss, const Vector& candidate_losses, int norm_code, double eps,
+                         bool all_scores, py::handle results, double max_distance) {
   const StepOptions options = step_options(norm_code, eps, all_scores, !out.is_none(), max_distance);
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
-  return step_on(layout, scope.streams, options, local_loss, candidate_losses, results);
+  return fomo_step_on(layout, scope.streams, options, local_loss, candidate_losses, results);
 }
 
 }  // namespace
 
 void bind_ops(py::module_& m) {
-  m.def("distances", &distances, py::arg("local"), py::arg("candidates"), py::arg("names"), py::arg("norm"),
-        py::arg("result") = py::none());
-  m.def("update", &update, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
-        py::arg("weights"));
-  m.def("step", &step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
+  m.def("candidate_distances", &bind_candidate_distances, py::arg("local"), py::arg("candidates"), py::arg("names"),
+        py::arg("norm"), py::arg("result") = py::none());
+  m.def("apply_update", &bind_apply_update, py::arg("local"), py::arg("candidates"), py::arg("out"),
+        py::arg("names"), py::arg("weights"));
+  m.def("fomo_step", &bind_fomo_step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
         py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
         py::arg("results") = py::none(), py::arg("max_distance") = INFINITY);
+
+  py::dict status, norms;
+  for (const StatusName& s : kStatusNames) status[s.name] = int(s.status);
+  for (const NormName& n : kNormNames) norms[n.name] = int(n.norm);
+  m.attr("STATUS") = status;
+  m.attr("NORMS") = norms;
+  m.attr("CHUNK_ELEMENTS") = kChunkElements;
 }
 
 }  // namespace python

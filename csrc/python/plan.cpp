@@ -173,7 +173,6 @@ class Plan {
     if (!has_out_) fail_value("this plan was built without an output; it cannot update");
   }
   int64_t num_runs() const { return int64_t(layout_.runs.size()); }
-  int64_t num_arrays() const { return int64_t(arrays_.size()); }
 
  private:
   Layout layout_;
@@ -189,34 +188,32 @@ void bind_plan(py::module_& m) {
   py::class_<Plan>(m, "Plan")
       .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle>(), py::arg("local"),
            py::arg("candidates"), py::arg("out"), py::arg("names"), py::arg("entries"))
-      .def("current", &Plan::current)
       .def_property_readonly("num_runs", &Plan::num_runs)
-      .def_property_readonly("num_arrays", &Plan::num_arrays)
-      .def("distances",
+      .def("candidate_distances",
            [](const Plan& plan, int norm_code) -> py::object {
              const Norm norm = norm_from(norm_code);
              IntakeScope scope;
              if (!plan.current()) return py::none();
-             return distances_on(plan.layout(), scope.streams, norm, py::none());
+             return candidate_distances_on(plan.layout(), scope.streams, norm, py::none());
            },
            py::arg("norm"))
-      .def("update",
+      .def("apply_update",
            [](const Plan& plan, const Vector& weights) -> py::object {
              plan.require_out();
              IntakeScope scope;
              if (!plan.current()) return py::none();
-             update_on(plan.layout(), scope.streams, weights);
+             apply_update_on(plan.layout(), scope.streams, weights);
              return py::bool_(true);
            },
            py::arg("weights"))
-      .def("step",
+      .def("fomo_step",
            [](const Plan& plan, double local_loss, const Vector& candidate_losses, int norm_code, double eps,
               bool all_scores, bool update, double max_distance) -> py::object {
              const StepOptions options = step_options(norm_code, eps, all_scores, update, max_distance);
              if (update) plan.require_out();
              IntakeScope scope;
              if (!plan.current()) return py::none();
-             return step_on(plan.layout(), scope.streams, options, local_loss, candidate_losses, py::none());
+             return fomo_step_on(plan.layout(), scope.streams, options, local_loss, candidate_losses, py::none());
            },
            py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
            py::arg("update"), py::arg("max_distance"));

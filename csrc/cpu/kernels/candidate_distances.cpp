@@ -1,5 +1,7 @@
-// Distance pass: per chunk, the float64 sum of |c - x| or (c - x)^2 for each measured candidate.
-// The local chunk stays in cache while the candidates stream past it, a few at a time.
+// The kernel of candidate_distances (compiled once per instruction set; driven by
+// csrc/cpu/candidate_distances.cpp). Distance pass: per chunk, the float64 sum of |c - x| or
+// (c - x)^2 for each measured candidate. The local chunk stays in cache while the candidates
+// stream past it, a few at a time.
 #include "cpu/elements.h"
 #include "cpu/kernels.h"
 #include "fomo/dispatch.h"

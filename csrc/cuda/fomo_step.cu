@@ -1,4 +1,4 @@
-// The fused FedFomo step on the GPU, with no host round-trip: the distance pass, one tiny kernel
+// fomo_step on the GPU (the fused FedFomo step), with no host round-trip: the distance pass, one tiny kernel
 // for the scores and weights (math.h's first_order_score and normalise_weights, the code the CPU
 // runs), then the update pass over the candidates that kernel found to have a nonzero weight.
 #include <cmath>

@@ -1,29 +1,23 @@
-"""Property tests: every op against the float64 reference (fomo_core.reference), over every kind of
-input fomo_core takes (see strategies.py), within the tolerance table (tolerances.py)."""
+"""fomo_step and its front doors (first_order_scores, compute_weights) against the float64 reference
+(fomo_core.reference), over every kind of input fomo_core takes (see strategies.py), within the
+tolerance table (tolerances.py); and the fused step against its parts, bit for bit."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fomo_core as fc
-from fomo_core import reference as ref
-from strategies import (
-    DTYPES,
-    LEAF_VIEWS,
-    Case,
-    ModelLayout,
-    assemble,
-    bits,
-    cases,
-    entries,
-    flat_values,
-    place_leaf,
-    untouched_outside,
+from op_checks import (
+    BOOL,
+    F64,
+    OUT_MODES,
+    assert_inputs_unchanged,
+    assert_same_structure,
+    assert_vector_type,
+    make_out,
 )
+from strategies import DTYPES, Case, ModelLayout, assemble, bits, cases, flat_values, place_leaf, untouched_outside
 from tolerances import (
     assert_update_close,
     assert_vector_close,
@@ -32,71 +26,8 @@ from tolerances import (
     weight_rtol,
 )
 
-OUT_MODES = ("new", "separate", "inplace")
-
-
-def assert_vector_type(case: Case, v, dtype) -> None:
-    """Per-candidate results come back as the caller's array type: [M] float64 (or bool); a model
-    without any array (an empty layer list) gives NumPy."""
-    if case.backend == "torch" and case.layout.shapes:
-        assert isinstance(v, torch.Tensor) and v.dtype == dtype[1], (type(v), getattr(v, "dtype", None))
-    else:
-        assert isinstance(v, np.ndarray) and v.dtype == dtype[0], (type(v), getattr(v, "dtype", None))
-    assert tuple(v.shape) == (case.m,)
-
-
-F64 = (np.float64, torch.float64)
-BOOL = (np.bool_, torch.bool)
-
-
-def assert_inputs_unchanged(case: Case, before: list, in_place: bool = False) -> None:
-    """No input buffer changed anywhere, except, when the local model is also `out`, the local
-    model's views themselves (never its buffers around them)."""
-    local_ids = {id(p.view) for p in case.placed[: sum(case.layout.floating)]}  # built first
-    for p, b in zip(case.placed, before):
-        if in_place and id(p.view) in local_ids:
-            assert untouched_outside(p, b), "the local model was written outside its view"
-        else:
-            assert np.array_equal(bits(p.base), b), "an input buffer was written"
-
-
-def assert_same_structure(case: Case, params) -> None:
-    """The output model has the local model's container, shapes, dtypes and array type, and copies
-    of its non-floating entries."""
-    layout = case.layout
-    if layout.kind == "flat":
-        assert type(params) is type(case.local)
-    elif layout.kind == "dict":
-        assert isinstance(params, dict) and list(params) == layout.keys
-    else:
-        assert type(params) is (tuple if layout.kind == "tuple" else list)
-        assert len(params) == len(layout.shapes)
-    for new, old, floating in zip(entries(layout, params), entries(layout, case.local), layout.floating):
-        assert type(new) is type(old) and tuple(new.shape) == tuple(old.shape) and new.dtype == old.dtype
-        if not floating:
-            assert np.array_equal(np.asarray(new), np.asarray(old))
-
-
-def make_out(case: Case, mode: str, data) -> tuple:
-    """(out argument, its Placed leaves, their buffers' bits before the call)."""
-    if mode == "new":
-        return None, [], []
-    if mode == "inplace":
-        return case.local, [], []
-    views = [data.draw(st.sampled_from(LEAF_VIEWS)) for _ in range(max(1, sum(case.layout.floating)))]
-    out, placed = case.make_out(views)
-    return out, placed, [bits(p.base) for p in placed]
-
-
-@settings(max_examples=300)
-@given(case=cases())
-def test_candidate_distances_match_reference(case: Case):
-    before = case.input_bits()
-    got = fc.candidate_distances(case.local, case.candidates, norm=case.norm)
-    expected = ref.candidate_distances(case.local, case.candidates, norm=case.norm)
-    assert_vector_type(case, got, F64)
-    assert_vector_close("distances", got, expected, distance_rtol(case.num_elements, case.dtype))
-    assert_inputs_unchanged(case, before)
+import fomo_core as fc
+from fomo_core import reference as ref
 
 
 @settings(max_examples=300)
@@ -133,27 +64,6 @@ def test_compute_weights_match_reference(case: Case):
     assert np.all(w >= 0)
     assert w.sum() == 0 or abs(w.sum() - 1) <= (case.m + 2) * 2**-52
     assert_inputs_unchanged(case, before)
-
-
-@settings(max_examples=300)
-@given(case=cases(), mode=st.sampled_from(OUT_MODES), data=st.data())
-def test_apply_update_matches_reference(case: Case, mode: str, data):
-    expected = ref.apply_update(case.local, case.candidates, case.weights)
-    value = ref.apply_update(case.local, case.candidates, case.weights, rounded=False)
-    magnitude = case.magnitude(case.weights)
-    before = case.input_bits()
-    out, out_placed, out_before = make_out(case, mode, data)
-
-    params = fc.apply_update(case.local, case.candidates, case.weights, out=out)
-
-    if out is not None:
-        assert params is out
-    assert_same_structure(case, params)
-    assert_update_close("params", case.dtype, case.m, flat_values(case.layout, params),
-                        flat_values(case.layout, expected), flat_values(case.layout, value), magnitude)
-    assert_inputs_unchanged(case, before, in_place=mode == "inplace")
-    for p, b in zip(out_placed, out_before):
-        assert untouched_outside(p, b), "out was written outside its view"
 
 
 @settings(max_examples=300)
@@ -270,7 +180,7 @@ def test_multi_chunk_layers_match_reference(dtype, norm):
     value = ref.fomo_step(local, candidates, 2.0, losses, norm=norm, eps=1e-5, rounded=False).params
     got = fc.fomo_step(local, candidates, 2.0, losses, norm=norm, eps=1e-5)
     n = layout.num_elements()
-    assert n > 3 * 16384
+    assert n > 3 * fc._C.CHUNK_ELEMENTS
     assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n, dtype))
     assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3, dtype))
     assert np.count_nonzero(np.asarray(got.weights)) == 2  # two improving candidates move the model

@@ -1,3 +1,4 @@
+// The kernel of apply_update (compiled once per instruction set; driven by csrc/cpu/apply_update.cpp).
 // Update pass: out = x + sum_k w_k (c_k - x) over the candidates with a nonzero weight only, in
 // blocks whose accumulator stays in L1 while each candidate streams through once.
 #include <cstring>

@@ -1,10 +1,15 @@
-// Distance pass on the GPU: per piece and candidate, the float64 sum of (c - x)^2 or |c - x| with
-// 16-byte loads where the run allows, then a fixed-order final pass per candidate. The element
-// arithmetic is the CPU's: the difference in the compute type (exact for float64 storage, one
-// float32 rounding for 16/32-bit storage), its square or absolute value and the sums in float64.
+// candidate_distances on the GPU: per piece and candidate, the float64 sum of (c - x)^2 or |c - x|
+// with 16-byte loads where the run allows, then a fixed-order final pass per candidate. Each term:
+// the difference in the compute type (exact for float64 storage, one float32 rounding for 16/32-bit
+// storage), then its square or absolute value and every sum in float64. That is the CPU's
+// arithmetic for float32 and float64 storage; for 16-bit storage the CPU kernels instead add four
+// terms in float32 before widening (csrc/cpu/kernels/candidate_distances.cpp), so CPU and GPU
+// distances of 16-bit models agree within rounding, not bit for bit. Sums differ in order anyway
+// (per-thread strides within a piece here, lanes within a chunk there).
 #include <type_traits>
 
 #include "cuda/passes.cuh"
+#include "fomo/select.h"
 
 namespace fomo {
 namespace cuda {
@@ -92,16 +97,14 @@ void queue_distances(const DeviceRuns& runs, Norm norm, const int64_t* which, in
 
 void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist,
                          DeviceStream where) {
-  std::vector<int64_t> which;
-  for (int64_t m = 0; m < runs.num_candidates; ++m)
-    if (measure[m]) which.push_back(m);
+  const std::vector<int64_t> which = marked_candidates(measure, runs.num_candidates);
   if (which.empty()) return;
   const int64_t count = int64_t(which.size());
   DeviceGuard guard(where.device);
   Staging staging(where);
   const StagedRuns staged(staging, runs);
   const size_t which_at = staging.add(which.data(), count);
-  // Partials are tiny (one double per 16384 elements and candidate): staged with the tables.
+  // Partials are tiny (one double per piece and candidate): staged with the tables.
   const size_t partials_at = staging.add<double>(nullptr, staged.num_pieces() * count);
   staging.upload();
   const int64_t* which_device = staging.device<const int64_t>(which_at);

@@ -1,9 +1,10 @@
-// Update pass on the GPU: out = x + sum_k w_k (c_k - x) over the candidates with a nonzero weight,
+// apply_update on the GPU: out = x + sum_k w_k (c_k - x) over the candidates with a nonzero weight,
 // each read once; one block per piece, 16-byte loads and stores where the run allows. The
 // arithmetic is the CPU's: float accumulation for 32- and 16-bit storage, double for float64.
 #include <type_traits>
 
 #include "cuda/passes.cuh"
+#include "fomo/select.h"
 
 namespace fomo {
 namespace cuda {
@@ -87,20 +88,13 @@ void queue_update(const DeviceRuns& runs, const int64_t* which, const double* we
 
 void apply_update(const ModelRuns& runs, const double* weights, DeviceStream where) {
   if (runs.total_elements == 0) return;
-  std::vector<int64_t> which;
-  std::vector<double> nonzero;
-  for (int64_t m = 0; m < runs.num_candidates; ++m) {
-    if (weights[m] != 0.0) {
-      which.push_back(m);
-      nonzero.push_back(weights[m]);
-    }
-  }
-  const int64_t count = int64_t(which.size());
+  const NonzeroWeights nonzero = nonzero_weights(weights, runs.num_candidates);
+  const int64_t count = nonzero.count();
   DeviceGuard guard(where.device);
   Staging staging(where);
   const StagedRuns staged(staging, runs);
-  const size_t which_at = staging.add(which.data(), count);
-  const size_t weights_at = staging.add(nonzero.data(), count);
+  const size_t which_at = staging.add(nonzero.which.data(), count);
+  const size_t weights_at = staging.add(nonzero.weights.data(), count);
   const size_t count_at = staging.add(&count, 1);
   staging.upload();
   queue_update(staged.device(staging), staging.device<const int64_t>(which_at),

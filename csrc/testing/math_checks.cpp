@@ -1,16 +1,17 @@
-// fomo_core._C.math_checks: the element maths of csrc/fomo/math.h (the code the CUDA kernels run
-// on the device and the CPU kernels on the host) exposed to the tests, so that a machine without a
-// GPU still checks every conversion and score rule the GPU uses.
+// fomo_core._math_checks, a test-only module (built with FOMO_TEST_HOOKS=ON, never shipped): the
+// element maths of csrc/fomo/math.h (the code the CUDA kernels run on the device and the CPU kernels
+// on the host) exposed to the tests, so that a machine without a GPU still checks every conversion
+// and score rule the GPU uses. The status codes come from fomo_core._C.STATUS like everywhere else.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include "fomo/math.h"
 
-namespace fomo {
-namespace python {
-namespace {
-
 namespace py = pybind11;
+
+namespace fomo {
+namespace testing {
+namespace {
 
 template <class In, class Out, class F>
 py::array_t<Out> map(const py::array_t<In, py::array::c_style | py::array::forcecast>& in, F f) {
@@ -37,24 +38,22 @@ py::array_t<double> weights(const py::array_t<double, py::array::c_style | py::a
 }
 
 }  // namespace
+}  // namespace testing
+}  // namespace fomo
 
-void bind_math_checks(py::module_& m) {
-  py::module_ sub = m.def_submodule("math_checks", "math.h element maths, for the tests");
+PYBIND11_MODULE(_math_checks, m) {
+  using namespace fomo;
+  using namespace fomo::testing;
+  m.doc() = "math.h element maths, for the tests";
   using Bits = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
   using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
-  sub.def("half_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return half_to_float(h); }); });
-  sub.def("float_to_half", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_half(x); }); });
-  sub.def("bf16_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return bf16_to_float(h); }); });
-  sub.def("float_to_bf16", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_bf16(x); }); });
-  sub.def("first_order_score", &score, py::arg("local_loss"), py::arg("candidate_loss"), py::arg("distance"),
+  m.def("half_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return half_to_float(h); }); });
+  m.def("float_to_half", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_half(x); }); });
+  m.def("bf16_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return bf16_to_float(h); }); });
+  m.def("float_to_bf16", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_bf16(x); }); });
+  m.def("first_order_score", &score, py::arg("local_loss"), py::arg("candidate_loss"), py::arg("distance"),
           py::arg("eps"), py::arg("measured"), py::arg("max_distance") = INFINITY);
-  sub.def("normalise_weights", &weights, py::arg("scores"), py::arg("status"));
-  sub.def("needs_distance", [](bool all_scores, double l0, double ln) { return needs_distance(all_scores, l0, ln); },
+  m.def("normalise_weights", &weights, py::arg("scores"), py::arg("status"));
+  m.def("needs_distance", [](bool all_scores, double l0, double ln) { return needs_distance(all_scores, l0, ln); },
           py::arg("all_scores"), py::arg("local_loss"), py::arg("candidate_loss"));
-  sub.attr("ACCEPTED") = int(kAccepted);
-  sub.attr("REJECTED") = int(kRejected);
-  sub.attr("SKIPPED") = int(kSkipped);
 }
-
-}  // namespace python
-}  // namespace fomo
