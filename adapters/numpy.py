@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_layers, sklearn_params
+from ..dense import DenseSpec, evaluate_candidates, flat_from_layers, layers_from_flat
 from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
@@ -30,6 +30,7 @@ __all__ = [
     "to_flat",
     "from_flat",
     "mlp_spec",
+    "mlp_labels",
     "get_flat_params",
     "set_flat_params",
     "initialise_mlp",
@@ -96,14 +97,47 @@ def from_flat(flat: np.ndarray, layout: ArrayLayout) -> list:
 
 
 def mlp_spec(estimator: Any) -> DenseSpec:
-    """The DenseSpec of an initialised (fitted or partial_fit) MLPClassifier / MLPRegressor."""
-    return DenseSpec.from_sklearn(estimator)
+    """The DenseSpec of an initialised (fitted or partial_fit) MLPClassifier (softmax, or one
+    logistic unit when binary) or MLPRegressor (squared error); weight layout "in_out" as
+    ``coefs_``."""
+    for attr in ("coefs_", "intercepts_", "activation", "out_activation_"):
+        if not hasattr(estimator, attr):
+            raise TypeError(
+                f"estimator must be a fitted scikit-learn MLPClassifier or MLPRegressor, "
+                f"{type(estimator).__name__} has no {attr}"
+            )
+    out = estimator.out_activation_
+    n_out = estimator.coefs_[-1].shape[1]
+    if out == "softmax":
+        output = "softmax"
+    elif out == "logistic" and n_out == 1:
+        output = "logistic"
+    elif out == "identity":
+        output = "squared_error"
+    else:
+        raise ValueError(f"estimator has out_activation_={out!r} with {n_out} outputs (multilabel), not supported")
+    sizes = (estimator.coefs_[0].shape[0],) + tuple(c.shape[1] for c in estimator.coefs_)
+    return DenseSpec(sizes, estimator.activation, "in_out", output)
+
+
+def mlp_labels(estimator: Any, y: Any) -> np.ndarray:
+    """Class indices [B] (int64, positions in ``estimator.classes_``) of labels y, as the kernel
+    expects them; for a binary MLPClassifier index 1 is the positive class."""
+    classes = np.asarray(estimator.classes_)
+    y = np.asarray(y)
+    index = np.searchsorted(classes, y)
+    index = np.clip(index, 0, len(classes) - 1)
+    unknown = classes[index] != y
+    if np.any(unknown):
+        first = int(np.flatnonzero(unknown)[0])
+        raise ValueError(f"y[{first}] = {y[first].item()!r} is not one of estimator.classes_ {classes.tolist()}")
+    return index.astype(np.int64)
 
 
 def get_flat_params(estimator: Any, *, dtype: Any = None) -> np.ndarray:
     """A new flat vector [P] of the estimator's ``coefs_`` and ``intercepts_`` (layer by layer,
-    weight then bias, ``DenseSpec.from_sklearn``'s layout)."""
-    return sklearn_params(estimator, dtype=dtype)
+    weight then bias, ``mlp_spec``'s layout)."""
+    return flat_from_layers(mlp_spec(estimator), estimator.coefs_, estimator.intercepts_, dtype=dtype)
 
 
 def set_flat_params(estimator: Any, flat: Any) -> None:
@@ -115,7 +149,7 @@ def set_flat_params(estimator: Any, flat: Any) -> None:
     flat = np.asarray(flat)
     if flat.shape != (spec.num_params,):
         raise ValueError(f"flat has shape {flat.shape}, expected ({spec.num_params},) (the estimator's parameters)")
-    weights, biases = sklearn_layers(spec, flat)
+    weights, biases = layers_from_flat(spec, flat)
     for dst, src in zip(list(estimator.coefs_) + list(estimator.intercepts_), weights + biases):
         dst[...] = src
 
@@ -138,9 +172,9 @@ def initialise_mlp(estimator: Any, x: np.ndarray, y: np.ndarray, classes: Any) -
 
 def evaluate_mlp(estimator: Any, candidates: Any, x: Any, y: Any) -> tuple:
     """(losses [M], accuracies [M]) float64 of candidates [M, P] with the estimator's architecture
-    on (x, y), in one fused call (fomo_core.dense.evaluate_candidates). The losses equal
+    on (x, y), in one fused call (fomo_core.evaluate_candidates). The losses equal
     ``sklearn.metrics.log_loss(y, predict_proba(x))`` of each candidate."""
-    ev = evaluate_candidates(mlp_spec(estimator), candidates, x, sklearn_labels(estimator, y))
+    ev = evaluate_candidates(mlp_spec(estimator), candidates, x, mlp_labels(estimator, y))
     return as_float64(ev.loss), as_float64(ev.accuracy)
 
 

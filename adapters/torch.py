@@ -36,7 +36,7 @@ from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_op
 
 from .torch_evaluate import _batches as _eval_batches
 from .torch_evaluate import _module_mode
-from .torch_evaluate import evaluate_candidates, evaluate_module
+from .torch_evaluate import dense_spec, evaluate_candidates, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -48,6 +48,7 @@ __all__ = [
     "train_sgd",
     "evaluate_module",
     "evaluate_candidates",
+    "dense_spec",
 ]
 
 

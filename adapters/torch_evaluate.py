@@ -6,8 +6,8 @@ The candidates are run through ``torch.func.functional_call`` over views of thei
 the data is read once for all candidates. Three ways to run them (``method=``):
 
 - ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
-  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_dense`,
-  ``DenseSpec.from_module``), which reads the candidate buffers in place;
+  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
+  :func:`dense_spec`), which reads the candidate buffers in place;
 - ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch (the M
   first-layer products against the shared input become one wide product, later layers batched
   matmuls and grouped convolutions); 4-D inputs go in channels_last, where oneDNN's convolutions
@@ -74,12 +74,12 @@ with optional_import("fomo_core.adapters.torch"):
 
 from fomo_core._validate import count
 from fomo_core.dense import DenseSpec, Evaluation
-from fomo_core.dense import evaluate_dense as _evaluate_dense
+from fomo_core.dense import evaluate_candidates as _evaluate_fused
 from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker
 
-__all__ = ["evaluate_module", "evaluate_candidates", "Evaluation", "EarlyStopped", "EarlyStop"]
+__all__ = ["evaluate_module", "evaluate_candidates", "dense_spec", "Evaluation", "EarlyStopped", "EarlyStop"]
 
 _METHODS = ("auto", "fused", "vmap", "loop")
 
@@ -262,11 +262,62 @@ def _correct(out: torch.Tensor, y: torch.Tensor) -> float:
     return math.nan
 
 
+def dense_spec(module: nn.Module, *, output: str = "softmax") -> DenseSpec:
+    """The :class:`~fomo_core.DenseSpec` of a torch ``nn.Sequential`` of Linear layers (with bias)
+    and ReLU, Tanh, Sigmoid or Identity activations (Flatten, Identity and Dropout are no-ops in
+    eval mode). The flat layout is the module's ``parameters()`` order, weight layout "out_in";
+    ``output`` as DenseSpec's."""
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
+    names = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "logistic"}
+    neutral = (nn.Identity, nn.Dropout, nn.Flatten)
+    sizes: list = []
+    acts: list = []
+    pending = None  # activation seen after the latest Linear
+    for index, layer in enumerate(module):
+        where = f"module[{index}]"
+        if isinstance(layer, nn.Linear):
+            if layer.bias is None:
+                raise ValueError(f"{where} is a Linear layer without bias; the fused kernel needs biases")
+            if sizes and layer.in_features != sizes[-1]:
+                raise ValueError(f"{where} has in_features={layer.in_features}, expected {sizes[-1]}")
+            if sizes:
+                acts.append(pending or "identity")
+            else:
+                sizes.append(layer.in_features)
+            sizes.append(layer.out_features)
+            pending = None
+        elif type(layer) in names:
+            if not sizes:
+                raise ValueError(f"{where} is an activation before the first Linear layer")
+            if pending is not None:
+                raise ValueError(f"{where} is a second activation after one Linear layer")
+            pending = names[type(layer)]
+        elif isinstance(layer, neutral):
+            if isinstance(layer, nn.Flatten) and sizes:
+                raise ValueError(f"{where} is a Flatten after a Linear layer; only a leading Flatten is supported")
+        else:
+            raise ValueError(
+                f"{where} is {type(layer).__name__}; DenseSpec supports Linear, ReLU, Tanh, Sigmoid, "
+                "Identity, Dropout and a leading Flatten"
+            )
+    if not sizes:
+        raise ValueError("module has no Linear layer")
+    if pending is not None:
+        raise ValueError(
+            f"module ends with an activation ({pending}); the output layer must be a Linear layer "
+            "(the loss applies softmax or the logistic function itself)"
+        )
+    if any(p.dtype != next(module.parameters()).dtype for p in module.parameters()):
+        raise TypeError("module's parameters must share one dtype")
+    return DenseSpec(tuple(sizes), tuple(acts), "out_in", output)
+
+
 def _dense_spec(module: nn.Module, loss_fn: Optional[Callable]) -> Optional[DenseSpec]:
     if loss_fn is not None or not isinstance(module, nn.Sequential):
         return None
     try:
-        return DenseSpec.from_module(module)
+        return dense_spec(module)
     except (TypeError, ValueError):
         return None
 
@@ -341,7 +392,7 @@ class _Fused:
         params = self.params
         if len(active) < self.cands.count:  # rows read in place: a list of views, never a copy
             params = [params[m] for m in active]
-        res = _evaluate_dense(self.spec, params, X.reshape(X.shape[0], -1), y)
+        res = _evaluate_fused(self.spec, params, X.reshape(X.shape[0], -1), y)
         b = X.shape[0]
         return res.loss.double() * b, res.accuracy.double() * b
 
@@ -577,5 +628,5 @@ def evaluate_module(
 
 
 #: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code
-#: keeps working (``fomo_core.evaluate_candidates``, now ``fomo_core.evaluate_dense``, shared it).
+#: keeps working. (``fomo_core.evaluate_candidates`` is the fused dense evaluation, another function.)
 evaluate_candidates = evaluate_module

@@ -52,7 +52,9 @@ from models import ResNet18, lenet  # noqa: E402
 import fomo_core  # noqa: E402
 from fomo_core.adapters.torch_evaluate import _FastPool  # noqa: E402
 from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
-from fomo_core.dense import DenseSpec, evaluate_candidates, sklearn_labels, sklearn_params  # noqa: E402
+from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec  # noqa: E402
+from fomo_core.adapters.torch import dense_spec  # noqa: E402
+from fomo_core.dense import evaluate_candidates  # noqa: E402
 
 M = 10
 SIZES = (100, 500)
@@ -110,10 +112,10 @@ def mlp_case(B: int, classifiers, models, X_all, y_all, repeats: int, tick=None)
     X64, y = X_all[:B], y_all[:B]
     X32 = torch.tensor(X64, dtype=torch.float32)
     yt = torch.tensor(y)
-    labels = sklearn_labels(classifiers[0], y)
-    spec64 = DenseSpec.from_sklearn(classifiers[0])
-    flat64 = np.stack([sklearn_params(c) for c in classifiers])
-    spec32 = DenseSpec.from_module(models[0])
+    labels = mlp_labels(classifiers[0], y)
+    spec64 = mlp_spec(classifiers[0])
+    flat64 = np.stack([get_flat_params(c) for c in classifiers])
+    spec32 = dense_spec(models[0])
     flat32 = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
     state_dicts = [m.state_dict() for m in models]
     classes = classifiers[0].classes_

@@ -10,7 +10,8 @@ with CUDA (nvcc on the PATH at `pip install` time):
    scores and without) against fomo_core.reference, the pure-Python float64 oracle, for every
    storage dtype (float32, float64, float16, bfloat16), flat [M, P] and layer-list models (with a
    strided and a misaligned layer), both norms, and NaN/inf cases; results must stay on the device.
-   Then, at ResNet-18 size, the fused step against fomo_core's CPU kernels on host copies.
+   Then, at ResNet-18 size, the fused step against fomo_core's CPU kernels on host copies; and the
+   dense evaluation (evaluate_candidates, every dtype and output) against the oracle on host copies.
 2. Speed, on every device: weights + update (fomo_step, all_scores=False, in place) at ResNet-18
    size (P = 11,181,642 as its 62 layers, M = 10, all improving) against a torch-on-GPU baseline
    (flat [M, P], vectorised the obvious way) and against the device-to-device copy bandwidth
@@ -118,6 +119,7 @@ def main() -> int:
         t = time.perf_counter()
         check_device(torch, fc, oracle, device, np.random.default_rng(seed), checker)
         check_at_scale(torch, fc, device, checker)
+        check_dense(torch, fc, oracle, device, np.random.default_rng(seed), checker)
         print(f"  {checker.checks} checks so far, {len(checker.failures)} mismatches ({time.perf_counter() - t:.1f} s)")
         speed = time_device(torch, fc, device)
         payload["devices"].append({"device": str(device), "name": name, **speed})
@@ -270,6 +272,33 @@ def check_at_scale(torch, fc, device, checker):
     checker.close(as_np(torch, gpu.weights), as_np(torch, cpu.weights), weight_rtol(n, 10, "float64"),
                   f"{device} resnet18 weights vs CPU")
     check_update(torch, checker, list(gpu.params), local, cands, gpu.weights, torch.float32, f"{device} resnet18 update")
+
+
+def check_dense(torch, fc, oracle, device, rng, checker):
+    """evaluate_candidates on the device against the oracle on float64 host copies of the same
+    (rounded) values: float64 differs in the summation order only, the others compute in float32."""
+    specs = (
+        fc.DenseSpec((20, 16, 12, 5), ("tanh", "relu")),
+        fc.DenseSpec((20, 9, 1), "logistic", "in_out", "logistic"),
+        fc.DenseSpec((20, 7, 3), "identity", "out_in", "squared_error"),
+    )
+    for spec in specs:
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            what = f"{device} {str(dtype)[6:]} evaluate_candidates {spec.output}"
+            cands = torch.from_numpy(rng.standard_normal((5, spec.num_params)) * 0.5).to(dtype).to(device)
+            X = torch.from_numpy(rng.standard_normal((300, spec.num_inputs))).to(dtype).to(device)
+            if spec.output == "squared_error":
+                y = torch.from_numpy(rng.standard_normal((300, spec.num_outputs))).to(device)
+            else:
+                classes = 2 if spec.output == "logistic" else spec.num_outputs
+                y = torch.from_numpy(rng.integers(0, classes, 300)).to(device)
+            ev = fc.evaluate_candidates(spec, cands, X, y)
+            on_device = ev.loss.device == device and ev.accuracy.device == device
+            checker.expect(on_device, f"{what}: a result left {device}")
+            host_cands, host_X = host(torch, cands).double(), host(torch, X).double()
+            want = oracle.evaluate_candidates(spec, host_cands, host_X, host(torch, y))
+            loss = want[0] if isinstance(want, tuple) else as_np(torch, want.loss)  # reference: a tuple
+            checker.close(as_np(torch, ev.loss), loss, 1e-10 if dtype == torch.float64 else 1e-4, f"{what} loss")
 
 
 # ---- speed --------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Batched evaluation of dense networks: :class:`DenseSpec` and :func:`evaluate_dense`.
+"""Batched evaluation of dense networks: :class:`DenseSpec` and :func:`evaluate_candidates`.
 
 A :class:`DenseSpec` describes a fully connected network whose parameters live in one flat buffer
 (per layer the weight, then the bias, the weight in the spec's layout), so that M candidate models
-are M rows of a [M, P] array. :func:`evaluate_dense` runs all of them over a validation set in
+are M rows of a [M, P] array. :func:`evaluate_candidates` runs all of them over a validation set in
 one compiled call and returns the mean loss and the accuracy of each.
 
 Flat layout, for layer l with ``n_in = sizes[l]`` inputs and ``n_out = sizes[l + 1]`` outputs:
@@ -12,7 +12,9 @@ Flat layout, for layer l with ``n_in = sizes[l]`` inputs and ``n_out = sizes[l +
 
 followed by the bias [n_out]; layers follow one another. This is exactly
 ``torch.nn.utils.parameters_to_vector(seq.parameters())`` for an ``nn.Sequential`` of Linear
-layers, and the concatenation of ``coefs_[l].ravel(), intercepts_[l]`` for scikit-learn.
+layers, and the concatenation of ``coefs_[l].ravel(), intercepts_[l]`` for scikit-learn (the
+adapters build specs from those: ``fomo_core.adapters.torch.dense_spec`` and
+``fomo_core.adapters.numpy.mlp_spec``).
 
 Outputs (``output=``):
 
@@ -37,21 +39,20 @@ import numpy as np
 
 from . import _C
 from ._models import is_floating
+from .ops import _cuda_index, _device_vectors
 
 __all__ = [
     "DenseSpec",
     "Evaluation",
-    "evaluate_dense",
     "evaluate_candidates",
+    "evaluate_dense",
     "flat_from_layers",
     "layers_from_flat",
-    "sklearn_params",
-    "sklearn_layers",
-    "sklearn_labels",
 ]
 
-ACTIVATIONS = ("identity", "relu", "tanh", "logistic")
-OUTPUTS = ("softmax", "logistic", "squared_error")
+# The names the kernels know, in code order; the codes are defined once, by the extension.
+ACTIVATIONS = tuple(_C.ACTIVATIONS)
+OUTPUTS = tuple(_C.OUTPUTS)
 LAYOUTS = ("out_in", "in_out")
 
 
@@ -148,81 +149,22 @@ class DenseSpec:
             at += n_in * n_out + n_out
         return out
 
-    # ---- builders ----
+    # ---- builders (the adapters own the framework code) ----
     @classmethod
     def from_module(cls, module: Any, *, output: str = "softmax") -> "DenseSpec":
-        """The spec of a torch ``nn.Sequential`` of Linear layers (with bias) and ReLU, Tanh,
-        Sigmoid or Identity activations (Flatten, Identity and Dropout are no-ops in eval mode).
-        The flat layout is the module's ``parameters()`` order, weight layout "out_in"."""
-        from torch import nn
+        """The spec of a torch ``nn.Sequential`` of Linear layers: see
+        :func:`fomo_core.adapters.torch.dense_spec`, which this calls."""
+        from .adapters.torch import dense_spec
 
-        if not isinstance(module, nn.Sequential):
-            raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
-        names = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "logistic"}
-        neutral = (nn.Identity, nn.Dropout, nn.Flatten)
-        sizes: list = []
-        acts: list = []
-        pending = None  # activation seen after the latest Linear
-        for index, layer in enumerate(module):
-            where = f"module[{index}]"
-            if isinstance(layer, nn.Linear):
-                if layer.bias is None:
-                    raise ValueError(f"{where} is a Linear layer without bias; the fused kernel needs biases")
-                if sizes and layer.in_features != sizes[-1]:
-                    raise ValueError(f"{where} has in_features={layer.in_features}, expected {sizes[-1]}")
-                if sizes:
-                    acts.append(pending or "identity")
-                else:
-                    sizes.append(layer.in_features)
-                sizes.append(layer.out_features)
-                pending = None
-            elif type(layer) in names:
-                if not sizes:
-                    raise ValueError(f"{where} is an activation before the first Linear layer")
-                if pending is not None:
-                    raise ValueError(f"{where} is a second activation after one Linear layer")
-                pending = names[type(layer)]
-            elif isinstance(layer, neutral):
-                if isinstance(layer, nn.Flatten) and sizes:
-                    raise ValueError(f"{where} is a Flatten after a Linear layer; only a leading Flatten is supported")
-            else:
-                raise ValueError(
-                    f"{where} is {type(layer).__name__}; DenseSpec supports Linear, ReLU, Tanh, Sigmoid, "
-                    "Identity, Dropout and a leading Flatten"
-                )
-        if not sizes:
-            raise ValueError("module has no Linear layer")
-        if pending is not None:
-            raise ValueError(
-                f"module ends with an activation ({pending}); the output layer must be a Linear layer "
-                "(the loss applies softmax or the logistic function itself)"
-            )
-        if any(p.dtype != next(module.parameters()).dtype for p in module.parameters()):
-            raise TypeError("module's parameters must share one dtype")
-        return cls(tuple(sizes), tuple(acts), "out_in", output)
+        return dense_spec(module, output=output)
 
     @classmethod
     def from_sklearn(cls, estimator: Any) -> "DenseSpec":
-        """The spec of a fitted scikit-learn MLPClassifier (softmax, or one logistic unit when
-        binary) or MLPRegressor (squared error); weight layout "in_out" as ``coefs_``."""
-        for attr in ("coefs_", "intercepts_", "activation", "out_activation_"):
-            if not hasattr(estimator, attr):
-                raise TypeError(
-                    f"estimator must be a fitted scikit-learn MLPClassifier or MLPRegressor, "
-                    f"{type(estimator).__name__} has no {attr}"
-                )
-        out = estimator.out_activation_
-        n_out = estimator.coefs_[-1].shape[1]
-        if out == "softmax":
-            output = "softmax"
-        elif out == "logistic" and n_out == 1:
-            output = "logistic"
-        elif out == "identity":
-            output = "squared_error"
-        else:
-            raise ValueError(f"estimator has out_activation_={out!r} with {n_out} outputs (multilabel), not supported")
-        sizes = (estimator.coefs_[0].shape[0],) + tuple(c.shape[1] for c in estimator.coefs_)
-        return cls(sizes, estimator.activation, "in_out", output)
+        """The spec of a fitted scikit-learn MLPClassifier or MLPRegressor: see
+        :func:`fomo_core.adapters.numpy.mlp_spec`, which this calls."""
+        from .adapters.numpy import mlp_spec
+
+        return mlp_spec(estimator)
 
 
 # ---- flat buffers <-> layer lists ----
@@ -255,37 +197,7 @@ def layers_from_flat(spec: DenseSpec, flat: Any) -> tuple[list, list]:
     return weights, biases
 
 
-def sklearn_params(estimator: Any, *, dtype: Any = None) -> np.ndarray:
-    """The flat parameter vector [P] of a fitted MLPClassifier/MLPRegressor, in the layout of
-    ``DenseSpec.from_sklearn(estimator)``."""
-    spec = DenseSpec.from_sklearn(estimator)
-    return flat_from_layers(spec, estimator.coefs_, estimator.intercepts_, dtype=dtype)
-
-
-def sklearn_layers(spec: DenseSpec, flat: Any) -> tuple[list, list]:
-    """(coefs, intercepts) lists for an MLP estimator from a flat vector [P] (views, no copy)."""
-    if spec.weight_layout != "in_out":
-        raise ValueError(f"spec.weight_layout must be 'in_out' for scikit-learn, got {spec.weight_layout!r}")
-    return layers_from_flat(spec, np.asarray(flat))
-
-
-def sklearn_labels(estimator: Any, y: Any) -> np.ndarray:
-    """Class indices [B] (int64, positions in ``estimator.classes_``) of labels y, as the kernel
-    expects them; for a binary MLPClassifier index 1 is the positive class."""
-    classes = np.asarray(estimator.classes_)
-    y = np.asarray(y)
-    index = np.searchsorted(classes, y)
-    index = np.clip(index, 0, len(classes) - 1)
-    unknown = classes[index] != y
-    if np.any(unknown):
-        first = int(np.flatnonzero(unknown)[0])
-        raise ValueError(f"y[{first}] = {y[first].item()!r} is not one of estimator.classes_ {classes.tolist()}")
-    return index.astype(np.int64)
-
-
 # ---- evaluation ----
-_ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "logistic": 3}
-_OUTPUT_CODES = {"softmax": 0, "logistic": 1, "squared_error": 2}
 
 
 def _is_torch(x: Any) -> bool:
@@ -344,7 +256,7 @@ def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
     if not is_int:
         raise TypeError(
             f"y must hold integer class indices for output={spec.output!r}, got dtype {y.dtype} "
-            "(use sklearn_labels(estimator, y) to map scikit-learn labels)"
+            "(fomo_core.adapters.numpy.mlp_labels(estimator, y) maps scikit-learn labels)"
         )
     limit = 2 if spec.output == "logistic" else spec.num_outputs
     if torch_y:
@@ -397,7 +309,7 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     return w
 
 
-def evaluate_dense(
+def evaluate_candidates(
     spec: DenseSpec,
     candidate_params: Any,
     X: Any,
@@ -420,16 +332,16 @@ def evaluate_dense(
     sample_weight:    optional [B] non-negative weights: the loss and accuracy become weighted
                       means sum(w_i l_i) / sum(w_i)
 
-    Returns an :class:`Evaluation` with ``loss`` [M] and ``accuracy`` [M], float64, NumPy arrays
-    (torch tensors on the candidates' device when the candidates are torch tensors). Arrays on a
-    CUDA device need a build whose device dispatch routes this op to the CUDA kernel
-    (csrc/cuda/evaluate_dense.cu); otherwise a ValueError says so.
+    Returns an :class:`Evaluation` with ``loss`` [M] and ``accuracy`` [M], float64: NumPy arrays,
+    or torch tensors on the candidates' device when the candidates are torch tensors. On a CUDA
+    device (a build with CUDA) the kernel runs on the current stream and the results stay on the
+    device, in the arrays' library (torch, or CuPy for other CUDA arrays), without waiting for it.
     """
     if not isinstance(spec, DenseSpec):
         raise TypeError(f"spec must be a DenseSpec, got {type(spec).__name__}")
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         raise TypeError(f"X must be a 2-D array [B, D], got {type(X).__name__}")
-    if len(X.shape) != 2 or X.shape[1] != spec.num_inputs:
+    if len(X.shape) != 2:  # B is needed here to read y; the bindings check the rest of X
         raise ValueError(f"X has shape {tuple(X.shape)}, expected (B, {spec.num_inputs})")
     rows = int(X.shape[0])
     if rows == 0:
@@ -437,24 +349,42 @@ def evaluate_dense(
     candidates = _candidates_for_kernel(candidate_params)
     labels, targets = _targets(spec, y, rows)
     weights = _sample_weight(sample_weight, rows)
-    loss, accuracy = _C.evaluate_dense(
+    loss, accuracy = _C.evaluate_candidates(
         list(spec.sizes),
-        [_ACT_CODES[a] for a in spec.activations],
+        [_C.ACTIVATIONS[a] for a in spec.activations],
         spec.weight_layout == "in_out",
-        _OUTPUT_CODES[spec.output],
+        _C.OUTPUTS[spec.output],
         candidates,
         X,
         labels,
         targets,
         weights,
+        _device_results(X, _count(candidates)),
     )
     return _in_callers_type(Evaluation(loss, accuracy), _first_array(candidates), X)
 
 
-#: The name :func:`evaluate_dense` had before 0.2: the same function, kept so that existing code
-#: keeps working. (``fomo_core.adapters.torch.evaluate_module``, any ``nn.Module``, is the other
-#: evaluation that used to share the name.)
-evaluate_candidates = evaluate_dense
+#: The same function under the name it had in the development versions before 0.2 (never
+#: released), kept so that code written against them keeps working.
+evaluate_dense = evaluate_candidates
+
+
+def _count(candidates: Any) -> int:
+    """M, as the bindings will see it (they reject a shape that is not [M, P] by name)."""
+    if isinstance(candidates, list):
+        return len(candidates)
+    return int(candidates.shape[0]) if len(candidates.shape) else 0
+
+
+def _device_results(X: Any, m: int) -> Any:
+    """(loss, accuracy) vectors [M] on X's CUDA device, or None for host arrays (the bindings then
+    return NumPy). Without usable CUDA there is nothing to allocate on: the bindings reject the
+    CUDA arrays with an error that says so."""
+    index = _cuda_index(X)
+    if index is None or not _C.has_cuda():
+        return None
+    loss, accuracy = _device_vectors(X, index, m, 2)[:2]  # the third, a status vector, is not needed
+    return loss, accuracy
 
 
 def _first_array(candidates: Any) -> Any:
@@ -466,9 +396,10 @@ def _first_array(candidates: Any) -> Any:
 
 
 def _in_callers_type(ev: Evaluation, first: Any, X: Any) -> Evaluation:
-    """Torch tensors on the candidates' device (X's when M = 0) for torch input, else NumPy."""
+    """Torch tensors on the candidates' device (X's when M = 0) for torch input, else NumPy; CUDA
+    results are already device vectors of the caller's library."""
     source = first if first is not None else X
-    if not _is_torch(source):
+    if not _is_torch(source) or not isinstance(ev.loss, np.ndarray):
         return ev
     import torch
 

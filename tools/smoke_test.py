@@ -58,7 +58,7 @@ def main() -> None:
     flat = rng.standard_normal((2, spec.num_params)).astype(np.float32)
     x = rng.standard_normal((20, 8)).astype(np.float32)
     y = rng.integers(0, 3, 20)
-    ev = fc.evaluate_dense(spec, flat, x, y)
+    ev = fc.evaluate_candidates(spec, flat, x, y)
     for m in range(2):
         w1, b1 = flat[m, :40].reshape(8, 5), flat[m, 40:45]
         w2, b2 = flat[m, 45:60].reshape(5, 3), flat[m, 60:63]

@@ -85,6 +85,26 @@ class Staging {
   bool pooled_ = false;
 };
 
+// Device scratch that needs no host image (activations, partial sums): one stream-ordered
+// allocation, released stream-ordered (after the kernels queued before) at scope exit.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(DeviceStream where, size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  // The buffer at byte `offset` as T* (offset a multiple of alignof(T)).
+  template <class T>
+  T* as(size_t offset = 0) const {
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+
+ private:
+  DeviceStream where_;
+  unsigned char* base_ = nullptr;
+  bool pooled_ = false;
+};
+
 // Stages the run table of `runs` and its piece partition; device tables valid after upload().
 class StagedRuns {
  public:

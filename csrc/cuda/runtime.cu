@@ -48,31 +48,43 @@ bool memory_pools_supported(int device) {
   return supported != 0;
 }
 
+// One stream-ordered allocation on where.stream (plain cudaMalloc where the device has no pools).
+unsigned char* allocate(DeviceStream where, size_t bytes, bool* pooled, const char* what) {
+  *pooled = memory_pools_supported(where.device);
+  void* base = nullptr;
+  if (*pooled) check(cudaMallocAsync(&base, bytes, as_stream(where.stream)), what);
+  else check(cudaMalloc(&base, bytes), what);
+  return static_cast<unsigned char*>(base);
+}
+
+// Stream-ordered: the memory is released after the kernels queued before this point.
+void release(DeviceStream where, unsigned char* base, bool pooled) {
+  if (!base) return;
+  if (pooled) {
+    cudaFreeAsync(base, as_stream(where.stream));
+  } else {
+    cudaStreamSynchronize(as_stream(where.stream));
+    cudaFree(base);
+  }
+}
+
 }  // namespace
 
 void Staging::upload() {
   if (base_ || image_.empty()) return;
-  const cudaStream_t stream = as_stream(where_.stream);
-  pooled_ = memory_pools_supported(where_.device);
-  void* base = nullptr;
-  if (pooled_) check(cudaMallocAsync(&base, image_.size(), stream), "cudaMallocAsync (call tables)");
-  else check(cudaMalloc(&base, image_.size()), "cudaMalloc (call tables)");
-  base_ = static_cast<unsigned char*>(base);
+  base_ = allocate(where_, image_.size(), &pooled_, "allocating the call tables");
   // From pageable memory the runtime stages the bytes before returning, so image_ may die after.
-  check(cudaMemcpyAsync(base_, image_.data(), image_.size(), cudaMemcpyHostToDevice, stream),
+  check(cudaMemcpyAsync(base_, image_.data(), image_.size(), cudaMemcpyHostToDevice, as_stream(where_.stream)),
         "cudaMemcpyAsync (call tables)");
 }
 
-Staging::~Staging() {
-  if (!base_) return;
-  // Stream-ordered: the memory is released after the kernels queued before this point.
-  if (pooled_) {
-    cudaFreeAsync(base_, as_stream(where_.stream));
-  } else {
-    cudaStreamSynchronize(as_stream(where_.stream));
-    cudaFree(base_);
-  }
+Staging::~Staging() { release(where_, base_, pooled_); }
+
+DeviceBuffer::DeviceBuffer(DeviceStream where, size_t bytes) : where_(where) {
+  if (bytes > 0) base_ = allocate(where_, bytes, &pooled_, "allocating the call scratch");
 }
+
+DeviceBuffer::~DeviceBuffer() { release(where_, base_, pooled_); }
 
 StagedRuns::StagedRuns(Staging& staging, const ModelRuns& runs) : num_candidates_(runs.num_candidates) {
   const int64_t num_slots = runs.num_runs * runs.num_candidates;

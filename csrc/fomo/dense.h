@@ -16,12 +16,17 @@
 
 namespace fomo {
 
+// The codes of activations and outputs are defined here only: the extension exports these tables
+// (fomo_core._C.ACTIVATIONS and _C.OUTPUTS, name -> code) and the Python side takes its names and
+// codes from them.
 enum class Activation : int32_t { identity = 0, relu = 1, tanh = 2, logistic = 3 };
+constexpr const char* kActivationNames[] = {"identity", "relu", "tanh", "logistic"};  // by code
 
 // The loss at the output layer. softmax: cross-entropy over C logits, labels in [0, C).
 // logistic: one logit z, labels in {0, 1}, loss softplus(z) - y z (scikit-learn's binary
 // MLPClassifier). squared_error: identity output, mean over the C outputs of (z - t)^2.
 enum class DenseOutput : int32_t { softmax = 0, logistic = 1, squared_error = 2 };
+constexpr const char* kDenseOutputNames[] = {"softmax", "logistic", "squared_error"};  // by code
 
 struct DenseNet {
   int64_t num_layers = 0;                   // L >= 1
@@ -60,7 +65,7 @@ struct DenseData {
 };
 
 // Caller-allocated, one value per candidate: (weighted) mean loss and accuracy (NaN for
-// squared_error).
+// squared_error). Host memory for the CPU kernel, device memory for the CUDA one.
 struct DenseResult {
   double* loss;
   double* accuracy;
@@ -120,21 +125,21 @@ inline void check_dense_sizes(const DenseNet& net, int64_t candidates, int64_t r
   mul(mul(m, add(rows, net.num_layers, tables), tables), 64, tables);
 }
 
+// Both back ends trust their caller (the bindings and fomo_core/dense.py check every argument):
+// L >= 1 positive widths, B >= 1 rows, labels in range for a classification output (targets for
+// squared_error), sample weights finite, >= 0 with a positive sum, sizes that passed
+// check_dense_sizes(). Deterministic whatever the thread count or the GPU.
 namespace cpu {
-// Checks the problem (labels in range, sample weights finite, >= 0 with a positive sum) and
-// evaluates every candidate; deterministic whatever the thread count.
-void evaluate_dense(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,
-                    DenseResult result);
+void evaluate_candidates(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,
+                         DenseResult result);
 }  // namespace cpu
 
 namespace cuda {
-// The CUDA twin: every pointer of `data` and every DenseLayerParams pointer is memory of CUDA
-// device `device`; `candidates.layers`, `net` and `result` are host memory. Runs on `stream` (a
-// cudaStream_t of that device; the current device is restored afterwards) and returns when the
-// results are on the host. Labels are trusted (checked by the caller); a label out of range gives a
-// NaN loss.
-void evaluate_dense(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,
-                    DenseResult result, int device, void* stream);
+// The CUDA twin: every pointer of `data`, every DenseLayerParams pointer and `result` are memory of
+// CUDA device `where.device`; `candidates.layers` and `net` are host memory. Queued on
+// `where.stream` (the current device is restored afterwards); returns without waiting for it.
+void evaluate_candidates(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,
+                         DenseResult result, DeviceStream where);
 }  // namespace cuda
 
 // ---------------------------------------------------------------------------------------------

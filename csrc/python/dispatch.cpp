@@ -63,18 +63,17 @@ void fomo_step(const Layout& layout, const CudaStreams& streams, const StepOptio
   cpu::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result);
 }
 
-void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
-                        const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
+void evaluate_candidates(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                         const DenseCandidates& candidates, const DenseData& data, DenseResult result) {
   if (device.kind == DeviceKind::cuda) {
 #if defined(FOMO_HAVE_CUDA)
-    const cuda::DeviceStream where = place(device, streams);
-    return cuda::evaluate_dense(net, candidates, data, result, where.device, where.stream);
+    return cuda::evaluate_candidates(net, candidates, data, result, place(device, streams));
 #else
     (void)streams;
     no_cuda(device);
 #endif
   }
-  cpu::evaluate_dense(net, candidates, data, result);
+  cpu::evaluate_candidates(net, candidates, data, result);
 }
 
 #if defined(FOMO_HAVE_CUDA)

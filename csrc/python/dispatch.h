@@ -18,10 +18,10 @@ void apply_update(const Layout& layout, const CudaStreams& streams, const double
 void fomo_step(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
                const double* candidate_losses, StepResult result);
 
-// The dense evaluation of evaluate_candidates, on `device`, where the arrays of `data` and the
-// candidates live.
-void run_evaluate_dense(const Device& device, const CudaStreams& streams, const DenseNet& net,
-                        const DenseCandidates& candidates, const DenseData& data, DenseResult result);
+// The dense evaluation on `device`, where the arrays of `data`, the candidates and (for CUDA)
+// `result` live.
+void evaluate_candidates(const Device& device, const CudaStreams& streams, const DenseNet& net,
+                         const DenseCandidates& candidates, const DenseData& data, DenseResult result);
 
 // Whether this build has the CUDA kernels, and how many devices the CUDA runtime sees (0, never an
 // exception, without a driver or device).

@@ -9,7 +9,7 @@ namespace py = pybind11;
 namespace fomo {
 namespace python {
 void bind_ops(py::module_& m);
-void bind_evaluate(py::module_& m);
+void bind_evaluate_candidates(py::module_& m);
 void bind_plan(py::module_& m);
 }  // namespace python
 }  // namespace fomo
@@ -53,7 +53,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   fomo::python::bind_ops(m);
-  fomo::python::bind_evaluate(m);
+  fomo::python::bind_evaluate_candidates(m);
   fomo::python::bind_plan(m);
   m.def("build_info", &build_info);
   m.def("set_num_threads", &fomo::cpu::set_num_threads, py::arg("n"));

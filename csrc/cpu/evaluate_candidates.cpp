@@ -1,5 +1,6 @@
-// Host side of the dense evaluation: checks, the plan (sample tiles, candidate blocks, threads,
-// scratch), the OpenMP loop over work items and the reduction to per-candidate means.
+// Host side of the dense evaluation (evaluate_candidates): the plan (sample tiles, candidate
+// blocks, threads, scratch), the OpenMP loop over work items and the reduction to per-candidate
+// means. The per-ISA kernel of one work item is csrc/cpu/kernels/evaluate_candidates.cpp.
 //
 // Determinism: the sample tiles depend on B only, each item writes its own float64 partial sums
 // (per tile and candidate), and the partials are added in tile order; the candidate blocks and the
@@ -9,9 +10,8 @@
 #include <memory>
 #include <vector>
 
-#include "cpu/evaluate_dense.h"
 #include "cpu/kernels.h"
-#include "fomo/check.h"
+#include "cpu/kernels/evaluate_candidates.h"
 #include "fomo/dense.h"
 
 #if defined(FOMO_HAVE_OPENMP)
@@ -25,8 +25,8 @@ namespace {
 // Samples per tile: enough columns to reuse each weight from registers and L1 many times, few
 // enough that a tile's activations stay in L2.
 constexpr int64_t kTileTarget = 64;
-// Bytes of the first-layer outputs of one candidate block (the wide product), about half an L2.
-constexpr int64_t kWideBudget = int64_t(512) << 10;
+// Bytes of the first-layer outputs of one candidate block, about half an L2.
+constexpr int64_t kFirstLayerBudget = int64_t(512) << 10;
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr double kParallelMacs = double(1 << 20);
 
@@ -42,36 +42,6 @@ DenseItemKernel item_kernel() {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-void check(const DenseNet& net, const DenseCandidates& cands, const DenseData& data) {
-  if (net.num_layers < 1) fail_value("the network needs at least one layer, got ", net.num_layers);
-  for (int64_t l = 0; l <= net.num_layers; ++l)
-    if (net.sizes[l] < 1) fail_value("sizes[", l, "] is ", net.sizes[l], "; every layer width must be positive");
-  check_dense_sizes(net, cands.count, data.rows);  // before make_plan multiplies any of them
-  if (net.output == DenseOutput::logistic && net.sizes[net.num_layers] != 1)
-    fail_value("output 'logistic' needs one output unit, got ", net.sizes[net.num_layers]);
-  if (data.rows < 1) fail_value("X has no rows; the mean loss over an empty validation set is undefined");
-  if (cands.count < 0) fail_value("the number of candidates is negative (", cands.count, ")");
-  const int64_t classes = net.output == DenseOutput::logistic ? 2 : net.sizes[net.num_layers];
-  if (net.output == DenseOutput::squared_error) {
-    if (!data.targets) fail_value("y: output 'squared_error' needs float targets");
-  } else {
-    if (!data.labels) fail_value("y: a classification output needs integer class labels");
-    for (int64_t b = 0; b < data.rows; ++b)
-      if (data.labels[b] < 0 || data.labels[b] >= classes)
-        fail_value("y[", b, "] is ", data.labels[b], ", expected a class index in [0, ", classes, ")");
-  }
-  if (data.sample_weight) {
-    double total = 0.0;
-    for (int64_t b = 0; b < data.rows; ++b) {
-      const double w = data.sample_weight[b];
-      if (!(w >= 0.0) || !std::isfinite(w))
-        fail_value("sample_weight[", b, "] is ", w, "; sample weights must be finite and >= 0");
-      total += w;
-    }
-    if (!(total > 0.0)) fail_value("sample_weight sums to 0; at least one sample needs a positive weight");
-  }
-}
-
 struct Plan {
   int64_t tile = 0, tiles = 0, group = 0, groups = 0, threads = 1;
   int64_t compute_bytes = 4;
@@ -86,7 +56,7 @@ Plan make_plan(const DenseNet& net, const DenseCandidates& cands, const DenseDat
   plan.tiles = (data.rows + plan.tile - 1) / plan.tile;
   const int64_t m = cands.count;
   const int64_t per_candidate = net.sizes[1] * plan.tile * plan.compute_bytes;
-  plan.group = kWideBudget / per_candidate;
+  plan.group = kFirstLayerBudget / per_candidate;
   plan.group = plan.group < 1 ? 1 : plan.group > m ? m : plan.group;
   double macs = 0.0;
   for (int64_t l = 0; l < net.num_layers; ++l) macs += double(net.sizes[l]) * double(net.sizes[l + 1]);
@@ -112,8 +82,8 @@ struct AlignedFree {
 
 }  // namespace
 
-void evaluate_dense(const DenseNet& net, const DenseCandidates& cands, const DenseData& data, DenseResult result) {
-  check(net, cands, data);
+void evaluate_candidates(const DenseNet& net, const DenseCandidates& cands, const DenseData& data,
+                         DenseResult result) {
   const int64_t m = cands.count;
   if (m == 0) return;
   const Plan plan = make_plan(net, cands, data);

@@ -1,6 +1,6 @@
 // The dense-evaluation kernel of one work item (a tile of validation samples x a block of
-// candidates), compiled per instruction set (evaluate_dense.cpp) and driven by evaluate.cpp, which
-// owns the plan: tiles, candidate blocks, scratch and threads.
+// candidates), compiled per instruction set (kernels/evaluate_candidates.cpp) and driven by
+// cpu/evaluate_candidates.cpp, which owns the plan: tiles, candidate blocks, scratch and threads.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ constexpr int64_t kDensePanelMultiple = 16;
 // Byte offsets inside one thread's scratch: X^T tile [D, ldh], the first layer of the candidate
 // block [G * H1, ldh], two buffers [Hmax, ldh] for the later layers, and per-sample softmax state.
 struct DenseScratchLayout {
-  int64_t x, wide, ping, pong, max, sum, arg, total;
+  int64_t x, first, ping, pong, max, sum, arg, total;
 };
 
 static inline int64_t dense_align(int64_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -40,7 +40,7 @@ static inline DenseScratchLayout dense_scratch_layout(const DenseNet& net, int64
   int64_t at = 0;
   s.x = at;
   at += dense_align(net.sizes[0] * ldh * compute_bytes);
-  s.wide = at;
+  s.first = at;
   at += dense_align(group * net.sizes[1] * ldh * compute_bytes);
   s.ping = at;
   at += dense_align(widest_later * ldh * compute_bytes);

@@ -1,6 +1,9 @@
 // Bindings of the batched candidate evaluation (fomo_core.evaluate_candidates): arrays in, the
-// kernels' tables out, results as NumPy float64 vectors. The Python layer (fomo_core/dense.py)
-// validates and converts the labels, targets and sample weights; nothing here does maths.
+// kernels' tables out; results as NumPy float64 vectors for host arrays and, for CUDA arrays, in
+// the device vectors the Python layer allocated (results stay on the device). Nothing here does
+// maths. Who checks what: fomo_core/dense.py the spec (DenseSpec), the argument types and the
+// values of y and sample_weight (which it converts); this file the codes, and the shapes, dtypes
+// and devices of every array; the kernels trust both.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -125,43 +128,56 @@ class CandidateTable {
   bool seen_ = false;
 };
 
-// A C-contiguous int64 (integer = false) or float64 array of exactly `shape` on `device`.
-const void* side_array(py::handle obj, const char* what, const std::vector<int64_t>& shape, bool floating,
-                       const Device& device) {
-  const ArrayView v = intake(obj, what);
+// A C-contiguous int64 (floating = false) or float64 array of exactly `shape` on X's `device`;
+// `expected` says what the shape means.
+const void* contiguous_array(const ArrayView& v, const char* what, const std::vector<int64_t>& shape, bool floating,
+                             const Device& device, const char* expected) {
   const bool right_type = floating ? (v.floating && v.dtype == DType::float64)
                                    : (!v.floating && v.itemsize == 8 && v.dtype_name.find("int64") != std::string::npos);
   if (!right_type) fail_type(what, " has dtype ", v.dtype_name, ", expected ", floating ? "float64" : "int64");
-  if (v.shape != shape) fail_value(what, " has shape ", v.shape_str(), ", expected one entry per row of X");
-  int64_t expected = 1;
+  if (v.shape != shape) fail_value(what, " has shape ", v.shape_str(), ", expected ", expected);
+  int64_t stride = 1;
   for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
-    if (shape[d] > 1 && v.strides[d] != expected) fail_value(what, " must be C-contiguous");
-    expected *= shape[d];
+    if (shape[d] > 1 && v.strides[d] != stride) fail_value(what, " must be C-contiguous");
+    stride *= shape[d];
   }
   if (v.device != device) fail_value(what, " is on ", v.device.str(), " but X is on ", device.str());
   return v.data;
 }
 
+// Labels, targets or sample weights: one entry (or row) per row of X.
+const void* side_array(py::handle obj, const char* what, const std::vector<int64_t>& shape, bool floating,
+                       const Device& device) {
+  return contiguous_array(intake(obj, what), what, shape, floating, device, "one entry per row of X");
+}
+
+// A result vector the Python layer allocated on the call's CUDA device.
+double* result_array(py::handle obj, const char* what, const std::vector<int64_t>& shape, const Device& device) {
+  const ArrayView v = intake(obj, what);
+  if (v.readonly) fail_value(what, " is read-only");
+  return static_cast<double*>(const_cast<void*>(contiguous_array(v, what, shape, true, device, "one per candidate")));
+}
+
 bool is_sequence(py::handle obj) { return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj); }
 
-py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation_codes, bool in_out, int output_code,
-                         py::handle candidates, py::handle x, py::handle labels, py::handle targets,
-                         py::handle sample_weight) {
+// A code of one of the tables of fomo/dense.h (what: the argument, for the message).
+template <size_t N>
+int32_t table_code(int code, const char* const (&names)[N], const std::string& what) {
+  if (code < 0 || size_t(code) >= N) fail_value(what, " is ", code, ", not a code of the table (0 to ", N - 1, ")");
+  return int32_t(code);
+}
+
+// The arguments come from a DenseSpec, which checked the widths, the names and their number.
+py::tuple evaluate_candidates_binding(std::vector<int64_t> sizes, std::vector<int> activation_codes, bool in_out,
+                                      int output_code, py::handle candidates, py::handle x, py::handle labels,
+                                      py::handle targets, py::handle sample_weight, py::handle results) {
   IntakeScope scope;  // keeps DLPack exports alive and collects the CUDA streams of the arrays
   Shape shape{sizes, in_out};
-  if (sizes.size() < 2) fail_value("sizes must hold at least two widths (inputs, outputs), got ", sizes.size());
-  for (size_t l = 0; l < sizes.size(); ++l)
-    if (sizes[l] < 1) fail_value("sizes[", l, "] is ", sizes[l], "; every layer width must be positive");
-  if (int64_t(activation_codes.size()) != shape.layers() - 1)
-    fail_value("activations has ", activation_codes.size(), " entries, expected ", shape.layers() - 1,
-               " (one per hidden layer)");
   std::vector<Activation> activations;
-  for (int code : activation_codes) {
-    if (code < 0 || code > 3) fail_value("activation code ", code, " is not one of 0..3");
-    activations.push_back(Activation(code));
-  }
-  if (output_code < 0 || output_code > 2) fail_value("output code ", output_code, " is not one of 0..2");
-  const DenseNet net{shape.layers(), shape.sizes.data(), activations.data(), DenseOutput(output_code)};
+  for (size_t l = 0; l < activation_codes.size(); ++l)
+    activations.push_back(Activation(table_code(activation_codes[l], kActivationNames, concat("activations[", l, "]"))));
+  const DenseOutput output = DenseOutput(table_code(output_code, kDenseOutputNames, "output"));
+  const DenseNet net{shape.layers(), shape.sizes.data(), activations.data(), output};
   shape.count_params();
 
   const ArrayView xv = intake(x, "X");
@@ -200,28 +216,56 @@ py::tuple evaluate_dense(std::vector<int64_t> sizes, std::vector<int> activation
   data.row_stride = xv.strides[0];
   data.col_stride = xv.strides[1];
   // Labels, targets and weights are small arrays prepared by fomo_core/dense.py on X's device.
-  if (!labels.is_none()) data.labels = static_cast<const int64_t*>(side_array(labels, "y", {rows}, false, xv.device));
-  if (!targets.is_none())
-    data.targets = static_cast<const double*>(side_array(targets, "y", {rows, sizes.back()}, true, xv.device));
+  const bool regression = output == DenseOutput::squared_error;
+  if (regression ? targets.is_none() : labels.is_none())
+    fail_value("y: output '", kDenseOutputNames[output_code], "' needs ",
+               regression ? "float targets" : "integer class labels");
+  if (!regression) data.labels = static_cast<const int64_t*>(side_array(labels, "y", {rows}, false, xv.device));
+  else data.targets = static_cast<const double*>(side_array(targets, "y", {rows, sizes.back()}, true, xv.device));
   if (!sample_weight.is_none())
     data.sample_weight = static_cast<const double*>(side_array(sample_weight, "sample_weight", {rows}, true, xv.device));
 
   const DenseCandidates cands = table.view();
-  check_dense_sizes(net, cands.count, rows);  // the CUDA twin's plan too
+  check_dense_sizes(net, cands.count, rows);  // before either back end's plan multiplies them
+  const std::vector<int64_t> per_candidate{cands.count};
+  if (xv.device.kind == DeviceKind::cuda) {
+    if (results.is_none())
+      fail_value("the arrays are on ", xv.device.str(), "; a CUDA call needs its result vectors allocated on that "
+                 "device (fomo_core.dense passes them)");
+    const py::tuple given = py::reinterpret_borrow<py::tuple>(results);
+    if (given.size() != 2) fail_value("results must be (loss, accuracy)");
+    const DenseResult device{result_array(given[0], "loss", per_candidate, xv.device),
+                             result_array(given[1], "accuracy", per_candidate, xv.device)};
+    {
+      py::gil_scoped_release unlocked;
+      evaluate_candidates(xv.device, scope.streams, net, cands, data, device);
+    }
+    return py::make_tuple(given[0], given[1]);
+  }
   Vector loss(cands.count), accuracy(cands.count);
   {
     py::gil_scoped_release unlocked;
-    run_evaluate_dense(xv.device, scope.streams, net, cands, data, {loss.mutable_data(), accuracy.mutable_data()});
+    evaluate_candidates(xv.device, scope.streams, net, cands, data, {loss.mutable_data(), accuracy.mutable_data()});
   }
   return py::make_tuple(loss, accuracy);
 }
 
+// name -> code of one of the tables of fomo/dense.h, in code order.
+template <size_t N>
+py::dict code_table(const char* const (&names)[N]) {
+  py::dict table;
+  for (size_t code = 0; code < N; ++code) table[names[code]] = int(code);
+  return table;
+}
+
 }  // namespace
 
-void bind_evaluate(py::module_& m) {
-  m.def("evaluate_dense", &evaluate_dense, py::arg("sizes"), py::arg("activations"), py::arg("in_out"),
-        py::arg("output"), py::arg("candidates"), py::arg("X"), py::arg("labels"), py::arg("targets"),
-        py::arg("sample_weight"));
+void bind_evaluate_candidates(py::module_& m) {
+  m.def("evaluate_candidates", &evaluate_candidates_binding, py::arg("sizes"), py::arg("activations"),
+        py::arg("in_out"), py::arg("output"), py::arg("candidates"), py::arg("X"), py::arg("labels"),
+        py::arg("targets"), py::arg("sample_weight"), py::arg("results") = py::none());
+  m.attr("ACTIVATIONS") = code_table(kActivationNames);
+  m.attr("OUTPUTS") = code_table(kDenseOutputNames);
 }
 
 }  // namespace python

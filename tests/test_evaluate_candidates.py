@@ -29,16 +29,18 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 import fomo_core
+from fomo_core import _C
+from fomo_core import reference_dense as reference
+from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec
+from fomo_core.adapters.torch import dense_spec
 from fomo_core.dense import (
+    ACTIVATIONS,
+    OUTPUTS,
     DenseSpec,
     evaluate_candidates,
     flat_from_layers,
     layers_from_flat,
-    sklearn_labels,
-    sklearn_layers,
-    sklearn_params,
 )
-from fomo_core.reference_dense import evaluate_candidates_reference
 
 F64_REFERENCE = dict(rtol=1e-10, atol=1e-12)
 F32_TORCH = dict(rtol=2e-5, atol=2e-6)
@@ -64,7 +66,7 @@ def test_matches_torch_cross_entropy_on_the_equivalent_sequential(digits, dtype,
     y = torch.tensor(y_np[:300])
     models = [_mlp(dtype, seed) for seed in range(5)]
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
-    spec = DenseSpec.from_module(models[0])
+    spec = dense_spec(models[0])
     # Execute
     ev = evaluate_candidates(spec, flat, X, y)
     # Assert: loss against F.cross_entropy (mean), accuracy against argmax; torch in, torch out
@@ -80,7 +82,7 @@ def test_squared_error_matches_torch_mse_loss():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(6, 11), nn.Sigmoid(), nn.Linear(11, 3)).double()
     X, t = torch.randn(50, 6, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
-    spec = DenseSpec.from_module(model, output="squared_error")
+    spec = dense_spec(model, output="squared_error")
     ev = evaluate_candidates(spec, parameters_to_vector(model.parameters()).detach()[None], X, t)
     with torch.no_grad():
         expected = nn.functional.mse_loss(model(X), t).item()
@@ -108,11 +110,11 @@ def test_matches_sklearn_log_loss_of_fitted_mlpclassifiers(digits, binary, activ
     X, y = digits
     y = (y >= 5).astype(np.int64) * 3 + 2 if binary else y  # binary labels {2, 5}: mapped by classes_
     classifiers = [_fit(X[:1200], y[:1200], (24, 16), activation, seed) for seed in range(3)]
-    spec = DenseSpec.from_sklearn(classifiers[0])
+    spec = mlp_spec(classifiers[0])
     assert spec.output == ("logistic" if binary else "softmax") and spec.weight_layout == "in_out"
-    candidates = np.stack([sklearn_params(c) for c in classifiers])
+    candidates = np.stack([get_flat_params(c) for c in classifiers])
     X_val, y_val = X[1200:], y[1200:]
-    labels = sklearn_labels(classifiers[0], y_val)
+    labels = mlp_labels(classifiers[0], y_val)
     weights = np.linspace(0.5, 2.0, len(y_val))
     # Execute
     ev = evaluate_candidates(spec, candidates, X_val, labels)
@@ -132,13 +134,13 @@ def test_matches_sklearn_log_loss_of_fitted_mlpclassifiers(digits, binary, activ
 def test_sklearn_layer_lists_and_flat_vectors_agree(digits):
     X, y = digits
     clf = _fit(X[:600], y[:600], (20,), "relu")
-    spec = DenseSpec.from_sklearn(clf)
-    flat = sklearn_params(clf)
-    coefs, intercepts = sklearn_layers(spec, flat)
+    spec = mlp_spec(clf)
+    flat = get_flat_params(clf)
+    coefs, intercepts = layers_from_flat(spec, flat)
     for a, b in zip(coefs + intercepts, clf.coefs_ + clf.intercepts_):
         np.testing.assert_array_equal(a, b)
     layer_list = [arr for pair in zip(clf.coefs_, clf.intercepts_) for arr in pair]
-    labels = sklearn_labels(clf, y[600:])
+    labels = mlp_labels(clf, y[600:])
     by_flat = evaluate_candidates(spec, flat[None], X[600:], labels)
     by_layers = evaluate_candidates(spec, [layer_list], X[600:], labels)
     np.testing.assert_array_equal(by_flat.loss, by_layers.loss)  # the same values read through other strides
@@ -149,8 +151,8 @@ def test_squared_error_matches_half_of_sklearn_regressor_loss_curve_definition(d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=20, random_state=0).fit(X[:500], y[:500].astype(float))
-    spec = DenseSpec.from_sklearn(reg)
-    ev = evaluate_candidates(spec, sklearn_params(reg)[None], X[500:], y[500:].astype(float))
+    spec = mlp_spec(reg)
+    ev = evaluate_candidates(spec, get_flat_params(reg)[None], X[500:], y[500:].astype(float))
     expected = np.mean((reg.predict(X[500:]) - y[500:]) ** 2)  # scikit-learn's own loss_ is half of this
     assert ev.loss[0] == pytest.approx(expected, rel=1e-10)
 
@@ -176,7 +178,7 @@ def test_state_dict_values_strided_and_transposed_views_are_read_in_place():
     strided = wide[:, ::2]
     X = np.asfortranarray(rng.standard_normal((33, 5)))
     y = rng.integers(0, 3, 33)
-    expected = evaluate_candidates_reference(spec, strided, X, y)
+    expected = reference.evaluate_candidates(spec, strided, X, y)
     ev = evaluate_candidates(spec, strided, X, y)
     np.testing.assert_allclose(ev.loss, expected[0], **F64_REFERENCE)
     # The same networks as [W1, b1, W2, b2] with W1 given through a transpose of an in_out array
@@ -191,7 +193,7 @@ def test_state_dict_values_strided_and_transposed_views_are_read_in_place():
 def test_torch_state_dicts_are_accepted_as_layer_lists(digits):
     X_np, y_np = digits
     models = [_mlp(torch.float32, s) for s in range(3)]
-    spec = DenseSpec.from_module(models[0])
+    spec = dense_spec(models[0])
     X, y = torch.tensor(X_np[:100], dtype=torch.float32), torch.tensor(y_np[:100])
     by_dicts = evaluate_candidates(spec, [m.state_dict() for m in models], X, y)
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
@@ -209,7 +211,7 @@ def test_16_bit_storage_computes_in_float32(storage):
     y = torch.tensor(rng.integers(0, 4, 70))
     ev = evaluate_candidates(spec, cands, X, y)
     # the reference sees the very same (rounded) values in float64: F32_REFERENCE row
-    loss, acc = evaluate_candidates_reference(spec, cands.double(), X.double(), y)
+    loss, acc = reference.evaluate_candidates(spec, cands.double(), X.double(), y)
     np.testing.assert_allclose(ev.loss.numpy(), loss, **F32_REFERENCE)
 
 
@@ -221,7 +223,7 @@ def test_inputs_of_another_dtype_are_converted_tile_by_tile():
     X = rng.standard_normal((75, 10))
     y = rng.integers(0, 6, 75)
     ev = evaluate_candidates(spec, cands, X, y)
-    want = evaluate_candidates_reference(spec, cands, X.astype(np.float32), y)
+    want = reference.evaluate_candidates(spec, cands, X.astype(np.float32), y)
     np.testing.assert_allclose(ev.loss, want[0], **F32_REFERENCE)
 
 
@@ -269,7 +271,7 @@ def test_portable_kernels_agree_with_the_reference():
     code = (
         "import numpy as np, fomo_core\n"
         "from fomo_core.dense import DenseSpec, evaluate_candidates\n"
-        "from fomo_core.reference_dense import evaluate_candidates_reference as ref\n"
+        "from fomo_core.reference_dense import evaluate_candidates as ref\n"
         "assert fomo_core.build_info()['simd'] == 'base'\n"
         "rng = np.random.default_rng(7)\n"
         "for dt, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):\n"
@@ -283,3 +285,20 @@ def test_portable_kernels_agree_with_the_reference():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_codes_come_from_the_extension_and_the_reference_knows_every_name():
+    # The extension defines the codes once; the Python names and the reference's tables follow them.
+    assert _C.ACTIVATIONS == {"identity": 0, "relu": 1, "tanh": 2, "logistic": 3}
+    assert _C.OUTPUTS == {"softmax": 0, "logistic": 1, "squared_error": 2}
+    assert ACTIVATIONS == tuple(_C.ACTIVATIONS) and OUTPUTS == tuple(_C.OUTPUTS)
+    assert set(reference.ACTIVATE) == set(_C.ACTIVATIONS)
+    assert set(reference.PER_SAMPLE) == set(_C.OUTPUTS)
+
+
+def test_spec_builders_on_dense_spec_forward_to_the_adapters(digits):
+    X, y = digits
+    model = _mlp(torch.float32, 0, act=nn.Sigmoid)
+    assert DenseSpec.from_module(model, output="squared_error") == dense_spec(model, output="squared_error")
+    clf = _fit(X[:300], y[:300], (12,), "tanh")
+    assert DenseSpec.from_sklearn(clf) == mlp_spec(clf)

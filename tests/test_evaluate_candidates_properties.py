@@ -2,7 +2,7 @@
 (fomo_core/reference_dense.py) on random specs, shapes and candidate forms, including B = 1, a
 single class present, M = 0, sample weights, several sample tiles and every output.
 
-Tolerances (see tests/test_evaluate_dense.py for the full table):
+Tolerances (see tests/test_evaluate_candidates.py for the full table):
 - float64: rtol 1e-9, atol 1e-11 - only the summation order differs from NumPy's (each unit's
   inputs in order from the bias with FMA); random weights of scale up to 2 through up to three
   layers amplify the few-eps differences by at most the product of the weight norms.
@@ -22,8 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fomo_core import reference_dense as reference
 from fomo_core.dense import ACTIVATIONS, DenseSpec, evaluate_candidates, layers_from_flat
-from fomo_core.reference_dense import evaluate_candidates_reference, forward_reference
 
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -70,7 +70,7 @@ def _near_ties(spec, candidates, X, y, weights, margin):
     """Weighted share of samples whose prediction could flip under a float32 error of `margin`."""
     shares = []
     for c in candidates:
-        z = forward_reference(spec, c, X)
+        z = reference.forward(spec, c, X)
         if spec.output == "logistic":
             close = np.abs(z[:, 0]) <= margin
         elif z.shape[1] > 1:
@@ -98,7 +98,7 @@ def test_kernel_matches_reference(problem):
 
     ev = evaluate_candidates(spec, _candidates(spec, base, form), X, y, sample_weight=weights)
     loss, accuracy = (np.asarray(v) for v in (ev.loss, ev.accuracy))
-    want_loss, want_acc = evaluate_candidates_reference(spec, base, X, y, sample_weight=weights)
+    want_loss, want_acc = reference.evaluate_candidates(spec, base, X, y, sample_weight=weights)
 
     assert loss.shape == (m,) and accuracy.shape == (m,)
     np.testing.assert_allclose(loss, want_loss, **TOL[dtype])
@@ -119,6 +119,6 @@ def test_single_sample_and_single_class_edge(rows):
     X = np.ones((rows, 2))
     y = np.ones(rows, np.int64)
     ev = evaluate_candidates(spec, cands, X, y)
-    want = evaluate_candidates_reference(spec, cands, X, y)
+    want = reference.evaluate_candidates(spec, cands, X, y)
     np.testing.assert_allclose(ev.loss, want[0], rtol=1e-12)
     np.testing.assert_array_equal(ev.accuracy, want[1])

@@ -9,7 +9,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from fomo_core.dense import DenseSpec, evaluate_candidates, sklearn_labels
+from fomo_core import _C
+from fomo_core.adapters.numpy import mlp_labels, mlp_spec
+from fomo_core.adapters.torch import dense_spec
+from fomo_core.dense import DenseSpec, evaluate_candidates
 
 SPEC = DenseSpec((4, 5, 3), "relu")
 RNG = np.random.default_rng(0)
@@ -36,30 +39,30 @@ def test_spec_rejects_bad_fields(kwargs, error, match):
         DenseSpec(**kwargs)
 
 
-def test_from_module_names_the_unsupported_layer():
+def test_dense_spec_names_the_unsupported_layer():
     with pytest.raises(ValueError, match=r"module\[1\] is GELU"):
-        DenseSpec.from_module(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)))
+        dense_spec(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match=r"module\[0\] is a Linear layer without bias"):
-        DenseSpec.from_module(nn.Sequential(nn.Linear(3, 4, bias=False)))
+        dense_spec(nn.Sequential(nn.Linear(3, 4, bias=False)))
     with pytest.raises(ValueError, match=r"module\[2\] has in_features=5, expected 4"):
-        DenseSpec.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)))
+        dense_spec(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)))
     with pytest.raises(ValueError, match=r"module ends with an activation"):
-        DenseSpec.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+        dense_spec(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
     with pytest.raises(TypeError, match=r"module must be a torch.nn.Sequential, got Linear"):
-        DenseSpec.from_module(nn.Linear(3, 4))
+        dense_spec(nn.Linear(3, 4))
 
 
-def test_from_sklearn_needs_a_fitted_mlp():
+def test_mlp_spec_needs_a_fitted_mlp():
     with pytest.raises(TypeError, match=r"LogisticRegression has no coefs_"):
-        DenseSpec.from_sklearn(LogisticRegression())
+        mlp_spec(LogisticRegression())
 
 
-def test_sklearn_labels_rejects_unknown_labels():
+def test_mlp_labels_rejects_unknown_labels():
     class Fitted:
         classes_ = np.array([2, 5])
 
     with pytest.raises(ValueError, match=r"y\[1\] = 3 is not one of estimator.classes_ \[2, 5\]"):
-        sklearn_labels(Fitted(), [2, 3])
+        mlp_labels(Fitted(), [2, 3])
 
 
 @pytest.mark.parametrize(
@@ -116,3 +119,20 @@ def test_binary_and_regression_targets_are_checked():
 def test_torch_labels_out_of_range_are_named():
     with pytest.raises(ValueError, match=r"y\[3\] is 7"):
         evaluate_candidates(SPEC, torch.from_numpy(CANDS), torch.from_numpy(X), torch.tensor([0, 1, 2, 7, 1, 2]))
+
+
+def test_the_bindings_check_their_codes_and_arrays():
+    # fomo_core.dense passes a checked DenseSpec's codes; the bindings still refuse what no table holds
+    # and an output without its y array, naming the argument.
+    sizes, acts = list(SPEC.sizes), [_C.ACTIVATIONS["relu"]]
+    labels = Y.astype(np.int64)
+    with pytest.raises(ValueError, match=r"output is 7, not a code of the table \(0 to 2\)"):
+        _C.evaluate_candidates(sizes, acts, False, 7, CANDS, X, labels, None, None)
+    with pytest.raises(ValueError, match=r"activations\[0\] is -1, not a code of the table \(0 to 3\)"):
+        _C.evaluate_candidates(sizes, [-1], False, _C.OUTPUTS["softmax"], CANDS, X, labels, None, None)
+    with pytest.raises(ValueError, match=r"y: output 'softmax' needs integer class labels"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["softmax"], CANDS, X, None, None, None)
+    with pytest.raises(ValueError, match=r"y: output 'squared_error' needs float targets"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["squared_error"], CANDS, X, labels, None, None)
+    with pytest.raises(TypeError, match=r"y has dtype float64, expected int64"):
+        _C.evaluate_candidates(sizes, acts, False, _C.OUTPUTS["softmax"], CANDS, X, Y.astype(float), None, None)

@@ -1,16 +1,15 @@
-// Dense evaluation kernel (per instruction set): one tile of validation samples through every layer
+// Dense evaluation kernel (evaluate_candidates, per instruction set): one tile of validation samples through every layer
 // of a block of candidates, then the fused loss.
 //
 // Activations are feature-major, H^T [features, ldh] with the samples contiguous, so every layer is
 // H_next^T = W H^T: the weights are the broadcast operand, read in place through their two strides
-// (out_in and in_out alike, never packed), and the samples are the vector operand. The first layer
-// of the whole block is one product of the X^T tile with the stacked rows [W_1; ...; W_G] (the tile
-// is packed once and stays in cache while every candidate's first layer streams past); the later
-// layers run per candidate on buffers of one tile, and the last one feeds the log-softmax and the
-// loss directly. Each output element is a sum over its inputs in input order, started from the
+// (out_in and in_out alike, never packed), and the samples are the vector operand. The first
+// layers of the whole block run first, one product per candidate on the same X^T tile (packed once,
+// it stays in cache while each candidate's W_1 streams past); the later layers run per candidate
+// on buffers of one tile, and the last one feeds the log-softmax and the loss directly. Each output element is a sum over its inputs in input order, started from the
 // bias, whatever the tiling and the thread count.
 #include "cpu/elements.h"
-#include "cpu/evaluate_dense.h"
+#include "cpu/kernels/evaluate_candidates.h"
 #include "fomo/dense.h"
 #include "fomo/dispatch.h"
 
@@ -197,22 +196,22 @@ void item_for(const DenseNet& net, const DenseCandidates& cands, const DenseData
   const DenseScratchLayout at = dense_scratch_layout(net, group, ldh, int64_t(sizeof(C)));
   char* base = static_cast<char*>(scratch);
   C* xt = reinterpret_cast<C*>(base + at.x);
-  C* wide = reinterpret_cast<C*>(base + at.wide);
+  C* first = reinterpret_cast<C*>(base + at.first);
   C* buffers[2] = {reinterpret_cast<C*>(base + at.ping), reinterpret_cast<C*>(base + at.pong)};
 
   dispatch_dtype(data.dtype, [&](auto tag) { pack_inputs<C, typename decltype(tag)::type>(data, net.sizes[0], item, xt); });
 
-  // First layer of the whole block: X^T tile times the stacked rows of every candidate's W_1.
+  // First layer of every candidate of the block, each read against the same cached X^T tile.
   const int64_t h1 = net.sizes[1];
   const Activation first_act = layers > 1 ? net.activations[0] : Activation::identity;
   for (int64_t g = 0; g < group; ++g)
-    dense_layer<T, C>(cands.layers[(item.cand_begin + g) * layers], h1, net.sizes[0], xt, ldh, wide + g * h1 * ldh,
+    dense_layer<T, C>(cands.layers[(item.cand_begin + g) * layers], h1, net.sizes[0], xt, ldh, first + g * h1 * ldh,
                       first_act);
 
   // Later layers and the loss, candidate by candidate.
   for (int64_t g = 0; g < group; ++g) {
     const DenseLayerParams* params = cands.layers + (item.cand_begin + g) * layers;
-    const C* h = wide + g * h1 * ldh;
+    const C* h = first + g * h1 * ldh;
     for (int64_t l = 1; l < layers; ++l) {
       C* out = buffers[l % 2];
       const Activation act = l + 1 < layers ? net.activations[l] : Activation::identity;
