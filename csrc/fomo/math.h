@@ -118,9 +118,7 @@ FOMO_HOST_DEVICE double distance_term(double diff) {
   return N == Norm::l2 ? diff * diff : std::fabs(diff);
 }
 
-FOMO_HOST_DEVICE double finish_distance(Norm norm, double sum) {
-  return norm == Norm::l2 ? std::sqrt(sum) : sum;
-}
+FOMO_HOST_DEVICE double finish_distance(Norm norm, double sum) { return norm == Norm::l2 ? std::sqrt(sum) : sum; }
 
 // Whether a candidate's distance is needed: always when every score is wanted, otherwise only for
 // candidates that improve on the baseline (a candidate with L_n >= L0 gets weight 0 regardless).
@@ -133,8 +131,8 @@ FOMO_HOST_DEVICE bool needs_distance(bool all_scores, double local_loss, double 
 // never reach the model. The guard rejects a candidate farther than max_distance too (infinity:
 // no guard), so that a finite poisoned model (parameters of 1e30) cannot take a client's model by
 // being the only improving one. A candidate whose distance was not measured is skipped (score NaN).
-FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_loss, double distance,
-                                          double eps, double max_distance, bool measured, uint8_t* status) {
+FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_loss, double distance, double eps,
+                                          double max_distance, bool measured, uint8_t* status) {
   if (!is_finite(local_loss) || !is_finite(candidate_loss)) {
     *status = kRejected;
     return 0.0;
@@ -160,8 +158,7 @@ FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_lo
 // w_n = max(s_n, 0) / sum_m max(s_m, 0) over accepted candidates, summed in index order; every
 // weight is 0 when no accepted score is positive. Scores near the float64 maximum could overflow
 // the sum: then every score is first divided by the largest (each term <= 1, the sum <= M).
-FOMO_HOST_DEVICE void normalise_weights(const double* scores, const uint8_t* status, int64_t m,
-                                        double* weights) {
+FOMO_HOST_DEVICE void normalise_weights(const double* scores, const uint8_t* status, int64_t m, double* weights) {
   double total = 0.0, largest = 0.0;
   for (int64_t i = 0; i < m; ++i) {
     if (status[i] == kAccepted && scores[i] > 0.0) {
