@@ -27,45 +27,20 @@ struct bfloat16_t {
   uint16_t bits;
 };
 
-FOMO_HOST_DEVICE float float_from_bits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
+// The same bits as another type of the same size (std::bit_cast is C++20). memcpy is what both
+// compilers turn into a plain register move, in host and in device code.
+template <class To, class From>
+FOMO_HOST_DEVICE To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs two types of one size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
 
-FOMO_HOST_DEVICE uint32_t bits_from_float(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-FOMO_HOST_DEVICE double double_from_bits(uint64_t u) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double((long long)u);
-#else
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-#endif
-}
-
-FOMO_HOST_DEVICE uint64_t bits_from_double(double d) {
-#if defined(__CUDA_ARCH__)
-  return (uint64_t)__double_as_longlong(d);
-#else
-  uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-#endif
-}
+FOMO_HOST_DEVICE float float_from_bits(uint32_t u) { return bit_cast<float>(u); }
+FOMO_HOST_DEVICE uint32_t bits_from_float(float f) { return bit_cast<uint32_t>(f); }
+FOMO_HOST_DEVICE double double_from_bits(uint64_t u) { return bit_cast<double>(u); }
+FOMO_HOST_DEVICE uint64_t bits_from_double(double d) { return bit_cast<uint64_t>(d); }
 
 // bfloat16 is the top half of a float32, so widening is a shift.
 FOMO_HOST_DEVICE float bf16_to_float(uint16_t h) { return float_from_bits(uint32_t(h) << 16); }

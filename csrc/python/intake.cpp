@@ -1,6 +1,7 @@
 #include "python/intake.h"
 
 #include <algorithm>
+#include <array>
 #include <sstream>
 #include <stdexcept>
 
@@ -180,19 +181,24 @@ ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what
   return v;
 }
 
+// Sets v's dtype to the one whose code `code` is, in a protocol's codes for float32, float64 and
+// float16 (in that order); false when it is none of them.
+bool set_dtype_by_code(ArrayView& v, const std::string& code, const std::array<const char*, 3>& codes) {
+  const DType dtypes[3] = {DType::float32, DType::float64, DType::float16};
+  for (int k = 0; k < 3; ++k) {
+    if (code == codes[k]) {
+      set_dtype(v, dtypes[k]);
+      return true;
+    }
+  }
+  return false;
+}
+
 // A PEP 3118 format of one native float, e.g. "f", "<d", "=e".
 bool dtype_from_format(const char* format, ArrayView& v) {
   std::string f(format ? format : "");
   if (!f.empty() && (f[0] == '@' || f[0] == '=' || f[0] == '<')) f.erase(0, 1);
-  if (f == "f")
-    set_dtype(v, DType::float32);
-  else if (f == "d")
-    set_dtype(v, DType::float64);
-  else if (f == "e")
-    set_dtype(v, DType::float16);
-  else
-    return false;
-  return true;
+  return set_dtype_by_code(v, f, {"f", "d", "e"});
 }
 
 bool from_buffer(py::handle obj, ArrayView& v, const std::string& what) {
@@ -249,13 +255,7 @@ void read_interface(py::handle obj, const py::dict& face, ArrayView& v, const st
   const std::string typestr = face["typestr"].cast<std::string>();
   v.itemsize = std::stoll(typestr.substr(2));
   v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype"))) : typestr;
-  if (typestr == "<f4")
-    set_dtype(v, DType::float32);
-  else if (typestr == "<f8")
-    set_dtype(v, DType::float64);
-  else if (typestr == "<f2")
-    set_dtype(v, DType::float16);
-  else if (typestr == "<V2" && v.dtype_name == "bfloat16")
+  if (!set_dtype_by_code(v, typestr, {"<f4", "<f8", "<f2"}) && typestr == "<V2" && v.dtype_name == "bfloat16")
     set_dtype(v, DType::bfloat16);
   if (face.contains("strides") && !face["strides"].is_none())
     v.strides = element_strides(face["strides"].cast<std::vector<int64_t>>(), v.itemsize, what);
