@@ -124,8 +124,7 @@ inline void store_vec(bfloat16_t* p, f32x8 v) {
 #if defined(FOMO_X86_AVX2)
   // every lane is below 2^16, so unsigned saturation packs exactly; fix the lane order after
   const __m256i packed = _mm256_packus_epi32((__m256i)bits, (__m256i)bits);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                   _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
 #else
   store_raw(p, __builtin_convertvector(bits, u16x8));
 #endif

@@ -82,8 +82,7 @@ struct AlignedFree {
 
 }  // namespace
 
-void evaluate_candidates(const DenseNet& net, const DenseCandidates& cands, const DenseData& data,
-                         DenseResult result) {
+void evaluate_candidates(const DenseNet& net, const DenseCandidates& cands, const DenseData& data, DenseResult result) {
   const int64_t m = cands.count;
   if (m == 0) return;
   const Plan plan = make_plan(net, cands, data);

@@ -9,8 +9,8 @@
 namespace fomo {
 namespace cpu {
 
-void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
-               const double* candidate_losses, StepResult result) {
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss, const double* candidate_losses,
+               StepResult result) {
   const int64_t m = runs.num_candidates;
   const Chunks chunks = make_chunks(runs);
   std::vector<int64_t> which;

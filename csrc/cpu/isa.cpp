@@ -18,8 +18,7 @@ bool use_avx2() {
   const char* forced = std::getenv("FOMO_CPU_ISA");
   if (forced && std::strcmp(forced, "base") == 0) return false;
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif

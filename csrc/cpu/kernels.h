@@ -19,19 +19,17 @@ struct ChunkTable {
 
 struct KernelSet {
   // partials[c * count + k] = sum over chunk c of the distance terms of candidate which[k]
-  void (*distance_partials)(const ModelRuns& runs, const ChunkTable& chunks, Norm norm,
-                            const int64_t* which, int64_t count, double* partials);
+  void (*distance_partials)(const ModelRuns& runs, const ChunkTable& chunks, Norm norm, const int64_t* which,
+                            int64_t count, double* partials);
   // out = local + sum_k weights[k] * (candidate which[k] - local); count == 0 copies local's bits
-  void (*weighted_update)(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which,
-                          const double* weights, int64_t count);
+  void (*weighted_update)(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which, const double* weights,
+                          int64_t count);
 };
 
-#define FOMO_DECLARE_KERNEL_SET(isa)                                                       \
-  namespace isa {                                                                          \
-  void distance_partials(const ModelRuns&, const ChunkTable&, Norm, const int64_t*, int64_t, \
-                         double*);                                                         \
-  void weighted_update(const ModelRuns&, const ChunkTable&, const int64_t*, const double*,   \
-                       int64_t);                                                           \
+#define FOMO_DECLARE_KERNEL_SET(isa)                                                                   \
+  namespace isa {                                                                                      \
+  void distance_partials(const ModelRuns&, const ChunkTable&, Norm, const int64_t*, int64_t, double*); \
+  void weighted_update(const ModelRuns&, const ChunkTable&, const int64_t*, const double*, int64_t);   \
   }
 FOMO_DECLARE_KERNEL_SET(base)
 FOMO_DECLARE_KERNEL_SET(avx2)

@@ -68,9 +68,8 @@ __global__ void __launch_bounds__(kThreads, 4)
   if (threadIdx.x == 0) partials[block] = sum;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    finish_distances(const double* partials, int64_t num_pieces, int64_t count, Norm norm, double* out,
-                     const int64_t* scatter) {
+__global__ void __launch_bounds__(kThreads) finish_distances(const double* partials, int64_t num_pieces, int64_t count,
+                                                             Norm norm, double* out, const int64_t* scatter) {
   const int64_t k = blockIdx.x;
   double sum = 0.0;
   for (int64_t p = threadIdx.x; p < num_pieces; p += kThreads) sum += partials[p * count + k];
@@ -86,8 +85,10 @@ void queue_distances(const DeviceRuns& runs, Norm norm, const int64_t* which, in
   const int64_t blocks = runs.num_pieces * count;
   if (blocks > 0) {
     check_grid(blocks, "the distance kernel");
-    if (norm == Norm::l2) distance_partials<Norm::l2><<<unsigned(blocks), kThreads, 0, stream>>>(runs, which, count, partials);
-    else distance_partials<Norm::l1><<<unsigned(blocks), kThreads, 0, stream>>>(runs, which, count, partials);
+    if (norm == Norm::l2)
+      distance_partials<Norm::l2><<<unsigned(blocks), kThreads, 0, stream>>>(runs, which, count, partials);
+    else
+      distance_partials<Norm::l1><<<unsigned(blocks), kThreads, 0, stream>>>(runs, which, count, partials);
     check_launch("the distance kernel launch");
   }
   check_grid(count, "the distance final pass");
@@ -95,8 +96,7 @@ void queue_distances(const DeviceRuns& runs, Norm norm, const int64_t* which, in
   check_launch("the distance final pass launch");
 }
 
-void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist,
-                         DeviceStream where) {
+void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist, DeviceStream where) {
   const std::vector<int64_t> which = marked_candidates(measure, runs.num_candidates);
   if (which.empty()) return;
   const int64_t count = int64_t(which.size());

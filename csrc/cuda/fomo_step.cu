@@ -11,14 +11,15 @@ namespace {
 
 // One thread: M is small, and normalise_weights must sum in index order anyway.
 __global__ void score_and_weigh(int64_t m, double local_loss, const double* losses, const double* measured,
-                                const int64_t* slot_of, double eps, double max_distance, StepResult result, int64_t* update_which,
-                                double* update_weights, int64_t* update_count) {
+                                const int64_t* slot_of, double eps, double max_distance, StepResult result,
+                                int64_t* update_which, double* update_weights, int64_t* update_count) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   for (int64_t n = 0; n < m; ++n) {
     const bool was_measured = slot_of[n] >= 0;
     const double distance = was_measured ? measured[slot_of[n]] : NAN;
     result.distances[n] = distance;
-    result.scores[n] = first_order_score(local_loss, losses[n], distance, eps, max_distance, was_measured, &result.status[n]);
+    result.scores[n] =
+        first_order_score(local_loss, losses[n], distance, eps, max_distance, was_measured, &result.status[n]);
   }
   normalise_weights(result.scores, result.status, m, result.weights);
   int64_t count = 0;
@@ -34,8 +35,8 @@ __global__ void score_and_weigh(int64_t m, double local_loss, const double* loss
 
 }  // namespace
 
-void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
-               const double* candidate_losses, StepResult result, DeviceStream where) {
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss, const double* candidate_losses,
+               StepResult result, DeviceStream where) {
   const int64_t m = runs.num_candidates;
   if (m == 0) {
     // No candidate: the update is a copy of local (the CPU's behaviour), nothing else to write.
@@ -70,12 +71,11 @@ void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_l
   const DeviceRuns device_runs = staged.device(staging);
   queue_distances(device_runs, options.norm, staging.device<const int64_t>(which_at), count,
                   staging.device<double>(partials_at), staging.device<double>(measured_at), nullptr, stream);
-  score_and_weigh<<<1, 1, 0, stream>>>(m, local_loss, staging.device<const double>(losses_at),
-                                       staging.device<const double>(measured_at),
-                                       staging.device<const int64_t>(slot_at), options.eps, options.max_distance, result,
-                                       staging.device<int64_t>(update_which_at),
-                                       staging.device<double>(update_weights_at),
-                                       staging.device<int64_t>(update_count_at));
+  score_and_weigh<<<1, 1, 0, stream>>>(
+      m, local_loss, staging.device<const double>(losses_at), staging.device<const double>(measured_at),
+      staging.device<const int64_t>(slot_at), options.eps, options.max_distance, result,
+      staging.device<int64_t>(update_which_at), staging.device<double>(update_weights_at),
+      staging.device<int64_t>(update_count_at));
   check_launch("the score kernel launch");
   if (options.update)
     queue_update(device_runs, staging.device<const int64_t>(update_which_at),

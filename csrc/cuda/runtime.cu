@@ -11,8 +11,8 @@ namespace cuda {
 void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
   cudaGetLastError();  // reset a non-sticky error so that it is not reported again by the next check
-  throw std::runtime_error(std::string("fomo_core CUDA error in ") + what + ": " + cudaGetErrorName(status) +
-                           ": " + cudaGetErrorString(status));
+  throw std::runtime_error(std::string("fomo_core CUDA error in ") + what + ": " + cudaGetErrorName(status) + ": " +
+                           cudaGetErrorString(status));
 }
 
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
@@ -52,8 +52,10 @@ bool memory_pools_supported(int device) {
 unsigned char* allocate(DeviceStream where, size_t bytes, bool* pooled, const char* what) {
   *pooled = memory_pools_supported(where.device);
   void* base = nullptr;
-  if (*pooled) check(cudaMallocAsync(&base, bytes, as_stream(where.stream)), what);
-  else check(cudaMalloc(&base, bytes), what);
+  if (*pooled)
+    check(cudaMallocAsync(&base, bytes, as_stream(where.stream)), what);
+  else
+    check(cudaMalloc(&base, bytes), what);
   return static_cast<unsigned char*>(base);
 }
 
@@ -111,9 +113,12 @@ StagedRuns::StagedRuns(Staging& staging, const ModelRuns& runs) : num_candidates
 }
 
 DeviceRuns StagedRuns::device(const Staging& staging) const {
-  return {staging.device<const Run>(runs_),          staging.device<const void* const>(candidate_),
-          staging.device<const int64_t>(stride_),    staging.device<const uint8_t>(vector_ok_),
-          staging.device<const Piece>(pieces_),      num_pieces_,
+  return {staging.device<const Run>(runs_),
+          staging.device<const void* const>(candidate_),
+          staging.device<const int64_t>(stride_),
+          staging.device<const uint8_t>(vector_ok_),
+          staging.device<const Piece>(pieces_),
+          num_pieces_,
           num_candidates_};
 }
 

@@ -59,9 +59,9 @@ struct DenseData {
   const void* x = nullptr;
   int64_t row_stride = 0;
   int64_t col_stride = 1;
-  const int64_t* labels = nullptr;         // [B] for softmax and logistic
-  const double* targets = nullptr;         // [B, C] row-major for squared_error
-  const double* sample_weight = nullptr;   // [B] or null (every weight 1)
+  const int64_t* labels = nullptr;        // [B] for softmax and logistic
+  const double* targets = nullptr;        // [B, C] row-major for squared_error
+  const double* sample_weight = nullptr;  // [B] or null (every weight 1)
 };
 
 // Caller-allocated, one value per candidate: (weighted) mean loss and accuracy (NaN for

@@ -27,45 +27,20 @@ struct bfloat16_t {
   uint16_t bits;
 };
 
-FOMO_HOST_DEVICE float float_from_bits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
+// The same bits as another type of the same size (std::bit_cast is C++20). memcpy is what both
+// compilers turn into a plain register move, in host and in device code.
+template <class To, class From>
+FOMO_HOST_DEVICE To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs two types of one size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
 
-FOMO_HOST_DEVICE uint32_t bits_from_float(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-FOMO_HOST_DEVICE double double_from_bits(uint64_t u) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double((long long)u);
-#else
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-#endif
-}
-
-FOMO_HOST_DEVICE uint64_t bits_from_double(double d) {
-#if defined(__CUDA_ARCH__)
-  return (uint64_t)__double_as_longlong(d);
-#else
-  uint64_t u;
-  std::memcpy(&u, &d, sizeof u);
-  return u;
-#endif
-}
+FOMO_HOST_DEVICE float float_from_bits(uint32_t u) { return bit_cast<float>(u); }
+FOMO_HOST_DEVICE uint32_t bits_from_float(float f) { return bit_cast<uint32_t>(f); }
+FOMO_HOST_DEVICE double double_from_bits(uint64_t u) { return bit_cast<double>(u); }
+FOMO_HOST_DEVICE uint64_t bits_from_double(double d) { return bit_cast<uint64_t>(d); }
 
 // bfloat16 is the top half of a float32, so widening is a shift.
 FOMO_HOST_DEVICE float bf16_to_float(uint16_t h) { return float_from_bits(uint32_t(h) << 16); }
@@ -118,9 +93,7 @@ FOMO_HOST_DEVICE double distance_term(double diff) {
   return N == Norm::l2 ? diff * diff : std::fabs(diff);
 }
 
-FOMO_HOST_DEVICE double finish_distance(Norm norm, double sum) {
-  return norm == Norm::l2 ? std::sqrt(sum) : sum;
-}
+FOMO_HOST_DEVICE double finish_distance(Norm norm, double sum) { return norm == Norm::l2 ? std::sqrt(sum) : sum; }
 
 // Whether a candidate's distance is needed: always when every score is wanted, otherwise only for
 // candidates that improve on the baseline (a candidate with L_n >= L0 gets weight 0 regardless).
@@ -133,8 +106,8 @@ FOMO_HOST_DEVICE bool needs_distance(bool all_scores, double local_loss, double 
 // never reach the model. The guard rejects a candidate farther than max_distance too (infinity:
 // no guard), so that a finite poisoned model (parameters of 1e30) cannot take a client's model by
 // being the only improving one. A candidate whose distance was not measured is skipped (score NaN).
-FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_loss, double distance,
-                                          double eps, double max_distance, bool measured, uint8_t* status) {
+FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_loss, double distance, double eps,
+                                          double max_distance, bool measured, uint8_t* status) {
   if (!is_finite(local_loss) || !is_finite(candidate_loss)) {
     *status = kRejected;
     return 0.0;
@@ -160,8 +133,7 @@ FOMO_HOST_DEVICE double first_order_score(double local_loss, double candidate_lo
 // w_n = max(s_n, 0) / sum_m max(s_m, 0) over accepted candidates, summed in index order; every
 // weight is 0 when no accepted score is positive. Scores near the float64 maximum could overflow
 // the sum: then every score is first divided by the largest (each term <= 1, the sum <= M).
-FOMO_HOST_DEVICE void normalise_weights(const double* scores, const uint8_t* status, int64_t m,
-                                        double* weights) {
+FOMO_HOST_DEVICE void normalise_weights(const double* scores, const uint8_t* status, int64_t m, double* weights) {
   double total = 0.0, largest = 0.0;
   for (int64_t i = 0; i < m; ++i) {
     if (status[i] == kAccepted && scores[i] > 0.0) {

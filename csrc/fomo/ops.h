@@ -33,9 +33,9 @@ struct ModelRuns {
   int64_t num_runs = 0;
   int64_t num_candidates = 0;
   const Run* runs = nullptr;
-  const void* const* candidate = nullptr;      // [num_runs * num_candidates], run-major
-  const int64_t* candidate_stride = nullptr;   // same layout
-  int64_t total_elements = 0;                  // sum of run lengths
+  const void* const* candidate = nullptr;     // [num_runs * num_candidates], run-major
+  const int64_t* candidate_stride = nullptr;  // same layout
+  int64_t total_elements = 0;                 // sum of run lengths
 };
 
 // What happened to each candidate in a scoring pass (see math.h for the rules).
@@ -87,8 +87,8 @@ void apply_update(const ModelRuns& runs, const double* weights);
 
 // The fused FedFomo step: distances of the candidates that need measuring, scores, weights, and
 // (when options.update) the update.
-void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
-               const double* candidate_losses, StepResult result);
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss, const double* candidate_losses,
+               StepResult result);
 
 // Instruction set the dispatcher chose ("avx2" or "base") and OpenMP threads.
 const char* isa_name();
@@ -112,11 +112,10 @@ struct DeviceStream {
   void* stream = nullptr;  // a cudaStream_t: nullptr is the default stream, 1 legacy, 2 per-thread
 };
 
-void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist,
-                         DeviceStream where);
+void candidate_distances(const ModelRuns& runs, Norm norm, const uint8_t* measure, double* dist, DeviceStream where);
 void apply_update(const ModelRuns& runs, const double* weights, DeviceStream where);
-void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss,
-               const double* candidate_losses, StepResult result, DeviceStream where);
+void fomo_step(const ModelRuns& runs, const StepOptions& options, double local_loss, const double* candidate_losses,
+               StepResult result, DeviceStream where);
 
 // Devices the CUDA runtime sees; 0 (never an exception) when there is no driver or no device.
 int device_count();

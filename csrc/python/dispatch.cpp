@@ -12,14 +12,14 @@ bool on_cuda(const Layout& layout) { return layout.device.kind == DeviceKind::cu
 // The call's stream, after making it wait for every other stream the arrays' producers named.
 cuda::DeviceStream place(const Device& device, const CudaStreams& streams) {
   void* work = reinterpret_cast<void*>(streams.work);
-  for (uintptr_t producer : streams.producers)
-    cuda::stream_wait(device.index, work, reinterpret_cast<void*>(producer));
+  for (uintptr_t producer : streams.producers) cuda::stream_wait(device.index, work, reinterpret_cast<void*>(producer));
   return {device.index, work};
 }
 cuda::DeviceStream place(const Layout& layout, const CudaStreams& streams) { return place(layout.device, streams); }
 #else
 [[noreturn]] void no_cuda(const Device& device) {
-  fail_value("the arrays are on ", device.str(), " but this build of fomo_core has no CUDA kernels "
+  fail_value("the arrays are on ", device.str(),
+             " but this build of fomo_core has no CUDA kernels "
              "(rebuild with a CUDA toolkit on the PATH and FOMO_CUDA=ON)");
 }
 [[noreturn]] void no_cuda(const Layout& layout) { no_cuda(layout.device); }
@@ -54,8 +54,7 @@ void fomo_step(const Layout& layout, const CudaStreams& streams, const StepOptio
                const double* candidate_losses, StepResult result) {
   if (on_cuda(layout)) {
 #if defined(FOMO_HAVE_CUDA)
-    return cuda::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result,
-                           place(layout, streams));
+    return cuda::fomo_step(layout.model_runs(), options, local_loss, candidate_losses, result, place(layout, streams));
 #else
     no_cuda(layout);
 #endif

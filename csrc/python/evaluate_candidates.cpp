@@ -104,8 +104,7 @@ class CandidateTable {
 
  private:
   void check_floating(const ArrayView& v, const std::string& what) {
-    if (!v.floating)
-      fail_type(what, " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
+    if (!v.floating) fail_type(what, " has dtype ", v.dtype_name, "; expected float32, float64, float16 or bfloat16");
     if (!seen_) {
       seen_ = true;
       dtype_ = v.dtype;
@@ -132,8 +131,9 @@ class CandidateTable {
 // `expected` says what the shape means.
 const void* contiguous_array(const ArrayView& v, const char* what, const std::vector<int64_t>& shape, bool floating,
                              const Device& device, const char* expected) {
-  const bool right_type = floating ? (v.floating && v.dtype == DType::float64)
-                                   : (!v.floating && v.itemsize == 8 && v.dtype_name.find("int64") != std::string::npos);
+  const bool right_type = floating
+                              ? (v.floating && v.dtype == DType::float64)
+                              : (!v.floating && v.itemsize == 8 && v.dtype_name.find("int64") != std::string::npos);
   if (!right_type) fail_type(what, " has dtype ", v.dtype_name, ", expected ", floating ? "float64" : "int64");
   if (v.shape != shape) fail_value(what, " has shape ", v.shape_str(), ", expected ", expected);
   int64_t stride = 1;
@@ -175,7 +175,8 @@ py::tuple evaluate_candidates_binding(std::vector<int64_t> sizes, std::vector<in
   Shape shape{sizes, in_out};
   std::vector<Activation> activations;
   for (size_t l = 0; l < activation_codes.size(); ++l)
-    activations.push_back(Activation(table_code(activation_codes[l], kActivationNames, concat("activations[", l, "]"))));
+    activations.push_back(
+        Activation(table_code(activation_codes[l], kActivationNames, concat("activations[", l, "]"))));
   const DenseOutput output = DenseOutput(table_code(output_code, kDenseOutputNames, "output"));
   const DenseNet net{shape.layers(), shape.sizes.data(), activations.data(), output};
   shape.count_params();
@@ -191,8 +192,10 @@ py::tuple evaluate_candidates_binding(std::vector<int64_t> sizes, std::vector<in
     py::sequence seq = py::reinterpret_borrow<py::sequence>(candidates);
     for (size_t m = 0; m < py::len(seq); ++m) {
       const std::string what = concat("candidate_params[", m, "]");
-      if (is_sequence(seq[m])) table.add_layers(py::reinterpret_borrow<py::sequence>(seq[m]), what);
-      else table.add_flat(intake(seq[m], what), what);
+      if (is_sequence(seq[m]))
+        table.add_layers(py::reinterpret_borrow<py::sequence>(seq[m]), what);
+      else
+        table.add_flat(intake(seq[m], what), what);
     }
   } else {
     const ArrayView all = intake(candidates, "candidate_params");
@@ -220,17 +223,21 @@ py::tuple evaluate_candidates_binding(std::vector<int64_t> sizes, std::vector<in
   if (regression ? targets.is_none() : labels.is_none())
     fail_value("y: output '", kDenseOutputNames[output_code], "' needs ",
                regression ? "float targets" : "integer class labels");
-  if (!regression) data.labels = static_cast<const int64_t*>(side_array(labels, "y", {rows}, false, xv.device));
-  else data.targets = static_cast<const double*>(side_array(targets, "y", {rows, sizes.back()}, true, xv.device));
+  if (!regression)
+    data.labels = static_cast<const int64_t*>(side_array(labels, "y", {rows}, false, xv.device));
+  else
+    data.targets = static_cast<const double*>(side_array(targets, "y", {rows, sizes.back()}, true, xv.device));
   if (!sample_weight.is_none())
-    data.sample_weight = static_cast<const double*>(side_array(sample_weight, "sample_weight", {rows}, true, xv.device));
+    data.sample_weight =
+        static_cast<const double*>(side_array(sample_weight, "sample_weight", {rows}, true, xv.device));
 
   const DenseCandidates cands = table.view();
   check_dense_sizes(net, cands.count, rows);  // before either back end's plan multiplies them
   const std::vector<int64_t> per_candidate{cands.count};
   if (xv.device.kind == DeviceKind::cuda) {
     if (results.is_none())
-      fail_value("the arrays are on ", xv.device.str(), "; a CUDA call needs its result vectors allocated on that "
+      fail_value("the arrays are on ", xv.device.str(),
+                 "; a CUDA call needs its result vectors allocated on that "
                  "device (fomo_core.dense passes them)");
     const py::tuple given = py::reinterpret_borrow<py::tuple>(results);
     if (given.size() != 2) fail_value("results must be (loss, accuracy)");

@@ -1,6 +1,7 @@
 #include "python/intake.h"
 
 #include <algorithm>
+#include <array>
 #include <sstream>
 #include <stdexcept>
 
@@ -31,9 +32,7 @@ void IntakeScope::use_stream(uintptr_t stream) {
   streams.producers.push_back(stream);
 }
 
-std::string Device::str() const {
-  return kind == DeviceKind::cpu ? std::string("cpu") : concat("cuda:", index);
-}
+std::string Device::str() const { return kind == DeviceKind::cpu ? std::string("cpu") : concat("cuda:", index); }
 
 int64_t ArrayView::numel() const {
   int64_t n = 1;
@@ -83,8 +82,13 @@ const Torch* torch_if_loaded() {
   if (!modules.contains("torch")) return nullptr;
   py::object t = modules["torch"];
   if (!py::hasattr(t, "Tensor")) return nullptr;  // torch still importing
-  torch = new Torch{t.attr("Tensor"), t.attr("float32"), t.attr("float64"), t.attr("float16"),
-                    t.attr("bfloat16"), t.attr("strided"), t};
+  torch = new Torch{t.attr("Tensor"),
+                    t.attr("float32"),
+                    t.attr("float64"),
+                    t.attr("float16"),
+                    t.attr("bfloat16"),
+                    t.attr("strided"),
+                    t};
   return torch;
 }
 
@@ -92,7 +96,8 @@ std::string type_name(py::handle obj) { return py::str(py::type::of(obj).attr("_
 
 // A CUDA array reached a build without CUDA kernels: say so, naming the argument.
 [[noreturn]] void fail_no_cuda(const std::string& what, const std::string& kind) {
-  fail_type(what, " is a CUDA array (", kind, ") but this build of fomo_core has no CUDA kernels "
+  fail_type(what, " is a CUDA array (", kind,
+            ") but this build of fomo_core has no CUDA kernels "
             "(it was built without a CUDA toolkit; rebuild with nvcc on the PATH, or pass CPU arrays)");
 }
 
@@ -134,11 +139,16 @@ std::vector<int64_t> int_tuple(const py::object& t) {
 ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what) {
   ArrayView v;
   py::object dtype = obj.attr("dtype");
-  if (dtype.is(torch.float32)) set_dtype(v, DType::float32);
-  else if (dtype.is(torch.float64)) set_dtype(v, DType::float64);
-  else if (dtype.is(torch.float16)) set_dtype(v, DType::float16);
-  else if (dtype.is(torch.bfloat16)) set_dtype(v, DType::bfloat16);
-  else v.itemsize = obj.attr("element_size")().cast<int64_t>();
+  if (dtype.is(torch.float32))
+    set_dtype(v, DType::float32);
+  else if (dtype.is(torch.float64))
+    set_dtype(v, DType::float64);
+  else if (dtype.is(torch.float16))
+    set_dtype(v, DType::float16);
+  else if (dtype.is(torch.bfloat16))
+    set_dtype(v, DType::bfloat16);
+  else
+    v.itemsize = obj.attr("element_size")().cast<int64_t>();
   v.dtype_name = v.floating ? std::string("torch.") + numpy_name(v.dtype) : std::string(py::str(dtype));
   if (!py::object(obj.attr("layout")).is(torch.strided))
     fail_type(what, " is a ", std::string(py::str(obj.attr("layout"))),
@@ -147,7 +157,8 @@ ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what
   // reading or writing that memory would flip every sign. (Conjugate bits only exist on complex
   // tensors, which no op takes.)
   if (obj.attr("is_neg")().cast<bool>())
-    fail_value(what, " is a torch tensor with its negative bit set (a lazily negated view such as "
+    fail_value(what,
+               " is a torch tensor with its negative bit set (a lazily negated view such as "
                "z.conj().imag); pass t.resolve_neg() instead");
   v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
   v.shape = int_tuple(obj.attr("shape"));
@@ -170,15 +181,24 @@ ArrayView from_torch(py::handle obj, const Torch& torch, const std::string& what
   return v;
 }
 
+// Sets v's dtype to the one whose code `code` is, in a protocol's codes for float32, float64 and
+// float16 (in that order); false when it is none of them.
+bool set_dtype_by_code(ArrayView& v, const std::string& code, const std::array<const char*, 3>& codes) {
+  const DType dtypes[3] = {DType::float32, DType::float64, DType::float16};
+  for (int k = 0; k < 3; ++k) {
+    if (code == codes[k]) {
+      set_dtype(v, dtypes[k]);
+      return true;
+    }
+  }
+  return false;
+}
+
 // A PEP 3118 format of one native float, e.g. "f", "<d", "=e".
 bool dtype_from_format(const char* format, ArrayView& v) {
   std::string f(format ? format : "");
   if (!f.empty() && (f[0] == '@' || f[0] == '=' || f[0] == '<')) f.erase(0, 1);
-  if (f == "f") set_dtype(v, DType::float32);
-  else if (f == "d") set_dtype(v, DType::float64);
-  else if (f == "e") set_dtype(v, DType::float16);
-  else return false;
-  return true;
+  return set_dtype_by_code(v, f, {"f", "d", "e"});
 }
 
 bool from_buffer(py::handle obj, ArrayView& v, const std::string& what) {
@@ -197,9 +217,11 @@ bool from_buffer(py::handle obj, ArrayView& v, const std::string& what) {
     v.strides.push_back(buffer.strides[i] / buffer.itemsize);
   }
   // The library's own dtype name only where it is not one of ours (messages about foreign dtypes).
-  if (dtype_from_format(buffer.format, v)) v.dtype_name = numpy_name(v.dtype);
-  else v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
-                                                : std::string(buffer.format ? buffer.format : "?");
+  if (dtype_from_format(buffer.format, v))
+    v.dtype_name = numpy_name(v.dtype);
+  else
+    v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
+                                             : std::string(buffer.format ? buffer.format : "?");
   PyBuffer_Release(&buffer);
   if (!aligned) fail_value(what, " has strides that are not a multiple of its item size");
   return true;
@@ -216,7 +238,8 @@ std::vector<int64_t> compact_strides(const std::vector<int64_t>& shape) {
 std::vector<int64_t> element_strides(const std::vector<int64_t>& bytes, int64_t itemsize, const std::string& what) {
   std::vector<int64_t> strides;
   for (int64_t b : bytes) {
-    if (b % itemsize != 0) fail_value(what, " has a stride of ", b, " bytes, not a multiple of its item size ", itemsize);
+    if (b % itemsize != 0)
+      fail_value(what, " has a stride of ", b, " bytes, not a multiple of its item size ", itemsize);
     strides.push_back(b / itemsize);
   }
   return strides;
@@ -232,10 +255,8 @@ void read_interface(py::handle obj, const py::dict& face, ArrayView& v, const st
   const std::string typestr = face["typestr"].cast<std::string>();
   v.itemsize = std::stoll(typestr.substr(2));
   v.dtype_name = py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype"))) : typestr;
-  if (typestr == "<f4") set_dtype(v, DType::float32);
-  else if (typestr == "<f8") set_dtype(v, DType::float64);
-  else if (typestr == "<f2") set_dtype(v, DType::float16);
-  else if (typestr == "<V2" && v.dtype_name == "bfloat16") set_dtype(v, DType::bfloat16);
+  if (!set_dtype_by_code(v, typestr, {"<f4", "<f8", "<f2"}) && typestr == "<V2" && v.dtype_name == "bfloat16")
+    set_dtype(v, DType::bfloat16);
   if (face.contains("strides") && !face["strides"].is_none())
     v.strides = element_strides(face["strides"].cast<std::vector<int64_t>>(), v.itemsize, what);
   else
@@ -310,9 +331,14 @@ constexpr int32_t kDLCPU = 1, kDLCUDA = 2;
 constexpr uint8_t kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4, kDLBool = 6;
 
 std::string dlpack_dtype_name(const DLDataType& t) {
-  const char* kind = t.code == kDLFloat ? "float" : t.code == kDLBfloat ? "bfloat" : t.code == kDLInt ? "int"
-                     : t.code == kDLUInt ? "uint" : t.code == kDLBool ? "bool" : "dlpack-code-";
-  return t.code == kDLBool ? std::string(kind) : concat(kind, t.code > kDLBool ? std::to_string(t.code) : "", int(t.bits));
+  const char* kind = t.code == kDLFloat    ? "float"
+                     : t.code == kDLBfloat ? "bfloat"
+                     : t.code == kDLInt    ? "int"
+                     : t.code == kDLUInt   ? "uint"
+                     : t.code == kDLBool   ? "bool"
+                                           : "dlpack-code-";
+  return t.code == kDLBool ? std::string(kind)
+                           : concat(kind, t.code > kDLBool ? std::to_string(t.code) : "", int(t.bits));
 }
 
 // DLPack: the capsule stays in the call's IntakeScope, unconsumed, so that the producer's own
@@ -339,8 +365,7 @@ bool from_dlpack(py::handle obj, ArrayView& v, const std::string& what) {
   } else {
     fail_type(what, " is a DLPack array on device type ", device_type, "; fomo_core takes CPU and CUDA arrays");
   }
-  if (!PyCapsule_IsValid(capsule.ptr(), "dltensor"))
-    fail_type(what, ".__dlpack__() did not return a DLPack capsule");
+  if (!PyCapsule_IsValid(capsule.ptr(), "dltensor")) fail_type(what, ".__dlpack__() did not return a DLPack capsule");
   scope->keep_alive.push_back(capsule);
   const auto* managed = static_cast<const DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
   const DLTensor& t = managed->dl_tensor;
@@ -350,10 +375,14 @@ bool from_dlpack(py::handle obj, ArrayView& v, const std::string& what) {
   v.dtype_name = dlpack_dtype_name(t.dtype);
   v.itemsize = (int64_t(t.dtype.bits) * t.dtype.lanes + 7) / 8;
   if (t.dtype.lanes == 1) {
-    if (t.dtype.code == kDLFloat && t.dtype.bits == 32) set_dtype(v, DType::float32);
-    else if (t.dtype.code == kDLFloat && t.dtype.bits == 64) set_dtype(v, DType::float64);
-    else if (t.dtype.code == kDLFloat && t.dtype.bits == 16) set_dtype(v, DType::float16);
-    else if (t.dtype.code == kDLBfloat && t.dtype.bits == 16) set_dtype(v, DType::bfloat16);
+    if (t.dtype.code == kDLFloat && t.dtype.bits == 32)
+      set_dtype(v, DType::float32);
+    else if (t.dtype.code == kDLFloat && t.dtype.bits == 64)
+      set_dtype(v, DType::float64);
+    else if (t.dtype.code == kDLFloat && t.dtype.bits == 16)
+      set_dtype(v, DType::float16);
+    else if (t.dtype.code == kDLBfloat && t.dtype.bits == 16)
+      set_dtype(v, DType::bfloat16);
   }
   if (t.device.device_type == kDLCUDA) {
     v.device.kind = DeviceKind::cuda;
@@ -374,8 +403,9 @@ ArrayView intake(py::handle obj, const std::string& what) {
   if (from_buffer(obj, v, what) || from_array_interface(obj, v, what) || from_cuda_array_interface(obj, v, what) ||
       from_dlpack(obj, v, what))
     return v;
-  fail_type(what, " must be an array (NumPy array, torch tensor, CuPy array, or an object with the buffer "
-                  "protocol, __array_interface__, __cuda_array_interface__ or __dlpack__), got ",
+  fail_type(what,
+            " must be an array (NumPy array, torch tensor, CuPy array, or an object with the buffer "
+            "protocol, __array_interface__, __cuda_array_interface__ or __dlpack__), got ",
             type_name(obj));
 }
 

@@ -29,7 +29,7 @@ struct Device {
 
 struct ArrayView {
   void* data = nullptr;
-  bool floating = false;   // one of the four storage dtypes
+  bool floating = false;  // one of the four storage dtypes
   DType dtype = DType::float32;
   std::string dtype_name;  // as the caller's library spells it, for messages
   int64_t itemsize = 0;
@@ -51,7 +51,7 @@ struct ArrayView {
 // producers were asked to order their work on) and the other producer streams it must wait for.
 struct CudaStreams {
   bool chosen = false;
-  uintptr_t work = 0;               // a cudaStream_t; 0 is the default stream
+  uintptr_t work = 0;                // a cudaStream_t; 0 is the default stream
   std::vector<uintptr_t> producers;  // streams (other than work) the arrays' producers named
 };
 

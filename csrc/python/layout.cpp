@@ -115,14 +115,16 @@ Leaves read_leaves(const LayoutRequest& request) {
   } else {
     const ArrayView block = read(request, request.candidates, "candidate_params");
     if (num_leaves != 1 || leaves.local[0].shape.size() != 1)
-      fail_value("candidate_params is one array, which needs local_params to be one flat 1-D array; "
-                 "give a list of models instead");
+      fail_value(
+          "candidate_params is one array, which needs local_params to be one flat 1-D array; "
+          "give a list of models instead");
     if (block.shape.size() != 2)
       fail_value("candidate_params has shape ", block.shape_str(), ", expected (M, ", leaves.local[0].shape[0],
                  ") (M candidates of local_params' size)");
     for (int64_t m = 0; m < block.shape[0]; ++m) {
       leaves.candidates.push_back({block.row(m)});
-      check_like(leaves.candidates.back()[0], leaves.candidate_name(size_t(m), 0), leaves.local[0], leaves.local_name(0));
+      check_like(leaves.candidates.back()[0], leaves.candidate_name(size_t(m), 0), leaves.local[0],
+                 leaves.local_name(0));
     }
   }
 
@@ -133,7 +135,8 @@ Leaves read_leaves(const LayoutRequest& request) {
       check_like(leaves.out.back(), leaves.out_name(l), leaves.local[l], leaves.local_name(l));
       if (leaves.out.back().readonly) fail_value(leaves.out_name(l), " is read-only");
       if (self_overlapping(leaves.out.back()))
-        fail_value(leaves.out_name(l), " has elements that share memory (a broadcast or expanded view); "
+        fail_value(leaves.out_name(l),
+                   " has elements that share memory (a broadcast or expanded view); "
                    "the output needs one memory location per element");
     }
   }

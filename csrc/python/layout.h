@@ -32,10 +32,10 @@ struct IntakeRecord {
 };
 
 struct LayoutRequest {
-  py::handle local;       // list of leaf arrays
-  py::handle candidates;  // list (one per candidate) of lists of leaves, or one 2-D array
-  py::handle out;         // list of leaf arrays, or None for read-only ops
-  py::handle names;       // list of str: each leaf's path suffix ('' for a flat model)
+  py::handle local;                           // list of leaf arrays
+  py::handle candidates;                      // list (one per candidate) of lists of leaves, or one 2-D array
+  py::handle out;                             // list of leaf arrays, or None for read-only ops
+  py::handle names;                           // list of str: each leaf's path suffix ('' for a flat model)
   std::vector<IntakeRecord>* seen = nullptr;  // when set, receives every array read, in order
 };
 

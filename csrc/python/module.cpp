@@ -48,8 +48,10 @@ PYBIND11_MODULE(_C, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const fomo::ArgumentError& e) {
-      if (e.kind == fomo::ArgumentError::kType) PyErr_SetString(PyExc_TypeError, e.what());
-      else PyErr_SetString(PyExc_ValueError, e.what());
+      if (e.kind == fomo::ArgumentError::kType)
+        PyErr_SetString(PyExc_TypeError, e.what());
+      else
+        PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
   fomo::python::bind_ops(m);

@@ -54,7 +54,8 @@ void* device_result(py::handle obj, const Layout& layout, const char* name, bool
 }
 
 [[noreturn]] void fail_missing_results(const Layout& layout) {
-  fail_value("the arrays are on ", layout.device.str(), "; a CUDA call needs its result vectors allocated on that "
+  fail_value("the arrays are on ", layout.device.str(),
+             "; a CUDA call needs its result vectors allocated on that "
              "device (fomo_core.ops passes them)");
 }
 
@@ -87,7 +88,8 @@ void apply_update_on(const Layout& layout, const CudaStreams& streams, const Vec
     const double w = weights.at(m);
     if (!std::isfinite(w)) fail_value("weights[", m, "] is ", w, "; every weight must be finite");
     if (float32_compute && std::fabs(w) > double(FLT_MAX))
-      fail_value("weights[", m, "] is ", w, ", beyond float32's range (", double(FLT_MAX), "), in which models of "
+      fail_value("weights[", m, "] is ", w, ", beyond float32's range (", double(FLT_MAX),
+                 "), in which models of "
                  "float32, float16 and bfloat16 are updated");
   }
   py::gil_scoped_release unlocked;
@@ -95,7 +97,7 @@ void apply_update_on(const Layout& layout, const CudaStreams& streams, const Vec
 }
 
 py::tuple fomo_step_on(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
-                  const Vector& candidate_losses, py::handle results) {
+                       const Vector& candidate_losses, py::handle results) {
   check_length(candidate_losses, layout, "candidate_losses");
   const py::ssize_t m = layout.num_candidates;
   if (layout.device.kind == DeviceKind::cuda) {
@@ -117,7 +119,7 @@ py::tuple fomo_step_on(const Layout& layout, const CudaStreams& streams, const S
   {
     py::gil_scoped_release unlocked;
     fomo_step(layout, streams, options, local_loss, candidate_losses.data(),
-             {weights.mutable_data(), scores.mutable_data(), dists.mutable_data(), status.mutable_data()});
+              {weights.mutable_data(), scores.mutable_data(), dists.mutable_data(), status.mutable_data()});
   }
   return py::make_tuple(weights, scores, dists, status);
 }
@@ -139,9 +141,9 @@ void bind_apply_update(py::handle local, py::handle candidates, py::handle out, 
   apply_update_on(layout, scope.streams, weights);
 }
 
-py::tuple bind_fomo_step(py::handle local, py::handle candidates, py::handle out, py::handle names,
-                         double local_loss, const Vector& candidate_losses, int norm_code, double eps,
-                         bool all_scores, py::handle results, double max_distance) {
+py::tuple bind_fomo_step(py::handle local, py::handle candidates, py::handle out, py::handle names, double local_loss,
+                         const Vector& candidate_losses, int norm_code, double eps, bool all_scores, py::handle results,
+                         double max_distance) {
   const StepOptions options = step_options(norm_code, eps, all_scores, !out.is_none(), max_distance);
   IntakeScope scope;
   const Layout layout = build_layout({local, candidates, out, names});
@@ -153,8 +155,8 @@ py::tuple bind_fomo_step(py::handle local, py::handle candidates, py::handle out
 void bind_ops(py::module_& m) {
   m.def("candidate_distances", &bind_candidate_distances, py::arg("local"), py::arg("candidates"), py::arg("names"),
         py::arg("norm"), py::arg("result") = py::none());
-  m.def("apply_update", &bind_apply_update, py::arg("local"), py::arg("candidates"), py::arg("out"),
-        py::arg("names"), py::arg("weights"));
+  m.def("apply_update", &bind_apply_update, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
+        py::arg("weights"));
   m.def("fomo_step", &bind_fomo_step, py::arg("local"), py::arg("candidates"), py::arg("out"), py::arg("names"),
         py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
         py::arg("results") = py::none(), py::arg("max_distance") = INFINITY);

@@ -22,7 +22,7 @@ StepOptions step_options(int norm_code, double eps, bool all_scores, bool update
 py::object candidate_distances_on(const Layout& layout, const CudaStreams& streams, Norm norm, py::handle result);
 void apply_update_on(const Layout& layout, const CudaStreams& streams, const Vector& weights);
 py::tuple fomo_step_on(const Layout& layout, const CudaStreams& streams, const StepOptions& options, double local_loss,
-                  const Vector& candidate_losses, py::handle results);
+                       const Vector& candidate_losses, py::handle results);
 
 }  // namespace python
 }  // namespace fomo

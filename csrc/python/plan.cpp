@@ -53,7 +53,8 @@ Recorded record(const IntakeRecord& seen) {
   Recorded r{py::reinterpret_borrow<py::object>(seen.object), Source::other, seen.view, py::none(), py::none()};
   if (py::isinstance<py::array>(seen.object)) {
     r.source = Source::numpy;
-    r.dtype = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(py::detail::array_proxy(seen.object.ptr())->descr));
+    r.dtype = py::reinterpret_borrow<py::object>(
+        reinterpret_cast<PyObject*>(py::detail::array_proxy(seen.object.ptr())->descr));
   } else if (is_torch(seen.object)) {
     r.source = Source::torch;
     r.dtype = seen.object.attr("dtype");
@@ -105,8 +106,9 @@ bool torch_unchanged(const Recorded& r) {
 bool other_unchanged(const Recorded& r) {
   try {
     const ArrayView v = intake(r.object, "");
-    return v.data == r.view.data && v.shape == r.view.shape && v.strides == r.view.strides && v.floating == r.view.floating &&
-           v.dtype == r.view.dtype && v.device == r.view.device && v.readonly == r.view.readonly;
+    return v.data == r.view.data && v.shape == r.view.shape && v.strides == r.view.strides &&
+           v.floating == r.view.floating && v.dtype == r.view.dtype && v.device == r.view.device &&
+           v.readonly == r.view.readonly;
   } catch (const std::exception&) {
     return false;
   }
@@ -160,7 +162,7 @@ class Plan {
     for (const Entry& e : entries_)
       if (!entry_unchanged(e)) return false;
     for (const Recorded& r : arrays_) {
-      const bool same = r.source == Source::numpy  ? numpy_unchanged(r)
+      const bool same = r.source == Source::numpy   ? numpy_unchanged(r)
                         : r.source == Source::torch ? torch_unchanged(r)
                                                     : other_unchanged(r);
       if (!same) return false;
@@ -189,34 +191,37 @@ void bind_plan(py::module_& m) {
       .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle>(), py::arg("local"),
            py::arg("candidates"), py::arg("out"), py::arg("names"), py::arg("entries"))
       .def_property_readonly("num_runs", &Plan::num_runs)
-      .def("candidate_distances",
-           [](const Plan& plan, int norm_code) -> py::object {
-             const Norm norm = norm_from(norm_code);
-             IntakeScope scope;
-             if (!plan.current()) return py::none();
-             return candidate_distances_on(plan.layout(), scope.streams, norm, py::none());
-           },
-           py::arg("norm"))
-      .def("apply_update",
-           [](const Plan& plan, const Vector& weights) -> py::object {
-             plan.require_out();
-             IntakeScope scope;
-             if (!plan.current()) return py::none();
-             apply_update_on(plan.layout(), scope.streams, weights);
-             return py::bool_(true);
-           },
-           py::arg("weights"))
-      .def("fomo_step",
-           [](const Plan& plan, double local_loss, const Vector& candidate_losses, int norm_code, double eps,
-              bool all_scores, bool update, double max_distance) -> py::object {
-             const StepOptions options = step_options(norm_code, eps, all_scores, update, max_distance);
-             if (update) plan.require_out();
-             IntakeScope scope;
-             if (!plan.current()) return py::none();
-             return fomo_step_on(plan.layout(), scope.streams, options, local_loss, candidate_losses, py::none());
-           },
-           py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
-           py::arg("update"), py::arg("max_distance"));
+      .def(
+          "candidate_distances",
+          [](const Plan& plan, int norm_code) -> py::object {
+            const Norm norm = norm_from(norm_code);
+            IntakeScope scope;
+            if (!plan.current()) return py::none();
+            return candidate_distances_on(plan.layout(), scope.streams, norm, py::none());
+          },
+          py::arg("norm"))
+      .def(
+          "apply_update",
+          [](const Plan& plan, const Vector& weights) -> py::object {
+            plan.require_out();
+            IntakeScope scope;
+            if (!plan.current()) return py::none();
+            apply_update_on(plan.layout(), scope.streams, weights);
+            return py::bool_(true);
+          },
+          py::arg("weights"))
+      .def(
+          "fomo_step",
+          [](const Plan& plan, double local_loss, const Vector& candidate_losses, int norm_code, double eps,
+             bool all_scores, bool update, double max_distance) -> py::object {
+            const StepOptions options = step_options(norm_code, eps, all_scores, update, max_distance);
+            if (update) plan.require_out();
+            IntakeScope scope;
+            if (!plan.current()) return py::none();
+            return fomo_step_on(plan.layout(), scope.streams, options, local_loss, candidate_losses, py::none());
+          },
+          py::arg("local_loss"), py::arg("candidate_losses"), py::arg("norm"), py::arg("eps"), py::arg("all_scores"),
+          py::arg("update"), py::arg("max_distance"));
 }
 
 }  // namespace python

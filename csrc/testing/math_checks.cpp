@@ -47,13 +47,18 @@ PYBIND11_MODULE(_math_checks, m) {
   m.doc() = "math.h element maths, for the tests";
   using Bits = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
   using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
-  m.def("half_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return half_to_float(h); }); });
-  m.def("float_to_half", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_half(x); }); });
-  m.def("bf16_to_float", [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return bf16_to_float(h); }); });
-  m.def("float_to_bf16", [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_bf16(x); }); });
+  m.def("half_to_float",
+        [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return half_to_float(h); }); });
+  m.def("float_to_half",
+        [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_half(x); }); });
+  m.def("bf16_to_float",
+        [](const Bits& b) { return map<uint16_t, float>(b, [](uint16_t h) { return bf16_to_float(h); }); });
+  m.def("float_to_bf16",
+        [](const Floats& f) { return map<float, uint16_t>(f, [](float x) { return float_to_bf16(x); }); });
   m.def("first_order_score", &score, py::arg("local_loss"), py::arg("candidate_loss"), py::arg("distance"),
-          py::arg("eps"), py::arg("measured"), py::arg("max_distance") = INFINITY);
+        py::arg("eps"), py::arg("measured"), py::arg("max_distance") = INFINITY);
   m.def("normalise_weights", &weights, py::arg("scores"), py::arg("status"));
-  m.def("needs_distance", [](bool all_scores, double l0, double ln) { return needs_distance(all_scores, l0, ln); },
-          py::arg("all_scores"), py::arg("local_loss"), py::arg("candidate_loss"));
+  m.def(
+      "needs_distance", [](bool all_scores, double l0, double ln) { return needs_distance(all_scores, l0, ln); },
+      py::arg("all_scores"), py::arg("local_loss"), py::arg("candidate_loss"));
 }

@@ -12,7 +12,8 @@ namespace cpu {
 namespace FOMO_ISA {
 namespace {
 
-constexpr int64_t kBlock = 4096;  // accumulator block (16 KB in float): L1-resident while candidates stream past in 16 KB bursts
+constexpr int64_t kBlock =
+    4096;  // accumulator block (16 KB in float): L1-resident while candidates stream past in 16 KB bursts
 
 // Where candidate which[k] keeps this piece, and with which stride.
 template <class T>
@@ -28,7 +29,7 @@ CandidateRef<T> candidate_piece(const ModelRuns& runs, const Piece& piece, int64
   return {static_cast<const T*>(runs.candidate[slot]) + piece.begin * stride, stride};
 }
 
-constexpr int kGroup = 4;  // candidates folded into the accumulator per pass over a block
+constexpr int kGroup = 4;                // candidates folded into the accumulator per pass over a block
 constexpr int64_t kPrefetchAhead = 512;  // elements: 16 cache lines of 16-bit candidates
 
 // acc (+)= sum over the group of w_g * (c_g - x) for one block, or, on the last group, out = x + acc
@@ -70,31 +71,39 @@ void fold_group(const T* xb, const T* const* cb, const compute_t<T>* w, compute_
         __builtin_prefetch(cb[g] + j + kPrefetchAhead);
         a += w[g] * (load_vec(cb[g] + j) - xv);
       }
-      if (kLast) store_vec(ob + j, xv + a);
-      else store_raw(acc + j, a);
+      if (kLast)
+        store_vec(ob + j, xv + a);
+      else
+        store_raw(acc + j, a);
     }
   }
   for (; j < m; ++j) {
     const C xj = load_one(xb + j);
     C a = kFirst ? C(0) : acc[j];
     for (int g = 0; g < G; ++g) a += w[g] * (load_one(cb[g] + j) - xj);
-    if (kLast) store_one(ob + j, xj + a);
-    else acc[j] = a;
+    if (kLast)
+      store_one(ob + j, xj + a);
+    else
+      acc[j] = a;
   }
 }
 
 template <class T, int G>
-void fold(const T* xb, const T* const* cb, const compute_t<T>* w, compute_t<T>* acc, T* ob, int64_t m,
-          bool first, bool last) {
-  if (first && last) fold_group<T, G, true, true>(xb, cb, w, acc, ob, m);
-  else if (first) fold_group<T, G, true, false>(xb, cb, w, acc, ob, m);
-  else if (last) fold_group<T, G, false, true>(xb, cb, w, acc, ob, m);
-  else fold_group<T, G, false, false>(xb, cb, w, acc, ob, m);
+void fold(const T* xb, const T* const* cb, const compute_t<T>* w, compute_t<T>* acc, T* ob, int64_t m, bool first,
+          bool last) {
+  if (first && last)
+    fold_group<T, G, true, true>(xb, cb, w, acc, ob, m);
+  else if (first)
+    fold_group<T, G, true, false>(xb, cb, w, acc, ob, m);
+  else if (last)
+    fold_group<T, G, false, true>(xb, cb, w, acc, ob, m);
+  else
+    fold_group<T, G, false, false>(xb, cb, w, acc, ob, m);
 }
 
 template <class T>
-void update_contiguous(const ModelRuns& runs, const Piece& piece, const T* x, T* out,
-                       const int64_t* which, const double* weights, int64_t count) {
+void update_contiguous(const ModelRuns& runs, const Piece& piece, const T* x, T* out, const int64_t* which,
+                       const double* weights, int64_t count) {
   using C = compute_t<T>;
   alignas(32) C acc[kBlock];
   for (int64_t b = 0; b < piece.count; b += kBlock) {
@@ -108,18 +117,22 @@ void update_contiguous(const ModelRuns& runs, const Piece& piece, const T* x, T*
         w[g] = C(weights[k0 + g]);
       }
       const bool first = k0 == 0, last = k0 + group == count;
-      if (group == 4) fold<T, 4>(x + b, cb, w, acc, out + b, m, first, last);
-      else if (group == 3) fold<T, 3>(x + b, cb, w, acc, out + b, m, first, last);
-      else if (group == 2) fold<T, 2>(x + b, cb, w, acc, out + b, m, first, last);
-      else fold<T, 1>(x + b, cb, w, acc, out + b, m, first, last);
+      if (group == 4)
+        fold<T, 4>(x + b, cb, w, acc, out + b, m, first, last);
+      else if (group == 3)
+        fold<T, 3>(x + b, cb, w, acc, out + b, m, first, last);
+      else if (group == 2)
+        fold<T, 2>(x + b, cb, w, acc, out + b, m, first, last);
+      else
+        fold<T, 1>(x + b, cb, w, acc, out + b, m, first, last);
     }
   }
 }
 
 // Any strides: the same arithmetic, element by element, candidates in the same order.
 template <class T>
-void update_strided(const ModelRuns& runs, const Piece& piece, const T* x, int64_t sx, T* out,
-                    int64_t so, const int64_t* which, const double* weights, int64_t count) {
+void update_strided(const ModelRuns& runs, const Piece& piece, const T* x, int64_t sx, T* out, int64_t so,
+                    const int64_t* which, const double* weights, int64_t count) {
   using C = compute_t<T>;
   for (int64_t j = 0; j < piece.count; ++j) {
     const C xj = load_one(x + j * sx);
@@ -144,30 +157,30 @@ void copy_bits(const T* x, int64_t sx, T* out, int64_t so, int64_t n) {
 }
 
 template <class T>
-void update_piece(const ModelRuns& runs, const Piece& piece, const int64_t* which,
-                  const double* weights, int64_t count) {
+void update_piece(const ModelRuns& runs, const Piece& piece, const int64_t* which, const double* weights,
+                  int64_t count) {
   const Run& run = runs.runs[piece.run];
   const T* x = static_cast<const T*>(run.local) + piece.begin * run.local_stride;
   T* out = static_cast<T*>(run.out) + piece.begin * run.out_stride;
   if (count == 0) return copy_bits(x, run.local_stride, out, run.out_stride, piece.count);
   bool contiguous = run.local_stride == 1 && run.out_stride == 1;
-  for (int64_t k = 0; k < count && contiguous; ++k)
-    contiguous = candidate_piece<T>(runs, piece, which[k]).stride == 1;
-  if (contiguous) update_contiguous(runs, piece, x, out, which, weights, count);
-  else update_strided(runs, piece, x, run.local_stride, out, run.out_stride, which, weights, count);
+  for (int64_t k = 0; k < count && contiguous; ++k) contiguous = candidate_piece<T>(runs, piece, which[k]).stride == 1;
+  if (contiguous)
+    update_contiguous(runs, piece, x, out, which, weights, count);
+  else
+    update_strided(runs, piece, x, run.local_stride, out, run.out_stride, which, weights, count);
 }
 
 }  // namespace
 
-void weighted_update(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which,
-                     const double* weights, int64_t count) {
+void weighted_update(const ModelRuns& runs, const ChunkTable& chunks, const int64_t* which, const double* weights,
+                     int64_t count) {
 #pragma omp parallel for schedule(static) if (runs.total_elements * (count + 1) > kParallelThreshold)
   for (int64_t c = 0; c < chunks.num_chunks; ++c) {
     for (int64_t p = chunks.chunk_begin[c]; p < chunks.chunk_begin[c + 1]; ++p) {
       const Piece& piece = chunks.pieces[p];
-      dispatch_dtype(runs.runs[piece.run].dtype, [&](auto tag) {
-        update_piece<typename decltype(tag)::type>(runs, piece, which, weights, count);
-      });
+      dispatch_dtype(runs.runs[piece.run].dtype,
+                     [&](auto tag) { update_piece<typename decltype(tag)::type>(runs, piece, which, weights, count); });
     }
   }
 }

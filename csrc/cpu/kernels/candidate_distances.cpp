@@ -13,14 +13,18 @@ namespace {
 
 template <Norm N>
 inline f64x4 term_vec(f64x4 diff) {
-  if constexpr (N == Norm::l2) return diff * diff;
-  else return abs_f64(diff);
+  if constexpr (N == Norm::l2)
+    return diff * diff;
+  else
+    return abs_f64(diff);
 }
 
 template <Norm N>
 inline f32x8 term_vec(f32x8 diff) {
-  if constexpr (N == Norm::l2) return diff * diff;
-  else return (f32x8)((u32x8)diff & 0x7fffffffu);
+  if constexpr (N == Norm::l2)
+    return diff * diff;
+  else
+    return (f32x8)((u32x8)diff & 0x7fffffffu);
 }
 
 // Element difference in the compute type: exact for float64 storage; for 16/32-bit storage one
@@ -32,7 +36,7 @@ inline double scalar_term(const T* c, const T* x) {
   return distance_term<N>(double(diff));
 }
 
-constexpr int kGroup = 4;  // candidates sharing each load of the local chunk
+constexpr int kGroup = 4;                // candidates sharing each load of the local chunk
 constexpr int64_t kPrefetchAhead = 512;  // elements: 16 cache lines of 16-bit candidates
 
 // Whether a piece's float32 quad terms may have lost precision to underflow. Each of the n / 4
@@ -42,8 +46,10 @@ constexpr int64_t kPrefetchAhead = 512;  // elements: 16 cache lines of 16-bit c
 // smallest difference, 2^-24, squares to a normal float32.
 template <Norm N, class T>
 inline bool may_have_underflowed(double sum, int64_t n) {
-  if constexpr (N == Norm::l2 && std::is_same<T, bfloat16_t>::value) return sum < double(n) * 0x1p-96;
-  else return false;
+  if constexpr (N == Norm::l2 && std::is_same<T, bfloat16_t>::value)
+    return sum < double(n) * 0x1p-96;
+  else
+    return false;
 }
 
 // Sums of the distance terms of G candidates over n contiguous elements into two float64
@@ -115,8 +121,7 @@ double strided_sum(const T* x, int64_t sx, const T* c, int64_t sc, int64_t n) {
 
 // Adds the piece's distance terms of candidates which[0..count) to partials[0..count).
 template <Norm N, class T>
-void piece_sums(const ModelRuns& runs, const Piece& piece, const int64_t* which, int64_t count,
-                double* partials) {
+void piece_sums(const ModelRuns& runs, const Piece& piece, const int64_t* which, int64_t count, double* partials) {
   const Run& run = runs.runs[piece.run];
   const T* x = static_cast<const T*>(run.local) + piece.begin * run.local_stride;
   for (int64_t k0 = 0; k0 < count; k0 += kGroup) {
@@ -135,8 +140,10 @@ void piece_sums(const ModelRuns& runs, const Piece& piece, const int64_t* which,
       // Each candidate on its own, with the arithmetic its layout gets in any group: a result must
       // not depend on which other candidates are measured with it (all_scores on or off).
       for (int g = 0; g < group; ++g) {
-        if (run.local_stride == 1 && sc[g] == 1) contiguous_sums<N, T, 1>(x, c + g, piece.count, sums + g);
-        else sums[g] = strided_sum<N>(x, run.local_stride, c[g], sc[g], piece.count);
+        if (run.local_stride == 1 && sc[g] == 1)
+          contiguous_sums<N, T, 1>(x, c + g, piece.count, sums + g);
+        else
+          sums[g] = strided_sum<N>(x, run.local_stride, c[g], sc[g], piece.count);
       }
     } else if (group == 4) {
       contiguous_sums<N, T, 4>(x, c, piece.count, sums);
@@ -169,10 +176,12 @@ void partials_for(const ModelRuns& runs, const ChunkTable& chunks, const int64_t
 
 }  // namespace
 
-void distance_partials(const ModelRuns& runs, const ChunkTable& chunks, Norm norm, const int64_t* which,
-                       int64_t count, double* partials) {
-  if (norm == Norm::l2) partials_for<Norm::l2>(runs, chunks, which, count, partials);
-  else partials_for<Norm::l1>(runs, chunks, which, count, partials);
+void distance_partials(const ModelRuns& runs, const ChunkTable& chunks, Norm norm, const int64_t* which, int64_t count,
+                       double* partials) {
+  if (norm == Norm::l2)
+    partials_for<Norm::l2>(runs, chunks, which, count, partials);
+  else
+    partials_for<Norm::l1>(runs, chunks, which, count, partials);
 }
 
 }  // namespace FOMO_ISA

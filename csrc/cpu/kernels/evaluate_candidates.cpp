@@ -1,15 +1,15 @@
-// Dense evaluation kernel (evaluate_candidates, per instruction set): one tile of validation samples through every layer
-// of a block of candidates, then the fused loss.
+// Dense evaluation kernel (evaluate_candidates, per instruction set): one tile of validation samples through every
+// layer of a block of candidates, then the fused loss.
 //
 // Activations are feature-major, H^T [features, ldh] with the samples contiguous, so every layer is
 // H_next^T = W H^T: the weights are the broadcast operand, read in place through their two strides
 // (out_in and in_out alike, never packed), and the samples are the vector operand. The first
 // layers of the whole block run first, one product per candidate on the same X^T tile (packed once,
 // it stays in cache while each candidate's W_1 streams past); the later layers run per candidate
-// on buffers of one tile, and the last one feeds the log-softmax and the loss directly. Each output element is a sum over its inputs in input order, started from the
-// bias, whatever the tiling and the thread count.
-#include "cpu/elements.h"
+// on buffers of one tile, and the last one feeds the log-softmax and the loss directly. Each output element is a sum
+// over its inputs in input order, started from the bias, whatever the tiling and the thread count.
 #include "cpu/kernels/evaluate_candidates.h"
+#include "cpu/elements.h"
 #include "fomo/dense.h"
 #include "fomo/dispatch.h"
 
@@ -132,8 +132,8 @@ void pack_inputs(const DenseData& data, int64_t d_count, const DenseItem& item, 
 
 // Sums over the tile of w_b * loss_b and w_b * [correct_b] from the last layer's outputs z [C, ldh].
 template <class C>
-void fused_loss(const DenseNet& net, const DenseData& data, const DenseItem& item, const C* z, C* max,
-                C* sum, int32_t* arg, double* loss_sum, double* correct_sum) {
+void fused_loss(const DenseNet& net, const DenseData& data, const DenseItem& item, const C* z, C* max, C* sum,
+                int32_t* arg, double* loss_sum, double* correct_sum) {
   const int64_t classes = net.sizes[net.num_layers];
   const int64_t ldh = item.ldh, n = item.rows, b0 = item.row_begin;
   double loss_total = 0.0, correct_total = 0.0;
@@ -199,7 +199,8 @@ void item_for(const DenseNet& net, const DenseCandidates& cands, const DenseData
   C* first = reinterpret_cast<C*>(base + at.first);
   C* buffers[2] = {reinterpret_cast<C*>(base + at.ping), reinterpret_cast<C*>(base + at.pong)};
 
-  dispatch_dtype(data.dtype, [&](auto tag) { pack_inputs<C, typename decltype(tag)::type>(data, net.sizes[0], item, xt); });
+  dispatch_dtype(data.dtype,
+                 [&](auto tag) { pack_inputs<C, typename decltype(tag)::type>(data, net.sizes[0], item, xt); });
 
   // First layer of every candidate of the block, each read against the same cached X^T tile.
   const int64_t h1 = net.sizes[1];

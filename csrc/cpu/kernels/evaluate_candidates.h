@@ -60,7 +60,7 @@ static inline DenseScratchLayout dense_scratch_layout(const DenseNet& net, int64
 // block, the float64 sums over the tile (in sample order) of w_b * loss_b and w_b * [correct_b].
 #define FOMO_DECLARE_DENSE_KERNEL(isa)                                                            \
   namespace isa {                                                                                 \
-  void dense_item(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data, \
+  void dense_item(const DenseNet& net, const DenseCandidates& candidates, const DenseData& data,  \
                   const DenseItem& item, void* scratch, double* loss_sums, double* correct_sums); \
   }
 FOMO_DECLARE_DENSE_KERNEL(base)
