@@ -51,7 +51,9 @@ class DictBatches:
                 yield batch[self.features], batch[self.label]
             except (KeyError, TypeError, IndexError):
                 keys = list(batch.keys()) if hasattr(batch, "keys") else type(batch).__name__
-                raise ValueError(f"batch {k} has no {self.features!r} and {self.label!r} entries (it has {keys})") from None
+                raise ValueError(
+                    f"batch {k} has no {self.features!r} and {self.label!r} entries (it has {keys})"
+                ) from None
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -161,6 +163,9 @@ class _FlatCodec:
         return _numpy(client.get_flat())[None, :]
 
 
+# The record keys of Flower's defaults (an immutable value, shared by every call)
+DEFAULT_KEYS = protocol.RecordKeys()
+
 _CLIENT_INTERFACE = ("get_flat", "set_flat", "round", "evaluate")
 
 
@@ -221,11 +226,15 @@ def node_client_id(context: Context) -> str:
     for key in ("client-id", "partition-id"):
         if key in config:
             return protocol.check_client_id(config[key], f"node_config[{key!r}]")
-    raise ValueError("the node config has neither 'client-id' nor 'partition-id': start the SuperNode with "
-                     "--node-config \"partition-id=<k>\" (or client-id=<name>), or pass client_id_fn")
+    raise ValueError(
+        "the node config has neither 'client-id' nor 'partition-id': start the SuperNode with "
+        '--node-config "partition-id=<k>" (or client-id=<name>), or pass client_id_fn'
+    )
 
 
-def _decode(client: Any, codec: Any, layout: ModelLayout, record: ArrayRecord, role: str, transport: str = "float32") -> Any:
+def _decode(
+    client: Any, codec: Any, layout: ModelLayout, record: ArrayRecord, role: str, transport: str = "float32"
+) -> Any:
     flat = layout.flat_from_record(record, role, transport=transport)
     return codec.from_arrays(client, layout, layout.arrays(flat))
 
@@ -273,7 +282,7 @@ def fedfomo_train(
     *,
     client_id: str,
     test_data: Any = None,
-    keys: protocol.RecordKeys = protocol.RecordKeys(),
+    keys: protocol.RecordKeys = DEFAULT_KEYS,
     state: Any = None,
 ) -> Message:
     """Runs one FedFomo round of ``client`` on a train message and returns the reply.
@@ -290,9 +299,13 @@ def fedfomo_train(
     layout = ModelLayout.of(own)
     codec.load(client, _decode(client, codec, layout, instruction.model, f"the message's {keys.arrays!r}"))
     _restore_last_update(client, state)
-    candidates = codec.stack(client, [
-        _decode(client, codec, layout, r, f"candidate {k}", instruction.transport) for k, r in enumerate(instruction.candidates)
-    ])
+    candidates = codec.stack(
+        client,
+        [
+            _decode(client, codec, layout, r, f"candidate {k}", instruction.transport)
+            for k, r in enumerate(instruction.candidates)
+        ],
+    )
     options = {key: instruction.config[key] for key in ("norm", "eps") if key in instruction.config}
     if options:
         client.policy = client.policy.replace(**options)
@@ -300,23 +313,40 @@ def fedfomo_train(
     _save_last_update(client, state)
     evaluation = _evaluate(client, codec, test_data) if instruction.evaluate else None
     content = protocol.train_reply(
-        codec.record(client), result, instruction.candidate_clients, keys=keys, client_id=client_id,
-        num_examples=_data_size(client.train_data), evaluation=evaluation,
+        codec.record(client),
+        result,
+        instruction.candidate_clients,
+        keys=keys,
+        client_id=client_id,
+        num_examples=_data_size(client.train_data),
+        evaluation=evaluation,
     )
     return Message(content, reply_to=message)
 
 
-def fedfomo_evaluate(message: Message, client: Any, *, client_id: str, data: Any = None,
-                     keys: protocol.RecordKeys = protocol.RecordKeys()) -> Message:
+def fedfomo_evaluate(
+    message: Message,
+    client: Any,
+    *,
+    client_id: str,
+    data: Any = None,
+    keys: protocol.RecordKeys = DEFAULT_KEYS,
+) -> Message:
     """Evaluates the model in an evaluate message (the client's own latest model) on ``data``
     (the client's validation data when None) and replies with its loss and accuracy."""
     codec = _codec(client)
     content = message.content
     if keys.arrays not in content.array_records:
-        raise ValueError(f"message content must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}")
+        raise ValueError(
+            f"message content must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}"
+        )
     layout = ModelLayout.of(codec.record(client))
-    codec.load(client, _decode(client, codec, layout, content.array_records[keys.arrays], f"the message's {keys.arrays!r}"))
-    return Message(protocol.evaluate_reply(_evaluate(client, codec, data), keys=keys, client_id=client_id), reply_to=message)
+    codec.load(
+        client, _decode(client, codec, layout, content.array_records[keys.arrays], f"the message's {keys.arrays!r}")
+    )
+    return Message(
+        protocol.evaluate_reply(_evaluate(client, codec, data), keys=keys, client_id=client_id), reply_to=message
+    )
 
 
 def fedfomo_client_app(
@@ -358,8 +388,9 @@ def fedfomo_client_app(
     @app.train()
     def train(message: Message, context: Context) -> Message:
         cid = protocol.check_client_id(client_id_fn(context))
-        return fedfomo_train(message, client_fn(context), client_id=cid, test_data=test_data(context), keys=keys,
-                             state=context.state)
+        return fedfomo_train(
+            message, client_fn(context), client_id=cid, test_data=test_data(context), keys=keys, state=context.state
+        )
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

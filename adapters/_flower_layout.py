@@ -62,7 +62,10 @@ def _npy_header(data: bytes, role: str) -> tuple:
     else:
         raise ValueError(f"{role} has .npy version {major}, expected 1, 2 or 3")
     if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
-        raise ValueError(f"{role} has a .npy header of {hlen} bytes, more than the {len(data) - start} available or the cap {MAX_HEADER_BYTES}")
+        raise ValueError(
+            f"{role} has a .npy header of {hlen} bytes, more than the {len(data) - start} available "
+            f"or the cap {MAX_HEADER_BYTES}"
+        )
     try:
         header = ast.literal_eval(data[start : start + hlen].decode("latin1"))
         dtype = np.dtype(header["descr"])
@@ -88,7 +91,7 @@ class ModelLayout:
     shapes: tuple
 
     @classmethod
-    def of(cls, record: ArrayRecord) -> "ModelLayout":
+    def of(cls, record: ArrayRecord) -> ModelLayout:
         """The layout of ``record`` (the strategy's ``initial_arrays``)."""
         if not isinstance(record, ArrayRecord):
             raise TypeError(f"record must be a flwr.app.ArrayRecord, got {type(record).__name__}")
@@ -127,7 +130,7 @@ class ModelLayout:
         return {"keys": list(self.keys), "dtypes": list(self.dtypes), "shapes": [list(s) for s in self.shapes]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ModelLayout":
+    def from_json(cls, data: dict) -> ModelLayout:
         return cls(tuple(data["keys"]), tuple(data["dtypes"]), tuple(tuple(s) for s in data["shapes"]))
 
     # --- flat row -> record ------------------------------------------------------------------
@@ -172,7 +175,9 @@ class ModelLayout:
         if got != list(self.keys):
             missing = [k for k in self.keys if k not in record]
             extra = [k for k in got if k not in self.keys][:5]
-            raise ValueError(f"{role} has {len(got)} arrays, expected {len(self.keys)} (missing {missing[:5]}, unexpected {extra})")
+            raise ValueError(
+                f"{role} has {len(got)} arrays, expected {len(self.keys)} (missing {missing[:5]}, unexpected {extra})"
+            )
         if out is None:
             out = np.empty(self.size, dtype=np.float32)
         for key, dtype, shape, offset in zip(self.keys, self.dtypes, self.shapes, self.offsets):
@@ -199,11 +204,14 @@ class ModelLayout:
             raise ValueError(f"{role} carries {type(data).__name__}, expected bytes")
         if len(data) > n * wire.itemsize + MAX_HEADER_BYTES + 12:
             raise ValueError(f"{role} carries {len(data)} bytes, more than a {shape} {wire} array needs")
-        got_dtype, got_shape, fortran, start = _npy_header(bytes(data[:MAX_HEADER_BYTES + 12]), role)
+        got_dtype, got_shape, fortran, start = _npy_header(bytes(data[: MAX_HEADER_BYTES + 12]), role)
         if got_dtype != wire or got_shape != tuple(shape):
             raise ValueError(f"{role} holds a {got_shape} {got_dtype} array, expected {tuple(shape)} {wire}")
         if len(data) - start != n * wire.itemsize:
-            raise ValueError(f"{role} carries {len(data) - start} payload bytes, expected {n * wire.itemsize} ({tuple(shape)} {wire})")
+            raise ValueError(
+                f"{role} carries {len(data) - start} payload bytes, "
+                f"expected {n * wire.itemsize} ({tuple(shape)} {wire})"
+            )
         values = np.frombuffer(data, dtype=wire, count=n, offset=start)
         if fortran:
             values = values.reshape(shape[::-1]).T

@@ -88,7 +88,10 @@ class RecordKeys:
         for name in ("arrays", "config", "metrics"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or value.startswith(CANDIDATE_PREFIX):
-                raise ValueError(f"record key {name} must be a non-empty string not starting with {CANDIDATE_PREFIX!r}, got {value!r}")
+                raise ValueError(
+                    f"record key {name} must be a non-empty string not starting with {CANDIDATE_PREFIX!r}, "
+                    f"got {value!r}"
+                )
         if len({self.arrays, self.config, self.metrics}) != 3:
             raise ValueError(f"record keys must differ, got {self}")
 
@@ -119,7 +122,9 @@ def _integer(record: Any, key: str, role: str, low: int, high: int) -> int:
     return count(_get(record, key, role), f"{role}[{key!r}]", low=low, high=high, type_error=ValueError)
 
 
-def _real(record: Any, key: str, role: str, low: float = -math.inf, high: float = math.inf, finite: bool = True) -> float:
+def _real(
+    record: Any, key: str, role: str, low: float = -math.inf, high: float = math.inf, finite: bool = True
+) -> float:
     """``finite=False``: NaN and infinities pass (a diverged model's loss; kept out of the means)."""
     return real(_get(record, key, role), f"{role}[{key!r}]", low=low, high=high, finite=finite, type_error=ValueError)
 
@@ -241,7 +246,9 @@ def read_train_instruction(content: RecordDict, keys: RecordKeys) -> TrainInstru
     """The parts of a train message, checked: a model, a config naming M candidate clients and
     exactly the M candidate records ``candidate.0`` .. ``candidate.<M-1>``."""
     if keys.arrays not in content.array_records:
-        raise ValueError(f"message content must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}")
+        raise ValueError(
+            f"message content must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}"
+        )
     if keys.config not in content.config_records:
         raise ValueError(f"message content must hold a ConfigRecord {keys.config!r}, got keys {list(content)}")
     config = content.config_records[keys.config]
@@ -333,7 +340,9 @@ def train_reply(
         metrics["loss"] = float(evaluation.loss)
         metrics["accuracy"] = float(evaluation.accuracy)
         metrics["num-eval-examples"] = int(evaluation.num_examples)
-    return RecordDict({keys.arrays: model, keys.metrics: metrics, keys.config: ConfigRecord({"client-id": str(client_id)})})
+    return RecordDict(
+        {keys.arrays: model, keys.metrics: metrics, keys.config: ConfigRecord({"client-id": str(client_id)})}
+    )
 
 
 def _read_evaluation(metrics: MetricRecord, role: str) -> Evaluation:
@@ -365,7 +374,9 @@ def read_train_reply(
     if not isinstance(echoed, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in echoed):
         raise ValueError(f"{role} metrics['candidate-clients'] must be a list of integers, got {type(echoed).__name__}")
     if echoed != [int(c) for c in candidate_clients]:
-        raise ValueError(f"{role} metrics['candidate-clients'] is {echoed[:16]}, expected {list(candidate_clients)} (as sent)")
+        raise ValueError(
+            f"{role} metrics['candidate-clients'] is {echoed[:16]}, expected {list(candidate_clients)} (as sent)"
+        )
     m = len(echoed)
     scores = _reals(metrics, "scores", f"{role} metrics", m)
     if np.isinf(scores).any():
@@ -380,7 +391,9 @@ def read_train_reply(
     seconds = {k.split("-")[0]: _real(metrics, k, f"{role} metrics", 0.0, MAX_SECONDS) for k in _TIMES}
     evaluation = _read_evaluation(metrics, f"{role} metrics") if evaluate else None
     if keys.arrays not in content.array_records:
-        raise ValueError(f"{role} must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}")
+        raise ValueError(
+            f"{role} must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}"
+        )
     params = layout.flat_from_record(content.array_records[keys.arrays], f"{role} model", out=out)
     return TrainReply(params, scores, weights, losses, self_score, baseline, num_examples, seconds, evaluation, metrics)
 
@@ -393,7 +406,10 @@ def evaluate_instruction(
 ) -> RecordDict:
     """The content of a client's evaluate message: its own latest model and the config."""
     return RecordDict(
-        {keys.arrays: model, keys.config: _config(config, {"server-round": int(server_round), "client-id": str(client_id)})}
+        {
+            keys.arrays: model,
+            keys.config: _config(config, {"server-round": int(server_round), "client-id": str(client_id)}),
+        }
     )
 
 
@@ -401,7 +417,11 @@ def evaluate_reply(evaluation: Evaluation, *, keys: RecordKeys, client_id: str) 
     return RecordDict(
         {
             keys.metrics: MetricRecord(
-                {"loss": float(evaluation.loss), "accuracy": float(evaluation.accuracy), "num-eval-examples": int(evaluation.num_examples)}
+                {
+                    "loss": float(evaluation.loss),
+                    "accuracy": float(evaluation.accuracy),
+                    "num-eval-examples": int(evaluation.num_examples),
+                }
             ),
             keys.config: ConfigRecord({"client-id": str(client_id)}),
         }

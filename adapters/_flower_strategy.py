@@ -86,7 +86,7 @@ class FedFomoRound:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "FedFomoRound":
+    def from_json(cls, data: dict) -> FedFomoRound:
         rec = cls(int(data["round"]))
         for key, value in data.items():
             if isinstance(value, dict):
@@ -182,9 +182,14 @@ class FedFomo(Strategy):
         self.candidate_dtype = candidate_dtype
         self.state_dir = None if state_dir is None else os.fspath(state_dir)
         self.model_store = None if model_store is None else os.fspath(model_store)
-        for name, fn in (("train_metrics_aggr_fn", train_metrics_aggr_fn), ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn)):
+        for name, fn in (
+            ("train_metrics_aggr_fn", train_metrics_aggr_fn),
+            ("evaluate_metrics_aggr_fn", evaluate_metrics_aggr_fn),
+        ):
             if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable (list[RecordDict], str) -> MetricRecord, got {type(fn).__name__}")
+                raise TypeError(
+                    f"{name} must be callable (list[RecordDict], str) -> MetricRecord, got {type(fn).__name__}"
+                )
         self.train_metrics_aggr_fn = train_metrics_aggr_fn
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
         if not isinstance(weighted_by_key, str):
@@ -218,12 +223,24 @@ class FedFomo(Strategy):
     def summary(self) -> None:
         """Log the strategy's configuration."""
         p, server = self.preset, self.policy
-        _log.info("\t├──> FedFomo: M=%d candidates, preset %r (selection %s, epsilon %.3g - %.3g/round), candidates in %s",
-                  self.m, p.name, server.selection, server.epsilon, server.epsilon_decay, self.candidate_dtype)
+        _log.info(
+            "\t├──> FedFomo: M=%d candidates, preset %r (selection %s, epsilon %.3g - %.3g/round), candidates in %s",
+            self.m,
+            p.name,
+            server.selection,
+            server.epsilon,
+            server.epsilon_decay,
+            self.candidate_dtype,
+        )
         _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.client.norm, p.client.eps)
-        _log.info("\t├──> Sampling: fraction train %.2f | evaluate %.2f, minimum nodes train %d | evaluate %d | available %d",
-                  self.fraction_train, self.fraction_evaluate, self.min_train_nodes,
-                  self.min_evaluate_nodes, self.min_available_nodes)
+        _log.info(
+            "\t├──> Sampling: fraction train %.2f | evaluate %.2f, minimum nodes train %d | evaluate %d | available %d",
+            self.fraction_train,
+            self.fraction_evaluate,
+            self.min_train_nodes,
+            self.min_evaluate_nodes,
+            self.min_available_nodes,
+        )
         _log.info("\t└──> Checkpoint: %s", self.state_dir or "none")
 
     def start(
@@ -241,10 +258,12 @@ class FedFomo(Strategy):
 
         Returns Flower's Result with the aggregated metrics per round and, in ``arrays``, every
         client's personalised model as one flat float32 array per stable client id (the layered
-        record of one client: :meth:`model_record`; empty with a ``model_store``). ``evaluate_fn`` (server-side evaluation) is
-        not supported: there is no global model."""
+        record of one client: :meth:`model_record`; empty with a ``model_store``). ``evaluate_fn``
+        (server-side evaluation) is not supported: there is no global model."""
         if evaluate_fn is not None:
-            raise ValueError("evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its own)")
+            raise ValueError(
+                "evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its own)"
+            )
         num_rounds = count(num_rounds, "num_rounds")
         self.initialise(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
@@ -259,11 +278,15 @@ class FedFomo(Strategy):
             _log.info("")
             _log.info("[ROUND %s/%s]", current, num_rounds)
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(messages=self.configure_train(current, initial_arrays, train_config, grid), timeout=timeout)
+            replies = grid.send_and_receive(
+                messages=self.configure_train(current, initial_arrays, train_config, grid), timeout=timeout
+            )
             _, train_metrics = self.aggregate_train(current, replies)
             if train_metrics is not None:
                 result.train_metrics_clientapp[current] = train_metrics
-            replies = grid.send_and_receive(messages=self.configure_evaluate(current, initial_arrays, evaluate_config, grid), timeout=timeout)
+            replies = grid.send_and_receive(
+                messages=self.configure_evaluate(current, initial_arrays, evaluate_config, grid), timeout=timeout
+            )
             evaluate_metrics = self.aggregate_evaluate(current, replies)
             if evaluate_metrics is not None:
                 result.evaluate_metrics_clientapp[current] = evaluate_metrics
@@ -272,7 +295,9 @@ class FedFomo(Strategy):
         result.arrays = self.models_record()
         return result
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Samples nodes, identifies new ones, and sends each sampled client its own model and its
         M candidates (see :meth:`train_messages`)."""
         self.initialise(arrays)
@@ -281,8 +306,12 @@ class FedFomo(Strategy):
         train = self._sample(nodes, self.fraction_train, self.min_train_nodes)
         evaluate = set(self._sample(nodes, self.fraction_evaluate, self.min_evaluate_nodes))
         self._evaluate_only = [n for n in nodes if n in evaluate and n not in train]
-        _log.info("configure_train: %d of %d nodes train (%d of them also evaluate)", len(train), len(nodes),
-                  len(evaluate & set(train)))
+        _log.info(
+            "configure_train: %d of %d nodes train (%d of them also evaluate)",
+            len(train),
+            len(nodes),
+            len(evaluate & set(train)),
+        )
         return self.train_messages(server_round, train, config, evaluate=evaluate)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple:
@@ -330,7 +359,9 @@ class FedFomo(Strategy):
         metrics["helpful-candidates"] = float(np.mean([np.count_nonzero(p.weights > 0) for _, _, p in used]))
         return None, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Evaluate messages for the clients sampled for evaluation that did not train this round
         (the others evaluated in their train reply)."""
         self._pending_evaluate = []
@@ -340,8 +371,11 @@ class FedFomo(Strategy):
             if client is None:
                 continue
             content = protocol.evaluate_instruction(
-                self.layout.record(self.state.model(client)), keys=self.keys, server_round=server_round,
-                client_id=self.client_ids[client], config=config,
+                self.layout.record(self.state.model(client)),
+                keys=self.keys,
+                server_round=server_round,
+                client_id=self.client_ids[client],
+                config=config,
             )
             self._record(server_round).bytes_down += _payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id=str(server_round))
@@ -365,7 +399,9 @@ class FedFomo(Strategy):
             answered.add(client)
             try:
                 self._check_reply(reply, message)
-                evaluation, _ = protocol.read_evaluate_reply(reply.content, keys=self.keys, client_id=self.client_ids[client])
+                evaluation, _ = protocol.read_evaluate_reply(
+                    reply.content, keys=self.keys, client_id=self.client_ids[client]
+                )
             except Exception as e:
                 self._fail(record.evaluate_failed, client, str(e) or type(e).__name__)
                 continue
@@ -390,8 +426,14 @@ class FedFomo(Strategy):
 
     # --- messages ---------------------------------------------------------------------------------
 
-    def train_messages(self, server_round: int, node_ids: Iterable[int], config: Optional[ConfigRecord] = None,
-                       *, evaluate: Iterable[int] = ()) -> list:
+    def train_messages(
+        self,
+        server_round: int,
+        node_ids: Iterable[int],
+        config: Optional[ConfigRecord] = None,
+        *,
+        evaluate: Iterable[int] = (),
+    ) -> list:
         """One train message per (bound) node: the client's latest model, the M candidates the
         server state picks for it, the config and fomo_step options; ``evaluate`` nodes also
         evaluate their new model in the same message."""
@@ -409,9 +451,17 @@ class FedFomo(Strategy):
                     cache[j] = self.layout.record(row, self.candidate_dtype)
                 cands.append(cache[j])
             content = protocol.train_instruction(
-                self.layout.record(self.state.model(client)), cands, ids, keys=self.keys,
-                server_round=server_round, client_id=self.client_ids[client], norm=self.preset.client.norm,
-                eps=self.preset.client.eps, transport=self.candidate_dtype, evaluate=node in evaluate, config=config,
+                self.layout.record(self.state.model(client)),
+                cands,
+                ids,
+                keys=self.keys,
+                server_round=server_round,
+                client_id=self.client_ids[client],
+                norm=self.preset.client.norm,
+                eps=self.preset.client.eps,
+                transport=self.candidate_dtype,
+                evaluate=node in evaluate,
+                config=config,
             )
             record.bytes_down += _payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
@@ -423,8 +473,15 @@ class FedFomo(Strategy):
     def _read_train(self, content: RecordDict, client: int, ids: list, evaluate: bool):
         if self._scratch is None or self._scratch.size != self.layout.size:
             self._scratch = np.empty(self.layout.size, dtype=np.float32)
-        return protocol.read_train_reply(content, keys=self.keys, layout=self.layout, candidate_clients=ids,
-                                         client_id=self.client_ids[client], evaluate=evaluate, out=self._scratch)
+        return protocol.read_train_reply(
+            content,
+            keys=self.keys,
+            layout=self.layout,
+            candidate_clients=ids,
+            client_id=self.client_ids[client],
+            evaluate=evaluate,
+            out=self._scratch,
+        )
 
     @staticmethod
     def _match(reply: Message, by_id: dict, where: str):
@@ -432,8 +489,12 @@ class FedFomo(Strategy):
         from the SuperLink, not from the node), or None."""
         entry = by_id.pop(reply.metadata.reply_to_message_id, None)
         if entry is None:
-            _log.warning("%s: reply to message %r, which this round did not send (from node %d); ignored",
-                         where, reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            _log.warning(
+                "%s: reply to message %r, which this round did not send (from node %d); ignored",
+                where,
+                reply.metadata.reply_to_message_id,
+                reply.metadata.src_node_id,
+            )
         return entry
 
     @staticmethod
@@ -443,7 +504,9 @@ class FedFomo(Strategy):
         if reply.has_error():
             raise ValueError(f"error reply (code {reply.error.code}): {reply.error.reason}")
         if reply.metadata.src_node_id != message.metadata.dst_node_id:
-            raise ValueError(f"reply from node {reply.metadata.src_node_id} to a message sent to node {message.metadata.dst_node_id}")
+            raise ValueError(
+                f"reply from node {reply.metadata.src_node_id} to a message sent to node {message.metadata.dst_node_id}"
+            )
 
     # --- rounds, clients and state ---------------------------------------------------------------
 
@@ -467,8 +530,9 @@ class FedFomo(Strategy):
             return
         n = self.num_clients or num_nodes
         self.num_clients = n
-        self.state = Server(n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy,
-                            models=self._store(n))
+        self.state = Server(
+            n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy, models=self._store(n)
+        )
         self.client_ids = [None] * n
 
     def _store(self, num_clients: int) -> Optional[np.ndarray]:
@@ -498,8 +562,12 @@ class FedFomo(Strategy):
         """Asks each node for its stable client id (one QUERY message) and binds it."""
         messages = {}
         for node in node_ids:
-            message = Message(protocol.identify_instruction(self.keys), dst_node_id=node,
-                              message_type=MessageType.QUERY, group_id=f"identify-{server_round}")
+            message = Message(
+                protocol.identify_instruction(self.keys),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+                group_id=f"identify-{server_round}",
+            )
             messages[node] = message
         replies = grid.send_and_receive(list(messages.values()), timeout=self.identify_timeout)
         by_id = {m.metadata.message_id: node for node, m in messages.items()}
@@ -524,8 +592,9 @@ class FedFomo(Strategy):
     def bind(self, node: int, client_id: str, connected: Iterable[int] = ()) -> int:
         """Binds Flower node ``node`` to the client with stable id ``client_id`` and returns its
         dense index: ``int(client_id)`` when it is an integer in [0, N), else the highest free
-        index (partition ids keep the low ones). A client bound to another node that is still connected is refused (ValueError);
-        one whose node is gone (a restarted SuperNode) moves to the new node."""
+        index (partition ids keep the low ones). A client bound to another node that is still
+        connected is refused (ValueError); one whose node is gone (a restarted SuperNode) moves to
+        the new node."""
         client_id = protocol.check_client_id(client_id)
         connected = set(connected)
         index = self._index.get(client_id)
@@ -559,7 +628,9 @@ class FedFomo(Strategy):
         try:
             return self._index[protocol.check_client_id(client_id)]
         except KeyError:
-            raise ValueError(f"client_id {client_id!r} is not a client of this strategy (known: {[c for c in self.client_ids if c]})") from None
+            raise ValueError(
+                f"client_id {client_id!r} is not a client of this strategy (known: {[c for c in self.client_ids if c]})"
+            ) from None
 
     def _sample(self, nodes: list, fraction: float, minimum: int) -> list:
         if fraction == 0.0 or not nodes:
@@ -577,9 +648,15 @@ class FedFomo(Strategy):
         if self.affinity_history:
             record.affinity = self.state.affinity.matrix.copy()
         acc = record.mean_accuracy
-        _log.info("round %d: %d clients updated, %d failed, mean accuracy %s, %.1f MB down / %.1f MB up",
-                  server_round, len(record.scores), len(record.failed), "n/a" if acc is None else f"{acc:.4f}",
-                  record.bytes_down / 1e6, record.bytes_up / 1e6)
+        _log.info(
+            "round %d: %d clients updated, %d failed, mean accuracy %s, %.1f MB down / %.1f MB up",
+            server_round,
+            len(record.scores),
+            len(record.failed),
+            "n/a" if acc is None else f"{acc:.4f}",
+            record.bytes_down / 1e6,
+            record.bytes_up / 1e6,
+        )
         if self.state_dir is not None:
             self.checkpoint()
 
@@ -597,8 +674,12 @@ class FedFomo(Strategy):
     def _store_metrics(result: Result, rec: FedFomoRound) -> None:
         if rec.accuracy:
             result.evaluate_metrics_clientapp[rec.round] = MetricRecord(
-                {"loss": float(np.mean(list(rec.loss.values()))), "accuracy": float(rec.mean_accuracy),
-                 "num-clients": len(rec.accuracy)})
+                {
+                    "loss": float(np.mean(list(rec.loss.values()))),
+                    "accuracy": float(rec.mean_accuracy),
+                    "num-clients": len(rec.accuracy),
+                }
+            )
 
     # --- results ------------------------------------------------------------------------------------
 
@@ -620,7 +701,9 @@ class FedFomo(Strategy):
         ``model_store``: the models stay on disk, read them with :meth:`model`)."""
         if self.state is None or self.model_store is not None:
             return ArrayRecord()
-        return ArrayRecord({cid: Array(np.array(self.state.model(i))) for i, cid in enumerate(self.client_ids) if cid is not None})
+        return ArrayRecord(
+            {cid: Array(np.array(self.state.model(i))) for i, cid in enumerate(self.client_ids) if cid is not None}
+        )
 
     # --- checkpoint ---------------------------------------------------------------------------------
 
@@ -656,12 +739,16 @@ class FedFomo(Strategy):
             raise ValueError(f"state_dir {self.state_dir!r} holds models of another layout than initial_arrays")
         state = Server.load(os.path.join(self.state_dir, meta["server"]), models=self._store(len(meta["client_ids"])))
         if state.m != self.m or state.policy != self.policy:
-            raise ValueError(f"state_dir {self.state_dir!r} was written with m={state.m}, {state.policy}; "
-                             f"this strategy has m={self.m}, {self.policy}")
+            raise ValueError(
+                f"state_dir {self.state_dir!r} was written with m={state.m}, {state.policy}; "
+                f"this strategy has m={self.m}, {self.policy}"
+            )
         self.state = state
         self.num_clients = self.state.num_clients
         self.client_ids = list(meta["client_ids"])
         self._index = {cid: i for i, cid in enumerate(self.client_ids) if cid is not None}
         self._rng.bit_generator.state = meta["rng"]
         self.rounds = [FedFomoRound.from_json(r) for r in meta["rounds"]]
-        _log.info("FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.next_round, len(self._index))
+        _log.info(
+            "FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.next_round, len(self._index)
+        )

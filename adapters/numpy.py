@@ -19,11 +19,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..dense import DenseSpec, evaluate_candidates, flat_from_layers, layers_from_flat
 from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
 from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
+
+from ..dense import DenseSpec, evaluate_candidates, flat_from_layers, layers_from_flat
 
 __all__ = [
     "ArrayLayout",
@@ -54,7 +55,7 @@ class ArrayLayout:
     dtype: np.dtype
 
     @classmethod
-    def of(cls, arrays: Sequence) -> "ArrayLayout":
+    def of(cls, arrays: Sequence) -> ArrayLayout:
         """The layout of ``arrays`` (a list of ndarrays, e.g. Keras ``get_weights()``)."""
         if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
             raise TypeError(f"arrays must be a list of ndarrays, got {type(arrays).__name__}")

@@ -37,8 +37,14 @@ class SklearnBackend:
 
         s = self.settings
         return MLPClassifier(
-            hidden_layer_sizes=s.hidden, solver="sgd", learning_rate_init=s.lr, momentum=s.momentum,
-            nesterovs_momentum=False, batch_size=s.batch_size, alpha=0.0, random_state=seed,
+            hidden_layer_sizes=s.hidden,
+            solver="sgd",
+            learning_rate_init=s.lr,
+            momentum=s.momentum,
+            nesterovs_momentum=False,
+            batch_size=s.batch_size,
+            alpha=0.0,
+            random_state=seed,
         )
 
     def init_params(self):
@@ -50,8 +56,9 @@ class SklearnBackend:
         s = self.settings
         # partial_fit allocates the parameters (one step on one sample); set_params then loads
         # the common initial model over them
-        est = self.adapter.initialise_mlp(self.build_estimator(seed), data.x_train, data.y_train,
-                                          np.arange(self.dataset.num_classes))
+        est = self.adapter.initialise_mlp(
+            self.build_estimator(seed), data.x_train, data.y_train, np.arange(self.dataset.num_classes)
+        )
         client = self.adapter.MLPClassifierClient(
             est, (data.x_val, data.y_val), (data.x_train, data.y_train), epochs=s.epochs, preset=self.preset
         )

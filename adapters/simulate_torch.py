@@ -42,9 +42,16 @@ class TorchBackend:
             return nn.Sequential(*layers, nn.Linear(sizes[-1], c))
         # LeNet-style CNN for 3x32x32 images
         return nn.Sequential(
-            nn.Conv2d(x.shape[1], 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(32 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, c),
+            nn.Conv2d(x.shape[1], 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 5 * 5, 128),
+            nn.ReLU(),
+            nn.Linear(128, c),
         )
 
     def init_params(self):
@@ -62,7 +69,12 @@ class TorchBackend:
             self.build_module(),
             self._pair(data.x_val, data.y_val),
             self._pair(data.x_train, data.y_train),
-            epochs=s.epochs, lr=s.lr, momentum=s.momentum, batch_size=s.batch_size, seed=seed, preset=self.preset,
+            epochs=s.epochs,
+            lr=s.lr,
+            momentum=s.momentum,
+            batch_size=s.batch_size,
+            seed=seed,
+            preset=self.preset,
         )
         client.set_flat(init)
         client.test_data = self._pair(data.x_test, data.y_test)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -28,15 +28,14 @@ with optional_import("fomo_core.adapters.torch"):
     from torch import nn
     from torch.func import functional_call
 
+from fomo_core._validate import count, real
 from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core._validate import count, real
 from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
 
 from .torch_evaluate import _batches as _eval_batches
-from .torch_evaluate import _module_mode
-from .torch_evaluate import dense_spec, evaluate_candidates, evaluate_module
+from .torch_evaluate import _module_mode, dense_spec, evaluate_candidates, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -148,7 +147,7 @@ class _FlatAlias:
         self.flat = flat
         self.include_buffers = include_buffers
 
-    def __deepcopy__(self, memo: dict) -> "_FlatAlias":
+    def __deepcopy__(self, memo: dict) -> _FlatAlias:
         return _FlatAlias()
 
     def __reduce__(self) -> tuple:
@@ -474,9 +473,7 @@ class FedFomoClient:
             return candidates.candidates
         if isinstance(candidates, torch.Tensor):
             if candidates.dim() != 2 or candidates.shape[1] != self.params.numel():
-                raise ValueError(
-                    f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})"
-                )
+                raise ValueError(f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})")
             return candidates
         if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
             if len(candidates) > self.bank.capacity:
@@ -529,8 +526,13 @@ class FedFomoClient:
         models = list(models) if not isinstance(models, list) else models
         kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
         if data is not None or (self.policy.loss == "mean" and self.policy.evaluation == "eval"):
-            ev = evaluate_candidates(self.module, self._as_models(models), self.val_data if data is None else data,
-                                     batch_size=self.eval_batch_size, **kwargs)
+            ev = evaluate_candidates(
+                self.module,
+                self._as_models(models),
+                self.val_data if data is None else data,
+                batch_size=self.eval_batch_size,
+                **kwargs,
+            )
             return as_float64(ev.loss), as_float64(ev.accuracy)
         per_batch, correct, sizes = [], np.zeros(len(models)), []
         for x, y in self._val_batches():

@@ -132,18 +132,21 @@ class _Candidates:
                 self.models.append((self._split(cand), {}))
             elif isinstance(cand, nn.Module):
                 kinds.add("modules")
-                self.models.append(self._from_mapping({**dict(cand.named_parameters()), **dict(cand.named_buffers())}, where))
+                self.models.append(
+                    self._from_mapping({**dict(cand.named_parameters()), **dict(cand.named_buffers())}, where)
+                )
             elif isinstance(cand, Mapping):
                 kinds.add("state_dicts")
                 self.models.append(self._from_mapping(cand, where))
             else:
-                raise TypeError(f"{where} must be a flat tensor, a state_dict or an nn.Module, got {type(cand).__name__}")
+                raise TypeError(
+                    f"{where} must be a flat tensor, a state_dict or an nn.Module, got {type(cand).__name__}"
+                )
         if len(kinds) > 1:
             raise TypeError(f"candidates mixes kinds {sorted(kinds)}; give them all in one form")
         self.kind = kinds.pop() if kinds else "flat"
         if self.kind == "flat" and self.count:
             self.flat = _rows_as_matrix(list(candidates))  # rows of one [M, P] buffer: no stacking
-
 
     def _split(self, vector: torch.Tensor) -> dict:
         """Views of a flat vector [P] (any stride) as the module's parameters."""
@@ -193,8 +196,10 @@ def _rows_as_matrix(rows: list) -> Optional[torch.Tensor]:
     rows), as a view; None when they are not laid out so."""
     first = rows[0]
     if first.stride() != (1,) or any(
-        r.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or r.stride() != (1,)
-        or r.dtype != first.dtype or r.storage_offset() != first.storage_offset() + k * first.numel()
+        r.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+        or r.stride() != (1,)
+        or r.dtype != first.dtype
+        or r.storage_offset() != first.storage_offset() + k * first.numel()
         for k, r in enumerate(rows)
     ):
         return None
@@ -213,7 +218,9 @@ def _check_pair(data: Any) -> Optional[tuple]:
         return X, y
     if isinstance(data, Iterable) and not torch.is_tensor(data):
         return None
-    raise TypeError(f"data must be a pair (X, y) of tensors or an iterable of (X, y) batches, got {type(data).__name__}")
+    raise TypeError(
+        f"data must be a pair (X, y) of tensors or an iterable of (X, y) batches, got {type(data).__name__}"
+    )
 
 
 def _batches(data: Any, batch_size: Optional[int], order_seed: Optional[int] = None) -> Iterable:
@@ -240,8 +247,9 @@ def _unpack(batch: Any, index: int) -> tuple:
 def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the per-sample losses."""
     if loss_fn is None:
-        return F.cross_entropy(out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y,
-                               reduction="sum").double()
+        return F.cross_entropy(
+            out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y, reduction="sum"
+        ).double()
     value = loss_fn(out, y)
     if not torch.is_tensor(value):
         value = torch.as_tensor(value)
@@ -372,9 +380,17 @@ class _FastPool(TorchFunctionMode):
         kernel = _pair2(kernel_size)
         stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair2(stride)
         if (
-            kernel is None or stride != kernel or _pair2(padding) != (0, 0) or _pair2(dilation) != (1, 1)
-            or ceil_mode or return_indices or not torch.is_tensor(input) or input.ndim not in (3, 4)
-            or min(kernel) < 1 or input.shape[-2] < kernel[0] or input.shape[-1] < kernel[1]
+            kernel is None
+            or stride != kernel
+            or _pair2(padding) != (0, 0)
+            or _pair2(dilation) != (1, 1)
+            or ceil_mode
+            or return_indices
+            or not torch.is_tensor(input)
+            or input.ndim not in (3, 4)
+            or min(kernel) < 1
+            or input.shape[-2] < kernel[0]
+            or input.shape[-1] < kernel[1]
         ):
             return None
         return kernel
@@ -450,7 +466,7 @@ class _Vmap:
 
 
 # The route "auto" measured for a module, by (candidate kind, M, input shape/dtype, threads).
-_measured_routes: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_measured_routes: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _route_key(cands: _Candidates, X: torch.Tensor) -> tuple:

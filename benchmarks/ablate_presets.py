@@ -43,7 +43,11 @@ def run(name: str, preset: fc.Preset, seed: int) -> tuple:
     fc.PRESETS[key] = replace(preset, name=key)  # the simulator takes presets by name
     try:
         cfg = ExperimentConfig(
-            dataset="mnist5k", clients=20, groups=2, max_train=20, methods=("fedfomo",),
+            dataset="mnist5k",
+            clients=20,
+            groups=2,
+            max_train=20,
+            methods=("fedfomo",),
             federation=FederationSettings(rounds=20, m=5, preset=key, seed=seed),
             training=TrainSettings(epochs=2, lr=0.05, momentum=0.5, batch_size=16, hidden=(64,)),
         )
@@ -61,14 +65,16 @@ def main() -> int:
         print(f"{name:32s} after training {trained.mean():5.1f} ± {trained.std(ddof=1):.1f}", file=sys.stderr)
     base = np.array([r[0] for r in results["fomo-core"]]) * 100
     lines = [
-        "| variant of fomo-core | after local training | after the update | Δ after training vs fomo-core (seeds ahead) |",
+        "| variant of fomo-core | after local training | after the update "
+        "| Δ after training vs fomo-core (seeds ahead) |",
         "|---|---|---|---|",
     ]
     for name, runs in results.items():
         trained, updated = (np.array([r[k] for r in runs]) * 100 for k in (0, 1))
         diff = trained - base
         lines.append(
-            f"| {name} | {trained.mean():.1f} ± {trained.std(ddof=1):.1f} | {updated.mean():.1f} ± {updated.std(ddof=1):.1f} "
+            f"| {name} | {trained.mean():.1f} ± {trained.std(ddof=1):.1f} "
+            f"| {updated.mean():.1f} ± {updated.std(ddof=1):.1f} "
             f"| {diff.mean():+.1f} ± {diff.std(ddof=1):.1f} ({int((diff > 0).sum())}/{len(diff)}) |"
         )
     out = Path(__file__).resolve().parent / "results"

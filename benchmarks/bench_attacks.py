@@ -6,9 +6,9 @@ M = 5, 2 local epochs) with k = 0, 1, 3, 5 attackers taking part in every round 
 corrupted model instead of the one they trained (fomo_core/simulate/attacks.py): x10 and x1000
 scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, and "lying" (1e30 whose validation loss
 every victim sees as 0); and, as "diverging", k honest clients whose own models turn NaN once,
-after training in round 2 (they count among the honest clients). The figure of merit is the honest clients' mean personalised test
-accuracy (the attackers' own models are left out), mean +- sd over 3 seeds; "drop" is the paired
-difference, per seed, from the same method without attackers over the same honest clients.
+after training in round 2 (they count among the honest clients). The figure of merit is the honest
+clients' mean personalised test accuracy (the attackers' own models are left out), mean +- sd over
+3 seeds; "drop" is the paired difference, per seed, from the same method without attackers over the same honest clients.
 
     python benchmarks/bench_attacks.py            # about 5 minutes on 2 cores
     python benchmarks/bench_attacks.py --quick    # 1 seed, k = 3 only (a smoke run, not committed)
@@ -62,7 +62,10 @@ def run_cell(cell: tuple) -> dict:
     start = time.perf_counter()
     results = run_experiment(ExperimentConfig(methods=(name,), federation=fed))
     return {
-        "seed": seed, "kind": kind, "attackers": k, "method": method,
+        "seed": seed,
+        "kind": kind,
+        "attackers": k,
+        "method": method,
         "client_accuracy": results["methods"][name]["final_client_accuracy"],
         "attacker_ids": results.get("attack", {}).get("attacker_ids", []),
         "seconds": time.perf_counter() - start,
@@ -94,8 +97,11 @@ def _measure_ratios() -> list:
 
 def cells(seeds, kinds, attackers) -> list:
     clean = [(s, "none", 0, m) for s in seeds for m in METHODS]
-    attacked = [(s, kind, k, m) for s, kind, k, m in itertools.product(seeds, kinds, attackers, METHODS)
-                if m != "local" or kind == "diverging"]  # Local does not see attackers, but it does diverge
+    attacked = [
+        (s, kind, k, m)
+        for s, kind, k, m in itertools.product(seeds, kinds, attackers, METHODS)
+        if m != "local" or kind == "diverging"
+    ]  # Local does not see attackers, but it does diverge
     return clean + attacked
 
 
@@ -118,15 +124,20 @@ def summarise(runs: list, seeds, kinds, attackers) -> dict:
             values.append(value)
             drops.append(value - 100 * honest_mean(clean[(s, method)]["client_accuracy"], ids))
         table.setdefault(kind, {}).setdefault(k, {})[method] = {
-            "mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "drop_mean": statistics.mean(drops), "drop_sd": statistics.stdev(drops) if len(drops) > 1 else 0.0,
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "drop_mean": statistics.mean(drops),
+            "drop_sd": statistics.stdev(drops) if len(drops) > 1 else 0.0,
         }
     table["none"] = {0: {}}
     for method in METHODS:
         values = [100 * float(np.mean(clean[(s, method)]["client_accuracy"])) for s in seeds]
-        table["none"][0][method] = {"mean": statistics.mean(values),
-                                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                    "drop_mean": 0.0, "drop_sd": 0.0}
+        table["none"][0][method] = {
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "drop_mean": 0.0,
+            "drop_sd": 0.0,
+        }
     return table
 
 
@@ -139,8 +150,10 @@ def markdown(table: dict, kinds, attackers) -> str:
             c = table[kind][k][m]
             cells_.append(f"{c['mean']:.1f} ± {c['sd']:.1f} ({c['drop_mean']:+.1f})")
         rows.append([kind, k] + cells_)
-    note = ("Honest clients' mean personalised test accuracy (%), mean ± sd over seeds; in brackets the "
-            "paired change from the same method without attackers, over the same honest clients.")
+    note = (
+        "Honest clients' mean personalised test accuracy (%), mean ± sd over seeds; in brackets the "
+        "paired change from the same method without attackers, over the same honest clients."
+    )
     return note + "\n\n" + markdown_table(headers, rows)
 
 
@@ -203,8 +216,17 @@ def main() -> int:
     if args.quick:
         return 0
     payload = {
-        "settings": {"clients": 15, "rounds": 20, "m": 5, "dataset": "digits", "seeds": list(seeds),
-                     "attackers": list(attackers), "kinds": list(KINDS), "guard": GUARD, "workers": args.workers},
+        "settings": {
+            "clients": 15,
+            "rounds": 20,
+            "m": 5,
+            "dataset": "digits",
+            "seeds": list(seeds),
+            "attackers": list(attackers),
+            "kinds": list(KINDS),
+            "guard": GUARD,
+            "workers": args.workers,
+        },
         "machine": machine(),
         "seconds": time.perf_counter() - start,
         "summary": {kind: {str(k): v for k, v in by_k.items()} for kind, by_k in table.items()},

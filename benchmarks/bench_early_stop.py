@@ -62,8 +62,15 @@ def federation(model: str, epochs: int, seed: int = 0) -> list:
     for k, c in enumerate(clients):
         net = copy.deepcopy(start)
         flat = flatten_module(net)
-        train_sgd(net, (shape(c.x_train), torch.from_numpy(c.y_train)), epochs=epochs, lr=0.05, momentum=0.5,
-                  batch_size=16, generator=torch.Generator().manual_seed(k))
+        train_sgd(
+            net,
+            (shape(c.x_train), torch.from_numpy(c.y_train)),
+            epochs=epochs,
+            lr=0.05,
+            momentum=0.5,
+            batch_size=16,
+            generator=torch.Generator().manual_seed(k),
+        )
         out.append((net, flat, (shape(c.x_val), torch.from_numpy(c.y_val))))
     return out
 
@@ -85,7 +92,9 @@ def case(model: str, epochs: int, repeats: int, tick: Optional[Callable] = None)
 
     def early(z, b, k):
         rule = lambda l0: EarlyStop(l0, z=z, batch_size=b, min_batches=k)  # noqa: E731
-        return lambda: [evaluate_candidates(net, others, val, early_stop=rule(l0)) for net, _, others, val, l0 in rounds]
+        return lambda: [
+            evaluate_candidates(net, others, val, early_stop=rule(l0)) for net, _, others, val, l0 in rounds
+        ]
 
     methods = {"full": full, **{f"z={z}, batch {b}, min {k}": early(z, b, k) for z, b, k in SETTINGS}}
     full_losses = full()
@@ -96,7 +105,7 @@ def case(model: str, epochs: int, repeats: int, tick: Optional[Callable] = None)
         evs = fn()
         changed = wrongly_stopped = stopped = total = 0
         max_dw = 0.0
-        for (net, flat, others, val, l0), ev, ref in zip(rounds, evs, full_losses):
+        for (_net, flat, others, _val, l0), ev, ref in zip(rounds, evs, full_losses):
             w_full = _weights(flat, others, l0, ref.numpy())
             w_early = _weights(flat, others, l0, ev.loss.numpy())
             changed += int(not np.array_equal(w_full > 0, w_early > 0))
@@ -107,16 +116,25 @@ def case(model: str, epochs: int, repeats: int, tick: Optional[Callable] = None)
             stopped += int(ev.stopped.sum())
             total += len(ev.stopped)
             max_dw = max(max_dw, float(np.abs(w_full - w_early).max(initial=0.0)))
-        rows.append({"setting": name, "stopped_fraction": stopped / total, "rounds_with_changed_helpers": changed,
-                     "rounds": len(rounds), "improving_candidates_stopped": wrongly_stopped,
-                     "max_weight_change": max_dw})
+        rows.append(
+            {
+                "setting": name,
+                "stopped_fraction": stopped / total,
+                "rounds_with_changed_helpers": changed,
+                "rounds": len(rounds),
+                "improving_candidates_stopped": wrongly_stopped,
+                "max_weight_change": max_dw,
+            }
+        )
     samples = interleaved_samples(methods, repeats, warmup=1, tick=tick)
     base = spread(samples["full"])["median"]
     for r in rows:
         s = spread(samples[r["setting"]])
         r.update({"median_ms": s["median"], "q1_ms": s["q1"], "q3_ms": s["q3"], "speedup_vs_full": base / s["median"]})
-    return [{"model": model, "epochs": epochs, "full_ms": base, "val_samples": [len(r[3][1]) for r in rounds],
-             **r} for r in rows]
+    return [
+        {"model": model, "epochs": epochs, "full_ms": base, "val_samples": [len(r[3][1]) for r in rounds], **r}
+        for r in rows
+    ]
 
 
 def _cases(quick: bool) -> list:
@@ -137,17 +155,45 @@ def run(quick: bool = False, tick: Optional[Callable] = None) -> dict:
     rows = []
     for model, epochs in _cases(quick):
         rows += case(model, epochs, _repeats(quick), tick)
-    return {"name": "early-stop", "quick": quick, "clients": CLIENTS, "groups": GROUPS, "M": CLIENTS - 1,
-            "torch_threads": 1, "rows": rows}
+    return {
+        "name": "early-stop",
+        "quick": quick,
+        "clients": CLIENTS,
+        "groups": GROUPS,
+        "M": CLIENTS - 1,
+        "torch_threads": 1,
+        "rows": rows,
+    }
 
 
 def table(payload: dict) -> str:
     return markdown_table(
-        ["model", "local epochs", "setting", "median ms (all clients)", "x vs full", "candidates stopped",
-         "rounds whose helped set changed", "improving candidates stopped", "max weight change"],
-        [[r["model"], r["epochs"], r["setting"], r["median_ms"], r["speedup_vs_full"], f"{100 * r['stopped_fraction']:.0f}%",
-          f"{r['rounds_with_changed_helpers']} of {r['rounds']}", r["improving_candidates_stopped"], r["max_weight_change"]]
-         for r in payload["rows"]])
+        [
+            "model",
+            "local epochs",
+            "setting",
+            "median ms (all clients)",
+            "x vs full",
+            "candidates stopped",
+            "rounds whose helped set changed",
+            "improving candidates stopped",
+            "max weight change",
+        ],
+        [
+            [
+                r["model"],
+                r["epochs"],
+                r["setting"],
+                r["median_ms"],
+                r["speedup_vs_full"],
+                f"{100 * r['stopped_fraction']:.0f}%",
+                f"{r['rounds_with_changed_helpers']} of {r['rounds']}",
+                r["improving_candidates_stopped"],
+                r["max_weight_change"],
+            ]
+            for r in payload["rows"]
+        ],
+    )
 
 
 def plot(payload: dict, folder: Path) -> list:
@@ -159,11 +205,17 @@ def plot(payload: dict, folder: Path) -> list:
     fig, ax = plt.subplots(figsize=(7, 4))
     for model in dict.fromkeys(r["model"] for r in payload["rows"]):
         rows = [r for r in payload["rows"] if r["model"] == model]
-        ax.scatter([r["speedup_vs_full"] for r in rows],
-                   [r["rounds_with_changed_helpers"] / r["rounds"] for r in rows], label=model)
+        ax.scatter(
+            [r["speedup_vs_full"] for r in rows],
+            [r["rounds_with_changed_helpers"] / r["rounds"] for r in rows],
+            label=model,
+        )
         for r in rows:
-            ax.annotate(f"{r['setting']}, e{r['epochs']}", (r["speedup_vs_full"], r["rounds_with_changed_helpers"] / r["rounds"]),
-                        fontsize=6)
+            ax.annotate(
+                f"{r['setting']}, e{r['epochs']}",
+                (r["speedup_vs_full"], r["rounds_with_changed_helpers"] / r["rounds"]),
+                fontsize=6,
+            )
     ax.set_xlabel("evaluation speed vs full evaluation (median of the same run)")
     ax.set_ylabel("share of client rounds whose helped set changed")
     ax.set_title("Early stopping of candidate evaluation: gain vs risk (digits, latent groups)")

@@ -50,10 +50,10 @@ from common import interleaved_samples, markdown_table, save_figure, script_main
 from models import ResNet18, lenet  # noqa: E402
 
 import fomo_core  # noqa: E402
-from fomo_core.adapters.torch_evaluate import _FastPool  # noqa: E402
-from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
 from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec  # noqa: E402
 from fomo_core.adapters.torch import dense_spec  # noqa: E402
+from fomo_core.adapters.torch_evaluate import _FastPool  # noqa: E402
+from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
 from fomo_core.dense import evaluate_candidates  # noqa: E402
 
 M = 10
@@ -142,8 +142,9 @@ def mlp_case(B: int, classifiers, models, X_all, y_all, repeats: int, tick=None)
     return interleaved_samples(methods, repeats, tick=tick)
 
 
-def functional_loop(module: nn.Module, state_dicts, X, y, *, grad_mode=torch.no_grad, channels_last=False,
-                    fast_pool=False) -> Callable:
+def functional_loop(
+    module: nn.Module, state_dicts, X, y, *, grad_mode=torch.no_grad, channels_last=False, fast_pool=False
+) -> Callable:
     """An ablation: the adapter's per-candidate functional_call loop with one change at a time."""
     from torch.func import functional_call
 
@@ -151,7 +152,7 @@ def functional_loop(module: nn.Module, state_dicts, X, y, *, grad_mode=torch.no_
     Xin = X.contiguous(memory_format=torch.channels_last) if channels_last else X
 
     def run():
-        with grad_mode(), (_FastPool() if fast_pool else contextlib.nullcontext()):
+        with grad_mode(), _FastPool() if fast_pool else contextlib.nullcontext():
             return np.array([mean_loss(functional_call(net, sd, (Xin,)), y) for sd in state_dicts])
 
     return run
@@ -186,21 +187,29 @@ def cnn_case(build: Callable, M: int, B: int, repeats: int, tick=None, ablations
         "adapter loop": lambda: adapter_evaluate(template, state_dicts, (X, y), method="loop").loss,
         "adapter vmap": lambda: adapter_evaluate(template, state_dicts, (X, y), method="vmap").loss,
         "adapter auto": lambda: adapter_evaluate(template, state_dicts, (X, y)).loss,
-        "adapter loop bf16": lambda: adapter_evaluate(template, state_dicts, (X, y), method="loop",
-                                                      autocast=torch.bfloat16).loss,
-        "adapter vmap bf16": lambda: adapter_evaluate(template, state_dicts, (X, y), method="vmap",
-                                                      autocast=torch.bfloat16).loss,
+        "adapter loop bf16": lambda: (
+            adapter_evaluate(template, state_dicts, (X, y), method="loop", autocast=torch.bfloat16).loss
+        ),
+        "adapter vmap bf16": lambda: (
+            adapter_evaluate(template, state_dicts, (X, y), method="vmap", autocast=torch.bfloat16).loss
+        ),
     }
     if ablations:
-        methods.update({
-            "ablation: loop, no_grad": functional_loop(template, state_dicts, X, y),
-            "ablation: + inference_mode": functional_loop(template, state_dicts, X, y, grad_mode=torch.inference_mode),
-            "ablation: + channels_last": functional_loop(template, state_dicts, X, y, grad_mode=torch.inference_mode,
-                                                         channels_last=True),
-            "ablation: + strided max pool": functional_loop(template, state_dicts, X, y, grad_mode=torch.inference_mode,
-                                                            fast_pool=True),
-            "ablation: vmap, NCHW, torch pool": plain_vmap(template, state_dicts, X, y),
-        })
+        methods.update(
+            {
+                "ablation: loop, no_grad": functional_loop(template, state_dicts, X, y),
+                "ablation: + inference_mode": functional_loop(
+                    template, state_dicts, X, y, grad_mode=torch.inference_mode
+                ),
+                "ablation: + channels_last": functional_loop(
+                    template, state_dicts, X, y, grad_mode=torch.inference_mode, channels_last=True
+                ),
+                "ablation: + strided max pool": functional_loop(
+                    template, state_dicts, X, y, grad_mode=torch.inference_mode, fast_pool=True
+                ),
+                "ablation: vmap, NCHW, torch pool": plain_vmap(template, state_dicts, X, y),
+            }
+        )
     reference = methods["torch loop"]()
     exact = ("adapter loop", "ablation: loop, no_grad", "ablation: + inference_mode", "ablation: + strided max pool")
     for name, fn in methods.items():
@@ -218,7 +227,7 @@ def cases(quick: bool) -> list:
     threads = (1,) if quick else (1, 2)
     out = []
     for t in threads:
-        for B in ((100,) if quick else SIZES):
+        for B in (100,) if quick else SIZES:
             out += [(t, "digits MLP 64-200-200-10", B, M), (t, "LeNet CNN 3x32x32", B, M)]
         out.append((t, "ResNet-18 3x32x32", 8 if quick else 32, 3 if quick else 5))
     return out
@@ -258,18 +267,40 @@ def run(quick: bool = False, tick: Optional[Callable] = None) -> dict:
         base = {name: spread(t)["median"] for name, t in samples.items()}
         for method, t in samples.items():
             s = spread(t)
-            results.append({"threads": threads, "model": model, "B": B, "M": m, "method": method, **{
-                f"{k}_ms": v for k, v in s.items() if k != "n"}, "repeats": s["n"],
-                "speedup_vs_torch_loop": base["torch loop"] / s["median"],
-                "speedup_vs_sklearn_loop": base["sklearn loop"] / s["median"] if "sklearn loop" in base else None})
+            results.append(
+                {
+                    "threads": threads,
+                    "model": model,
+                    "B": B,
+                    "M": m,
+                    "method": method,
+                    **{f"{k}_ms": v for k, v in s.items() if k != "n"},
+                    "repeats": s["n"],
+                    "speedup_vs_torch_loop": base["torch loop"] / s["median"],
+                    "speedup_vs_sklearn_loop": base["sklearn loop"] / s["median"] if "sklearn loop" in base else None,
+                }
+            )
     return {"name": "evaluate", "quick": quick, "results": results}
 
 
 def table(payload: dict) -> str:
-    rows = [[r["threads"], r["model"], r["B"], r["M"], r["method"], r["median_ms"], f"{r['q1_ms']:.3g}-{r['q3_ms']:.3g}",
-             r["speedup_vs_torch_loop"], r["speedup_vs_sklearn_loop"]] for r in payload["results"]]
-    return markdown_table(["threads", "model", "B", "M", "method", "median ms", "IQR ms", "x vs torch loop",
-                           "x vs sklearn loop"], rows)
+    rows = [
+        [
+            r["threads"],
+            r["model"],
+            r["B"],
+            r["M"],
+            r["method"],
+            r["median_ms"],
+            f"{r['q1_ms']:.3g}-{r['q3_ms']:.3g}",
+            r["speedup_vs_torch_loop"],
+            r["speedup_vs_sklearn_loop"],
+        ]
+        for r in payload["results"]
+    ]
+    return markdown_table(
+        ["threads", "model", "B", "M", "method", "median ms", "IQR ms", "x vs torch loop", "x vs sklearn loop"], rows
+    )
 
 
 def plot(payload: dict, folder: Path) -> list:

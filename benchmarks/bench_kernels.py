@@ -43,7 +43,15 @@ import fomo_core as fc
 from fomo_core.layout import offsets_of, split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_ms, interleaved_samples, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
+from common import (
+    interleaved_ms,
+    interleaved_samples,
+    keep_freed_memory,
+    machine,
+    markdown_table,
+    peak_extra_mib,
+    write_results,
+)  # noqa: E402
 
 BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 
@@ -55,7 +63,14 @@ def resnet18_shapes(num_classes: int = 10) -> list[tuple[int, ...]]:
     for channels in (64, 128, 256, 512):
         for block in range(2):
             block_in = in_channels if block == 0 else channels
-            shapes += [(channels, block_in, 3, 3), (channels,), (channels,), (channels, channels, 3, 3), (channels,), (channels,)]
+            shapes += [
+                (channels, block_in, 3, 3),
+                (channels,),
+                (channels,),
+                (channels, channels, 3, 3),
+                (channels,),
+                (channels,),
+            ]
             if block == 0 and block_in != channels:
                 shapes += [(channels, block_in, 1, 1), (channels,), (channels,)]
         in_channels = channels
@@ -97,8 +112,9 @@ class Problem:
 
     def step(self, **options):
         """fomo_core's fused step over the layer lists into the reused output buffer."""
-        return fc.fomo_step(self.layers_local, self.layers_candidates, self.local_loss, self.losses,
-                            out=self.layers_out, **options)
+        return fc.fomo_step(
+            self.layers_local, self.layers_candidates, self.local_loss, self.losses, out=self.layers_out, **options
+        )
 
 
 # ---- the baselines, written as their authors' code computes it ----
@@ -146,21 +162,32 @@ class Probe:
         self.b = torch.randn(p, generator=torch.Generator().manual_seed(2))
         self.a_np, self.b_np = self.a.numpy(), self.b.numpy()
         self.nbytes = 2 * p * 4
-        self.methods = {"probe np.dot": lambda: np.dot(self.a_np, self.b_np),
-                        "probe torch.dot": lambda: torch.dot(self.a, self.b)}
+        self.methods = {
+            "probe np.dot": lambda: np.dot(self.a_np, self.b_np),
+            "probe torch.dot": lambda: torch.dot(self.a, self.b),
+        }
 
     def timed(self, methods: dict, repeats: int) -> tuple[dict, dict]:
         """Median ms of every method, interleaved with the probe; and the probe's GB/s."""
         times = {name: median for name, (median, _) in interleaved_ms({**methods, **self.methods}, repeats).items()}
         gbs = {name: self.nbytes / times.pop(name) / 1e6 for name in self.methods}
-        return times, {"gbs": max(gbs.values()), "numpy_dot_gbs": gbs["probe np.dot"],
-                       "torch_dot_gbs": gbs["probe torch.dot"]}
+        return times, {
+            "gbs": max(gbs.values()),
+            "numpy_dot_gbs": gbs["probe np.dot"],
+            "torch_dot_gbs": gbs["probe torch.dot"],
+        }
 
 
 def row(name: str, ms: float, problem: Problem, measured: int, probe: float, baseline_ms: float, mem) -> dict:
     gbs = problem.bytes_moved(measured) / ms / 1e6
-    return {"method": name, "ms": ms, "gbs": gbs, "fraction_of_probe": gbs / probe,
-            "speedup_vs_pfllib": baseline_ms / ms, "peak_extra_mib": mem}
+    return {
+        "method": name,
+        "ms": ms,
+        "gbs": gbs,
+        "fraction_of_probe": gbs / probe,
+        "speedup_vs_pfllib": baseline_ms / ms,
+        "peak_extra_mib": mem,
+    }
 
 
 def headline(problem: Problem, repeats: int, probe: Probe) -> tuple[list[dict], dict]:
@@ -170,9 +197,13 @@ def headline(problem: Problem, repeats: int, probe: Probe) -> tuple[list[dict], 
     inplace = [t.clone() for t in problem.layers_local]
     args = (problem.local_loss, problem.losses)
     methods = {
-        "fomo_core.fomo_step (layers, new output)": lambda: fc.fomo_step(problem.layers_local, problem.layers_candidates, *args),
+        "fomo_core.fomo_step (layers, new output)": lambda: fc.fomo_step(
+            problem.layers_local, problem.layers_candidates, *args
+        ),
         "fomo_core.fomo_step (layers, out=)": problem.step,
-        "fomo_core.fomo_step (layers, in place)": lambda: fc.fomo_step(inplace, problem.layers_candidates, *args, out=inplace),
+        "fomo_core.fomo_step (layers, in place)": lambda: fc.fomo_step(
+            inplace, problem.layers_candidates, *args, out=inplace
+        ),
         "fomo_core.fomo_step (flat [M, P])": lambda: fc.fomo_step(flat_x, flat_c, *args),
         "PFLlib-style per-layer torch loop": lambda: pfllib_loop(problem, model),
         "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
@@ -188,34 +219,55 @@ def headline(problem: Problem, repeats: int, probe: Probe) -> tuple[list[dict], 
     times, bandwidth = probe.timed(methods, repeats)
     baseline = times["PFLlib-style per-layer torch loop"]
     rows = [row(name, times[name], problem, problem.m, bandwidth["gbs"], baseline, memory[name]) for name in methods]
-    bandwidth["default_allocator"] = {"fomo_core_ms": default_allocator["ours"], "pfllib_ms": default_allocator["pfllib"],
-                                      "speedup_vs_pfllib": default_allocator["pfllib"] / default_allocator["ours"]}
+    bandwidth["default_allocator"] = {
+        "fomo_core_ms": default_allocator["ours"],
+        "pfllib_ms": default_allocator["pfllib"],
+        "speedup_vs_pfllib": default_allocator["pfllib"] / default_allocator["ours"],
+    }
     return rows, bandwidth
 
 
 def dtypes(shapes, m: int, repeats: int, probe: Probe) -> list[dict]:
-    problems = {str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
-                for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+    problems = {
+        str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
+        for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    }
     times, bandwidth = probe.timed({name: pb.step for name, pb in problems.items()}, repeats)
     rows = []
     for name, pb in problems.items():
         gbs = pb.bytes_moved(m) / times[name] / 1e6
-        rows.append({"dtype": name, "ms": times[name], "gbs": gbs, "fraction_of_probe": gbs / bandwidth["gbs"],
-                     "speedup_vs_float32": times["float32"] / times[name]})
+        rows.append(
+            {
+                "dtype": name,
+                "ms": times[name],
+                "gbs": gbs,
+                "fraction_of_probe": gbs / bandwidth["gbs"],
+                "speedup_vs_float32": times["float32"] / times[name],
+            }
+        )
     return rows
 
 
 def skipping(shapes, m: int, repeats: int, probe: Probe) -> list[dict]:
     full = Problem(shapes, m, torch.float32, improving=m)
     half = Problem(shapes, m, torch.float32, improving=m // 2)
-    cases = {f"all {m} improving": (full, m, full.step),
-             f"{m // 2} of {m} improving, all_scores=True": (half, m, lambda: half.step(all_scores=True)),
-             f"{m // 2} of {m} improving, all_scores=False": (half, m // 2, lambda: half.step(all_scores=False))}
+    cases = {
+        f"all {m} improving": (full, m, full.step),
+        f"{m // 2} of {m} improving, all_scores=True": (half, m, lambda: half.step(all_scores=True)),
+        f"{m // 2} of {m} improving, all_scores=False": (half, m // 2, lambda: half.step(all_scores=False)),
+    }
     times, _ = probe.timed({name: fn for name, (_, _, fn) in cases.items()}, repeats)
     base_ms, base_bytes = times[f"all {m} improving"], full.bytes_moved(m)
-    return [{"case": name, "ms": times[name], "relative_time": times[name] / base_ms,
-             "relative_bytes": pb.bytes_moved(measured) / base_bytes, "gbs": pb.bytes_moved(measured) / times[name] / 1e6}
-            for name, (pb, measured, _) in cases.items()]
+    return [
+        {
+            "case": name,
+            "ms": times[name],
+            "relative_time": times[name] / base_ms,
+            "relative_bytes": pb.bytes_moved(measured) / base_bytes,
+            "gbs": pb.bytes_moved(measured) / times[name] / 1e6,
+        }
+        for name, (pb, measured, _) in cases.items()
+    ]
 
 
 def m_sweep(shapes, ms_list, repeats: int, probe: Probe) -> list[dict]:
@@ -226,9 +278,16 @@ def m_sweep(shapes, ms_list, repeats: int, probe: Probe) -> list[dict]:
         methods = {"ours": problem.step, "pfllib": functools.partial(pfllib_loop, problem, model)}
         times, bandwidth = probe.timed(methods, repeats)
         gbs = problem.bytes_moved(m) / times["ours"] / 1e6
-        rows.append({"M": m, "fomo_core_ms": times["ours"], "pfllib_ms": times["pfllib"],
-                     "speedup_vs_pfllib": times["pfllib"] / times["ours"], "gbs": gbs,
-                     "fraction_of_probe": gbs / bandwidth["gbs"]})
+        rows.append(
+            {
+                "M": m,
+                "fomo_core_ms": times["ours"],
+                "pfllib_ms": times["pfllib"],
+                "speedup_vs_pfllib": times["pfllib"] / times["ours"],
+                "gbs": gbs,
+                "fraction_of_probe": gbs / bandwidth["gbs"],
+            }
+        )
         del problem, model
     return rows
 
@@ -280,8 +339,17 @@ def layer_lists(repeats: int) -> list[dict]:
         times = {k: med for k, (med, _) in interleaved_ms(methods, repeats * 20, warmup=5).items()}
         base = times["flat, out="]
         for method, ms in times.items():
-            rows.append({"model": name, "P": pb.p, "M": m, "layers": len(shapes), "method": method,
-                         "us": ms * 1e3, "vs_flat": ms / base})
+            rows.append(
+                {
+                    "model": name,
+                    "P": pb.p,
+                    "M": m,
+                    "layers": len(shapes),
+                    "method": method,
+                    "us": ms * 1e3,
+                    "vs_flat": ms / base,
+                }
+            )
         del pb, plan, methods
     return rows
 
@@ -301,10 +369,16 @@ def fortran_order(p: int, m: int, repeats: int) -> list[dict]:
 
     cases = {
         "C order (baseline)": ([c_local], [[c] for c in c_cands], [torch.empty_like(c_local)]),
-        "Fortran order, every array": ([fortran(c_local)], [[fortran(c)] for c in c_cands],
-                                       [fortran(torch.empty_like(c_local))]),
-        "one Fortran-order candidate among C-order ones": ([c_local], [[fortran(c_cands[0])]] + [[c] for c in c_cands[1:]],
-                                                           [torch.empty_like(c_local)]),
+        "Fortran order, every array": (
+            [fortran(c_local)],
+            [[fortran(c)] for c in c_cands],
+            [fortran(torch.empty_like(c_local))],
+        ),
+        "one Fortran-order candidate among C-order ones": (
+            [c_local],
+            [[fortran(c_cands[0])]] + [[c] for c in c_cands[1:]],
+            [torch.empty_like(c_local)],
+        ),
     }
     losses = np.linspace(0.5, 0.8, m)
     methods = {name: (lambda a=a: fc.fomo_step(a[0], a[1], 1.0, losses, out=a[2])) for name, a in cases.items()}
@@ -314,8 +388,10 @@ def fortran_order(p: int, m: int, repeats: int) -> list[dict]:
     memory = {name: peak_extra_mib(fn) for name, fn in methods.items()}
     times = {k: med for k, (med, _) in interleaved_ms(methods, repeats).items()}
     base = times["C order (baseline)"]
-    return [{"case": name, "ms": times[name], "vs_c_order": times[name] / base, "peak_extra_mib": memory[name]}
-            for name in methods]
+    return [
+        {"case": name, "ms": times[name], "vs_c_order": times[name] / base, "peak_extra_mib": memory[name]}
+        for name in methods
+    ]
 
 
 def interleaved_cpu_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
@@ -327,16 +403,20 @@ def interleaved_cpu_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
 
 def dtypes_one_thread(shapes, m: int, repeats: int) -> list[dict]:
     """16-bit against float32 storage on one kernel thread, by CPU time (see interleaved_cpu_ms)."""
-    problems = {str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
-                for d in (torch.float32, torch.float16, torch.bfloat16)}
+    problems = {
+        str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
+        for d in (torch.float32, torch.float16, torch.bfloat16)
+    }
     threads = fc.get_num_threads()
     fc.set_num_threads(1)
     try:
         times = interleaved_cpu_ms({name: pb.step for name, pb in problems.items()}, repeats)
     finally:
         fc.set_num_threads(threads)
-    return [{"dtype": name, "cpu_ms": times[name], "speedup_vs_float32": times["float32"] / times[name]}
-            for name in problems]
+    return [
+        {"dtype": name, "cpu_ms": times[name], "speedup_vs_float32": times["float32"] / times[name]}
+        for name in problems
+    ]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -352,7 +432,9 @@ def plot(results: dict, path: Path) -> None:
     ax.barh(names[::-1], values[::-1], color=["#1f77b4" if n.startswith("fomo") else "#999999" for n in names[::-1]])
     ax.axvline(results["probe"]["gbs"], color="#d62728", linestyle="--", label="dot-product probe")
     ax.set_xlabel("effective bandwidth (GB/s), higher is better")
-    ax.set_title(f"FedFomo weights + update\nP = {results['config']['P']:,} float32, M = {results['config']['M']} candidates")
+    ax.set_title(
+        f"FedFomo weights + update\nP = {results['config']['P']:,} float32, M = {results['config']['M']} candidates"
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -370,8 +452,12 @@ def run(quick: bool, repeats: int | None = None) -> dict:
     m = 10
     load_before = os.getloadavg()[0]
     probe_arrays = Probe(p)
-    results = {"config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": quick},
-               "machine": machine(), "build_info": fc.build_info(), "torch_threads": torch.get_num_threads()}
+    results = {
+        "config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": quick},
+        "machine": machine(),
+        "build_info": fc.build_info(),
+        "torch_threads": torch.get_num_threads(),
+    }
     results["headline"], probe = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe_arrays)
     results["pfllib_default_allocator"] = probe.pop("default_allocator")
     results["probe"] = probe
@@ -392,8 +478,10 @@ def report(results: dict) -> str:
     """The markdown tables of run()'s results."""
     p, m, repeats = results["config"]["P"], results["config"]["M"], results["config"]["repeats"]
     probe, info = results["probe"], results["build_info"]
-    headline_rows = [[r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
-                     for r in results["headline"]]
+    headline_rows = [
+        [r["method"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_pfllib"], r["peak_extra_mib"]]
+        for r in results["headline"]
+    ]
     allocator = results["pfllib_default_allocator"]
     sections = [
         f"P = {p:,} ({results['config']['layers']} layers), float32, M = {m}, all improving; dot-product probe "
@@ -409,29 +497,49 @@ def report(results: dict) -> str:
         f"{allocator['fomo_core_ms']:.1f} ms: {allocator['speedup_vs_pfllib']:.1f}x. The table above keeps freed "
         f"memory for reuse, which is every method's best case.",
         f"Storage dtypes (fomo_step over layers into a reused out=, M = {m}), wall time at {info['threads']} threads:",
-        markdown_table(["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
-                       [[r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]] for r in results["dtypes"]]),
+        markdown_table(
+            ["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
+            [
+                [r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]]
+                for r in results["dtypes"]
+            ],
+        ),
         "The same on one kernel thread, by the thread's CPU time (time given to other processes on this "
         "shared machine does not count):",
-        markdown_table(["dtype", "CPU ms", "speed vs float32"],
-                       [[r["dtype"], r["cpu_ms"], r["speedup_vs_float32"]] for r in results["dtypes_one_thread"]]),
+        markdown_table(
+            ["dtype", "CPU ms", "speed vs float32"],
+            [[r["dtype"], r["cpu_ms"], r["speedup_vs_float32"]] for r in results["dtypes_one_thread"]],
+        ),
         f"Non-improving candidates (float32, M = {m}):",
-        markdown_table(["case", "ms", "time vs all improving", "bytes vs all improving", "GB/s"],
-                       [[r["case"], r["ms"], r["relative_time"], r["relative_bytes"], r["gbs"]] for r in results["skip"]]),
+        markdown_table(
+            ["case", "ms", "time vs all improving", "bytes vs all improving", "GB/s"],
+            [[r["case"], r["ms"], r["relative_time"], r["relative_bytes"], r["gbs"]] for r in results["skip"]],
+        ),
         "Number of candidates (float32):",
-        markdown_table(["M", "fomo_core ms", "PFLlib-style ms", "speedup", "GB/s", "of probe"],
-                       [[r["M"], r["fomo_core_ms"], r["pfllib_ms"], r["speedup_vs_pfllib"], r["gbs"], r["fraction_of_probe"]]
-                        for r in results["m_sweep"]]),
+        markdown_table(
+            ["M", "fomo_core ms", "PFLlib-style ms", "speedup", "GB/s", "of probe"],
+            [
+                [r["M"], r["fomo_core_ms"], r["pfllib_ms"], r["speedup_vs_pfllib"], r["gbs"], r["fraction_of_probe"]]
+                for r in results["m_sweep"]
+            ],
+        ),
         "Small model (LeNet-style CNN, P = 62,006, M = 10): call overhead",
-        markdown_table(["method", "µs", "vs PFLlib"], [[r["method"], r["us"], r["speedup_vs_pfllib"]] for r in results["small_model"]]),
+        markdown_table(
+            ["method", "µs", "vs PFLlib"],
+            [[r["method"], r["us"], r["speedup_vs_pfllib"]] for r in results["small_model"]],
+        ),
         "Layer lists against the same data flat (float32, all improving, torch tensors; a plan is "
         "`fomo_core.plan(local, candidates, out=...)`, which reads the arrays once):",
-        markdown_table(["model", "method", "µs", "vs flat out="],
-                       [[r["model"], r["method"], r["us"], r["vs_flat"]] for r in results["layer_lists"]]),
+        markdown_table(
+            ["model", "method", "µs", "vs flat out="],
+            [[r["model"], r["method"], r["us"], r["vs_flat"]] for r in results["layer_lists"]],
+        ),
         f"Fortran-order layers ([P / 4, 4] column-major, P = {results['fortran_order_p']:,}, M = {m}, out= a reused "
         "buffer): time and peak extra memory against the same values in C order:",
-        markdown_table(["case", "ms", "time vs C order", "peak extra MiB"],
-                       [[r["case"], r["ms"], r["vs_c_order"], r["peak_extra_mib"]] for r in results["fortran_order"]]),
+        markdown_table(
+            ["case", "ms", "time vs C order", "peak extra MiB"],
+            [[r["case"], r["ms"], r["vs_c_order"], r["peak_extra_mib"]] for r in results["fortran_order"]],
+        ),
     ]
     return "\n\n".join(sections)
 

@@ -9,9 +9,9 @@ update the model, train one local epoch. Both implementations get the same M can
 state_dicts (what a client receives), the same model, the same data and the same training batches
 (PFLlib's defaults: batch 10, lr 0.005, SGD, validation = 1/4 of the training size as its 0.2
 split gives; both train from the same DataLoader; PFLlib's own re-reading of the client's files
-every round, data_utils.py:19-20, is left out). Subjects: the digits MLP 64-200-200-10 on scikit-learn's digits, a LeNet-style CNN
-and a CIFAR-size ResNet-18 on CIFAR-shaped data (3x32x32, random: only time and agreement matter);
-M = 5 and 10.
+every round, data_utils.py:19-20, is left out). Subjects: the digits MLP 64-200-200-10 on
+scikit-learn's digits, a LeNet-style CNN and a CIFAR-size ResNet-18 on CIFAR-shaped data
+(3x32x32, random: only time and agreement matter); M = 5 and 10.
 
 Before timing, each case checks that fomo-core's clients agree with the PFLlib-style round (a
 fresh PFLlib client's old_model is its model, fomo-core's baseline convention): the losses, the
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DotProbe, markdown_table, save_figure, script_main, spread  # noqa: E402
 from models import ResNet18, digits_mlp, lenet  # noqa: E402
-from pfllib_round import Phases, PFLlibStyleClient  # noqa: E402
+from pfllib_round import PFLlibStyleClient, Phases  # noqa: E402
 
 import fomo_core  # noqa: E402
 from fomo_core import ClientPolicy  # noqa: E402
@@ -126,14 +126,23 @@ class Case:
         self.m, self.subject = m, subject
         # fomo-core's own round (PFLlib's eps, so that the weights can be compared), and fomo-core
         # running PFLlib's preset (train-mode evaluation, batch-mean loss, ...), which must match it
-        self.clients = {OURS: self._fomo_client(policy=ClientPolicy(eps=1e-5)),
-                        OURS_PFLLIB: self._fomo_client(preset="pfllib", eval_batch_size=BATCH)}
+        self.clients = {
+            OURS: self._fomo_client(policy=ClientPolicy(eps=1e-5)),
+            OURS_PFLLIB: self._fomo_client(preset="pfllib", eval_batch_size=BATCH),
+        }
         self.peer = PFLlibStyleClient(copy.deepcopy(self.template), self.train_batches, self.val_batches, m + 1, lr=LR)
 
     def _fomo_client(self, **options) -> FedFomoClient:
         # the same training loader (PFLlib's order), lr and batch size; validation as a tensor pair
-        return FedFomoClient(copy.deepcopy(self.template), val_data=self.val, train_data=self.train_batches,
-                             lr=LR, batch_size=BATCH, capacity=self.m, **options)
+        return FedFomoClient(
+            copy.deepcopy(self.template),
+            val_data=self.val,
+            train_data=self.train_batches,
+            lr=LR,
+            batch_size=BATCH,
+            capacity=self.m,
+            **options,
+        )
 
     @property
     def ours(self) -> FedFomoClient:
@@ -155,15 +164,27 @@ class Case:
         res = self.clients[name].round(self.state_dicts)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         ev, step, train = (getattr(res, k, float("nan")) for k in ("eval_seconds", "step_seconds", "train_seconds"))
-        return {"total": total, "cpu": cpu, "eval": ev, "weights+update": step, "train": train,
-                "copies": total - ev - step - train}
+        return {
+            "total": total,
+            "cpu": cpu,
+            "eval": ev,
+            "weights+update": step,
+            "train": train,
+            "copies": total - ev - step - train,
+        }
 
     def run_peer(self) -> dict:
         c0, t0 = time.process_time(), time.perf_counter()
         ph = self.peer.round(self.ids, self.state_dicts)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return {"total": total, "cpu": cpu, "eval": ph.eval, "weights+update": ph.weights + ph.update,
-                "train": ph.train, "copies": ph.copies}
+        return {
+            "total": total,
+            "cpu": cpu,
+            "eval": ph.eval,
+            "weights+update": ph.weights + ph.update,
+            "train": ph.train,
+            "copies": ph.copies,
+        }
 
 
 def _close(where: str, name: str, got, expected, rtol: float, atol: float) -> None:
@@ -198,7 +219,9 @@ def _check_client(case: Case, name: str, compare_losses: bool) -> int:
         _close(where, "the losses", losses, phases.losses, 1e-5, 0)
     _close(where, "the weights", ours.weights, peer_weights, 1e-4, 1e-7)
     scale = float(_params(case.peer.model).abs().max())
-    _close(where, "the parameters after the update", _params(client.module), _params(case.peer.model), 1e-6, 1e-6 * scale)
+    _close(
+        where, "the parameters after the update", _params(client.module), _params(case.peer.model), 1e-6, 1e-6 * scale
+    )
     client.train()
     case.peer.clone_model(phases)
     case.peer.train_epoch(phases)
@@ -206,8 +229,14 @@ def _check_client(case: Case, name: str, compare_losses: bool) -> int:
     # parameter nudged by 1e-7 alone moves the parameters by 2.2e-4 after the 4 steps of the epoch
     # (the same epoch run twice agrees exactly); so 1e-3 there
     after = 1e-3 if case.has_bn else 1e-5
-    _close(where, "the parameters after the local epoch", _params(client.module), _params(case.peer.model), after,
-           after * scale)
+    _close(
+        where,
+        "the parameters after the local epoch",
+        _params(client.module),
+        _params(case.peer.model),
+        after,
+        after * scale,
+    )
     return int((np.asarray(ours.weights) > 0).sum())
 
 
@@ -227,24 +256,33 @@ def check_agreement(case: Case) -> dict:
     """
     improving = _check_client(case, OURS, compare_losses=not case.has_bn)
     _check_client(case, OURS_PFLLIB, compare_losses=True)
-    return {"improving_candidates": improving,
-            "checked": ("losses, weights, update, epoch" if not case.has_bn else
-                        "fomo-core: weights, update, epoch given the same losses (PFLlib evaluates in train mode); "
-                        "its pfllib preset: losses too")}
+    return {
+        "improving_candidates": improving,
+        "checked": (
+            "losses, weights, update, epoch"
+            if not case.has_bn
+            else "fomo-core: weights, update, epoch given the same losses (PFLlib evaluates in train mode); "
+            "its pfllib preset: losses too"
+        ),
+    }
 
 
-def time_case(case: Case, repeats: int, warmup: int, tick: Optional[Callable] = None,
-              probe: Optional[DotProbe] = None) -> dict:
+def time_case(
+    case: Case, repeats: int, warmup: int, tick: Optional[Callable] = None, probe: Optional[DotProbe] = None
+) -> dict:
     """Interleaved rounds: each repeat resets the clients (untimed) and runs one round of each (in
     a rotating order), and (given a probe) times the bandwidth probe beside them."""
-    order = [(OURS, lambda: case.run_fomo(OURS)), (OURS_PFLLIB, lambda: case.run_fomo(OURS_PFLLIB)),
-             (PEER, case.run_peer)]
+    order = [
+        (OURS, lambda: case.run_fomo(OURS)),
+        (OURS_PFLLIB, lambda: case.run_fomo(OURS_PFLLIB)),
+        (PEER, case.run_peer),
+    ]
     runs: dict = {name: [] for name, _ in order}
     probes: list = []
     for r in range(warmup + repeats):
         if probe is not None and r >= warmup:
             probes.append(probe())
-        for name, fn in order[r % 3:] + order[: r % 3]:
+        for name, fn in order[r % 3 :] + order[: r % 3]:
             case.reset()
             result = fn()
             if r >= warmup:
@@ -277,8 +315,13 @@ def step_bandwidth(case: Case, timing: dict, improving: int) -> Optional[dict]:
     nbytes = (case.m + improving + 3) * P * 4
     ms = timing[OURS]["weights+update"]["median"]
     gbs = nbytes / (ms * 1e-3) / 1e9
-    return {"P": P, "bytes": nbytes, "gbs": gbs, "probe_gbs": timing["probe_gbs"]["median"],
-            "fraction_of_probe": gbs / timing["probe_gbs"]["median"]}
+    return {
+        "P": P,
+        "bytes": nbytes,
+        "gbs": gbs,
+        "probe_gbs": timing["probe_gbs"]["median"],
+        "fraction_of_probe": gbs / timing["probe_gbs"]["median"],
+    }
 
 
 def cases(quick: bool) -> list:
@@ -287,8 +330,9 @@ def cases(quick: bool) -> list:
     return [(s, m) for s in SUBJECTS for m in (5, 10)]
 
 
-def run(quick: bool = False, repeats: Optional[int] = None, tick: Optional[Callable] = None,
-        threads: Optional[int] = None) -> dict:
+def run(
+    quick: bool = False, repeats: Optional[int] = None, tick: Optional[Callable] = None, threads: Optional[int] = None
+) -> dict:
     """The round benchmark; returns its results (rows, per-case spreads, agreement checks)."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -301,11 +345,26 @@ def run(quick: bool = False, repeats: Optional[int] = None, tick: Optional[Calla
         case = Case(subject, m, quick)
         agreement = check_agreement(case)
         timing = time_case(case, reps, warmup=0, tick=tick, probe=probe)  # the agreement check warmed up
-        rows.append({"subject": subject, "M": m, "train": len(case.train[1]), "val": len(case.val[1]),
-                     "repeats": reps, "agreement": agreement, "timing": timing,
-                     "step_bandwidth": step_bandwidth(case, timing, agreement["improving_candidates"])})
-    return {"name": "round", "quick": quick, "torch_threads": torch.get_num_threads(), "batch_size": BATCH,
-            "lr": LR, "rows": rows}
+        rows.append(
+            {
+                "subject": subject,
+                "M": m,
+                "train": len(case.train[1]),
+                "val": len(case.val[1]),
+                "repeats": reps,
+                "agreement": agreement,
+                "timing": timing,
+                "step_bandwidth": step_bandwidth(case, timing, agreement["improving_candidates"]),
+            }
+        )
+    return {
+        "name": "round",
+        "quick": quick,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": BATCH,
+        "lr": LR,
+        "rows": rows,
+    }
 
 
 def count_ticks(quick: bool, repeats: Optional[int] = None) -> int:
@@ -321,18 +380,49 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         for name in (OURS, OURS_PFLLIB, PEER):
             t = r["timing"][name]
-            cells = [r["subject"], r["M"], name, f"{t['total']['median']:.1f} [{t['total']['q1']:.1f}, {t['total']['q3']:.1f}]"]
+            cells = [
+                r["subject"],
+                r["M"],
+                name,
+                f"{t['total']['median']:.1f} [{t['total']['q1']:.1f}, {t['total']['q3']:.1f}]",
+            ]
             cells += [f"{t[p]['median']:.1f}" for p in PHASES]
             lo, hi = t["speedup_range"]
             cells.append(f"{t['speedup_vs_pfllib']:.2f}x" + ("" if name == PEER else f" ({lo:.2f}-{hi:.2f})"))
             cells += [f"{t['cpu']['median']:.1f}", f"{t['cpu_speedup_vs_pfllib']:.2f}x"]
             out.append(cells)
-    text = markdown_table(["subject", "M", "client round", "total ms median [IQR]", "eval ms", "weights+update ms",
-                           "train ms", "copies ms", "vs PFLlib (range)", "CPU ms", "vs PFLlib by CPU time"], out)
-    bw = [[r["subject"], r["M"], r["step_bandwidth"]["P"], r["step_bandwidth"]["gbs"], r["step_bandwidth"]["probe_gbs"],
-           r["step_bandwidth"]["fraction_of_probe"]] for r in results["rows"] if r.get("step_bandwidth")]
+    text = markdown_table(
+        [
+            "subject",
+            "M",
+            "client round",
+            "total ms median [IQR]",
+            "eval ms",
+            "weights+update ms",
+            "train ms",
+            "copies ms",
+            "vs PFLlib (range)",
+            "CPU ms",
+            "vs PFLlib by CPU time",
+        ],
+        out,
+    )
+    bw = [
+        [
+            r["subject"],
+            r["M"],
+            r["step_bandwidth"]["P"],
+            r["step_bandwidth"]["gbs"],
+            r["step_bandwidth"]["probe_gbs"],
+            r["step_bandwidth"]["fraction_of_probe"],
+        ]
+        for r in results["rows"]
+        if r.get("step_bandwidth")
+    ]
     if bw:
-        text += "\n\nfomo-core's weights + update inside the round, as effective bandwidth ((M + M+ + 3) P 4 bytes):\n\n"
+        text += (
+            "\n\nfomo-core's weights + update inside the round, as effective bandwidth ((M + M+ + 3) P 4 bytes):\n\n"
+        )
         text += markdown_table(["subject", "M", "P", "GB/s", "probe GB/s (same run)", "of probe"], bw)
     return text
 
@@ -358,8 +448,13 @@ def plot(results: dict, folder: Path) -> list:
                     ax.barh(y, v, left=left, color=colors[p], label=p if y == 0 else None)
                     left += v
                 t = r["timing"][name]["total"]
-                ax.errorbar(t["median"], y, xerr=[[t["median"] - t["q1"]], [t["q3"] - t["median"]]], color="k", capsize=3)
-                labels.append(f"{name}, M={r['M']}" + (f" ({r['timing'][name]['speedup_vs_pfllib']:.2f}x)" if name != PEER else ""))
+                ax.errorbar(
+                    t["median"], y, xerr=[[t["median"] - t["q1"]], [t["q3"] - t["median"]]], color="k", capsize=3
+                )
+                labels.append(
+                    f"{name}, M={r['M']}"
+                    + (f" ({r['timing'][name]['speedup_vs_pfllib']:.2f}x)" if name != PEER else "")
+                )
                 y += 1
         ax.set_yticks(range(len(labels)), labels)
         ax.invert_yaxis()
@@ -369,8 +464,12 @@ def plot(results: dict, folder: Path) -> list:
         bw = [(r["M"], r["step_bandwidth"]) for r in rows if r.get("step_bandwidth")]
         if bw:
             roof.bar([f"M={m}" for m, _ in bw], [b["gbs"] for _, b in bw], color="#d62728")
-            roof.axhline(statistics.median(b["probe_gbs"] for _, b in bw), color="k", linestyle="--",
-                         label="dot-product probe (same run)")
+            roof.axhline(
+                statistics.median(b["probe_gbs"] for _, b in bw),
+                color="k",
+                linestyle="--",
+                label="dot-product probe (same run)",
+            )
             roof.set_ylabel("GB/s")
             roof.set_title("fomo-core weights + update:\nbytes moved / time", fontsize=9)
             roof.legend(fontsize=7, loc="lower right")

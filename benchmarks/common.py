@@ -65,7 +65,7 @@ def spread(samples: list) -> dict:
     s = sorted(samples)
     if not s:
         raise ValueError("samples is empty")
-    q1, q3 = (statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) >= 4 else (s[0], s[-1]))
+    q1, q3 = statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) >= 4 else (s[0], s[-1])
     return {"median": statistics.median(s), "q1": q1, "q3": q3, "min": s[0], "max": s[-1], "n": len(s)}
 
 
@@ -120,8 +120,12 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
 
 def machine() -> dict:
     """The machine's description: CPU model, cores, load average, library versions, build_info()."""
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "platform": platform.platform()}
+    info = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

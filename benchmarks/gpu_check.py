@@ -110,8 +110,13 @@ def main() -> int:
     oracle = reference if reference is not None else fc
     devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     checker = Checker()
-    payload = {"machine": machine(), "seed": seed, "oracle": "reference" if reference else "cpu-kernels",
-               "build": fc.build_info(), "devices": []}
+    payload = {
+        "machine": machine(),
+        "seed": seed,
+        "oracle": "reference" if reference else "cpu-kernels",
+        "build": fc.build_info(),
+        "devices": [],
+    }
     rows = []
     for device in devices:
         name = torch.cuda.get_device_name(device)
@@ -137,7 +142,10 @@ def main() -> int:
     for d in payload["devices"]:
         fused = next(r for r in d["runs"] if r["what"].startswith("fomo_core"))
         verdict = "meets" if fused["of_copy"] >= TARGET else "BELOW"
-        print(f"{d['device']}: weights + update at {fused['of_copy']:.0%} of copy bandwidth ({verdict} the {TARGET:.0%} target)")
+        print(
+            f"{d['device']}: weights + update at {fused['of_copy']:.0%} of copy bandwidth "
+            f"({verdict} the {TARGET:.0%} target)"
+        )
     if checker.failures:
         print(f"\ngpu_check: FAILED: {len(checker.failures)} of {checker.checks} checks mismatched:", file=sys.stderr)
         for f in checker.failures:
@@ -171,6 +179,7 @@ def leaves(model) -> list:
 def make_model(torch, kind, device, dtype, m, rng):
     """Flat: x [P], c [M, P]. Layers: a dict with a multi-piece layer, tiny layers, a transposed
     view, a misaligned view and an integer entry; contiguous candidates of the same shapes."""
+
     def randn(*shape):
         return torch.from_numpy(rng.standard_normal(shape))
 
@@ -185,8 +194,10 @@ def make_model(torch, kind, device, dtype, m, rng):
         "bn.num_batches_tracked": torch.tensor(5, device=device),
     }
     cands = [
-        {k: ((v.double().cpu() + 0.1 * randn(*v.shape)).to(dtype).to(device) if v.is_floating_point() else v.clone())
-         for k, v in local.items()}
+        {
+            k: ((v.double().cpu() + 0.1 * randn(*v.shape)).to(dtype).to(device) if v.is_floating_point() else v.clone())
+            for k, v in local.items()
+        }
         for _ in range(m)
     ]
     return local, cands
@@ -201,7 +212,10 @@ def check_update(torch, checker, params, local, cands, weights, dtype, what):
         v, s = update_value_and_magnitude(as_np(torch, x_leaf).ravel(), [as_np(torch, c).ravel() for c in c_leaves], w)
         err = np.abs(as_np(torch, out_leaf).ravel() - v)
         bound = update_bound(str(dtype).removeprefix("torch."), len(w), v, s)
-        checker.expect(bool((err <= bound).all()), f"{what}: update off by up to {float(err.max()):.3g} (bound {float(bound.min()):.3g}+)")
+        checker.expect(
+            bool((err <= bound).all()),
+            f"{what}: update off by up to {float(err.max()):.3g} (bound {float(bound.min()):.3g}+)",
+        )
 
 
 def check_device(torch, fc, oracle, device, rng, checker):
@@ -221,22 +235,46 @@ def check_device(torch, fc, oracle, device, rng, checker):
                 w = fc.compute_weights(local, cands, 1.0, losses, norm=norm)
                 for all_scores in (True, False):
                     step = fc.fomo_step(local, cands, 1.0, losses, norm=norm, all_scores=all_scores)
-                    ref = oracle.fomo_step(host(torch, local), host(torch, cands), 1.0, losses, norm=norm,
-                                           all_scores=all_scores)
+                    ref = oracle.fomo_step(
+                        host(torch, local), host(torch, cands), 1.0, losses, norm=norm, all_scores=all_scores
+                    )
                     tag = f"{what} fomo_step(all_scores={all_scores})"
-                    results = [step.weights, step.scores, step.distances, step.rejected, step.skipped, *leaves(step.params)]
+                    results = [
+                        step.weights,
+                        step.scores,
+                        step.distances,
+                        step.rejected,
+                        step.skipped,
+                        *leaves(step.params),
+                    ]
                     checker.expect(all(r.device == device for r in results), f"{tag}: a result left {device}")
-                    checker.close(as_np(torch, step.distances), np.asarray(ref.distances, dtype=float), rtol, f"{tag} distances")
-                    checker.close(as_np(torch, step.scores), np.asarray(ref.scores, dtype=float), srtol, f"{tag} scores")
-                    checker.close(as_np(torch, step.weights), np.asarray(ref.weights, dtype=float), wrtol, f"{tag} weights")
-                    checker.expect(np.array_equal(as_np(torch, step.rejected), np.asarray(ref.rejected)), f"{tag} rejected")
-                    checker.expect(np.array_equal(as_np(torch, step.skipped), np.asarray(ref.skipped)), f"{tag} skipped")
+                    checker.close(
+                        as_np(torch, step.distances), np.asarray(ref.distances, dtype=float), rtol, f"{tag} distances"
+                    )
+                    checker.close(
+                        as_np(torch, step.scores), np.asarray(ref.scores, dtype=float), srtol, f"{tag} scores"
+                    )
+                    checker.close(
+                        as_np(torch, step.weights), np.asarray(ref.weights, dtype=float), wrtol, f"{tag} weights"
+                    )
+                    checker.expect(
+                        np.array_equal(as_np(torch, step.rejected), np.asarray(ref.rejected)), f"{tag} rejected"
+                    )
+                    checker.expect(
+                        np.array_equal(as_np(torch, step.skipped), np.asarray(ref.skipped)), f"{tag} skipped"
+                    )
                     check_update(torch, checker, step.params, local, cands, step.weights, dtype, tag)
                 ref = oracle.fomo_step(host(torch, local), host(torch, cands), 1.0, losses, norm=norm, eps=1e-5)
-                checker.expect(d.device == device and s.scores.device == device and w.device == device,
-                               f"{what}: distances/scores/weights left {device}")
-                checker.close(as_np(torch, d), np.asarray(ref.distances, dtype=float), rtol, f"{what} candidate_distances")
-                checker.close(as_np(torch, s.scores), np.asarray(ref.scores, dtype=float), srtol, f"{what} first_order_scores")
+                checker.expect(
+                    d.device == device and s.scores.device == device and w.device == device,
+                    f"{what}: distances/scores/weights left {device}",
+                )
+                checker.close(
+                    as_np(torch, d), np.asarray(ref.distances, dtype=float), rtol, f"{what} candidate_distances"
+                )
+                checker.close(
+                    as_np(torch, s.scores), np.asarray(ref.scores, dtype=float), srtol, f"{what} first_order_scores"
+                )
                 checker.expect(np.array_equal(as_np(torch, w), as_np(torch, step.weights)), f"{what} compute_weights")
                 upd = fc.apply_update(local, cands, w)
                 check_update(torch, checker, upd, local, cands, w, dtype, f"{what} apply_update")
@@ -253,7 +291,9 @@ def check_nan_cases(torch, fc, checker, device, dtype, rng):
     checker.expect(as_np(torch, res.weights).tolist() == [1.0, 0.0, 0.0, 0.0], f"{what}: weights")
     checker.expect(bool(torch.isfinite(res.params.double()).all()), f"{what}: a poisoned value reached the model")
     res = fc.fomo_step(x, c, float("nan"), [0.5] * 4)
-    checker.expect(torch.equal(res.params, x) and not as_np(torch, res.weights).any(), f"{what}: NaN local loss moved the model")
+    checker.expect(
+        torch.equal(res.params, x) and not as_np(torch, res.weights).any(), f"{what}: NaN local loss moved the model"
+    )
     res = fc.fomo_step(x, c, 1.0, [2.0, 3.0, 1.0, 5.0])
     checker.expect(torch.equal(res.params, x), f"{what}: nobody improves but the model changed")
 
@@ -267,11 +307,21 @@ def check_at_scale(torch, fc, device, checker):
     cpu = fc.fomo_step(host(torch, local), host(torch, cands), 1.0, losses)
     n = sum(t.numel() for t in local)
     # the float64 parts of the bounds (the float32 difference rounding is the same on both sides)
-    checker.close(as_np(torch, gpu.distances), as_np(torch, cpu.distances), distance_rtol(n, "float64"),
-                  f"{device} resnet18 distances vs CPU")
-    checker.close(as_np(torch, gpu.weights), as_np(torch, cpu.weights), weight_rtol(n, 10, "float64"),
-                  f"{device} resnet18 weights vs CPU")
-    check_update(torch, checker, list(gpu.params), local, cands, gpu.weights, torch.float32, f"{device} resnet18 update")
+    checker.close(
+        as_np(torch, gpu.distances),
+        as_np(torch, cpu.distances),
+        distance_rtol(n, "float64"),
+        f"{device} resnet18 distances vs CPU",
+    )
+    checker.close(
+        as_np(torch, gpu.weights),
+        as_np(torch, cpu.weights),
+        weight_rtol(n, 10, "float64"),
+        f"{device} resnet18 weights vs CPU",
+    )
+    check_update(
+        torch, checker, list(gpu.params), local, cands, gpu.weights, torch.float32, f"{device} resnet18 update"
+    )
 
 
 def check_dense(torch, fc, oracle, device, rng, checker):
@@ -310,8 +360,10 @@ def resnet_problem(torch, device, dtype, m, seed):
     g = torch.Generator(device=device).manual_seed(seed)
     shapes = resnet18_shapes()
     local = [torch.randn(s, generator=g, device=device).to(dtype) for s in shapes]
-    cands = [[(t.float() + 0.01 * torch.randn(s, generator=g, device=device)).to(dtype) for t, s in zip(local, shapes)]
-             for _ in range(m)]
+    cands = [
+        [(t.float() + 0.01 * torch.randn(s, generator=g, device=device)).to(dtype) for t, s in zip(local, shapes)]
+        for _ in range(m)
+    ]
     return local, cands, sum(math.prod(s) for s in shapes)
 
 
@@ -361,8 +413,18 @@ def time_device(torch, fc, device) -> dict:
             torch_ms = gpu_ms(torch, functools.partial(torch_flat_step, torch, flat_x, flat_c, losses))
             for what, t in ((f"fomo_core fomo_step {label} (layers)", ms), (f"torch flat {label}", torch_ms)):
                 gbs = moved / (t * 1e6)
-                runs.append({"what": what, "ms": t, "gb_per_s": gbs, "of_copy": gbs / copy_gbs,
-                             "speedup_vs_torch": torch_ms / t, "P": p, "M": m, "bytes_moved": moved})
+                runs.append(
+                    {
+                        "what": what,
+                        "ms": t,
+                        "gb_per_s": gbs,
+                        "of_copy": gbs / copy_gbs,
+                        "speedup_vs_torch": torch_ms / t,
+                        "P": p,
+                        "M": m,
+                        "bytes_moved": moved,
+                    }
+                )
             del local, out, flat_x, flat_c
             torch.cuda.empty_cache()
     return {"copy_gb_per_s": copy_gbs, "runs": runs}

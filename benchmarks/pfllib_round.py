@@ -56,8 +56,7 @@ class Phases:
 class PFLlibStyleClient:
     """One client: its model, old_model (the baseline), the loaders as lists of batches."""
 
-    def __init__(self, model: nn.Module, train_batches: list, val_batches: list, num_clients: int,
-                 lr: float = 0.005):
+    def __init__(self, model: nn.Module, train_batches: list, val_batches: list, num_clients: int, lr: float = 0.005):
         self.model = model
         self.old_model = copy.deepcopy(model)  # cf:15
         self.train_batches, self.val_batches = train_batches, val_batches

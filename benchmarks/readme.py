@@ -33,9 +33,11 @@ def machine_line(suite: dict) -> str:
     info = m.get("fomo_core", {})
     load = m.get("load_average", [float("nan")])[0]
     after = suite.get("machine_after", {}).get("load_average", [float("nan")])[0]
-    return (f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, "
-            f"{after:.1f} after), torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} "
-            f"({info.get('simd', '?')} kernels, {info.get('threads', '?')} threads)")
+    return (
+        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, "
+        f"{after:.1f} after), torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} "
+        f"({info.get('simd', '?')} kernels, {info.get('threads', '?')} threads)"
+    )
 
 
 def round_section(r: dict) -> list:
@@ -46,11 +48,19 @@ def round_section(r: dict) -> list:
         ours, preset, peer = t[ours_name], t[preset_name], t[peer_name]
         lo, hi = ours["speedup_range"]
         cpu = lambda x: f"{x['cpu_speedup_vs_pfllib']:.2f}x" if "cpu_speedup_vs_pfllib" in x else ""  # noqa: E731
-        rows.append([row["subject"], row["M"], _iqr(ours["total"]), _iqr(peer["total"]),
-                     f"{ours['speedup_vs_pfllib']:.2f}x ({lo:.2f}-{hi:.2f})", f"**{cpu(ours)}**",
-                     f"{preset['speedup_vs_pfllib']:.2f}x / {cpu(preset)}",
-                     " / ".join(f"{ours[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
-                     " / ".join(f"{peer[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies"))])
+        rows.append(
+            [
+                row["subject"],
+                row["M"],
+                _iqr(ours["total"]),
+                _iqr(peer["total"]),
+                f"{ours['speedup_vs_pfllib']:.2f}x ({lo:.2f}-{hi:.2f})",
+                f"**{cpu(ours)}**",
+                f"{preset['speedup_vs_pfllib']:.2f}x / {cpu(preset)}",
+                " / ".join(f"{ours[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
+                " / ".join(f"{peer[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
+            ]
+        )
     big = [row for row in r["rows"] if row.get("step_bandwidth") and row["step_bandwidth"]["P"] >= 1_000_000]
     text = [
         "### The whole client round",
@@ -68,9 +78,20 @@ def round_section(r: dict) -> list:
         "given to other processes on this shared machine does not inflate; phases (wall ms): eval / "
         "weights+update / train / copies:",
         "",
-        markdown_table(["model", "M", "fomo-core ms", "PFLlib-style ms", "speedup, wall (range)",
-                        "speedup, CPU time", "`pfllib` preset: wall / CPU", "fomo-core phases", "PFLlib-style phases"],
-                       rows),
+        markdown_table(
+            [
+                "model",
+                "M",
+                "fomo-core ms",
+                "PFLlib-style ms",
+                "speedup, wall (range)",
+                "speedup, CPU time",
+                "`pfllib` preset: wall / CPU",
+                "fomo-core phases",
+                "PFLlib-style phases",
+            ],
+            rows,
+        ),
         "",
         "Training (the same torch SGD loop over the same loader in every client) is most of a fomo-core "
         "round: it bounds the round's speedup however fast the FedFomo part gets.",
@@ -78,23 +99,54 @@ def round_section(r: dict) -> list:
     ]
     if big:
         fr = [row["step_bandwidth"]["fraction_of_probe"] for row in big]
-        text += [f"Inside the ResNet-18 round, fomo-core's weights + update move their bytes at {min(fr):.2f}-{max(fr):.2f} "
-                 "of a dot-product bandwidth probe timed in the same rounds (the smaller models fit in the caches, "
-                 "where that probe is no roof)" + ("; above 1, the probe itself lost its rounds to other processes: on "
-                 "this shared machine a single probe per round is no reliable roof (the kernels' own benchmark below "
-                 "times it with every method)" if max(fr) > 1 else "") + ".", ""]
+        text += [
+            f"Inside the ResNet-18 round, fomo-core's weights + update move their bytes at {min(fr):.2f}-{max(fr):.2f} "
+            "of a dot-product bandwidth probe timed in the same rounds (the smaller models fit in the caches, "
+            "where that probe is no roof)"
+            + (
+                "; above 1, the probe itself lost its rounds to other processes: on "
+                "this shared machine a single probe per round is no reliable roof (the kernels' own benchmark below "
+                "times it with every method)"
+                if max(fr) > 1
+                else ""
+            )
+            + ".",
+            "",
+        ]
     subjects = dict.fromkeys(row["subject"] for row in r["rows"])
     text += [" ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects), ""]
     return text
 
 
 def evaluate_section(e: dict) -> list:
-    keep = {"fused f32", "torch loop", "sklearn loop", "adapter loop", "adapter vmap", "adapter auto",
-            "adapter loop bf16", "adapter vmap bf16"}
-    rows = [[x["threads"], x["model"], x["B"], x["M"], x["method"], f"{x['median_ms']:.3g} ({x['q1_ms']:.3g}-{x['q3_ms']:.3g})",
-             f"{x['speedup_vs_torch_loop']:.2f}x"] for x in e["results"] if x["method"] in keep]
-    ablations = [[x["threads"], x["B"], x["method"].removeprefix("ablation: "), f"{x['speedup_vs_torch_loop']:.2f}x"]
-                 for x in e["results"] if x["method"].startswith("ablation") and "LeNet" in x["model"]]
+    keep = {
+        "fused f32",
+        "torch loop",
+        "sklearn loop",
+        "adapter loop",
+        "adapter vmap",
+        "adapter auto",
+        "adapter loop bf16",
+        "adapter vmap bf16",
+    }
+    rows = [
+        [
+            x["threads"],
+            x["model"],
+            x["B"],
+            x["M"],
+            x["method"],
+            f"{x['median_ms']:.3g} ({x['q1_ms']:.3g}-{x['q3_ms']:.3g})",
+            f"{x['speedup_vs_torch_loop']:.2f}x",
+        ]
+        for x in e["results"]
+        if x["method"] in keep
+    ]
+    ablations = [
+        [x["threads"], x["B"], x["method"].removeprefix("ablation: "), f"{x['speedup_vs_torch_loop']:.2f}x"]
+        for x in e["results"]
+        if x["method"].startswith("ablation") and "LeNet" in x["model"]
+    ]
     text = [
         "### Candidate evaluation",
         "",
@@ -110,15 +162,29 @@ def evaluate_section(e: dict) -> list:
         "",
     ]
     if ablations:
-        text += ["What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, or plain vmap):",
-                 "", markdown_table(["threads", "B", "change", "vs torch loop"], ablations), ""]
+        text += [
+            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, or plain vmap):",
+            "",
+            markdown_table(["threads", "B", "change", "vs torch loop"], ablations),
+            "",
+        ]
     return text
 
 
 def early_stop_section(s: dict) -> list:
-    rows = [[x["model"], x["epochs"], x["setting"], f"{x['speedup_vs_full']:.2f}x", f"{100 * x['stopped_fraction']:.0f}%",
-             f"{x['rounds_with_changed_helpers']} of {x['rounds']}", x["improving_candidates_stopped"],
-             f"{x['max_weight_change']:.3g}"] for x in s["rows"]]
+    rows = [
+        [
+            x["model"],
+            x["epochs"],
+            x["setting"],
+            f"{x['speedup_vs_full']:.2f}x",
+            f"{100 * x['stopped_fraction']:.0f}%",
+            f"{x['rounds_with_changed_helpers']} of {x['rounds']}",
+            x["improving_candidates_stopped"],
+            f"{x['max_weight_change']:.3g}",
+        ]
+        for x in s["rows"]
+    ]
     return [
         "### Early stopping of candidate evaluation (opt-in)",
         "",
@@ -129,8 +195,19 @@ def early_stop_section(s: dict) -> list:
         f"latent groups ({s['clients']} clients, each evaluating the other {s['M']}; time summed over all "
         "clients, against full evaluation in the same run):",
         "",
-        markdown_table(["model", "local epochs", "setting", "speed vs full", "stopped", "rounds whose helped set changed",
-                        "improving candidates stopped", "max weight change"], rows),
+        markdown_table(
+            [
+                "model",
+                "local epochs",
+                "setting",
+                "speed vs full",
+                "stopped",
+                "rounds whose helped set changed",
+                "improving candidates stopped",
+                "max weight change",
+            ],
+            rows,
+        ),
         "",
     ]
 
@@ -138,23 +215,35 @@ def early_stop_section(s: dict) -> list:
 def kernels_section(k: dict) -> list:
     if not k or "headline" not in k:
         return []
-    rows = [[x["method"], f"{x['ms']:.3g}", f"{x['gbs']:.1f}", f"{x['fraction_of_probe']:.2f}", f"{x['speedup_vs_pfllib']:.1f}x"]
-            for x in k["headline"]]
+    rows = [
+        [
+            x["method"],
+            f"{x['ms']:.3g}",
+            f"{x['gbs']:.1f}",
+            f"{x['fraction_of_probe']:.2f}",
+            f"{x['speedup_vs_pfllib']:.1f}x",
+        ]
+        for x in k["headline"]
+    ]
     c = k.get("config", {})
-    return [
-        "### Weights + update",
-        "",
-        f"`benchmarks/bench_kernels.py`: P = {c.get('P', 0):,} (ResNet-18's parameters as {c.get('layers', '?')} "
-        f"layers), float32, M = {c.get('M', '?')}, all improving; effective bandwidth counts the bytes the op must "
-        f"move, against a dot-product probe timed in the same rounds ({k['probe']['gbs']:.1f} GB/s). "
-        f"Full tables: `benchmarks/results/kernels.md`.",
-        "",
-        markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
-        "",
-        f"Load average {k.get('load_average', {}).get('before', float('nan')):.1f} during that run: compare its "
-        "same-run ratios, not its milliseconds.",
-        "",
-    ] + _kernel_extras(k) + ["![weights + update bandwidth](benchmarks/results/kernels.png)", ""]
+    return (
+        [
+            "### Weights + update",
+            "",
+            f"`benchmarks/bench_kernels.py`: P = {c.get('P', 0):,} (ResNet-18's parameters as {c.get('layers', '?')} "
+            f"layers), float32, M = {c.get('M', '?')}, all improving; effective bandwidth counts the bytes the op must "
+            f"move, against a dot-product probe timed in the same rounds ({k['probe']['gbs']:.1f} GB/s). "
+            f"Full tables: `benchmarks/results/kernels.md`.",
+            "",
+            markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
+            "",
+            f"Load average {k.get('load_average', {}).get('before', float('nan')):.1f} during that run: compare its "
+            "same-run ratios, not its milliseconds.",
+            "",
+        ]
+        + _kernel_extras(k)
+        + ["![weights + update bandwidth](benchmarks/results/kernels.png)", ""]
+    )
 
 
 def _kernel_extras(k: dict) -> list:
@@ -163,32 +252,58 @@ def _kernel_extras(k: dict) -> list:
     wall = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes", [])}
     cpu = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes_one_thread", [])}
     if wall:
-        out += ["Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
-                "kernel thread, which other processes do not disturb):", "",
-                markdown_table(["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
-                               [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()]), ""]
+        out += [
+            "Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
+            "kernel thread, which other processes do not disturb):",
+            "",
+            markdown_table(
+                ["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
+                [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()],
+            ),
+            "",
+        ]
     if k.get("skip"):
-        out += ["Non-improving candidates (M = 10):", "",
-                markdown_table(["case", "time vs all improving", "bytes vs all improving"],
-                               [[r["case"], f"{r['relative_time']:.2f}", f"{r['relative_bytes']:.2f}"] for r in k["skip"]]), ""]
+        out += [
+            "Non-improving candidates (M = 10):",
+            "",
+            markdown_table(
+                ["case", "time vs all improving", "bytes vs all improving"],
+                [[r["case"], f"{r['relative_time']:.2f}", f"{r['relative_bytes']:.2f}"] for r in k["skip"]],
+            ),
+            "",
+        ]
     if k.get("layer_lists"):
-        out += ["Layer lists against the same data flat (`fomo_core.plan` reads a layout once):", "",
-                markdown_table(["model", "method", "time vs flat out="],
-                               [[r["model"], r["method"], f"{r['vs_flat']:.2f}x"] for r in k["layer_lists"]]), ""]
+        out += [
+            "Layer lists against the same data flat (`fomo_core.plan` reads a layout once):",
+            "",
+            markdown_table(
+                ["model", "method", "time vs flat out="],
+                [[r["model"], r["method"], f"{r['vs_flat']:.2f}x"] for r in k["layer_lists"]],
+            ),
+            "",
+        ]
     return out
 
 
 def section() -> str:
     suite = _load("suite") or {}
-    parts = [HEADING, "",
-             "Every figure below comes from `python -m benchmarks` run in the repository (or `fomo-core bench`; `--quick` for a "
-             "short run), written to `benchmarks/results/` with the machine's description, and this section "
-             "is regenerated from those files by `python benchmarks/readme.py`. Ratios are against baselines "
-             "timed in the same run; medians with quartiles.", ""]
+    parts = [
+        HEADING,
+        "",
+        "Every figure below comes from `python -m benchmarks` run in the repository "
+        "(or `fomo-core bench`; `--quick` for a short run), written to `benchmarks/results/` with the "
+        "machine's description, and this section is regenerated from those files by "
+        "`python benchmarks/readme.py`. Ratios are against baselines timed in the same run; medians with quartiles.",
+        "",
+    ]
     if suite:
         parts += [f"Measured on: {machine_line(suite)}.", ""]
-    for name, make in (("round", round_section), ("evaluate", evaluate_section), ("early-stop", early_stop_section),
-                       ("kernels", kernels_section)):
+    for name, make in (
+        ("round", round_section),
+        ("evaluate", evaluate_section),
+        ("early-stop", early_stop_section),
+        ("kernels", kernels_section),
+    ):
         payload = _load(name)
         if payload:
             parts += make(payload)

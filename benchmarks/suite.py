@@ -100,7 +100,9 @@ def main(argv: Optional[list] = None) -> int:
                 bar.set_description(name)
             start = time.perf_counter()
             threads = (torch.get_num_threads(), fomo_core.get_num_threads())
-            suite["subjects"][name] = _subject(name, args.quick, folder, (lambda: bar.update(1)) if bar else (lambda: None))
+            suite["subjects"][name] = _subject(
+                name, args.quick, folder, (lambda: bar.update(1)) if bar else (lambda: None)
+            )
             torch.set_num_threads(threads[0])  # subjects set their own thread counts
             fomo_core.set_num_threads(threads[1])
             suite["seconds"][name] = time.perf_counter() - start

@@ -27,19 +27,30 @@ for k in range(NUM_CLIENTS):
     mine = np.flatnonzero(np.isin(y, group_classes[k % GROUPS]))
     mine = rng.permutation(mine[k // GROUPS :: NUM_CLIENTS // GROUPS])
     n = len(mine)
-    splits.append({part: (x[ix], y[ix]) for part, ix in
-                   (("train", mine[: n // 2]), ("val", mine[n // 2 : 3 * n // 4]), ("test", mine[3 * n // 4 :]))})
+    splits.append(
+        {
+            part: (x[ix], y[ix])
+            for part, ix in (
+                ("train", mine[: n // 2]),
+                ("val", mine[n // 2 : 3 * n // 4]),
+                ("test", mine[3 * n // 4 :]),
+            )
+        }
+    )
 
 
 def make_estimator(k):
-    clf = MLPClassifier(hidden_layer_sizes=(32,), solver="sgd", learning_rate_init=0.05, momentum=0.5,
-                        batch_size=16, random_state=k)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(32,), solver="sgd", learning_rate_init=0.05, momentum=0.5, batch_size=16, random_state=k
+    )
     return initialise_mlp(clf, *splits[k]["train"], classes=np.arange(10))  # allocates coefs_
 
 
 # --- clients, all starting from one model --------------------------------------------------------
-clients = [MLPClassifierClient(make_estimator(k), splits[k]["val"], splits[k]["train"], preset=PRESET, epochs=2)
-           for k in range(NUM_CLIENTS)]
+clients = [
+    MLPClassifierClient(make_estimator(k), splits[k]["val"], splits[k]["train"], preset=PRESET, epochs=2)
+    for k in range(NUM_CLIENTS)
+]
 start = get_flat_params(clients[0].estimator)
 for c in clients:
     c.set_flat(start)
@@ -58,4 +69,6 @@ for r in range(ROUNDS):
 
 order = np.argsort([k % GROUPS for k in range(NUM_CLIENTS)], kind="stable")
 print("affinity, clients ordered by group (positive: helpful):")
-print(np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))
+print(
+    np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120)
+)

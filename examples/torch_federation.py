@@ -29,8 +29,16 @@ for k in range(NUM_CLIENTS):
     mine = np.flatnonzero(np.isin(digits.target, group_classes[k % GROUPS]))
     mine = rng.permutation(mine[k // GROUPS :: NUM_CLIENTS // GROUPS])  # this client's share of its group
     n = len(mine)
-    splits.append({part: (x[ix], y[ix]) for part, ix in
-                   (("train", mine[: n // 2]), ("val", mine[n // 2 : 3 * n // 4]), ("test", mine[3 * n // 4 :]))})
+    splits.append(
+        {
+            part: (x[ix], y[ix])
+            for part, ix in (
+                ("train", mine[: n // 2]),
+                ("val", mine[n // 2 : 3 * n // 4]),
+                ("test", mine[3 * n // 4 :]),
+            )
+        }
+    )
 
 
 def make_model():
@@ -44,8 +52,19 @@ clients = []
 for k in range(NUM_CLIENTS):
     model = make_model()
     model.load_state_dict(start)
-    clients.append(FedFomoClient(model, splits[k]["val"], splits[k]["train"],
-                                 preset=PRESET, epochs=2, lr=0.05, momentum=0.5, batch_size=16, seed=k))
+    clients.append(
+        FedFomoClient(
+            model,
+            splits[k]["val"],
+            splits[k]["train"],
+            preset=PRESET,
+            epochs=2,
+            lr=0.05,
+            momentum=0.5,
+            batch_size=16,
+            seed=k,
+        )
+    )
 
 # --- server: the latest model of every client, the affinity, the selection -----------------------
 server = fc.Server(NUM_CLIENTS, clients[0].get_flat(), preset=PRESET, m=M, seed=0)
@@ -61,4 +80,6 @@ for r in range(ROUNDS):
 
 order = np.argsort([k % GROUPS for k in range(NUM_CLIENTS)], kind="stable")
 print("affinity, clients ordered by group (positive: helpful):")
-print(np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120))
+print(
+    np.array2string(server.affinity.matrix[np.ix_(order, order)], precision=1, suppress_small=True, max_line_width=120)
+)

@@ -7,9 +7,9 @@ is wrong (``candidate_params[3]["fc.weight"]``), and builds outputs of the calle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +86,7 @@ def parse_model(model: Any, role: str) -> tuple[Structure, list]:
         kind = "sequence"
     else:
         raise TypeError(
-            f"{role} must be an array, a sequence of arrays or a mapping of arrays, "
-            f"got {type(model).__name__}"
+            f"{role} must be an array, a sequence of arrays or a mapping of arrays, got {type(model).__name__}"
         )
     floating = []
     for name, leaf in zip(names, leaves):
@@ -145,8 +144,7 @@ def candidate_leaves(structure: Structure, local_float: list, candidates: Any) -
         raise TypeError("candidate_params must be a sequence of models (one per candidate), got an array")
     if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
         raise TypeError(
-            "candidate_params must be a 2-D array [M, P] or a sequence of M models, "
-            f"got {type(candidates).__name__}"
+            f"candidate_params must be a 2-D array [M, P] or a sequence of M models, got {type(candidates).__name__}"
         )
     return [_leaves_like(structure, c, f"candidate_params[{m}]") for m, c in enumerate(candidates)]
 

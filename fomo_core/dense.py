@@ -144,14 +144,14 @@ class DenseSpec:
     def offsets(self) -> list:
         """[(weight_offset, bias_offset)] of each layer in the flat buffer."""
         out, at = [], 0
-        for layer, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             out.append((at, at + n_in * n_out))
             at += n_in * n_out + n_out
         return out
 
     # ---- builders (the adapters own the framework code) ----
     @classmethod
-    def from_module(cls, module: Any, *, output: str = "softmax") -> "DenseSpec":
+    def from_module(cls, module: Any, *, output: str = "softmax") -> DenseSpec:
         """The spec of a torch ``nn.Sequential`` of Linear layers: see
         :func:`fomo_core.adapters.torch.dense_spec`, which this calls."""
         from .adapters.torch import dense_spec
@@ -159,7 +159,7 @@ class DenseSpec:
         return dense_spec(module, output=output)
 
     @classmethod
-    def from_sklearn(cls, estimator: Any) -> "DenseSpec":
+    def from_sklearn(cls, estimator: Any) -> DenseSpec:
         """The spec of a fitted scikit-learn MLPClassifier or MLPRegressor: see
         :func:`fomo_core.adapters.numpy.mlp_spec`, which this calls."""
         from .adapters.numpy import mlp_spec
@@ -209,8 +209,10 @@ def _candidates_for_kernel(candidate_params: Any) -> Any:
     layer arrays (a state_dict's values, or [W1, b1, W2, b2, ...])."""
     if hasattr(candidate_params, "shape") and hasattr(candidate_params, "dtype"):
         return candidate_params
-    if isinstance(candidate_params, Mapping) or not isinstance(candidate_params, Sequence) or isinstance(
-        candidate_params, (str, bytes)
+    if (
+        isinstance(candidate_params, Mapping)
+        or not isinstance(candidate_params, Sequence)
+        or isinstance(candidate_params, (str, bytes))
     ):
         raise TypeError(
             "candidate_params must be a 2-D array [M, P] or a sequence of M models (flat vectors or "
@@ -221,7 +223,9 @@ def _candidates_for_kernel(candidate_params: Any) -> Any:
         if isinstance(c, Mapping):
             c = [v for v in c.values() if hasattr(v, "dtype") and is_floating(v)]  # BatchNorm counters out
         elif not (hasattr(c, "shape") and hasattr(c, "dtype")) and not isinstance(c, Sequence):
-            raise TypeError(f"candidate_params[{m}] must be a flat vector or a list of layer arrays, got {type(c).__name__}")
+            raise TypeError(
+                f"candidate_params[{m}] must be a flat vector or a list of layer arrays, got {type(c).__name__}"
+            )
         out.append(c if hasattr(c, "shape") else list(c))
     return out
 
@@ -291,7 +295,9 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
                 raise TypeError
             w = np.ascontiguousarray(w, dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
-            raise TypeError(f"sample_weight must be an array of real numbers, got {type(sample_weight).__name__}") from None
+            raise TypeError(
+                f"sample_weight must be an array of real numbers, got {type(sample_weight).__name__}"
+            ) from None
     if tuple(w.shape) != (rows,):
         raise ValueError(f"sample_weight has shape {tuple(w.shape)}, expected ({rows},) (one weight per row of X)")
     finite_nonneg = bool(((w >= 0) & (w < float("inf"))).all())

@@ -27,7 +27,9 @@ __all__ = ["open_model_store", "read_npz_rows"]
 BLOCK_BYTES = 64 << 20  # rows copied at a time between a store and a checkpoint
 
 
-def open_model_store(path: Union[str, os.PathLike], num_clients: int, num_params: int, *, dtype: Any = np.float32) -> np.memmap:
+def open_model_store(
+    path: Union[str, os.PathLike], num_clients: int, num_params: int, *, dtype: Any = np.float32
+) -> np.memmap:
     """The [num_clients, num_params] model table in the ``.npy`` file ``path``, memory-mapped
     read-write: an existing file of that shape and dtype is reopened (its rows kept), a missing
     one is created (its contents undefined until the Server fills it)."""
@@ -54,7 +56,9 @@ def read_npz_rows(npz: Any, key: str, dst: np.ndarray) -> None:
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
         if tuple(shape) != dst.shape or np.dtype(dtype) != dst.dtype or fortran:
-            raise ValueError(f"the checkpoint's {key} is a {tuple(shape)} {dtype} table, the store a {dst.shape} {dst.dtype} one")
+            raise ValueError(
+                f"the checkpoint's {key} is a {tuple(shape)} {dtype} table, the store a {dst.shape} {dst.dtype} one"
+            )
         rows = max(1, BLOCK_BYTES // max(1, dst.shape[1] * dst.dtype.itemsize))
         row_bytes = dst.shape[1] * dst.dtype.itemsize
         for start in range(0, dst.shape[0], rows):

@@ -78,7 +78,6 @@ _TensorModelT = TypeVar("_TensorModelT", bound=TensorModel)
 _OutT = TypeVar("_OutT")
 
 
-
 @dataclass(frozen=True)
 class Scores(Generic[VectorT]):
     """Raw first-order scores of the candidates.
@@ -135,8 +134,9 @@ def _check_max_distance(max_distance: Any) -> float:
     return value
 
 
-def _step_options(local_loss: Any, candidate_losses: Any, norm: Any, eps: Any, all_scores: Any,
-                  max_distance: Any) -> dict:
+def _step_options(
+    local_loss: Any, candidate_losses: Any, norm: Any, eps: Any, all_scores: Any, max_distance: Any
+) -> dict:
     """fomo_step's scalar and per-candidate arguments, checked once for the ops and for plans, as the
     bindings' keyword arguments (the bindings check only what needs the run table: one loss per
     candidate)."""
@@ -286,18 +286,36 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
 
 @overload
 def first_order_scores(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: ArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> Scores[np.ndarray]: ...
 @overload
 def first_order_scores(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: TensorModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> Scores[Tensor]: ...
 @overload
 def first_order_scores(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: _CudaArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> Scores[Any]: ...
 def first_order_scores(
     local_params: Any,
@@ -326,18 +344,36 @@ def first_order_scores(
 
 @overload
 def compute_weights(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: ArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: TensorModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: _CudaArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    max_distance: float | None = ...,
 ) -> Any: ...
 def compute_weights(
     local_params: Any,
@@ -386,28 +422,68 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
 
 @overload
 def fomo_step(
-    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    local_params: _ArrayModelT,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    all_scores: bool = ...,
+    out: None = ...,
+    max_distance: float | None = ...,
 ) -> StepResult[_ArrayModelT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    local_params: _TensorModelT,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    all_scores: bool = ...,
+    out: None = ...,
+    max_distance: float | None = ...,
 ) -> StepResult[_TensorModelT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    local_params: ArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    all_scores: bool = ...,
+    out: _OutT,
+    max_distance: float | None = ...,
 ) -> StepResult[_OutT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    local_params: TensorModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    all_scores: bool = ...,
+    out: _OutT,
+    max_distance: float | None = ...,
 ) -> StepResult[_OutT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
+    local_params: _CudaArrayModel,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = ...,
+    eps: float = ...,
+    all_scores: bool = ...,
+    out: Any = ...,
+    max_distance: float | None = ...,
 ) -> StepResult[Any, Any]: ...
 def fomo_step(
     local_params: Any,

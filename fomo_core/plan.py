@@ -112,8 +112,9 @@ class Plan:
         """What every write rechecks: torch's in-place rules may change with grad/inference mode."""
         check_writable(self._out_float, self._call.structure.names)
 
-    def _step(self, local_loss, candidate_losses, norm, eps, all_scores, update,
-              max_distance=None) -> tuple[Any, Scores] | None:
+    def _step(
+        self, local_loss, candidate_losses, norm, eps, all_scores, update, max_distance=None
+    ) -> tuple[Any, Scores] | None:
         options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         if update:
             self._writing()
@@ -129,22 +130,50 @@ class Plan:
             return _ops.candidate_distances(self._local, self._candidates, norm=norm)
         return self._call.vector(d)
 
-    def first_order_scores(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2",
-                           eps: float = 0.0, max_distance: float | None = None) -> Scores:
+    def first_order_scores(
+        self,
+        local_loss: float,
+        candidate_losses: Any,
+        *,
+        norm: str = "l2",
+        eps: float = 0.0,
+        max_distance: float | None = None,
+    ) -> Scores:
         """Raw scores of every candidate (see fomo_core.first_order_scores)."""
         done = self._step(local_loss, candidate_losses, norm, eps, True, False, max_distance)
         if done is None:
-            return _ops.first_order_scores(self._local, self._candidates, local_loss, candidate_losses, norm=norm,
-                                           eps=eps, max_distance=max_distance)
+            return _ops.first_order_scores(
+                self._local,
+                self._candidates,
+                local_loss,
+                candidate_losses,
+                norm=norm,
+                eps=eps,
+                max_distance=max_distance,
+            )
         return done[1]
 
-    def compute_weights(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2",
-                        eps: float = 0.0, max_distance: float | None = None) -> Any:
+    def compute_weights(
+        self,
+        local_loss: float,
+        candidate_losses: Any,
+        *,
+        norm: str = "l2",
+        eps: float = 0.0,
+        max_distance: float | None = None,
+    ) -> Any:
         """[M] normalised weights (see fomo_core.compute_weights)."""
         done = self._step(local_loss, candidate_losses, norm, eps, False, False, max_distance)
         if done is None:
-            return _ops.compute_weights(self._local, self._candidates, local_loss, candidate_losses, norm=norm, eps=eps,
-                                        max_distance=max_distance)
+            return _ops.compute_weights(
+                self._local,
+                self._candidates,
+                local_loss,
+                candidate_losses,
+                norm=norm,
+                eps=eps,
+                max_distance=max_distance,
+            )
         return self._call.vector(done[0])
 
     def apply_update(self, weights: Any) -> Any:
@@ -157,13 +186,30 @@ class Plan:
         self._refresh_nonfloating()
         return self.params
 
-    def fomo_step(self, local_loss: float, candidate_losses: Any, *, norm: str = "l2", eps: float = 0.0,
-                  all_scores: bool = True, max_distance: float | None = None) -> StepResult:
+    def fomo_step(
+        self,
+        local_loss: float,
+        candidate_losses: Any,
+        *,
+        norm: str = "l2",
+        eps: float = 0.0,
+        all_scores: bool = True,
+        max_distance: float | None = None,
+    ) -> StepResult:
         """The fused step into the plan's output (see fomo_core.fomo_step); ``.params`` is that output."""
         done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True, max_distance)
         if done is None:
-            return _ops.fomo_step(self._local, self._candidates, local_loss, candidate_losses, norm=norm, eps=eps,
-                                  all_scores=all_scores, out=self.params, max_distance=max_distance)
+            return _ops.fomo_step(
+                self._local,
+                self._candidates,
+                local_loss,
+                candidate_losses,
+                norm=norm,
+                eps=eps,
+                all_scores=all_scores,
+                out=self.params,
+                max_distance=max_distance,
+            )
         self._refresh_nonfloating()
         weights, s = done
         return StepResult(self.params, self._call.vector(weights), s.scores, s.distances, s.rejected, s.skipped)

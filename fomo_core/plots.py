@@ -7,7 +7,8 @@ training (the model a client ends the round with)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -15,13 +16,18 @@ from ._optional import optional_import
 
 __all__ = ["plot_accuracy", "plot_affinity", "plot_grid_setting", "method_label"]
 
-_LABELS = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "local": "Local", "fedavg_ft": "FedAvg+FT",
-           "oracle": "per-group FedAvg (oracle)"}
+_LABELS = {
+    "fedfomo": "FedFomo",
+    "fedavg": "FedAvg",
+    "local": "Local",
+    "fedavg_ft": "FedAvg+FT",
+    "oracle": "per-group FedAvg (oracle)",
+}
 _COLORS = {"fedfomo": "#d62728", "fedavg": "#1f77b4", "local": "#7f7f7f", "fedavg_ft": "#2ca02c", "oracle": "#9467bd"}
 
 
 def method_label(name: str) -> str:
-    """"FedFomo", "FedFomo (paper)" for "fedfomo:paper", "FedAvg+FT", ..."""
+    """ "FedFomo", "FedFomo (paper)" for "fedfomo:paper", "FedAvg+FT", ..."""
     base, _, preset = name.partition(":")
     label = _LABELS.get(base, base)
     return f"{label} ({preset})" if preset else label
@@ -65,13 +71,21 @@ def plot_accuracy(results: dict, path: str, *, title: Optional[str] = None) -> N
         color = _color(name, k)
         after = run.get("accuracy_after_update_per_round")
         same = after is None or np.array_equal(after, run["accuracy_per_round"])
-        label = f"{method_label(name)}, " + ("averaged model (no training after it)" if same and after is not None
-                                             else "after local training")
-        ax.plot(rounds, acc, marker="o", ms=3, lw=2, color=color, label=label,
-                zorder=3 if name == "fedfomo" else 2)  # FedFomo on top where the lines meet
+        label = f"{method_label(name)}, " + (
+            "averaged model (no training after it)" if same and after is not None else "after local training"
+        )
+        ax.plot(
+            rounds, acc, marker="o", ms=3, lw=2, color=color, label=label, zorder=3 if name == "fedfomo" else 2
+        )  # FedFomo on top where the lines meet
         if not same:
-            ax.plot(rounds, 100 * np.asarray(after, dtype=float), ls="--", lw=1.5, color=color,
-                    label=f"{method_label(name)}, after the update")
+            ax.plot(
+                rounds,
+                100 * np.asarray(after, dtype=float),
+                ls="--",
+                lw=1.5,
+                color=color,
+                label=f"{method_label(name)}, after the update",
+            )
     ax.set_xlabel("round")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("mean test accuracy over clients (%)")
@@ -90,8 +104,10 @@ def plot_grid_setting(records: list, methods: Sequence[str], path: str, *, title
     records: the setting's cell records (after_update_per_round, after_training_per_round)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), dpi=130, sharey=True)
-    panels = (("after_update_per_round", "after the federated update"),
-              ("after_training_per_round", "after local training"))
+    panels = (
+        ("after_update_per_round", "after the federated update"),
+        ("after_training_per_round", "after local training"),
+    )
     for ax, (key, what) in zip(axes, panels):
         for k, name in enumerate(methods):
             curves = [r[key] for r in records if r["method"] == name and r[key] and r[key][0] is not None]

@@ -43,10 +43,7 @@ class Preset:
         return {"name": self.name, "client": self.client.as_dict(), "server": self.server.as_dict()}
 
 
-_NAN_AFFINITY = (
-    "a non-finite score adds 0 to the affinity (the peer adds NaN, after which its selection "
-    "is undefined)"
-)
+_NAN_AFFINITY = "a non-finite score adds 0 to the affinity (the peer adds NaN, after which its selection is undefined)"
 
 # What PFLlib's and FL-bench's rounds share: the client skips aggregation when a loss is NaN and
 # scores with L2 + 1e-5; the server picks the top M (ties as torch.topk) from an identity affinity,
@@ -87,8 +84,7 @@ PRESETS: dict[str, Preset] = {
             "integer buffers (num_batches_tracked) keep the current value (the peer's update crashes on them)",
             "no sub-federation or global average models are added to the candidates (the peer's "
             "optional hierarchical extension)",
-            "random draws (tie-breaking, exploration) come from the server's own generator, not "
-            "NumPy's global seed",
+            "random draws (tie-breaking, exploration) come from the server's own generator, not NumPy's global seed",
         ),
     ),
     "pfllib": Preset(
@@ -117,8 +113,7 @@ PRESETS: dict[str, Preset] = {
         server=ServerPolicy(pool="last_round", include_self="always", uploads="immediately", **_PEER_SERVER),
         departures=(
             _NAN_AFFINITY,
-            "integer buffers (num_batches_tracked) keep their dtype and value (the peer turns them "
-            "into floats)",
+            "integer buffers (num_batches_tracked) keep their dtype and value (the peer turns them into floats)",
         ),
     ),
 }

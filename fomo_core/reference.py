@@ -54,7 +54,7 @@ _FORMATS = {
 def storage_dtype(array: Any) -> str:
     """The dtype name of a NumPy array or torch tensor ("float32", "bfloat16", "int64", ...)."""
     name = str(array.dtype)
-    return name[len("torch."):] if name.startswith("torch.") else np.dtype(array.dtype).name
+    return name[len("torch.") :] if name.startswith("torch.") else np.dtype(array.dtype).name
 
 
 def round_to_dtype(value: float, dtype: str) -> float:
@@ -191,8 +191,9 @@ def _distance(local: list, candidate: list, norm: str) -> float:
 _ACCEPTED, _REJECTED, _SKIPPED = (_C.STATUS[name] for name in ("accepted", "rejected", "skipped"))
 
 
-def _score(local_loss: float, loss: float, distance: float, eps: float, measured: bool,
-           max_distance: float = math.inf) -> tuple:
+def _score(
+    local_loss: float, loss: float, distance: float, eps: float, measured: bool, max_distance: float = math.inf
+) -> tuple:
     """(score, status): s = (L0 - Ln) / (d + eps), or 0 and rejected when a loss or the distance is
     NaN or infinite, when d + eps == 0, when d > max_distance (the guard), or when the quotient
     overflows; NaN and skipped when the distance was not measured."""
@@ -219,8 +220,16 @@ def _normalise(scores: list, status: list) -> list:
     return [float(p / total) for p in positive]
 
 
-def _scores(model: _Model, candidates: list, local_loss: float, losses: list, norm: str, eps: float,
-            all_scores: bool, max_distance: float) -> tuple:
+def _scores(
+    model: _Model,
+    candidates: list,
+    local_loss: float,
+    losses: list,
+    norm: str,
+    eps: float,
+    all_scores: bool,
+    max_distance: float,
+) -> tuple:
     local = [leaf.values for leaf in model.floating]
     scores, distances, status = [], [], []
     for candidate, loss in zip(candidates, losses):
@@ -288,15 +297,31 @@ def _scored(local_params, candidate_params, local_loss, candidate_losses, norm, 
     return model, candidates, result, _normalise(scores, status)
 
 
-def first_order_scores(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-                       *, norm: str = "l2", eps: float = 0.0, max_distance: Any = None) -> Scores:
+def first_order_scores(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+    max_distance: Any = None,
+) -> Scores:
     """Every candidate's s_n = (L0 - L_n) / (d_n + eps), all measured (as for the affinity);
     candidates farther than max_distance (None: no guard) are rejected."""
     return _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, True, max_distance)[2]
 
 
-def compute_weights(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-                    *, norm: str = "l2", eps: float = 0.0, max_distance: Any = None) -> np.ndarray:
+def compute_weights(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+    max_distance: Any = None,
+) -> np.ndarray:
     """[M] float64 weights w_n = max(s_n, 0) / sum_m max(s_m, 0); all 0 if no score is positive."""
     return _vector(
         _scored(local_params, candidate_params, local_loss, candidate_losses, norm, eps, False, max_distance)[3]
@@ -317,9 +342,18 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, roun
     return _updated(model, candidates, w, rounded)
 
 
-def fomo_step(local_params: Any, candidate_params: Any, local_loss: float, candidate_losses: Any,
-              *, norm: str = "l2", eps: float = 0.0, all_scores: bool = True, rounded: bool = True,
-              max_distance: Any = None) -> StepResult:
+def fomo_step(
+    local_params: Any,
+    candidate_params: Any,
+    local_loss: float,
+    candidate_losses: Any,
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+    all_scores: bool = True,
+    rounded: bool = True,
+    max_distance: Any = None,
+) -> StepResult:
     """Scores, weights and the updated model of one FedFomo step (see the functions above).
 
     all_scores=False leaves the candidates with L_n >= L0 unmeasured (score and distance NaN,

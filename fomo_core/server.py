@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -85,8 +86,10 @@ class Server:
             if not isinstance(models, np.ndarray) or _is_torch(init):
                 raise TypeError(f"models must be a NumPy array (with NumPy init_params), got {type(models).__name__}")
             if models.shape != (num_clients, init.shape[0]) or models.dtype.kind != "f":
-                raise ValueError(f"models must be a floating [N, P] = ({num_clients}, {init.shape[0]}) array, "
-                                 f"got {models.dtype} {models.shape}")
+                raise ValueError(
+                    f"models must be a floating [N, P] = ({num_clients}, {init.shape[0]}) array, "
+                    f"got {models.dtype} {models.shape}"
+                )
             models[...] = np.asarray(init)
             self.models = models
         elif _is_torch(init):
@@ -139,8 +142,9 @@ class Server:
         self_score: Optional[float] = None,
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
-        :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the candidates ``ids`` it received, plus the score
-        of its own trained model when its policy makes that a candidate (``self_score``)."""
+        :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the
+        candidates ``ids`` it received, plus the score of its own trained model when its policy
+        makes that a candidate (``self_score``)."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != tuple(self.models.shape[1:]):
@@ -196,7 +200,7 @@ class Server:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> "Server":
+    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> Server:
         """A Server restored from :meth:`save`'s file; it continues exactly where it stopped.
         ``models``: a table to hold the models, as the constructor's (they are streamed into it,
         never whole in memory)."""
@@ -226,7 +230,9 @@ class Server:
             init = torch.from_numpy(table[0])
         else:
             init = np.array(table[0])
-        server = cls(n, init, preset=meta["preset"], m=meta["m"], policy=ServerPolicy.from_dict(meta["policy"]), models=models)
+        server = cls(
+            n, init, preset=meta["preset"], m=meta["m"], policy=ServerPolicy.from_dict(meta["policy"]), models=models
+        )
         if models is None:
             server.models[...] = torch.from_numpy(table) if meta["torch"] else table
         else:

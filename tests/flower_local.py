@@ -56,9 +56,16 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     def context(self, node: int) -> Context:
-        config = {"partition-id": self.nodes[node]} if isinstance(self.nodes[node], int) else {"client-id": self.nodes[node]}
-        return Context(run_id=7, node_id=node, node_config=config,
-                       state=self.states.setdefault(node, RecordDict()), run_config=self.run_config)
+        config = (
+            {"partition-id": self.nodes[node]} if isinstance(self.nodes[node], int) else {"client-id": self.nodes[node]}
+        )
+        return Context(
+            run_id=7,
+            node_id=node,
+            node_config=config,
+            state=self.states.setdefault(node, RecordDict()),
+            run_config=self.run_config,
+        )
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
@@ -100,7 +107,9 @@ def estimator(seed: int):
 
     from fomo_core.adapters.numpy import initialise_mlp
 
-    est = MLPClassifier(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=0.05, batch_size=32, random_state=seed)
+    est = MLPClassifier(
+        hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=0.05, batch_size=32, random_state=seed
+    )
     return initialise_mlp(est, np.zeros((1, 64), np.float32), np.zeros(1, np.int64), np.arange(10))
 
 

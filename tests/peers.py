@@ -42,8 +42,14 @@ def pfllib_recalculate_loss(model: nn.Module, val_loader: list) -> float:
     return L / len(val_loader)
 
 
-def pfllib_client_round(model: nn.Module, old_model: nn.Module, received_ids: list, received_models: list,
-                        val_loader: list, num_clients: int) -> tuple:
+def pfllib_client_round(
+    model: nn.Module,
+    old_model: nn.Module,
+    received_ids: list,
+    received_models: list,
+    val_loader: list,
+    num_clients: int,
+) -> tuple:
     """clientfomo.py:24-29 (aggregate_parameters, then clone_model into old_model); returns
     (model, old_model, weight_vector [N])."""
     model, old_model = copy.deepcopy(model), copy.deepcopy(old_model)
@@ -59,7 +65,9 @@ def pfllib_client_round(model: nn.Module, old_model: nn.Module, received_ids: li
             for param_n, param_i in zip(received_model.parameters(), old_model.parameters()):
                 params_dif.append((param_n - param_i).view(-1))
             params_dif = torch.cat(params_dif)
-            weight_list.append((L - pfllib_recalculate_loss(received_model, val_loader)) / (torch.norm(params_dif) + 1e-5))
+            weight_list.append(
+                (L - pfllib_recalculate_loss(received_model, val_loader)) / (torch.norm(params_dif) + 1e-5)
+            )
         # weight_vector_update, clientfomo.py:134-137
         weight_vector = np.zeros(num_clients)
         for w, cid in zip(weight_list, received_ids):
@@ -108,8 +116,9 @@ def flbench_evaluate_loss(model: nn.Module, val_loader: list) -> float:
     return total / count
 
 
-def flbench_client_round(own_state: dict, selected: dict, client_id: int, model_template: nn.Module,
-                         val_loader: list) -> tuple:
+def flbench_client_round(
+    own_state: dict, selected: dict, client_id: int, model_template: nn.Module, val_loader: list
+) -> tuple:
     """fedfomo.py:33-94 (set_parameters). ``selected`` maps client id -> the params the server
     sends (parameters only; the client's own entry is its full state). Returns (state_dict after
     the update, {client id: score})."""
@@ -170,8 +179,9 @@ def paper_l1_distance(model_a: nn.Module, model_b: nn.Module) -> float:
     return total
 
 
-def paper_client_round(first_model: nn.Module, models: list, model_ids: list, val_loader: list,
-                       client_weights: np.ndarray) -> tuple:
+def paper_client_round(
+    first_model: nn.Module, models: list, model_ids: list, val_loader: list, client_weights: np.ndarray
+) -> tuple:
     """One client of Federation.compute_client_weights + federate with baseline 'first_model'
     (federation.py:286-377 with compute_fomo_weights :152-184, update_client_weights :379-459,
     federate :523-554). ``models`` are the client's own current model first (client.py:320), then

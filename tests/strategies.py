@@ -96,7 +96,7 @@ def _leaf_layout(shape: tuple, view: str, backend: str) -> tuple:
     if view == "contiguous":
         return shape, lambda b: b
     if view == "offset":
-        return (n + 5,), lambda b: b[3:3 + n].reshape(shape)
+        return (n + 5,), lambda b: b[3 : 3 + n].reshape(shape)
     if view == "strided":
         step = 3
         base = tuple(s + 1 for s in shape[:-1]) + (shape[-1] * step + 2,)
@@ -117,11 +117,11 @@ def _block_layout(m: int, p: int, view: str, backend: str) -> tuple:
     if view == "contiguous":
         return (m, p), lambda b: b
     if view == "row_offset":  # rows of a wider matrix, starting mid-row
-        return (m + 1, p + 3), lambda b: b[1:, 2:2 + p]
+        return (m + 1, p + 3), lambda b: b[1:, 2 : 2 + p]
     if view == "col_strided":
-        return (m, 2 * p + 1), lambda b: b[:, 1:1 + 2 * p:2]
+        return (m, 2 * p + 1), lambda b: b[:, 1 : 1 + 2 * p : 2]
     if view == "row_strided":
-        return (2 * m + 1, p), lambda b: b[1:1 + 2 * m:2]
+        return (2 * m + 1, p), lambda b: b[1 : 1 + 2 * m : 2]
     if view == "transposed":  # column-major [M, P]
         return (p, m), lambda b: _permute(b, (1, 0))
     if view == "reversed":
@@ -283,9 +283,13 @@ def model_layouts(draw) -> ModelLayout:
     kind = draw(st.sampled_from(["flat", "list", "tuple", "dict"]))
     if kind == "flat":
         return ModelLayout("flat", [None], [(draw(sizes),)], [True])
-    shapes = draw(st.one_of(st.lists(leaf_shapes, min_size=1, max_size=4),
-                            st.lists(leaf_shapes, min_size=2, max_size=4),
-                            st.lists(leaf_shapes, min_size=0, max_size=4)))  # [] too: a model without layers
+    shapes = draw(
+        st.one_of(
+            st.lists(leaf_shapes, min_size=1, max_size=4),
+            st.lists(leaf_shapes, min_size=2, max_size=4),
+            st.lists(leaf_shapes, min_size=0, max_size=4),
+        )
+    )  # [] too: a model without layers
     floating = [True] * len(shapes)
     if draw(st.booleans()):  # a non-floating entry like num_batches_tracked, anywhere
         at = draw(st.integers(0, len(shapes)))
@@ -307,8 +311,15 @@ def _losses(rng: np.random.Generator, local_loss: float, m: int, specials: bool)
 
 
 @st.composite
-def cases(draw, max_m: int = 16, specials: bool = True, dtypes=DTYPES, backends=("numpy", "torch"),
-          leaf_views=LEAF_VIEWS, block_views=BLOCK_VIEWS) -> Case:
+def cases(
+    draw,
+    max_m: int = 16,
+    specials: bool = True,
+    dtypes=DTYPES,
+    backends=("numpy", "torch"),
+    leaf_views=LEAF_VIEWS,
+    block_views=BLOCK_VIEWS,
+) -> Case:
     """A FedFomo call; the keyword arguments narrow what is drawn."""
     dtype = draw(st.sampled_from(dtypes))
     backend = "torch" if dtype == "bfloat16" else draw(st.sampled_from(backends))
@@ -370,7 +381,7 @@ def cases(draw, max_m: int = 16, specials: bool = True, dtypes=DTYPES, backends=
     if candidate_form.startswith("block_"):
         p_size = float_shapes[0][0]
         block = np.array([c[0] for c in candidate_values]).reshape(m, p_size)
-        bp = place(block, dtype, backend, _block_layout(m, p_size, candidate_form[len("block_"):], backend))
+        bp = place(block, dtype, backend, _block_layout(m, p_size, candidate_form[len("block_") :], backend))
         placed.append(bp)
         candidates = bp.view
     else:
@@ -378,5 +389,21 @@ def cases(draw, max_m: int = 16, specials: bool = True, dtypes=DTYPES, backends=
         for n, values in enumerate(candidate_values):
             views = [draw(st.sampled_from(leaf_views)) for _ in range(n_float)]
             candidates.append(build(values, views, 100 + n))
-    return Case(dtype, backend, layout, local, candidates, local_loss, losses, weights, norm, eps,
-                all_scores, m, local_views, candidate_form, seed, placed)
+    return Case(
+        dtype,
+        backend,
+        layout,
+        local,
+        candidates,
+        local_loss,
+        losses,
+        weights,
+        norm,
+        eps,
+        all_scores,
+        m,
+        local_views,
+        candidate_form,
+        seed,
+        placed,
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read once when flwr is imported
 
+import flower_local as fl
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from sklearn.neural_network import MLPClassifier
 from torch import nn
 
+import fomo_core as fc
 from fomo_core.adapters.flower import (
     FedFomo,
     ModelLayout,
@@ -37,9 +39,6 @@ from fomo_core.adapters.flower import (
 )
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
-
-import flower_local as fl
-import fomo_core as fc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NODES = {2**64 - 5: 0, 17: 1, 2**63 + 3: 2, 40: 3}  # Flower node ids are unsigned 64-bit
@@ -101,19 +100,28 @@ def test_bad_options_are_refused_with_the_argument_named(options, error, fragmen
 def test_server_side_imports_without_torch_or_the_compiled_extension():
     # the strategy, the protocol, the Server and a round of its bookkeeping, with torch and the
     # compiled extension unimportable
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['fomo_core._C'] = None\n"
-            "import numpy as np\n"
-            "from fomo_core.adapters.flower import FedFomo, ModelLayout\n"
-            "import fomo_core as fc\n"
-            "FedFomo(m=2)\n"
-            "s = fc.Server(3, np.zeros(4, np.float32), m=1, seed=0)\n"
-            "ids, c = s.candidates(0); s.receive(0, np.ones(4, np.float32), ids, np.zeros(len(ids))); s.end_round()\n"
-            "assert s.round == 1\n"
-            "try:\n    fc.fomo_step\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('the kernels imported')\n")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['fomo_core._C'] = None\n"
+        "import numpy as np\n"
+        "from fomo_core.adapters.flower import FedFomo, ModelLayout\n"
+        "import fomo_core as fc\n"
+        "FedFomo(m=2)\n"
+        "s = fc.Server(3, np.zeros(4, np.float32), m=1, seed=0)\n"
+        "ids, c = s.candidates(0); s.receive(0, np.ones(4, np.float32), ids, np.zeros(len(ids))); s.end_round()\n"
+        "assert s.round == 1\n"
+        "try:\n    fc.fomo_step\nexcept ImportError:\n    pass\n"
+        "else:\n    raise AssertionError('the kernels imported')\n"
+    )
     # from outside the checkout: its fomo_core/ folder (no adapters/, no extension) would shadow
     # the installed package
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
-                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -231,6 +239,7 @@ def _honest_train(node, message, reply, attacker) -> bool:
 def _set_metric(key, value):
     def tamper(content):
         content["metrics"][key] = value
+
     return tamper
 
 
@@ -245,6 +254,7 @@ def _set_array(build):
         record = content["arrays"]
         key = next(iter(record.keys()))
         record[key] = build(record[key])
+
     return tamper
 
 
@@ -278,13 +288,25 @@ ATTACKS = {
     "num-examples huge": (_set_metric("num-examples", 2**62), "num-examples"),
     "candidate-clients not a list": (_set_metric("candidate-clients", 3), "candidate-clients"),
     "candidate-clients floats": (_set_metric("candidate-clients", [0.0, 2.7]), "candidate-clients"),
-    "candidate-clients reordered": (lambda c: c["metrics"].__setitem__("candidate-clients", c["metrics"]["candidate-clients"][::-1]), "as sent"),
+    "candidate-clients reordered": (
+        lambda c: c["metrics"].__setitem__("candidate-clients", c["metrics"]["candidate-clients"][::-1]),
+        "as sent",
+    ),
     "eval-seconds a list": (_set_metric("eval-seconds", [1.0, 2.0]), "eval-seconds"),
     "train-seconds negative": (_set_metric("train-seconds", -1.0), "train-seconds"),
-    "scores inf": (lambda c: c["metrics"].__setitem__("scores", [float("inf")] * len(c["metrics"]["scores"])), "scores"),
+    "scores inf": (
+        lambda c: c["metrics"].__setitem__("scores", [float("inf")] * len(c["metrics"]["scores"])),
+        "scores",
+    ),
     "scores too few": (_set_metric("scores", [0.5]), "scores"),
-    "weights negative": (lambda c: c["metrics"].__setitem__("weights", [-0.5] * len(c["metrics"]["weights"])), "weights"),
-    "weights above one": (lambda c: c["metrics"].__setitem__("weights", [0.9] * len(c["metrics"]["weights"])), "weights"),
+    "weights negative": (
+        lambda c: c["metrics"].__setitem__("weights", [-0.5] * len(c["metrics"]["weights"])),
+        "weights",
+    ),
+    "weights above one": (
+        lambda c: c["metrics"].__setitem__("weights", [0.9] * len(c["metrics"]["weights"])),
+        "weights",
+    ),
     "accuracy NaN": (_set_metric("accuracy", float("nan")), "accuracy"),
     "accuracy 1e9": (_set_metric("accuracy", 1e9), "accuracy"),
     "loss NaN": (_set_metric("loss", float("nan")), "'loss'"),
@@ -294,14 +316,23 @@ ATTACKS = {
     "no client id": (lambda c: c.__delitem__("config"), "client id"),
     "no metrics": (lambda c: c.__delitem__("metrics"), "MetricRecord"),
     "extra record": (_extra_record, "unexpected records"),
-    "(7, 7) bytes labelled (64, 16)": (_set_array(lambda a: _disguised(_npy(np.ones((7, 7), np.float32)), a)), "holds a (7, 7)"),
+    "(7, 7) bytes labelled (64, 16)": (
+        _set_array(lambda a: _disguised(_npy(np.ones((7, 7), np.float32)), a)),
+        "holds a (7, 7)",
+    ),
     "20 MB labelled (64, 16)": (_set_array(lambda a: _disguised(_npy(np.ones(5_000_000, np.float32)), a)), "bytes"),
     "truncated payload": (_set_array(lambda a: _disguised(a.data[:-8], a)), "payload bytes"),
     "trailing bytes": (_set_array(lambda a: _disguised(a.data + b"\0" * 8, a)), "payload bytes"),
     "big-endian float32": (_set_array(lambda a: _disguised(_npy(a.numpy().astype(">f4")), a)), "expected (64, 16)"),
-    "object (pickled) array": (_set_array(lambda a: _disguised(_npy(np.array([None, 1], dtype=object)), a)), "object dtype"),
+    "object (pickled) array": (
+        _set_array(lambda a: _disguised(_npy(np.array([None, 1], dtype=object)), a)),
+        "object dtype",
+    ),
     "not an npy file": (_set_array(lambda a: _disguised(b"garbage" * 100, a)), "bad magic"),
-    "unknown stype": (_set_array(lambda a: Array(dtype=a.dtype, shape=tuple(a.shape), stype="torch.Tensor", data=a.data)), "stype"),
+    "unknown stype": (
+        _set_array(lambda a: Array(dtype=a.dtype, shape=tuple(a.shape), stype="torch.Tensor", data=a.data)),
+        "stype",
+    ),
     "float64 model": (_set_array(lambda a: Array(a.numpy().astype(np.float64))), "expected (64, 16) float32"),
     "NaN model": (_set_array(_nan_model), "NaN or infinite"),
     "inf model": (_set_array(_inf_model), "NaN or infinite"),
@@ -410,9 +441,16 @@ def test_metric_aggregation_functions_see_only_validated_replies(clients_data):
         return MetricRecord({"acc": float(np.mean(seen["evaluate"]))})
 
     grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
-    grid.tamper = lambda node, m, r: (_set_metric("accuracy", float("nan"))(r.content) or r) if _honest_train(node, m, r, 40) else r
-    strategy = FedFomo(m=2, seed=0, train_metrics_aggr_fn=train_fn, evaluate_metrics_aggr_fn=evaluate_fn,
-                       weighted_by_key="num-eval-examples")
+    grid.tamper = lambda node, m, r: (
+        (_set_metric("accuracy", float("nan"))(r.content) or r) if _honest_train(node, m, r, 40) else r
+    )
+    strategy = FedFomo(
+        m=2,
+        seed=0,
+        train_metrics_aggr_fn=train_fn,
+        evaluate_metrics_aggr_fn=evaluate_fn,
+        weighted_by_key="num-eval-examples",
+    )
     result = strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=1)
     assert seen["train"] == (3, "num-eval-examples") and len(seen["evaluate"]) == 3
     assert all(np.isfinite(seen["evaluate"]))
@@ -460,8 +498,9 @@ def test_16_bit_candidates_halve_the_candidate_bytes(transport, tolerance):
 
 
 def test_layout_round_trips_and_reads_each_transport():
-    record = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
-                          "n": Array(np.array(7, dtype=np.int64))})
+    record = ArrayRecord(
+        {"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3)), "n": Array(np.array(7, dtype=np.int64))}
+    )
     layout = ModelLayout.of(record)
     assert layout.size == 7 and layout.nbytes() == 6 * 4 + 8 and layout.nbytes("float16") == 14
     values = layout.flat_from_record(record, "r")
@@ -517,7 +556,9 @@ def test_a_checkpoint_of_another_model_or_strategy_is_refused(tmp_path):
     wide = fl.estimator(0)
     wide.coefs_[0] = np.zeros((64, 17))
     with pytest.raises(ValueError, match="another layout"):
-        FedFomo(m=2, state_dir=tmp_path).initialise(ArrayRecord([np.zeros((64, 17), np.float32), np.zeros(17, np.float32)]))
+        FedFomo(m=2, state_dir=tmp_path).initialise(
+            ArrayRecord([np.zeros((64, 17), np.float32), np.zeros(17, np.float32)])
+        )
     with pytest.raises(ValueError, match="was written with m=2"):
         FedFomo(m=3, state_dir=tmp_path).initialise(model_record(fl.estimator(0)))
 
@@ -528,9 +569,13 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     script = Path(__file__).resolve().parent / "flower_local.py"
 
     # Execute: a server process killed (SIGKILL) once round 3's checkpoint exists, then resumed here
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), "6"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), "6"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -568,16 +613,24 @@ def mlp(seed: int = 0) -> nn.Module:
 
 
 def torch_client(d, seed: int = 0) -> FedFomoClient:
-    return FedFomoClient(mlp(seed), (torch.tensor(d.x_val), torch.tensor(d.y_val)),
-                         (torch.tensor(d.x_train), torch.tensor(d.y_train)), epochs=1, lr=0.1, batch_size=32, seed=seed)
+    return FedFomoClient(
+        mlp(seed),
+        (torch.tensor(d.x_val), torch.tensor(d.y_val)),
+        (torch.tensor(d.x_train), torch.tensor(d.y_train)),
+        epochs=1,
+        lr=0.1,
+        batch_size=32,
+        seed=seed,
+    )
 
 
 def train_message(model: ArrayRecord, candidates: list, ids: list, **config) -> Message:
     content = RecordDict({"arrays": model})
     for k, c in enumerate(candidates):
         content[f"candidate.{k}"] = c
-    content["config"] = ConfigRecord({"server-round": 2, "client-id": "0", "candidate-clients": ids,
-                                      "norm": "l2", "eps": 0.0, **config})
+    content["config"] = ConfigRecord(
+        {"server-round": 2, "client-id": "0", "candidate-clients": ids, "norm": "l2", "eps": 0.0, **config}
+    )
     message = Message(content, dst_node_id=17, message_type=MessageType.TRAIN)
     message.metadata.__dict__["_message_id"] = "m1"
     return message
@@ -671,7 +724,9 @@ def test_pfllib_baseline_lives_in_the_node_state_between_messages(clients_data):
     direct.round([peers[0].to_torch_state_dict(), peers[1].to_torch_state_dict()])
     direct.round([peers[1].to_torch_state_dict(), peers[2].to_torch_state_dict()])
     first = fedfomo_train(train_message(model_record(mlp(0)), peers[:2], [1, 2]), client(), client_id="0", state=state)
-    second = fedfomo_train(train_message(first.content["arrays"], peers[1:], [2, 3]), client(), client_id="0", state=state)
+    second = fedfomo_train(
+        train_message(first.content["arrays"], peers[1:], [2, 3]), client(), client_id="0", state=state
+    )
     stateless = fedfomo_train(train_message(first.content["arrays"], peers[1:], [2, 3]), client(), client_id="0")
 
     # Assert: the direct rounds, to 1e-6 (1.2e-7, one float32 ulp at these magnitudes, was measured:
@@ -712,8 +767,11 @@ def test_evaluate_handler_measures_the_model_it_was_sent(clients_data):
     d = data[1]
     client, sent = torch_client(d), mlp(4)
     test = (torch.tensor(d.x_test), torch.tensor(d.y_test))
-    message = Message(RecordDict({"arrays": model_record(sent), "config": ConfigRecord({"server-round": 1})}),
-                      dst_node_id=17, message_type=MessageType.EVALUATE)
+    message = Message(
+        RecordDict({"arrays": model_record(sent), "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=17,
+        message_type=MessageType.EVALUATE,
+    )
     message.metadata.__dict__["_message_id"] = "m2"
 
     reply = fedfomo_evaluate(message, client, client_id="1", data=test)
@@ -729,7 +787,9 @@ def test_handlers_refuse_models_that_do_not_fit_the_client(clients_data):
     client = torch_client(data[0])
     wide = nn.Sequential(nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10))
     good = model_record(mlp(1))
-    with pytest.raises(ValueError, match=r"candidate 1\['0.weight'\] holds a \(20, 64\) float32 array, expected \(16, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"candidate 1\['0.weight'\] holds a \(20, 64\) float32 array, expected \(16, 64\)"
+    ):
         fedfomo_train(train_message(good, [good, model_record(wide)], [1, 2]), client, client_id="0")
     with pytest.raises(ValueError, match="must hold 2 candidate ArrayRecords"):
         fedfomo_train(train_message(good, [good], [1, 2]), client, client_id="0")
@@ -840,8 +900,16 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
     from fedfomo_app import client_app, server_app
 
     config = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    config.update({"num-server-rounds": 2, "num-clients": 4, "num-groups": 2, "framework": framework,
-                   "state-dir": str(tmp_path), "candidate-dtype": "bfloat16"})
+    config.update(
+        {
+            "num-server-rounds": 2,
+            "num-clients": 4,
+            "num-groups": 2,
+            "framework": framework,
+            "state-dir": str(tmp_path),
+            "candidate-dtype": "bfloat16",
+        }
+    )
     grid = fl.LocalGrid(client_app.app, {101: 0, 102: 1, 103: 2, 104: 3}, run_config=config)
     server_app.main(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=config))
     results = json.loads((tmp_path / "results.json").read_text())

@@ -46,8 +46,12 @@ def fitted(seed: int, data, iters: int) -> MLPClassifier:
 
 def test_to_flat_and_back_keras_style():
     rng = np.random.default_rng(0)
-    weights = [rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32),
-               rng.standard_normal((3, 2, 2)).astype(np.float32), np.float32(rng.standard_normal((1,)))]
+    weights = [
+        rng.standard_normal((5, 3)).astype(np.float32),
+        rng.standard_normal(3).astype(np.float32),
+        rng.standard_normal((3, 2, 2)).astype(np.float32),
+        np.float32(rng.standard_normal((1,))),
+    ]
     flat, layout = to_flat(weights)
     assert flat.dtype == np.float32 and flat.shape == (15 + 3 + 12 + 1,)
     assert layout.shapes == ((5, 3), (3,), (3, 2, 2), (1,)) and layout.offsets == (0, 15, 18, 30)
@@ -106,7 +110,9 @@ def test_evaluate_mlp_equals_log_loss_and_score(digits):
     losses, accs = evaluate_mlp(host, cands, *val)
     for m, model in enumerate(models):
         # float64 on both sides; the fused kernel sums in another order than scikit-learn
-        assert losses[m] == pytest.approx(log_loss(val[1], model.predict_proba(val[0]), labels=model.classes_), rel=1e-9)
+        assert losses[m] == pytest.approx(
+            log_loss(val[1], model.predict_proba(val[0]), labels=model.classes_), rel=1e-9
+        )
         assert accs[m] == pytest.approx(model.score(*val), abs=1e-12)
 
 
@@ -153,7 +159,9 @@ def test_client_round_trains_with_partial_fit(digits):
 def test_client_user_training_hook(digits):
     train, val, _ = digits
     seen = []
-    client = MLPClassifierClient(fitted(0, train, 3), val, train_fn=lambda est: (seen.append(est), est.partial_fit(*train)))
+    client = MLPClassifierClient(
+        fitted(0, train, 3), val, train_fn=lambda est: (seen.append(est), est.partial_fit(*train))
+    )
     before = client.get_flat()
     client.round(np.stack([get_flat_params(fitted(1, train, 30))]))
     assert seen == [client.estimator] and not np.array_equal(before, client.params)

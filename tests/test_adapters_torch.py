@@ -13,7 +13,6 @@ from torch.nn.utils import parameters_to_vector
 import fomo_core as fc
 from fomo_core.adapters.torch import CandidateBank, FedFomoClient, flat_layout, flatten_module, train_sgd
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -27,8 +27,15 @@ def test_apply_update_matches_reference(case: Case, mode: str, data):
     if out is not None:
         assert params is out
     assert_same_structure(case, params)
-    assert_update_close("params", case.dtype, case.m, flat_values(case.layout, params),
-                        flat_values(case.layout, expected), flat_values(case.layout, value), magnitude)
+    assert_update_close(
+        "params",
+        case.dtype,
+        case.m,
+        flat_values(case.layout, params),
+        flat_values(case.layout, expected),
+        flat_values(case.layout, value),
+        magnitude,
+    )
     assert_inputs_unchanged(case, before, in_place=mode == "inplace")
     for p, b in zip(out_placed, out_before):
         assert untouched_outside(p, b), "out was written outside its view"

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def cfg(methods, **kw) -> ExperimentConfig:
     fed = FederationSettings(rounds=kw.pop("rounds", 3), m=2, seed=kw.pop("seed", 0))
-    return ExperimentConfig(clients=kw.pop("clients", 6), groups=kw.pop("groups", 3), methods=tuple(methods),
-                            federation=fed, training=TrainSettings(epochs=1, hidden=(16,)), **kw)
+    return ExperimentConfig(
+        clients=kw.pop("clients", 6),
+        groups=kw.pop("groups", 3),
+        methods=tuple(methods),
+        federation=fed,
+        training=TrainSettings(epochs=1, hidden=(16,)),
+        **kw,
+    )
 
 
 def test_oracle_with_one_group_is_fedavg():
@@ -84,7 +90,7 @@ def test_fedavg_ft_clients_skipping_a_round_keep_their_copy():
 
 def test_every_method_records_both_accuracies():
     res = run_experiment(cfg(["fedfomo", "fedavg", "local", "fedavg_ft", "oracle"], rounds=2))
-    for name, run in res["methods"].items():
+    for run in res["methods"].values():
         assert len(run["accuracy_after_update_per_round"]) == 2
         assert run["final_accuracy_after_update"] == run["accuracy_after_update_per_round"][-1]
         assert all(0 <= a <= 1 for a in run["accuracy_after_update_per_round"])

@@ -42,7 +42,10 @@ def test_agreement_check_fails_loudly(bench_round):
 
     case = bench_round.Case("LeNet CNN", 2, quick=True, sizes=(20, 10))
     case.clients[bench_round.OURS] = FedFomoClient(
-        case.ours.module, val_data=case.val, train_data=case.train_batches, lr=bench_round.LR,
+        case.ours.module,
+        val_data=case.val,
+        train_data=case.train_batches,
+        lr=bench_round.LR,
         policy=ClientPolicy(norm="l1", eps=1e-5),  # not PFLlib's distance
     )
     with pytest.raises(AssertionError, match="disagree on the weights"):

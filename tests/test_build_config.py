@@ -25,8 +25,16 @@ def configure(tmp_path: Path, *defines: str, gpu_caps: str | None = None) -> sub
     smi.write_text("#!/bin/sh\n" + (f"printf '{gpu_caps}\\n'\n" if gpu_caps else "exit 9\n"))
     smi.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{Path(cmake).parent}:/usr/bin:/bin"}
-    command = [cmake, "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-               "-DSKBUILD_PROJECT_VERSION=0.0.0", *defines]
+    command = [
+        cmake,
+        "-S",
+        str(ROOT),
+        "-B",
+        str(tmp_path / "build"),
+        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        "-DSKBUILD_PROJECT_VERSION=0.0.0",
+        *defines,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol
 
 import fomo_core
 from fomo_core import reference
-from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -184,7 +184,9 @@ def test_ops_match_reference(device, dtype, kind, norm):
     w = fomo_core.compute_weights(local, cands, 1.0, losses, norm=norm)
     step = fomo_core.fomo_step(local, cands, 1.0, losses, norm=norm)
     upd = fomo_core.apply_update(local, cands, step.weights)
-    _assert_on(device, d, s.scores, s.distances, s.rejected, w, step.weights, step.scores, step.distances, step.rejected)
+    _assert_on(
+        device, d, s.scores, s.distances, s.rejected, w, step.weights, step.scores, step.distances, step.rejected
+    )
     _assert_on(device, *_leaves(step.params), *_leaves(upd))
 
     ref_d, ref_s, ref_rej, ref_skip, ref_w = _oracle_step(local, cands, 1.0, losses, norm, 0.0, True)
@@ -395,8 +397,14 @@ class ForeignCudaArray:
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": "<f4", "data": (0x7F0000000000, False), "version": 3,
-                "strides": None, "stream": None}
+        return {
+            "shape": self.shape,
+            "typestr": "<f4",
+            "data": (0x7F0000000000, False),
+            "version": 3,
+            "strides": None,
+            "stream": None,
+        }
 
 
 def test_unusable_cuda_array_gives_a_clear_error_naming_the_argument():

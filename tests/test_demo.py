@@ -23,7 +23,16 @@ def test_default_demo_meets_the_acceptance_criteria(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    for label in ("FedFomo", "FedAvg", "Local", "FedAvg+FT", "oracle", "affinity:", "after update", "after local training *"):
+    for label in (
+        "FedFomo",
+        "FedAvg",
+        "Local",
+        "FedAvg+FT",
+        "oracle",
+        "affinity:",
+        "after update",
+        "after local training *",
+    ):
         assert label in printed
 
     res = json.loads((out / "results.json").read_text())
@@ -49,8 +58,25 @@ def test_default_demo_meets_the_acceptance_criteria(tmp_path, capsys):
 
 def test_digits_stays_the_quick_option(tmp_path, capsys):
     out = tmp_path / "digits"
-    argv = ["demo", "--dataset", "digits", "--clients", "10", "--groups", "5", "--max-train", "0", "--rounds", "4",
-            "--methods", "fedfomo,fedavg,local", "--out", str(out), "--no-progress", "--no-plots"]
+    argv = [
+        "demo",
+        "--dataset",
+        "digits",
+        "--clients",
+        "10",
+        "--groups",
+        "5",
+        "--max-train",
+        "0",
+        "--rounds",
+        "4",
+        "--methods",
+        "fedfomo,fedavg,local",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"]["name"] == "digits" and res["config"]["max_train"] == 0
@@ -59,9 +85,33 @@ def test_digits_stays_the_quick_option(tmp_path, capsys):
 
 def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
     out = tmp_path / "sk"
-    argv = ["demo", "--dataset", "digits", "--backend", "sklearn", "--rounds", "3", "--clients", "5", "-M", "2",
-            "--partition", "pathological", "--target", "shifted", "--participation", "0.5", "--label-noise", "0.1",
-            "--methods", "fedfomo,fedavg,oracle", "--out", str(out), "--no-progress", "--no-plots"]
+    argv = [
+        "demo",
+        "--dataset",
+        "digits",
+        "--backend",
+        "sklearn",
+        "--rounds",
+        "3",
+        "--clients",
+        "5",
+        "-M",
+        "2",
+        "--partition",
+        "pathological",
+        "--target",
+        "shifted",
+        "--participation",
+        "0.5",
+        "--label-noise",
+        "0.1",
+        "--methods",
+        "fedfomo,fedavg,oracle",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["backend"] == "sklearn" and res["config"]["target"] == "shifted"
@@ -73,8 +123,27 @@ def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
 
 def test_clusters_partition_and_a_preset_run(tmp_path):
     out = tmp_path / "cl"
-    argv = ["demo", "--dataset", "digits", "--partition", "clusters", "--groups", "3", "--clients", "6", "-M", "2",
-            "--rounds", "2", "--methods", "fedfomo,fedfomo:paper,oracle", "--out", str(out), "--no-progress", "--no-plots"]
+    argv = [
+        "demo",
+        "--dataset",
+        "digits",
+        "--partition",
+        "clusters",
+        "--groups",
+        "3",
+        "--clients",
+        "6",
+        "-M",
+        "2",
+        "--rounds",
+        "2",
+        "--methods",
+        "fedfomo,fedfomo:paper,oracle",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == {"fedfomo", "fedfomo:paper", "oracle"}
@@ -83,8 +152,26 @@ def test_clusters_partition_and_a_preset_run(tmp_path):
 
 def test_dirichlet_without_groups(tmp_path):
     out = tmp_path / "dir"
-    argv = ["demo", "--dataset", "digits", "--partition", "dirichlet", "--alpha", "0.3", "--rounds", "2", "--clients", "5", "-M", "2",
-            "--methods", "fedfomo,local", "--out", str(out), "--no-progress"]
+    argv = [
+        "demo",
+        "--dataset",
+        "digits",
+        "--partition",
+        "dirichlet",
+        "--alpha",
+        "0.3",
+        "--rounds",
+        "2",
+        "--clients",
+        "5",
+        "-M",
+        "2",
+        "--methods",
+        "fedfomo,local",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["groups"] is None and "affinity_within_group_fraction" not in res
@@ -103,7 +190,10 @@ def test_dirichlet_without_groups(tmp_path):
         (["--partition", "iid"], "argument --partition: invalid choice: 'iid'"),
         (["--groups", "11"], "argument --groups: expected at most 10 groups"),
         (["--participation", "0"], r"argument --participation: expected a number in (0, 1], got 0"),
-        (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--val-fraction + --test-fraction must leave training data"),
+        (
+            ["--val-fraction", "0.5", "--test-fraction", "0.5"],
+            "--val-fraction + --test-fraction must leave training data",
+        ),
         (["--methods", "fedfomo,fedprox"], "argument --methods: expected a comma-separated list"),
         (["--methods", "fedfomo:nobody"], "preset must be one of"),
         (["--partition", "dirichlet", "--methods", "oracle"], "'oracle' needs latent groups"),

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-
-import fomo_core as fc
 from strategies import BLOCK_VIEWS, Case, bits, cases, entries, place_leaf
 from tolerances import distance_rtol, update_bound, weight_rtol
+
+import fomo_core as fc
 
 CHUNK = fc._C.CHUNK_ELEMENTS
 PARALLEL_THRESHOLD = fc.build_info()["parallel_threshold"]
@@ -35,15 +35,21 @@ def big_models(backend: str):
     x = rng.standard_normal(400_000)
     block = (x + rng.standard_normal((6, 400_000)) * np.arange(1, 7)[:, None] * 0.01).astype(np.float32)
     flat_local = x.astype(np.float32)
-    specs = [((1200, 300), "float16", "transposed"), ((150_001,), "float64", "strided"),
-             ((200_000,), "float32", "offset"), ((3, 7), "bfloat16", "contiguous")]
+    specs = [
+        ((1200, 300), "float16", "transposed"),
+        ((150_001,), "float64", "strided"),
+        ((200_000,), "float32", "offset"),
+        ((3, 7), "bfloat16", "contiguous"),
+    ]
     if backend == "numpy":
         specs = [s for s in specs if s[1] != "bfloat16"]
     layer_values = [rng.standard_normal(shape) for shape, _, _ in specs]
 
     def layers(shift):
-        return {f"{dtype}": place_leaf(v + shift[i], dtype, backend, view).view
-                for i, ((shape, dtype, view), v) in enumerate(zip(specs, layer_values))}
+        return {
+            f"{dtype}": place_leaf(v + shift[i], dtype, backend, view).view
+            for i, ((shape, dtype, view), v) in enumerate(zip(specs, layer_values))
+        }
 
     layer_local = layers([0.0] * len(specs))
     layer_cands = [layers([rng.standard_normal(v.shape) * 0.05 * (n + 1) for v in layer_values]) for n in range(4)]
@@ -65,8 +71,15 @@ def run_all(local, cands, losses) -> list:
     out = []
     for params in (step.params, lean.params, updated):
         out += list(params.values()) if isinstance(params, dict) else [params]
-    out += [step.weights, step.scores, step.distances, lean.weights, scores.scores, scores.distances,
-            fc.candidate_distances(local, cands, norm="l1")]
+    out += [
+        step.weights,
+        step.scores,
+        step.distances,
+        lean.weights,
+        scores.scores,
+        scores.distances,
+        fc.candidate_distances(local, cands, norm="l1"),
+    ]
     return out
 
 
@@ -101,9 +114,14 @@ def mirror_to_torch(case: Case):
 
 
 @settings(max_examples=150)
-@given(case=cases(backends=("numpy",), dtypes=("float32", "float64", "float16"),
-                  leaf_views=("contiguous", "offset", "strided", "transposed"),
-                  block_views=tuple(v for v in BLOCK_VIEWS if v != "reversed")))
+@given(
+    case=cases(
+        backends=("numpy",),
+        dtypes=("float32", "float64", "float16"),
+        leaf_views=("contiguous", "offset", "strided", "transposed"),
+        block_views=tuple(v for v in BLOCK_VIEWS if v != "reversed"),
+    )
+)
 def test_numpy_and_torch_inputs_agree_bitwise(case: Case):
     t_local, t_cands = mirror_to_torch(case)
     numpy_results = [bits(v) for v in run_case(case.local, case.candidates, case)]
@@ -114,8 +132,9 @@ def test_numpy_and_torch_inputs_agree_bitwise(case: Case):
 
 
 def run_case(local, cands, case: Case) -> list:
-    step = fc.fomo_step(local, cands, case.local_loss, case.losses, norm=case.norm, eps=case.eps,
-                        all_scores=case.all_scores)
+    step = fc.fomo_step(
+        local, cands, case.local_loss, case.losses, norm=case.norm, eps=case.eps, all_scores=case.all_scores
+    )
     updated = fc.apply_update(local, cands, case.weights)
     out = [step.weights, step.scores, step.distances, step.rejected, step.skipped]
     for params in (step.params, updated):
@@ -165,9 +184,11 @@ SCRIPT = textwrap.dedent(
                 saved[f"{name}/{norm}/magnitude{key}"] = magnitude
                 saved[f"{name}/{norm}/dtype{key}"] = np.array(str(np.asarray(x_leaf).dtype))
     np.savez(sys.argv[1], **saved)
+    def leaves(model):
+        return model.values() if isinstance(model, dict) else [model]
+
     print(json.dumps({"threads": fc.get_num_threads(), "simd": fc.build_info()["simd"],
-                      "elements": {k: int(sum(np.size(v) for v in (m[0].values() if isinstance(m[0], dict) else [m[0]])))
-                                   for k, m in models.items()}}))
+                      "elements": {k: int(sum(np.size(v) for v in leaves(m[0]))) for k, m in models.items()}}))
     """
 )
 
@@ -180,8 +201,9 @@ def run_fresh(tmp_path: Path, name: str, **env_changes) -> tuple:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_NUM_THREADS", "FOMO_CPU_ISA")}
     env.update(env_changes)
     target = tmp_path / f"{name}.npz"
-    done = subprocess.run([sys.executable, str(script), str(target)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(target)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     with np.load(target) as data:
         return json.loads(done.stdout), {k: data[k] for k in data.files}
@@ -224,9 +246,14 @@ def test_base_and_avx2_builds_agree_within_tolerance(fresh_runs):
             assert np.any(default[prefix + "weights"] > 0)
             for key in default:
                 if key.startswith(prefix + "params"):
-                    leaf = key[len(prefix + "params"):]
+                    leaf = key[len(prefix + "params") :]
                     dtype = str(default[prefix + "dtype" + leaf])
-                    bound = update_bound(dtype, m, default[prefix + "value" + leaf],
-                                         default[prefix + "magnitude" + leaf], weight_rtol(n, m, "float32"))
+                    bound = update_bound(
+                        dtype,
+                        m,
+                        default[prefix + "value" + leaf],
+                        default[prefix + "magnitude" + leaf],
+                        weight_rtol(n, m, "float32"),
+                    )
                     diff = np.abs(default[key] - base[key])
                     assert np.all(diff <= 2 * bound), (key, np.max(diff / (2 * bound)))

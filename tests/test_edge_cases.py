@@ -9,19 +9,29 @@ import math
 import numpy as np
 import pytest
 import torch
+from strategies import NUMPY_DTYPES, TORCH_DTYPES, bits, place_leaf, to_f64, untouched_outside
+from tolerances import assert_update_close, assert_vector_close, distance_rtol, weight_rtol
 
 import fomo_core as fc
 from fomo_core import reference as ref
-from strategies import NUMPY_DTYPES, TORCH_DTYPES, bits, place_leaf, to_f64, untouched_outside
-from tolerances import assert_update_close, assert_vector_close, distance_rtol, weight_rtol
 
 # Bit patterns every copy must preserve: -0.0, a quiet NaN with a payload, a signalling NaN (any
 # arithmetic would quieten it), a negative NaN with a payload, +inf, -inf, the smallest subnormal, 1.
 SPECIAL_BITS = {
-    "float64": (np.uint64, [0x8000000000000000, 0x7FF8000000001234, 0x7FF0000000000001, 0xFFF8000000000ABC,
-                            0x7FF0000000000000, 0xFFF0000000000000, 0x1, 0x3FF0000000000000]),
-    "float32": (np.uint32, [0x80000000, 0x7FC01234, 0x7F800001, 0xFFC00ABC, 0x7F800000, 0xFF800000, 0x1,
-                            0x3F800000]),
+    "float64": (
+        np.uint64,
+        [
+            0x8000000000000000,
+            0x7FF8000000001234,
+            0x7FF0000000000001,
+            0xFFF8000000000ABC,
+            0x7FF0000000000000,
+            0xFFF0000000000000,
+            0x1,
+            0x3FF0000000000000,
+        ],
+    ),
+    "float32": (np.uint32, [0x80000000, 0x7FC01234, 0x7F800001, 0xFFC00ABC, 0x7F800000, 0xFF800000, 0x1, 0x3F800000]),
     "float16": (np.uint16, [0x8000, 0x7E12, 0x7C01, 0xFE0A, 0x7C00, 0xFC00, 0x1, 0x3C00]),
     "bfloat16": (np.uint16, [0x8000, 0x7FC1, 0x7F81, 0xFFC5, 0x7F80, 0xFF80, 0x1, 0x3F80]),
 }
@@ -115,9 +125,16 @@ def test_nonimproving_poisoned_candidate_never_reaches_the_model(all_scores):
     assert (bool(res.rejected[0]), bool(res.skipped[0])) == ((True, False) if all_scores else (False, True))
     assert np.all(np.isfinite(res.params))
     expected = ref.fomo_step(x, [poisoned, good], 1.0, [3.0, 0.5], all_scores=all_scores)
-    assert_update_close("params", "float32", 2, res.params, expected.params,
-                        ref.fomo_step(x, [poisoned, good], 1.0, [3.0, 0.5], rounded=False).params,
-                        np.abs(x) + np.abs(good - x), weight_error=weight_rtol(100, 2, "float32"))
+    assert_update_close(
+        "params",
+        "float32",
+        2,
+        res.params,
+        expected.params,
+        ref.fomo_step(x, [poisoned, good], 1.0, [3.0, 0.5], rounded=False).params,
+        np.abs(x) + np.abs(good - x),
+        weight_error=weight_rtol(100, 2, "float32"),
+    )
 
 
 @pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
@@ -145,10 +162,16 @@ def test_candidate_identical_to_local(norm):
     expected = ref.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5)
     assert_vector_close("weights", res.weights, expected.weights, weight_rtol(64, 2, "float32"))
     assert res.weights[0] > 0.99
-    assert_update_close("params", "float32", 2, res.params, expected.params,
-                        ref.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5, rounded=False).params,
-                        np.abs(x) + res.weights[1] * np.abs(other.astype(np.float64) - x),
-                        weight_error=weight_rtol(64, 2, "float32"))
+    assert_update_close(
+        "params",
+        "float32",
+        2,
+        res.params,
+        expected.params,
+        ref.fomo_step(x, cands, 2.0, losses, norm=norm, eps=1e-5, rounded=False).params,
+        np.abs(x) + res.weights[1] * np.abs(other.astype(np.float64) - x),
+        weight_error=weight_rtol(64, 2, "float32"),
+    )
 
 
 @pytest.mark.parametrize("form", ["list", "block", "broadcast"])
@@ -167,9 +190,19 @@ def test_duplicate_candidates_get_identical_weights(form):
     expected = ref.fomo_step(x, cands, 2.0, losses)
     assert_vector_close("weights", res.weights, expected.weights, weight_rtol(300, 3, "float64"))
     rounded = ref.fomo_step(x, cands, 2.0, losses, rounded=False).params
-    magnitude = np.abs(x) + sum(w * np.abs(c - x) for w, c in zip(expected.weights, [a, a, a if form == "broadcast" else b]))
-    assert_update_close("params", "float64", 3, res.params, expected.params, rounded, magnitude,
-                        weight_error=weight_rtol(300, 3, "float64"))
+    magnitude = np.abs(x) + sum(
+        w * np.abs(c - x) for w, c in zip(expected.weights, [a, a, a if form == "broadcast" else b])
+    )
+    assert_update_close(
+        "params",
+        "float64",
+        3,
+        res.params,
+        expected.params,
+        rounded,
+        magnitude,
+        weight_error=weight_rtol(300, 3, "float64"),
+    )
 
 
 # ---- out aliasing the input; read-only inputs --------------------------------------------------
@@ -199,8 +232,12 @@ def test_in_place_equals_out_of_place(backend, dtype, structure):
     assert got.params is local
     new_leaves = [local] if structure == "flat" else (local if structure == "list" else list(local.values()))
     assert [leaf.ctypes.data if backend == "numpy" else leaf.data_ptr() for leaf in new_leaves] == pointers
-    for a, e in zip(new_leaves, [expected.params] if structure == "flat" else
-                    (expected.params if structure == "list" else list(expected.params.values()))):
+    for a, e in zip(
+        new_leaves,
+        [expected.params]
+        if structure == "flat"
+        else (expected.params if structure == "list" else list(expected.params.values())),
+    ):
         assert np.array_equal(bits(a), bits(e))
     assert np.array_equal(bits(got.weights), bits(expected.weights))
 
@@ -276,8 +313,16 @@ def test_mixed_layer_dtypes_match_reference(backend):
         assert got.params[d].dtype == local[d].dtype
         x = to_f64(local[d])
         magnitude = np.abs(x) + sum(w * np.abs(to_f64(c[d]) - x) for w, c in zip(expected.weights, cands))
-        assert_update_close(f"params[{d}]", d, 3, got.params[d], expected.params[d], value[d], magnitude,
-                            weight_error=weight_rtol(n, 3, "float32"))
+        assert_update_close(
+            f"params[{d}]",
+            d,
+            3,
+            got.params[d],
+            expected.params[d],
+            value[d],
+            magnitude,
+            weight_error=weight_rtol(n, 3, "float32"),
+        )
 
 
 def test_non_floating_entries_are_left_alone():

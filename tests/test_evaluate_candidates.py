@@ -3,12 +3,17 @@ candidate forms, dtypes, determinism.
 
 Tolerance table (every comparison below names its row):
 
-| row              | rtol  | atol  | why |
-|------------------|-------|-------|-----|
-| F64_REFERENCE    | 1e-10 | 1e-12 | same float64 values; only the summation order differs (the kernel adds each unit's inputs in order from the bias with FMA, NumPy/BLAS in blocks): relative differences of a few eps times the layer width; observed below 1e-15 |
-| F32_TORCH        | 2e-5  | 2e-6  | both float32 with different summation orders and exp/log implementations: ~sqrt(K) eps32 relative per layer over three layers of K <= 200 inputs |
-| F32_REFERENCE    | 1e-4  | 1e-5  | float32 kernel against the float64 reference on the very same (rounded) values: float32 rounding of every sum, up to eps32 * K * |terms| on random shapes with cancellation |
-| SKLEARN          | 1e-10 | bound | scikit-learn forms probabilities and then takes their log (1 - p for the binary case): each per-sample loss carries an error of a few eps / p_true, so the absolute bound is computed from the data as 8 eps mean(1 / p_true) |
+- F64_REFERENCE (rtol 1e-10, atol 1e-12): the same float64 values; only the summation order
+  differs (the kernel adds each unit's inputs in order from the bias with FMA, NumPy/BLAS in
+  blocks): relative differences of a few eps times the layer width; observed below 1e-15.
+- F32_TORCH (rtol 2e-5, atol 2e-6): both float32 with different summation orders and exp/log
+  implementations: ~sqrt(K) eps32 relative per layer over three layers of K <= 200 inputs.
+- F32_REFERENCE (rtol 1e-4, atol 1e-5): the float32 kernel against the float64 reference on the
+  very same (rounded) values: float32 rounding of every sum, up to eps32 * K * |terms| on random
+  shapes with cancellation.
+- SKLEARN (rtol 1e-10, atol computed): scikit-learn forms probabilities and then takes their log
+  (1 - p for the binary case): each per-sample loss carries an error of a few eps / p_true, so the
+  absolute bound is computed from the data as 8 eps mean(1 / p_true).
 """
 
 from __future__ import annotations
@@ -160,8 +165,8 @@ def test_squared_error_matches_half_of_sklearn_regressor_loss_curve_definition(d
 def test_flat_and_layer_helpers_round_trip():
     spec = DenseSpec((3, 4, 2), "tanh", "in_out")
     rng = np.random.default_rng(0)
-    weights = [rng.standard_normal(spec.weight_shape(l)) for l in range(2)]
-    biases = [rng.standard_normal(spec.sizes[l + 1]) for l in range(2)]
+    weights = [rng.standard_normal(spec.weight_shape(layer)) for layer in range(2)]
+    biases = [rng.standard_normal(spec.sizes[layer + 1]) for layer in range(2)]
     flat = flat_from_layers(spec, weights, biases)
     assert flat.shape == (spec.num_params,)
     back_w, back_b = layers_from_flat(spec, flat)

@@ -51,8 +51,9 @@ def test_results_stay_on_the_device_and_match_the_reference(device, dtype, outpu
     for values in (ev.loss, ev.accuracy):
         assert values.device == torch.device(device) and values.dtype == torch.float64 and values.shape == (4,)
     # the reference reads the very same (rounded) values in float64
-    loss, accuracy = reference.evaluate_candidates(spec, cands.cpu().double(), X.cpu().double(), y.cpu(),
-                                                   sample_weight=weights.cpu())
+    loss, accuracy = reference.evaluate_candidates(
+        spec, cands.cpu().double(), X.cpu().double(), y.cpu(), sample_weight=weights.cpu()
+    )
     tol = F64 if dtype == torch.float64 else F32
     np.testing.assert_allclose(ev.loss.cpu().numpy(), loss, **tol)
     if output == "squared_error":

@@ -29,7 +29,11 @@ Y = np.array([0, 1, 2, 0, 1, 2])
         (dict(sizes="ab"), TypeError, r"sizes must be a sequence of integers"),
         (dict(sizes=(4, 2), activation="gelu"), ValueError, r"activation must be one of"),
         (dict(sizes=(4, 3, 3, 2), activation=("relu",)), ValueError, r"tuple of 2 of them"),
-        (dict(sizes=(4, 2), weight_layout="rows"), ValueError, r"weight_layout must be 'out_in' or 'in_out', got 'rows'"),
+        (
+            dict(sizes=(4, 2), weight_layout="rows"),
+            ValueError,
+            r"weight_layout must be 'out_in' or 'in_out', got 'rows'",
+        ),
         (dict(sizes=(4, 2), output="hinge"), ValueError, r"output must be one of"),
         (dict(sizes=(4, 2), output="logistic"), ValueError, r"one output unit .* got sizes\[-1\] = 2"),
     ],
@@ -72,7 +76,11 @@ def test_mlp_labels_rejects_unknown_labels():
         (dict(candidate_params=CANDS[:, :-1]), ValueError, r"candidate_params has shape \(2, 42\), expected \(M, 43\)"),
         (dict(candidate_params=CANDS[0]), ValueError, r"candidate_params has shape \(43,\), expected \(M, 43\)"),
         (dict(candidate_params=CANDS.astype(np.int64)), TypeError, r"candidate_params has dtype int64"),
-        (dict(candidate_params=[CANDS[0], CANDS[1, :5]]), ValueError, r"candidate_params\[1\] has shape \(5,\), expected \(43,\)"),
+        (
+            dict(candidate_params=[CANDS[0], CANDS[1, :5]]),
+            ValueError,
+            r"candidate_params\[1\] has shape \(5,\), expected \(43,\)",
+        ),
         (
             dict(candidate_params=[CANDS[0], CANDS[1].astype(np.float32)]),
             TypeError,

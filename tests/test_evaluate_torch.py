@@ -194,7 +194,9 @@ def test_empty_candidates_and_errors(mlp_case):
     with pytest.raises(ValueError, match=r"method must be one of"):
         evaluate_candidates(models[0], [models[0]], (X, y), method="fast")
     with pytest.raises(ValueError, match=r"method='fused' needs a dense nn.Sequential"):
-        evaluate_candidates(_cnn(0), [_cnn(1)], (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), method="fused")
+        evaluate_candidates(
+            _cnn(0), [_cnn(1)], (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), method="fused"
+        )
     with pytest.raises(TypeError, match=r"data must be a pair \(X, y\) of tensors or an iterable"):
         evaluate_candidates(models[0], [models[0]], 3)
     with pytest.raises(TypeError, match=r"module must be a torch.nn.Module"):

@@ -31,8 +31,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _lenet(seed: int, pool: nn.Module) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), pool,
-        nn.Conv2d(4, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(5),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        pool,
+        nn.Conv2d(4, 6, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.LazyLinear(5),
     )
 
 
@@ -99,7 +106,8 @@ def test_vmap_and_auto_agree_with_the_loop_to_float32_rounding(candidates):
     X, y = torch.randn(31, 3, 17, 17, generator=g), torch.randint(0, 5, (31,), generator=g)
     given = (
         torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
-        if candidates == "flat" else [m.state_dict() for m in models]
+        if candidates == "flat"
+        else [m.state_dict() for m in models]
     )
     loop = evaluate_candidates(models[0], given, (X, y), method="loop")
     for method in ("vmap", "auto", "auto"):  # the second auto call uses the route the first measured
@@ -193,8 +201,9 @@ def test_early_stop_options_are_checked():
     with pytest.raises(TypeError, match=r"early_stop.baseline_loss must be a number"):
         EarlyStop("1")
     with pytest.raises(TypeError, match=r"early_stop must be an EarlyStop or None"):
-        evaluate_candidates(nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)),
-                            early_stop=0.5)
+        evaluate_candidates(
+            nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)), early_stop=0.5
+        )
     assert math.isfinite(EarlyStop(0.0).z)
 
 

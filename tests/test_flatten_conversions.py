@@ -30,12 +30,15 @@ def writes_the_model(model: nn.Module, flat: torch.Tensor) -> bool:
     return every
 
 
-@pytest.mark.parametrize("convert, dtype", [
-    (lambda m: m.double(), torch.float64),
-    (lambda m: m.to(torch.float64), torch.float64),
-    (lambda m: m.half(), torch.float16),
-    (lambda m: m.to(dtype=torch.bfloat16), torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "convert, dtype",
+    [
+        (lambda m: m.double(), torch.float64),
+        (lambda m: m.to(torch.float64), torch.float64),
+        (lambda m: m.half(), torch.float16),
+        (lambda m: m.to(dtype=torch.bfloat16), torch.bfloat16),
+    ],
+)
 def test_the_returned_buffer_follows_a_conversion(convert, dtype):
     model = mlp()
     flat = flatten_module(model)

@@ -82,8 +82,9 @@ class Processes:
 
     def start(self, name: str, args: list) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=self.logs)
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.logs
+        )
         self.procs.append((name, proc, log))
         return proc
 
@@ -166,9 +167,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"nothing listened on port {port} within {timeout} s")
 
 
-def _flwr_run(procs: Processes, state: Path, run_config: str, extra: list, timeout: float, name: str = "flwr-run") -> str:
-    out = procs.run(name, [str(BIN / "flwr"), "run", str(APP), *extra, "--stream",
-                                 "--run-config", f"state-dir='{state}' {run_config}"], timeout)
+def _flwr_run(
+    procs: Processes, state: Path, run_config: str, extra: list, timeout: float, name: str = "flwr-run"
+) -> str:
+    out = procs.run(
+        name,
+        [str(BIN / "flwr"), "run", str(APP), *extra, "--stream", "--run-config", f"state-dir='{state}' {run_config}"],
+        timeout,
+    )
     assert (state / "results.json").exists(), f"the ServerApp wrote no results; flwr run said:\n{out[-4000:]}"
     return out
 
@@ -207,13 +213,32 @@ def test_flwr_run_on_the_simulation_runtime(flower_env):
     home, procs = flower_env
     port, control = _free_ports(2)
     _connection(home, "sim", port)
-    link = procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-                                     "--host", "127.0.0.1", "--port", str(port), "--control-api-address", f"127.0.0.1:{control}"])
+    link = procs.start(
+        "superlink",
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--control-api-address",
+            f"127.0.0.1:{control}",
+        ],
+    )
     _wait_for_port(port, link, 30)
     state = home / "state"
     t0 = time.perf_counter()
-    _flwr_run(procs, state, "num-server-rounds=3 num-clients=6 num-groups=3 candidates=5",
-              ["sim", "--federation-config", "num-supernodes=6 client-resources-num-cpus=1"], timeout=150)
+    _flwr_run(
+        procs,
+        state,
+        "num-server-rounds=3 num-clients=6 num-groups=3 candidates=5",
+        ["sim", "--federation-config", "num-supernodes=6 client-resources-num-cpus=1"],
+        timeout=150,
+    )
     seconds = time.perf_counter() - t0
     results = _check_federation(state, 6, 3, _initial_flat())
     from fomo_core.simulate.metrics import within_group_fraction
@@ -221,24 +246,56 @@ def test_flwr_run_on_the_simulation_runtime(flower_env):
     groups = np.array(results["groups"])
     fraction, counted = within_group_fraction(np.array(results["affinity"]), groups)
     # each client has 1 group mate among 5 others: 0.2 of its positive affinity by chance
-    assert counted >= 4 and fraction > 0.5, (fraction, counted, np.round(results["affinity"], 2).tolist(), results["groups"])
+    assert counted >= 4 and fraction > 0.5, (
+        fraction,
+        counted,
+        np.round(results["affinity"], 2).tolist(),
+        results["groups"],
+    )
     accuracy = [r["mean_accuracy"] for r in results["rounds"]]
-    print(f"simulation: {seconds:.1f} s, accuracy per round {accuracy}, within-group {fraction:.2f}, "
-          f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}")
+    print(
+        f"simulation: {seconds:.1f} s, accuracy per round {accuracy}, within-group {fraction:.2f}, "
+        f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}"
+    )
 
 
 def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
     home, procs = flower_env
     port, control, *node_ports = _free_ports(5)
     _connection(home, "deploy", port)
-    link = procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--isolation", "subprocess",
-                                     "--disable-runtime-dependency-installation",
-                                     "--host", "127.0.0.1", "--port", str(port), "--control-api-address", f"127.0.0.1:{control}"])
+    link = procs.start(
+        "superlink",
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--isolation",
+            "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--control-api-address",
+            f"127.0.0.1:{control}",
+        ],
+    )
     _wait_for_port(port, link, 30)
     for k in range(3):
-        procs.start(f"supernode-{k}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                       "--host", "127.0.0.1", "--port", str(node_ports[k]),
-                                       "--node-config", f"partition-id={k} num-partitions=3"])
+        procs.start(
+            f"supernode-{k}",
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node_ports[k]),
+                "--node-config",
+                f"partition-id={k} num-partitions=3",
+            ],
+        )
     state = home / "state"
     t0 = time.perf_counter()
     _flwr_run(procs, state, "num-server-rounds=3 num-clients=3 num-groups=2 candidates=2", ["deploy"], timeout=150)
@@ -250,18 +307,39 @@ def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
     assert results["groups"] == [0, 1, 0]
     assert a[0, 2] > a[0, 1] and a[2, 0] > a[2, 1], a
     accuracy = [r["mean_accuracy"] for r in results["rounds"]]
-    print(f"deployment: {seconds:.1f} s, accuracy per round {accuracy}, "
-          f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}")
+    print(
+        f"deployment: {seconds:.1f} s, accuracy per round {accuracy}, "
+        f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}"
+    )
 
     # A restarted SuperNode (a new Flower node id, the same partition) and a new ServerApp on the
     # same state folder: the run resumes at round 4 with client 1 on its new node
     procs.terminate("supernode-1")
-    procs.start("supernode-1b", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                 "--host", "127.0.0.1", "--port", str(node_ports[1]),
-                                 "--node-config", "partition-id=1 num-partitions=3"])
+    procs.start(
+        "supernode-1b",
+        [
+            str(BIN / "flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(node_ports[1]),
+            "--node-config",
+            "partition-id=1 num-partitions=3",
+        ],
+    )
     before = json.loads((state / "strategy.json").read_text())
     (state / "results.json").unlink()
-    _flwr_run(procs, state, "num-server-rounds=4 num-clients=3 num-groups=2 candidates=2", ["deploy"], timeout=120, name="flwr-run-2")
+    _flwr_run(
+        procs,
+        state,
+        "num-server-rounds=4 num-clients=3 num-groups=2 candidates=2",
+        ["deploy"],
+        timeout=120,
+        name="flwr-run-2",
+    )
     resumed = json.loads((state / "results.json").read_text())
     assert json.loads((state / "strategy.json").read_text())["round"] == 4
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]

@@ -34,10 +34,10 @@ from fomo_core import reference as ref
 @given(case=cases())
 def test_first_order_scores_match_reference(case: Case):
     before = case.input_bits()
-    got = fc.first_order_scores(case.local, case.candidates, case.local_loss, case.losses,
-                                norm=case.norm, eps=case.eps)
-    expected = ref.first_order_scores(case.local, case.candidates, case.local_loss, case.losses,
-                                      norm=case.norm, eps=case.eps)
+    got = fc.first_order_scores(case.local, case.candidates, case.local_loss, case.losses, norm=case.norm, eps=case.eps)
+    expected = ref.first_order_scores(
+        case.local, case.candidates, case.local_loss, case.losses, norm=case.norm, eps=case.eps
+    )
     for name in ("scores", "distances"):
         assert_vector_type(case, getattr(got, name), F64)
     for name in ("rejected", "skipped"):
@@ -54,10 +54,10 @@ def test_first_order_scores_match_reference(case: Case):
 @given(case=cases())
 def test_compute_weights_match_reference(case: Case):
     before = case.input_bits()
-    got = fc.compute_weights(case.local, case.candidates, case.local_loss, case.losses,
-                             norm=case.norm, eps=case.eps)
-    expected = ref.compute_weights(case.local, case.candidates, case.local_loss, case.losses,
-                                   norm=case.norm, eps=case.eps)
+    got = fc.compute_weights(case.local, case.candidates, case.local_loss, case.losses, norm=case.norm, eps=case.eps)
+    expected = ref.compute_weights(
+        case.local, case.candidates, case.local_loss, case.losses, norm=case.norm, eps=case.eps
+    )
     assert_vector_type(case, got, F64)
     assert_vector_close("weights", got, expected, weight_rtol(case.num_elements, case.m, case.dtype))
     w = np.asarray(got)
@@ -92,9 +92,16 @@ def test_fomo_step_matches_reference(case: Case, mode: str, data):
     if out is not None:
         assert got.params is out
     assert_same_structure(case, got.params)
-    assert_update_close("params", case.dtype, case.m, flat_values(case.layout, got.params),
-                        flat_values(case.layout, expected.params), flat_values(case.layout, value),
-                        magnitude, weight_error=weight_rtol(n, case.m, case.dtype))
+    assert_update_close(
+        "params",
+        case.dtype,
+        case.m,
+        flat_values(case.layout, got.params),
+        flat_values(case.layout, expected.params),
+        flat_values(case.layout, value),
+        magnitude,
+        weight_error=weight_rtol(n, case.m, case.dtype),
+    )
     assert_inputs_unchanged(case, before, in_place=mode == "inplace")
     for p, b in zip(out_placed, out_before):
         assert untouched_outside(p, b), "out was written outside its view"
@@ -184,8 +191,30 @@ def test_multi_chunk_layers_match_reference(dtype, norm):
     assert_vector_close("distances", got.distances, expected.distances, distance_rtol(n, dtype))
     assert_vector_close("weights", got.weights, expected.weights, weight_rtol(n, 3, dtype))
     assert np.count_nonzero(np.asarray(got.weights)) == 2  # two improving candidates move the model
-    case_like = Case(dtype, backend, layout, local, candidates, 2.0, losses, np.asarray(expected.weights),
-                     norm, 1e-5, True, 3, views, "list", 0)
-    assert_update_close("params", dtype, 3, flat_values(layout, got.params), flat_values(layout, expected.params),
-                        flat_values(layout, value), case_like.magnitude(expected.weights),
-                        weight_error=weight_rtol(n, 3, dtype))
+    case_like = Case(
+        dtype,
+        backend,
+        layout,
+        local,
+        candidates,
+        2.0,
+        losses,
+        np.asarray(expected.weights),
+        norm,
+        1e-5,
+        True,
+        3,
+        views,
+        "list",
+        0,
+    )
+    assert_update_close(
+        "params",
+        dtype,
+        3,
+        flat_values(layout, got.params),
+        flat_values(layout, expected.params),
+        flat_values(layout, value),
+        case_like.magnitude(expected.weights),
+        weight_error=weight_rtol(n, 3, dtype),
+    )

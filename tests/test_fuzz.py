@@ -16,7 +16,6 @@ import json
 import zipfile
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,8 +39,16 @@ scalars = st.one_of(
     st.integers(min_value=-(10**400), max_value=10**400),
     st.sampled_from([True, False, np.bool_(True), 1 + 1j, np.complex128(2), "0.5", b"1", None, [0.5], (), {}]),
     st.sampled_from([np.float32(0.5), np.float16(-1), np.int64(3), np.uint8(7), np.array(0.25), np.array([0.5])]),
-    st.sampled_from([torch.tensor(0.5), torch.tensor(True), torch.tensor(1 + 1j), _neg(torch.tensor(0.75, dtype=torch.float64)),
-                     torch.tensor([0.5, 1.0]), torch.tensor(3)]),
+    st.sampled_from(
+        [
+            torch.tensor(0.5),
+            torch.tensor(True),
+            torch.tensor(1 + 1j),
+            _neg(torch.tensor(0.75, dtype=torch.float64)),
+            torch.tensor([0.5, 1.0]),
+            torch.tensor(3),
+        ]
+    ),
 )
 
 
@@ -50,8 +57,9 @@ def vectors(draw, m: int):
     """Per-candidate vectors (losses, weights, scores) of length m, or of the wrong length/kind."""
     length = draw(st.sampled_from([m, m, m, 0, m + 1]))
     kind = draw(st.sampled_from(["list", "numpy", "torch", "neg", "bool", "complex", "object", "2d", "scalar"]))
-    values = [draw(st.floats(-1e3, 1e3) | st.sampled_from([np.nan, np.inf, -np.inf, 1e300, 1e39]))
-              for _ in range(length)]
+    values = [
+        draw(st.floats(-1e3, 1e3) | st.sampled_from([np.nan, np.inf, -np.inf, 1e300, 1e39])) for _ in range(length)
+    ]
     if kind == "list":
         return [draw(st.sampled_from([v, v, v])) if draw(st.booleans()) else draw(scalars) for v in values]
     if kind == "numpy":
@@ -142,16 +150,25 @@ def test_ops_survive_hostile_arguments(op, m, data):
     candidates = [data.draw(models(dtype if data.draw(st.booleans()) else None)) for _ in range(m)]
     if candidates and data.draw(st.booleans()) and all(c.shape == local.shape for c in candidates):
         try:
-            candidates = np.stack([np.asarray(c.resolve_neg()) if isinstance(c, torch.Tensor) else c for c in candidates])
+            candidates = np.stack(
+                [np.asarray(c.resolve_neg()) if isinstance(c, torch.Tensor) else c for c in candidates]
+            )
         except (TypeError, ValueError):
             pass
     local_loss = data.draw(scalars)
     losses = data.draw(vectors(m))
     options = {}
     if op not in ("candidate_distances", "apply_update"):
-        options = data.draw(st.fixed_dictionaries({}, optional={
-            "eps": scalars, "norm": st.sampled_from(["l2", "l1", "l3", None, 2]), "max_distance": scalars,
-        }))
+        options = data.draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "eps": scalars,
+                    "norm": st.sampled_from(["l2", "l1", "l3", None, 2]),
+                    "max_distance": scalars,
+                },
+            )
+        )
     if op in ("fomo_step", "plan"):
         options.update(data.draw(st.fixed_dictionaries({}, optional={"all_scores": scalars | st.sampled_from(["no"])})))
     out = None
@@ -175,7 +192,11 @@ def test_ops_survive_hostile_arguments(op, m, data):
         if op == "plan":  # a plan's fomo_step: the same checks, kept between calls
             fn(local, candidates, out=out).fomo_step(local_loss, losses, **options)
         elif op == "candidate_distances":
-            fn(local, candidates, **data.draw(st.fixed_dictionaries({}, optional={"norm": st.sampled_from(["l2", "x"])})))
+            fn(
+                local,
+                candidates,
+                **data.draw(st.fixed_dictionaries({}, optional={"norm": st.sampled_from(["l2", "x"])})),
+            )
         elif op == "apply_update":
             fn(local, candidates, losses, out=out)
         elif op == "fomo_step":
@@ -206,10 +227,18 @@ def test_evaluate_candidates_survives_hostile_sizes(sizes, m, rows, data):
     candidates = zero.expand(m, max(p, 1)) if m else torch.zeros(0, max(p, 1))
     if data.draw(st.booleans()):
         candidates = torch.zeros(m, 8)  # the small arrays a wrapped parameter count would accept
-    y = torch.zeros(rows, dtype=torch.int64) if output == "softmax" else torch.zeros(rows, sizes[-1] if sizes[-1] < 8 else 1)
+    y = (
+        torch.zeros(rows, dtype=torch.int64)
+        if output == "softmax"
+        else torch.zeros(rows, sizes[-1] if sizes[-1] < 8 else 1)
+    )
     weight = data.draw(st.sampled_from([None, "big", "tiny", "bad"]))
-    sample_weight = {None: None, "big": torch.full((rows,), 1e307, dtype=torch.float64),
-                     "tiny": torch.full((rows,), 1e-320, dtype=torch.float64), "bad": ["x"] * rows}[weight]
+    sample_weight = {
+        None: None,
+        "big": torch.full((rows,), 1e307, dtype=torch.float64),
+        "tiny": torch.full((rows,), 1e-320, dtype=torch.float64),
+        "bad": ["x"] * rows,
+    }[weight]
     try:
         ev = fc.evaluate_candidates(spec, candidates, X, y, sample_weight=sample_weight)
     except ALLOWED:
@@ -227,15 +256,29 @@ def test_affinity_survives_hostile_arguments(data):
     aff = fc.Affinity(n, seed=0)
     action = data.draw(st.sampled_from(["new", "select", "update"]))
     if action == "new":
-        options = data.draw(st.fixed_dictionaries({}, optional={
-            "epsilon": scalars, "epsilon_decay": scalars, "self_affinity": scalars,
-            "selection": st.sampled_from(["top_m", "nope", None]), "seed": scalars,
-        }))
+        options = data.draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "epsilon": scalars,
+                    "epsilon_decay": scalars,
+                    "self_affinity": scalars,
+                    "selection": st.sampled_from(["top_m", "nope", None]),
+                    "seed": scalars,
+                },
+            )
+        )
         call_safely(lambda: fc.Affinity(data.draw(scalars | st.integers(-2, 5)), **options))
     elif action == "select":
-        call_safely(lambda: aff.select(data.draw(scalars | st.integers(-1, n)), data.draw(scalars | st.integers(0, 6)),
-                                       round=data.draw(scalars | st.integers(0, 9)),
-                                       epsilon=data.draw(st.none() | scalars)), aff.matrix)
+        call_safely(
+            lambda: aff.select(
+                data.draw(scalars | st.integers(-1, n)),
+                data.draw(scalars | st.integers(0, 6)),
+                round=data.draw(scalars | st.integers(0, 9)),
+                epsilon=data.draw(st.none() | scalars),
+            ),
+            aff.matrix,
+        )
     else:
         ids = data.draw(st.lists(st.integers(-1, n), max_size=3))
         call_safely(lambda: aff.update(data.draw(st.integers(-1, n)), ids, data.draw(vectors(len(ids)))), aff.matrix)

@@ -25,8 +25,13 @@ HUGE = 10**400  # a Python int beyond float64's range
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter, so that a crash fails this test instead of killing pytest.
     From outside the checkout: its fomo_core/ source folder would shadow the installed package."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-                          cwd=os.path.abspath(os.sep))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.abspath(os.sep),
+    )
 
 
 # ---- evaluate_candidates: sizes whose products wrap ------------------------------------------
@@ -333,18 +338,48 @@ BAD_FILES = {
     "not-a-zip": (lambda p: p.write_bytes(b"hello"), "not a readable Affinity file"),
     "truncated": (lambda p: p.write_bytes(_good_bytes(p)[:200]), "not a readable Affinity file"),
     "missing-entry": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2)))}), "no meta.npy"),
-    "nan": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.full((2, 2), np.nan)), "meta.npy": _meta()}), "NaN or infinite"),
-    "inf": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.full((2, 2), np.inf)), "meta.npy": _meta()}), "NaN or infinite"),
-    "complex": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2), complex)), "meta.npy": _meta()}), "dtype complex128"),
-    "not-square": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 3))), "meta.npy": _meta()}), r"shape \(2, 3\)"),
+    "nan": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.full((2, 2), np.nan)), "meta.npy": _meta()}),
+        "NaN or infinite",
+    ),
+    "inf": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.full((2, 2), np.inf)), "meta.npy": _meta()}),
+        "NaN or infinite",
+    ),
+    "complex": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2), complex)), "meta.npy": _meta()}),
+        "dtype complex128",
+    ),
+    "not-square": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 3))), "meta.npy": _meta()}),
+        r"shape \(2, 3\)",
+    ),
     "bomb": (lambda p: _write_npz(p, {"matrix.npy": _bomb_header(20000), "meta.npy": _meta()}), "beyond the cap"),
     "short-data": (lambda p: _write_npz(p, {"matrix.npy": _bomb_header(2), "meta.npy": _meta()}), "truncated"),
-    "meta-not-json": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.array("{"))}), "not JSON"),
-    "meta-list": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.array("[1]"))}), "format"),
-    "options-wrong": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(options={"epsilon": "x"})}), "invalid options"),
-    "options-unknown": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(options={"colour": 1})}), "invalid options"),
-    "rng-wrong": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(rng={"bit_generator": "X"})}), "invalid options or generator"),
-    "object-meta": (lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.zeros(2))}), "dtype float64, expected text"),
+    "meta-not-json": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.array("{"))}),
+        "not JSON",
+    ),
+    "meta-list": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.array("[1]"))}),
+        "format",
+    ),
+    "options-wrong": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(options={"epsilon": "x"})}),
+        "invalid options",
+    ),
+    "options-unknown": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(options={"colour": 1})}),
+        "invalid options",
+    ),
+    "rng-wrong": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _meta(rng={"bit_generator": "X"})}),
+        "invalid options or generator",
+    ),
+    "object-meta": (
+        lambda p: _write_npz(p, {"matrix.npy": _npy(np.zeros((2, 2))), "meta.npy": _npy(np.zeros(2))}),
+        "dtype float64, expected text",
+    ),
 }
 
 
@@ -429,8 +464,13 @@ def _round_with(policy, candidates, losses):
     from fomo_core.round import federate
 
     params = np.linspace(-1.0, 1.0, 20)
-    res = federate(policy, params, np.stack(candidates), lambda models: _by_value(models, candidates, losses),
-                   copy=lambda dst, src: np.copyto(dst, src))
+    res = federate(
+        policy,
+        params,
+        np.stack(candidates),
+        lambda models: _by_value(models, candidates, losses),
+        copy=lambda dst, src: np.copyto(dst, src),
+    )
     return params, res
 
 
@@ -463,9 +503,16 @@ def test_simulator_attack_option_reports_honest_accuracy():
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
 
-    fed = FederationSettings(rounds=2, m=2, attack=AttackSettings(kind="lying", attackers=2, diverging=1, diverge_round=0))
-    cfg = ExperimentConfig(clients=6, groups=3, methods=("fedfomo", "fedavg"), federation=fed,
-                           training=TrainSettings(epochs=1, hidden=(8,)))
+    fed = FederationSettings(
+        rounds=2, m=2, attack=AttackSettings(kind="lying", attackers=2, diverging=1, diverge_round=0)
+    )
+    cfg = ExperimentConfig(
+        clients=6,
+        groups=3,
+        methods=("fedfomo", "fedavg"),
+        federation=fed,
+        training=TrainSettings(epochs=1, hidden=(8,)),
+    )
     results = run_experiment(cfg)
     attack = results["attack"]
     assert len(attack["attacker_ids"]) == 2 and len(attack["diverging_ids"]) == 1

@@ -40,14 +40,26 @@ def test_python_dash_m_runs_the_command_line():
 @pytest.mark.parametrize(
     "blocked, statement, message",
     [
-        ("torch", "import fomo_core.adapters.torch",
-         "fomo_core.adapters.torch needs PyTorch: pip install 'fomo-core[torch]'"),
-        ("torch", "import fomo_core.adapters.torch_evaluate",
-         "fomo_core.adapters.torch needs PyTorch: pip install 'fomo-core[torch]'"),
-        ("flwr", "import fomo_core.adapters.flower",
-         "fomo_core.adapters.flower needs Flower: pip install 'fomo-core[flower]'"),
-        ("matplotlib", "from fomo_core.plots import plot_accuracy; plot_accuracy({'methods': {}}, 'x.png')",
-         "fomo_core.plots needs matplotlib: pip install 'fomo-core[demo]'"),
+        (
+            "torch",
+            "import fomo_core.adapters.torch",
+            "fomo_core.adapters.torch needs PyTorch: pip install 'fomo-core[torch]'",
+        ),
+        (
+            "torch",
+            "import fomo_core.adapters.torch_evaluate",
+            "fomo_core.adapters.torch needs PyTorch: pip install 'fomo-core[torch]'",
+        ),
+        (
+            "flwr",
+            "import fomo_core.adapters.flower",
+            "fomo_core.adapters.flower needs Flower: pip install 'fomo-core[flower]'",
+        ),
+        (
+            "matplotlib",
+            "from fomo_core.plots import plot_accuracy; plot_accuracy({'methods': {}}, 'x.png')",
+            "fomo_core.plots needs matplotlib: pip install 'fomo-core[demo]'",
+        ),
     ],
 )
 def test_a_missing_optional_dependency_is_one_line_naming_the_extra(blocked, statement, message):

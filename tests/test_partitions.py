@@ -56,11 +56,17 @@ def test_dirichlet_skews_labels_and_keeps_every_sample(digits):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda y: latent_groups(y, 15, 11, np.random.default_rng()), "num_groups must be at most the number of classes"),
+        (
+            lambda y: latent_groups(y, 15, 11, np.random.default_rng()),
+            "num_groups must be at most the number of classes",
+        ),
         (lambda y: latent_groups(y, 3, 5, np.random.default_rng()), "num_groups must be at most num_clients"),
         (lambda y: latent_groups(y, 0, 1, np.random.default_rng()), "num_clients must be an integer >= 1, got 0"),
         (lambda y: pathological(y, 5, 3, np.random.default_rng()), "must be a multiple of the number of classes"),
-        (lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()), "alpha must be a finite number in \\(0.0, inf\\], got 0.0"),
+        (
+            lambda y: dirichlet(y, 5, 0.0, np.random.default_rng()),
+            "alpha must be a finite number in \\(0.0, inf\\], got 0.0",
+        ),
         (lambda y: dirichlet(y, 500, 1.0, np.random.default_rng()), "num_clients must be at most 179"),
         (lambda y: latent_groups(y.astype(float), 5, 5, np.random.default_rng()), "labels must be a 1-D integer array"),
     ],
@@ -120,7 +126,9 @@ def test_shards_group_clients_by_class_set(digits):
 
 
 def test_shard_errors(digits):
-    with pytest.raises(ValueError, match="num_clients \\* shards_per_client must be a multiple of the number of classes"):
+    with pytest.raises(
+        ValueError, match="num_clients \\* shards_per_client must be a multiple of the number of classes"
+    ):
         pathological(digits.y, 7, 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="shards_per_client must be an integer >= 1"):
         pathological(digits.y, 10, 0, np.random.default_rng(0))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from strategies import Case, bits, cases, flat_values
 
 import fomo_core as fc
-from strategies import Case, bits, cases, flat_values
 
 
 def torch_model(shapes, seed: int, scale: float = 1.0) -> list:
@@ -48,13 +48,18 @@ def test_plan_ops_equal_the_ops_bit_for_bit(case: Case):
     for name in ("weights", "scores", "distances", "rejected", "skipped"):
         assert np.array_equal(bits(getattr(got, name)), bits(getattr(want, name))), name
     assert np.array_equal(bits(flat_values(case.layout, got.params)), bits(flat_values(case.layout, want.params)))
-    assert np.array_equal(bits(plan.compute_weights(*args, **options)),
-                          bits(fc.compute_weights(case.local, case.candidates, *args, **options)))
-    assert np.array_equal(bits(plan.candidate_distances(norm=case.norm)),
-                          bits(fc.candidate_distances(case.local, case.candidates, norm=case.norm)))
+    assert np.array_equal(
+        bits(plan.compute_weights(*args, **options)),
+        bits(fc.compute_weights(case.local, case.candidates, *args, **options)),
+    )
+    assert np.array_equal(
+        bits(plan.candidate_distances(norm=case.norm)),
+        bits(fc.candidate_distances(case.local, case.candidates, norm=case.norm)),
+    )
     scores = plan.first_order_scores(*args, **options)
-    assert np.array_equal(bits(scores.scores),
-                          bits(fc.first_order_scores(case.local, case.candidates, *args, **options).scores))
+    assert np.array_equal(
+        bits(scores.scores), bits(fc.first_order_scores(case.local, case.candidates, *args, **options).scores)
+    )
     updated = plan.apply_update(case.weights)
     expected = fc.apply_update(case.local, case.candidates, case.weights)
     assert np.array_equal(bits(flat_values(case.layout, updated)), bits(flat_values(case.layout, expected)))
@@ -173,8 +178,9 @@ def test_fortran_order_layers_shared_by_every_array_are_one_run_each():
     out = [fortran(s, 99) for s in shapes]
     assert fc.plan(local, candidates, out=out).num_runs == len(shapes)
     # and the numbers are those of the same values in C order
-    contiguous = fc.fomo_step([x.contiguous() for x in local], [[c.contiguous() for c in m] for m in candidates],
-                              1.0, [0.5, 0.6, 0.7])
+    contiguous = fc.fomo_step(
+        [x.contiguous() for x in local], [[c.contiguous() for c in m] for m in candidates], 1.0, [0.5, 0.6, 0.7]
+    )
     strided = fc.fomo_step(local, candidates, 1.0, [0.5, 0.6, 0.7], out=out)
     np.testing.assert_allclose(strided.distances.numpy(), contiguous.distances.numpy(), rtol=1e-12)
     for a, b in zip(strided.params, contiguous.params):
@@ -209,8 +215,9 @@ def test_sliced_rows_shorter_than_a_run_are_read_along_columns():
 def test_bfloat16_distances_of_tiny_differences(scale):
     """Differences below 1e-19 square into float32's subnormals (below 1e-23 into zero): the
     distance must still be within the tolerance table."""
-    from fomo_core import reference as ref
     from tolerances import assert_vector_close, distance_rtol
+
+    from fomo_core import reference as ref
 
     gen = torch.Generator().manual_seed(3)
     local = (scale * torch.randn(4096, generator=gen)).to(torch.bfloat16)

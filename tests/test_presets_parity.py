@@ -14,14 +14,13 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import peers
 import pytest
 import torch
 from torch import nn
 
 import fomo_core as fc
 from fomo_core.adapters.torch import FedFomoClient
-
-import peers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,7 +156,9 @@ def test_flbench_client_round(kind, case, m, data):
 
     ours, res = our_update("fl-bench", s, [*s["others"], s["current"]])
 
-    assert_states(ours, {k: v for k, v in state.items() if k != "num_batches_tracked" and not k.endswith("num_batches_tracked")})
+    assert_states(
+        ours, {k: v for k, v in state.items() if k != "num_batches_tracked" and not k.endswith("num_batches_tracked")}
+    )
     theirs = np.array([weights[cid] for cid in [*s["ids"], 0]])
     finite = np.isfinite(theirs)
     np.testing.assert_allclose(res.scores[finite], theirs[finite], **SCORES)
@@ -215,8 +216,13 @@ def our_federation(preset: str, kind: str, data, m: int, **server_changes) -> tu
     base, vals, trains = fleet(kind, data)
     policy = fc.get_preset(preset).server.replace(**server_changes)
     clients = [
-        FedFomoClient(copy.deepcopy(base), vals[k], train_fn=lambda mod, k=k: gd(mod, *trains[k], steps=2),
-                      preset=preset, eval_batch_size=16)
+        FedFomoClient(
+            copy.deepcopy(base),
+            vals[k],
+            train_fn=lambda mod, k=k: gd(mod, *trains[k], steps=2),
+            preset=preset,
+            eval_batch_size=16,
+        )
         for k in range(6)
     ]
     server = fc.Server(6, clients[0].get_flat(), preset=preset, m=m, seed=0, policy=policy)
@@ -260,7 +266,8 @@ def test_pfllib_federation(data):
             chosen[i] = ids
             loader = peers.batches(*vals[i], 16, drop_last=True)
             models[i], old_models[i], wv = peers.pfllib_client_round(
-                models[i], old_models[i], ids, [client_models[j] for j in ids], loader, 6)
+                models[i], old_models[i], ids, [client_models[j] for j in ids], loader, 6
+            )
             gd(models[i], *trains[i], steps=2)
             P[i] += torch.tensor(wv, dtype=P.dtype)  # receive_models, :111 (after all trained)
         for i in part:
@@ -319,7 +326,8 @@ def test_paper_federation(data):
                 chosen[i] = sorted(ids)
                 loader = peers.batches(*vals[i], 16)
                 updates[i], rows[i], _ = peers.paper_client_round(
-                    first_models[i], [models[i], *[models[j] for j in ids]], [i, *ids], loader, rows[i])
+                    first_models[i], [models[i], *[models[j] for j in ids]], [i, *ids], loader, rows[i]
+                )
             for i, state in updates.items():  # federation.py:549-554
                 models[i].load_state_dict(state, strict=False)
         for i in part:

@@ -23,7 +23,9 @@ def test_round_to_dtype_matches_numpy_casts(dtype, np_dtype):
     values = np.concatenate([rng.standard_normal(4000) * s for s in scales])
     # exact ties: midpoints between neighbours of the format
     grid = rng.standard_normal(2000).astype(np_dtype).astype(np.float64)
-    values = np.concatenate([values, (grid + np.nextafter(grid.astype(np_dtype), np_dtype(np.inf)).astype(np.float64)) / 2])
+    values = np.concatenate(
+        [values, (grid + np.nextafter(grid.astype(np_dtype), np_dtype(np.inf)).astype(np.float64)) / 2]
+    )
     with np.errstate(over="ignore"):
         expected = values.astype(np_dtype).astype(np.float64)
     got = np.array([ref.round_to_dtype(float(v), dtype) for v in values])
@@ -39,7 +41,9 @@ def test_round_to_dtype_matches_torch_bfloat16():
     scales = np.array([1e-40, 1e-38, 1e-3, 1.0, 1e30, 3.3e38])
     with np.errstate(over="ignore"):  # the largest scale overflows float32 now and then: inf stays inf
         values = (rng.standard_normal(30000) * scales[rng.integers(0, len(scales), 30000)]).astype(np.float32)
-    values = np.concatenate([values, np.array([3.3895e38, 3.395e38, 3.397e38], np.float32)])  # max, below and above the tie to inf
+    values = np.concatenate(
+        [values, np.array([3.3895e38, 3.395e38, 3.397e38], np.float32)]
+    )  # max, below and above the tie to inf
     expected = torch.from_numpy(values).bfloat16().double().numpy()
     got = np.array([ref.round_to_dtype(float(v), "bfloat16") for v in values])
     assert np.array_equal(got, expected)
@@ -54,7 +58,8 @@ def test_small_cases_from_the_formulas():
     assert s.scores.tolist() == [(2.0 - 1.0) / 5.0, (2.0 - 3.0) / 1.0, 0.0]  # d = 0: rejected, score 0
     assert s.rejected.tolist() == [False, False, True] and not s.skipped.any()
     assert ref.compute_weights(x, c, 2.0, [1.0, 3.0, 0.0], eps=1.0).tolist() == pytest.approx(
-        [(1 / 6) / (1 / 6 + 2 / 1), 0.0, 2 / (1 / 6 + 2)], rel=1e-15)
+        [(1 / 6) / (1 / 6 + 2 / 1), 0.0, 2 / (1 / 6 + 2)], rel=1e-15
+    )
     lean = ref.fomo_step(x, c, 2.0, [1.0, 3.0, 0.0], all_scores=False)
     assert lean.skipped.tolist() == [False, True, False] and math.isnan(lean.distances[1])
     assert lean.weights.tolist() == [1.0, 0.0, 0.0] and lean.params.tolist() == [3.0, 4.0]

@@ -201,8 +201,9 @@ def test_the_simulator_equals_a_hand_driven_loop(preset):
     cfg = ExperimentConfig(clients=5, groups=2, federation=fed, training=TrainSettings(epochs=1, hidden=(8,)))
     dataset = load_dataset(cfg)
     rng = np.random.default_rng(4)
-    data = split_clients(dataset, make_partition(cfg, dataset, rng), rng, val_fraction=0.2, test_fraction=0.2,
-                         target="local")
+    data = split_clients(
+        dataset, make_partition(cfg, dataset, rng), rng, val_fraction=0.2, test_fraction=0.2, target="local"
+    )
 
     def fresh():
         backend = make_backend("torch", dataset, cfg.training, 4, preset=preset)
@@ -232,8 +233,14 @@ def test_every_preset_runs_in_the_simulator(preset, backend):
     from fomo_core.simulate import run_experiment
 
     fed = FederationSettings(rounds=2, m=2, preset=preset, seed=1)
-    cfg = ExperimentConfig(clients=4, groups=2, backend=backend, methods=("fedfomo",), federation=fed,
-                           training=TrainSettings(epochs=1, hidden=(8,)))
+    cfg = ExperimentConfig(
+        clients=4,
+        groups=2,
+        backend=backend,
+        methods=("fedfomo",),
+        federation=fed,
+        training=TrainSettings(epochs=1, hidden=(8,)),
+    )
     results = run_experiment(cfg)
     assert len(results["methods"]["fedfomo"]["accuracy_per_round"]) == 2
     assert np.isfinite(np.asarray(results["affinity"])).all()

@@ -21,9 +21,12 @@ TINY = {"dataset": "digits", "clients": 4, "groups": 2, "rounds": 2, "m": 2, "ep
 
 
 def tiny_grid(**kw) -> Grid:
-    return Grid(settings=kw.pop("settings", {"plain": {}, "scarce": {"max_train": 10}}),
-                methods=kw.pop("methods", ("fedfomo", "fedavg", "local")), seeds=kw.pop("seeds", (0, 1)),
-                base={**TINY, **kw.pop("base", {})})
+    return Grid(
+        settings=kw.pop("settings", {"plain": {}, "scarce": {"max_train": 10}}),
+        methods=kw.pop("methods", ("fedfomo", "fedavg", "local")),
+        seeds=kw.pop("seeds", (0, 1)),
+        base={**TINY, **kw.pop("base", {})},
+    )
 
 
 class Counting:
@@ -61,10 +64,18 @@ def test_a_small_grid_writes_every_output(tmp_path):
 
 def test_summary_statistics_are_paired_by_seed():
     grid = tiny_grid(methods=("fedfomo", "local"), seeds=(0, 1, 2), settings={"s": {}})
-    acc = {("fedfomo", 0): 0.9, ("fedfomo", 1): 0.8, ("fedfomo", 2): 0.7,
-           ("local", 0): 0.85, ("local", 1): 0.6, ("local", 2): 0.75}
-    records = [{"setting": "s", "method": m, "seed": s, "target": "local", "after_training": a,
-                "after_update": a - 0.1} for (m, s), a in acc.items()]
+    acc = {
+        ("fedfomo", 0): 0.9,
+        ("fedfomo", 1): 0.8,
+        ("fedfomo", 2): 0.7,
+        ("local", 0): 0.85,
+        ("local", 1): 0.6,
+        ("local", 2): 0.75,
+    }
+    records = [
+        {"setting": "s", "method": m, "seed": s, "target": "local", "after_training": a, "after_update": a - 0.1}
+        for (m, s), a in acc.items()
+    ]
     summary = summarise(records, grid)["s"]
     assert summary["headline"] == "after_training"
     fomo = summary["methods"]["fedfomo"]
@@ -96,20 +107,35 @@ def test_resume_runs_only_the_missing_and_changed_cells(tmp_path):
     # a lost cell and a new seed run; the others are read back unchanged
     os.remove(tmp_path / "cells" / "plain__fedavg__seed1.json")
     more = Counting()
-    run_grid(tiny_grid(methods=("local", "fedavg"), settings={"plain": {}}, seeds=(0, 1, 2)), str(tmp_path),
-             progress=False, plots=False, run=more)
+    run_grid(
+        tiny_grid(methods=("local", "fedavg"), settings={"plain": {}}, seeds=(0, 1, 2)),
+        str(tmp_path),
+        progress=False,
+        plots=False,
+        run=more,
+    )
     assert sorted((m[0], s) for m, s, _ in more.calls) == [("fedavg", 1), ("fedavg", 2), ("local", 2)]
     assert (tmp_path / "cells" / "plain__local__seed0.json").read_text() == before
 
     # a half-written or stale cell is run again: its configuration changed, or it does not parse
     (tmp_path / "cells" / "plain__local__seed1.json").write_text('{"config": ')
     changed = Counting()
-    run_grid(tiny_grid(methods=("local", "fedavg"), settings={"plain": {}}), str(tmp_path), progress=False,
-             plots=False, run=changed)
+    run_grid(
+        tiny_grid(methods=("local", "fedavg"), settings={"plain": {}}),
+        str(tmp_path),
+        progress=False,
+        plots=False,
+        run=changed,
+    )
     assert [(m[0], s) for m, s, _ in changed.calls] == [("local", 1)]
     changed = Counting()
-    run_grid(tiny_grid(methods=("local",), settings={"plain": {"max_train": 5}}), str(tmp_path), progress=False,
-             plots=False, run=changed)
+    run_grid(
+        tiny_grid(methods=("local",), settings={"plain": {"max_train": 5}}),
+        str(tmp_path),
+        progress=False,
+        plots=False,
+        run=changed,
+    )
     assert len(changed.calls) == 2 and all(cap == 5 for _, _, cap in changed.calls)
 
 
@@ -161,8 +187,21 @@ def test_the_default_grid_is_the_readme_run():
 @pytest.mark.usefixtures("restore_torch_threads")
 def test_the_experiment_command_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = ["experiment", "--set", ",".join(f"{k}={v}" for k, v in TINY.items()), "--setting", "noisy:label_noise=0.2",
-            "--methods", "fedfomo,oracle", "--seeds", "0-1", "--out", str(out), "--no-progress", "--no-plots"]
+    argv = [
+        "experiment",
+        "--set",
+        ",".join(f"{k}={v}" for k, v in TINY.items()),
+        "--setting",
+        "noisy:label_noise=0.2",
+        "--methods",
+        "fedfomo,oracle",
+        "--seeds",
+        "0-1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ran 4 cells, reused 0" in printed and "### noisy" in printed

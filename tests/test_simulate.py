@@ -10,11 +10,9 @@ import torch
 from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
 from fomo_core.simulate.backends import make_backend
 from fomo_core.simulate.data import _stratified_split, image_dataset, load_digits, split_clients, target_clients
-from fomo_core.simulate.federation import run_local
-from fomo_core.simulate.federation import participants
+from fomo_core.simulate.federation import participants, run_local
 from fomo_core.simulate.metrics import within_group_fraction
 from fomo_core.simulate.partition import Partition, latent_groups
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,12 +72,14 @@ def test_split_errors(digits):
 
 def test_within_group_fraction_by_hand():
     groups = np.array([0, 0, 1, 1])
-    a = np.array([
-        [9.0, 3.0, 1.0, -5.0],   # positive mass 4 (the diagonal is left out), 3 in the own group
-        [1.0, 0.0, 0.0, 0.0],    # all of it in the own group
-        [-1.0, -1.0, 0.0, -2.0],  # no positive affinity: not counted
-        [2.0, 0.0, 2.0, 0.0],    # half
-    ])
+    a = np.array(
+        [
+            [9.0, 3.0, 1.0, -5.0],  # positive mass 4 (the diagonal is left out), 3 in the own group
+            [1.0, 0.0, 0.0, 0.0],  # all of it in the own group
+            [-1.0, -1.0, 0.0, -2.0],  # no positive affinity: not counted
+            [2.0, 0.0, 2.0, 0.0],  # half
+        ]
+    )
     frac, counted = within_group_fraction(a, groups)
     assert counted == 3 and frac == pytest.approx((0.75 + 1.0 + 0.5) / 3)
     frac, _ = within_group_fraction(a, groups, reference=np.array([1, 1, 0, 0]))
@@ -102,15 +102,21 @@ def test_participants_are_seeded_and_sized():
 def small(backend: str, **kw) -> ExperimentConfig:
     fed = dict(rounds=4, m=3, seed=0)
     fed.update({k: kw.pop(k) for k in list(kw) if k in FederationSettings.__dataclass_fields__})
-    return ExperimentConfig(clients=6, groups=3, backend=backend, federation=FederationSettings(**fed),
-                            training=TrainSettings(epochs=1, hidden=(16,)), **kw)
+    return ExperimentConfig(
+        clients=6,
+        groups=3,
+        backend=backend,
+        federation=FederationSettings(**fed),
+        training=TrainSettings(epochs=1, hidden=(16,)),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "sklearn"])
 def test_a_short_federation_reports_every_metric(backend):
     res = run_experiment(small(backend))
     assert set(res["methods"]) == {"fedfomo", "fedavg", "local"}
-    for name, run in res["methods"].items():
+    for run in res["methods"].values():
         acc = run["accuracy_per_round"]
         assert len(acc) == 4 and all(0.0 <= a <= 1.0 for a in acc)
         assert len(run["final_client_accuracy"]) == 6 and run["final_accuracy"] == acc[-1]
@@ -129,7 +135,10 @@ def test_a_short_federation_reports_every_metric(backend):
 
 
 def test_the_same_seed_gives_the_same_results():
-    first, second = run_experiment(small("torch", methods=("fedfomo",))), run_experiment(small("torch", methods=("fedfomo",)))
+    first, second = (
+        run_experiment(small("torch", methods=("fedfomo",))),
+        run_experiment(small("torch", methods=("fedfomo",))),
+    )
     assert first["methods"]["fedfomo"]["accuracy_per_round"] == second["methods"]["fedfomo"]["accuracy_per_round"]
     assert first["affinity"] == second["affinity"]
 
@@ -150,8 +159,13 @@ def test_partial_participation_trains_only_the_drawn_clients(digits):
 
 def test_fedavg_with_one_client_is_local_training():
     """FedAvg over a single client averages one model: it must equal Local, round by round."""
-    cfg = ExperimentConfig(clients=1, groups=1, methods=("fedavg", "local"),
-                           federation=FederationSettings(rounds=3, m=1), training=TrainSettings(epochs=1, hidden=(8,)))
+    cfg = ExperimentConfig(
+        clients=1,
+        groups=1,
+        methods=("fedavg", "local"),
+        federation=FederationSettings(rounds=3, m=1),
+        training=TrainSettings(epochs=1, hidden=(8,)),
+    )
     res = run_experiment(cfg)
     assert res["methods"]["fedavg"]["accuracy_per_round"] == res["methods"]["local"]["accuracy_per_round"]
 
@@ -189,8 +203,9 @@ def test_the_convolutional_torch_backend_runs_on_images(digits, monkeypatch):
 
     images, labels = digit_images(digits, 400)
     monkeypatch.setattr(experiment, "load_dataset", lambda cfg: image_dataset("digit-images", images, labels, 10))
-    cfg = ExperimentConfig(clients=4, groups=2, federation=FederationSettings(rounds=2, m=2),
-                           training=TrainSettings(epochs=1))
+    cfg = ExperimentConfig(
+        clients=4, groups=2, federation=FederationSettings(rounds=2, m=2), training=TrainSettings(epochs=1)
+    )
     res = experiment.run_experiment(cfg)
     assert res["dataset"]["name"] == "digit-images"
     assert all(len(r["accuracy_per_round"]) == 2 for r in res["methods"].values())

@@ -34,8 +34,16 @@ def test_mypy_sees_ndarray_in_ndarray_out_and_tensor_in_tensor_out(tmp_path):
     }
     assert len(expected_errors) == 3
     command = [
-        sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent",
-        "--no-error-summary", "--hide-error-context", "--show-error-codes", str(SNIPPET),
+        sys.executable,
+        "-m",
+        "mypy",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--follow-imports=silent",
+        "--no-error-summary",
+        "--hide-error-context",
+        "--show-error-codes",
+        str(SNIPPET),
     ]
     # From outside the checkout, so that the installed package (with py.typed) is the one checked.
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": ""})

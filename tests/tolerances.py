@@ -10,7 +10,8 @@ get. With u the unit roundoff of a format (half its machine epsilon):
   storage: one rounding, relative error <= u32, csrc/cpu/kernels/candidate_distances.cpp scalar_term), then squared
   (l2) and summed in float64: a blocked sum of n non-negative terms, whose float64 roundings the
   correctly rounded reference does not make. For 16-bit storage the terms of each four elements
-  are first added in float32, as (t0 + t1) + (t2 + t3) (difference_unit below accounts for it). So |d - d_ref| <= (u_diff + (n + 4) * 2u64) * d_ref
+  are first added in float32, as (t0 + t1) + (t2 + t3) (difference_unit below accounts for it).
+  So |d - d_ref| <= (u_diff + (n + 4) * 2u64) * d_ref
   (a relative error e of every difference is a relative error e of l1, and of l2 after sqrt);
 - scores s = (L0 - Ln) / (d + eps) inherit the relative error of d plus one division;
 - weights w = s / sum(s) inherit twice the scores' error plus the M additions of the sum;
@@ -107,8 +108,9 @@ def weight_rtol(num_elements: int, num_candidates: int, dtype: str) -> float:
     return 2 * score_rtol(num_elements, dtype) + (num_candidates + 4) * U64
 
 
-def update_bound(dtype: str, num_candidates: int, value: np.ndarray, magnitude: np.ndarray,
-                 weight_error: float = 0.0) -> np.ndarray:
+def update_bound(
+    dtype: str, num_candidates: int, value: np.ndarray, magnitude: np.ndarray, weight_error: float = 0.0
+) -> np.ndarray:
     """Per-element bound on |kernel - reference| for the update (see the module docstring).
 
     value:        the reference's float64 value before rounding to the storage dtype
@@ -118,9 +120,7 @@ def update_bound(dtype: str, num_candidates: int, value: np.ndarray, magnitude: 
     """
     t = TOLERANCES[dtype]
     return (
-        2 * t.storage_unit * np.abs(value)
-        + ((num_candidates + 4) * t.compute_unit + weight_error) * magnitude
-        + t.tiny
+        2 * t.storage_unit * np.abs(value) + ((num_candidates + 4) * t.compute_unit + weight_error) * magnitude + t.tiny
     )
 
 
@@ -152,13 +152,13 @@ def assert_vector_close(name: str, actual, expected, rtol: float) -> None:
     err = np.abs(a[finite] - e[finite])
     bound = rtol * np.abs(e[finite])
     assert np.all(err <= bound), (
-        f"{name}: |actual - reference| exceeds {rtol:.3g} relative\nactual    {a}\nreference {e}\n"
-        f"errors {err}"
+        f"{name}: |actual - reference| exceeds {rtol:.3g} relative\nactual    {a}\nreference {e}\nerrors {err}"
     )
 
 
-def assert_update_close(name: str, dtype: str, num_candidates: int, actual, expected, value, magnitude,
-                        weight_error: float = 0.0) -> None:
+def assert_update_close(
+    name: str, dtype: str, num_candidates: int, actual, expected, value, magnitude, weight_error: float = 0.0
+) -> None:
     """Element-wise: where the reference is NaN or infinite, the kernel gives the same; elsewhere
     it is within update_bound."""
     a, e = _f64(actual).reshape(-1), _f64(expected).reshape(-1)

@@ -3,7 +3,7 @@
 Lines ending in ``# wrong`` state a type that is NOT the result's: mypy must flag exactly those,
 which proves the check can fail."""
 
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ assert_type(fc.first_order_scores(x, c, 1.0, [0.5, 2.0]).scores, np.ndarray)
 assert_type(fc.apply_update(x, c, [0.5, 0.5]), np.ndarray)
 assert_type(fc.fomo_step(x, c, 1.0, [0.5, 2.0]).params, np.ndarray)
 assert_type(fc.fomo_step(x, c, 1.0, [0.5, 2.0]).weights, np.ndarray)
-layers: List[np.ndarray] = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
-assert_type(fc.fomo_step(layers, [layers], 1.0, [0.5]).params, List[np.ndarray])
+layers: list[np.ndarray] = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
+assert_type(fc.fomo_step(layers, [layers], 1.0, [0.5]).params, list[np.ndarray])
 assert_type(fc.fomo_step(layers, [layers], 1.0, [0.5]).weights, np.ndarray)
 
 t = torch.zeros(4)
@@ -31,13 +31,12 @@ assert_type(fc.first_order_scores(t, tc, 1.0, [0.5, 2.0]).rejected, torch.Tensor
 assert_type(fc.apply_update(t, tc, [0.5, 0.5]), torch.Tensor)
 assert_type(fc.fomo_step(t, tc, 1.0, [0.5, 2.0], out=t).params, torch.Tensor)
 assert_type(fc.fomo_step(t, tc, 1.0, [0.5, 2.0], out=t).weights, torch.Tensor)
-state: Dict[str, torch.Tensor] = {"w": torch.zeros(3)}
-assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).params, Dict[str, torch.Tensor])
+state: dict[str, torch.Tensor] = {"w": torch.zeros(3)}
+assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).params, dict[str, torch.Tensor])
 assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).scores, torch.Tensor)
 
 anything: Any = x
 assert_type(fc.compute_weights(anything, c, 1.0, [0.5]), Any)
-
 
 
 class OtherCudaArray:  # CuPy, Numba, JAX on a GPU: accepted, results of their own (unnamed) type

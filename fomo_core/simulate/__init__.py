@@ -15,8 +15,8 @@ runner.py       a grid of settings x methods x seeds, resumable (``fomo-core exp
 files.py        atomic writes of the outputs
 """
 
+from .backends import TrainSettings
 from .experiment import ExperimentConfig, run_experiment
 from .federation import FederationSettings
-from .backends import TrainSettings
 
 __all__ = ["ExperimentConfig", "FederationSettings", "TrainSettings", "run_experiment"]

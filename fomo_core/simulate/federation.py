@@ -55,7 +55,9 @@ class FederationSettings:
 
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
-        changes = {k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None}
+        changes = {
+            k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None
+        }
         return get_preset(self.preset).server.replace(**changes)
 
     def as_dict(self) -> dict:
@@ -119,7 +121,9 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
         part = participants(n, fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
         taking_part = set(part.tolist())
-        after_update = [None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)]
+        after_update = [
+            None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)
+        ]
         for i in part:
             ids, cands = server.candidates(int(i))
             with lying_evaluation(clients[i], adversity.fooled(int(i))):

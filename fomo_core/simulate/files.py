@@ -12,7 +12,7 @@ from .._atomic import atomic_write
 __all__ = ["write_atomic", "write_json_atomic"]
 
 
-def write_atomic(path: str, data: "str | bytes") -> None:
+def write_atomic(path: str, data: str | bytes) -> None:
     """Writes ``data`` (str as UTF-8, or bytes) to ``path`` atomically, creating its folder."""
     if isinstance(data, str):
         data = data.encode("utf-8")

@@ -57,9 +57,7 @@ def _split_evenly(idx: np.ndarray, parts: int, rng: np.random.Generator) -> list
     return np.array_split(rng.permutation(idx), parts)
 
 
-def latent_groups(
-    labels: np.ndarray, num_clients: int, num_groups: int, rng: np.random.Generator
-) -> Partition:
+def latent_groups(labels: np.ndarray, num_clients: int, num_groups: int, rng: np.random.Generator) -> Partition:
     """Clients in ``num_groups`` latent groups, each group owning a disjoint set of classes.
 
     The classes are shuffled and dealt to the groups (10 classes, 5 groups: 2 classes each);
@@ -85,9 +83,7 @@ def latent_groups(
     return _finish(labels, [np.concatenate(ix) for ix in indices], groups)
 
 
-def pathological(
-    labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator
-) -> Partition:
+def pathological(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator) -> Partition:
     """The pathological non-IID split as LG-FedAvg builds it (and FedFomo's authors use): every
     class's samples are shuffled and cut into equal shards, ``num_clients * shards_per_client``
     shards in all, and every client is dealt ``shards_per_client`` shards of random classes

@@ -34,8 +34,15 @@ from .files import write_atomic, write_json_atomic
 from .partition import PARTITIONS
 
 __all__ = [
-    "Grid", "Cell", "DEFAULT_GRID", "config_from_flat", "parse_value", "run_grid", "summarise",
-    "summary_markdown", "METRICS",
+    "Grid",
+    "Cell",
+    "DEFAULT_GRID",
+    "config_from_flat",
+    "parse_value",
+    "run_grid",
+    "summarise",
+    "summary_markdown",
+    "METRICS",
 ]
 
 METRICS = {"after_update": "after the federated update", "after_training": "after local training"}
@@ -65,7 +72,9 @@ class Grid:
             raise ValueError("settings must name at least one setting")
         for name in self.settings:
             if not name or any(ch in name for ch in "/\\:") or name.startswith("."):
-                raise ValueError(f"setting names must be non-empty without '/', '\\\\', ':' or a leading '.', got {name!r}")
+                raise ValueError(
+                    f"setting names must be non-empty without '/', '\\\\', ':' or a leading '.', got {name!r}"
+                )
         if not self.methods:
             raise ValueError("methods must name at least one method")
         if len(set(self.methods)) != len(self.methods):
@@ -89,7 +98,7 @@ class Grid:
         return {"settings": self.settings, "methods": list(self.methods), "seeds": list(self.seeds), "base": self.base}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Grid":
+    def from_dict(cls, d: dict) -> Grid:
         unknown = set(d) - {"settings", "methods", "seeds", "base"}
         if unknown:
             raise ValueError(f"a grid has keys settings, methods, seeds and base, got also {sorted(unknown)}")
@@ -143,10 +152,15 @@ def _cell_record(cell: Cell, flat: dict, result: dict) -> dict:
     after_training = run["accuracy_per_round"]
     after_update = run.get("accuracy_after_update_per_round") or [None] * len(after_training)
     return {
-        "setting": cell.setting, "method": cell.method, "seed": cell.seed, "config": flat,
+        "setting": cell.setting,
+        "method": cell.method,
+        "seed": cell.seed,
+        "config": flat,
         "target": result["config"]["target"],
-        "after_update": after_update[-1], "after_training": after_training[-1],
-        "after_update_per_round": after_update, "after_training_per_round": after_training,
+        "after_update": after_update[-1],
+        "after_training": after_training[-1],
+        "after_update_per_round": after_update,
+        "after_training_per_round": after_training,
         "affinity_within_group_fraction": result.get("affinity_within_group_fraction"),
         "seconds": result["seconds"],
     }
@@ -177,9 +191,15 @@ def run_grid(
     if progress:
         from tqdm import tqdm
 
-        rounds = {s: config_from_flat(grid.flat(s), seed=0, method=grid.methods[0]).federation.rounds for s in grid.settings}
-        bar = tqdm(total=sum(rounds[c.setting] for c in todo), unit="round", dynamic_ncols=True,
-                   desc=f"{len(todo)} cells to run, {len(reused)} done before")
+        rounds = {
+            s: config_from_flat(grid.flat(s), seed=0, method=grid.methods[0]).federation.rounds for s in grid.settings
+        }
+        bar = tqdm(
+            total=sum(rounds[c.setting] for c in todo),
+            unit="round",
+            dynamic_ncols=True,
+            desc=f"{len(todo)} cells to run, {len(reused)} done before",
+        )
     try:
         for cell in todo:
             flat = grid.flat(cell.setting)
@@ -234,8 +254,15 @@ def headline_metric(target: str) -> str:
 
 def _paired(diffs: list, reference: str) -> dict:
     mean, sd = _mean_sd(diffs)
-    return {"reference": reference, "mean": mean, "sd": sd, "min": float(min(diffs)), "max": float(max(diffs)),
-            "reference_better_seeds": int(sum(d > 0 for d in diffs)), "seeds": len(diffs)}
+    return {
+        "reference": reference,
+        "mean": mean,
+        "sd": sd,
+        "min": float(min(diffs)),
+        "max": float(max(diffs)),
+        "reference_better_seeds": int(sum(d > 0 for d in diffs)),
+        "seeds": len(diffs),
+    }
 
 
 def summarise(records: list, grid: Grid) -> dict:
@@ -276,32 +303,49 @@ def summary_markdown(summary: dict, grid: Grid) -> str:
     """One table per setting: accuracy (%) after the update and after local training, mean ± sd
     over the seeds, and the reference method's paired difference on the headline metric."""
     reference = grid.methods[0]
-    lines = [f"Mean ± sd over seeds {', '.join(map(str, grid.seeds))}; accuracy in %, the mean over clients of "
-             "their test accuracy in the final round. The headline metric (marked *) is after local training "
-             "when clients are tested on their own distribution, after the federated update for shifted targets.", ""]
+    lines = [
+        f"Mean ± sd over seeds {', '.join(map(str, grid.seeds))}; accuracy in %, the mean over clients of "
+        "their test accuracy in the final round. The headline metric (marked *) is after local training "
+        "when clients are tested on their own distribution, after the federated update for shifted targets.",
+        "",
+    ]
     for setting, s in summary.items():
         head = s["headline"]
         conf = ", ".join(f"{k}={v}" for k, v in s["config"].items())
         lines += [f"### {setting}", "", f"`{conf}`", ""]
-        cols = [f"after update{' *' if head == 'after_update' else ''}",
-                f"after local training{' *' if head == 'after_training' else ''}",
-                f"{reference} − method, after update (paired; seeds better)",
-                f"{reference} − method, after local training (paired; seeds better)"]
+        cols = [
+            f"after update{' *' if head == 'after_update' else ''}",
+            f"after local training{' *' if head == 'after_training' else ''}",
+            f"{reference} − method, after update (paired; seeds better)",
+            f"{reference} − method, after local training (paired; seeds better)",
+        ]
         lines.append("| method | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for m, e in s["methods"].items():
             d = e.get("paired_difference")
             cells = [_pm(e[k]["mean"], e[k]["sd"]) for k in METRICS]
-            cells += ["–" if d is None else f"{_pm(d[k]['mean'], d[k]['sd'], signed=True)} "
-                      f"({d[k]['reference_better_seeds']}/{d[k]['seeds']})" for k in METRICS]
+            cells += [
+                "–"
+                if d is None
+                else f"{_pm(d[k]['mean'], d[k]['sd'], signed=True)} ({d[k]['reference_better_seeds']}/{d[k]['seeds']})"
+                for k in METRICS
+            ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def _csv(records: list) -> str:
-    head = ["setting", "method", "seed", "target", "after_update", "after_training",
-            "affinity_within_group_fraction", "seconds"]
+    head = [
+        "setting",
+        "method",
+        "seed",
+        "target",
+        "after_update",
+        "after_training",
+        "affinity_within_group_fraction",
+        "seconds",
+    ]
     rows = [",".join(head)]
     for r in records:
         rows.append(",".join("" if r.get(k) is None else str(r[k]) for k in head))
@@ -309,8 +353,10 @@ def _csv(records: list) -> str:
 
 
 def _write_summaries(out: str, grid: Grid, records: list, summary: dict, plots: bool = True) -> None:
-    write_json_atomic(os.path.join(out, "results.json"), {"grid": grid.as_dict(), "metrics": METRICS,
-                                                          "summary": summary, "cells": records})
+    write_json_atomic(
+        os.path.join(out, "results.json"),
+        {"grid": grid.as_dict(), "metrics": METRICS, "summary": summary, "cells": records},
+    )
     write_atomic(os.path.join(out, "results.csv"), _csv(records))
     write_atomic(os.path.join(out, "summary.md"), summary_markdown(summary, grid))
     if plots:

@@ -26,7 +26,9 @@ def client_fn(context: Context):
     if rc["framework"] == "sklearn":
         from fomo_core.adapters.numpy import MLPClassifierClient
 
-        return MLPClassifierClient(initial_model("sklearn", k), (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs)
+        return MLPClassifierClient(
+            initial_model("sklearn", k), (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs
+        )
     import torch
 
     from fomo_core.adapters.torch import FedFomoClient
@@ -36,7 +38,11 @@ def client_fn(context: Context):
         initial_model("torch", k),
         val_data=(torch.tensor(d.x_val), torch.tensor(d.y_val)),  # copies: arrays arrive read-only
         train_data=(torch.tensor(d.x_train), torch.tensor(d.y_train)),
-        epochs=epochs, lr=0.05, momentum=0.5, batch_size=16, seed=k,
+        epochs=epochs,
+        lr=0.05,
+        momentum=0.5,
+        batch_size=16,
+        seed=k,
     )
 
 

@@ -22,17 +22,29 @@ def main(grid: Grid, context: Context) -> None:
     n = int(rc["num-clients"])
     state_dir = str(rc["state-dir"]) or None
     strategy = FedFomo(
-        m=int(rc["candidates"]), preset=str(rc["preset"]), num_clients=n, seed=int(rc["seed"]),
-        fraction_train=float(rc["fraction-train"]), min_available_nodes=n,
-        min_train_nodes=1, min_evaluate_nodes=1, candidate_dtype=str(rc["candidate-dtype"]), state_dir=state_dir,
+        m=int(rc["candidates"]),
+        preset=str(rc["preset"]),
+        num_clients=n,
+        seed=int(rc["seed"]),
+        fraction_train=float(rc["fraction-train"]),
+        min_available_nodes=n,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        candidate_dtype=str(rc["candidate-dtype"]),
+        state_dir=state_dir,
     )
-    result = strategy.start(grid=grid, initial_arrays=model_record(initial_model(str(rc["framework"]), 0)),
-                            num_rounds=int(rc["num-server-rounds"]))
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=model_record(initial_model(str(rc["framework"]), 0)),
+        num_rounds=int(rc["num-server-rounds"]),
+    )
     for r in strategy.rounds:
         acc = r.mean_accuracy
-        print(f"round {r.round}: mean personalised test accuracy {'n/a' if acc is None else f'{100 * acc:.1f}%'}, "
-              f"{len(r.scores)} clients updated, {len(r.failed)} failed, "
-              f"{r.bytes_down / 1e3:.0f} kB down / {r.bytes_up / 1e3:.0f} kB up, {r.seconds:.1f} s")
+        print(
+            f"round {r.round}: mean personalised test accuracy {'n/a' if acc is None else f'{100 * acc:.1f}%'}, "
+            f"{len(r.scores)} clients updated, {len(r.failed)} failed, "
+            f"{r.bytes_down / 1e3:.0f} kB down / {r.bytes_up / 1e3:.0f} kB up, {r.seconds:.1f} s"
+        )
     if state_dir is not None:
         groups, _ = partition(n, int(rc["num-groups"]), int(rc["seed"]))
         summary = {

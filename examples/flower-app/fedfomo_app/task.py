@@ -30,8 +30,14 @@ def make_estimator(seed: int):
 
     from fomo_core.adapters.numpy import initialise_mlp
 
-    est = MLPClassifier(hidden_layer_sizes=(HIDDEN,), solver="sgd", learning_rate_init=0.05, momentum=0.5,
-                        batch_size=16, random_state=seed)
+    est = MLPClassifier(
+        hidden_layer_sizes=(HIDDEN,),
+        solver="sgd",
+        learning_rate_init=0.05,
+        momentum=0.5,
+        batch_size=16,
+        random_state=seed,
+    )
     x = np.zeros((1, 64), dtype=np.float32)
     return initialise_mlp(est, x, np.zeros(1, dtype=np.int64), np.arange(10))
 
