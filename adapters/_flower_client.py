@@ -325,12 +325,7 @@ def fedfomo_train(
 
 
 def fedfomo_evaluate(
-    message: Message,
-    client: Any,
-    *,
-    client_id: str,
-    data: Any = None,
-    keys: protocol.RecordKeys = DEFAULT_KEYS,
+    message: Message, client: Any, *, client_id: str, data: Any = None, keys: protocol.RecordKeys = DEFAULT_KEYS
 ) -> Message:
     """Evaluates the model in an evaluate message (the client's own latest model) on ``data``
     (the client's validation data when None) and replies with its loss and accuracy."""

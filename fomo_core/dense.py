@@ -41,14 +41,7 @@ from . import _C
 from ._models import is_floating
 from .ops import _cuda_index, _device_vectors
 
-__all__ = [
-    "DenseSpec",
-    "Evaluation",
-    "evaluate_candidates",
-    "evaluate_dense",
-    "flat_from_layers",
-    "layers_from_flat",
-]
+__all__ = ["DenseSpec", "Evaluation", "evaluate_candidates", "evaluate_dense", "flat_from_layers", "layers_from_flat"]
 
 # The names the kernels know, in code order; the codes are defined once, by the extension.
 ACTIVATIONS = tuple(_C.ACTIVATIONS)
@@ -316,12 +309,7 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
 
 
 def evaluate_candidates(
-    spec: DenseSpec,
-    candidate_params: Any,
-    X: Any,
-    y: Any,
-    *,
-    sample_weight: Any = None,
+    spec: DenseSpec, candidate_params: Any, X: Any, y: Any, *, sample_weight: Any = None
 ) -> Evaluation:
     """Mean loss and accuracy of M dense networks on one validation set, in one fused call.
 

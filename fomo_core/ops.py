@@ -265,12 +265,15 @@ class _Call:
         return weights, Scores(*(self.vector(v) for v in (scores, distances, rejected, skipped)))
 
 
+# Overloads stay one compact signature each (no formatter): a table for type checkers.
+# fmt: off
 @overload
 def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: str = ...) -> np.ndarray: ...
 @overload
 def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: str = ...) -> Tensor: ...
 @overload
 def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: str = ...) -> Any: ...
+# fmt: on
 def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str = "l2") -> Any:
     """Distance of every candidate to the local model, [M] float64.
 
@@ -284,39 +287,23 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
     return call.vector(distances)
 
 
+# fmt: off
 @overload
 def first_order_scores(
-    local_params: ArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[np.ndarray]: ...
 @overload
 def first_order_scores(
-    local_params: TensorModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[Tensor]: ...
 @overload
 def first_order_scores(
-    local_params: _CudaArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[Any]: ...
+# fmt: on
 def first_order_scores(
     local_params: Any,
     candidate_params: Any,
@@ -342,39 +329,23 @@ def first_order_scores(
     return call.step(None, local_loss, candidate_losses, norm, eps, True, max_distance)[1]
 
 
+# fmt: off
 @overload
 def compute_weights(
-    local_params: ArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
-    local_params: TensorModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
-    local_params: _CudaArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    max_distance: float | None = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ...,
 ) -> Any: ...
+# fmt: on
 def compute_weights(
     local_params: Any,
     candidate_params: Any,
@@ -396,10 +367,12 @@ def compute_weights(
     return call.vector(weights)
 
 
+# fmt: off
 @overload
 def apply_update(local_params: ModelT, candidate_params: Any, weights: Any, *, out: None = ...) -> ModelT: ...
 @overload
 def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out: _OutT) -> _OutT: ...
+# fmt: on
 def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out: Any = None) -> Any:
     """theta_i + sum_n w_n (theta_n - theta_i), reading only candidates with a nonzero weight.
 
@@ -420,71 +393,33 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
     return params
 
 
+# fmt: off
 @overload
 def fomo_step(
-    local_params: _ArrayModelT,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    all_scores: bool = ...,
-    out: None = ...,
-    max_distance: float | None = ...,
+    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
 ) -> StepResult[_ArrayModelT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: _TensorModelT,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    all_scores: bool = ...,
-    out: None = ...,
-    max_distance: float | None = ...,
+    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
 ) -> StepResult[_TensorModelT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: ArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    all_scores: bool = ...,
-    out: _OutT,
-    max_distance: float | None = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
 ) -> StepResult[_OutT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: TensorModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    all_scores: bool = ...,
-    out: _OutT,
-    max_distance: float | None = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
 ) -> StepResult[_OutT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: _CudaArrayModel,
-    candidate_params: Any,
-    local_loss: float,
-    candidate_losses: Any,
-    *,
-    norm: str = ...,
-    eps: float = ...,
-    all_scores: bool = ...,
-    out: Any = ...,
-    max_distance: float | None = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
 ) -> StepResult[Any, Any]: ...
+# fmt: on
 def fomo_step(
     local_params: Any,
     candidate_params: Any,

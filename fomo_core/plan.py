@@ -108,6 +108,10 @@ class Plan:
                 else:
                     dst.copy_(src)
 
+    def _unplanned(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """The op itself, for a call whose arrays no longer match the plan (the op checks them all)."""
+        return getattr(_ops, op)(self._local, self._candidates, *args, **kwargs)
+
     def _writing(self) -> None:
         """What every write rechecks: torch's in-place rules may change with grad/inference mode."""
         check_writable(self._out_float, self._call.structure.names)
@@ -127,7 +131,7 @@ class Plan:
         """[M] float64 distances of the candidates to the local model (see fomo_core.candidate_distances)."""
         d = self._run("candidate_distances", _norm_code(norm))
         if d is None:
-            return _ops.candidate_distances(self._local, self._candidates, norm=norm)
+            return self._unplanned("candidate_distances", norm=norm)
         return self._call.vector(d)
 
     def first_order_scores(
@@ -142,14 +146,8 @@ class Plan:
         """Raw scores of every candidate (see fomo_core.first_order_scores)."""
         done = self._step(local_loss, candidate_losses, norm, eps, True, False, max_distance)
         if done is None:
-            return _ops.first_order_scores(
-                self._local,
-                self._candidates,
-                local_loss,
-                candidate_losses,
-                norm=norm,
-                eps=eps,
-                max_distance=max_distance,
+            return self._unplanned(
+                "first_order_scores", local_loss, candidate_losses, norm=norm, eps=eps, max_distance=max_distance
             )
         return done[1]
 
@@ -165,14 +163,8 @@ class Plan:
         """[M] normalised weights (see fomo_core.compute_weights)."""
         done = self._step(local_loss, candidate_losses, norm, eps, False, False, max_distance)
         if done is None:
-            return _ops.compute_weights(
-                self._local,
-                self._candidates,
-                local_loss,
-                candidate_losses,
-                norm=norm,
-                eps=eps,
-                max_distance=max_distance,
+            return self._unplanned(
+                "compute_weights", local_loss, candidate_losses, norm=norm, eps=eps, max_distance=max_distance
             )
         return self._call.vector(done[0])
 
@@ -181,7 +173,7 @@ class Plan:
         w = real_vector(weights, "weights")
         self._writing()
         if self._run("apply_update", w) is None:
-            return _ops.apply_update(self._local, self._candidates, w, out=self.params)
+            return self._unplanned("apply_update", w, out=self.params)
         mark_written(self._out_float)
         self._refresh_nonfloating()
         return self.params
@@ -199,9 +191,8 @@ class Plan:
         """The fused step into the plan's output (see fomo_core.fomo_step); ``.params`` is that output."""
         done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True, max_distance)
         if done is None:
-            return _ops.fomo_step(
-                self._local,
-                self._candidates,
+            return self._unplanned(
+                "fomo_step",
                 local_loss,
                 candidate_losses,
                 norm=norm,

@@ -52,11 +52,7 @@ _PEER_CLIENT = dict(nonfinite="skip_round", norm="l2", eps=1e-5)
 _PEER_SERVER = dict(selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_decay=0.0, affinity_init="identity")
 
 PRESETS: dict[str, Preset] = {
-    "fomo-core": Preset(
-        name="fomo-core",
-        client=ClientPolicy(guard=GUARD),
-        server=ServerPolicy(),
-    ),
+    "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD), server=ServerPolicy()),
     "paper": Preset(
         name="paper",
         client=ClientPolicy(
@@ -90,11 +86,7 @@ PRESETS: dict[str, Preset] = {
     "pfllib": Preset(
         name="pfllib",
         client=ClientPolicy(
-            baseline="last_update",
-            evaluation="train",
-            loss="batch_mean",
-            drop_last="if_batchnorm",
-            **_PEER_CLIENT,
+            baseline="last_update", evaluation="train", loss="batch_mean", drop_last="if_batchnorm", **_PEER_CLIENT
         ),
         server=ServerPolicy(pool="all_capped", include_self="compete", **_PEER_SERVER),
         departures=(
@@ -105,11 +97,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "fl-bench": Preset(
         name="fl-bench",
-        client=ClientPolicy(
-            buffers="scaled",
-            loss="batch_sum_per_sample",
-            **_PEER_CLIENT,
-        ),
+        client=ClientPolicy(buffers="scaled", loss="batch_sum_per_sample", **_PEER_CLIENT),
         server=ServerPolicy(pool="last_round", include_self="always", uploads="immediately", **_PEER_SERVER),
         departures=(
             _NAN_AFFINITY,

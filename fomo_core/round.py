@@ -167,13 +167,7 @@ def federate(
         # The common case in one fused pass; no weight leaves the model bit for bit as it was.
         res = fomo_step(params, cands, base_loss, losses, out=params, **options)
     else:
-        res = fomo_step(
-            measured_base,
-            [c[:p] for c in cands] if not whole else cands,
-            base_loss,
-            losses,
-            **options,
-        )
+        res = fomo_step(measured_base, [c[:p] for c in cands] if not whole else cands, base_loss, losses, **options)
     weights, scores = as_float64(res.weights), as_float64(res.scores)
     scores = np.where(np.isnan(scores), 0.0, scores)
 

@@ -133,13 +133,7 @@ class Server:
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self,
-        client: int,
-        params: Any,
-        ids: Sequence[int],
-        scores: Any,
-        *,
-        self_score: Optional[float] = None,
+        self, client: int, params: Any, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
         :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the

@@ -58,25 +58,10 @@ def test_default_demo_meets_the_acceptance_criteria(tmp_path, capsys):
 
 def test_digits_stays_the_quick_option(tmp_path, capsys):
     out = tmp_path / "digits"
-    argv = [
-        "demo",
-        "--dataset",
-        "digits",
-        "--clients",
-        "10",
-        "--groups",
-        "5",
-        "--max-train",
-        "0",
-        "--rounds",
-        "4",
-        "--methods",
-        "fedfomo,fedavg,local",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = (
+        "demo --dataset digits --clients 10 --groups 5 --max-train 0 --rounds 4 --methods "
+        "fedfomo,fedavg,local --no-progress --no-plots"
+    ).split() + ["--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"]["name"] == "digits" and res["config"]["max_train"] == 0
@@ -85,33 +70,11 @@ def test_digits_stays_the_quick_option(tmp_path, capsys):
 
 def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
     out = tmp_path / "sk"
-    argv = [
-        "demo",
-        "--dataset",
-        "digits",
-        "--backend",
-        "sklearn",
-        "--rounds",
-        "3",
-        "--clients",
-        "5",
-        "-M",
-        "2",
-        "--partition",
-        "pathological",
-        "--target",
-        "shifted",
-        "--participation",
-        "0.5",
-        "--label-noise",
-        "0.1",
-        "--methods",
-        "fedfomo,fedavg,oracle",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = (
+        "demo --dataset digits --backend sklearn --rounds 3 --clients 5 -M 2 --partition pathological "
+        "--target shifted --participation 0.5 --label-noise 0.1 --methods fedfomo,fedavg,oracle "
+        "--no-progress --no-plots"
+    ).split() + ["--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["backend"] == "sklearn" and res["config"]["target"] == "shifted"
@@ -123,27 +86,10 @@ def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
 
 def test_clusters_partition_and_a_preset_run(tmp_path):
     out = tmp_path / "cl"
-    argv = [
-        "demo",
-        "--dataset",
-        "digits",
-        "--partition",
-        "clusters",
-        "--groups",
-        "3",
-        "--clients",
-        "6",
-        "-M",
-        "2",
-        "--rounds",
-        "2",
-        "--methods",
-        "fedfomo,fedfomo:paper,oracle",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = (
+        "demo --dataset digits --partition clusters --groups 3 --clients 6 -M 2 --rounds 2 --methods "
+        "fedfomo,fedfomo:paper,oracle --no-progress --no-plots"
+    ).split() + ["--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == {"fedfomo", "fedfomo:paper", "oracle"}
@@ -152,26 +98,10 @@ def test_clusters_partition_and_a_preset_run(tmp_path):
 
 def test_dirichlet_without_groups(tmp_path):
     out = tmp_path / "dir"
-    argv = [
-        "demo",
-        "--dataset",
-        "digits",
-        "--partition",
-        "dirichlet",
-        "--alpha",
-        "0.3",
-        "--rounds",
-        "2",
-        "--clients",
-        "5",
-        "-M",
-        "2",
-        "--methods",
-        "fedfomo,local",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = (
+        "demo --dataset digits --partition dirichlet --alpha 0.3 --rounds 2 --clients 5 -M 2 --methods "
+        "fedfomo,local --no-progress"
+    ).split() + ["--out", str(out)]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["groups"] is None and "affinity_within_group_fraction" not in res

@@ -55,10 +55,7 @@ def big_models(backend: str):
     layer_cands = [layers([rng.standard_normal(v.shape) * 0.05 * (n + 1) for v in layer_values]) for n in range(4)]
     if backend == "torch":
         flat_local, block = torch.from_numpy(flat_local), torch.from_numpy(block)
-    return [
-        (flat_local, block, [1.5, 2.5, 1.0, 1.9, 3.0, 0.5]),
-        (layer_local, layer_cands, [1.2, 2.2, 0.9, 2.0]),
-    ]
+    return [(flat_local, block, [1.5, 2.5, 1.0, 1.9, 3.0, 0.5]), (layer_local, layer_cands, [1.2, 2.2, 0.9, 2.0])]
 
 
 def run_all(local, cands, losses) -> list:

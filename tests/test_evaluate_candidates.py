@@ -38,14 +38,7 @@ from fomo_core import _C
 from fomo_core import reference_dense as reference
 from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec
 from fomo_core.adapters.torch import dense_spec
-from fomo_core.dense import (
-    ACTIVATIONS,
-    OUTPUTS,
-    DenseSpec,
-    evaluate_candidates,
-    flat_from_layers,
-    layers_from_flat,
-)
+from fomo_core.dense import ACTIVATIONS, OUTPUTS, DenseSpec, evaluate_candidates, flat_from_layers, layers_from_flat
 
 F64_REFERENCE = dict(rtol=1e-10, atol=1e-12)
 F32_TORCH = dict(rtol=2e-5, atol=2e-6)

@@ -197,6 +197,19 @@ def _check_federation(state: Path, num_clients: int, rounds: int, initial: np.nd
     return results
 
 
+def _superlink_command(port: int, control: int, *flags: str) -> list:
+    """A loopback SuperLink on ``port`` (Fleet API) and ``control`` (Control API), insecure."""
+    fixed = "--insecure --isolation subprocess --host 127.0.0.1 --port".split()
+    return [str(BIN / "flower-superlink"), *flags, *fixed, str(port), "--control-api-address", f"127.0.0.1:{control}"]
+
+
+def _supernode_command(port: int, node_port: int, node_config: str) -> list:
+    """A loopback SuperNode of the SuperLink on ``port``, serving on ``node_port``."""
+    fixed = "--insecure --host 127.0.0.1".split()
+    where = ["--superlink", f"127.0.0.1:{port}", "--port", str(node_port)]
+    return [str(BIN / "flower-supernode"), *fixed, *where, "--node-config", node_config]
+
+
 def _initial_flat() -> np.ndarray:
     sys.path.insert(0, str(APP))
     try:
@@ -213,22 +226,7 @@ def test_flwr_run_on_the_simulation_runtime(flower_env):
     home, procs = flower_env
     port, control = _free_ports(2)
     _connection(home, "sim", port)
-    link = procs.start(
-        "superlink",
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--control-api-address",
-            f"127.0.0.1:{control}",
-        ],
-    )
+    link = procs.start("superlink", _superlink_command(port, control, "--simulation"))
     _wait_for_port(port, link, 30)
     state = home / "state"
     t0 = time.perf_counter()
@@ -263,39 +261,10 @@ def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
     home, procs = flower_env
     port, control, *node_ports = _free_ports(5)
     _connection(home, "deploy", port)
-    link = procs.start(
-        "superlink",
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--isolation",
-            "subprocess",
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--control-api-address",
-            f"127.0.0.1:{control}",
-        ],
-    )
+    link = procs.start("superlink", _superlink_command(port, control, "--disable-runtime-dependency-installation"))
     _wait_for_port(port, link, 30)
     for k in range(3):
-        procs.start(
-            f"supernode-{k}",
-            [
-                str(BIN / "flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(node_ports[k]),
-                "--node-config",
-                f"partition-id={k} num-partitions=3",
-            ],
-        )
+        procs.start(f"supernode-{k}", _supernode_command(port, node_ports[k], f"partition-id={k} num-partitions=3"))
     state = home / "state"
     t0 = time.perf_counter()
     _flwr_run(procs, state, "num-server-rounds=3 num-clients=3 num-groups=2 candidates=2", ["deploy"], timeout=150)
@@ -315,21 +284,7 @@ def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
     # A restarted SuperNode (a new Flower node id, the same partition) and a new ServerApp on the
     # same state folder: the run resumes at round 4 with client 1 on its new node
     procs.terminate("supernode-1")
-    procs.start(
-        "supernode-1b",
-        [
-            str(BIN / "flower-supernode"),
-            "--insecure",
-            "--superlink",
-            f"127.0.0.1:{port}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(node_ports[1]),
-            "--node-config",
-            "partition-id=1 num-partitions=3",
-        ],
-    )
+    procs.start("supernode-1b", _supernode_command(port, node_ports[1], "partition-id=1 num-partitions=3"))
     before = json.loads((state / "strategy.json").read_text())
     (state / "results.json").unlink()
     _flwr_run(

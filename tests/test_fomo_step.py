@@ -8,23 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from op_checks import (
-    BOOL,
-    F64,
-    OUT_MODES,
-    assert_inputs_unchanged,
-    assert_same_structure,
-    assert_vector_type,
-    make_out,
-)
+from op_checks import BOOL, F64, OUT_MODES, assert_inputs_unchanged, assert_same_structure, assert_vector_type, make_out
 from strategies import DTYPES, Case, ModelLayout, assemble, bits, cases, flat_values, place_leaf, untouched_outside
-from tolerances import (
-    assert_update_close,
-    assert_vector_close,
-    distance_rtol,
-    score_rtol,
-    weight_rtol,
-)
+from tolerances import assert_update_close, assert_vector_close, distance_rtol, score_rtol, weight_rtol
 
 import fomo_core as fc
 from fomo_core import reference as ref

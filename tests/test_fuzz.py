@@ -139,11 +139,7 @@ OPS = ("candidate_distances", "first_order_scores", "compute_weights", "apply_up
 
 
 @settings(max_examples=300)
-@given(
-    op=st.sampled_from(OPS),
-    m=st.integers(0, 3),
-    data=st.data(),
-)
+@given(op=st.sampled_from(OPS), m=st.integers(0, 3), data=st.data())
 def test_ops_survive_hostile_arguments(op, m, data):
     local = data.draw(models())
     dtype = str(local.dtype).replace("torch.", "")
@@ -331,9 +327,7 @@ def test_candidate_bank_survives_hostile_models(data):
     bank = CandidateBank(model, 3)
     bank.fill([{k: torch.ones_like(v) for k, v in model.state_dict().items()}])
     before = bank.buffer.clone()
-    entry = st.one_of(
-        st.sampled_from(["text", "complex", "bool", "meta", "short", "neg", "good", "numpy", "nan"]),
-    )
+    entry = st.one_of(st.sampled_from(["text", "complex", "bool", "meta", "short", "neg", "good", "numpy", "nan"]))
 
     def make(kind: str):
         if kind == "flat":

@@ -187,21 +187,9 @@ def test_the_default_grid_is_the_readme_run():
 @pytest.mark.usefixtures("restore_torch_threads")
 def test_the_experiment_command_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = [
-        "experiment",
-        "--set",
-        ",".join(f"{k}={v}" for k, v in TINY.items()),
-        "--setting",
-        "noisy:label_noise=0.2",
-        "--methods",
-        "fedfomo,oracle",
-        "--seeds",
-        "0-1",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = (
+        "experiment --setting noisy:label_noise=0.2 --methods fedfomo,oracle --seeds 0-1 --no-progress --no-plots"
+    ).split() + ["--set", ",".join(f"{k}={v}" for k, v in TINY.items()), "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ran 4 cells, reused 0" in printed and "### noisy" in printed
