@@ -8,7 +8,7 @@
 >>> result = client.round(bank)                   # evaluate, weigh, update in place, train locally
 
 Everything here converts and dispatches; the maths lives in fomo_core (fomo_step) and the
-candidate evaluation in :func:`evaluate_candidates`.
+candidate evaluation in :func:`evaluate_module`.
 """
 
 from __future__ import annotations
@@ -526,7 +526,7 @@ class FedFomoClient:
         models = list(models) if not isinstance(models, list) else models
         kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
         if data is not None or (self.policy.loss == "mean" and self.policy.evaluation == "eval"):
-            ev = evaluate_candidates(
+            ev = evaluate_module(
                 self.module,
                 self._as_models(models),
                 self.val_data if data is None else data,
@@ -539,7 +539,7 @@ class FedFomoClient:
             if self.policy.evaluation == "train":
                 loss, right = self._train_mode_losses(models, x, y)
             else:
-                ev = evaluate_candidates(self.module, self._as_models(models), (x, y), **kwargs)
+                ev = evaluate_module(self.module, self._as_models(models), (x, y), **kwargs)
                 loss, right = as_float64(ev.loss), as_float64(ev.accuracy) * y.shape[0]
             per_batch.append(loss)
             correct += right

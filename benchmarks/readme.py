@@ -188,7 +188,7 @@ def early_stop_section(s: dict) -> list:
     return [
         "### Early stopping of candidate evaluation (opt-in)",
         "",
-        "`evaluate_candidates(..., early_stop=EarlyStop(baseline_loss))` evaluates in batches (in a seeded random "
+        "`evaluate_module(..., early_stop=EarlyStop(baseline_loss))` evaluates in batches (in a seeded random "
         "order) and stops a candidate once its loss is confidently above the baseline's (z standard errors of "
         "the batch means, finite-population corrected): such a candidate gets weight 0 anyway. The risk is "
         "stopping one that would have improved. `benchmarks/bench_early_stop.py` on the demo's digits in "
@@ -246,42 +246,35 @@ def kernels_section(k: dict) -> list:
     )
 
 
+def _captioned(caption: str, headers: list, rows: list) -> list:
+    """A caption, then its table, as README lines."""
+    return [caption, "", markdown_table(headers, rows), ""]
+
+
 def _kernel_extras(k: dict) -> list:
     """Storage dtypes, skipped candidates and layer lists (with and without a plan), when present."""
     out = []
     wall = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes", [])}
     cpu = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes_one_thread", [])}
     if wall:
-        out += [
+        out += _captioned(
             "Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
             "kernel thread, which other processes do not disturb):",
-            "",
-            markdown_table(
-                ["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
-                [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()],
-            ),
-            "",
-        ]
+            ["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
+            [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()],
+        )
     if k.get("skip"):
-        out += [
+        out += _captioned(
             "Non-improving candidates (M = 10):",
-            "",
-            markdown_table(
-                ["case", "time vs all improving", "bytes vs all improving"],
-                [[r["case"], f"{r['relative_time']:.2f}", f"{r['relative_bytes']:.2f}"] for r in k["skip"]],
-            ),
-            "",
-        ]
+            ["case", "time vs all improving", "bytes vs all improving"],
+            [[r["case"], f"{r['relative_time']:.2f}", f"{r['relative_bytes']:.2f}"] for r in k["skip"]],
+        )
     if k.get("layer_lists"):
-        out += [
+        out += _captioned(
             "Layer lists against the same data flat (`fomo_core.plan` reads a layout once):",
-            "",
-            markdown_table(
-                ["model", "method", "time vs flat out="],
-                [[r["model"], r["method"], f"{r['vs_flat']:.2f}x"] for r in k["layer_lists"]],
-            ),
-            "",
-        ]
+            ["model", "method", "time vs flat out="],
+            [[r["model"], r["method"], f"{r['vs_flat']:.2f}x"] for r in k["layer_lists"]],
+        )
     return out
 
 

