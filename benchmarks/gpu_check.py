@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import machine, markdown_table, write_results  # noqa: E402
+from cuda_models import flat_model, layered_model  # noqa: E402
 from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol  # noqa: E402
 
 from fomo_core._models import floating_leaves, parse_model  # noqa: E402
@@ -177,30 +178,14 @@ def leaves(model) -> list:
 
 
 def make_model(torch, kind, device, dtype, m, rng):
-    """Flat: x [P], c [M, P]. Layers: a dict with a multi-piece layer, tiny layers, a transposed
-    view, a misaligned view and an integer entry; contiguous candidates of the same shapes."""
+    """Flat: x [P], c [M, P]. Layers: every path of the ops (tests/cuda_models.py)."""
 
     def randn(*shape):
         return torch.from_numpy(rng.standard_normal(shape))
 
     if kind == "flat":
-        x = randn(50000)
-        return x.to(dtype).to(device), (x + 0.1 * randn(m, 50000)).to(dtype).to(device)
-    local = {
-        "a.weight": randn(3, 40001).to(dtype).to(device),
-        "a.bias": randn(7).to(dtype).to(device),
-        "fc.weight": randn(33, 17).to(dtype).to(device).t(),
-        "tail": randn(1029).to(dtype).to(device)[1:],
-        "bn.num_batches_tracked": torch.tensor(5, device=device),
-    }
-    cands = [
-        {
-            k: ((v.double().cpu() + 0.1 * randn(*v.shape)).to(dtype).to(device) if v.is_floating_point() else v.clone())
-            for k, v in local.items()
-        }
-        for _ in range(m)
-    ]
-    return local, cands
+        return flat_model(randn, device, dtype, m, 50000)
+    return layered_model(torch, randn, device, dtype, m)
 
 
 def check_update(torch, checker, params, local, cands, weights, dtype, what):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cuda_models import flat_model, layered_model
 from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol
 
 import fomo_core
@@ -103,40 +104,17 @@ def _assert_update(params, local, cands, weights, dtype):
 # ---- data -------------------------------------------------------------------------------------
 
 
-def _flat(device, dtype, m: int, p: int, seed: int):
+def _randn(seed: int):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(p, generator=g, dtype=torch.float64)
-    c = x + 0.1 * torch.randn(m, p, generator=g, dtype=torch.float64)
-    return x.to(dtype).to(device), c.to(dtype).to(device)
+    return lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _flat(device, dtype, m: int, p: int, seed: int):
+    return flat_model(_randn(seed), device, dtype, m, p)
 
 
 def _layers(device, dtype, m: int, seed: int):
-    """A state_dict-like model that exercises every path: a layer spanning several 16384-element
-    pieces, tiny layers, a transposed (strided) local view, a local view starting off 16-byte
-    alignment (the scalar path), and an integer entry that takes no part. The candidates are
-    contiguous tensors of the same shapes (their strides may differ from the local model's)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    local = {
-        "conv.weight": randn(3, 40001).to(dtype).to(device),
-        "conv.bias": randn(7).to(dtype).to(device),
-        "fc.weight": randn(33, 17).to(dtype).to(device).t(),
-        "tail": randn(1029).to(dtype).to(device)[1:],
-        "bn.num_batches_tracked": torch.tensor(5, device=device),
-    }
-    cands = []
-    for _ in range(m):
-        c = {}
-        for k, v in local.items():
-            if v.is_floating_point():
-                c[k] = (v.double().cpu() + 0.1 * randn(*v.shape)).to(dtype).to(device).contiguous()
-            else:
-                c[k] = v.clone()
-        cands.append(c)
-    return local, cands
+    return layered_model(torch, _randn(seed), device, dtype, m)
 
 
 def _losses(m: int, seed: int) -> list:
