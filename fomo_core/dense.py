@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _C
 from ._models import is_floating
+from .layout import join, offsets_of, split
 from .ops import _cuda_index, _device_vectors
 
 __all__ = ["DenseSpec", "Evaluation", "evaluate_candidates", "evaluate_dense", "flat_from_layers", "layers_from_flat"]
@@ -134,13 +135,15 @@ class DenseSpec:
         n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
         return (n_out, n_in) if self.weight_layout == "out_in" else (n_in, n_out)
 
+    @property
+    def shapes(self) -> list:
+        """The arrays of the flat buffer in order: [W_1, b_1, W_2, b_2, ...], weights in the spec's layout."""
+        return [s for layer in range(self.num_layers) for s in (self.weight_shape(layer), (self.sizes[layer + 1],))]
+
     def offsets(self) -> list:
         """[(weight_offset, bias_offset)] of each layer in the flat buffer."""
-        out, at = [], 0
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
-            out.append((at, at + n_in * n_out))
-            at += n_in * n_out + n_out
-        return out
+        at, _ = offsets_of(self.shapes)
+        return list(zip(at[0::2], at[1::2]))
 
     # ---- builders (the adapters own the framework code) ----
     @classmethod
@@ -167,27 +170,24 @@ def flat_from_layers(spec: DenseSpec, weights: Sequence, biases: Sequence, *, dt
         raise ValueError(
             f"expected {spec.num_layers} weights and biases, got {len(weights)} weights and {len(biases)} biases"
         )
-    parts = []
+    arrays = []
     for layer, (w, b) in enumerate(zip(weights, biases)):
         w, b = np.asarray(w), np.asarray(b)
         if w.shape != spec.weight_shape(layer):
             raise ValueError(f"weights[{layer}] has shape {w.shape}, expected {spec.weight_shape(layer)}")
         if b.shape != (spec.sizes[layer + 1],):
             raise ValueError(f"biases[{layer}] has shape {b.shape}, expected {(spec.sizes[layer + 1],)}")
-        parts += [w.ravel(), b]
-    return np.concatenate(parts).astype(dtype or np.result_type(*parts), copy=False)
+        arrays += [w, b]
+    out = np.empty(spec.num_params, dtype=dtype or np.result_type(*arrays))
+    return join(arrays, offsets_of(spec.shapes)[0], out)
 
 
 def layers_from_flat(spec: DenseSpec, flat: Any) -> tuple[list, list]:
     """Views (no copy) of a flat vector [P] as per-layer weights (spec's layout) and biases."""
     if tuple(flat.shape) != (spec.num_params,):
         raise ValueError(f"flat has shape {tuple(flat.shape)}, expected ({spec.num_params},)")
-    weights, biases = [], []
-    for layer, (w_at, b_at) in enumerate(spec.offsets()):
-        n_out = spec.sizes[layer + 1]
-        weights.append(flat[w_at:b_at].reshape(spec.weight_shape(layer)))
-        biases.append(flat[b_at : b_at + n_out])
-    return weights, biases
+    arrays = split(flat, spec.shapes, offsets_of(spec.shapes)[0])
+    return arrays[0::2], arrays[1::2]
 
 
 # ---- evaluation ----

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .dense import DenseSpec
+from .dense import DenseSpec, layers_from_flat
 
 __all__ = ["evaluate_candidates", "forward", "ACTIVATE", "PER_SAMPLE"]
 
@@ -67,11 +67,7 @@ def _layers(spec: DenseSpec, candidate: Any) -> list:
         arrays = [_to_f64(a) for a in candidate]
         pairs = list(zip(arrays[0::2], arrays[1::2]))
     else:
-        flat = _to_f64(candidate)
-        pairs = []
-        for layer, (w_at, b_at) in enumerate(spec.offsets()):
-            n_out = spec.sizes[layer + 1]
-            pairs.append((flat[w_at:b_at].reshape(spec.weight_shape(layer)), flat[b_at : b_at + n_out]))
+        pairs = list(zip(*layers_from_flat(spec, _to_f64(candidate))))
     if spec.weight_layout == "in_out":
         pairs = [(w.T, b) for w, b in pairs]
     return pairs
