@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from .._atomic import atomic_write
-from .._validate import count, fraction, real
+from .._validate import count, flag, fraction, real
 from ..presets import Preset, as_preset
 from ..server import Server
 from . import _flower_protocol as protocol
@@ -129,7 +130,16 @@ class FedFomo(Strategy):
     arrayrecord_key, configrecord_key, metricrecord_key: record names in the messages
     model_store:          a ``.npy`` file to hold the N x P model table on disk (memory-mapped,
                           :mod:`fomo_core.model_store`) instead of in memory
+    identify_all:         False: a node is asked for its client id when it is first sampled
+                          (a round's start costs O(participants)); True: every connected node is
+                          asked before it can be sampled (O(N) at the first round), which makes
+                          the sampled clients independent of Flower's node ids (the same seed
+                          gives the same run also when fractions are below 1)
     identify_timeout:     seconds to wait for new nodes to say their client id
+    node_wait_timeout:    seconds a round waits for ``min_available_nodes``; after that it
+                          proceeds with the nodes connected if they are at least the minimum
+                          the round needs (``min_train_nodes``, ``min_evaluate_nodes``), so a
+                          lost node cannot stall the run
     affinity_history:     keep a copy of the N x N matrix in every round's record
     """
 
@@ -156,7 +166,9 @@ class FedFomo(Strategy):
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
         model_store: Optional[Union[str, os.PathLike]] = None,
+        identify_all: bool = False,
         identify_timeout: float = 120.0,
+        node_wait_timeout: float = 60.0,
         affinity_history: bool = False,
     ) -> None:
         self.m = count(m, "m", low=1)
@@ -174,9 +186,7 @@ class FedFomo(Strategy):
         self.min_evaluate_nodes = count(min_evaluate_nodes, "min_evaluate_nodes")
         self.min_available_nodes = count(min_available_nodes, "min_available_nodes")
         self.num_clients = None if num_clients is None else count(num_clients, "num_clients", low=1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__}")
-        self.seed = seed
+        self.seed = None if seed is None else count(seed, "seed")
         if candidate_dtype not in TRANSPORTS:
             raise ValueError(f"candidate_dtype must be one of {TRANSPORTS}, got {candidate_dtype!r}")
         self.candidate_dtype = candidate_dtype
@@ -196,13 +206,13 @@ class FedFomo(Strategy):
             raise TypeError(f"weighted_by_key must be a string, got {type(weighted_by_key).__name__}")
         self.weighted_by_key = weighted_by_key
         self.keys = protocol.RecordKeys(arrayrecord_key, configrecord_key, metricrecord_key)
+        self.identify_all = flag(identify_all, "identify_all")
         # seconds; ValueError for any bad value, as always
         self.identify_timeout = real(
             identify_timeout, "identify_timeout", low=0.0, low_open=True, type_error=ValueError
         )
-        if not isinstance(affinity_history, bool):
-            raise TypeError(f"affinity_history must be a bool, got {type(affinity_history).__name__}")
-        self.affinity_history = affinity_history
+        self.node_wait_timeout = real(node_wait_timeout, "node_wait_timeout", low=0.0)
+        self.affinity_history = flag(affinity_history, "affinity_history")
 
         self._rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.state: Optional[Server] = None
@@ -210,6 +220,7 @@ class FedFomo(Strategy):
         self.client_ids: list = []  # dense index -> stable id (None: not yet claimed)
         self._index: dict = {}  # stable id -> dense index
         self._node_client: dict = {}  # Flower node id -> dense index (this run's nodes)
+        self._top_free = -1  # no free index above this one (named ids fill from the top)
         self.refused_nodes: dict = {}  # node id -> why it has no client
         self.rounds: list = []
         self._pending_train: list = []  # (message, client, ids, evaluate)
@@ -298,19 +309,32 @@ class FedFomo(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Samples nodes, identifies new ones, and sends each sampled client its own model and its
-        M candidates (see :meth:`train_messages`)."""
+        """Samples nodes, asks the new ones among them for their client id, and sends each sampled
+        client its own model and its M candidates (see :meth:`train_messages`).
+
+        The clients to evaluate are drawn from those that train first (a personalised model
+        changes only when its client trains, and it is evaluated in the train reply), then from
+        the others when ``fraction_evaluate`` asks for more."""
         self.initialise(arrays)
         self._pending_train, self._pending_evaluate, self._evaluate_only, self._evaluated = [], [], [], []
-        nodes = self._bound_nodes(grid, max(self.min_train_nodes, self.min_evaluate_nodes), server_round)
-        train = self._sample(nodes, self.fraction_train, self.min_train_nodes)
-        evaluate = set(self._sample(nodes, self.fraction_evaluate, self.min_evaluate_nodes))
-        self._evaluate_only = [n for n in nodes if n in evaluate and n not in train]
+        nodes = self._connected_nodes(grid, max(self.min_train_nodes, self.min_evaluate_nodes))
+        self._ensure_state(len(nodes))
+        if self.identify_all:
+            self.identify_new(grid, nodes, connected=nodes, server_round=server_round)
+            nodes = [n for n in nodes if n in self._node_client]
+        pool = self._in_client_order(nodes)
+        train = self._sample(pool, self.fraction_train, self.min_train_nodes)
+        evaluate = self._sample_evaluate(pool, train)
+        self.identify_new(grid, train + evaluate, connected=nodes, server_round=server_round)
+        train = self._in_client_order([n for n in train if n in self._node_client])
+        evaluate = {n for n in evaluate if n in self._node_client}
+        self._evaluate_only = [n for n in self._in_client_order(evaluate) if n not in set(train)]
         _log.info(
-            "configure_train: %d of %d nodes train (%d of them also evaluate)",
+            "configure_train: %d of %d nodes train (%d of them also evaluate), %d more evaluate",
             len(train),
             len(nodes),
-            len(evaluate & set(train)),
+            len(evaluate) - len(self._evaluate_only),
+            len(self._evaluate_only),
         )
         return self.train_messages(server_round, train, config, evaluate=evaluate)
 
@@ -534,6 +558,7 @@ class FedFomo(Strategy):
             n, self._initial, preset=self.preset, m=self.m, seed=self.seed, policy=self.policy, models=self._store(n)
         )
         self.client_ids = [None] * n
+        self._top_free = n - 1
 
     def _store(self, num_clients: int) -> Optional[np.ndarray]:
         if self.model_store is None:
@@ -542,21 +567,42 @@ class FedFomo(Strategy):
 
         return open_model_store(self.model_store, num_clients, self.layout.size)
 
-    def _bound_nodes(self, grid: Grid, minimum: int, server_round: int) -> list:
-        """Waits for enough nodes (as Flower's sample_nodes), asks new ones for their stable id,
-        and returns the connected nodes bound to a client, in client order."""
-        need = max(self.min_available_nodes, minimum)
-        tries = 0
-        while len(nodes := sorted(int(n) for n in grid.get_node_ids())) < need:
-            if tries % 50 == 0:
+    def _connected_nodes(self, grid: Grid, minimum: int) -> list:
+        """The connected nodes that were not refused, sorted, once ``min_available_nodes`` are
+        connected (as Flower's sample_nodes), or once ``node_wait_timeout`` has passed with at
+        least ``minimum`` (and one) connected."""
+        need, floor = max(self.min_available_nodes, minimum), max(minimum, 1)
+        start = time.monotonic()
+        logged = -math.inf
+        while True:
+            nodes = sorted(int(n) for n in grid.get_node_ids())
+            waited = time.monotonic() - start
+            if len(nodes) >= need:
+                break
+            if waited >= self.node_wait_timeout and len(nodes) >= floor:
+                _log.warning(
+                    "FedFomo: %d nodes connected after waiting %.0f s for %d; the round proceeds with them",
+                    len(nodes),
+                    waited,
+                    need,
+                )
+                break
+            if waited - logged >= 10:
                 _log.info("Waiting for nodes to connect: %d connected (minimum required: %d)", len(nodes), need)
-            tries += 1
+                logged = waited
             time.sleep(0.2)
-        self._ensure_state(len(nodes))
-        new = [n for n in nodes if n not in self._node_client and n not in self.refused_nodes]
+        return [n for n in nodes if n not in self.refused_nodes]
+
+    def _in_client_order(self, nodes: Iterable[int]) -> list:
+        """Bound nodes by client index, then the others by node id."""
+        bound = sorted((n for n in nodes if n in self._node_client), key=self._node_client.__getitem__)
+        return bound + sorted(n for n in nodes if n not in self._node_client)
+
+    def identify_new(self, grid: Grid, node_ids: Iterable[int], *, connected: list, server_round: int) -> None:
+        """Asks the nodes among ``node_ids`` that are neither bound nor refused for their client id."""
+        new = [n for n in node_ids if n not in self._node_client and n not in self.refused_nodes]
         if new:
-            self.identify(grid, new, connected=nodes, server_round=server_round)
-        return sorted((n for n in nodes if n in self._node_client), key=self._node_client.__getitem__)
+            self.identify(grid, new, connected=connected, server_round=server_round)
 
     def identify(self, grid: Grid, node_ids: list, *, connected: list, server_round: int) -> None:
         """Asks each node for its stable client id (one QUERY message) and binds it."""
@@ -617,11 +663,13 @@ class FedFomo(Strategy):
             if self.client_ids[int(client_id)] is not None:
                 raise ValueError(f"client index {client_id} is taken by client {self.client_ids[int(client_id)]!r}")
             return int(client_id)
-        # other ids fill the slots from the top, leaving the low ones to partition ids
-        free = [i for i in range(n) if self.client_ids[i] is None]
-        if not free:
+        # other ids fill the slots from the top, leaving the low ones to partition ids; the scan
+        # only moves down (a slot once taken stays taken), so binding N clients costs O(N)
+        while self._top_free >= 0 and self.client_ids[self._top_free] is not None:
+            self._top_free -= 1
+        if self._top_free < 0:
             raise ValueError(f"all {n} client slots are taken (num_clients); client {client_id!r} refused")
-        return free[-1]
+        return self._top_free
 
     def client_index(self, client_id: Any) -> int:
         """The dense index of a stable client id."""
@@ -632,12 +680,27 @@ class FedFomo(Strategy):
                 f"client_id {client_id!r} is not a client of this strategy (known: {[c for c in self.client_ids if c]})"
             ) from None
 
-    def _sample(self, nodes: list, fraction: float, minimum: int) -> list:
-        if fraction == 0.0 or not nodes:
+    @staticmethod
+    def _sample_size(nodes: list, fraction: float, minimum: int) -> int:
+        return 0 if fraction == 0.0 else min(max(int(len(nodes) * fraction), minimum), len(nodes))
+
+    def _choose(self, nodes: list, size: int) -> list:
+        """``size`` of ``nodes`` at random, in their order."""
+        if size == 0:
             return []
-        size = min(max(int(len(nodes) * fraction), minimum), len(nodes))
-        chosen = self._rng.choice(len(nodes), size=size, replace=False)
-        return [nodes[k] for k in sorted(chosen)]
+        return [nodes[k] for k in sorted(self._rng.choice(len(nodes), size=size, replace=False))]
+
+    def _sample(self, nodes: list, fraction: float, minimum: int) -> list:
+        return self._choose(nodes, self._sample_size(nodes, fraction, minimum))
+
+    def _sample_evaluate(self, nodes: list, train: list) -> list:
+        """The nodes to evaluate: a sample of ``train`` when that has enough, else all of
+        ``train`` and a sample of the others."""
+        size = self._sample_size(nodes, self.fraction_evaluate, self.min_evaluate_nodes)
+        if size <= len(train):
+            return self._choose(train, size)
+        picked = set(train)
+        return train + self._choose([n for n in nodes if n not in picked], size - len(train))
 
     def end_round(self, server_round: int, seconds: float = 0.0) -> None:
         """Commits the round's uploads (visible from the next round), records it and writes the
@@ -747,6 +810,7 @@ class FedFomo(Strategy):
         self.num_clients = self.state.num_clients
         self.client_ids = list(meta["client_ids"])
         self._index = {cid: i for i, cid in enumerate(self.client_ids) if cid is not None}
+        self._top_free = len(self.client_ids) - 1
         self._rng.bit_generator.state = meta["rng"]
         self.rounds = [FedFomoRound.from_json(r) for r in meta["rounds"]]
         _log.info(
