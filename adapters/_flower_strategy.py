@@ -52,9 +52,16 @@ class FedFomoRound:
     scores, weights: {client: [M] first-order scores / normalised weights it returned}
     baseline_loss:   {client: validation loss of its model before the update}
     failed:          {client: why its train reply was not used}
-    loss, accuracy:  {client: evaluation of its new model on its test data}
+    loss, accuracy:  {client: evaluation of its new model on its test data}, as the client
+                     reported it
     evaluate_failed: {client: why its evaluate reply was not used}
-    bytes_down, bytes_up: array payload bytes sent to / received from the clients
+    server_metrics:  {client: {name: value}} the server's own evaluation of the model the
+                     client uploaded this round (``evaluate_client_fn``)
+    bytes_down, bytes_up: payload bytes sent to / received from the clients (array data, and
+                     8 per number and 1 per character of the other records); ``bytes_up``
+                     counts every reply, rejected ones included
+    bytes_rejected:  the part of ``bytes_up`` in replies that were not used
+    started:         the round's start (seconds since the epoch)
     seconds:         wall time of the round on the server
     affinity:        [N, N] after the round (None without ``affinity_history``)
     """
@@ -68,15 +75,30 @@ class FedFomoRound:
     loss: dict = field(default_factory=dict)
     accuracy: dict = field(default_factory=dict)
     evaluate_failed: dict = field(default_factory=dict)
+    server_metrics: dict = field(default_factory=dict)
     bytes_down: int = 0
     bytes_up: int = 0
+    bytes_rejected: int = 0
+    started: float = 0.0
     seconds: float = 0.0
     affinity: Optional[np.ndarray] = None
 
     @property
     def mean_accuracy(self) -> Optional[float]:
-        """Mean personalised accuracy over the clients evaluated this round (None if none)."""
+        """Mean personalised accuracy the clients evaluated this round reported (None if none)."""
         return float(np.mean(list(self.accuracy.values()))) if self.accuracy else None
+
+    @property
+    def median_accuracy(self) -> Optional[float]:
+        """Median of the accuracies the clients reported: one client claiming any value moves it
+        at most to a neighbouring client's value (None if none)."""
+        return float(np.median(list(self.accuracy.values()))) if self.accuracy else None
+
+    @property
+    def server_accuracy(self) -> Optional[float]:
+        """Mean of the server's own measurements of ``"accuracy"`` (None without any)."""
+        values = [m["accuracy"] for m in self.server_metrics.values() if "accuracy" in m]
+        return float(np.mean(values)) if values else None
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -97,13 +119,58 @@ class FedFomoRound:
         return rec
 
 
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_value_bytes(v) for v in value)
+    return 8
+
+
 def _payload_bytes(content: RecordDict) -> int:
-    return sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    """Array data, and 8 per number and 1 per character or byte of the other records."""
+    arrays = sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    records = (*content.config_records.values(), *content.metric_records.values())
+    return arrays + sum(_value_bytes(v) for record in records for v in record.values())
 
 
-def _mean_finite(values: Iterable[float]) -> Optional[float]:
+def _reply_bytes(reply: Message) -> int:
+    return _payload_bytes(reply.content) if reply.has_content() else 0
+
+
+def _median_without(ranked: list, rank: int) -> float:
+    """The median of the sorted list ``ranked`` without its element at ``rank``."""
+    n = len(ranked) - 1
+
+    def at(i: int) -> float:
+        return ranked[i if i < rank else i + 1]
+
+    return at(n // 2) if n % 2 else 0.5 * (at(n // 2 - 1) + at(n // 2))
+
+
+def _mean_and_median(metrics: MetricRecord, name: str, values: Iterable[float]) -> None:
+    """``name`` (the mean) and ``name-median`` of the finite values into ``metrics`` (nothing
+    when none is finite)."""
     arr = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    return float(arr.mean()) if arr.size else None
+    if arr.size:
+        metrics[name] = float(arr.mean())
+        metrics[f"{name}-median"] = float(np.median(arr))
+
+
+def _client_metrics(rec: FedFomoRound) -> MetricRecord:
+    """The evaluations the clients reported in a round: mean and median of loss and accuracy."""
+    metrics = MetricRecord({"num-clients": len(rec.accuracy)})
+    _mean_and_median(metrics, "loss", rec.loss.values())
+    _mean_and_median(metrics, "accuracy", rec.accuracy.values())
+    return metrics
+
+
+def _server_metrics(rec: FedFomoRound) -> MetricRecord:
+    """The server's own evaluations in a round: mean and median of every value it measured."""
+    metrics = MetricRecord({"num-clients": len(rec.server_metrics)})
+    for name in sorted({k for m in rec.server_metrics.values() for k in m}):
+        _mean_and_median(metrics, name, [m[name] for m in rec.server_metrics.values() if name in m])
+    return metrics
 
 
 class FedFomo(Strategy):
@@ -116,17 +183,25 @@ class FedFomo(Strategy):
                           at the first round when None
     seed:                 seeds node sampling and the affinity's selection
     epsilon, epsilon_decay: override the preset's exploration schedule
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes,
-    min_available_nodes:  as Flower's FedAvg; a client sampled for both trains and evaluates in
-                          one message (its evaluation is folded into the train reply)
+    fraction_train, min_train_nodes, min_available_nodes: as Flower's FedAvg
+    fraction_evaluate:    None (default): every client that trains evaluates its new model in
+                          its train reply, nothing more; a number: that fraction of the
+                          connected nodes (at least ``min_evaluate_nodes``) is evaluated, drawn
+                          from the clients that train first (their evaluation folded into the
+                          train reply; a model changes only when its client trains), then from
+                          the others (one evaluate message each)
     candidate_dtype:      "float32" (each array's own dtype), "float16" or "bfloat16" for the
                           candidates on the wire (a client's own model always travels in full)
     state_dir:            folder of the checkpoint written atomically after every round; a
                           strategy started on a folder holding one resumes from it
     train_metrics_aggr_fn, evaluate_metrics_aggr_fn: ``fn(list[RecordDict], weighted_by_key) ->
                           MetricRecord`` over the validated replies (Flower's signature); the
-                          default is the mean over clients (each personalised model counts once)
+                          default gives the mean and the median over clients (each personalised
+                          model counts once; the median is what one lying client cannot move
+                          beyond its neighbours' values)
     weighted_by_key:      passed to the aggregation functions ("num-examples")
+    count_cap_ratio:      the aggregation functions see a ``weighted_by_key`` count above this
+                          multiple of the median of the other replies' counts lowered to it
     arrayrecord_key, configrecord_key, metricrecord_key: record names in the messages
     model_store:          a ``.npy`` file to hold the N x P model table on disk (memory-mapped,
                           :mod:`fomo_core.model_store`) instead of in memory
@@ -153,7 +228,7 @@ class FedFomo(Strategy):
         epsilon: Optional[float] = None,
         epsilon_decay: Optional[float] = None,
         fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
+        fraction_evaluate: Optional[float] = None,
         min_train_nodes: int = 2,
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
@@ -162,6 +237,7 @@ class FedFomo(Strategy):
         train_metrics_aggr_fn: Optional[Callable[[list, str], MetricRecord]] = None,
         evaluate_metrics_aggr_fn: Optional[Callable[[list, str], MetricRecord]] = None,
         weighted_by_key: str = "num-examples",
+        count_cap_ratio: float = 10.0,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
@@ -181,7 +257,7 @@ class FedFomo(Strategy):
             )
         self.policy = self.preset.server.replace(**overrides) if overrides else self.preset.server
         self.fraction_train = fraction(fraction_train, "fraction_train")
-        self.fraction_evaluate = fraction(fraction_evaluate, "fraction_evaluate")
+        self.fraction_evaluate = None if fraction_evaluate is None else fraction(fraction_evaluate, "fraction_evaluate")
         self.min_train_nodes = count(min_train_nodes, "min_train_nodes")
         self.min_evaluate_nodes = count(min_evaluate_nodes, "min_evaluate_nodes")
         self.min_available_nodes = count(min_available_nodes, "min_available_nodes")
@@ -205,6 +281,7 @@ class FedFomo(Strategy):
         if not isinstance(weighted_by_key, str):
             raise TypeError(f"weighted_by_key must be a string, got {type(weighted_by_key).__name__}")
         self.weighted_by_key = weighted_by_key
+        self.count_cap_ratio = real(count_cap_ratio, "count_cap_ratio", low=1.0)
         self.keys = protocol.RecordKeys(arrayrecord_key, configrecord_key, metricrecord_key)
         self.identify_all = flag(identify_all, "identify_all")
         # seconds; ValueError for any bad value, as always
@@ -228,6 +305,7 @@ class FedFomo(Strategy):
         self._evaluate_only: list = []  # nodes to evaluate without training this round
         self._scratch: Optional[np.ndarray] = None
         self._evaluated: list = []  # validated train replies carrying an evaluation, this round
+        self._evaluate_client_fn: Optional[Callable] = None  # start()'s, for its run
 
     # --- Strategy interface ---------------------------------------------------------------------
 
@@ -245,12 +323,14 @@ class FedFomo(Strategy):
         )
         _log.info("\t│\t└──fomo_step on the clients: norm=%s, eps=%g", p.client.norm, p.client.eps)
         _log.info(
-            "\t├──> Sampling: fraction train %.2f | evaluate %.2f, minimum nodes train %d | evaluate %d | available %d",
+            "\t├──> Sampling: fraction train %.2f | evaluate %s, minimum nodes train %d | evaluate %d | available %d"
+            " (waited for at most %g s)",
             self.fraction_train,
-            self.fraction_evaluate,
+            "the training clients" if self.fraction_evaluate is None else f"{self.fraction_evaluate:.2f}",
             self.min_train_nodes,
             self.min_evaluate_nodes,
             self.min_available_nodes,
+            self.node_wait_timeout,
         )
         _log.info("\t└──> Checkpoint: %s", self.state_dir or "none")
 
@@ -263,18 +343,33 @@ class FedFomo(Strategy):
         train_config: Optional[ConfigRecord] = None,
         evaluate_config: Optional[ConfigRecord] = None,
         evaluate_fn: Optional[Callable[[int, ArrayRecord], Optional[MetricRecord]]] = None,
+        evaluate_client_fn: Optional[Callable[[int, str, ArrayRecord], Optional[MetricRecord]]] = None,
     ) -> Result:
         """Runs rounds ``start .. num_rounds`` (start = 1, or the round after the checkpoint in
         ``state_dir``), training and evaluating in one message per client where they coincide.
 
         Returns Flower's Result with the aggregated metrics per round and, in ``arrays``, every
         client's personalised model as one flat float32 array per stable client id (the layered
-        record of one client: :meth:`model_record`; empty with a ``model_store``). ``evaluate_fn``
-        (server-side evaluation) is not supported: there is no global model."""
+        record of one client: :meth:`model_record`; empty with a ``model_store``).
+
+        ``evaluate_fn`` (server-side evaluation of a global model) is not supported: there is
+        none. ``evaluate_client_fn(server_round, client_id, arrays) -> MetricRecord | None`` is
+        the server's own evaluation of a personalised model, where the server has data of the
+        client's distribution (a simulation, a held-out set per client): called after every
+        round for each client whose upload was accepted, with that model. Its values (mean and
+        median over the clients) are in ``Result.evaluate_metrics_serverapp`` and
+        ``rounds[r].server_metrics``; no client can move them by what it reports."""
         if evaluate_fn is not None:
             raise ValueError(
-                "evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its own)"
+                "evaluate_fn is not supported by FedFomo: there is no global model (each client evaluates its "
+                "own; evaluate_client_fn evaluates the personalised models on the server)"
             )
+        if evaluate_client_fn is not None and not callable(evaluate_client_fn):
+            raise TypeError(
+                "evaluate_client_fn must be callable (server_round, client_id, ArrayRecord) -> MetricRecord | None, "
+                f"got {type(evaluate_client_fn).__name__}"
+            )
+        self._evaluate_client_fn = evaluate_client_fn
         num_rounds = count(num_rounds, "num_rounds")
         self.initialise(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
@@ -289,6 +384,7 @@ class FedFomo(Strategy):
             _log.info("")
             _log.info("[ROUND %s/%s]", current, num_rounds)
             t0 = time.perf_counter()
+            self._record(current).started = time.time()
             replies = grid.send_and_receive(
                 messages=self.configure_train(current, initial_arrays, train_config, grid), timeout=timeout
             )
@@ -302,6 +398,8 @@ class FedFomo(Strategy):
             if evaluate_metrics is not None:
                 result.evaluate_metrics_clientapp[current] = evaluate_metrics
             self.end_round(current, time.perf_counter() - t0)
+            if self.rounds[-1].server_metrics:
+                result.evaluate_metrics_serverapp[current] = _server_metrics(self.rounds[-1])
         _log.info("FedFomo finished in %.2fs", time.time() - t_start)
         result.arrays = self.models_record()
         return result
@@ -312,19 +410,20 @@ class FedFomo(Strategy):
         """Samples nodes, asks the new ones among them for their client id, and sends each sampled
         client its own model and its M candidates (see :meth:`train_messages`).
 
-        The clients to evaluate are drawn from those that train first (a personalised model
-        changes only when its client trains, and it is evaluated in the train reply), then from
-        the others when ``fraction_evaluate`` asks for more."""
+        The clients that train are evaluated in their train reply (``fraction_evaluate`` None);
+        a ``fraction_evaluate`` draws from them first (a personalised model changes only when
+        its client trains), then from the others when it asks for more."""
         self.initialise(arrays)
         self._pending_train, self._pending_evaluate, self._evaluate_only, self._evaluated = [], [], [], []
-        nodes = self._connected_nodes(grid, max(self.min_train_nodes, self.min_evaluate_nodes))
+        evaluating = self.fraction_evaluate is not None and self.fraction_evaluate > 0
+        nodes = self._connected_nodes(grid, max(self.min_train_nodes, self.min_evaluate_nodes if evaluating else 0))
         self._ensure_state(len(nodes))
         if self.identify_all:
             self.identify_new(grid, nodes, connected=nodes, server_round=server_round)
             nodes = [n for n in nodes if n in self._node_client]
         pool = self._in_client_order(nodes)
         train = self._sample(pool, self.fraction_train, self.min_train_nodes)
-        evaluate = self._sample_evaluate(pool, train)
+        evaluate = list(train) if self.fraction_evaluate is None else self._sample_evaluate(pool, train)
         self.identify_new(grid, train + evaluate, connected=nodes, server_round=server_round)
         train = self._in_client_order([n for n in train if n in self._node_client])
         evaluate = {n for n in evaluate if n in self._node_client}
@@ -346,17 +445,19 @@ class FedFomo(Strategy):
         by_id = {entry[0].metadata.message_id: entry for entry in self._pending_train}
         answered, used = set(), []
         for reply in replies:
+            size = self._count_reply(record, reply)
             entry = self._match(reply, by_id, "aggregate_train")
             if entry is None:
+                record.bytes_rejected += size
                 continue
             message, client, ids, evaluate = entry
             answered.add(client)
             try:
                 self._check_reply(reply, message)
                 parsed = self._read_train(reply.content, client, ids, evaluate)
-                record.bytes_up += _payload_bytes(reply.content)
                 self.state.receive(client, parsed.params, ids, parsed.scores, self_score=parsed.self_score)
             except Exception as e:  # a client can send anything: record it, never crash
+                record.bytes_rejected += size
                 self._fail(record.failed, client, str(e) or type(e).__name__)
                 continue
             record.scores[client] = parsed.scores.tolist()
@@ -375,11 +476,9 @@ class FedFomo(Strategy):
         if not used:
             return None, None
         if self.train_metrics_aggr_fn is not None:
-            return None, self.train_metrics_aggr_fn([c for _, c, _ in used], self.weighted_by_key)
+            return None, self.train_metrics_aggr_fn(self._capped_counts([c for _, c, _ in used]), self.weighted_by_key)
         metrics = MetricRecord({"num-clients": len(used), "bytes-down": record.bytes_down, "bytes-up": record.bytes_up})
-        baseline = _mean_finite(p.baseline_loss for _, _, p in used)
-        if baseline is not None:
-            metrics["baseline-loss"] = baseline
+        _mean_and_median(metrics, "baseline-loss", [p.baseline_loss for _, _, p in used])
         metrics["helpful-candidates"] = float(np.mean([np.count_nonzero(p.weights > 0) for _, _, p in used]))
         return None, metrics
 
@@ -416,8 +515,10 @@ class FedFomo(Strategy):
         contents, self._evaluated = self._evaluated, []
         answered = set()
         for reply in replies:
+            size = self._count_reply(record, reply)
             entry = self._match(reply, by_id, "aggregate_evaluate")
             if entry is None:
+                record.bytes_rejected += size
                 continue
             message, client = entry
             answered.add(client)
@@ -427,6 +528,7 @@ class FedFomo(Strategy):
                     reply.content, keys=self.keys, client_id=self.client_ids[client]
                 )
             except Exception as e:
+                record.bytes_rejected += size
                 self._fail(record.evaluate_failed, client, str(e) or type(e).__name__)
                 continue
             record.loss[client] = evaluation.loss
@@ -439,14 +541,8 @@ class FedFomo(Strategy):
         if not record.accuracy:
             return None
         if self.evaluate_metrics_aggr_fn is not None:
-            return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
-        return MetricRecord(
-            {
-                "loss": float(np.mean(list(record.loss.values()))),
-                "accuracy": float(np.mean(list(record.accuracy.values()))),
-                "num-clients": len(record.accuracy),
-            }
-        )
+            return self.evaluate_metrics_aggr_fn(self._capped_counts(contents), self.weighted_by_key)
+        return _client_metrics(record)
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -618,9 +714,12 @@ class FedFomo(Strategy):
         replies = grid.send_and_receive(list(messages.values()), timeout=self.identify_timeout)
         by_id = {m.metadata.message_id: node for node, m in messages.items()}
         answered = set()
+        record = self._record(server_round)
         for reply in replies:
+            size = self._count_reply(record, reply)
             node = by_id.get(reply.metadata.reply_to_message_id)
             if node is None:
+                record.bytes_rejected += size
                 continue
             answered.add(node)
             try:
@@ -628,6 +727,7 @@ class FedFomo(Strategy):
                     raise ValueError(f"error reply (code {reply.error.code}): {reply.error.reason}")
                 self.bind(node, protocol.read_identify_reply(reply.content, self.keys), connected)
             except Exception as e:
+                record.bytes_rejected += size
                 _log.warning("FedFomo: node %d not bound: %s", node, e)
                 if "error reply" not in str(e):  # a node that failed to answer is asked again later
                     self.refused_nodes[node] = str(e)
@@ -710,13 +810,25 @@ class FedFomo(Strategy):
         self.state.end_round()
         if self.affinity_history:
             record.affinity = self.state.affinity.matrix.copy()
-        acc = record.mean_accuracy
+        if self._evaluate_client_fn is not None:
+            for client in sorted(record.scores):
+                cid = self.client_ids[client]
+                metrics = self._evaluate_client_fn(server_round, cid, self.layout.record(self.state.model(client)))
+                if metrics is not None:
+                    record.server_metrics[client] = {k: float(v) for k, v in metrics.items()}
+
+        def percent(value: Optional[float]) -> str:
+            return "n/a" if value is None else f"{100 * value:.1f}%"
+
         _log.info(
-            "round %d: %d clients updated, %d failed, mean accuracy %s, %.1f MB down / %.1f MB up",
+            "round %d: %d clients updated, %d failed, accuracy reported by the clients %s (median %s)%s, "
+            "%.1f MB down / %.1f MB up",
             server_round,
             len(record.scores),
             len(record.failed),
-            "n/a" if acc is None else f"{acc:.4f}",
+            percent(record.mean_accuracy),
+            percent(record.median_accuracy),
+            "" if record.server_accuracy is None else f", measured by the server {percent(record.server_accuracy)}",
             record.bytes_down / 1e6,
             record.bytes_up / 1e6,
         )
@@ -735,14 +847,41 @@ class FedFomo(Strategy):
 
     @staticmethod
     def _store_metrics(result: Result, rec: FedFomoRound) -> None:
+        """A round's client evaluations (when it has any) and the server's own, in Flower's Result."""
         if rec.accuracy:
-            result.evaluate_metrics_clientapp[rec.round] = MetricRecord(
-                {
-                    "loss": float(np.mean(list(rec.loss.values()))),
-                    "accuracy": float(rec.mean_accuracy),
-                    "num-clients": len(rec.accuracy),
-                }
-            )
+            result.evaluate_metrics_clientapp[rec.round] = _client_metrics(rec)
+        if rec.server_metrics:
+            result.evaluate_metrics_serverapp[rec.round] = _server_metrics(rec)
+
+    def _count_reply(self, record: FedFomoRound, reply: Message) -> int:
+        """Adds a reply's payload to the round's bytes received (whatever becomes of it)."""
+        size = _reply_bytes(reply)
+        record.bytes_up += size
+        return size
+
+    def _capped_counts(self, contents: list) -> list:
+        """The replies as the metric aggregation functions see them: a ``weighted_by_key`` count
+        above ``count_cap_ratio`` times the median of the other replies' counts is lowered to
+        that cap (in a copy), so one client cannot outweigh the others by claiming a huge count."""
+        key, where = self.weighted_by_key, self.keys.metrics
+        counts = {}
+        for i, content in enumerate(contents):
+            value = content.metric_records[where].get(key) if where in content.metric_records else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                counts[i] = value
+        if len(counts) < 2:
+            return contents
+        order = sorted(counts, key=counts.__getitem__)
+        ranked = [float(counts[i]) for i in order]
+        out = list(contents)
+        for rank, i in enumerate(order):
+            cap = self.count_cap_ratio * _median_without(ranked, rank)
+            if counts[i] > cap:
+                capped = type(counts[i])(cap)
+                copy = RecordDict(dict(contents[i].items()))
+                copy[where] = MetricRecord({**dict(contents[i].metric_records[where].items()), key: capped})
+                out[i] = copy
+        return out
 
     # --- results ------------------------------------------------------------------------------------
 
