@@ -30,6 +30,7 @@ with optional_import("fomo_core.adapters.flower"):
         fedfomo_client_app,
         fedfomo_evaluate,
         fedfomo_train,
+        load_model_record,
         model_record,
         node_client_id,
     )
@@ -46,6 +47,7 @@ __all__ = [
     "fedfomo_client_app",
     "fedfomo_train",
     "fedfomo_evaluate",
+    "load_model_record",
     "model_record",
     "node_client_id",
 ]

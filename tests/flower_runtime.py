@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 BIN = Path(sys.executable).parent
 PR_SET_PDEATHSIG = 1
@@ -138,13 +139,14 @@ class Processes:
 
     def start(self, name: str, args: list) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")
+        parent = os.getpid()
         proc = subprocess.Popen(
             [sys.executable, __file__, "guard", "--", *[str(a) for a in args]],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
+            preexec_fn=lambda: _die_with_parent(parent),
             cwd=self.logs,
         )
         self.procs.append((name, proc, log))

@@ -891,8 +891,8 @@ def test_a_client_of_the_users_own_making_federates(clients_data):
 # --- the Flower App in examples/flower-app, in this process ----------------------------------------
 
 
-@pytest.mark.parametrize("framework", ["sklearn", "torch"])
-def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
+@pytest.mark.parametrize("framework, strategy", [("sklearn", "fedfomo"), ("torch", "fedfomo"), ("sklearn", "fedavg")])
+def test_the_example_app_runs_in_process(framework, strategy, tmp_path, monkeypatch):
     import tomllib
 
     app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
@@ -905,6 +905,7 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
             "num-server-rounds": 2,
             "num-clients": 4,
             "num-groups": 2,
+            "strategy": strategy,
             "framework": framework,
             "state-dir": str(tmp_path),
             "candidate-dtype": "bfloat16",
@@ -913,8 +914,35 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
     grid = fl.LocalGrid(client_app.app, {101: 0, 102: 1, 103: 2, 104: 3}, run_config=config)
     server_app.main(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=config))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["failed"] for r in results["rounds"]] == [{}, {}]
-    assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(0 < r["mean_accuracy"] <= 1 and r["seconds"] > 0 for r in results["rounds"])
+    if strategy == "fedfomo":
+        assert [r["failed"] for r in results["rounds"]] == [{}, {}]
+        assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]
+        # the server measured every updated model itself, on the same test splits the clients use
+        for r in results["rounds"]:
+            measured = {k: m["accuracy"] for k, m in r["server_metrics"].items()}
+            assert measured == pytest.approx(r["accuracy"], abs=1e-6)
+    else:  # FedAvg's messages: train and evaluate, one each per client per round
+        assert [k for k, _ in grid.sent] == (["train"] * 4 + ["evaluate"] * 4) * 2
+
+
+def test_the_example_partition_gives_every_client_data_at_any_size(monkeypatch):
+    app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+    monkeypatch.syspath_prepend(str(app_dir))
+    from fedfomo_app.task import partition
+
+    with pytest.raises(ValueError, match="set samples-per-client"):
+        partition(500, 3, 0)  # the digits dealt once: 3.6 samples per client
+    groups, data = partition(1000, 3, 0, 60)
+    assert groups.tolist() == [k % 3 for k in range(1000)]
+    for d in data[:50]:
+        assert d.y_train.size + d.y_val.size + d.y_test.size == 60
+        assert min(d.y_train.size, d.y_val.size, d.y_test.size) > 0
+    # clients of a group hold that group's classes only, and two groups share none
+    classes = [set(np.concatenate([d.y_train, d.y_val, d.y_test]).tolist()) for d in data[:3]]
+    assert not (classes[0] & classes[1]) and not (classes[1] & classes[2]) and not (classes[0] & classes[2])
+    assert all(set(np.concatenate([d.y_train, d.y_test]).tolist()) <= classes[k % 3] for k, d in enumerate(data[:30]))
 
 
 def test_the_strategy_equals_a_hand_driven_loop_of_the_shared_server_and_client_round(clients_data):
