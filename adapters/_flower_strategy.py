@@ -129,9 +129,13 @@ def _value_bytes(value: Any) -> int:
 
 def _payload_bytes(content: RecordDict) -> int:
     """Array data, and 8 per number and 1 per character or byte of the other records."""
-    arrays = sum(len(a.data) for record in content.array_records.values() for a in record.values())
-    records = (*content.config_records.values(), *content.metric_records.values())
-    return arrays + sum(_value_bytes(v) for record in records for v in record.values())
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(a.data) for a in record.values())
+        else:
+            total += sum(_value_bytes(v) for v in record.values())
+    return total
 
 
 def _reply_bytes(reply: Message) -> int:

@@ -5,6 +5,7 @@ run config, so a node only needs its ``partition-id``."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -79,6 +80,11 @@ def make_estimator(seed: int):
     return initialise_mlp(est, x, np.zeros(1, dtype=np.int64), np.arange(10))
 
 
+@functools.lru_cache(maxsize=1)
+def _estimator_template():
+    return make_estimator(0)
+
+
 def make_module(seed: int):
     import torch
     from torch import nn
@@ -101,9 +107,10 @@ def make_client(framework: str, k: int, d, epochs: int):
     if framework == "sklearn":
         from fomo_core.adapters.numpy import MLPClassifierClient
 
-        return MLPClassifierClient(
-            initial_model("sklearn", k), (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs
-        )
+        # a copy of one initialised estimator: the values come from the server, and partial_fit
+        # reseeds from random_state at every call, so this is make_estimator(k) without its cost
+        estimator = copy.deepcopy(_estimator_template()).set_params(random_state=k)
+        return MLPClassifierClient(estimator, (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs)
     import torch
 
     from fomo_core.adapters.torch import FedFomoClient
