@@ -129,6 +129,29 @@ def sklearn_app(data, **app_options):
     return fedfomo_client_app(client_fn, test_data_fn=test_data_fn, **app_options)
 
 
+def lying_app(data, liar: int, **app_options):
+    """The scikit-learn ClientApp, except that client ``liar`` (its partition id) trains honestly
+    and then claims accuracy 1.0 and 10**9 training examples in its replies."""
+    from flwr.clientapp import ClientApp
+
+    honest = sklearn_app(data, **app_options)
+    app = ClientApp()
+
+    @app.query()
+    @app.train()
+    @app.evaluate()
+    def handle(message: Message, context: Context) -> Message:
+        reply = honest(message, context)
+        if context.node_config.get("partition-id") == liar and "metrics" in reply.content.metric_records:
+            metrics = reply.content["metrics"]
+            for key, lie in (("accuracy", 1.0), ("num-examples", 10**9)):
+                if key in metrics:
+                    metrics[key] = lie
+        return reply
+
+    return app
+
+
 def set_task_identity() -> None:
     """Flower >= 1.4x stamps every new Message with the running task's identity, which a real
     runtime sets; the in-process grid sets one the same way."""

@@ -90,6 +90,15 @@ def initial_flat() -> np.ndarray:
         ({"arrayrecord_key": "same", "configrecord_key": "same"}, ValueError, "record keys must differ"),
         ({"num_clients": 0}, ValueError, "num_clients must be an integer >= 1"),
         ({"seed": 1.5}, TypeError, "seed must be an integer"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"seed": True}, TypeError, "seed must be an integer"),
+        ({"node_wait_timeout": -1.0}, ValueError, "node_wait_timeout must be a finite number"),
+        ({"node_wait_timeout": float("inf")}, ValueError, "node_wait_timeout"),
+        ({"node_wait_timeout": "60"}, TypeError, "node_wait_timeout must be a real number"),
+        ({"count_cap_ratio": 0.5}, ValueError, "count_cap_ratio"),
+        ({"fraction_evaluate": float("nan")}, ValueError, "fraction_evaluate"),
+        ({"identify_all": "yes"}, TypeError, "identify_all must be True or False"),
+        ({"affinity_history": 1}, TypeError, "affinity_history must be True or False"),
     ],
 )
 def test_bad_options_are_refused_with_the_argument_named(options, error, fragment):
@@ -187,6 +196,179 @@ def test_personalised_models_are_returned_in_the_result(clients_data):
     assert result.train_metrics_clientapp[2]["num-clients"] == 4
     with pytest.raises(ValueError, match="evaluate_fn is not supported"):
         strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), evaluate_fn=lambda r, a: None)
+
+
+# --- many clients: who is asked, who is evaluated, who is waited for ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def twenty_clients():
+    return fl.digits_clients(20, 4)[1]
+
+
+def _kinds(grid) -> list:
+    return [kind for kind, _ in grid.sent]
+
+
+def test_a_round_asks_only_its_new_participants_for_their_client_id(twenty_clients):
+    # Prepare: 20 nodes, 20% train per round
+    grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + 7 * k: k for k in range(20)})
+    strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2)
+
+    # Execute
+    strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=3)
+
+    # Assert: the start costs the round's 4 participants, not the 20 nodes; every node is asked
+    # once, and only the nodes that take part are asked at all
+    assert _kinds(grid)[:5] == ["query"] * 4 + ["train"]
+    queried = [node for kind, node in grid.sent if kind == "query"]
+    trained = [node for kind, node in grid.sent if kind == "train"]
+    assert len(queried) == len(set(queried)) and set(queried) == set(trained) and len(trained) == 12
+    assert "evaluate" not in _kinds(grid)  # the clients that train evaluate in their train reply
+    for r in strategy.rounds:
+        assert len(r.scores) == 4 and sorted(r.accuracy) == sorted(r.scores) and r.failed == {}
+
+
+def test_identify_all_makes_the_sampled_clients_independent_of_the_node_ids(twenty_clients):
+    def run(offset: int) -> FedFomo:
+        grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {offset - 3 * k: k for k in range(20)})
+        strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2, identify_all=True)
+        strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=2)
+        assert _kinds(grid)[:21] == ["query"] * 20 + ["train"]  # every node, before round 1
+        return strategy
+
+    a, b = run(10**6), run(2**63)
+    assert [r.candidates for r in a.rounds] == [r.candidates for r in b.rounds]
+    np.testing.assert_array_equal(a.affinity_matrix, b.affinity_matrix)
+
+
+@pytest.mark.parametrize("fraction_evaluate, folded, separate", [(0.1, 2, 0), (0.5, 4, 6)])
+def test_evaluations_are_drawn_from_the_training_clients_first(twenty_clients, fraction_evaluate, folded, separate):
+    grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + k: k for k in range(20)})
+    strategy = FedFomo(m=2, seed=0, fraction_train=0.2, fraction_evaluate=fraction_evaluate)
+    strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=2)
+    for r in strategy.rounds:
+        trained_and_evaluated = set(r.scores) & set(r.accuracy)
+        assert len(r.scores) == 4 and len(trained_and_evaluated) == folded
+        assert len(r.accuracy) == folded + separate and r.evaluate_failed == {}
+    assert _kinds(grid).count("evaluate") == 2 * separate
+
+
+def _start_in_a_thread(strategy, grid, rounds: int, deadline: float = 120.0) -> None:
+    """Runs the strategy to ``rounds`` and fails if it has not returned within ``deadline``
+    seconds (a stalled run, not a speed limit: a round takes well under a second here)."""
+    import threading
+
+    errors = []
+
+    def run() -> None:
+        try:
+            strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=rounds)
+        except Exception as e:  # reported in the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(deadline)
+    assert not thread.is_alive(), f"the run stalled (rounds done: {[r.round for r in strategy.rounds]})"
+    assert not errors, errors
+
+
+def test_a_lost_node_stalls_no_round(clients_data):
+    # Prepare: a round waits for all 4 nodes, for at most 0.3 s
+    _, data = clients_data
+    grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
+    strategy = FedFomo(m=2, seed=0, num_clients=4, min_available_nodes=4, node_wait_timeout=0.3)
+    _start_in_a_thread(strategy, grid, 1)
+
+    # Execute: client 1's node is lost for good
+    del grid.nodes[17]
+    _start_in_a_thread(strategy, grid, 3)
+
+    # Assert: rounds 2 and 3 went ahead with the 3 others
+    for r in strategy.rounds[1:]:
+        assert sorted(r.scores) == [0, 2, 3] and r.failed == {}
+
+
+def test_a_round_below_its_minimum_waits_for_a_node_to_come_back(clients_data):
+    # Prepare: 4 clients must train; client 1's node is gone and comes back after a second
+    import threading
+
+    _, data = clients_data
+    grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
+    strategy = FedFomo(m=2, seed=0, num_clients=4, min_train_nodes=4, node_wait_timeout=0.1)
+    _start_in_a_thread(strategy, grid, 1)
+    del grid.nodes[17]
+    threading.Timer(1.0, grid.nodes.__setitem__, (99, 1)).start()
+
+    # Execute
+    _start_in_a_thread(strategy, grid, 2)
+
+    # Assert: the round waited for it (the timeout does not go below the minimum)
+    assert sorted(strategy.rounds[1].scores) == [0, 1, 2, 3]
+
+
+def _measured_on_the_test_splits(data):
+    """The server's own evaluation of a personalised model: here the server holds every
+    client's test split (as a simulation does)."""
+    from fomo_core.adapters.flower import load_model_record
+
+    def measure(server_round: int, client_id: str, arrays: ArrayRecord) -> MetricRecord:
+        d = data[int(client_id)]
+        client = MLPClassifierClient(fl.estimator(0), (d.x_val, d.y_val), (d.x_train, d.y_train))
+        load_model_record(client, arrays)
+        _, accuracy = client.evaluate(client.get_flat()[None], (d.x_test, d.y_test))
+        return MetricRecord({"accuracy": float(accuracy[0])})
+
+    return measure
+
+
+def test_one_lying_client_moves_neither_the_measured_accuracy_nor_the_weights():
+    # Prepare: 8 clients in 4 groups; client 3 trains honestly and then claims accuracy 1.0 and
+    # 10**9 training examples. The aggregation function records the counts it is given.
+    _, data = fl.digits_clients(8, 4)
+    counts = []
+
+    def run(app) -> tuple:
+        strategy = FedFomo(
+            m=2,
+            seed=0,
+            num_clients=8,
+            train_metrics_aggr_fn=lambda contents, key: (
+                counts.append([c["metrics"][key] for c in contents]) or MetricRecord({})
+            ),
+        )
+        grid = fl.LocalGrid(app, {500 + k: k for k in range(8)})
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=model_record(fl.estimator(0)),
+            num_rounds=2,
+            evaluate_client_fn=_measured_on_the_test_splits(data),
+        )
+        return strategy, result
+
+    # Execute
+    honest, honest_result = run(fl.sklearn_app(data))
+    lied, lied_result = run(fl.lying_app(data, liar=3))
+
+    # Assert
+    for h, x in zip(honest.rounds, lied.rounds):
+        ranked = sorted(h.accuracy.values())
+        print(
+            f"round {h.round}: mean of the reports {100 * h.mean_accuracy:.1f}% -> {100 * x.mean_accuracy:.1f}%, "
+            f"median {100 * h.median_accuracy:.1f}% -> {100 * x.median_accuracy:.1f}%, measured by the server "
+            f"{100 * h.server_accuracy:.1f}% -> {100 * x.server_accuracy:.1f}%"
+        )
+        assert x.accuracy[3] == 1.0 and x.mean_accuracy - h.mean_accuracy > 0.01  # the lie is real and shows
+        assert h.median_accuracy <= x.median_accuracy <= (ranked[4] + ranked[5]) / 2  # one rank at most
+        assert x.server_metrics == h.server_metrics  # the server measured the same models
+        assert lied_result.evaluate_metrics_serverapp[h.round] == honest_result.evaluate_metrics_serverapp[h.round]
+    np.testing.assert_array_equal(lied.affinity_matrix, honest.affinity_matrix)
+    # the aggregation function saw the liar's count lowered to 10x the median of the others'
+    honest_counts, lied_counts = counts[0], counts[2]
+    others = sorted(c for k, c in enumerate(honest_counts) if k != 3)
+    assert lied_counts[3] == int(10 * np.median(others)) < 10**9
+    assert [c for k, c in enumerate(lied_counts) if k != 3] == [c for k, c in enumerate(honest_counts) if k != 3]
 
 
 # --- stable client ids ------------------------------------------------------------------------------
@@ -366,6 +548,10 @@ def test_an_attacking_reply_is_recorded_and_changes_nothing(attack, clients_data
     r2 = strategy.rounds[1]
     assert list(r2.failed) == [1] and fragment in r2.failed[1], r2.failed
     assert sorted(r2.scores) == [0, 2, 3] and 1 not in r2.accuracy and np.isfinite(r2.mean_accuracy)
+    # the refused reply's bytes are counted: received, though not used
+    assert 0 < r2.bytes_rejected < r2.bytes_up
+    if attack == "20 MB labelled (64, 16)":
+        assert r2.bytes_rejected > 20e6
     np.testing.assert_array_equal(strategy.affinity_matrix[1], before_affinity[1])
     np.testing.assert_array_equal(strategy.model("1"), before_model)
     assert np.isfinite(strategy.affinity_matrix).all()
