@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = ["FedFomo", "FedFomoRound"]
 
 _log = logging.getLogger("flwr")  # Flower's logger: our lines appear with its own
 _STATE_FILE = "strategy.json"
+_MAX_STATE_BYTES = 1 << 30  # a checkpoint's metadata (its round records grow with rounds x clients)
 _FORMAT = "fomo-core/flower-strategy/1"
 
 
@@ -110,6 +112,11 @@ class FedFomoRound:
 
     @classmethod
     def from_json(cls, data: dict) -> FedFomoRound:
+        """The record :meth:`to_json` wrote (ValueError for a field it does not have)."""
+        known = {f.name for f in fields(cls)} - {"round", "affinity"}
+        unknown = set(data) - known - {"round"}
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)[:5]}")
         rec = cls(int(data["round"]))
         for key, value in data.items():
             if isinstance(value, dict):
@@ -140,6 +147,51 @@ def _payload_bytes(content: RecordDict) -> int:
 
 def _reply_bytes(reply: Message) -> int:
     return _payload_bytes(reply.content) if reply.has_content() else 0
+
+
+def _read_checkpoint(path: str) -> dict:
+    """``strategy.json`` read and checked: every entry of the expected type (ValueError naming
+    the file and the entry otherwise); ``nodes`` as {int node id: client index} and ``rounds``
+    as FedFomoRound records."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_STATE_BYTES + 1)
+        if len(data) > _MAX_STATE_BYTES:
+            raise ValueError(f"larger than {_MAX_STATE_BYTES} bytes")
+        meta = json.loads(data)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not a readable FedFomo checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path} holds format {found!r}, expected {_FORMAT!r}")
+
+    def entry(key: str, kind: type) -> Any:
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ValueError(f"{path}: entry {key!r} must be a {kind.__name__}, got {type(meta.get(key)).__name__}")
+        return meta[key]
+
+    server = entry("server", str)
+    if not re.fullmatch(r"server-r\d{6,}\.npz", server):
+        raise ValueError(f"{path}: entry 'server' must name a server-r<round>.npz file beside it, got {server[:80]!r}")
+    entry("layout", dict), entry("rng", dict)
+    count(entry("round", int), f"{path}: entry 'round'", type_error=ValueError)
+    ids = entry("client_ids", list)
+    for i, cid in enumerate(ids):
+        if cid is not None:
+            protocol.check_client_id(cid, f"{path}: client_ids[{i}]")
+    if len({c for c in ids if c is not None}) != sum(c is not None for c in ids):
+        raise ValueError(f"{path}: entry 'client_ids' names a client twice")
+    nodes = {}
+    for node, client in meta.get("nodes", {}).items():  # absent in checkpoints of earlier versions
+        if not (node.isdigit() and isinstance(client, int) and not isinstance(client, bool) and 0 <= client < len(ids)):
+            raise ValueError(f"{path}: entry 'nodes' maps {node[:40]!r} to {client!r}, expected a node id and a client")
+        nodes[int(node)] = client
+    meta["nodes"] = nodes
+    try:
+        meta["rounds"] = [FedFomoRound.from_json(r) for r in entry("rounds", list)]
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: entry 'rounds' holds a malformed round record ({type(e).__name__}: {e})") from None
+    return meta
 
 
 def _median_without(ranked: list, rank: int) -> float:
@@ -927,6 +979,7 @@ class FedFomo(Strategy):
             "layout": self.layout.to_json(),
             "candidate_dtype": self.candidate_dtype,
             "client_ids": self.client_ids,
+            "nodes": {str(node): client for node, client in self._node_client.items()},
             "rng": self._rng.bit_generator.state,
             "rounds": [r.to_json() for r in self.rounds],
         }
@@ -937,10 +990,8 @@ class FedFomo(Strategy):
                 os.unlink(os.path.join(folder, name))
 
     def _resume(self, layout: ModelLayout) -> None:
-        with open(os.path.join(self.state_dir, _STATE_FILE)) as f:
-            meta = json.load(f)
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"state_dir {self.state_dir!r} holds format {meta.get('format')!r}, expected {_FORMAT!r}")
+        path = os.path.join(self.state_dir, _STATE_FILE)
+        meta = _read_checkpoint(path)
         if ModelLayout.from_json(meta["layout"]) != layout:
             raise ValueError(f"state_dir {self.state_dir!r} holds models of another layout than initial_arrays")
         state = Server.load(os.path.join(self.state_dir, meta["server"]), models=self._store(len(meta["client_ids"])))
@@ -949,13 +1000,21 @@ class FedFomo(Strategy):
                 f"state_dir {self.state_dir!r} was written with m={state.m}, {state.policy}; "
                 f"this strategy has m={self.m}, {self.policy}"
             )
+        if state.num_clients != len(meta["client_ids"]) or state.round != meta["round"]:
+            raise ValueError(
+                f"{path} names {len(meta['client_ids'])} clients at round {meta['round']}, but its server state "
+                f"{meta['server']!r} holds {state.num_clients} at round {state.round}"
+            )
         self.state = state
         self.num_clients = self.state.num_clients
         self.client_ids = list(meta["client_ids"])
         self._index = {cid: i for i, cid in enumerate(self.client_ids) if cid is not None}
         self._top_free = len(self.client_ids) - 1
+        # the nodes bound before the restart keep their clients (a SuperLink with a database keeps
+        # its node ids); a node id that no longer exists is never sampled
+        self._node_client = {node: c for node, c in meta["nodes"].items() if self.client_ids[c] is not None}
         self._rng.bit_generator.state = meta["rng"]
-        self.rounds = [FedFomoRound.from_json(r) for r in meta["rounds"]]
+        self.rounds = meta["rounds"]
         _log.info(
             "FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.next_round, len(self._index)
         )

@@ -749,14 +749,57 @@ def test_a_checkpoint_of_another_model_or_strategy_is_refused(tmp_path):
         FedFomo(m=3, state_dir=tmp_path).initialise(model_record(fl.estimator(0)))
 
 
+def _rewrite(path: Path, change) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+CORRUPT_CHECKPOINTS = {
+    "truncated": (lambda p: p.write_text(p.read_text()[:-40]), "not a readable"),
+    "a list": (lambda p: p.write_text("[1, 2]"), "format"),
+    "server outside the folder": (lambda p: _rewrite(p, lambda m: m.update(server="../../x.npz")), "'server'"),
+    "round negative": (lambda p: _rewrite(p, lambda m: m.update(round=-7)), "'round'"),
+    "round of another state": (lambda p: _rewrite(p, lambda m: m.update(round=5)), "at round 5"),
+    "a client twice": (lambda p: _rewrite(p, lambda m: m.update(client_ids=["0", "0", "2", "3"])), "twice"),
+    "a client id not text": (lambda p: _rewrite(p, lambda m: m.update(client_ids=[[0], "1", "2", "3"])), "client_ids"),
+    "fewer clients": (lambda p: _rewrite(p, lambda m: m.update(client_ids=["0", "1"], nodes={})), "names 2 clients"),
+    "a node of no client": (lambda p: _rewrite(p, lambda m: m["nodes"].update({"17": 9})), "'nodes'"),
+    "an unknown round field": (lambda p: _rewrite(p, lambda m: m["rounds"][0].update(evil=1)), "'rounds'"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPT_CHECKPOINTS))
+def test_a_corrupt_checkpoint_is_refused_with_the_file_and_entry_named(tmp_path, corruption):
+    fl.run_federation(str(tmp_path), 1)
+    damage, fragment = CORRUPT_CHECKPOINTS[corruption]
+    damage(tmp_path / "strategy.json")
+    with pytest.raises(ValueError, match="strategy.json") as error:
+        FedFomo(m=2, state_dir=tmp_path).initialise(model_record(fl.estimator(0)))
+    assert fragment in str(error.value)
+
+
+def test_a_resumed_server_knows_the_nodes_it_had_bound(tmp_path):
+    # Prepare: 2 rounds; the ServerApp restarts on the same folder, the SuperNodes stay
+    strategy, grid = fl.run_federation(str(tmp_path), 2)
+    grid.sent.clear()
+
+    # Execute: a new strategy on the same grid runs round 3
+    resumed = FedFomo(m=2, seed=0, num_clients=4, state_dir=tmp_path)
+    resumed.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=3)
+
+    # Assert: no node was asked for its client id again
+    assert _kinds(grid) == ["train"] * 4 and resumed.rounds[-1].failed == {}
+
+
 def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     # Prepare: the reference, uninterrupted
-    straight, _ = fl.run_federation(None, 6)
+    straight, _ = fl.run_federation(None, 4)
     script = Path(__file__).resolve().parent / "flower_local.py"
 
-    # Execute: a server process killed (SIGKILL) once round 3's checkpoint exists, then resumed here
+    # Execute: a server process killed (SIGKILL) once round 2's checkpoint exists, then resumed here
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), "6"],
+        [sys.executable, str(script), str(tmp_path), "4"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -766,7 +809,7 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if json.loads((tmp_path / "strategy.json").read_text())["round"] >= 3:
+                if json.loads((tmp_path / "strategy.json").read_text())["round"] >= 2:
                     break
             except (OSError, ValueError):
                 pass
@@ -778,11 +821,11 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     stopped_at = json.loads((tmp_path / "strategy.json").read_text())["round"]
-    resumed, grid = fl.run_federation(str(tmp_path), 6)
+    resumed, grid = fl.run_federation(str(tmp_path), 4)
 
     # Assert: it had not finished, and the resumed run ends in the uninterrupted run's state
-    assert 3 <= stopped_at < 6  # rounds completed
-    assert [k for k, _ in grid.sent].count("train") == 4 * (6 - stopped_at)
+    assert 2 <= stopped_at < 4  # rounds completed
+    assert [k for k, _ in grid.sent].count("train") == 4 * (4 - stopped_at)
     a, models = _state(straight)
     b, got = _state(resumed)
     np.testing.assert_array_equal(a, b)
