@@ -362,6 +362,11 @@ class FedFomo(Strategy):
         self._scratch: Optional[np.ndarray] = None
         self._evaluated: list = []  # validated train replies carrying an evaluation, this round
         self._evaluate_client_fn: Optional[Callable] = None  # start()'s, for its run
+        self._pending_identify: list = []  # (message, node) of the id queries sent
+        self._connected: list = []  # the nodes connected when the round started
+        self._next: Optional[tuple] = None  # the next round's (train, evaluate) nodes, drawn
+        self._rng_before_next: Optional[dict] = None  # the generator before that draw
+        self._last_round: Optional[int] = None  # start()'s last round (no draw beyond it)
 
     # --- Strategy interface ---------------------------------------------------------------------
 
@@ -427,6 +432,7 @@ class FedFomo(Strategy):
             )
         self._evaluate_client_fn = evaluate_client_fn
         num_rounds = count(num_rounds, "num_rounds")
+        self._last_round = num_rounds
         self.initialise(initial_arrays)
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
@@ -447,9 +453,8 @@ class FedFomo(Strategy):
             _, train_metrics = self.aggregate_train(current, replies)
             if train_metrics is not None:
                 result.train_metrics_clientapp[current] = train_metrics
-            replies = grid.send_and_receive(
-                messages=self.configure_evaluate(current, initial_arrays, evaluate_config, grid), timeout=timeout
-            )
+            messages = list(self.configure_evaluate(current, initial_arrays, evaluate_config, grid))
+            replies = grid.send_and_receive(messages=messages, timeout=timeout) if messages else []
             evaluate_metrics = self.aggregate_evaluate(current, replies)
             if evaluate_metrics is not None:
                 result.evaluate_metrics_clientapp[current] = evaluate_metrics
@@ -463,41 +468,75 @@ class FedFomo(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Samples nodes, asks the new ones among them for their client id, and sends each sampled
-        client its own model and its M candidates (see :meth:`train_messages`).
+        """Sends each client of the round its own model and its M candidates (see
+        :meth:`train_messages`), and, in the same exchange, asks the nodes drawn for the next
+        round that it does not know yet for their client id.
 
-        The clients that train are evaluated in their train reply (``fraction_evaluate`` None);
-        a ``fraction_evaluate`` draws from them first (a personalised model changes only when
-        its client trains), then from the others when it asks for more."""
+        A round's nodes are drawn when the round before it starts, so that their id queries
+        travel with that round's messages and cost no exchange of their own; the first round
+        (and a resumed run's first) draws its own and asks its new nodes first. A node drawn
+        that has gone by its round is left out (the round draws anew if fewer than
+        ``min_train_nodes`` are left). The clients that train are evaluated in their train reply
+        (``fraction_evaluate`` None); a ``fraction_evaluate`` draws from them first (a
+        personalised model changes only when its client trains), then from the others."""
         self.initialise(arrays)
         self._pending_train, self._pending_evaluate, self._evaluate_only, self._evaluated = [], [], [], []
+        self._pending_identify = []
         evaluating = self.fraction_evaluate is not None and self.fraction_evaluate > 0
         nodes = self._connected_nodes(grid, max(self.min_train_nodes, self.min_evaluate_nodes if evaluating else 0))
+        self._connected = nodes
         self._ensure_state(len(nodes))
         if self.identify_all:
             self.identify_new(grid, nodes, connected=nodes, server_round=server_round)
-            nodes = [n for n in nodes if n in self._node_client]
-        pool = self._in_client_order(nodes)
-        train = self._sample(pool, self.fraction_train, self.min_train_nodes)
-        evaluate = list(train) if self.fraction_evaluate is None else self._sample_evaluate(pool, train)
+        planned, self._next = self._next, None
+        train, evaluate = self._still_connected(planned, nodes) if planned is not None else (None, None)
+        if train is None:
+            train, evaluate = self._draw(nodes)
         self.identify_new(grid, train + evaluate, connected=nodes, server_round=server_round)
+        # the generator as it was before the next round's draw: what a checkpoint keeps, so that
+        # a resumed run draws that round's nodes as this run does
+        self._rng_before_next = self._rng.bit_generator.state
+        queries = []
+        if self._last_round is None or server_round < self._last_round:
+            self._next = self._draw(nodes)
+            queries = self._identify_messages(self._next[0] + self._next[1], server_round)
         train = self._in_client_order([n for n in train if n in self._node_client])
         evaluate = {n for n in evaluate if n in self._node_client}
         self._evaluate_only = [n for n in self._in_client_order(evaluate) if n not in set(train)]
         _log.info(
-            "configure_train: %d of %d nodes train (%d of them also evaluate), %d more evaluate",
+            "configure_train: %d of %d nodes train (%d of them also evaluate), %d more evaluate, %d new nodes asked "
+            "for their client id for the next round",
             len(train),
             len(nodes),
             len(evaluate) - len(self._evaluate_only),
             len(self._evaluate_only),
+            len(queries),
         )
-        return self.train_messages(server_round, train, config, evaluate=evaluate)
+        return self.train_messages(server_round, train, config, evaluate=evaluate) + queries
+
+    def _draw(self, nodes: list) -> tuple:
+        """(train, evaluate) node lists of a round, drawn from ``nodes`` (sorted node ids; with
+        ``identify_all`` the bound ones, in client order)."""
+        pool = [n for n in self._in_client_order(nodes) if n in self._node_client] if self.identify_all else nodes
+        train = self._sample(pool, self.fraction_train, self.min_train_nodes)
+        evaluate = list(train) if self.fraction_evaluate is None else self._sample_evaluate(pool, train)
+        return train, evaluate
+
+    def _still_connected(self, planned: tuple, nodes: list) -> tuple:
+        """The planned (train, evaluate) lists without the nodes gone since; (None, None) when
+        fewer than ``min_train_nodes`` of the planned ones are left."""
+        connected = set(nodes)
+        train, evaluate = ([n for n in part if n in connected] for part in planned)
+        if len(train) < min(self.min_train_nodes, len(planned[0])):
+            return None, None
+        return train, evaluate
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple:
         """Validates every reply; a valid one's model and scores go to the server state, anything
         else is recorded in the round's ``failed`` with its reason (never raised). Returns no
         ArrayRecord (the personalised models stay on the server) and the aggregated metrics."""
         record = self._record(server_round)
+        replies = self._read_identify_replies(replies, record)
         by_id = {entry[0].metadata.message_id: entry for entry in self._pending_train}
         answered, used = set(), []
         for reply in replies:
@@ -758,38 +797,55 @@ class FedFomo(Strategy):
 
     def identify(self, grid: Grid, node_ids: list, *, connected: list, server_round: int) -> None:
         """Asks each node for its stable client id (one QUERY message) and binds it."""
-        messages = {}
-        for node in node_ids:
+        self._connected = connected
+        messages = self._identify_messages(node_ids, server_round)
+        replies = grid.send_and_receive(messages, timeout=self.identify_timeout)
+        self._read_identify_replies(replies, self._record(server_round))
+
+    def _identify_messages(self, node_ids: Iterable[int], server_round: int) -> list:
+        """One QUERY message to each node among ``node_ids`` that is neither bound nor refused
+        (pending until :meth:`_read_identify_replies`)."""
+        messages = []
+        for node in dict.fromkeys(node_ids):
+            if node in self._node_client or node in self.refused_nodes:
+                continue
             message = Message(
                 protocol.identify_instruction(self.keys),
                 dst_node_id=node,
                 message_type=MessageType.QUERY,
                 group_id=f"identify-{server_round}",
             )
-            messages[node] = message
-        replies = grid.send_and_receive(list(messages.values()), timeout=self.identify_timeout)
-        by_id = {m.metadata.message_id: node for node, m in messages.items()}
-        answered = set()
-        record = self._record(server_round)
+            self._pending_identify.append((message, node))
+            messages.append(message)
+        return messages
+
+    def _read_identify_replies(self, replies: Iterable[Message], record: FedFomoRound) -> list:
+        """Binds the nodes whose replies to the pending id queries name a client; returns the
+        other replies. A node that names none is refused; one that did not answer (or whose
+        answer is an error reply) is asked again when it is next drawn."""
+        by_id = {m.metadata.message_id: node for m, node in self._pending_identify}
+        self._pending_identify = []
+        others, answered = [], set()
         for reply in replies:
-            size = self._count_reply(record, reply)
             node = by_id.get(reply.metadata.reply_to_message_id)
             if node is None:
-                record.bytes_rejected += size
+                others.append(reply)
                 continue
+            size = self._count_reply(record, reply)
             answered.add(node)
             try:
                 if reply.has_error():
                     raise ValueError(f"error reply (code {reply.error.code}): {reply.error.reason}")
-                self.bind(node, protocol.read_identify_reply(reply.content, self.keys), connected)
+                self.bind(node, protocol.read_identify_reply(reply.content, self.keys), self._connected)
             except Exception as e:
                 record.bytes_rejected += size
                 _log.warning("FedFomo: node %d not bound: %s", node, e)
                 if "error reply" not in str(e):  # a node that failed to answer is asked again later
                     self.refused_nodes[node] = str(e)
-        for node in node_ids:
+        for node in by_id.values():
             if node not in answered:
-                _log.warning("FedFomo: node %d did not say its client id; asked again next round", node)
+                _log.warning("FedFomo: node %d did not say its client id; asked again when next drawn", node)
+        return others
 
     def bind(self, node: int, client_id: str, connected: Iterable[int] = ()) -> int:
         """Binds Flower node ``node`` to the client with stable id ``client_id`` and returns its
@@ -980,7 +1036,7 @@ class FedFomo(Strategy):
             "candidate_dtype": self.candidate_dtype,
             "client_ids": self.client_ids,
             "nodes": {str(node): client for node, client in self._node_client.items()},
-            "rng": self._rng.bit_generator.state,
+            "rng": self._rng.bit_generator.state if self._rng_before_next is None else self._rng_before_next,
             "rounds": [r.to_json() for r in self.rounds],
         }
         data = json.dumps(meta).encode()
@@ -1013,7 +1069,8 @@ class FedFomo(Strategy):
         # the nodes bound before the restart keep their clients (a SuperLink with a database keeps
         # its node ids); a node id that no longer exists is never sampled
         self._node_client = {node: c for node, c in meta["nodes"].items() if self.client_ids[c] is not None}
-        self._rng.bit_generator.state = meta["rng"]
+        self._rng.bit_generator.state = meta["rng"]  # as before the next round's draw
+        self._next = None
         self.rounds = meta["rounds"]
         _log.info(
             "FedFomo: resumed from %s at round %d (%d clients known)", self.state_dir, self.next_round, len(self._index)

@@ -33,6 +33,7 @@ class LocalGrid(Grid):
         self.silent: set = set()
         self.unavailable: set = set()
         self.sent: list = []  # (message type, node) of every message pushed
+        self.exchanges: list = []  # the message types of each send_and_receive
         self.states: dict = {}
 
     # Grid's abstract interface (only what the strategy uses does anything)
@@ -69,6 +70,8 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
+        messages = list(messages)
+        self.exchanges.append([m.metadata.message_type for m in messages])
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             node = message.metadata.dst_node_id

@@ -227,6 +227,24 @@ def test_a_round_asks_only_its_new_participants_for_their_client_id(twenty_clien
     assert "evaluate" not in _kinds(grid)  # the clients that train evaluate in their train reply
     for r in strategy.rounds:
         assert len(r.scores) == 4 and sorted(r.accuracy) == sorted(r.scores) and r.failed == {}
+    # after the first, no exchange of queries alone: a round's queries go with the round before
+    assert grid.exchanges[0] == ["query"] * 4 and len(grid.exchanges) == 1 + 3
+    assert all(kinds[:4] == ["train"] * 4 for kinds in grid.exchanges[1:])
+    assert "query" not in grid.exchanges[-1]  # nothing drawn beyond the last round
+
+
+def test_a_resumed_run_draws_the_nodes_the_uninterrupted_one_draws(twenty_clients, tmp_path):
+    def run(state_dir, rounds, grid=None):
+        grid = grid or fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + 7 * k: k for k in range(20)})
+        strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2, state_dir=state_dir)
+        strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=rounds)
+        return strategy, grid
+
+    straight, _ = run(None, 4)
+    _, grid = run(tmp_path, 2)
+    resumed, _ = run(tmp_path, 4, grid)  # a new ServerApp, the same nodes (a SuperLink with a database)
+    assert [r.candidates for r in resumed.rounds] == [r.candidates for r in straight.rounds]
+    np.testing.assert_array_equal(resumed.affinity_matrix, straight.affinity_matrix)
 
 
 def test_identify_all_makes_the_sampled_clients_independent_of_the_node_ids(twenty_clients):
@@ -274,15 +292,20 @@ def _start_in_a_thread(strategy, grid, rounds: int, deadline: float = 120.0) -> 
     assert not errors, errors
 
 
-def test_a_lost_node_stalls_no_round(clients_data):
-    # Prepare: a round waits for all 4 nodes, for at most 0.3 s
-    _, data = clients_data
+def _one_round_then_lose_node_17(data, **options) -> tuple:
+    """(strategy, grid) after round 1 of 4 clients, with client 1's node (17) gone."""
     grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
-    strategy = FedFomo(m=2, seed=0, num_clients=4, min_available_nodes=4, node_wait_timeout=0.3)
+    strategy = FedFomo(m=2, seed=0, num_clients=4, **options)
     _start_in_a_thread(strategy, grid, 1)
-
-    # Execute: client 1's node is lost for good
     del grid.nodes[17]
+    return strategy, grid
+
+
+def test_a_lost_node_stalls_no_round(clients_data):
+    # Prepare: a round waits for all 4 nodes, for at most 0.3 s; client 1's node is lost for good
+    strategy, grid = _one_round_then_lose_node_17(clients_data[1], min_available_nodes=4, node_wait_timeout=0.3)
+
+    # Execute
     _start_in_a_thread(strategy, grid, 3)
 
     # Assert: rounds 2 and 3 went ahead with the 3 others
@@ -294,11 +317,7 @@ def test_a_round_below_its_minimum_waits_for_a_node_to_come_back(clients_data):
     # Prepare: 4 clients must train; client 1's node is gone and comes back after a second
     import threading
 
-    _, data = clients_data
-    grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
-    strategy = FedFomo(m=2, seed=0, num_clients=4, min_train_nodes=4, node_wait_timeout=0.1)
-    _start_in_a_thread(strategy, grid, 1)
-    del grid.nodes[17]
+    strategy, grid = _one_round_then_lose_node_17(clients_data[1], min_train_nodes=4, node_wait_timeout=0.1)
     threading.Timer(1.0, grid.nodes.__setitem__, (99, 1)).start()
 
     # Execute
