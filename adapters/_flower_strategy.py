@@ -19,10 +19,8 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -36,197 +34,22 @@ from ..presets import Preset, as_preset
 from ..server import Server
 from . import _flower_protocol as protocol
 from ._flower_layout import TRANSPORTS, ModelLayout
+from ._flower_records import (
+    FORMAT,
+    FedFomoRound,
+    capped_counts,
+    client_metrics,
+    mean_and_median,
+    payload_bytes,
+    read_checkpoint,
+    reply_bytes,
+    server_metrics_record,
+)
 
-__all__ = ["FedFomo", "FedFomoRound"]
+__all__ = ["FedFomo"]
 
 _log = logging.getLogger("flwr")  # Flower's logger: our lines appear with its own
 _STATE_FILE = "strategy.json"
-_MAX_STATE_BYTES = 1 << 30  # a checkpoint's metadata (its round records grow with rounds x clients)
-_FORMAT = "fomo-core/flower-strategy/1"
-
-
-@dataclass
-class FedFomoRound:
-    """What happened in one server round (clients by dense index; ``FedFomo.client_ids`` maps
-    them to their stable ids).
-
-    candidates:      {client: candidate clients sent to it}
-    scores, weights: {client: [M] first-order scores / normalised weights it returned}
-    baseline_loss:   {client: validation loss of its model before the update}
-    failed:          {client: why its train reply was not used}
-    loss, accuracy:  {client: evaluation of its new model on its test data}, as the client
-                     reported it
-    evaluate_failed: {client: why its evaluate reply was not used}
-    server_metrics:  {client: {name: value}} the server's own evaluation of the model the
-                     client uploaded this round (``evaluate_client_fn``)
-    bytes_down, bytes_up: payload bytes sent to / received from the clients (array data, and
-                     8 per number and 1 per character of the other records); ``bytes_up``
-                     counts every reply, rejected ones included
-    bytes_rejected:  the part of ``bytes_up`` in replies that were not used
-    started:         the round's start (seconds since the epoch)
-    seconds:         wall time of the round on the server
-    affinity:        [N, N] after the round (None without ``affinity_history``)
-    """
-
-    round: int
-    candidates: dict = field(default_factory=dict)
-    scores: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=dict)
-    baseline_loss: dict = field(default_factory=dict)
-    failed: dict = field(default_factory=dict)
-    loss: dict = field(default_factory=dict)
-    accuracy: dict = field(default_factory=dict)
-    evaluate_failed: dict = field(default_factory=dict)
-    server_metrics: dict = field(default_factory=dict)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    bytes_rejected: int = 0
-    started: float = 0.0
-    seconds: float = 0.0
-    affinity: Optional[np.ndarray] = None
-
-    @property
-    def mean_accuracy(self) -> Optional[float]:
-        """Mean personalised accuracy the clients evaluated this round reported (None if none)."""
-        return float(np.mean(list(self.accuracy.values()))) if self.accuracy else None
-
-    @property
-    def median_accuracy(self) -> Optional[float]:
-        """Median of the accuracies the clients reported: one client claiming any value moves it
-        at most to a neighbouring client's value (None if none)."""
-        return float(np.median(list(self.accuracy.values()))) if self.accuracy else None
-
-    @property
-    def server_accuracy(self) -> Optional[float]:
-        """Mean of the server's own measurements of ``"accuracy"`` (None without any)."""
-        values = [m["accuracy"] for m in self.server_metrics.values() if "accuracy" in m]
-        return float(np.mean(values)) if values else None
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out.pop("affinity")
-        for key, value in out.items():
-            if isinstance(value, dict):
-                out[key] = {str(k): v for k, v in value.items()}
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict) -> FedFomoRound:
-        """The record :meth:`to_json` wrote (ValueError for a field it does not have)."""
-        known = {f.name for f in fields(cls)} - {"round", "affinity"}
-        unknown = set(data) - known - {"round"}
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(unknown)[:5]}")
-        rec = cls(int(data["round"]))
-        for key, value in data.items():
-            if isinstance(value, dict):
-                setattr(rec, key, {int(k): v for k, v in value.items()})
-            elif key != "round":
-                setattr(rec, key, value)
-        return rec
-
-
-def _value_bytes(value: Any) -> int:
-    if isinstance(value, (str, bytes)):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_value_bytes(v) for v in value)
-    return 8
-
-
-def _payload_bytes(content: RecordDict) -> int:
-    """Array data, and 8 per number and 1 per character or byte of the other records."""
-    total = 0
-    for record in content.values():
-        if isinstance(record, ArrayRecord):
-            total += sum(len(a.data) for a in record.values())
-        else:
-            total += sum(_value_bytes(v) for v in record.values())
-    return total
-
-
-def _reply_bytes(reply: Message) -> int:
-    return _payload_bytes(reply.content) if reply.has_content() else 0
-
-
-def _read_checkpoint(path: str) -> dict:
-    """``strategy.json`` read and checked: every entry of the expected type (ValueError naming
-    the file and the entry otherwise); ``nodes`` as {int node id: client index} and ``rounds``
-    as FedFomoRound records."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_STATE_BYTES + 1)
-        if len(data) > _MAX_STATE_BYTES:
-            raise ValueError(f"larger than {_MAX_STATE_BYTES} bytes")
-        meta = json.loads(data)
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path} is not a readable FedFomo checkpoint ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path} holds format {found!r}, expected {_FORMAT!r}")
-
-    def entry(key: str, kind: type) -> Any:
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise ValueError(f"{path}: entry {key!r} must be a {kind.__name__}, got {type(meta.get(key)).__name__}")
-        return meta[key]
-
-    server = entry("server", str)
-    if not re.fullmatch(r"server-r\d{6,}\.npz", server):
-        raise ValueError(f"{path}: entry 'server' must name a server-r<round>.npz file beside it, got {server[:80]!r}")
-    entry("layout", dict), entry("rng", dict)
-    count(entry("round", int), f"{path}: entry 'round'", type_error=ValueError)
-    ids = entry("client_ids", list)
-    for i, cid in enumerate(ids):
-        if cid is not None:
-            protocol.check_client_id(cid, f"{path}: client_ids[{i}]")
-    if len({c for c in ids if c is not None}) != sum(c is not None for c in ids):
-        raise ValueError(f"{path}: entry 'client_ids' names a client twice")
-    nodes = {}
-    for node, client in meta.get("nodes", {}).items():  # absent in checkpoints of earlier versions
-        if not (node.isdigit() and isinstance(client, int) and not isinstance(client, bool) and 0 <= client < len(ids)):
-            raise ValueError(f"{path}: entry 'nodes' maps {node[:40]!r} to {client!r}, expected a node id and a client")
-        nodes[int(node)] = client
-    meta["nodes"] = nodes
-    try:
-        meta["rounds"] = [FedFomoRound.from_json(r) for r in entry("rounds", list)]
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(f"{path}: entry 'rounds' holds a malformed round record ({type(e).__name__}: {e})") from None
-    return meta
-
-
-def _median_without(ranked: list, rank: int) -> float:
-    """The median of the sorted list ``ranked`` without its element at ``rank``."""
-    n = len(ranked) - 1
-
-    def at(i: int) -> float:
-        return ranked[i if i < rank else i + 1]
-
-    return at(n // 2) if n % 2 else 0.5 * (at(n // 2 - 1) + at(n // 2))
-
-
-def _mean_and_median(metrics: MetricRecord, name: str, values: Iterable[float]) -> None:
-    """``name`` (the mean) and ``name-median`` of the finite values into ``metrics`` (nothing
-    when none is finite)."""
-    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    if arr.size:
-        metrics[name] = float(arr.mean())
-        metrics[f"{name}-median"] = float(np.median(arr))
-
-
-def _client_metrics(rec: FedFomoRound) -> MetricRecord:
-    """The evaluations the clients reported in a round: mean and median of loss and accuracy."""
-    metrics = MetricRecord({"num-clients": len(rec.accuracy)})
-    _mean_and_median(metrics, "loss", rec.loss.values())
-    _mean_and_median(metrics, "accuracy", rec.accuracy.values())
-    return metrics
-
-
-def _server_metrics(rec: FedFomoRound) -> MetricRecord:
-    """The server's own evaluations in a round: mean and median of every value it measured."""
-    metrics = MetricRecord({"num-clients": len(rec.server_metrics)})
-    for name in sorted({k for m in rec.server_metrics.values() for k in m}):
-        _mean_and_median(metrics, name, [m[name] for m in rec.server_metrics.values() if name in m])
-    return metrics
 
 
 class FedFomo(Strategy):
@@ -460,7 +283,7 @@ class FedFomo(Strategy):
                 result.evaluate_metrics_clientapp[current] = evaluate_metrics
             self.end_round(current, time.perf_counter() - t0)
             if self.rounds[-1].server_metrics:
-                result.evaluate_metrics_serverapp[current] = _server_metrics(self.rounds[-1])
+                result.evaluate_metrics_serverapp[current] = server_metrics_record(self.rounds[-1])
         _log.info("FedFomo finished in %.2fs", time.time() - t_start)
         result.arrays = self.models_record()
         return result
@@ -571,9 +394,9 @@ class FedFomo(Strategy):
         if not used:
             return None, None
         if self.train_metrics_aggr_fn is not None:
-            return None, self.train_metrics_aggr_fn(self._capped_counts([c for _, c, _ in used]), self.weighted_by_key)
+            return None, self.train_metrics_aggr_fn(self._capped([c for _, c, _ in used]), self.weighted_by_key)
         metrics = MetricRecord({"num-clients": len(used), "bytes-down": record.bytes_down, "bytes-up": record.bytes_up})
-        _mean_and_median(metrics, "baseline-loss", [p.baseline_loss for _, _, p in used])
+        mean_and_median(metrics, "baseline-loss", [p.baseline_loss for _, _, p in used])
         metrics["helpful-candidates"] = float(np.mean([np.count_nonzero(p.weights > 0) for _, _, p in used]))
         return None, metrics
 
@@ -595,7 +418,7 @@ class FedFomo(Strategy):
                 client_id=self.client_ids[client],
                 config=config,
             )
-            self._record(server_round).bytes_down += _payload_bytes(content)
+            self._record(server_round).bytes_down += payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id=str(server_round))
             self._pending_evaluate.append((message, client))
             messages.append(message)
@@ -636,8 +459,8 @@ class FedFomo(Strategy):
         if not record.accuracy:
             return None
         if self.evaluate_metrics_aggr_fn is not None:
-            return self.evaluate_metrics_aggr_fn(self._capped_counts(contents), self.weighted_by_key)
-        return _client_metrics(record)
+            return self.evaluate_metrics_aggr_fn(self._capped(contents), self.weighted_by_key)
+        return client_metrics(record)
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -678,7 +501,7 @@ class FedFomo(Strategy):
                 evaluate=node in evaluate,
                 config=config,
             )
-            record.bytes_down += _payload_bytes(content)
+            record.bytes_down += payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
             self._pending_train.append((message, client, ids, node in evaluate))
             record.candidates[client] = ids
@@ -961,39 +784,18 @@ class FedFomo(Strategy):
     def _store_metrics(result: Result, rec: FedFomoRound) -> None:
         """A round's client evaluations (when it has any) and the server's own, in Flower's Result."""
         if rec.accuracy:
-            result.evaluate_metrics_clientapp[rec.round] = _client_metrics(rec)
+            result.evaluate_metrics_clientapp[rec.round] = client_metrics(rec)
         if rec.server_metrics:
-            result.evaluate_metrics_serverapp[rec.round] = _server_metrics(rec)
+            result.evaluate_metrics_serverapp[rec.round] = server_metrics_record(rec)
 
     def _count_reply(self, record: FedFomoRound, reply: Message) -> int:
         """Adds a reply's payload to the round's bytes received (whatever becomes of it)."""
-        size = _reply_bytes(reply)
+        size = reply_bytes(reply)
         record.bytes_up += size
         return size
 
-    def _capped_counts(self, contents: list) -> list:
-        """The replies as the metric aggregation functions see them: a ``weighted_by_key`` count
-        above ``count_cap_ratio`` times the median of the other replies' counts is lowered to
-        that cap (in a copy), so one client cannot outweigh the others by claiming a huge count."""
-        key, where = self.weighted_by_key, self.keys.metrics
-        counts = {}
-        for i, content in enumerate(contents):
-            value = content.metric_records[where].get(key) if where in content.metric_records else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                counts[i] = value
-        if len(counts) < 2:
-            return contents
-        order = sorted(counts, key=counts.__getitem__)
-        ranked = [float(counts[i]) for i in order]
-        out = list(contents)
-        for rank, i in enumerate(order):
-            cap = self.count_cap_ratio * _median_without(ranked, rank)
-            if counts[i] > cap:
-                capped = type(counts[i])(cap)
-                copy = RecordDict(dict(contents[i].items()))
-                copy[where] = MetricRecord({**dict(contents[i].metric_records[where].items()), key: capped})
-                out[i] = copy
-        return out
+    def _capped(self, contents: list) -> list:
+        return capped_counts(contents, self.weighted_by_key, self.keys.metrics, self.count_cap_ratio)
 
     # --- results ------------------------------------------------------------------------------------
 
@@ -1029,7 +831,7 @@ class FedFomo(Strategy):
         server_file = os.path.join(folder, f"server-r{self.state.round:06d}.npz")
         self.state.save(server_file)
         meta = {
-            "format": _FORMAT,
+            "format": FORMAT,
             "server": os.path.basename(server_file),
             "round": self.state.round,
             "layout": self.layout.to_json(),
@@ -1047,7 +849,7 @@ class FedFomo(Strategy):
 
     def _resume(self, layout: ModelLayout) -> None:
         path = os.path.join(self.state_dir, _STATE_FILE)
-        meta = _read_checkpoint(path)
+        meta = read_checkpoint(path)
         if ModelLayout.from_json(meta["layout"]) != layout:
             raise ValueError(f"state_dir {self.state_dir!r} holds models of another layout than initial_arrays")
         state = Server.load(os.path.join(self.state_dir, meta["server"]), models=self._store(len(meta["client_ids"])))

@@ -36,7 +36,8 @@ with optional_import("fomo_core.adapters.flower"):
     )
     from ._flower_layout import ModelLayout
     from ._flower_protocol import RecordKeys
-    from ._flower_strategy import FedFomo, FedFomoRound
+    from ._flower_records import FedFomoRound
+    from ._flower_strategy import FedFomo
 
 __all__ = [
     "DictBatches",
