@@ -477,20 +477,21 @@ class FedFomo(Strategy):
         evaluate their new model in the same message."""
         record = self._record(server_round)
         evaluate = set(evaluate)
-        cache: dict = {}  # one candidate record per client per round, shared by the messages
+        cache: dict = {}  # one record per (client, transport) per round, shared by the messages
+
+        def model_record(j: int, row: np.ndarray, transport: str) -> ArrayRecord:
+            if (j, transport) not in cache:
+                cache[j, transport] = self.layout.record(row, transport)
+            return cache[j, transport]
+
         messages = []
         for node in node_ids:
             client = self._node_client[node]
             ids, rows = self.state.candidates(client)
             ids = [int(i) for i in ids]
-            cands = []
-            for j, row in zip(ids, rows):
-                if j not in cache:
-                    cache[j] = self.layout.record(row, self.candidate_dtype)
-                cands.append(cache[j])
             content = protocol.train_instruction(
-                self.layout.record(self.state.model(client)),
-                cands,
+                model_record(client, self.state.model(client), "float32"),  # its own model in full
+                [model_record(j, row, self.candidate_dtype) for j, row in zip(ids, rows)],
                 ids,
                 keys=self.keys,
                 server_round=server_round,

@@ -49,16 +49,20 @@ QUICK = [(20, 0.25), (60, 0.1)]
 
 
 class CpuSampler:
-    """(time, CPU seconds of the process trees of ``pids``) every ``period`` seconds, in a thread."""
+    """(time, CPU seconds of the process trees of ``pids``) every ``period`` seconds, in a thread.
+    A process that has ended keeps the CPU time last seen of it (Ray's workers end with the run,
+    and nobody in the tree reaps them)."""
 
     def __init__(self, pids: list, period: float = 0.25):
         self.pids, self.period, self.samples = pids, period, []
+        self._seen: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), fr.cpu_seconds(self.pids)))
+            self._seen.update(fr.cpu_by_process(self.pids))
+            self.samples.append((time.time(), sum(self._seen.values())))
             self._stop.wait(self.period)
 
     def __enter__(self) -> CpuSampler:

@@ -75,19 +75,20 @@ def alive(pid: int) -> bool:
         return False
 
 
-def cpu_seconds(pids: list) -> float:
-    """User + system CPU seconds of ``pids`` and their living descendants, with the children each
-    has already reaped (a finished ClientApp process counts for the SuperNode that waited for it)."""
+def cpu_by_process(pids: list) -> dict:
+    """{(pid, start time): user + system CPU seconds} of ``pids`` and their living descendants,
+    with the children each has already reaped (a finished ClientApp process counts for the
+    SuperNode that waited for it)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in set(pids) | set(descendants(pids)):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return total / tick
+        out[(pid, fields[19])] = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    return out
 
 
 def _kill(pids: list, sig: int) -> None:
