@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -35,6 +35,9 @@ __all__ = ["Server"]
 
 _FORMAT = "fomo_core.Server/1"
 
+#: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
+RowsT = TypeVar("RowsT")
+
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
@@ -49,12 +52,14 @@ def _flat(x: Any, name: str) -> Any:
     return x
 
 
-class Server:
+class Server(Generic[RowsT]):
     """FedFomo's server state and round logic.
 
     num_clients:  N
     init_params:  the common initial model, flat [P] (NumPy or torch); every client's row starts
-                  as it (PFLlib's pool sends never-uploaded clients' initial models)
+                  as it (PFLlib's pool sends never-uploaded clients' initial models). A model of
+                  layers becomes one with ``fomo_core.layout.flatten(dict(model.named_parameters()))``;
+                  the server's models, its candidates included, are of this array type
     preset:       a preset or its name: its ``server`` policy is followed (``policy`` overrides it)
     m:            M, the number of candidates each client receives
     seed:         seeds the generator used for exploration and ties
@@ -67,7 +72,7 @@ class Server:
     def __init__(
         self,
         num_clients: int,
-        init_params: Any,
+        init_params: RowsT,
         *,
         preset: Union[str, Preset] = "fomo-core",
         m: int = 5,
@@ -121,24 +126,28 @@ class Server:
         pool, m = self._pool()
         return self.affinity.select(client, m, round=self.round, among=pool)
 
-    def candidates(self, client: int) -> tuple:
-        """(ids [K], models [K, P]): the selection and a copy of those clients' latest models."""
+    def candidates(self, client: int) -> tuple[np.ndarray, RowsT]:
+        """(ids, models): the selection, int64 [K], and a copy of those clients' latest models,
+        [K, P] of ``init_params``' array type. For a model of layers,
+        ``fomo_core.layout.unflatten(models, like=params)`` gives K models of views into the rows."""
         ids = self.select(client)
         return ids, self.models[ids.tolist()] if _is_torch(self.models) else self.models[ids]
 
-    def model(self, client: int) -> Any:
+    def model(self, client: int) -> RowsT:
         """Client ``client``'s latest model on the server, [P] (a view: copy it to keep it)."""
         return self.models[self.affinity._client(client)]
 
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self, client: int, params: Any, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
+        self, client: int, params: RowsT, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
-        :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the
-        candidates ``ids`` it received, plus the score of its own trained model when its policy
-        makes that a candidate (``self_score``)."""
+        :meth:`end_round`, or at once with uploads="immediately"; ``fomo_core.layout.flatten``
+        makes it from a model of layers) and its scores [K] of the candidates ``ids`` it received
+        (``fomo_step(...).scores``, or ``compute_weights(..., return_scores=True)``'s, measured
+        before the update), plus the score of its own trained model when its policy makes that a
+        candidate (``self_score``)."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != tuple(self.models.shape[1:]):
@@ -194,7 +203,7 @@ class Server:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> Server:
+    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> Server[Any]:
         """A Server restored from :meth:`save`'s file; it continues exactly where it stopped.
         ``models``: a table to hold the models, as the constructor's (they are streamed into it,
         never whole in memory)."""
