@@ -1,24 +1,18 @@
 """A model's named layers <-> one flat array: the converter between your model and the server's rows.
 
-:class:`fomo_core.Server` keeps every client's model as one flat row [P] (and hands out candidates
-as rows [K, P]); your model is a mapping of layers (``dict(model.named_parameters())``) or a list
-of them (a Flower/Keras weight list). The layers lie in the flat array end to end, in the model's
-order, each in row-major order:
-
->>> params = dict(model.named_parameters())         # {"0.weight": [64, 784], "0.bias": [64], ...}
->>> flat = fomo_core.layout.flatten(params)          # [P], a copy: what the server stores
->>> ids, rows = server.candidates(i)                 # [K, P]
->>> candidates = fomo_core.layout.unflatten(rows, like=params)   # K dicts of views into rows
->>> step = fomo_core.fomo_step(params, candidates, L0, losses, out=params)
-
-:func:`flatten` copies (it makes the array the server takes); :func:`unflatten` never copies (its
-arrays are views of the rows, shaped like ``like``'s). Only floating-point layers have a place in
-the flat array: pass the parameters, not a state_dict with BatchNorm's integer counters.
+`fomo_core.Server` keeps every client's model as one flat row [P] and hands out candidates as rows
+[K, P]; your model is a mapping of layers (`dict(model.named_parameters())`) or a list of them (a
+Flower/Keras weight list). The layers lie in the flat array end to end, in the model's order, each
+in row-major order. `flatten(params)` copies a model's layers into one flat array (what the server
+stores and what a client uploads); `unflatten(rows, like=params)` gives the server's rows as
+models laid out like `params`, whose arrays are views into the rows (no copy): what `fomo_step`
+takes as the candidates of a layer model. Only floating-point layers have a place in the flat
+array: pass the parameters, not a state_dict with BatchNorm's integer counters.
 
 Framework-free: the functions take anything that slices and reshapes like a NumPy array (NumPy
 arrays, torch tensors, CuPy arrays). The adapters describe their models with the lower-level
-:func:`offsets_of`, :func:`split` and :func:`join` (NumPy layer lists, torch modules, Flower
-ArrayRecords); what each framework adds (dtypes, devices, parameter aliasing) stays in its adapter.
+`offsets_of`, `split` and `join` (NumPy layer lists, torch modules, Flower ArrayRecords); what
+each framework adds (dtypes, devices, parameter aliasing) stays in its adapter.
 """
 
 from __future__ import annotations
@@ -109,7 +103,7 @@ def flatten(model: Union[Mapping[Any, ArrayT], Sequence[ArrayT]], *, out: Option
 
 
 def unflatten(flat: Any, like: Union[Mapping[Any, Any], Sequence[Any]]) -> Any:
-    """Views of a flat model as layers: the inverse of :func:`flatten`, without copying.
+    """Views of a flat model as layers: the inverse of `flatten`, without copying.
 
     flat: one model [P], or a server's rows [K, P] (``ids, rows = server.candidates(i)``)
     like: the model whose layout to take (its keys or positions and shapes, e.g.
@@ -117,7 +111,7 @@ def unflatten(flat: Any, like: Union[Mapping[Any, Any], Sequence[Any]]) -> Any:
 
     Returns, for [P], a model laid out like ``like`` (the same container type, keys and shapes)
     whose arrays are views into ``flat``; for [K, P], a list of K such models, each viewing its
-    row: what :func:`fomo_core.fomo_step` takes as candidates for a layer model, and what
+    row: what `fomo_core.fomo_step` takes as candidates for a layer model, and what
     ``torch.func.functional_call(module, candidate, x)`` evaluates. Writing to a view writes to
     ``flat``.
     """

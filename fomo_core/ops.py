@@ -322,6 +322,10 @@ def first_order_scores(
     against finite poisoned models: a candidate farther than it from the local model is rejected
     too, however low its loss.
 
+    Measure before you update: after :func:`apply_update` has written into ``local_params``, the
+    scores describe the moved model. ``compute_weights(..., return_scores=True)`` and
+    :func:`fomo_step` give the scores of the same pass as the weights.
+
     A front door of :func:`fomo_step` (its scores, without the update): the same kernels, the same
     bits.
     """
