@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 out="$(realpath -m "${1:-dist}")"
-python="${PYTHON:-python3}"
+python="$(command -v "${PYTHON:-python3}")"  # (resolved before the tools folder joins the PATH)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1
