@@ -131,7 +131,10 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
             record.train_seconds += timed(clients[i].train)
             upload = adversity.after_training(int(i), clients[i], r)
-            server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            try:
+                server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            except ValueError:  # a non-finite model (a diverged or poisoned client): refused, the run goes on
+                pass
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         server.end_round()
