@@ -26,7 +26,6 @@ to a server that continues identically (it raises if not).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -172,10 +171,7 @@ def child_load(cfg: dict) -> dict:
 
 def _subprocess(kind: str, cfg: dict) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, f"--child-{kind}", json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, __file__, f"--child-{kind}", json.dumps(cfg)], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"bench_server {kind} {cfg} failed:\n{proc.stderr[-4000:]}")
