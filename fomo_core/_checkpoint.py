@@ -136,17 +136,19 @@ class Checkpoint:
         try:
             member, found, dtype, fortran, nbytes = self._open(entry, kinds, shape, max_bytes)
             try:
-                data = member.read(nbytes)
-                if len(data) != nbytes:
-                    raise self.fail(f"entry {entry!r} is truncated ({len(data)} of {nbytes} bytes)")
+                array = np.empty(found[::-1] if fortran else found, dtype=dtype)
+                view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
+                while done < nbytes and (got := member.readinto(view[done:])):
+                    done += got
+                if done != nbytes:
+                    raise self.fail(f"entry {entry!r} is truncated ({done} of {nbytes} bytes)")
             except BaseException:
                 member.close()
                 raise
             self._finish(member, entry)
         except UNREADABLE + (ValueError, TypeError, OSError) as e:
             raise self._explained(e, entry) from None
-        array = np.frombuffer(bytearray(data), dtype=dtype)
-        return array.reshape(found[::-1]).T if fortran else array.reshape(found)
+        return array.T if fortran else array
 
     def blocks(self, entry: str, shape: tuple, dtype: np.dtype):
         """Yields (first row, rows [B, P]) of the 2-D entry, which must be a ``shape`` table of

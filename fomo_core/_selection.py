@@ -18,25 +18,26 @@ Shapes: C clients, K known entries per client (padded with id -1, ok False).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ._pool import ClientPool
 
-__all__ = ["draw", "rank", "top", "per_slot", "top_over_pool"]
+__all__ = ["draw", "rank", "repeats", "top", "per_slot", "top_over_pool"]
 
 
 def _in_rows(values: np.ndarray, sets: np.ndarray, num_clients: int) -> np.ndarray:
     """values [R, B] in [0, N): whether each is in its row's set (sets [R, E], -1 = no entry)."""
-    if sets.shape[1] == 0:
-        return np.zeros(values.shape, dtype=bool)
+    if values.size * sets.shape[1] <= 1 << 20:
+        return (values[:, :, None] == sets[:, None, :]).any(axis=2)
     offset = (np.arange(values.shape[0], dtype=np.int64) * (num_clients + 1))[:, None]
     return np.isin(values + offset, sets + offset)  # -1 + offset never equals a shifted id
 
 
-def _repeats(values: np.ndarray) -> np.ndarray:
+def repeats(values: np.ndarray) -> np.ndarray:
     """[R, B] bool: True where a value already appeared earlier in its row."""
+    if values.shape[1] <= 64:
+        earlier = np.tri(values.shape[1], k=-1, dtype=bool)
+        return ((values[:, :, None] == values[:, None, :]) & earlier).any(axis=2)
     order = np.argsort(values, axis=1, kind="stable")
     ordered = np.take_along_axis(values, order, axis=1)
     seen = np.zeros(values.shape, dtype=bool)
@@ -69,7 +70,7 @@ def draw(counts: np.ndarray, exclude: np.ndarray, pool: ClientPool, rng: np.rand
     while rows.size:
         need = counts[rows]
         candidates = pool.members[rng.integers(0, pool.size, size=(rows.size, 2 * int(need.max()) + 8))]
-        ok = ~(_in_rows(candidates, exclude[rows], pool.num_clients) | _repeats(candidates))
+        ok = ~(_in_rows(candidates, exclude[rows], pool.num_clients) | repeats(candidates))
         taken = np.cumsum(ok, axis=1)
         done = taken[:, -1] >= need
         keep = ok & (taken <= need[:, None])
@@ -142,28 +143,20 @@ def top_over_pool(
     ids: np.ndarray,
     values: np.ndarray,
     ok: np.ndarray,
-    own: Optional[float],
+    exclude_self: bool,
     m: int,
     pool: ClientPool,
     tie: str,
 ) -> np.ndarray:
     """One client's top m over the pool with ties ordered by "lowest_index" or as torch.topk
-    over the pool in arrival order: the row built over the pool, O(pool).
-
-    own: the client's own value when it competes, None when it is not eligible.
-    """
+    over the pool in arrival order: the row built over the pool, O(pool). ids, values, ok: its
+    known entries [K] (its own among them when it competes)."""
     members = pool.members
     row = np.zeros(members.size)
-    where = pool.positions(ids[ok])
-    row[where] = values[ok]
-    self_position = int(pool.positions(np.asarray([client]))[0])
-    if self_position >= 0:
-        if own is None:
-            keep = np.ones(members.size, dtype=bool)
-            keep[self_position] = False
-            members, row = members[keep], row[keep]
-        else:
-            row[self_position] = own
+    row[pool.positions(ids[ok])] = values[ok]
+    if exclude_self and pool.contains(np.asarray([client]))[0]:
+        keep = members != client
+        members, row = members[keep], row[keep]
     if tie == "lowest_index":
         return members[np.lexsort((members, -row))[:m]].astype(np.int64)
     return members[_torch_topk(row, m)].astype(np.int64)

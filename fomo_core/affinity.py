@@ -47,6 +47,7 @@ _FORMAT = "fomo_core.Affinity/2"
 _FORMAT_DENSE = "fomo_core.Affinity/1"  # the dense matrix of earlier versions, still read
 MAX_LOAD_BYTES = 1 << 30  # Affinity.load's default cap on each array of the file
 MAX_CLIENTS = 2**31 - 1  # client ids are stored as int32
+_CHECK_ROWS = 4096  # rows of a file checked at a time
 # A score beyond +-SCORE_LIMIT is clipped to it (no honest client reaches it: scores are loss
 # differences over distances), and every entry to +-VALUE_LIMIT: one client sending 1e308 twice
 # cannot turn its row infinite, so the server can always reload its own checkpoint.
@@ -67,6 +68,11 @@ def _options(policy: ServerPolicy) -> dict:
         update=policy.affinity_update,
         k=policy.affinity_k,
     )
+
+
+def _rows(rows: np.ndarray, *arrays: np.ndarray) -> list:
+    """The given rows of each array."""
+    return [a[rows] for a in arrays]
 
 
 def _clip(values: Any) -> Any:
@@ -347,81 +353,58 @@ class Affinity:
         return self._choose(clients, m, eps, self._pool(among), rng)
 
     def _known(self, clients: np.ndarray, pool: ClientPool) -> tuple:
-        """The entries of the clients' rows that differ from 0 and are in the pool: ids, values
-        and ok, [C, K] (stored entries, then parked ones at -inf)."""
-        ids = self._entry_ids[clients].astype(np.int64)
-        values = self._entry_values[clients]
-        ok = (ids >= 0) & (values != 0)
-        if self._parked.shape[1]:
-            parked = self._parked[clients].astype(np.int64)
-            ids = np.concatenate([ids, parked], axis=1)
-            values = np.concatenate([values, np.full(parked.shape, -np.inf)], axis=1)
-            ok = np.concatenate([ok, parked >= 0], axis=1)
-        return ids, values, ok & pool.contains(ids)
+        """The entries of the clients' rows that differ from 0, [C, K + 1]: ids, values, and ok
+        where the entry is in the pool (and eligible): the stored entries, the parked ones (at
+        -inf), then the client's own entry. Also whether each client is in the pool [C]."""
+        cap, park = self._entry_ids.shape[1], self._parked.shape[1]
+        ids = np.empty((clients.size, cap + park + 1), dtype=np.int64)
+        values = np.empty(ids.shape)
+        ids[:, :cap], values[:, :cap] = self._entry_ids[clients], self._entry_values[clients]
+        ids[:, cap:-1], values[:, cap:-1] = self._parked[clients], -np.inf
+        ids[:, -1], values[:, -1] = clients, self._diag[clients]
+        in_pool = pool.contains(ids)
+        ok = in_pool & (values != 0)
+        if self.policy.include_self == "never":
+            ok[:, -1] = False
+        return ids, values, ok, in_pool[:, -1]
 
     def _choose(self, clients: np.ndarray, m: int, eps: float, pool: ClientPool, rng: np.random.Generator) -> list:
         never = self.policy.include_self == "never"
-        own_in_pool = pool.contains(clients)
-        available = pool.size - (own_in_pool if never else np.zeros(clients.size, dtype=np.int64))
+        ids, values, ok, own_in_pool = self._known(clients, pool)
+        available = pool.size - (own_in_pool & never)
         count = np.minimum(m, available)
-        avoid = (clients if never else np.full(clients.size, -1, dtype=np.int64))[:, None]
-        ids, values, ok = self._known(clients, pool)
+        avoid = np.where(never, clients, -1)[:, None]
         selection = self.policy.selection
         if selection == "epsilon_greedy_per_slot":
             depth = np.minimum(2 * m, available)
-            best = self._ranked(clients, ids, values, ok, avoid, depth, available, own_in_pool, pool, rng)
+            best = self._ranked(clients, ids, values, ok, avoid, depth, available, pool, rng)
             shuffled = _selection.draw(depth, avoid, pool, rng)
             explore = rng.random((clients.size, m)) < eps if eps > 0 else np.zeros((clients.size, m), dtype=bool)
             chosen = _selection.per_slot(best, shuffled, count, explore)
+        elif selection == "epsilon_greedy" and eps > 0:
+            explore = rng.random(clients.size) < eps
+            greedy, random = np.flatnonzero(~explore), np.flatnonzero(explore)
+            picked = self._ranked(*_rows(greedy, clients, ids, values, ok, avoid, count, available), pool, rng)
+            drawn = _selection.draw(count[random], avoid[random], pool, rng)
+            chosen = [None] * clients.size
+            for rows, found in ((greedy, picked), (random, drawn)):
+                for r, c in zip(rows.tolist(), found):
+                    chosen[r] = c
         else:
-            explore = rng.random(clients.size) < eps if selection == "epsilon_greedy" and eps > 0 else None
-            chosen = [np.zeros(0, dtype=np.int64)] * clients.size
-            greedy = np.arange(clients.size) if explore is None else np.flatnonzero(~explore)
-            if greedy.size:
-                picked = self._ranked(
-                    clients[greedy],
-                    ids[greedy],
-                    values[greedy],
-                    ok[greedy],
-                    avoid[greedy],
-                    count[greedy],
-                    available[greedy],
-                    own_in_pool[greedy],
-                    pool,
-                    rng,
-                )
-                for j, r in enumerate(greedy):
-                    chosen[r] = picked[j]
-            if explore is not None and explore.any():
-                e = np.flatnonzero(explore)
-                for r, sample in zip(e, _selection.draw(count[e], avoid[e], pool, rng)):
-                    chosen[r] = sample
+            chosen = self._ranked(clients, ids, values, ok, avoid, count, available, pool, rng)
         if self.policy.include_self == "always":
-            chosen = [c if client in c else np.append(c, client) for c, client in zip(chosen, clients)]
-        return [np.asarray(c, dtype=np.int64) for c in chosen]
+            chosen = [c if client in c else np.append(c, client) for c, client in zip(chosen, clients.tolist())]
+        return chosen
 
-    def _ranked(self, clients, ids, values, ok, avoid, count, available, own_in_pool, pool, rng) -> list:
+    def _ranked(self, clients, ids, values, ok, avoid, count, available, pool, rng) -> list:
         """Each client's top ``count`` over the pool, ties per the tie rule."""
-        own = self._diag[clients]
-        competes = self.policy.include_self != "never"
-        if self.policy.tie != "random":
-            return [
-                _selection.top_over_pool(
-                    int(c), ids[r], values[r], ok[r], own[r] if competes else None, int(count[r]), pool, self.policy.tie
-                )
-                for r, c in enumerate(clients)
-            ]
-        own_ok = (own != 0) & own_in_pool & competes
-        return _selection.top(
-            np.concatenate([ids, clients[:, None]], axis=1),
-            np.concatenate([values, own[:, None]], axis=1),
-            np.concatenate([ok, own_ok[:, None]], axis=1),
-            avoid,
-            count,
-            available,
-            pool,
-            rng,
-        )
+        if self.policy.tie == "random":
+            return _selection.top(ids, values, ok, avoid, count, available, pool, rng)
+        exclude_self = self.policy.include_self == "never"
+        return [
+            _selection.top_over_pool(c, ids[r], values[r], ok[r], exclude_self, int(count[r]), pool, self.policy.tie)
+            for r, c in enumerate(clients.tolist())
+        ]
 
     # --- update -------------------------------------------------------------------------------
 
@@ -613,41 +596,42 @@ class Affinity:
         return aff
 
     def _restore(self, arrays: dict, ckpt: Checkpoint) -> None:
-        """Takes the arrays of a file after checking them (a ValueError naming the entry)."""
+        """Takes the arrays of a file after checking them (a ValueError naming the entry), a
+        block of rows at a time (the checks' temporaries stay small)."""
         n = self.num_clients
-        ids = _checked_ids(arrays["ids"], n, ckpt, "ids")
-        parked = _checked_ids(arrays["parked"], n, ckpt, "parked")
-        values = np.asarray(arrays["values"], dtype=np.float64)
-        diag = np.asarray(arrays["diag"], dtype=np.float64)
-        for name, v in (("values", values), ("diag", diag)):
-            if not np.isfinite(v).all() or np.abs(v).max(initial=0.0) > VALUE_LIMIT:
-                raise ckpt.fail(f"entry {name!r} holds NaN, infinite or values beyond +-{VALUE_LIMIT:g}")
-        if (values[ids < 0] != 0).any():
-            raise ckpt.fail("entry 'values' holds values in empty slots")
-        both = np.concatenate([ids, parked], axis=1).astype(np.int64)
-        if both.shape[1] > 1 and _selection._repeats(np.where(both >= 0, both, -1 - np.arange(both.shape[1]))).any():
-            raise ckpt.fail("entries 'ids'/'parked' repeat a client within a row")
-        self._entry_ids[...] = ids
-        self._entry_values[...] = values
-        self._entry_count[...] = (ids >= 0).sum(axis=1)
-        self._parked[...] = parked
-        self._parked_count[...] = (parked >= 0).sum(axis=1)
-        self._diag[...] = diag
+        for start in range(0, n, _CHECK_ROWS):
+            rows = slice(start, min(n, start + _CHECK_ROWS))
+            own = np.arange(rows.start, rows.stop)[:, None]
+            ids = _checked_ids(arrays["ids"][rows], own, n, ckpt, "ids")
+            parked = _checked_ids(arrays["parked"][rows], own, n, ckpt, "parked")
+            values, diag = arrays["values"][rows], arrays["diag"][rows]
+            for name, v in (("values", values), ("diag", diag)):
+                if not np.isfinite(v).all() or np.abs(v).max(initial=0.0) > VALUE_LIMIT:
+                    raise ckpt.fail(f"entry {name!r} holds NaN, infinite or values beyond +-{VALUE_LIMIT:g}")
+            if (values[ids < 0] != 0).any():
+                raise ckpt.fail("entry 'values' holds values in empty slots")
+            both = np.concatenate([ids, parked], axis=1).astype(np.int64)
+            both = np.where(both >= 0, both, -1 - np.arange(both.shape[1]))  # empty slots never repeat
+            if both.shape[1] > 1 and _selection.repeats(both).any():
+                raise ckpt.fail("entries 'ids'/'parked' repeat a client within a row")
+            self._entry_ids[rows], self._entry_values[rows], self._diag[rows] = ids, values, diag
+            self._entry_count[rows] = (ids >= 0).sum(axis=1)
+            self._parked[rows] = parked
+            self._parked_count[rows] = (parked >= 0).sum(axis=1)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"Affinity({self.num_clients}, {opts})"
 
 
-def _checked_ids(ids: np.ndarray, n: int, ckpt: Checkpoint, name: str) -> np.ndarray:
-    """A row-major table of client ids: each row's ids first, then -1; in [0, n), not the row's own."""
-    ids = np.asarray(ids)
+def _checked_ids(ids: np.ndarray, own: np.ndarray, n: int, ckpt: Checkpoint, name: str) -> np.ndarray:
+    """Rows of client ids: each row's ids first, then -1; in [0, n), not the row's own (own [R, 1])."""
     if ids.size and (ids.min() < -1 or ids.max() >= n):
         raise ckpt.fail(f"entry {name!r} holds client ids outside [0, {n}) (-1 marks an empty slot)")
     ids = ids.astype(np.int32)
     empty = ids < 0
     if (empty[:, :-1] & ~empty[:, 1:]).any():
         raise ckpt.fail(f"entry {name!r} has an id after an empty slot")
-    if (ids == np.arange(n, dtype=np.int32)[:, None]).any():
+    if (ids == own).any():
         raise ckpt.fail(f"entry {name!r} holds a client's own id (the diagonal is kept apart)")
     return ids
