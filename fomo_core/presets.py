@@ -83,7 +83,10 @@ PRESETS: dict[str, Preset] = {
             "integer buffers (num_batches_tracked) keep the current value (the peer's update crashes on them)",
             "no sub-federation or global average models are added to the candidates (the peer's "
             "optional hierarchical extension)",
-            "random draws (tie-breaking, exploration) come from the server's own generator, not NumPy's global seed",
+            "random draws (tie-breaking, exploration) come from the server's own generator, which goes on from "
+            "round to round: the peer reseeds NumPy's global generator with the same seed at the start of every "
+            "round's weight computation (federation.py:270), so its exploration and tie-breaking draws repeat "
+            "each round",
         ),
     ),
     "pfllib": Preset(
