@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from typing import Any, Optional, Union
@@ -41,6 +42,7 @@ UNREADABLE = (
     UnicodeDecodeError,
     RuntimeError,
     SyntaxError,
+    tokenize.TokenError,
 )
 _KINDS = {"f": "a real float", "i": "an integer", "b": "a boolean", "u": "an unsigned integer", "U": "text"}
 
@@ -113,8 +115,8 @@ class Checkpoint:
                 )
             if nbytes > self.size or nbytes > info.file_size:
                 raise self.fail(
-                    f"entry {entry!r} declares shape {found} ({nbytes} bytes), more than the file holds"
-                    f" ({min(self.size, info.file_size)} bytes)"
+                    f"entry {entry!r} is truncated or damaged: it declares shape {found} ({nbytes} bytes), "
+                    f"more than the file holds ({min(self.size, info.file_size)} bytes)"
                 )
         except BaseException:
             member.close()
@@ -174,10 +176,11 @@ class Checkpoint:
         finally:
             member.close()
 
-    def header(self, entry: str, kinds: str) -> tuple:
-        """(shape, dtype) that an entry's header declares (its data not read)."""
+    def header(self, entry: str, kinds: str, *, shape: Optional[tuple] = None) -> tuple:
+        """(shape, dtype) that an entry's header declares, checked as :meth:`array` checks it
+        (its data not read)."""
         try:
-            member, found, dtype, _, _ = self._open(entry, kinds, None, None)
+            member, found, dtype, _, _ = self._open(entry, kinds, shape, None)
             member.close()
         except UNREADABLE + (ValueError, TypeError, OSError) as e:
             raise self._explained(e, entry) from None

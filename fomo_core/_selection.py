@@ -169,4 +169,6 @@ def _torch_topk(values: np.ndarray, k: int) -> np.ndarray:
         import torch
     except ImportError:
         raise ImportError("tie='torch_topk' orders ties as torch.topk does: it needs PyTorch installed") from None
-    return torch.topk(torch.from_numpy(values.astype(np.float32)), k).indices.numpy()
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf, as in the peers' float32 matrices
+        values = values.astype(np.float32)
+    return torch.topk(torch.from_numpy(values), k).indices.numpy()

@@ -31,6 +31,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ._checkpoint import UNREADABLE
 from ._validate import count
 
 __all__ = ["ModelStore", "open_model_store", "read_npz_rows"]
@@ -354,8 +355,8 @@ def _check_existing(path: str, num_params: int, dtype: np.dtype) -> int:
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, found = read(f)
             offset = f.tell()
-    except (ValueError, TypeError, EOFError, OSError, SyntaxError, OverflowError, io.UnsupportedOperation) as e:
-        raise ValueError(f"{where} is not a model store: {e}") from None
+    except UNREADABLE + (ValueError, TypeError, OSError, io.UnsupportedOperation) as e:
+        raise ValueError(f"{where} is not a model store: {type(e).__name__}: {e}") from None
     if len(shape) != 2 or fortran or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError(f"{where} holds a {shape} table{' (Fortran order)' if fortran else ''}, expected (rows, P)")
     if found != dtype or shape[1] != num_params or not 1 <= shape[0] <= MAX_ROWS:

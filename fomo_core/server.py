@@ -379,8 +379,9 @@ def _clients(ckpt: Checkpoint, entry: str, n: int) -> np.ndarray:
 
 
 def _inline_models(ckpt: Checkpoint, shape: tuple, dtype: np.dtype, is_torch: bool, models: Any) -> Any:
-    """The table for a checkpoint that holds every model: filled block by block, each block
-    checked finite."""
+    """The table for a checkpoint that holds every model: its size checked before anything is
+    allocated, then filled block by block, each block checked finite."""
+    ckpt.header("models", "f", shape=shape)
     if isinstance(models, ModelStore):
         _same_table(shape, dtype, models)
         for start, block in ckpt.blocks("models", shape, dtype):
