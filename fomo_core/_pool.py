@@ -44,12 +44,12 @@ class ClientPool:
         return self.positions(ids) >= 0
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Each id's index in :attr:`members`, -1 where it is not a member."""
+        """Each id's index in :attr:`members`, -1 where it is not a member (ids in [-1, N):
+        -1 marks no client)."""
         ids = np.asarray(ids, dtype=np.int64)
-        inside = (ids >= 0) & (ids < self.num_clients)
         if self.everyone:
-            return np.where(inside, ids, -1)
-        return np.where(inside, self._position[np.clip(ids, 0, self.num_clients - 1)], -1)
+            return ids
+        return np.where(ids >= 0, self._position[ids], -1)
 
     def add(self, client: int) -> None:
         """Adds a client at the end (nothing if it is a member already); amortised O(1)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._pool import ClientPool
 
-__all__ = ["draw", "rank", "repeats", "top", "per_slot", "top_over_pool"]
+__all__ = ["draw", "draw_one", "rank", "repeats", "top", "top_one", "per_slot", "top_over_pool"]
 
 
 def _in_rows(values: np.ndarray, sets: np.ndarray, num_clients: int) -> np.ndarray:
@@ -119,6 +119,38 @@ def top(
         worst = ordered[r, positive[r] : positive[r] + negative]
         out.append(np.concatenate([best, neutral[r], worst]).astype(np.int64, copy=False))
     return out
+
+
+def draw_one(count: int, exclude: set, pool: ClientPool, rng: np.random.Generator) -> list:
+    """:func:`draw` for one client in plain Python: ``count`` distinct members of the pool not in
+    ``exclude``, uniformly at random in random order (the first new ones of uniform draws)."""
+    if count <= 0:
+        return []
+    if pool.size <= 4 * (len(exclude) + count) + 16:
+        members = [n for n in pool.members.tolist() if n not in exclude]
+        return [members[j] for j in rng.permutation(len(members))[:count].tolist()]
+    chosen, seen = [], set(exclude)
+    while len(chosen) < count:
+        for n in pool.members[rng.integers(0, pool.size, 2 * (count - len(chosen)) + 8)].tolist():
+            if n not in seen:
+                seen.add(n)
+                chosen.append(n)
+                if len(chosen) == count:
+                    break
+    return chosen
+
+
+def top_one(known: list, avoid: set, count: int, available: int, pool: ClientPool, rng: np.random.Generator) -> list:
+    """:func:`top` for one client in plain Python. known: its (value, id) entries in the pool
+    that differ from 0 (parked ones at -inf); avoid: ids never to draw (itself, when not eligible)."""
+    ties = rng.random(len(known)).tolist()
+    ranked = [known[j][1] for j in sorted(range(len(known)), key=lambda j: (-known[j][0], ties[j]))]
+    positive = sum(1 for value, _ in known if value > 0)
+    take_positive = min(positive, count)
+    take_neutral = min(available - len(known), count - take_positive)
+    neutral = draw_one(take_neutral, avoid | {n for _, n in known}, pool, rng)
+    negative = count - take_positive - take_neutral
+    return ranked[:take_positive] + neutral + ranked[positive : positive + negative]
 
 
 def per_slot(best: list, random_order: list, m: np.ndarray, explore: np.ndarray) -> list:

@@ -327,7 +327,14 @@ class Affinity:
         ``round``, which the epsilon-greedy selections therefore require (an epsilon that
         silently never decays is a trap). Fewer than M come back when fewer are eligible.
         """
-        return self.select_many([self._client(client)], m, round=round, epsilon=epsilon, among=among, rng=rng)[0]
+        client = self._client(client)
+        m = _count(m, "m")
+        eps = self._epsilon(round, epsilon)
+        rng = self._generator(rng)
+        pool = self._pool(among)
+        if self.policy.tie != "random":  # the row over the pool, O(pool), either way
+            return self._choose(np.asarray([client]), m, eps, pool, rng)[0]
+        return self._choose_one(client, m, eps, pool, rng)
 
     def select_many(
         self,
@@ -346,11 +353,44 @@ class Affinity:
         clients = self._ids(clients, "clients", unique=False)
         m = _count(m, "m")
         eps = self._epsilon(round, epsilon)
+        return self._choose(clients, m, eps, self._pool(among), self._generator(rng))
+
+    def _generator(self, rng: Any) -> np.random.Generator:
         if rng is None:
-            rng = self.rng
-        elif not isinstance(rng, np.random.Generator):
+            return self.rng
+        if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return self._choose(clients, m, eps, self._pool(among), rng)
+        return rng
+
+    def _choose_one(self, client: int, m: int, eps: float, pool: ClientPool, rng: np.random.Generator) -> np.ndarray:
+        """:meth:`_choose` for one client, ties at random, in plain Python: for one client
+        NumPy's cost per call would dominate. The same rule; its draws come in another order."""
+        never = self.policy.include_self == "never"
+        used, parked = int(self._entry_count[client]), int(self._parked_count[client])
+        ids, parked_ids = self._entry_ids[client, :used], self._parked[client, :parked]
+        inside = pool.contains(np.concatenate([ids, parked_ids, [client]])).tolist()
+        values = self._entry_values[client, :used].tolist()
+        known = [(v, n) for n, v, ok in zip(ids.tolist(), values, inside) if ok and v != 0]
+        known += [(-np.inf, n) for n, ok in zip(parked_ids.tolist(), inside[used:-1]) if ok]
+        own = float(self._diag[client])
+        if not never and inside[-1] and own != 0:
+            known.append((own, client))
+        available = pool.size - (inside[-1] and never)
+        count = min(m, available)
+        avoid = {client} if never else set()
+        if self.policy.selection == "epsilon_greedy_per_slot":
+            depth = min(2 * m, available)
+            best = _selection.top_one(known, avoid, depth, available, pool, rng)
+            shuffled = _selection.draw_one(depth, avoid, pool, rng)
+            explore = rng.random((1, m)) < eps if eps > 0 else np.zeros((1, m), dtype=bool)
+            chosen = _selection.per_slot([best], [shuffled], [count], explore)[0].tolist()
+        elif self.policy.selection == "epsilon_greedy" and eps > 0 and rng.random() < eps:
+            chosen = _selection.draw_one(count, avoid, pool, rng)
+        else:
+            chosen = _selection.top_one(known, avoid, count, available, pool, rng)
+        if self.policy.include_self == "always" and client not in chosen:
+            chosen.append(client)
+        return np.asarray(chosen, dtype=np.int64)
 
     def _known(self, clients: np.ndarray, pool: ClientPool) -> tuple:
         """The entries of the clients' rows that differ from 0, [C, K + 1]: ids, values, and ok

@@ -53,8 +53,8 @@ def test_epsilon_one_explores_uniformly():
     aff = Affinity(n, epsilon=1.0, epsilon_decay=0.0, init="self", self_affinity=0.0, seed=2)
     _set(aff, (0, slice(1, 3)), 10.0)  # greedy would always pick 1 and 2
     counts = np.zeros(n)
-    for _ in range(draws):
-        counts[aff.select(0, m, round=0)] += 1
+    for ids in aff.select_many([0] * draws, m, round=0):
+        counts[ids] += 1
     assert counts[0] == 0
     expected = draws * m / (n - 1)  # 2000 per client
     # binomial std is sqrt(14000 * 2/7 * 5/7) ~ 53; 5 sigma keeps this deterministic test robust to the seed

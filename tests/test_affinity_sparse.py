@@ -91,12 +91,20 @@ def test_greedy_selection_takes_the_top_m_values_of_the_row(n, k, m, include_sel
         np.testing.assert_array_equal(values[picked], -np.sort(-values[eligible])[: picked.size])
 
 
-def test_ties_with_untouched_clients_are_drawn_uniformly_from_a_large_pool():
+def _selections(aff: Affinity, client: int, m: int, draws: int, form: str, **options) -> list:
+    """``draws`` selections for ``client``, one call each ("one") or in one call ("many")."""
+    if form == "one":
+        return [aff.select(client, m, **options) for _ in range(draws)]
+    return aff.select_many([client] * draws, m, **options)
+
+
+@pytest.mark.parametrize("form", ["one", "many"])
+def test_ties_with_untouched_clients_are_drawn_uniformly_from_a_large_pool(form):
     n, draws = 2000, 3000
     aff = Affinity(n, k=4, selection="top_m", seed=3)
     aff.update(0, [1, 2, 3], [1.0, 0.0, -1.0])  # 1 helps, 2 scored 0 (neutral again), 3 hurt
     counts = np.zeros(n)
-    for ids in aff.select_many([0] * draws, 2):
+    for ids in _selections(aff, 0, 2, draws, form):
         assert ids[0] == 1 and ids[1] not in (0, 1, 3)
         counts[ids[1]] += 1
     # 3000 uniform draws over the 1997 neutral clients (2 included): about 1.5 each; none drawn
@@ -104,11 +112,12 @@ def test_ties_with_untouched_clients_are_drawn_uniformly_from_a_large_pool():
     assert counts.max() <= 13 and (counts > 0).sum() > 1400 and counts[2] >= 0
 
 
-def test_exploration_samples_the_pool_uniformly():
+@pytest.mark.parametrize("form", ["one", "many"])
+def test_exploration_samples_the_pool_uniformly(form):
     n, m, draws = 300, 3, 4000
     aff = Affinity(n, epsilon=1.0, epsilon_decay=0.0, k=8, seed=4)
     aff.update(0, [1, 2, 3], [5.0, 5.0, 5.0])
-    counts = np.bincount(np.concatenate(aff.select_many([0] * draws, m, round=0)), minlength=n)
+    counts = np.bincount(np.concatenate(_selections(aff, 0, m, draws, form, round=0)), minlength=n)
     assert counts[0] == 0
     expected = draws * m / (n - 1)  # about 40 per client
     # a binomial with mean 40 stays within 40 +- 40 for all 299 clients (p of any outside < 1e-6)
