@@ -27,7 +27,8 @@ class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
-    epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
+    epsilon, epsilon_decay, affinity_update, affinity_k: override the preset's server policy when
+    not None (affinity_k: entries kept per affinity row; any k >= clients - 1 keeps every entry).
     seed: everything.
     guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
     client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
@@ -40,6 +41,7 @@ class FederationSettings:
     epsilon: Optional[float] = None
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
+    affinity_k: Optional[int] = None
     seed: int = 0
     guard: Optional[float] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -56,7 +58,9 @@ class FederationSettings:
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
         changes = {
-            k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None
+            k: getattr(self, k)
+            for k in ("epsilon", "epsilon_decay", "affinity_update", "affinity_k")
+            if getattr(self, k) is not None
         }
         return get_preset(self.preset).server.replace(**changes)
 
