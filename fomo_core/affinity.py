@@ -457,12 +457,12 @@ class Affinity:
         divides by |sum of the measured scores|, and adds nothing when that sum is 0.
         """
         client = self._client(client)
-        ids, s = self.prepare_update(client, ids, scores)
-        self.apply_update(client, ids, s)
+        ids, s = self._prepare_update(client, ids, scores)
+        self._apply_update(client, ids, s)
 
-    def prepare_update(self, client: int, ids: Any, scores: Any) -> tuple:
+    def _prepare_update(self, client: int, ids: Any, scores: Any) -> tuple:
         """The checked (ids, increments) that :meth:`update` adds: nothing changes yet, so a
-        caller can check the rest of an upload before applying it with :meth:`apply_update`."""
+        caller can check the rest of an upload before applying it with :meth:`_apply_update`."""
         ids = self._ids(ids, "ids")
         s = real_vector(scores, "scores")
         if s.shape != ids.shape:
@@ -476,8 +476,8 @@ class Affinity:
             s = s / (total + 1e-9 if total < 1e-9 else total)
         return ids, s
 
-    def apply_update(self, client: int, ids: np.ndarray, s: np.ndarray) -> None:
-        """Adds the increments of :meth:`prepare_update` to row ``client``."""
+    def _apply_update(self, client: int, ids: np.ndarray, s: np.ndarray) -> None:
+        """Adds the increments of :meth:`_prepare_update` to row ``client``."""
         own = ids == client
         if own.any():
             self._diag[client] = _clip(self._diag[client] + s[own].sum())
@@ -548,11 +548,11 @@ class Affinity:
 
     # --- persistence --------------------------------------------------------------------------
 
-    def arrays(self) -> dict:
+    def _arrays(self) -> dict:
         """The state as named arrays (what :meth:`save` writes beside its metadata)."""
         return {"ids": self._entry_ids, "values": self._entry_values, "diag": self._diag, "parked": self._parked}
 
-    def meta(self) -> dict:
+    def _meta(self) -> dict:
         """The metadata :meth:`save` writes: format, options, generator state, counters."""
         return {
             "format": _FORMAT,
@@ -567,8 +567,8 @@ class Affinity:
         """Writes the rows, the options and the random generator's state to a .npz file,
         atomically (a crash mid-save leaves the previous file as it was; the folder is created
         when missing)."""
-        meta = np.array(json.dumps(self.meta()))
-        atomic_write(path, lambda f: np.savez(f, meta=meta, **self.arrays()))
+        meta = np.array(json.dumps(self._meta()))
+        atomic_write(path, lambda f: np.savez(f, meta=meta, **self._arrays()))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, max_bytes: int = MAX_LOAD_BYTES) -> Affinity:
@@ -585,10 +585,10 @@ class Affinity:
         max_bytes = _count(max_bytes, "max_bytes", low=1)
         with Checkpoint(path, "Affinity file") as ckpt:
             ckpt.require("meta")
-            return cls.read(ckpt, ckpt.meta(), max_bytes=max_bytes)
+            return cls._read(ckpt, ckpt.meta(), max_bytes=max_bytes)
 
     @classmethod
-    def read(cls, ckpt: Checkpoint, meta: Any, *, prefix: str = "", max_bytes: Optional[int] = None) -> Affinity:
+    def _read(cls, ckpt: Checkpoint, meta: Any, *, prefix: str = "", max_bytes: Optional[int] = None) -> Affinity:
         """The Affinity whose metadata is ``meta`` and arrays the entries ``prefix + name`` of an
         open checkpoint, every part checked (see :meth:`load`)."""
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__

@@ -196,9 +196,9 @@ class Server:
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
-        ids, increments = self.affinity.prepare_update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
+        ids, increments = self.affinity._prepare_update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
         row = self._table.prepare(params)
-        self.affinity.apply_update(client, ids, increments)
+        self.affinity._apply_update(client, ids, increments)
         immediately = self.policy.uploads == "immediately"
         self._table.stage(client, row, immediately)
         if immediately:
@@ -243,9 +243,9 @@ class Server:
             "num_params": self.num_params,
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "models": "inline" if store is None else {"store": os.path.abspath(store.path)},
-            "affinity": self.affinity.meta(),
+            "affinity": self.affinity._meta(),
         }
-        arrays = {f"affinity_{k}": v for k, v in self.affinity.arrays().items()}
+        arrays = {f"affinity_{k}": v for k, v in self.affinity._arrays().items()}
         arrays.update(uploaded=self._uploaded_pool.members, last_round=self.last_round)
         if store is None:
             arrays["models"] = self.models.detach().cpu().numpy() if meta["torch"] else self.models
@@ -285,7 +285,7 @@ class Server:
             if set(meta) != _META:
                 raise ckpt.fail(f"has metadata keys {sorted(meta)}, expected {sorted(_META)}")
             server = cls._shell(ckpt, meta, _policy(ckpt, meta["policy"]))
-            server.affinity = Affinity.read(ckpt, meta["affinity"], prefix="affinity_")
+            server.affinity = Affinity._read(ckpt, meta["affinity"], prefix="affinity_")
             n, p = _integer(ckpt, meta, "num_clients", 1, 2**31 - 1), _integer(ckpt, meta, "num_params", 1, 2**40)
             if server.affinity.num_clients != n or server.affinity.options() != _options(server.policy):
                 raise ckpt.fail("holds an affinity of other clients or options than its policy says")
