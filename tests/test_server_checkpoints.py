@@ -323,3 +323,16 @@ def test_a_server_always_reloads_its_own_checkpoint(tmp_path_factory, n, rounds,
     back = fc.Server.load(path)
     np.testing.assert_array_equal(back.affinity.matrix, server.affinity.matrix)
     assert [back.select(i).tolist() for i in range(n)] == [server.select(i).tolist() for i in range(n)]
+
+
+def test_save_creates_the_folder(tmp_path):
+    # docs/how-to/checkpointing.md saves to "ckpt/...": a FileNotFoundError on the temporary file before
+    server = _server()
+    server.save(tmp_path / "ckpt" / "deeper" / "server.npz")
+    server.affinity.save(tmp_path / "other" / "affinity.npz")
+    assert fc.Server.load(tmp_path / "ckpt" / "deeper" / "server.npz").round == server.round
+    assert fc.Affinity.load(tmp_path / "other" / "affinity.npz").num_clients == 6
+    assert sorted(os.listdir(tmp_path / "ckpt" / "deeper")) == ["server.npz"]  # no temporary left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):  # a folder that cannot be made: the usual error, nothing written
+        server.save(tmp_path / "file" / "server.npz")
