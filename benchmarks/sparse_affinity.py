@@ -47,7 +47,7 @@ def _mean_sd(values: list) -> str:
 
 
 def summary() -> str:
-    runs = {name: _cells(name) for name in RUNS}
+    runs = {name: _cells(name) for name in RUNS if (folder(name) / "results.json").exists()}
     settings = list(dict.fromkeys(s for s, _ in runs["dense"]))
     seeds = sorted({seed for _, seed in runs["dense"]})
     lines = [
@@ -59,12 +59,12 @@ def summary() -> str:
         "",
     ]
     for key, label in METRICS.items():
-        header = ["setting", *RUNS, *(f"{n} − dense" for n in RUNS if n != "dense")]
+        header = ["setting", *runs, *(f"{n} − dense" for n in runs if n != "dense")]
         lines += [f"Accuracy {label}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for setting in settings:
-            values = {n: [runs[n][(setting, s)][key] for s in seeds] for n in RUNS}
-            cells = [_mean_sd(values[n]) for n in RUNS]
-            for n in RUNS:
+            values = {n: [runs[n][(setting, s)][key] for s in seeds] for n in runs}
+            cells = [_mean_sd(values[n]) for n in runs]
+            for n in runs:
                 if n == "dense":
                     continue
                 diff = [a - b for a, b in zip(values[n], values["dense"])]

@@ -212,22 +212,20 @@ class ModelStore:
         return _row_array(params, self.dtype, where)
 
     def stage(self, client: int, row: np.ndarray, immediately: bool) -> None:
-        """Writes an upload: to the client's own row when no one else may still need it
-        (``immediately``: it is sent from now on), else to a free row that :meth:`commit` makes
-        the client's (until then the old row is the one sent)."""
-        if not immediately:
-            if client not in self.pending:
-                self.pending[client] = self._take()
-            self._write(self.pending[client], row)
-            return
-        old = int(self._slot[client])
-        if self._refs[old] == 1 and not self._pinned[old]:
-            self._write(old, row)
-            return
+        """Writes an upload to a free row: the client's from now on (``immediately``), or from
+        :meth:`commit` (until then its old row is the one sent). A failed write changes nothing."""
         new = self._take()
-        self._write(new, row)
-        self._slot[client] = new
-        self._release(old)
+        try:
+            self._write(new, row)
+        except BaseException:
+            self._release(new)
+            raise
+        if immediately:
+            old, self._slot[client] = int(self._slot[client]), new
+        else:
+            old, self.pending[client] = self.pending.get(client), new
+        if old is not None:
+            self._release(old)
 
     def commit(self) -> None:
         for client, row in self.pending.items():

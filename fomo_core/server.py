@@ -197,10 +197,9 @@ class Server:
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
         ids, increments = self.affinity._prepare_update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
-        row = self._table.prepare(params)
-        self.affinity._apply_update(client, ids, increments)
         immediately = self.policy.uploads == "immediately"
-        self._table.stage(client, row, immediately)
+        self._table.stage(client, self._table.prepare(params), immediately)  # a disk error changes nothing
+        self.affinity._apply_update(client, ids, increments)
         if immediately:
             self._uploaded(client)
         self._pending[client] = True

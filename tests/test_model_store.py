@@ -199,3 +199,22 @@ def test_a_store_server_refuses_uploads_it_could_not_store(tmp_path):
         server.receive(0, np.full(4, np.nan, np.float32), [1], [0.5])
     np.testing.assert_array_equal(server.affinity.matrix, before)
     assert not server._pending
+
+
+def test_a_failed_write_changes_nothing(tmp_path, monkeypatch):
+    store = open_model_store(tmp_path / "m.npy", 3, 4)
+    server = fc.Server(3, np.zeros(4, np.float32), m=1, seed=0, models=store)
+    before = server.affinity.matrix.copy()
+
+    def disk_full(row, data):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_write", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            server.receive(0, np.ones(4, np.float32), [1], [0.5])
+    np.testing.assert_array_equal(server.affinity.matrix, before)
+    assert not server._pending and not store.pending
+    server.receive(0, np.ones(4, np.float32), [1], [0.5])  # the same upload, once the disk has room
+    server.end_round()
+    assert server.model(0).tolist() == [1.0] * 4 and server.affinity.row(0)[1] == 0.5
