@@ -289,7 +289,7 @@ def server_section(s: dict) -> list:
             r["participation"],
             f"{r['peak_rss_mib']:.0f}",
             f"{r['select_us']:.3g} / {r['select_many_us']:.3g}",
-            f"{r['round_cpu_s']:.3g} ({r['participants']:,})",
+            f"{r['round_cpu_s']:.3g} / {r['round_wall_s']:.3g} ({r['participants']:,})",
             f"{r['save_s']:.3g} / {r['checkpoint_mib']:.3g}",
             f"{r['load_s']:.3g} / {r['load_peak_rss_mib']:.0f}",
         ]
@@ -315,7 +315,7 @@ def server_section(s: dict) -> list:
                 "participation",
                 "peak RSS MiB",
                 "select µs: one / many",
-                "round CPU s (clients)",
+                "round s: CPU / wall (clients)",
                 "save s / checkpoint MiB",
                 "load s / peak RSS MiB",
             ],
