@@ -94,7 +94,9 @@ class MemoryTable:
 class ModelStore:
     """Client models in a disk file of rows (see the module docstring); made by
     :func:`open_model_store`. ``shape`` is (clients, params); ``np.asarray(store)`` gathers the
-    [N, P] table in client order (for small stores)."""
+    [N, P] table in client order (for small stores). A :class:`fomo_core.Server` drives
+    ``start``, ``stage``, ``commit``, ``pin``, ``restore`` and ``fill``: do not call them while a
+    server uses the store."""
 
     def __init__(self, path: str, file: Any, rows: int, num_clients: int, num_params: int, dtype: np.dtype):
         self.path = path
@@ -198,17 +200,20 @@ class ModelStore:
         self.pending = {}
 
     def row(self, client: int) -> np.ndarray:
+        """Client ``client``'s model [P], read into a new array."""
         out = np.empty(self.num_params, dtype=self.dtype)
         self._read(int(self._slot[client]), out)
         return out
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The models of clients ``ids`` [K, P], read into a new array (O(K P) memory)."""
         out = np.empty((len(ids), self.num_params), dtype=self.dtype)
         for j, client in enumerate(ids):
             self._read(int(self._slot[client]), out[j])
         return out
 
     def prepare(self, params: Any, where: str = "params") -> np.ndarray:
+        """An upload as the store's dtype, refused (ValueError) unless finite there."""
         return _row_array(params, self.dtype, where)
 
     def stage(self, client: int, row: np.ndarray, immediately: bool) -> None:
@@ -228,6 +233,7 @@ class ModelStore:
             self._release(old)
 
     def commit(self) -> None:
+        """The round's uploads become the clients' rows; the rows they replace are freed."""
         for client, row in self.pending.items():
             old = int(self._slot[client])
             self._slot[client] = row
