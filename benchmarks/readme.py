@@ -323,6 +323,10 @@ def server_section(s: dict) -> list:
         ),
         "",
         *([f"Not run (disk): {'; '.join(skipped)}.", ""] if skipped else []),
+        f"Load average {s.get('machine', {}).get('load_average', [float('nan')])[0]:.1f} when that run ended "
+        "(the machine is shared): the store's reads and writes wait on the disk, hence wall times well "
+        "above the CPU times at ResNet-18 size.",
+        "",
         "![server growth](benchmarks/results/server.png)",
         "",
     ]
