@@ -55,7 +55,7 @@ def _ranking_values(aff: Affinity, client: int) -> np.ndarray:
     return row
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(2, 40),
     k=st.one_of(st.none(), st.integers(1, 6)),
