@@ -8,8 +8,9 @@ samples nodes, binds them to stable client ids, writes and reads the messages
 happened.
 
 Client identity: a node is asked once for its stable id (``partition-id`` from its node config,
-or a ``client-id``) and bound to it; Flower's node ids, which change when a SuperNode restarts,
-never key anything. Replies are matched to the message they answer (``reply_to_message_id``), so
+or a ``client-id``), when it is first drawn, and bound to it; Flower's node ids, which change when
+a SuperNode restarts, never key anything. What each round records, and the checkpoint's reader,
+are in :mod:`._flower_records`. Replies are matched to the message they answer (``reply_to_message_id``), so
 error replies the SuperLink sends on a node's behalf are recorded with their reason.
 """
 
@@ -82,8 +83,8 @@ class FedFomo(Strategy):
     count_cap_ratio:      the aggregation functions see a ``weighted_by_key`` count above this
                           multiple of the median of the other replies' counts lowered to it
     arrayrecord_key, configrecord_key, metricrecord_key: record names in the messages
-    model_store:          a ``.npy`` file to hold the N x P model table on disk (memory-mapped,
-                          :mod:`fomo_core.model_store`) instead of in memory
+    model_store:          a ``.npy`` file to hold the N x P model table on disk (a
+                          :mod:`fomo_core.model_store` store) instead of in memory
     identify_all:         False: a node is asked for its client id when it is first sampled
                           (a round's start costs O(participants)); True: every connected node is
                           asked before it can be sampled (O(N) at the first round), which makes
