@@ -228,6 +228,7 @@ class MLPClassifierClient:
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
         self.estimator = estimator
         self.params = get_flat_params(estimator)
+        self.measured_shapes = mlp_spec(estimator).shapes  # [W_1, b_1, ...]: the guard's layers
         self.last_update = self.params.copy() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data

@@ -454,8 +454,11 @@ class FedFomoClient:
         carries = self.policy.carries_buffers
         self.params = flatten_module(module, include_buffers=carries)
         self.layout = flat_layout(module, include_buffers=carries)
-        self.num_params = flat_layout(module).size  # the parameters lead the flat buffer
+        parameters = flat_layout(module)  # the parameters lead the flat buffer
+        self.num_params = parameters.size
         self.measured = self.layout.size if self.policy.measure == "state" else self.num_params
+        # the arrays of the measured part, which the policy's guard bounds layer by layer
+        self.measured_shapes = self.layout.shapes if self.policy.measure == "state" else parameters.shapes
         self.last_update = self.params.detach().clone() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data

@@ -16,18 +16,20 @@ before the training that followed) with the client's freshly trained model as a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from ._validate import choice as _one_of
 from ._validate import fraction, real
 
-__all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
+__all__ = ["ClientPolicy", "ServerPolicy", "GUARD", "GUARD_SCALE"]
 
-# The fomo-core preset's guard: candidates farther than 3 x the norm of the client's own model are
-# rejected. Chosen from benchmarks/bench_attacks.py: honest candidates measured at most 0.73 x
-# (improving ones at most 0.11 x); x10 scaled, noise and 1e30 poison models sit at 9 x and beyond.
-GUARD = 3.0
+# The fomo-core preset's guard (benchmarks/bench_guard.py measures both): a candidate that would
+# get weight is rejected when some layer of it is farther from the client's than GUARD x that
+# layer's norm, or rescaled by more than a factor GUARD_SCALE.
+GUARD = 1.0
+GUARD_SCALE = 0.25
 
 
 class _Policy:
@@ -84,11 +86,21 @@ class ClientPolicy(_Policy):
                      "reject" (non-finite candidates are rejected; a non-finite own loss rejects
                      every candidate) or "skip_round" (any non-finite loss skips the update)
     norm, eps:       the distance ("l2" or "l1") and the constant added to it in the score
-    guard:           the poisoned-client guard: a candidate farther from the baseline than
-                     ``guard`` times the baseline's own norm is rejected (score 0, weight 0),
-                     however low its loss; None (or infinity) turns it off. A finite poisoned model
-                     (parameters of 1e30 with a low loss) would otherwise take the client's model
-                     whenever it is the only improving candidate. None of the peers has it.
+    guard:           the poisoned-client guard, layer by layer: a candidate that would get weight
+                     is rejected (score 0, weight 0) when some layer of it is farther from the
+                     baseline's than ``guard`` times that layer's norm (a layer: each weight
+                     tensor, and each weight with the bias and normalisation parameters after
+                     it; the whole model when the adapter knows no layers). A finite poisoned
+                     model (parameters of 1e30 with a low loss) would otherwise take the
+                     client's model whenever it is the only improving candidate. None (or
+                     infinity): no distance bound. None of the peers has a guard.
+    guard_scale:     the guard's bound on rescaling: such a candidate is rejected too when the
+                     norm of some layer is more than ``guard_scale`` times the baseline's, or less
+                     than 1 / ``guard_scale`` of it. A reparametrised copy of a good model (a
+                     ReLU layer times a, the next divided by a) computes the same function, so
+                     its loss is as good, but its layers are out of balance and the next local
+                     training wrecks it; honest candidates keep their layers' norms within a few
+                     percent. None (or infinity): no scale bound.
     """
 
     baseline: str = "current"
@@ -103,6 +115,7 @@ class ClientPolicy(_Policy):
     norm: str = "l2"
     eps: float = 0.0
     guard: Optional[float] = None
+    guard_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         _one_of(self.baseline, "baseline", ("current", "last_update"))
@@ -118,6 +131,8 @@ class ClientPolicy(_Policy):
         real(self.eps, "eps", low=0.0)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
+        if self.guard_scale is not None:
+            real(self.guard_scale, "guard_scale", low=0.0, finite=False)
         if self.measure == "state" and self.buffers != "moved":
             raise ValueError("measure='state' measures the buffers, so they must be moved too: buffers='moved'")
         if self.self_candidate == "trained" and self.baseline == "current":
@@ -130,6 +145,11 @@ class ClientPolicy(_Policy):
     def carries_buffers(self) -> bool:
         """Models travel with their floating-point buffers (laid out after the parameters)."""
         return self.buffers == "moved"
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the guard bounds anything (a finite ``guard`` or ``guard_scale``)."""
+        return any(b is not None and math.isfinite(b) for b in (self.guard, self.guard_scale))
 
     def step_options(self) -> dict:
         """The ``norm`` and ``eps`` options of the ops (compute_weights, fomo_step, ...)."""
@@ -161,6 +181,10 @@ class ServerPolicy(_Policy):
     uploads:         when an uploaded model is sent to others: from the "next_round", or
                      "immediately" (later clients of the same round already receive it, as
                      FL-bench's serial trainer does)
+    free_riders:     "allow", or "exclude": a client whose latest upload is a free ride (a mix of
+                     the models it was sent and its own last one, no training of its own:
+                     :mod:`fomo_core.free_riding`) is sent no candidates and offered to no one
+                     until it uploads a model of its own
     """
 
     selection: str = "epsilon_greedy"
@@ -173,9 +197,11 @@ class ServerPolicy(_Policy):
     self_affinity: float = 0.1
     affinity_update: str = "raw"
     uploads: str = "next_round"
+    free_riders: str = "allow"
 
     def __post_init__(self) -> None:
         _one_of(self.uploads, "uploads", ("next_round", "immediately"))
+        _one_of(self.free_riders, "free_riders", ("allow", "exclude"))
         _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))
         _one_of(self.pool, "pool", ("uploaded", "last_round", "all_capped"))
         _one_of(self.include_self, "include_self", ("never", "compete", "always"))

@@ -27,6 +27,7 @@ from ._atomic import atomic_write
 from ._models import is_floating
 from ._validate import count, real, real_vector
 from .affinity import Affinity
+from .free_riding import is_free_ride
 from .model_store import read_npz_rows
 from .policy import ServerPolicy
 from .presets import Preset, as_preset
@@ -97,6 +98,7 @@ class Server:
         else:
             self.models = np.repeat(np.asarray(init)[None, :], num_clients, axis=0)
         self.uploaded = np.zeros(num_clients, dtype=bool)
+        self.free_riding = np.zeros(num_clients, dtype=bool)  # latest upload a free ride (policy.free_riders)
         self.last_round = np.zeros(0, dtype=np.int64)
         self.round = 0
         self._pending: dict = {}
@@ -119,6 +121,10 @@ class Server:
         """The ids of the models ``client`` receives this round, int64 [K] (K <= M, +1 with
         include_self="always")."""
         pool, m = self._pool()
+        if self.policy.free_riders == "exclude":
+            if self.free_riding[self.affinity._client(client)]:
+                return np.zeros(0, dtype=np.int64)
+            pool = pool[~self.free_riding[pool]]
         return self.affinity.select(client, m, round=self.round, among=pool)
 
     def candidates(self, client: int) -> tuple:
@@ -148,6 +154,9 @@ class Server:
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
         self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
+        if self.policy.free_riders == "exclude":  # against what it was sent and its own last upload
+            sent = list(dict.fromkeys([client, *ids]))
+            self.free_riding[client] = is_free_ride(params, self.models[sent])
         params = params.detach().clone() if _is_torch(params) else np.array(params)
         if self.policy.uploads == "immediately":
             self.models[client] = params

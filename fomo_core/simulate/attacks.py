@@ -26,6 +26,7 @@ applies to FedFomo, FedAvg and Local (the other baselines run without it).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,7 +35,7 @@ import numpy as np
 
 from .._validate import choice, count, real
 
-__all__ = ["ATTACKS", "AttackSettings", "attacker_ids", "corrupt", "lying_evaluation", "diverge"]
+__all__ = ["ATTACKS", "AttackSettings", "attacker_ids", "corrupt", "lying_evaluation", "diverge", "reparametrise"]
 
 ATTACKS = ("none", "scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying")
 POISON = 1e30
@@ -137,3 +138,33 @@ def lying_evaluation(client: Any, fooled: bool = True) -> Iterator[None]:
         yield
     finally:
         del client.evaluate  # back to the class's method
+
+
+def reparametrise(params: Any, spec: Any, scale: Any, *, layer: int = 0) -> Any:
+    """A copy of a dense network's flat model [P] (``spec``: its :class:`fomo_core.DenseSpec`)
+    that computes the same function: the units of hidden layer ``layer`` (their incoming weights
+    and biases) times ``scale`` (a number, or [units] numbers, all > 0), the next layer's weights
+    from them divided by it. Exact for ReLU and identity activations (relu(a z) = a relu(z));
+    the loss cannot see it, but the layers are out of balance for the next local training."""
+    if spec.activations[layer] not in ("relu", "identity"):
+        raise ValueError(
+            f"layer {layer} has activation {spec.activations[layer]!r}: only relu/identity keep the function"
+        )
+    units = spec.sizes[layer + 1]
+    s = np.array(np.broadcast_to(np.asarray(scale, dtype=np.float64), (units,)))
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("scale must be finite and > 0")
+    out = params.clone() if hasattr(params, "clone") else np.array(params)
+    if hasattr(out, "clone"):
+        import torch
+
+        s = torch.as_tensor(s, dtype=out.dtype)
+    (w_in, b_in), (w_out, _) = spec.offsets()[layer], spec.offsets()[layer + 1]
+    shape_in, shape_out = spec.weight_shape(layer), spec.weight_shape(layer + 1)
+    weight_in = out[w_in : w_in + math.prod(shape_in)].reshape(shape_in)
+    weight_out = out[w_out : w_out + math.prod(shape_out)].reshape(shape_out)
+    rows = spec.weight_layout == "out_in"  # torch.nn.Linear: [out, in]; scikit-learn, Keras: [in, out]
+    weight_in *= s[:, None] if rows else s[None, :]
+    out[b_in : b_in + units] *= s
+    weight_out /= s[None, :] if rows else s[:, None]
+    return out

@@ -29,8 +29,9 @@ class FederationSettings:
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
     epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
     seed: everything.
-    guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
-    client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
+    guard, guard_scale: override the client policy's poisoned-client guard when not None (how far
+    a candidate's layers may move, as a multiple of each layer's norm, and by what factor their
+    norms may change; ``math.inf`` turns either off).
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -42,12 +43,15 @@ class FederationSettings:
     affinity_update: Optional[str] = None
     seed: int = 0
     guard: Optional[float] = None
+    guard_scale: Optional[float] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
+        if self.guard_scale is not None:
+            real(self.guard_scale, "guard_scale", low=0.0, finite=False)
         if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
             object.__setattr__(self, "attack", AttackSettings(**self.attack))
         if not isinstance(self.attack, AttackSettings):
@@ -113,9 +117,9 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     n = len(clients)
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
     adversity = _Adversity(n, fed)
-    if fed.guard is not None:
-        for client in clients:
-            client.policy = client.policy.replace(guard=fed.guard)
+    guard = {k: getattr(fed, k) for k in ("guard", "guard_scale") if getattr(fed, k) is not None}
+    for client in clients:
+        client.policy = client.policy.replace(**guard)
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
