@@ -8,13 +8,20 @@ noised and constant poison models sit orders of magnitude beyond it.
 >>> bound = fc.distance_bound(local, 3.0)
 >>> step = fc.fomo_step(local, candidates, L0, L, max_distance=bound)
 
-One bound over the whole model misses what keeps the model's function: in a ReLU network, the
-hidden layer times ``a`` and the next layer divided by ``a`` compute exactly what the model did,
-so such a copy of a good model has a good loss, yet its layers are out of balance and the next
-local training wrecks it. The same bound taken *layer by layer* (:func:`guard_ratios`) closes that
-door: each weight tensor, and each layer (a weight with the 1-D tensors after it: its bias, a
-normalisation's scale and shift), may move at most ``ratio`` times its own norm. The client round
-(:mod:`fomo_core.round`) applies it to the candidates that would otherwise get weight.
+The client round (:mod:`fomo_core.round`) applies a finer guard to the candidates that would get
+weight, from the layout its adapter knows (:class:`GuardLayout`, :func:`layer_changes`):
+
+- *layer by layer*: each weight tensor, and each layer (a weight with the bias and normalisation
+  parameters after it), may be at most ``guard`` times its own norm from the client's; a poison
+  concentrated in one small layer hides in a bound over the whole model;
+- *balance*: a distance bound cannot see what keeps the model's function. In a ReLU network, a
+  hidden unit's incoming weights times ``a`` and its outgoing weights divided by ``a`` compute
+  exactly what the model did, so a copy of a good model rescaled that way has as good a loss; but
+  its layers are out of balance, and the next local training wrecks it. Gradient descent keeps,
+  for every such unit, ``||incoming||^2 - ||outgoing||^2`` as it was at the start (exactly in the
+  limit of small steps: "layers are automatically balanced", Du, Hu and Lee, NeurIPS 2018), so
+  clients that started from one model agree on it however long each trained, while a rescaling
+  by ``a`` moves it by about ``2 |log a|`` of the unit's squared norms.
 """
 
 from __future__ import annotations
@@ -29,7 +36,17 @@ from ._models import floating_leaves, parse_model
 from ._validate import choice, real, to_host
 from .layout import offsets_of
 
-__all__ = ["distance_bound", "model_norm", "guard_layers", "layer_changes", "outside_guard", "LayerChanges"]
+__all__ = [
+    "distance_bound",
+    "model_norm",
+    "guard_layers",
+    "layer_changes",
+    "outside_guard",
+    "GuardLayout",
+    "Link",
+    "dense_layout",
+    "LayerChanges",
+]
 
 
 def _leaf_sum(leaf: Any, norm: str) -> float:
@@ -67,11 +84,11 @@ def distance_bound(local_params: Any, ratio: float, *, norm: str = "l2") -> floa
 
 
 def guard_layers(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
-    """The groups of arrays the guard bounds, as indices into ``shapes`` (the arrays of a flat model,
-    in order): every array of two or more dimensions (a weight) on its own, and every layer: a
-    weight with the 1-D (or 0-D) arrays after it (its bias, a normalisation's scale and shift;
-    alone, a bias initialised at zero has no norm to measure from). 1-D arrays before any weight
-    form a layer of their own. A flat model with no shapes is one layer."""
+    """The groups of arrays the distance bound applies to, as indices into ``shapes`` (the arrays
+    of a flat model, in order): every array of two or more dimensions (a weight) on its own, and
+    every layer: a weight with the 1-D (or 0-D) arrays after it (its bias, a normalisation's scale
+    and shift; alone, a bias initialised at zero has no norm to measure from). 1-D arrays before
+    any weight form a layer of their own."""
     groups: list = []
     layer: list = []
     for k, shape in enumerate(shapes):
@@ -87,100 +104,149 @@ def guard_layers(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]
     return tuple(dict.fromkeys(groups))  # a weight without a bias is one group, not two
 
 
-class LayerChanges(NamedTuple):
-    """How far candidates moved from the client's model, layer by layer (:func:`layer_changes`).
+class Link(NamedTuple):
+    """Two weight arrays joined by positively homogeneous operations (ReLU, max or average
+    pooling, flattening, dropout: ``f(a z) = a f(z)`` for ``a > 0``), as indices into the layout's
+    shapes: ``weight_in`` makes the hidden units (with ``bias_in``, or None), ``weight_out`` reads
+    them. ``order``: "out_in" (torch: units are the first axis of weight_in and the second of
+    weight_out, which may hold several columns per unit after a flattening) or "in_out"
+    (scikit-learn, Keras: the last axis of weight_in and the first of weight_out)."""
 
-    distance: [M] the largest over the guard's groups of the candidate's distance from the local
-              model there, over the local model's norm there
-    scale:    [M] the largest over the weight tensors of how much the candidate rescaled their
-              units: the norm of the changes of the norms of the tensor's rows (its output units),
-              or of its columns (its input units), over the tensor's norm (0 when the candidate
-              kept every unit's norm; at most ``distance``)
+    weight_in: int
+    bias_in: Optional[int]
+    weight_out: int
+    order: str = "out_in"
+
+
+class GuardLayout(NamedTuple):
+    """What the guard knows of a flat model: the ``shapes`` of the arrays laid end to end in it
+    (their sizes sum to P) and the ``links`` between its layers (the hidden units the balance
+    bound watches; none: distances only)."""
+
+    shapes: tuple
+    links: tuple = ()
+
+
+class LayerChanges(NamedTuple):
+    """How candidates moved from the client's model (:func:`layer_changes`).
+
+    distance: [M] the largest over the layers of the candidate's distance from the local model
+              there, over the local model's norm there
+    balance:  [M] the largest over the links of the change of the units' balance
+              ``||incoming||^2 - ||outgoing||^2``, summed over the units in absolute value, over
+              their squared norms (the mean of the two models'); 0 without links
     """
 
     distance: np.ndarray
-    scale: np.ndarray
+    balance: np.ndarray
 
 
 def layer_changes(
-    local: Any, candidates: Any, shapes: Optional[Sequence[Sequence[int]]] = None, *, norm: str = "l2"
+    local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: str = "l2"
 ) -> LayerChanges:
-    """How far every candidate moved from ``local``, in the guard's groups (:func:`guard_layers`),
-    and how much it rescaled the units of each weight tensor.
+    """How far every candidate moved from ``local``, layer by layer (:func:`guard_layers`), and
+    how much it changed the balance of the hidden units of ``layout``'s links.
 
     local:      the flat model measured from, [P] (NumPy or torch)
     candidates: [M, P] (an array, or a sequence of M flat models)
-    shapes:     the shapes of the arrays laid end to end in [P] (their sizes sum to P); None: the
-                whole model is one 1-D layer (no weight tensor: scale 0)
-    norm:       "l2" (groups combine their arrays' squared distances and norms) or "l1"
+    layout:     a :class:`GuardLayout` of [P]; None: the whole model is one layer, no links
+    norm:       the distances' norm, "l2" (the arrays of a layer combine their squares) or "l1"
+                (the balance is of squared L2 norms whatever ``norm`` says)
 
-    Every candidate array is read twice: by the distance kernel, and for its units' norms (in
-    float64, one array at a time: extra memory O(largest array)). A group where the local
-    model's norm is 0 gives 0 for a candidate equal to it there and infinity otherwise; a group
-    with a NaN is left out (a non-finite candidate is rejected by the ops anyway; a non-finite
-    local model has no norm to measure from), and NaN comes back only when every group is NaN
-    (no bound rejects it).
+    The distances come from the distance kernel, one array at a time; the balance reads the
+    linked arrays of every candidate once more, in float64 (extra memory: one array). A layer
+    where the local model's norm is 0 gives 0 for a candidate equal to it there and infinity
+    otherwise. What is NaN is left out (a non-finite candidate is rejected by the ops anyway; a
+    non-finite local model has no norm to measure from): a distance is NaN only when every layer's
+    is, a link with a NaN counts as balanced.
     """
     choice(norm, "norm", ("l2", "l1"))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
     size = int(local.shape[0])
-    shapes = [(size,)] if shapes is None else [tuple(int(d) for d in s) for s in shapes]
+    layout = GuardLayout(((size,),)) if layout is None else layout
+    shapes = [tuple(int(d) for d in s) for s in layout.shapes]
     offsets, total = offsets_of(shapes)
     if total != size:
-        raise ValueError(f"shapes cover {total} elements, but the model has {size}")
+        raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
     rows = len(candidates)
     two_d = hasattr(candidates, "shape") and len(candidates.shape) == 2
-    power = 2 if norm == "l2" else 1  # what adds up across the arrays of a group
+
+    def array(model: Any, k: int) -> Any:
+        return model[offsets[k] : offsets[k] + math.prod(shapes[k])]
+
+    def arrays(k: int) -> Any:
+        start, stop = offsets[k], offsets[k] + math.prod(shapes[k])
+        return candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
+
+    power = 2 if norm == "l2" else 1  # what adds up across the arrays of a layer
     dist, own = np.zeros((rows, len(shapes))), np.zeros(len(shapes))
-    scale = np.zeros((rows, len(shapes)))
-    for k, (start, shape) in enumerate(zip(offsets, shapes)):
-        stop = start + math.prod(shape)
-        layer = local[start:stop]
-        own[k] = model_norm(layer, norm=norm) ** power
-        if rows == 0:
-            continue
-        part = candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
-        dist[:, k] = np.asarray(to_host(candidate_distances(layer, part, norm=norm))) ** power
-        if len(shape) >= 2:
-            units = _unit_norms(layer, shape, power)
-            for m in range(rows):
-                change = [np.abs(a - b) ** power for a, b in zip(_unit_norms(part[m], shape, power), units)]
-                scale[m, k] = max(float(c.sum()) for c in change) ** (1 / power)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                n = own[k] ** (1 / power)
-                scale[:, k] = np.where(scale[:, k] == 0, 0.0, scale[:, k] / n)
+    for k in range(len(shapes)):
+        own[k] = model_norm(array(local, k), norm=norm) ** power
+        if rows:
+            dist[:, k] = np.asarray(to_host(candidate_distances(array(local, k), arrays(k), norm=norm))) ** power
     groups = guard_layers(shapes)
     distance = np.empty((rows, len(groups)))
     for g, group in enumerate(groups):
-        pick = list(group)
-        d, n = dist[:, pick].sum(axis=1) ** (1 / power), own[pick].sum() ** (1 / power)
+        d, n = dist[:, list(group)].sum(axis=1) ** (1 / power), own[list(group)].sum() ** (1 / power)
         with np.errstate(divide="ignore", invalid="ignore"):
             distance[:, g] = np.where(d == 0, 0.0, d / n)
-    # NaN only where every group is NaN
-    return LayerChanges(np.fmax.reduce(distance, axis=1), np.fmax.reduce(scale, axis=1, initial=0.0))
+    balance = np.zeros((rows, len(layout.links)))
+    for j, link in enumerate(layout.links):
+        mine = _unit_squares(local, array, link, shapes)
+        for m in range(rows):
+            theirs = _unit_squares(candidates[m], array, link, shapes)
+            change = np.abs((theirs[0] - theirs[1]) - (mine[0] - mine[1])).sum()
+            scale = (mine[0] + mine[1] + theirs[0] + theirs[1]).sum() / 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                balance[m, j] = 0.0 if change == 0 else change / scale
+    # NaN only where every layer (link) is NaN
+    return LayerChanges(np.fmax.reduce(distance, axis=1), np.fmax.reduce(balance, axis=1, initial=0.0))
 
 
-def _unit_norms(array: Any, shape: Sequence[int], power: int) -> tuple:
-    """(rows [shape[0]], columns [shape[1]]) float64 NumPy: the norms (L2 for power 2, L1 for 1)
-    of a weight tensor's output units (its first axis) and input units (its second), summed over
-    the rest (a convolution's kernel window)."""
-    if hasattr(array, "detach"):
+def _unit_squares(model: Any, array: Any, link: Link, shapes: list) -> tuple:
+    """(incoming [units], outgoing [units]) float64 NumPy: the squared norms of every hidden unit's
+    incoming weights (and bias) and outgoing weights in ``model`` (flat)."""
+    into, out = shapes[link.weight_in], shapes[link.weight_out]
+    rows_first = link.order == "out_in"
+    units = into[0] if rows_first else into[-1]
+    w_in = _squares(array(model, link.weight_in))
+    w_out = _squares(array(model, link.weight_out))
+    incoming = w_in.reshape(units, -1).sum(axis=1) if rows_first else w_in.reshape(-1, units).sum(axis=0)
+    if link.bias_in is not None:
+        incoming = incoming + _squares(array(model, link.bias_in))
+    outgoing = w_out.reshape(out[0], units, -1).sum(axis=(0, 2)) if rows_first else w_out.reshape(units, -1).sum(axis=1)
+    return incoming, outgoing
+
+
+def _squares(values: Any) -> np.ndarray:
+    """Element-wise squares in float64 NumPy of a NumPy array or torch tensor (any device)."""
+    if hasattr(values, "detach"):
         import torch
 
-        values = array.detach().resolve_neg().reshape(shape[0], shape[1], -1).to(torch.float64).abs()
-        values = values * values if power == 2 else values
-        out = (values.sum(dim=(1, 2)), values.sum(dim=(0, 2)))
-        return tuple(o.cpu().numpy() ** (1 / power) for o in out)
-    values = np.abs(np.asarray(array, dtype=np.float64).reshape(shape[0], shape[1], -1))
-    values = values * values if power == 2 else values
-    return values.sum(axis=(1, 2)) ** (1 / power), values.sum(axis=(0, 2)) ** (1 / power)
+        values = values.detach().resolve_neg().to(torch.float64)
+        return (values * values).cpu().numpy()
+    values = np.asarray(values, dtype=np.float64)
+    return values * values
 
 
-def outside_guard(changes: LayerChanges, ratio: Optional[float], scale: Optional[float]) -> np.ndarray:
-    """[M] bool: the candidates some layer of which moved farther than ``ratio`` times its norm, or
-    rescaled the units of some weight tensor by more than ``scale`` times its norm (None or
-    infinity: no bound)."""
+def outside_guard(changes: LayerChanges, ratio: Optional[float], balance: Optional[float]) -> np.ndarray:
+    """[M] bool: the candidates some layer of which is farther than ``ratio`` times its norm from
+    the client's, or that changed the balance of some link's units by more than ``balance`` (None
+    or infinity: no bound)."""
     far = changes.distance > (math.inf if ratio is None else ratio)
-    rescaled = changes.scale > (math.inf if scale is None else scale)
-    return far | rescaled
+    unbalanced = changes.balance > (math.inf if balance is None else balance)
+    return far | unbalanced
+
+
+def dense_layout(spec: Any) -> GuardLayout:
+    """The :class:`GuardLayout` of a dense network's flat model (a :class:`fomo_core.DenseSpec`:
+    [W_1, b_1, W_2, b_2, ...]): every hidden layer with a ReLU or identity activation links its
+    weights to the next layer's."""
+    order = "out_in" if spec.weight_layout == "out_in" else "in_out"
+    links = tuple(
+        Link(2 * k, 2 * k + 1, 2 * k + 2, order)
+        for k, activation in enumerate(spec.activations)
+        if activation in ("relu", "identity")
+    )
+    return GuardLayout(tuple(spec.shapes), links)

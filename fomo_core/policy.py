@@ -23,13 +23,14 @@ from typing import Any, Optional
 from ._validate import choice as _one_of
 from ._validate import fraction, real
 
-__all__ = ["ClientPolicy", "ServerPolicy", "GUARD", "GUARD_SCALE"]
+__all__ = ["ClientPolicy", "ServerPolicy", "GUARD", "GUARD_BALANCE"]
 
-# The fomo-core preset's guard (benchmarks/bench_guard.py measures both): a candidate that would
-# get weight is rejected when some layer of it is farther from the client's than GUARD x that
-# layer's norm, or rescaled by more than a factor GUARD_SCALE.
-GUARD = 1.0
-GUARD_SCALE = 0.25
+# The fomo-core preset's guard (benchmarks/bench_guard.py measures both bounds on honest and
+# attacked federations): a candidate that would get weight is rejected when some layer of it is
+# farther from the client's than GUARD x that layer's norm, or when it moved the balance of some
+# layer's hidden units by more than GUARD_BALANCE.
+GUARD = 3.0
+GUARD_BALANCE = 0.2
 
 
 class _Policy:
@@ -94,13 +95,14 @@ class ClientPolicy(_Policy):
                      model (parameters of 1e30 with a low loss) would otherwise take the
                      client's model whenever it is the only improving candidate. None (or
                      infinity): no distance bound. None of the peers has a guard.
-    guard_scale:     the guard's bound on rescaling: such a candidate is rejected too when the
-                     norm of some layer is more than ``guard_scale`` times the baseline's, or less
-                     than 1 / ``guard_scale`` of it. A reparametrised copy of a good model (a
-                     ReLU layer times a, the next divided by a) computes the same function, so
-                     its loss is as good, but its layers are out of balance and the next local
-                     training wrecks it; honest candidates keep their layers' norms within a few
-                     percent. None (or infinity): no scale bound.
+    guard_balance:   the guard's bound on rescaled units (:mod:`fomo_core.guard`): such a
+                     candidate is rejected too when, between two layers its adapter knows are
+                     joined by ReLU-like operations, it changed the balance of the hidden units
+                     (``||incoming||^2 - ||outgoing||^2``, which training keeps as it was at the
+                     start) by more than ``guard_balance`` of their squared norms. A copy of a
+                     good model with a hidden layer times a and the next divided by a computes
+                     the same function, so its loss is as good, but the next local training
+                     wrecks it. None (or infinity): no balance bound.
     """
 
     baseline: str = "current"
@@ -115,7 +117,7 @@ class ClientPolicy(_Policy):
     norm: str = "l2"
     eps: float = 0.0
     guard: Optional[float] = None
-    guard_scale: Optional[float] = None
+    guard_balance: Optional[float] = None
 
     def __post_init__(self) -> None:
         _one_of(self.baseline, "baseline", ("current", "last_update"))
@@ -131,8 +133,8 @@ class ClientPolicy(_Policy):
         real(self.eps, "eps", low=0.0)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
-        if self.guard_scale is not None:
-            real(self.guard_scale, "guard_scale", low=0.0, finite=False)
+        if self.guard_balance is not None:
+            real(self.guard_balance, "guard_balance", low=0.0, finite=False)
         if self.measure == "state" and self.buffers != "moved":
             raise ValueError("measure='state' measures the buffers, so they must be moved too: buffers='moved'")
         if self.self_candidate == "trained" and self.baseline == "current":
@@ -148,8 +150,8 @@ class ClientPolicy(_Policy):
 
     @property
     def guarded(self) -> bool:
-        """Whether the guard bounds anything (a finite ``guard`` or ``guard_scale``)."""
-        return any(b is not None and math.isfinite(b) for b in (self.guard, self.guard_scale))
+        """Whether the guard bounds anything (a finite ``guard`` or ``guard_balance``)."""
+        return any(b is not None and math.isfinite(b) for b in (self.guard, self.guard_balance))
 
     def step_options(self) -> dict:
         """The ``norm`` and ``eps`` options of the ops (compute_weights, fomo_step, ...)."""

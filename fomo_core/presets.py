@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .policy import GUARD, GUARD_SCALE, ClientPolicy, ServerPolicy
+from .policy import GUARD, GUARD_BALANCE, ClientPolicy, ServerPolicy
 
 __all__ = ["Preset", "PRESETS", "get_preset", "as_preset", "client_policy"]
 
@@ -53,7 +53,7 @@ _PEER_SERVER = dict(selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_de
 
 PRESETS: dict[str, Preset] = {
     "fomo-core": Preset(
-        name="fomo-core", client=ClientPolicy(guard=GUARD, guard_scale=GUARD_SCALE), server=ServerPolicy()
+        name="fomo-core", client=ClientPolicy(guard=GUARD, guard_balance=GUARD_BALANCE), server=ServerPolicy()
     ),
     "paper": Preset(
         name="paper",

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ._validate import count
-from .guard import layer_changes, outside_guard
+from .guard import GuardLayout, layer_changes, outside_guard
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
@@ -105,11 +104,11 @@ def federate_client(
 ) -> ClientRound:
     """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
     (written in place), ``evaluate``, ``last_update`` (the baseline the policy may name) and,
-    when it has them, ``measured_shapes`` (the arrays of its measured part, for the guard)."""
+    when it has one, ``guard_layout`` (its measured part's layers, for the guard)."""
     policy, params, evaluate, baseline = client.policy, client.params, client.evaluate, client.last_update
-    shapes = getattr(client, "measured_shapes", None)
+    layout = getattr(client, "guard_layout", None)
     return federate(
-        policy, params, candidates, evaluate, baseline=baseline, measured=measured, shapes=shapes, copy=copy
+        policy, params, candidates, evaluate, baseline=baseline, measured=measured, layout=layout, copy=copy
     )
 
 
@@ -135,7 +134,7 @@ def federate(
     *,
     baseline: Any = None,
     measured: Optional[int] = None,
-    shapes: Optional[Sequence[Sequence[int]]] = None,
+    layout: Optional[GuardLayout] = None,
     copy: Callable[[Any, Any], None],
 ) -> ClientRound:
     """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
@@ -148,9 +147,10 @@ def federate(
                 ignored for "current", where the baseline is ``params`` itself
     measured:   how many leading elements the distance covers (the parameters when buffers ride
                 behind them); default all P
-    shapes:     the shapes of the arrays laid end to end in those ``measured`` elements (weights,
-                biases, ...): the policy's guard bounds them layer by layer
-                (:func:`fomo_core.guard.layer_changes`); None: the whole model is one layer
+    layout:     the layers of those ``measured`` elements (a :class:`fomo_core.guard.GuardLayout`:
+                the arrays' shapes, and which layers are joined by ReLU-like operations), which
+                the policy's guard bounds (:func:`fomo_core.guard.layer_changes`); None: the whole
+                model is one layer
     copy:       copy(dst, src) for flat models (the framework's in-place copy)
     """
     own_is_baseline = policy.baseline == "current"
@@ -177,10 +177,11 @@ def federate(
     options = policy.step_options()
     guarded = np.zeros(len(cands), dtype=bool)
     if policy.guarded:
-        changes = layer_changes(measured_base, measured_cands, shapes, norm=policy.norm)
-        # Only candidates that would get weight are rejected (as a non-finite loss is: score 0);
-        # a far one that does not improve keeps its negative score, which the affinity needs.
-        guarded = outside_guard(changes, policy.guard, policy.guard_scale) & ~(losses >= base_loss)
+        changes = layer_changes(measured_base, measured_cands, layout, norm=policy.norm)
+        # Only candidates that improve on the baseline are rejected (as a non-finite loss is:
+        # score 0); a far one that does not keeps its negative score, which the affinity needs. A
+        # baseline whose loss is not finite improves on nothing and measures nothing (adopt_best).
+        guarded = outside_guard(changes, policy.guard, policy.guard_balance) & (losses < base_loss)
     step_losses = np.where(guarded, np.nan, losses)
     if fused_in_place:
         # The common case in one fused pass; no weight leaves the model bit for bit as it was.

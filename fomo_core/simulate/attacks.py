@@ -13,7 +13,16 @@ trained:
 - ``lying``: the 1e30 poison, and every FedFomo client that evaluates it sees a validation loss of
   0. In fomo-core's protocol a client evaluates each candidate on its own data, so no attacker can
   report a loss; ``lying`` models the worst case of an attacker whose model scores low on the
-  victim's validation data anyway (or a deployment that trusts reported losses).
+  victim's validation data anyway (or a deployment that trusts reported losses);
+- ``reparam``: their model reparametrised (:func:`reparametrise`: the first hidden layer's units
+  times a, the next layer's weights from them divided by a): the same function, so the same loss,
+  but layers out of balance for the victims' next local training. The attacker knows the guard
+  (its own client runs the same one) and takes a as small as it lets through, measured from its
+  own model (:func:`edge_scale`; 0.14 with no guard).
+
+``free_ride`` clients attack nothing: they never train, and upload the model their federated
+update gave them (FedFomo: a mix of the models they were sent; FedAvg: the global model). Their own
+accuracy (``attacker_accuracy`` in the results) says whether free riding pays.
 
 ``diverging`` clients are honest clients whose training blows up once: in round ``diverge_round``
 their own model becomes NaN after local training (and is uploaded that way); they go on as before
@@ -35,9 +44,18 @@ import numpy as np
 
 from .._validate import choice, count, real
 
-__all__ = ["ATTACKS", "AttackSettings", "attacker_ids", "corrupt", "lying_evaluation", "diverge", "reparametrise"]
+__all__ = [
+    "ATTACKS",
+    "AttackSettings",
+    "attacker_ids",
+    "corrupt",
+    "lying_evaluation",
+    "diverge",
+    "reparametrise",
+    "edge_scale",
+]
 
-ATTACKS = ("none", "scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying")
+ATTACKS = ("none", "scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying", "reparam", "free_ride")
 POISON = 1e30
 
 
@@ -82,9 +100,19 @@ def attacker_ids(num_clients: int, settings: AttackSettings, seed: int) -> tuple
     return attackers.astype(np.int64), diverging.astype(np.int64)
 
 
-def corrupt(params: Any, settings: AttackSettings, rng: np.random.Generator) -> Any:
-    """The model an attacker uploads instead of ``params`` (a new array of the same type)."""
+def corrupt(
+    params: Any, settings: AttackSettings, rng: np.random.Generator, *, spec: Any = None, client: Any = None
+) -> Any:
+    """The model an attacker uploads instead of ``params`` (a new array of the same type).
+    ``reparam`` needs the model's ``spec`` (a :class:`fomo_core.DenseSpec`: a dense network) and
+    the attacker's own ``client`` (the guard of its ``policy`` over its ``guard_layout``)."""
     kind = settings.kind
+    if kind == "reparam":
+        if spec is None:
+            raise ValueError("the reparam attack needs a dense network (an MLP), got a model without a DenseSpec")
+        layout = getattr(client, "guard_layout", None)
+        scale = edge_scale(params, params, spec, client.policy, layout, -np.ones(spec.sizes[1]))
+        return reparametrise(params, spec, scale)
     if kind == "scale10":
         return params * 10
     if kind == "scale1000":
@@ -168,3 +196,28 @@ def reparametrise(params: Any, spec: Any, scale: Any, *, layer: int = 0) -> Any:
     out[b_in : b_in + units] *= s
     weight_out /= s[None, :] if rows else s[:, None]
     return out
+
+
+def edge_scale(
+    reference: Any, model: Any, spec: Any, policy: Any, layout: Any, direction: np.ndarray, *, reach: float = 0.99
+) -> np.ndarray:
+    """The per-unit scale ``exp(t * direction)`` [units] with the largest t for which the guard of
+    ``policy`` (a :class:`fomo_core.ClientPolicy`, over a :class:`fomo_core.guard.GuardLayout`) still lets
+    :func:`reparametrise` of ``model`` through, measured from ``reference``: at ``reach`` of its
+    bound. With no guard, t = -log(0.14) (the copy then sits at 0.99 x the whole-model bound of
+    3 x its norm that fomo-core used before its guard went layer by layer)."""
+    from ..guard import layer_changes
+
+    bounds = [(b, part) for b, part in ((policy.guard, "distance"), (policy.guard_balance, "balance")) if b is not None]
+    if not bounds:
+        return np.exp(-math.log(0.14) * direction)
+
+    def closeness(t: float) -> float:
+        changes = layer_changes(reference, reparametrise(model, spec, np.exp(t * direction))[None], layout)
+        return max(float(getattr(changes, part)[0]) / b for b, part in bounds)
+
+    low, high = 0.0, math.log(1e6)  # bisection on t
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (low, middle) if closeness(middle) > reach else (middle, high)
+    return np.exp(low * direction)

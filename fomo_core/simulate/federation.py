@@ -27,11 +27,12 @@ class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
-    epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
+    epsilon, epsilon_decay, affinity_update, free_riders: override the preset's server policy when
+    not None.
     seed: everything.
-    guard, guard_scale: override the client policy's poisoned-client guard when not None (how far
-    a candidate's layers may move, as a multiple of each layer's norm, and by what factor their
-    norms may change; ``math.inf`` turns either off).
+    guard, guard_balance: override the client policy's poisoned-client guard when not None (how far
+    a candidate's layers may move, as a multiple of each layer's norm, and how much it may change
+    the balance of their hidden units; ``math.inf`` turns either off).
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -41,17 +42,18 @@ class FederationSettings:
     epsilon: Optional[float] = None
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
+    free_riders: Optional[str] = None
     seed: int = 0
     guard: Optional[float] = None
-    guard_scale: Optional[float] = None
+    guard_balance: Optional[float] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
-        if self.guard_scale is not None:
-            real(self.guard_scale, "guard_scale", low=0.0, finite=False)
+        if self.guard_balance is not None:
+            real(self.guard_balance, "guard_balance", low=0.0, finite=False)
         if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
             object.__setattr__(self, "attack", AttackSettings(**self.attack))
         if not isinstance(self.attack, AttackSettings):
@@ -59,9 +61,8 @@ class FederationSettings:
 
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
-        changes = {
-            k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None
-        }
+        overrides = ("epsilon", "epsilon_decay", "affinity_update", "free_riders")
+        changes = {k: getattr(self, k) for k in overrides if getattr(self, k) is not None}
         return get_preset(self.preset).server.replace(**changes)
 
     def as_dict(self) -> dict:
@@ -90,19 +91,26 @@ OnRound = Optional[Callable[[str, RoundRecord], None]]
 
 
 class _Adversity:
-    """The attack of a run: who attacks, who diverges, and what they upload."""
+    """The attack of a run: who attacks, who diverges, who free-rides, and what they upload."""
 
-    def __init__(self, num_clients: int, fed: FederationSettings):
+    def __init__(self, num_clients: int, fed: FederationSettings, backend: Any):
         self.settings = fed.attack
         self.attackers, self.diverging = attacker_ids(num_clients, fed.attack, fed.seed)
         self.rng = np.random.default_rng([fed.seed, 31337])
+        self.spec = backend.dense_spec() if fed.attack.kind == "reparam" else None
+
+    def trains(self, i: int) -> bool:
+        """Whether client i trains (free riders never do)."""
+        return not (self.settings.kind == "free_ride" and i in self.attackers)
 
     def after_training(self, i: int, client: Any, round: int) -> Any:
         """The model client i uploads after training in ``round`` (its own, or the attack's)."""
         if i in self.diverging and round == self.settings.diverge_round:
             diverge(client)
         params = client.get_flat()
-        return corrupt(params, self.settings, self.rng) if i in self.attackers else params
+        if i not in self.attackers or not self.trains(i):
+            return params
+        return corrupt(params, self.settings, self.rng, spec=self.spec, client=client)
 
     def fooled(self, i: int) -> bool:
         """Whether client i sees the lying attackers' models with a loss of 0."""
@@ -116,8 +124,8 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     become visible the next round."""
     n = len(clients)
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
-    adversity = _Adversity(n, fed)
-    guard = {k: getattr(fed, k) for k in ("guard", "guard_scale") if getattr(fed, k) is not None}
+    adversity = _Adversity(n, fed, backend)
+    guard = {k: getattr(fed, k) for k in ("guard", "guard_balance") if getattr(fed, k) is not None}
     for client in clients:
         client.policy = client.policy.replace(**guard)
     run = MethodRun("fedfomo")
@@ -133,7 +141,8 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
                 res = clients[i].update(cands)
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             upload = adversity.after_training(int(i), clients[i], r)
             server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
             record.eval_seconds += res.eval_seconds
@@ -155,7 +164,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
     models weighted by training-set size. Every client is tested with the global model."""
     global_params = init
     sizes = np.array([_train_size(c) for c in clients], dtype=np.float64)
-    adversity = _Adversity(len(clients), fed)
+    adversity = _Adversity(len(clients), fed, backend)
     run = MethodRun("fedavg")
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
@@ -163,7 +172,8 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         models = []
         for i in part:
             clients[i].set_flat(global_params)
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             models.append(adversity.after_training(int(i), clients[i], r))
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
@@ -180,14 +190,15 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
 def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """Local: every participant trains its own model on its own data; nothing is shared."""
     run = MethodRun("local")
-    adversity = _Adversity(len(clients), fed)
+    adversity = _Adversity(len(clients), fed, backend)
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
         # no federated update: "after the update" is the model before this round's training
         record.update_accuracy = float(np.mean([_client_accuracy(backend, c, c.params) for c in clients]))
         for i in part:
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             adversity.after_training(int(i), clients[i], r)  # diverging clients break; nothing is sent
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
