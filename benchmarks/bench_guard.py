@@ -6,7 +6,8 @@ attackers on the attack benchmark's federation (digits, 15 clients in 5 groups),
 participation 0.3 (clients come back with models several rounds old), and every setting of the
 committed experiment grids (docs/results/*/grid.json, through the experiment runner), over seeds.
 Every candidate a client evaluates is recorded with how far it moved from the client's model,
-layer by layer (fomo_core.guard.layer_changes), whether it improved on the client's loss, and
+layer by layer (fomo_core.guard.layer_distances), how far rebalancing moved it (fomo_core.guard.
+rebalance: the same function in the client's balance), whether it improved on the client's loss, and
 whether the guard rejected it: with no attacker, every rejection is a false one.
 
 The reparametrisation attack. In the attack benchmark's federation, after R clean rounds, each
@@ -14,9 +15,12 @@ client in turn is a victim that receives, alone, a copy of the model that serves
 lowest loss on its validation data among the other clients'), reparametrised: the hidden layer's
 units times a, the output layer's weights from them divided by a
 (fomo_core.simulate.attacks.reparametrise). It computes the same function, so it has the same
-loss. The attacker knows the guard and goes as far as it lets through (0.99 of its bound): all
-units down (a < 1), all up, a random half up and the other half down (the layer's norm about
-kept), or the one unit with the smallest outgoing weights. Figure of merit: the victim's test
+loss. The attacker knows the guard and goes as far as it lets through (0.99 of its distance
+bound, a between 1e-3 and 1e3; a = 0.14 with no guard, as far as the whole-model bound of 3 x the
+norm let it): all units down (a < 1), all up, a random half up and the other half down (the
+layer's norm about kept), or the one unit with the smallest outgoing weights. Guards: none; the
+bound of 3 x the norm over the whole model (fomo-core's guard before); the same bound layer by
+layer; and layer by layer after rebalancing (the preset's). Figure of merit: the victim's test
 accuracy after its round (the update, then its local training) against the same round with the
 model as it was (clean), mean over victims; the worst victim beside it.
 
@@ -41,6 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, write_results  # noqa: E402
 
+from fomo_core.policy import GUARD  # noqa: E402  (the fomo-core preset's)
+
 ROOT = Path(__file__).resolve().parent.parent
 GRIDS = sorted((ROOT / "docs" / "results").glob("*/grid.json"))
 DEMOS = {
@@ -58,39 +64,57 @@ VICTIM_ROUNDS = (2, 5, 10)
 
 class Recorder:
     """Records every candidate evaluation of the client rounds run while it is open:
-    [distance, balance, improving, rejected] per candidate (fomo_core.round's guard measures)."""
+    [distance, shift, improving, rejected] per candidate: the guard's largest layer distance, and
+    how far rebalancing moved it (relative to its norm; 0 when it was not rebalanced)."""
 
     def __enter__(self) -> Recorder:
         import fomo_core.round as round_module
 
-        self.module, self.rows, stash = round_module, [], []
-        self.changes, self.federate = round_module.layer_changes, round_module.federate
+        self.module, self.rows, distances, shifts = round_module, [], [], []
+        self.distances, self.rebalance, self.federate = (
+            round_module.layer_distances,
+            round_module.rebalance,
+            round_module.federate,
+        )
 
-        def changes(*args, **kwargs):
-            stash.append(self.changes(*args, **kwargs))
-            return stash[-1]
+        def layer_distances(*args, **kwargs):
+            distances.append(self.distances(*args, **kwargs))
+            return distances[-1]
+
+        def rebalance(model, reference, layout):
+            out = self.rebalance(model, reference, layout)
+            shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
+            return out
 
         def federate(*args, **kwargs):
+            shifts.clear()
             res = self.federate(*args, **kwargs)
-            measured = stash.pop() if stash else None
+            measured = distances.pop() if distances else None
             m = len(res.candidate_losses)
+            moved = iter(shifts)
             for k in range(m):
-                distance = float(measured.distance[-m + k]) if measured is not None else math.nan
-                balance = float(measured.balance[-m + k]) if measured is not None else math.nan
                 improving = bool(res.candidate_losses[k] < res.baseline_loss)
-                self.rows.append([distance, balance, improving, bool(res.guard_rejected[k])])
+                distance = float(measured[-m + k]) if measured is not None else math.nan
+                shift = next(moved, 0.0) if improving else 0.0
+                self.rows.append([distance, shift, improving, bool(res.guard_rejected[k])])
             return res
 
-        round_module.layer_changes, round_module.federate = changes, federate
+        round_module.layer_distances, round_module.rebalance = layer_distances, rebalance
+        round_module.federate = federate
         return self
 
     def __exit__(self, *exc) -> None:
-        self.module.layer_changes, self.module.federate = self.changes, self.federate
+        module = self.module
+        module.layer_distances, module.rebalance, module.federate = self.distances, self.rebalance, self.federate
+
+
+def _host(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
 
 
 def honest_runs(settings: dict, seeds) -> dict:
     """{setting: {"runs", "candidates", "improving", "rejected", "rejected_improving",
-    "max_distance", "max_balance" (of the improving ones), "accuracy" [per seed]}} through the
+    "max_distance", "median_shift", "max_shift" (of the improving ones), "accuracy" [per seed]}} through the
     experiment runner (FedFomo only, the preset's guard)."""
     from fomo_core.simulate.runner import Grid, run_grid
 
@@ -108,7 +132,8 @@ def honest_runs(settings: dict, seeds) -> dict:
             "improving": int(improving.sum()),
             "rejected": int(rows[:, 3].sum()),
             "max_distance": float(np.nanmax(rows[improving, 0])) if improving.any() else None,
-            "max_balance": float(np.nanmax(rows[improving, 1])) if improving.any() else None,
+            "max_shift": float(np.nanmax(rows[improving, 1])) if improving.any() else None,
+            "median_shift": float(np.nanmedian(rows[improving, 1])) if improving.any() else None,
             "max_distance_all": float(np.nanmax(rows[:, 0])) if len(rows) else None,
             "accuracy": _accuracy(summary),
             "committed_accuracy": committed_accuracy(name, seeds),
@@ -206,13 +231,14 @@ def victim_runs(seed: int, rounds: int) -> dict:
 
 
 def _guards(client) -> dict:
-    """name -> (client policy, guard layout): no guard, the whole-model bound of before, the layer
-    guard (the preset's)."""
+    """name -> (client policy, guard layout): no guard; the whole-model bound of before (3 x the
+    norm); the same bound layer by layer; and with rebalancing (the preset)."""
     policy = client.policy
     return {
-        "none": (policy.replace(guard=None, guard_balance=None), None),
-        "whole model (3 x norm)": (policy.replace(guard=3.0, guard_balance=None), None),
-        "layers and balance (preset)": (policy, client.guard_layout),
+        "none": (policy.replace(guard=None, rebalance=False), None),
+        "whole model": (policy.replace(guard=GUARD, rebalance=False), None),
+        "layers": (policy.replace(guard=GUARD, rebalance=False), client.guard_layout),
+        "layers + rebalance (preset)": (policy, client.guard_layout),
     }
 
 
@@ -273,8 +299,6 @@ def summarise_victims(runs: dict) -> dict:
 
 
 def markdown(honest: dict, victims: dict) -> str:
-    from fomo_core.policy import GUARD, GUARD_BALANCE
-
     rows = []
     for name, h in honest.items():
         acc, before = h["accuracy"], h["committed_accuracy"]
@@ -286,20 +310,21 @@ def markdown(honest: dict, victims: dict) -> str:
                 h["improving"],
                 h["rejected"],
                 f"{h['max_distance']:.2f}" if h["max_distance"] is not None else "–",
-                f"{h['max_balance']:.2f}" if h["max_balance"] is not None else "–",
+                f"{h['median_shift']:.1e}, {h['max_shift']:.1e}" if h["max_shift"] is not None else "–",
                 f"{100 * acc['mean']:.1f} ± {100 * acc['sd']:.1f}",
                 f"{100 * before['mean']:.1f} ± {100 * before['sd']:.1f}" if before else "–",
             ]
         )
     head = (
-        f"Honest candidates (no attacker), the `fomo-core` preset's guard (distance {GUARD:g}, balance "
-        f"{GUARD_BALANCE:g}): candidate evaluations, the improving ones, the ones rejected (all false), "
-        "and the largest distance (relative to the layer's norm) and balance change of an improving "
-        "candidate (the guard's bounds); FedFomo's final accuracy (the runner's headline metric), "
+        f"Honest candidates (no attacker), the `fomo-core` preset's guard (layers at most {GUARD:g} x "
+        "their norm from the client's, improving candidates rebalanced): candidate evaluations, the "
+        "improving ones, the ones rejected (all false), the largest layer distance of an improving "
+        "candidate (relative to the layer's norm) and how far rebalancing moved the improving ones "
+        "(relative to their norm: median, largest); FedFomo's final accuracy (the runner's headline metric), "
         "mean ± sd over seeds, and in the committed grid's cells (before the layer guard).\n\n"
     )
     text = head + markdown_table(
-        ["setting", "runs", "candidates", "improving", "rejected", "max distance", "max balance"]
+        ["setting", "runs", "candidates", "improving", "rejected", "max distance", "rebalanced by"]
         + ["accuracy (%)", "committed (%)"],
         rows,
     )
@@ -334,10 +359,8 @@ def main() -> int:
     print(text)
     if args.quick:
         return 0
-    from fomo_core.policy import GUARD, GUARD_BALANCE
-
     payload = {
-        "settings": {"guard": GUARD, "guard_balance": GUARD_BALANCE, "seeds": list(seeds)},
+        "settings": {"guard": GUARD, "seeds": list(seeds)},
         "machine": machine(),
         "seconds": time.perf_counter() - start,
         "honest": honest,

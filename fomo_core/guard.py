@@ -8,20 +8,23 @@ noised and constant poison models sit orders of magnitude beyond it.
 >>> bound = fc.distance_bound(local, 3.0)
 >>> step = fc.fomo_step(local, candidates, L0, L, max_distance=bound)
 
-The client round (:mod:`fomo_core.round`) applies a finer guard to the candidates that would get
-weight, from the layout its adapter knows (:class:`GuardLayout`, :func:`layer_changes`):
+The client round (:mod:`fomo_core.round`) guards the candidates that would get weight more finely,
+from the layout its adapter knows (:class:`GuardLayout`):
 
-- *layer by layer*: each weight tensor, and each layer (a weight with the bias and normalisation
-  parameters after it), may be at most ``guard`` times its own norm from the client's; a poison
-  concentrated in one small layer hides in a bound over the whole model;
-- *balance*: a distance bound cannot see what keeps the model's function. In a ReLU network, a
-  hidden unit's incoming weights times ``a`` and its outgoing weights divided by ``a`` compute
-  exactly what the model did, so a copy of a good model rescaled that way has as good a loss; but
-  its layers are out of balance, and the next local training wrecks it. Gradient descent keeps,
-  for every such unit, ``||incoming||^2 - ||outgoing||^2`` as it was at the start (exactly in the
-  limit of small steps: "layers are automatically balanced", Du, Hu and Lee, NeurIPS 2018), so
-  clients that started from one model agree on it however long each trained, while a rescaling
-  by ``a`` moves it by about ``2 |log a|`` of the unit's squared norms.
+- *layer by layer* (:func:`layer_distances`): each weight tensor, and each layer (a weight with
+  the bias and normalisation parameters after it), may be at most ``guard`` times its own norm
+  from the client's: a poison concentrated in one small layer hides in a bound over the whole
+  model;
+- *rebalanced* (:func:`rebalance`): a distance bound cannot see what keeps the model's function.
+  In a ReLU network, a hidden unit's incoming weights times ``a > 0`` and its outgoing weights
+  divided by ``a`` compute exactly what the model did, so a copy of a good model rescaled that
+  way has as good a loss; but its layers are out of balance, and the next local training wrecks
+  it. Every such unit has one rescaling for each value of its balance ``||incoming||^2 -
+  ||outgoing||^2``, which gradient descent keeps as it was at the start ("layers are automatically
+  balanced", Du, Hu and Lee, NeurIPS 2018). The round rescales each candidate's units to the
+  client's own balance before measuring and using it: any such rescaling is undone, whatever its
+  size, the function stays the same, and an honest candidate from the same initial model barely
+  moves.
 """
 
 from __future__ import annotations
@@ -40,12 +43,11 @@ __all__ = [
     "distance_bound",
     "model_norm",
     "guard_layers",
-    "layer_changes",
-    "outside_guard",
+    "layer_distances",
+    "rebalance",
     "GuardLayout",
     "Link",
     "dense_layout",
-    "LayerChanges",
 ]
 
 
@@ -127,96 +129,161 @@ class GuardLayout(NamedTuple):
     links: tuple = ()
 
 
-class LayerChanges(NamedTuple):
-    """How candidates moved from the client's model (:func:`layer_changes`).
-
-    distance: [M] the largest over the layers of the candidate's distance from the local model
-              there, over the local model's norm there
-    balance:  [M] the largest over the links of the change of the units' balance
-              ``||incoming||^2 - ||outgoing||^2``, summed over the units in absolute value, over
-              their squared norms (the mean of the two models'); 0 without links
-    """
-
-    distance: np.ndarray
-    balance: np.ndarray
-
-
-def layer_changes(
+def layer_distances(
     local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: str = "l2"
-) -> LayerChanges:
-    """How far every candidate moved from ``local``, layer by layer (:func:`guard_layers`), and
-    how much it changed the balance of the hidden units of ``layout``'s links.
+) -> np.ndarray:
+    """[M] float64: for every candidate, the largest over the layers (:func:`guard_layers`) of its
+    distance from ``local`` there over the norm of ``local`` there.
 
     local:      the flat model measured from, [P] (NumPy or torch)
     candidates: [M, P] (an array, or a sequence of M flat models)
-    layout:     a :class:`GuardLayout` of [P]; None: the whole model is one layer, no links
-    norm:       the distances' norm, "l2" (the arrays of a layer combine their squares) or "l1"
-                (the balance is of squared L2 norms whatever ``norm`` says)
+    layout:     a :class:`GuardLayout` of [P]; None: the whole model is one layer
+    norm:       "l2" (the arrays of a layer combine their squares) or "l1"
 
-    The distances come from the distance kernel, one array at a time; the balance reads the
-    linked arrays of every candidate once more, in float64 (extra memory: one array). A layer
-    where the local model's norm is 0 gives 0 for a candidate equal to it there and infinity
-    otherwise. What is NaN is left out (a non-finite candidate is rejected by the ops anyway; a
-    non-finite local model has no norm to measure from): a distance is NaN only when every layer's
-    is, a link with a NaN counts as balanced.
+    The distance kernel reads every array once. A layer where the local model's norm is 0 gives 0
+    for a candidate equal to it there and infinity otherwise; a layer where either is NaN is left
+    out (a non-finite candidate is rejected by the ops anyway; a non-finite local model has no
+    norm to measure from), and NaN comes back only when every layer is NaN (no bound rejects it).
     """
     choice(norm, "norm", ("l2", "l1"))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
-    size = int(local.shape[0])
-    layout = GuardLayout(((size,),)) if layout is None else layout
-    shapes = [tuple(int(d) for d in s) for s in layout.shapes]
-    offsets, total = offsets_of(shapes)
-    if total != size:
-        raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
+    shapes, offsets = _checked(local, layout)
     rows = len(candidates)
     two_d = hasattr(candidates, "shape") and len(candidates.shape) == 2
-
-    def array(model: Any, k: int) -> Any:
-        return model[offsets[k] : offsets[k] + math.prod(shapes[k])]
-
-    def arrays(k: int) -> Any:
-        start, stop = offsets[k], offsets[k] + math.prod(shapes[k])
-        return candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
-
     power = 2 if norm == "l2" else 1  # what adds up across the arrays of a layer
     dist, own = np.zeros((rows, len(shapes))), np.zeros(len(shapes))
-    for k in range(len(shapes)):
-        own[k] = model_norm(array(local, k), norm=norm) ** power
+    for k, (start, shape) in enumerate(zip(offsets, shapes)):
+        stop = start + math.prod(shape)
+        own[k] = model_norm(local[start:stop], norm=norm) ** power
         if rows:
-            dist[:, k] = np.asarray(to_host(candidate_distances(array(local, k), arrays(k), norm=norm))) ** power
+            part = candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
+            dist[:, k] = np.asarray(to_host(candidate_distances(local[start:stop], part, norm=norm))) ** power
     groups = guard_layers(shapes)
-    distance = np.empty((rows, len(groups)))
+    out = np.empty((rows, len(groups)))
     for g, group in enumerate(groups):
         d, n = dist[:, list(group)].sum(axis=1) ** (1 / power), own[list(group)].sum() ** (1 / power)
         with np.errstate(divide="ignore", invalid="ignore"):
-            distance[:, g] = np.where(d == 0, 0.0, d / n)
-    balance = np.zeros((rows, len(layout.links)))
-    for j, link in enumerate(layout.links):
-        mine = _unit_squares(local, array, link, shapes)
-        for m in range(rows):
-            theirs = _unit_squares(candidates[m], array, link, shapes)
-            change = np.abs((theirs[0] - theirs[1]) - (mine[0] - mine[1])).sum()
-            scale = (mine[0] + mine[1] + theirs[0] + theirs[1]).sum() / 2
-            with np.errstate(divide="ignore", invalid="ignore"):
-                balance[m, j] = 0.0 if change == 0 else change / scale
-    # NaN only where every layer (link) is NaN
-    return LayerChanges(np.fmax.reduce(distance, axis=1), np.fmax.reduce(balance, axis=1, initial=0.0))
+            out[:, g] = np.where(d == 0, 0.0, d / n)
+    return np.fmax.reduce(out, axis=1)  # NaN only where every layer is NaN
 
 
-def _unit_squares(model: Any, array: Any, link: Link, shapes: list) -> tuple:
-    """(incoming [units], outgoing [units]) float64 NumPy: the squared norms of every hidden unit's
-    incoming weights (and bias) and outgoing weights in ``model`` (flat)."""
-    into, out = shapes[link.weight_in], shapes[link.weight_out]
-    rows_first = link.order == "out_in"
-    units = into[0] if rows_first else into[-1]
+def _checked(model: Any, layout: Optional[GuardLayout]) -> tuple:
+    """(shapes, offsets) of ``layout`` over the flat ``model`` [P] (one layer when None)."""
+    size = int(model.shape[0])
+    shapes = [(size,)] if layout is None else [tuple(int(d) for d in s) for s in layout.shapes]
+    offsets, total = offsets_of(shapes)
+    if total != size:
+        raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
+    return shapes, offsets
+
+
+def rebalance(model: Any, reference: Any, layout: GuardLayout, *, sweeps: int = 100) -> Any:
+    """A copy of the flat ``model`` [P] with every hidden unit of ``layout``'s links rescaled (its
+    incoming weights and bias times a > 0, its outgoing weights divided by a: the same function)
+    so that its balance ``||incoming||^2 - ||outgoing||^2`` is the one the unit has in
+    ``reference`` [P]. Whatever rescaling the model went through is undone: all rescalings of one
+    model give one result.
+
+    The scales are the unique minimum of a strictly convex function of their logarithms (the sum
+    of the squared rescaled weights minus ``2 sum_j target_j log a_j``, whose gradient is each
+    unit's balance minus its target), found by exact minimisation one layer of units at a time
+    (units of a layer share no weight), ``sweeps`` passes at most, on [units, units] sums of
+    squares in float64; the model is then scaled once, in its own dtype. A unit with no incoming
+    or no outgoing weight, or with anything not finite, keeps its scale."""
+    shapes, offsets = _checked(model, layout)
+    out = model.clone() if hasattr(model, "clone") else np.array(model)
+    if not layout.links:
+        return out
+
+    def array(flat: Any, k: int) -> Any:
+        return flat[offsets[k] : offsets[k] + math.prod(shapes[k])]
+
+    links = layout.links
+    units = [_units(shapes, link) for link in links]
+    feeds = {link.weight_in: n for n, link in enumerate(links)}  # weight -> the link whose units it makes
+    reads = {link.weight_out: n for n, link in enumerate(links)}  # weight -> the link whose units it reads
+    mine = [_unit_sums(model, array, shapes, link, links) for link in links]
+    theirs = [_unit_sums(reference, array, shapes, link, links) for link in links]
+    target = [incoming.sum(axis=1) + bias - outgoing.sum(axis=0) for incoming, bias, outgoing in theirs]
+    scale = [np.ones(u) for u in units]
+    for _ in range(sweeps):
+        largest = 0.0
+        for n, link in enumerate(links):
+            incoming, bias, outgoing = mine[n]
+            before = reads.get(link.weight_in)  # the link whose units feed this one
+            after = feeds.get(link.weight_out)  # the link whose units read this one's
+            inner = incoming @ (1 / scale[before] ** 2) if before is not None else incoming.sum(axis=1)
+            outer = (scale[after] ** 2) @ outgoing if after is not None else outgoing.sum(axis=0)
+            p, q, t = inner + bias, outer, target[n]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                a = np.sqrt((t + np.sqrt(t * t + 4 * p * q)) / (2 * p))  # a^2 p - q / a^2 = t
+            a = np.where(np.isfinite(a) & (a > 0) & (p > 0) & (q > 0), a, scale[n])
+            largest = max(largest, float(np.max(np.abs(np.log(a / scale[n])), initial=0.0)))
+            scale[n] = a
+        if largest < 1e-12:
+            break
+    for n, link in enumerate(links):
+        _scale_units(out, array, link, shapes, scale[n])
+    return out
+
+
+def _units(shapes: list, link: Link) -> int:
+    """How many hidden units a link has (the output units of its incoming weight)."""
+    into = shapes[link.weight_in]
+    return into[0] if link.order == "out_in" else into[-1]
+
+
+def _unit_sums(model: Any, array: Any, shapes: list, link: Link, links: tuple) -> tuple:
+    """(incoming [units, inputs], bias [units], outgoing [outputs, units]) float64 NumPy: a link's
+    squared weights summed over everything but the units they join (a convolution's window; the
+    positions a flattening laid out per channel). ``inputs`` are the units of the link before
+    when there is one, else every input element; ``outputs`` likewise."""
+    units = _units(shapes, link)
+    before = next((prev for prev in links if prev.weight_out == link.weight_in), None)
     w_in = _squares(array(model, link.weight_in))
     w_out = _squares(array(model, link.weight_out))
-    incoming = w_in.reshape(units, -1).sum(axis=1) if rows_first else w_in.reshape(-1, units).sum(axis=0)
+    if link.order == "out_in":
+        incoming = w_in.reshape(units, -1)
+        outgoing = w_out.reshape(shapes[link.weight_out][0], units, -1).sum(axis=2)
+    else:
+        incoming = w_in.reshape(-1, units).T
+        outgoing = w_out.reshape(units, -1).T
+    if before is not None:  # group the inputs by the previous link's units
+        inputs = _units(shapes, before)
+        if link.order == "out_in":
+            incoming = w_in.reshape(units, inputs, -1).sum(axis=2)
+        else:
+            incoming = w_in.reshape(inputs, -1, units).sum(axis=1).T
+    bias = _squares(array(model, link.bias_in)) if link.bias_in is not None else np.zeros(units)
+    return incoming, bias, outgoing
+
+
+def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray) -> None:
+    """Multiplies every hidden unit's incoming weights and bias by a [units] and divides its
+    outgoing weights by it, in place in the flat, contiguous ``model``."""
+    out = shapes[link.weight_out]
+    units = _units(shapes, link)
+    if hasattr(model, "detach"):
+        import torch
+
+        a = torch.as_tensor(a, dtype=model.dtype, device=model.device)
+    else:
+        a = a.astype(model.dtype)
+    w_in, w_out = array(model, link.weight_in), array(model, link.weight_out)
+    if link.order == "out_in":
+        view = w_in.reshape(units, -1)
+        view *= a[:, None]
+        view = w_out.reshape(out[0], units, -1)
+        view /= a[None, :, None]
+    else:
+        view = w_in.reshape(-1, units)
+        view *= a[None, :]
+        view = w_out.reshape(units, -1)
+        view /= a[:, None]
     if link.bias_in is not None:
-        incoming = incoming + _squares(array(model, link.bias_in))
-    outgoing = w_out.reshape(out[0], units, -1).sum(axis=(0, 2)) if rows_first else w_out.reshape(units, -1).sum(axis=1)
-    return incoming, outgoing
+        bias = array(model, link.bias_in)
+        bias *= a
 
 
 def _squares(values: Any) -> np.ndarray:
@@ -228,15 +295,6 @@ def _squares(values: Any) -> np.ndarray:
         return (values * values).cpu().numpy()
     values = np.asarray(values, dtype=np.float64)
     return values * values
-
-
-def outside_guard(changes: LayerChanges, ratio: Optional[float], balance: Optional[float]) -> np.ndarray:
-    """[M] bool: the candidates some layer of which is farther than ``ratio`` times its norm from
-    the client's, or that changed the balance of some link's units by more than ``balance`` (None
-    or infinity: no bound)."""
-    far = changes.distance > (math.inf if ratio is None else ratio)
-    unbalanced = changes.balance > (math.inf if balance is None else balance)
-    return far | unbalanced
 
 
 def dense_layout(spec: Any) -> GuardLayout:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .policy import GUARD, GUARD_BALANCE, ClientPolicy, ServerPolicy
+from .policy import GUARD, ClientPolicy, ServerPolicy
 
 __all__ = ["Preset", "PRESETS", "get_preset", "as_preset", "client_policy"]
 
@@ -52,9 +52,7 @@ _PEER_CLIENT = dict(nonfinite="skip_round", norm="l2", eps=1e-5)
 _PEER_SERVER = dict(selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_decay=0.0, affinity_init="identity")
 
 PRESETS: dict[str, Preset] = {
-    "fomo-core": Preset(
-        name="fomo-core", client=ClientPolicy(guard=GUARD, guard_balance=GUARD_BALANCE), server=ServerPolicy()
-    ),
+    "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD, rebalance=True), server=ServerPolicy()),
     "paper": Preset(
         name="paper",
         client=ClientPolicy(

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ._validate import count
-from .guard import GuardLayout, layer_changes, outside_guard
+from .guard import GuardLayout, layer_distances, rebalance
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
@@ -61,8 +61,8 @@ class ClientRound:
     eval_seconds, step_seconds, train_seconds: time spent evaluating, in the weights and update,
                           and in local training
     guard_rejected:       [M] bool: the candidates the policy's guard rejected (score 0, weight
-                          0): they would have had weight, but moved or rescaled some layer more
-                          than the guard allows
+                          0): they would have had weight, but some layer of theirs is farther
+                          from the client's than the guard allows
     """
 
     params: Any
@@ -112,6 +112,16 @@ def federate_client(
     )
 
 
+def _rebalanced(model: Any, base: Any, layout: GuardLayout, measured: int) -> Any:
+    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced to ``base``'s
+    (:func:`fomo_core.guard.rebalance`); what rides behind them is copied as it is."""
+    if measured == len(model):
+        return rebalance(model, base, layout)
+    out = model.clone() if hasattr(model, "clone") else np.array(model)
+    out[:measured] = rebalance(model[:measured], base[:measured], layout)
+    return out
+
+
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
     """The validation loss [K] of K models from their mean losses per batch [batches, K] and the
     batch sizes [batches], as a :class:`ClientPolicy` ``loss`` says: "mean" over all samples,
@@ -148,9 +158,9 @@ def federate(
     measured:   how many leading elements the distance covers (the parameters when buffers ride
                 behind them); default all P
     layout:     the layers of those ``measured`` elements (a :class:`fomo_core.guard.GuardLayout`:
-                the arrays' shapes, and which layers are joined by ReLU-like operations), which
-                the policy's guard bounds (:func:`fomo_core.guard.layer_changes`); None: the whole
-                model is one layer
+                the arrays' shapes, and which layers are joined by ReLU-like operations), for the
+                policy's guard and rebalancing (:mod:`fomo_core.guard`); None: the whole model is
+                one layer, nothing is rebalanced
     copy:       copy(dst, src) for flat models (the framework's in-place copy)
     """
     own_is_baseline = policy.baseline == "current"
@@ -173,15 +183,18 @@ def federate(
     whole = p == len(params)
     fused_in_place = own_is_baseline and whole and policy.nonfinite != "skip_round"
     measured_base = base if whole else base[:p]
+    if policy.rebalance and layout is not None and layout.links:
+        # the candidates that can get weight, in the client's own balance (the same functions)
+        cands = [_rebalanced(c, base, layout, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
     measured_cands = cands if whole else [c[:p] for c in cands]
     options = policy.step_options()
     guarded = np.zeros(len(cands), dtype=bool)
-    if policy.guarded:
-        changes = layer_changes(measured_base, measured_cands, layout, norm=policy.norm)
+    if policy.guard is not None and math.isfinite(policy.guard):
+        distances = layer_distances(measured_base, measured_cands, layout, norm=policy.norm)
         # Only candidates that improve on the baseline are rejected (as a non-finite loss is:
         # score 0); a far one that does not keeps its negative score, which the affinity needs. A
         # baseline whose loss is not finite improves on nothing and measures nothing (adopt_best).
-        guarded = outside_guard(changes, policy.guard, policy.guard_balance) & (losses < base_loss)
+        guarded = (distances > policy.guard) & (losses < base_loss)
     step_losses = np.where(guarded, np.nan, losses)
     if fused_in_place:
         # The common case in one fused pass; no weight leaves the model bit for bit as it was.

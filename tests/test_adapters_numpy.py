@@ -133,9 +133,9 @@ def test_client_update_matches_fomo_core_and_loads_the_estimator(digits):
     cands = np.stack([get_flat_params(p) for p in peers])
     theta = get_flat_params(local)
     l0 = log_loss(val[1], local.predict_proba(val[0]), labels=local.classes_)
-    # peers from other random initialisations, which the guard (for clients that share one initial
-    # model) rejects: this test checks the algorithm itself, unguarded
-    unguarded = fc.get_preset("fomo-core").client.replace(guard=None, guard_balance=None)
+    # the fomo-core preset rescales improving candidates to the client's balance and bounds their
+    # layers' distances: this test checks the bare algorithm
+    unguarded = fc.get_preset("fomo-core").client.replace(guard=None, rebalance=False)
     client = MLPClassifierClient(local, val, train, policy=unguarded)
     res = client.update(cands)
     assert res.baseline_loss == pytest.approx(l0, rel=1e-9)  # float64 throughout, summation order only

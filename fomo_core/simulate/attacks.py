@@ -201,22 +201,26 @@ def reparametrise(params: Any, spec: Any, scale: Any, *, layer: int = 0) -> Any:
 def edge_scale(
     reference: Any, model: Any, spec: Any, policy: Any, layout: Any, direction: np.ndarray, *, reach: float = 0.99
 ) -> np.ndarray:
-    """The per-unit scale ``exp(t * direction)`` [units] with the largest t for which the guard of
-    ``policy`` (a :class:`fomo_core.ClientPolicy`, over a :class:`fomo_core.guard.GuardLayout`) still lets
+    """The per-unit scale ``exp(t * direction)`` [units] with the largest t (a within [1e-3, 1e3])
+    for which the distance bound of ``policy`` (a :class:`fomo_core.ClientPolicy`, over a
+    :class:`fomo_core.guard.GuardLayout`; after its rebalancing when it rebalances) still lets
     :func:`reparametrise` of ``model`` through, measured from ``reference``: at ``reach`` of its
-    bound. With no guard, t = -log(0.14) (the copy then sits at 0.99 x the whole-model bound of
-    3 x its norm that fomo-core used before its guard went layer by layer)."""
-    from ..guard import layer_changes
+    bound. With no bound, a = 0.14 (as far as fomo-core's whole-model bound of 3 x the norm, used
+    before its guard went layer by layer, let such a copy through)."""
+    from ..guard import layer_distances, rebalance
 
-    bounds = [(b, part) for b, part in ((policy.guard, "distance"), (policy.guard_balance, "balance")) if b is not None]
-    if not bounds:
+    if policy.guard is None or math.isinf(policy.guard):
         return np.exp(-math.log(0.14) * direction)
 
     def closeness(t: float) -> float:
-        changes = layer_changes(reference, reparametrise(model, spec, np.exp(t * direction))[None], layout)
-        return max(float(getattr(changes, part)[0]) / b for b, part in bounds)
+        candidate = reparametrise(model, spec, np.exp(t * direction))
+        if policy.rebalance and layout is not None:
+            candidate = rebalance(candidate, reference, layout)
+        return float(layer_distances(reference, candidate[None], layout)[0]) / policy.guard
 
-    low, high = 0.0, math.log(1e6)  # bisection on t
+    low, high = 0.0, math.log(1e3)  # bisection on t
+    if closeness(high) <= reach:
+        return np.exp(high * direction)
     for _ in range(50):
         middle = (low + high) / 2
         low, high = (low, middle) if closeness(middle) > reach else (middle, high)

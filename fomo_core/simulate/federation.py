@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._validate import real
+from .._validate import flag, real
 from ..presets import get_preset
 from ..server import Server
 from .attacks import AttackSettings, attacker_ids, corrupt, diverge, lying_evaluation
@@ -30,9 +30,9 @@ class FederationSettings:
     epsilon, epsilon_decay, affinity_update, free_riders: override the preset's server policy when
     not None.
     seed: everything.
-    guard, guard_balance: override the client policy's poisoned-client guard when not None (how far
-    a candidate's layers may move, as a multiple of each layer's norm, and how much it may change
-    the balance of their hidden units; ``math.inf`` turns either off).
+    guard, rebalance: override the client policy's poisoned-client guard when not None (how far a
+    candidate's layers may move, as a multiple of each layer's norm, ``math.inf`` for no bound;
+    whether candidates are rescaled to the client's balance first).
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -45,15 +45,15 @@ class FederationSettings:
     free_riders: Optional[str] = None
     seed: int = 0
     guard: Optional[float] = None
-    guard_balance: Optional[float] = None
+    rebalance: Optional[bool] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
-        if self.guard_balance is not None:
-            real(self.guard_balance, "guard_balance", low=0.0, finite=False)
+        if self.rebalance is not None:
+            flag(self.rebalance, "rebalance")
         if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
             object.__setattr__(self, "attack", AttackSettings(**self.attack))
         if not isinstance(self.attack, AttackSettings):
@@ -125,7 +125,7 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     n = len(clients)
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
     adversity = _Adversity(n, fed, backend)
-    guard = {k: getattr(fed, k) for k in ("guard", "guard_balance") if getattr(fed, k) is not None}
+    guard = {k: getattr(fed, k) for k in ("guard", "rebalance") if getattr(fed, k) is not None}
     for client in clients:
         client.policy = client.policy.replace(**guard)
     run = MethodRun("fedfomo")
