@@ -289,3 +289,29 @@ def test_the_peer_presets_have_no_guard_and_the_policy_checks_its_fields():
         fc.ClientPolicy(rebalance="yes")
     with pytest.raises(ValueError, match="guard must be a number"):
         fc.ClientPolicy(guard=-1.0)
+
+
+def test_the_simulators_reparam_attack_keeps_the_function_at_the_edge_of_the_guard(digits):
+    from fomo_core.simulate.attacks import AttackSettings, corrupt
+    from fomo_core.simulate.backends import TrainSettings, make_backend
+    from fomo_core.simulate.data import load_digits as simulator_digits
+
+    train, val = digits
+    client = FedFomoClient(mlp(0), val, train)
+    spec = dense_spec(client.module)
+    own = client.get_flat()
+    settings = AttackSettings(kind="reparam", attackers=1)
+    rng = np.random.default_rng(0)
+    x = train[0][:8]
+    for policy, a in ((PRESET.replace(guard=None, rebalance=False), 0.14), (PRESET.replace(rebalance=False), None)):
+        client.policy = policy
+        bad = corrupt(own, settings, rng, spec=spec, client=client)
+        torch.testing.assert_close(outputs(client.module, bad, x), outputs(client.module, own, x), rtol=1e-4, atol=1e-5)
+        if a is not None:  # no guard: the a
+            torch.testing.assert_close(bad[: 64 * 32], own[: 64 * 32] * a)
+        else:  # the layer bound: at 0.99 of it
+            assert layer_distances(own, bad[None], client.guard_layout)[0] == pytest.approx(0.99 * 3.0, rel=1e-3)
+    with pytest.raises(ValueError, match="the reparam attack needs a dense network"):
+        corrupt(own, settings, rng, spec=None, client=client)
+    backends = [make_backend(name, simulator_digits(), TrainSettings(hidden=(8,)), 0) for name in ("torch", "sklearn")]
+    assert [b.dense_spec().weight_layout for b in backends] == ["out_in", "in_out"]
