@@ -24,6 +24,12 @@ layer; and layer by layer after rebalancing (the preset's). Figure of merit: the
 accuracy after its round (the update, then its local training) against the same round with the
 model as it was (clean), mean over victims; the worst victim beside it.
 
+The cost. The guard's own work in a client round (every layer's distances, and rebalancing every
+candidate: the worst case, all improving) against the weights and update (fomo_step) of the same
+M = 5 candidates, on the round benchmark's models (benchmarks/models.py), by thread CPU time,
+median of interleaved repeats. ResNet-18's layers are joined by BatchNorm and shortcuts: nothing
+to rebalance, distances only.
+
     python benchmarks/bench_guard.py            # about 15 minutes on 2 cores
     python benchmarks/bench_guard.py --quick    # one seed, fewer settings (not committed)
 
@@ -43,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_results  # noqa: E402
+from common import interleaved_samples, machine, markdown_table, spread, write_results  # noqa: E402
 
 from fomo_core.policy import GUARD  # noqa: E402  (the fomo-core preset's)
 
@@ -71,9 +77,9 @@ class Recorder:
         import fomo_core.round as round_module
 
         self.module, self.rows, distances, shifts = round_module, [], [], []
-        self.distances, self.rebalance, self.federate = (
+        self.distances, self.rebalanced, self.federate = (
             round_module.layer_distances,
-            round_module.rebalance,
+            round_module._rebalanced,
             round_module.federate,
         )
 
@@ -81,8 +87,8 @@ class Recorder:
             distances.append(self.distances(*args, **kwargs))
             return distances[-1]
 
-        def rebalance(model, reference, layout):
-            out = self.rebalance(model, reference, layout)
+        def rebalanced(balance, model, measured):
+            out = self.rebalanced(balance, model, measured)
             shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
             return out
 
@@ -99,13 +105,13 @@ class Recorder:
                 self.rows.append([distance, shift, improving, bool(res.guard_rejected[k])])
             return res
 
-        round_module.layer_distances, round_module.rebalance = layer_distances, rebalance
+        round_module.layer_distances, round_module._rebalanced = layer_distances, rebalanced
         round_module.federate = federate
         return self
 
     def __exit__(self, *exc) -> None:
         module = self.module
-        module.layer_distances, module.rebalance, module.federate = self.distances, self.rebalance, self.federate
+        module.layer_distances, module._rebalanced, module.federate = self.distances, self.rebalanced, self.federate
 
 
 def _host(x) -> np.ndarray:
@@ -295,6 +301,44 @@ def summarise_victims(runs: dict) -> dict:
     return table
 
 
+# --- the cost -----------------------------------------------------------------------------------
+
+
+def cost_runs(repeats: int, m: int = 5) -> dict:
+    """{model: {"P", "links", "guard", "fomo_step"}} with the guard's and fomo_step's thread CPU ms
+    (median and quartiles of interleaved repeats)."""
+    import torch
+    from models import ResNet18, digits_mlp, lenet
+
+    import fomo_core as fc
+    from fomo_core.adapters.torch import flatten_module, guard_layout
+    from fomo_core.guard import Balancer, layer_distances
+
+    torch.set_num_threads(1)
+    out = {}
+    for name, make in (("digits MLP", digits_mlp), ("LeNet CNN", lenet), ("ResNet-18", ResNet18)):
+        torch.manual_seed(0)
+        module = make()
+        flat = flatten_module(module).detach().clone()
+        layout = guard_layout(module)
+        candidates = flat + 0.01 * torch.randn(m, flat.numel())
+        losses = np.linspace(0.5, 0.9, m)
+
+        def guard(flat=flat, candidates=candidates, layout=layout):
+            if layout.links:  # as the round does: rebalance (when there is anything to), then measure
+                balance = Balancer(flat, layout)
+                candidates = [balance(c) for c in candidates]
+            return layer_distances(flat, candidates, layout)
+
+        def step(flat=flat, candidates=candidates, losses=losses):
+            return fc.fomo_step(flat, candidates, 1.0, losses)
+
+        times = interleaved_samples({"guard": guard, "fomo_step": step}, repeats, clock=time.thread_time)
+        out[name] = {"P": int(flat.numel()), "links": len(layout.links), **{k: spread(v) for k, v in times.items()}}
+        print(f"  {name}: guard {out[name]['guard']['median']:.1f} ms", file=sys.stderr)
+    return out
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -342,6 +386,26 @@ def markdown(honest: dict, victims: dict) -> str:
     return text + markdown_table(["seed", "after round", "victims", "clean (%)", "guard", *ATTACKS], rows)
 
 
+def cost_markdown(cost: dict) -> str:
+    rows = [
+        [
+            name,
+            c["P"],
+            c["links"],
+            f"{c['guard']['median']:.1f} [{c['guard']['q1']:.1f}, {c['guard']['q3']:.1f}]",
+            f"{c['fomo_step']['median']:.1f} [{c['fomo_step']['q1']:.1f}, {c['fomo_step']['q3']:.1f}]",
+            f"{c['guard']['median'] / c['fomo_step']['median']:.1f}x",
+        ]
+        for name, c in cost.items()
+    ]
+    note = (
+        "The guard's cost: its work on M = 5 candidates (every layer's distances; every candidate "
+        "rebalanced) against fomo_step on the same candidates, thread CPU ms, median [quartiles] of "
+        "interleaved repeats, one thread."
+    )
+    return note + "\n\n" + markdown_table(["model", "P", "links", "guard ms", "fomo_step ms", "ratio"], rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one seed, the attack settings only; writes nothing")
@@ -355,7 +419,9 @@ def main() -> int:
     victim_seeds, victim_rounds = ((0,), (5,)) if args.quick else (VICTIM_SEEDS, VICTIM_ROUNDS)
     runs = {(s, r): victim_runs(s, r) for s in victim_seeds for r in victim_rounds}
     victims = summarise_victims(runs)
-    text = markdown(honest, victims)
+    print("cost:", file=sys.stderr)
+    cost = cost_runs(5 if args.quick else 30)
+    text = markdown(honest, victims) + "\n\n" + cost_markdown(cost)
     print(text)
     if args.quick:
         return 0
@@ -365,6 +431,7 @@ def main() -> int:
         "seconds": time.perf_counter() - start,
         "honest": honest,
         "victims": {f"seed{s}_round{r}": v for (s, r), v in victims.items()},
+        "cost": cost,
     }
     write_results("guard", payload, text)
     return 0

@@ -45,6 +45,7 @@ __all__ = [
     "guard_layers",
     "layer_distances",
     "rebalance",
+    "Balancer",
     "GuardLayout",
     "Link",
     "dense_layout",
@@ -153,12 +154,14 @@ def layer_distances(
     two_d = hasattr(candidates, "shape") and len(candidates.shape) == 2
     power = 2 if norm == "l2" else 1  # what adds up across the arrays of a layer
     dist, own = np.zeros((rows, len(shapes))), np.zeros(len(shapes))
+    zero = local[: max(math.prod(s) for s in shapes)] * 0  # the local model's norms: its distances from 0
     for k, (start, shape) in enumerate(zip(offsets, shapes)):
         stop = start + math.prod(shape)
-        own[k] = model_norm(local[start:stop], norm=norm) ** power
+        layer = local[start:stop]
+        own[k] = float(np.asarray(to_host(candidate_distances(zero[: stop - start], [layer], norm=norm)))[0]) ** power
         if rows:
             part = candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
-            dist[:, k] = np.asarray(to_host(candidate_distances(local[start:stop], part, norm=norm))) ** power
+            dist[:, k] = np.asarray(to_host(candidate_distances(layer, part, norm=norm))) ** power
     groups = guard_layers(shapes)
     out = np.empty((rows, len(groups)))
     for g, group in enumerate(groups):
@@ -178,54 +181,131 @@ def _checked(model: Any, layout: Optional[GuardLayout]) -> tuple:
     return shapes, offsets
 
 
-def rebalance(model: Any, reference: Any, layout: GuardLayout, *, sweeps: int = 100) -> Any:
+def rebalance(model: Any, reference: Any, layout: GuardLayout) -> Any:
     """A copy of the flat ``model`` [P] with every hidden unit of ``layout``'s links rescaled (its
     incoming weights and bias times a > 0, its outgoing weights divided by a: the same function)
     so that its balance ``||incoming||^2 - ||outgoing||^2`` is the one the unit has in
     ``reference`` [P]. Whatever rescaling the model went through is undone: all rescalings of one
-    model give one result.
+    model give one result. :class:`Balancer` does the same for many models against one reference.
+    """
+    return Balancer(reference, layout)(model)
 
-    The scales are the unique minimum of a strictly convex function of their logarithms (the sum
-    of the squared rescaled weights minus ``2 sum_j target_j log a_j``, whose gradient is each
-    unit's balance minus its target), found by exact minimisation one layer of units at a time
-    (units of a layer share no weight), ``sweeps`` passes at most, on [units, units] sums of
-    squares in float64; the model is then scaled once, in its own dtype. A unit with no incoming
-    or no outgoing weight, or with anything not finite, keeps its scale."""
-    shapes, offsets = _checked(model, layout)
-    out = model.clone() if hasattr(model, "clone") else np.array(model)
-    if not layout.links:
+
+class Balancer:
+    """Rebalances models to the units' balance in ``reference`` [P] (:func:`rebalance`), whose
+    sums of squares it reads once.
+
+    The scales are the unique minimum of a strictly convex function of their logarithms u (the
+    sum of the rescaled squared weights minus ``2 sum_j target_j u_j``; its gradient is twice each
+    unit's balance minus its target), found by Newton's method (steps by preconditioned conjugate
+    gradients on Hessian-vector products, a backtracking line search) on [units, units] sums of
+    squares in float64; one hidden layer takes one step, its units being independent. The model
+    is then scaled once, in its own dtype. A unit with no incoming or no outgoing weight keeps its
+    scale; a model with anything not finite is left as it is.
+    """
+
+    def __init__(self, reference: Any, layout: GuardLayout):
+        self.layout = layout
+        self.shapes, self.offsets = _checked(reference, layout)
+        self.units = [_units(self.shapes, link) for link in layout.links]
+        self.targets = np.concatenate([i.sum(axis=1) + b - o.sum(axis=0) for i, b, o in self._sums(reference)] or [[]])
+
+    def _array(self, flat: Any, k: int) -> Any:
+        return flat[self.offsets[k] : self.offsets[k] + math.prod(self.shapes[k])]
+
+    def _sums(self, model: Any) -> list:
+        return [_unit_sums(model, self._array, self.shapes, link, self.layout.links) for link in self.layout.links]
+
+    def __call__(self, model: Any) -> Any:
+        out = model.clone() if hasattr(model, "clone") else np.array(model)
+        if not self.layout.links:
+            return out
+        scales = self._scales(self._sums(model))
+        if scales is not None:
+            for link, a in zip(self.layout.links, np.split(scales, np.cumsum(self.units)[:-1])):
+                _scale_units(out, self._array, link, self.shapes, a)
         return out
 
-    def array(flat: Any, k: int) -> Any:
-        return flat[offsets[k] : offsets[k] + math.prod(shapes[k])]
+    def _scales(self, sums: list) -> Optional[np.ndarray]:
+        """The per-unit scales [all linked units], or None when the sums are not finite."""
+        links = self.layout.links
+        if not all(np.isfinite(x).all() for parts in sums for x in parts):
+            return None
+        starts = np.concatenate([[0], np.cumsum(self.units)]).astype(int)
+        n = int(starts[-1])
+        # f(u) = fixed_in . e^2u + fixed_out . e^-2u + sum_c sum_ji c_ji e^2(u_j - u_i) - 2 target . u
+        fixed_in, fixed_out = np.zeros(n), np.zeros(n)  # squares to units outside the links
+        incoming, outgoing = np.zeros(n), np.zeros(n)  # every unit's squares, at u = 0
+        couplings = []  # (the units of a link, those of the link before, their squared weights)
+        for k, (link, (w_in, bias, w_out)) in enumerate(zip(links, sums)):
+            here = slice(starts[k], starts[k + 1])
+            before = next((j for j, prev in enumerate(links) if prev.weight_out == link.weight_in), None)
+            after = any(nxt.weight_in == link.weight_out for nxt in links)
+            fixed_in[here] = bias + (w_in.sum(axis=1) if before is None else 0.0)
+            fixed_out[here] = 0.0 if after else w_out.sum(axis=0)
+            incoming[here], outgoing[here] = w_in.sum(axis=1) + bias, w_out.sum(axis=0)
+            if before is not None:
+                couplings.append((here, slice(starts[before], starts[before + 1]), w_in))
+        free = (incoming > 0) & (outgoing > 0)  # a unit with no weight on one side has no balance
+        tolerance = 1e-7 * (incoming + outgoing)  # below float32's rounding of the weights
 
-    links = layout.links
-    units = [_units(shapes, link) for link in links]
-    feeds = {link.weight_in: n for n, link in enumerate(links)}  # weight -> the link whose units it makes
-    reads = {link.weight_out: n for n, link in enumerate(links)}  # weight -> the link whose units it reads
-    mine = [_unit_sums(model, array, shapes, link, links) for link in links]
-    theirs = [_unit_sums(reference, array, shapes, link, links) for link in links]
-    target = [incoming.sum(axis=1) + bias - outgoing.sum(axis=0) for incoming, bias, outgoing in theirs]
-    scale = [np.ones(u) for u in units]
-    for _ in range(sweeps):
-        largest = 0.0
-        for n, link in enumerate(links):
-            incoming, bias, outgoing = mine[n]
-            before = reads.get(link.weight_in)  # the link whose units feed this one
-            after = feeds.get(link.weight_out)  # the link whose units read this one's
-            inner = incoming @ (1 / scale[before] ** 2) if before is not None else incoming.sum(axis=1)
-            outer = (scale[after] ** 2) @ outgoing if after is not None else outgoing.sum(axis=0)
-            p, q, t = inner + bias, outer, target[n]
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                a = np.sqrt((t + np.sqrt(t * t + 4 * p * q)) / (2 * p))  # a^2 p - q / a^2 = t
-            a = np.where(np.isfinite(a) & (a > 0) & (p > 0) & (q > 0), a, scale[n])
-            largest = max(largest, float(np.max(np.abs(np.log(a / scale[n])), initial=0.0)))
-            scale[n] = a
-        if largest < 1e-12:
-            break
-    for n, link in enumerate(links):
-        _scale_units(out, array, link, shapes, scale[n])
-    return out
+        # a coupling's rescaled squares are diag(e^2u_here) c diag(e^-2u_back): products with c only
+        def value(u: np.ndarray) -> float:
+            total = fixed_in @ np.exp(2 * u) + fixed_out @ np.exp(-2 * u) - 2 * self.targets @ u
+            for here, back, c in couplings:
+                total += np.exp(2 * u[here]) @ (c @ np.exp(-2 * u[back]))
+            return float(total)
+
+        def derivatives(u: np.ndarray) -> tuple:
+            """(gradient [n], the Hessian's diagonal [n], its coupling blocks)."""
+            up, down = fixed_in * np.exp(2 * u), fixed_out * np.exp(-2 * u)
+            grad, diagonal, blocks = 2 * (up - down - self.targets), 4 * (up + down), []
+            for here, back, c in couplings:
+                x, y = np.exp(2 * u[here]), np.exp(-2 * u[back])
+                rows, cols = x * (c @ y), y * (c.T @ x)
+                grad[here] += 2 * rows
+                grad[back] -= 2 * cols
+                diagonal[here] += 4 * rows
+                diagonal[back] += 4 * cols
+                blocks.append((here, back, c, x, y))
+            return np.where(free, grad, 0.0), np.where(free, diagonal, 1.0), blocks
+
+        def newton_step(grad: np.ndarray, diagonal: np.ndarray, blocks: list) -> np.ndarray:
+            """-H^-1 grad by conjugate gradients on Hessian-vector products (the Hessian couples
+            only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned."""
+
+            def hessian_times(v: np.ndarray) -> np.ndarray:
+                out = diagonal * v
+                for here, back, c, x, y in blocks:
+                    out[here] -= 4 * x * (c @ (y * v[back]))
+                    out[back] -= 4 * y * (c.T @ (x * v[here]))
+                return np.where(free, out, v)
+
+            x, r = np.zeros(n), -grad
+            z = r / diagonal
+            p, rz = z.copy(), float(r @ z)
+            for _ in range(4 * n + 20):
+                if math.sqrt(max(float(r @ r), 0.0)) <= 1e-6 * math.sqrt(float(grad @ grad)):  # inexact Newton
+                    break
+                hp = hessian_times(p)
+                alpha = rz / float(p @ hp)
+                x, r = x + alpha * p, r - alpha * hp
+                z = r / diagonal
+                rz, rz_before = float(r @ z), rz
+                p = z + (rz / rz_before) * p
+            return x
+
+        u = np.zeros(n)
+        for _ in range(100):
+            grad, diagonal, blocks = derivatives(u)
+            if np.all(np.abs(grad) <= tolerance):
+                break
+            step = newton_step(grad, diagonal, blocks)
+            start, t = value(u), 1.0
+            while t > 1e-6 and value(u + t * step) > start + 1e-4 * t * float(grad @ step):
+                t /= 2  # backtracking: Newton's full step can overshoot far from the optimum
+            u = u + t * step
+        return np.exp(u)
 
 
 def _units(shapes: list, link: Link) -> int:

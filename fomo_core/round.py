@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ._validate import count
-from .guard import GuardLayout, layer_distances, rebalance
+from .guard import Balancer, GuardLayout, layer_distances
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
@@ -112,13 +112,13 @@ def federate_client(
     )
 
 
-def _rebalanced(model: Any, base: Any, layout: GuardLayout, measured: int) -> Any:
-    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced to ``base``'s
-    (:func:`fomo_core.guard.rebalance`); what rides behind them is copied as it is."""
+def _rebalanced(balance: Balancer, model: Any, measured: int) -> Any:
+    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced
+    (:class:`fomo_core.guard.Balancer`); what rides behind them is copied as it is."""
     if measured == len(model):
-        return rebalance(model, base, layout)
+        return balance(model)
     out = model.clone() if hasattr(model, "clone") else np.array(model)
-    out[:measured] = rebalance(model[:measured], base[:measured], layout)
+    out[:measured] = balance(model[:measured])
     return out
 
 
@@ -183,9 +183,10 @@ def federate(
     whole = p == len(params)
     fused_in_place = own_is_baseline and whole and policy.nonfinite != "skip_round"
     measured_base = base if whole else base[:p]
-    if policy.rebalance and layout is not None and layout.links:
+    if policy.rebalance and layout is not None and layout.links and (losses < base_loss).any():
         # the candidates that can get weight, in the client's own balance (the same functions)
-        cands = [_rebalanced(c, base, layout, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
+        balance = Balancer(base if whole else base[:p], layout)
+        cands = [_rebalanced(balance, c, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
     measured_cands = cands if whole else [c[:p] for c in cands]
     options = policy.step_options()
     guarded = np.zeros(len(cands), dtype=bool)
