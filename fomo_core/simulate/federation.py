@@ -27,8 +27,9 @@ class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
-    epsilon, epsilon_decay, affinity_update, free_riders: override the preset's server policy when
-    not None.
+    epsilon, epsilon_decay, affinity_update, affinity_k, free_riders: override the preset's server
+    policy when not None (affinity_k: entries kept per affinity row; any k >= clients - 1 keeps
+    every entry).
     seed: everything.
     guard, rebalance: override the client policy's poisoned-client guard when not None (how far a
     candidate's layers may move, as a multiple of each layer's norm, ``math.inf`` for no bound;
@@ -42,6 +43,7 @@ class FederationSettings:
     epsilon: Optional[float] = None
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
+    affinity_k: Optional[int] = None
     free_riders: Optional[str] = None
     seed: int = 0
     guard: Optional[float] = None
@@ -61,7 +63,7 @@ class FederationSettings:
 
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
-        overrides = ("epsilon", "epsilon_decay", "affinity_update", "free_riders")
+        overrides = ("epsilon", "epsilon_decay", "affinity_update", "affinity_k", "free_riders")
         changes = {k: getattr(self, k) for k in overrides if getattr(self, k) is not None}
         return get_preset(self.preset).server.replace(**changes)
 
@@ -144,7 +146,10 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             if adversity.trains(int(i)):
                 record.train_seconds += timed(clients[i].train)
             upload = adversity.after_training(int(i), clients[i], r)
-            server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            try:
+                server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            except ValueError:  # a non-finite model (a diverged or poisoned client): refused, the run goes on
+                pass
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         server.end_round()
