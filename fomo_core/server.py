@@ -120,7 +120,6 @@ class Server:
             row = MemoryTable(np.asarray(init)[None]).prepare(init, "init_params")
             self._table = MemoryTable(np.repeat(row[None, :], n, axis=0))
         self._start_rounds(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0)
-        self.free_riding = np.zeros(n, dtype=bool)  # the latest upload a free ride (policy.free_riders)
 
     def _start_rounds(self, uploaded: np.ndarray, last_round: np.ndarray, round: int) -> None:
         """The round state: who has uploaded (in order), last round's uploaders (in arrival
@@ -133,6 +132,9 @@ class Server:
         self._last_pool = ClientPool(n, last_round)
         self._everyone = ClientPool(n, everyone=True)
         self.round = round
+        # whose latest upload was a free ride (policy.free_riders); not in checkpoints: a restored
+        # server judges every client again at its next upload
+        self.free_riding = np.zeros(n, dtype=bool)
         self._pending: dict = {}
 
     @property

@@ -68,6 +68,8 @@ def test_the_server_stops_sending_candidates_to_a_free_rider():
     assert server.select(0).size == 0  # no candidates for it
     for i in (1, 2, 3):
         assert 0 not in server.select(i).tolist()  # and its copy is offered to no one
+    many = server.select_many([0, 1, 2, 3])  # the vectorised selection alike
+    assert many[0].size == 0 and all(0 not in p.tolist() and p.size == 2 for p in many[1:])
     server.receive(0, server.model(0) + 0.2, [], [])  # it trains again: back in
     server.end_round()
     assert not server.free_riding[0] and server.select(0).size == 3
