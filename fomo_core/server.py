@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -48,6 +48,9 @@ _DTYPES = ("float16", "float32", "float64")
 _META = {"format", "preset", "policy", "m", "round", "torch", "num_clients", "num_params", "dtype", "models"}
 _META |= {"affinity"}
 
+#: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
+RowsT = TypeVar("RowsT")
+
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
@@ -62,12 +65,14 @@ def _flat(x: Any, name: str) -> Any:
     return x
 
 
-class Server:
+class Server(Generic[RowsT]):
     """FedFomo's server state and round logic.
 
     num_clients:  N
     init_params:  the common initial model, flat [P] (NumPy or torch, finite); every client's row
-                  starts as it (PFLlib's pool sends never-uploaded clients' initial models)
+                  starts as it (PFLlib's pool sends never-uploaded clients' initial models). A model
+                  of layers becomes one with ``fomo_core.layout.flatten(dict(model.named_parameters()))``;
+                  the server's models, its candidates included, are of this array type
     preset:       a preset or its name: its ``server`` policy is followed (``policy`` overrides it)
     m:            M, the number of candidates each client receives
     seed:         seeds the generator used for exploration and ties
@@ -81,7 +86,7 @@ class Server:
     def __init__(
         self,
         num_clients: int,
-        init_params: Any,
+        init_params: RowsT,
         *,
         preset: Union[str, Preset] = "fomo-core",
         m: int = 5,
@@ -185,12 +190,14 @@ class Server:
         members = pool.members
         return ClientPool(self.num_clients, members[~self.free_riding[members]])
 
-    def candidates(self, client: int) -> tuple:
-        """(ids [K], models [K, P]): the selection and a copy of those clients' latest models."""
+    def candidates(self, client: int) -> tuple[np.ndarray, RowsT]:
+        """(ids, models): the selection, int64 [K], and a copy of those clients' latest models,
+        [K, P] of ``init_params``' array type. For a model of layers,
+        ``fomo_core.layout.unflatten(models, like=params)`` gives K models of views into the rows."""
         ids = self.select(client)
         return ids, self._table.rows(ids)
 
-    def model(self, client: int) -> Any:
+    def model(self, client: int) -> RowsT:
         """Client ``client``'s latest model on the server, [P] (in memory a view: copy it to keep
         it; from a store a fresh array)."""
         return self._table.row(self.affinity._client(client))
@@ -198,11 +205,13 @@ class Server:
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self, client: int, params: Any, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
+        self, client: int, params: RowsT, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
-        :meth:`end_round`, or at once with uploads="immediately"; finite in the table's dtype)
-        and its scores [K] of the candidates ``ids`` it received, plus the score of its own
+        :meth:`end_round`, or at once with uploads="immediately"; finite in the table's dtype;
+        ``fomo_core.layout.flatten`` makes it from a model of layers) and its scores [K] of the
+        candidates ``ids`` it received (``fomo_step(...).scores``, or those of
+        ``compute_weights(..., return_scores=True)``: measured before the update), plus the score of its own
         trained model when its policy makes that a candidate (``self_score``). Everything is
         checked before anything changes: a refused upload leaves the server as it was. With
         free_riders="exclude", an upload that is a mix of what the client was sent and its own
@@ -284,7 +293,7 @@ class Server:
             store.pin()
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, models: Any = None) -> Server:
+    def load(cls, path: Union[str, os.PathLike], *, models: Any = None) -> Server[Any]:
         """A Server restored from :meth:`save`'s file (or an earlier version's); it continues
         exactly where it stopped.
 
