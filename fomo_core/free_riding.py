@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import real
+
 __all__ = ["hull_distance", "is_free_ride", "FREE_RIDE_TOLERANCE"]
 
 # Relative distance at or below which an upload counts as a free ride. Float32 rounding of an
@@ -76,5 +78,6 @@ def is_free_ride(upload: Any, references: Any, *, tolerance: float = FREE_RIDE_T
     """Whether ``upload`` [P] is (up to ``tolerance``, relative) a mix of ``references`` [K, P]:
     the models the uploader was sent, and its own previous one. A non-finite upload is not a free
     ride (the clients' own checks reject it)."""
+    tolerance = real(tolerance, "tolerance", low=0.0)
     distance = hull_distance(upload, references)
     return bool(distance <= tolerance)

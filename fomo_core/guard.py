@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from ._models import floating_leaves, parse_model
-from ._validate import choice, real, to_host
+from ._validate import choice, count, real, to_host
 from .layout import offsets_of
 
 __all__ = [
@@ -172,13 +172,43 @@ def layer_distances(
 
 
 def _checked(model: Any, layout: Optional[GuardLayout]) -> tuple:
-    """(shapes, offsets) of ``layout`` over the flat ``model`` [P] (one layer when None)."""
+    """(shapes, offsets) of ``layout`` over the flat ``model`` [P] (one layer when None), the
+    layout checked: shapes of non-negative sizes covering [P], links between weights whose unit
+    counts agree."""
     size = int(model.shape[0])
-    shapes = [(size,)] if layout is None else [tuple(int(d) for d in s) for s in layout.shapes]
+    if layout is not None and not isinstance(layout, GuardLayout):
+        raise TypeError(f"layout must be a fomo_core.guard.GuardLayout or None, got {type(layout).__name__}")
+    try:
+        shapes = [(size,)] if layout is None else [tuple(count(d, "dimension") for d in s) for s in layout.shapes]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"layout.shapes must be sequences of sizes >= 0: {e}") from None
     offsets, total = offsets_of(shapes)
     if total != size:
         raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
+    for link in () if layout is None else layout.links:
+        _check_link(link, shapes)
     return shapes, offsets
+
+
+def _check_link(link: Any, shapes: list) -> None:
+    """A ValueError naming what is wrong with a link (indices, dimensions, unit counts)."""
+    if not isinstance(link, Link):
+        raise TypeError(f"layout.links must hold fomo_core.guard.Link, got {type(link).__name__}")
+    if link.order not in ("out_in", "in_out"):
+        raise ValueError(f"{link}: order must be 'out_in' or 'in_out', got {link.order!r}")
+    for name in ("weight_in", "bias_in", "weight_out"):
+        k = getattr(link, name)
+        if (k is not None or name != "bias_in") and not (isinstance(k, int) and 0 <= k < len(shapes)):
+            raise ValueError(f"{link}: {name} must be an index of layout.shapes (0 to {len(shapes) - 1}), got {k!r}")
+    into, out = shapes[link.weight_in], shapes[link.weight_out]
+    if len(into) < 2 or len(out) < 2:
+        raise ValueError(f"{link}: weight_in and weight_out must be weights (2 dimensions or more), got {into}, {out}")
+    units = into[0] if link.order == "out_in" else into[-1]
+    reads = out[1] * math.prod(out[2:]) if link.order == "out_in" else out[0]
+    if units == 0 or reads % units or (link.order == "in_out" and reads != units):
+        raise ValueError(f"{link}: weight_out {out} does not read the {units} units of weight_in {into}")
+    if link.bias_in is not None and shapes[link.bias_in] != (units,):
+        raise ValueError(f"{link}: bias_in must have shape ({units},), got {shapes[link.bias_in]}")
 
 
 def rebalance(model: Any, reference: Any, layout: GuardLayout) -> Any:

@@ -45,6 +45,8 @@ def test_edge_cases_of_the_hull():
     dup = np.stack([refs[0], refs[0], refs[1]])  # a rank-deficient set: the same model sent twice
     assert hull_distance((0.5 * refs[0] + 0.5 * refs[1]).astype(np.float32), dup) < 1e-6
     assert FREE_RIDE_TOLERANCE == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="tolerance must be a finite number in"):
+        is_free_ride(refs[0], refs, tolerance=-1.0)
 
 
 def test_the_server_stops_sending_candidates_to_a_free_rider():

@@ -311,3 +311,24 @@ def test_the_simulators_reparam_attack_keeps_the_function_at_the_edge_of_the_gua
         corrupt(own, settings, rng, spec=None, client=client)
     backends = [make_backend(name, simulator_digits(), TrainSettings(hidden=(8,)), 0) for name in ("torch", "sklearn")]
     assert [b.dense_spec().weight_layout for b in backends] == ["out_in", "in_out"]
+
+
+@pytest.mark.parametrize(
+    "layout, error, message",
+    [
+        ("flat", TypeError, "layout must be a fomo_core.guard.GuardLayout or None, got str"),
+        (GuardLayout(((4, 5), (4,), (3, -4))), ValueError, "layout.shapes must be sequences of sizes >= 0"),
+        (GuardLayout(((4, 5), (4,), (3, 4), (3,)), (Link(0, 1, 5),)), ValueError, "weight_out must be an index"),
+        (GuardLayout(((4, 5), (4,), (3, 4), (3,)), (Link(0, 3, 2),)), ValueError, r"bias_in must have shape \(4,\)"),
+        (GuardLayout(((4, 5), (4,), (3, 4), (3,)), (Link(1, None, 2),)), ValueError, "must be weights"),
+        (GuardLayout(((4, 5), (4,), (4, 3), (3,)), (Link(0, 1, 2),)), ValueError, r"does not read the 4 units"),
+        (GuardLayout(((4, 5), (4,), (3, 4), (3,)), (Link(0, 1, 2, "sideways"),)), ValueError, "order must be"),
+        (GuardLayout(((4, 5), (4,), (3, 4), (3,)), ((0, 1, 2),)), TypeError, "layout.links must hold"),
+    ],
+)
+def test_a_bad_layout_is_refused_by_name(layout, error, message):
+    model = np.zeros(39)
+    with pytest.raises(error, match=message):
+        rebalance(model, model, layout)
+    with pytest.raises(error, match=message):
+        layer_distances(model, model[None], layout)
