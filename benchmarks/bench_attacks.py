@@ -74,6 +74,7 @@ def run_cell(cell: tuple) -> dict:
     name = "fedfomo" if method.startswith("fedfomo") else method
     fed = FederationSettings(seed=seed, attack=attack, free_riders=free_riders, **guard)
     ratios = _measure_ratios() if (k == 0 and method == "fedfomo") else None
+    hull = _measure_hull() if method == "fedfomo_guard" and kind in ("none", "free_ride") else None
     start = time.perf_counter()
     results = run_experiment(ExperimentConfig(methods=(name,), federation=fed))
     return {
@@ -85,7 +86,27 @@ def run_cell(cell: tuple) -> dict:
         "attacker_ids": results.get("attack", {}).get("attacker_ids", []),
         "seconds": time.perf_counter() - start,
         **({"honest_distance_ratios": ratios} if ratios is not None else {}),
+        **({"hull_distances": hull} if hull is not None else {}),
     }
+
+
+def _measure_hull() -> list:
+    """Records every upload's distance from the affine hull of what its client was sent and its
+    own last upload (fomo_core.free_riding.hull_distance): [[client, distance], ...]. The
+    free-rider tolerance must sit between the free riders' and the honest clients'."""
+    import fomo_core.server as server_module
+    from fomo_core.free_riding import hull_distance
+
+    seen: list = []
+    receive = server_module.Server.receive
+
+    def spy(self, client, params, ids, scores, **kwargs):
+        sent = np.asarray(list(dict.fromkeys([int(client), *[int(i) for i in ids]])), dtype=np.int64)
+        seen.append([int(client), hull_distance(params, self._table.rows(sent))])
+        return receive(self, client, params, ids, scores, **kwargs)
+
+    server_module.Server.receive = spy
+    return seen
 
 
 def _measure_ratios() -> list:
@@ -146,6 +167,27 @@ def free_riders(runs: list, seeds, attackers) -> dict:
             for case, v in cases.items()
         }
     return table
+
+
+def hull_summary(runs: list) -> dict:
+    """The honest uploads' smallest hull distances and the free riders' largest (runs of FedFomo
+    with its guard, without attackers and with free riders)."""
+    from fomo_core.free_riding import FREE_RIDE_TOLERANCE
+
+    honest, riders = [], []
+    for run in runs:
+        ids = set(run["attacker_ids"]) if run["kind"] == "free_ride" else set()
+        for client, distance in run.pop("hull_distances", []):
+            (riders if client in ids else honest).append(distance)
+    honest_, riders_ = np.array(honest), np.array(riders)
+    return {
+        "honest": int(honest_.size),
+        "honest_min": float(honest_.min()),
+        "honest_p1": float(np.quantile(honest_, 0.01)),
+        "riders": int(riders_.size),
+        "riders_max": float(riders_.max()) if riders_.size else float("nan"),
+        "tolerance": FREE_RIDE_TOLERANCE,
+    }
 
 
 def _mean_of(run: dict, ids: list) -> float:
@@ -275,6 +317,7 @@ def main() -> int:
         "max_ratio_improving": float(ratios[ratios[:, 1] > 0, 0].max()) if (ratios[:, 1] > 0).any() else None,
     }
     riders = free_riders(runs, seeds, attackers)
+    hull = hull_summary(runs)
     text = (
         markdown(table, KINDS, attackers)
         + (
@@ -285,6 +328,13 @@ def main() -> int:
         )
         + "\n\n"
         + free_rider_markdown(riders)
+        + (
+            f"\n\nEvery upload's distance from the affine hull of what its client was sent and its own last "
+            f"upload, over the upload's norm: honest clients at least {hull['honest_min']:.2e} "
+            f"({hull['honest']} uploads, 1st percentile {hull['honest_p1']:.2e}); free riders at most "
+            f"{hull['riders_max']:.2e} ({hull['riders']} uploads); the server's tolerance is "
+            f"{hull['tolerance']:g}."
+        )
     )
     print(text)
     if args.quick:
@@ -305,6 +355,7 @@ def main() -> int:
         "seconds": time.perf_counter() - start,
         "summary": {kind: {str(k): v for k, v in by_k.items()} for kind, by_k in table.items()},
         "free_riders": {str(k): v for k, v in riders.items()},
+        "hull_distances": hull,
         "honest_distance_ratios": honest,
         "runs": sorted(runs, key=lambda r: (r["seed"], r["kind"], r["attackers"], r["method"])),
     }

@@ -26,9 +26,9 @@ from ._validate import real
 
 __all__ = ["hull_distance", "is_free_ride", "FREE_RIDE_TOLERANCE"]
 
-# Relative distance at or below which an upload counts as a free ride. Float32 rounding of an
-# update leaves about 1e-7; float16 transport about 3e-4; honest local training (the simulator's
-# federations, every round) at least 1e-2 (benchmarks/bench_guard.py measures it).
+# Relative distance at or below which an upload counts as a free ride: float32 rounding of an
+# update leaves about 1e-7, 16-bit transport about 3e-4, and honest local training far more
+# (benchmarks/bench_attacks.py measures every upload of its federations).
 FREE_RIDE_TOLERANCE = 1e-3
 
 _CHUNK = 1 << 16  # elements per pass: O(K * chunk) extra memory, never O(K * P)
