@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import count
+from .._validate import count, real
 
 __all__ = ["EarlyStop", "StopTracker"]
 
@@ -50,12 +50,15 @@ class EarlyStop:
     seed: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.baseline_loss, (int, float)) or isinstance(self.baseline_loss, bool):
-            raise TypeError(f"early_stop.baseline_loss must be a number, got {type(self.baseline_loss).__name__}")
-        if not (isinstance(self.z, (int, float)) and self.z > 0 and math.isfinite(self.z)):
-            raise ValueError(f"early_stop.z must be a positive finite number, got {self.z!r}")
-        count(self.batch_size, "early_stop.batch_size", low=1, type_error=ValueError)
-        count(self.min_batches, "early_stop.min_batches", low=2, type_error=ValueError)
+        # NaN or +inf (a diverged baseline) stops nothing; -inf would stop every candidate
+        loss = real(self.baseline_loss, "early_stop.baseline_loss", finite=False)
+        if loss == -math.inf:
+            raise ValueError("early_stop.baseline_loss must not be -inf (every candidate would be stopped)")
+        object.__setattr__(self, "baseline_loss", loss)
+        object.__setattr__(self, "z", real(self.z, "early_stop.z", low=0.0, low_open=True))
+        count(self.batch_size, "early_stop.batch_size", low=1)
+        count(self.min_batches, "early_stop.min_batches", low=2)
+        count(self.seed, "early_stop.seed", high=2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 class StopTracker:

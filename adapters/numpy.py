@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from fomo_core.guard import dense_layout
 from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
@@ -228,6 +229,7 @@ class MLPClassifierClient:
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
         self.estimator = estimator
         self.params = get_flat_params(estimator)
+        self.guard_layout = dense_layout(mlp_spec(estimator))  # [W_1, b_1, ...]: for the policy's guard
         self.last_update = self.params.copy() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data

@@ -47,10 +47,16 @@ class SklearnBackend:
             random_state=seed,
         )
 
-    def init_params(self):
+    def _initialised(self):
         d = self.dataset
-        est = self.adapter.initialise_mlp(self.build_estimator(self.seed), d.x, d.y, np.arange(d.num_classes))
-        return self.adapter.get_flat_params(est)
+        return self.adapter.initialise_mlp(self.build_estimator(self.seed), d.x, d.y, np.arange(d.num_classes))
+
+    def dense_spec(self):
+        """The :class:`fomo_core.DenseSpec` of the clients' MLPClassifier."""
+        return self.adapter.mlp_spec(self._initialised())
+
+    def init_params(self):
+        return self.adapter.get_flat_params(self._initialised())
 
     def new_client(self, data: ClientData, init: Any, seed: int):
         s = self.settings

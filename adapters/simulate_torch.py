@@ -54,6 +54,11 @@ class TorchBackend:
             nn.Linear(128, c),
         )
 
+    def dense_spec(self):
+        """The :class:`fomo_core.DenseSpec` of the clients' MLP (None for the CNN)."""
+        module = self.build_module()
+        return self.adapter.dense_spec(module) if self.dataset.x.ndim == 2 else None
+
     def init_params(self):
         """The common initial model, flat [P]."""
         self.torch.manual_seed(self.seed)

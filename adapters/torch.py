@@ -29,6 +29,7 @@ with optional_import("fomo_core.adapters.torch"):
     from torch.func import functional_call
 
 from fomo_core._validate import count, real
+from fomo_core.guard import GuardLayout, Link
 from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
@@ -41,6 +42,7 @@ __all__ = [
     "FlatLayout",
     "flatten_module",
     "flat_layout",
+    "guard_layout",
     "CandidateBank",
     "FedFomoClient",
     "ClientRound",
@@ -117,6 +119,53 @@ def _layout(entries: list) -> FlatLayout:
 def flat_layout(module: nn.Module, *, include_buffers: bool = False) -> FlatLayout:
     """The layout :func:`flatten_module` gives (or gave) ``module``'s tensors."""
     return _layout(_named_tensors(module, include_buffers))
+
+
+# Operations f with f(a z) = a f(z) for a > 0: a unit scaled before them is scaled after them.
+_HOMOGENEOUS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+)
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def guard_layout(module: nn.Module, *, include_buffers: bool = False) -> GuardLayout:
+    """What the poisoned-client guard knows of ``module``'s flat buffer (:func:`flatten_module`'s
+    layout): its tensors' shapes, and the links between layers of an ``nn.Sequential`` (nested
+    ones included) whose Linear and (ungrouped) convolution layers follow each other through
+    ReLU-like operations only (ReLU, LeakyReLU, pooling, flattening, dropout): their hidden units'
+    balance is watched. Other modules get no links (the guard then bounds distances only)."""
+    layout = flat_layout(module, include_buffers=include_buffers)
+    index = {id(p): k for k, (_, p, _) in enumerate(_named_tensors(module, False))}
+    links, previous = [], None
+    for layer in _sequence(module) if isinstance(module, nn.Sequential) else ():
+        if isinstance(layer, _WEIGHTED) and getattr(layer, "groups", 1) == 1:
+            units = previous.weight.shape[0] if previous is not None else 0
+            if previous is not None and units and layer.weight.shape[1] % units == 0:
+                bias = index[id(previous.bias)] if previous.bias is not None else None
+                links.append(Link(index[id(previous.weight)], bias, index[id(layer.weight)], "out_in"))
+            previous = layer
+        elif not isinstance(layer, _HOMOGENEOUS):
+            previous = None  # anything else (normalisation, tanh, a custom module) breaks the chain
+    return GuardLayout(layout.shapes, tuple(links))
+
+
+def _sequence(module: nn.Sequential) -> Iterable[nn.Module]:
+    for layer in module:
+        yield from _sequence(layer) if isinstance(layer, nn.Sequential) else (layer,)
 
 
 def _existing_flat(entries: list, layout: FlatLayout) -> Optional[torch.Tensor]:
@@ -456,6 +505,8 @@ class FedFomoClient:
         self.layout = flat_layout(module, include_buffers=carries)
         self.num_params = flat_layout(module).size  # the parameters lead the flat buffer
         self.measured = self.layout.size if self.policy.measure == "state" else self.num_params
+        # the layers of the measured part, for the policy's guard
+        self.guard_layout = guard_layout(module, include_buffers=self.policy.measure == "state")
         self.last_update = self.params.detach().clone() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data

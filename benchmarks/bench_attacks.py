@@ -1,16 +1,23 @@
 """Poisoned and broken clients: the honest clients' accuracy under attack, FedFomo (with and without
-its guard) against FedAvg and Local.
+its guard) against FedAvg and Local; and whether free riding pays.
 
 The simulator's default federation (digits, 15 clients in 5 latent groups of 2 classes, 20 rounds,
 M = 5, 2 local epochs) with k = 0, 1, 3, 5 attackers taking part in every round and uploading a
 corrupted model instead of the one they trained (fomo_core/simulate/attacks.py): x10 and x1000
-scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, and "lying" (1e30 whose validation loss
-every victim sees as 0); and, as "diverging", k honest clients whose own models turn NaN once,
-after training in round 2 (they count among the honest clients). The figure of merit is the honest
+scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, "lying" (1e30 whose validation loss
+every victim sees as 0) and "reparam" (a reparametrised copy: the hidden units times a, the output
+weights from them divided by a, the same function, as far as the guard of the attacker's own
+client lets it go); as "diverging", k honest clients whose own models turn NaN once, after
+training in round 2 (they count among the honest clients); and as "free_ride", k clients that
+never train and upload what their federated update gave them. The figure of merit is the honest
 clients' mean personalised test accuracy (the attackers' own models are left out), mean +- sd over
-3 seeds; "drop" is the paired difference, per seed, from the same method without attackers over the same honest clients.
+3 seeds; "drop" is the paired difference, per seed, from the same method without attackers over
+the same honest clients. For free riders, a second table: their own accuracy, free riding or
+training honestly (the run without attackers), and with the server's free-rider policy
+(ServerPolicy(free_riders="exclude"): no candidates for a client whose upload is a mix of what it
+was sent).
 
-    python benchmarks/bench_attacks.py            # about 5 minutes on 2 cores
+    python benchmarks/bench_attacks.py            # about 12 minutes on 2 cores
     python benchmarks/bench_attacks.py --quick    # 1 seed, k = 3 only (a smoke run, not committed)
 
 Writes results/attacks.json, results/attacks.md and results/attacks.png.
@@ -32,13 +39,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, write_results  # noqa: E402
 
-KINDS = ("scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying", "diverging")
+KINDS = ("scale10", "scale1000", "sign_flip", "noise", "nan", "huge", "lying", "reparam", "diverging", "free_ride")
 ATTACKERS = (1, 3, 5)
 SEEDS = (0, 1, 2)
 from fomo_core.policy import GUARD  # noqa: E402  (the fomo-core preset's default)
 
 METHODS = ("fedfomo", "fedfomo_guard", "fedavg", "local")
-LABELS = {"fedfomo": "FedFomo", "fedfomo_guard": f"FedFomo + guard ({GUARD:g})", "fedavg": "FedAvg", "local": "Local"}
+LABELS = {
+    "fedfomo": "FedFomo",
+    "fedfomo_guard": "FedFomo + guard",
+    "fedavg": "FedAvg",
+    "local": "Local",
+    "fedfomo_exclude": "FedFomo + guard, free riders excluded",
+}
 
 
 def run_cell(cell: tuple) -> dict:
@@ -55,10 +68,13 @@ def run_cell(cell: tuple) -> dict:
         attack = AttackSettings(diverging=k)
     else:
         attack = AttackSettings(kind=kind, attackers=k) if k else AttackSettings()
-    guard = None if method == "fedfomo_guard" else math.inf  # None: the preset's (GUARD); inf: off
-    name = "fedfomo" if method == "fedfomo_guard" else method
-    fed = FederationSettings(seed=seed, guard=guard, attack=attack)
+    guarded = method in ("fedfomo_guard", "fedfomo_exclude")  # the preset's guard, or none at all
+    guard = {} if guarded else {"guard": math.inf, "rebalance": False}
+    free_riders = "exclude" if method == "fedfomo_exclude" else None
+    name = "fedfomo" if method.startswith("fedfomo") else method
+    fed = FederationSettings(seed=seed, attack=attack, free_riders=free_riders, **guard)
     ratios = _measure_ratios() if (k == 0 and method == "fedfomo") else None
+    hull = _measure_hull() if method == "fedfomo_guard" and kind in ("none", "free_ride") else None
     start = time.perf_counter()
     results = run_experiment(ExperimentConfig(methods=(name,), federation=fed))
     return {
@@ -70,7 +86,27 @@ def run_cell(cell: tuple) -> dict:
         "attacker_ids": results.get("attack", {}).get("attacker_ids", []),
         "seconds": time.perf_counter() - start,
         **({"honest_distance_ratios": ratios} if ratios is not None else {}),
+        **({"hull_distances": hull} if hull is not None else {}),
     }
+
+
+def _measure_hull() -> list:
+    """Records every upload's distance from the affine hull of what its client was sent and its
+    own last upload (fomo_core.free_riding.hull_distance): [[client, distance], ...]. The
+    free-rider tolerance must sit between the free riders' and the honest clients'."""
+    import fomo_core.server as server_module
+    from fomo_core.free_riding import hull_distance
+
+    seen: list = []
+    receive = server_module.Server.receive
+
+    def spy(self, client, params, ids, scores, **kwargs):
+        sent = np.asarray(list(dict.fromkeys([int(client), *[int(i) for i in ids]])), dtype=np.int64)
+        seen.append([int(client), hull_distance(params, self._table.rows(sent))])
+        return receive(self, client, params, ids, scores, **kwargs)
+
+    server_module.Server.receive = spy
+    return seen
 
 
 def _measure_ratios() -> list:
@@ -102,7 +138,80 @@ def cells(seeds, kinds, attackers) -> list:
         for s, kind, k, m in itertools.product(seeds, kinds, attackers, METHODS)
         if m != "local" or kind == "diverging"
     ]  # Local does not see attackers, but it does diverge
-    return clean + attacked
+    excluded = [(s, "free_ride", k, "fedfomo_exclude") for s, k in itertools.product(seeds, attackers)]
+    return clean + attacked + (excluded if "free_ride" in kinds else [])
+
+
+def free_riders(runs: list, seeds, attackers) -> dict:
+    """{k: {case: {"mean", "sd"}}} in accuracy points (%): the free riders' own accuracy when they
+    train honestly (the run without attackers, the same clients), free riding under FedFomo with
+    its guard, and with the free-rider policy; and the honest clients' accuracy in both."""
+    by = {(r["seed"], r["kind"], r["attackers"], r["method"]): r for r in runs}
+    table: dict = {}
+    for k in attackers:
+        cases: dict = {}
+        for s in seeds:
+            ids = by[(s, "free_ride", k, "fedfomo_guard")]["attacker_ids"]
+            values = {
+                "riders_honest": _mean_of(by[(s, "none", 0, "fedfomo_guard")], ids),
+                "riders_allowed": _mean_of(by[(s, "free_ride", k, "fedfomo_guard")], ids),
+                "riders_excluded": _mean_of(by[(s, "free_ride", k, "fedfomo_exclude")], ids),
+                "honest_allowed": 100 * honest_mean(by[(s, "free_ride", k, "fedfomo_guard")]["client_accuracy"], ids),
+                "honest_excluded": 100
+                * honest_mean(by[(s, "free_ride", k, "fedfomo_exclude")]["client_accuracy"], ids),
+            }
+            for case, value in values.items():
+                cases.setdefault(case, []).append(value)
+        table[k] = {
+            case: {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0}
+            for case, v in cases.items()
+        }
+    return table
+
+
+def hull_summary(runs: list) -> dict:
+    """The honest uploads' smallest hull distances and the free riders' largest (runs of FedFomo
+    with its guard, without attackers and with free riders)."""
+    from fomo_core.free_riding import FREE_RIDE_TOLERANCE
+
+    honest, riders = [], []
+    for run in runs:
+        ids = set(run["attacker_ids"]) if run["kind"] == "free_ride" else set()
+        for client, distance in run.pop("hull_distances", []):
+            (riders if client in ids else honest).append(distance)
+    honest_, riders_ = np.array(honest), np.array(riders)
+    return {
+        "honest": int(honest_.size),
+        "honest_min": float(honest_.min()),
+        "honest_p1": float(np.quantile(honest_, 0.01)),
+        "riders": int(riders_.size),
+        "riders_max": float(riders_.max()) if riders_.size else float("nan"),
+        "tolerance": FREE_RIDE_TOLERANCE,
+    }
+
+
+def _mean_of(run: dict, ids: list) -> float:
+    """The mean final accuracy (%) of the clients ``ids`` in a run."""
+    return 100 * float(np.asarray(run["client_accuracy"])[ids].mean())
+
+
+def free_rider_markdown(table: dict) -> str:
+    cases = [
+        ("riders_honest", "free riders' clients, training honestly"),
+        ("riders_allowed", "free riders, allowed"),
+        ("riders_excluded", "free riders, excluded"),
+        ("honest_allowed", "honest clients, free riders allowed"),
+        ("honest_excluded", "honest clients, free riders excluded"),
+    ]
+    rows = [[k] + [f"{table[k][c]['mean']:.1f} ± {table[k][c]['sd']:.1f}" for c, _ in cases] for k in table]
+    note = (
+        "Free riders (k clients that never train and upload what their update gave them), FedFomo with "
+        "its guard: the free riders' own test accuracy when the same clients train honestly (the run "
+        "without attackers), when they free-ride, and when the server excludes them "
+        '(`ServerPolicy(free_riders="exclude")`); the honest clients\' accuracy with free riders allowed '
+        "and excluded. Mean ± sd over seeds, %."
+    )
+    return note + "\n\n" + markdown_table(["k"] + [label for _, label in cases], rows)
 
 
 def honest_mean(accuracy: list, attackers: list) -> float:
@@ -207,10 +316,25 @@ def main() -> int:
         "p99_ratio": float(np.quantile(ratios[:, 0], 0.99)),
         "max_ratio_improving": float(ratios[ratios[:, 1] > 0, 0].max()) if (ratios[:, 1] > 0).any() else None,
     }
-    text = markdown(table, KINDS, attackers) + (
-        f"\n\nHonest candidates without attackers ({honest['candidates']} measured): distance / norm of the "
-        f"client's model at most {honest['max_ratio']:.2f} (99th percentile {honest['p99_ratio']:.2f}; improving "
-        f"ones at most {honest['max_ratio_improving']:.2f}); the guard rejects beyond {GUARD:g}."
+    riders = free_riders(runs, seeds, attackers)
+    hull = hull_summary(runs)
+    text = (
+        markdown(table, KINDS, attackers)
+        + (
+            f"\n\nHonest candidates without attackers ({honest['candidates']} measured): distance / norm of "
+            f"the client's model at most {honest['max_ratio']:.2f} (99th percentile {honest['p99_ratio']:.2f}; "
+            f"improving ones at most {honest['max_ratio_improving']:.2f}); the guard rejects improving "
+            f"candidates beyond {GUARD:g} x the norm, layer by layer (benchmarks/bench_guard.py)."
+        )
+        + "\n\n"
+        + free_rider_markdown(riders)
+        + (
+            f"\n\nEvery upload's distance from the affine hull of what its client was sent and its own last "
+            f"upload, over the upload's norm: honest clients at least {hull['honest_min']:.2e} "
+            f"({hull['honest']} uploads, 1st percentile {hull['honest_p1']:.2e}); free riders at most "
+            f"{hull['riders_max']:.2e} ({hull['riders']} uploads); the server's tolerance is "
+            f"{hull['tolerance']:g}."
+        )
     )
     print(text)
     if args.quick:
@@ -230,6 +354,8 @@ def main() -> int:
         "machine": machine(),
         "seconds": time.perf_counter() - start,
         "summary": {kind: {str(k): v for k, v in by_k.items()} for kind, by_k in table.items()},
+        "free_riders": {str(k): v for k, v in riders.items()},
+        "hull_distances": hull,
         "honest_distance_ratios": honest,
         "runs": sorted(runs, key=lambda r: (r["seed"], r["kind"], r["attackers"], r["method"])),
     }

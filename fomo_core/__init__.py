@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from . import layout
+from ._validate import count
 from .affinity import Affinity
 from .guard import distance_bound, model_norm
 from .policy import ClientPolicy, ServerPolicy
@@ -112,10 +113,12 @@ def has_cuda() -> bool:
     return bool(_C.has_cuda())
 
 
+_MAX_THREADS = 2**31 - 1  # OpenMP takes a C int
+
+
 def set_num_threads(n: int) -> None:
     """Threads used by the CPU kernels (OpenMP). Results do not depend on it."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = count(n, "n", low=1, high=_MAX_THREADS, type_error=ValueError)
     from . import _C
 
     _C.set_num_threads(n)

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from ._validate import choice as _one_of
-from ._validate import count, fraction, real
+from ._validate import count, flag, fraction, real
 
 __all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 
-# The fomo-core preset's guard: candidates farther than 3 x the norm of the client's own model are
-# rejected. Chosen from benchmarks/bench_attacks.py: honest candidates measured at most 0.73 x
-# (improving ones at most 0.11 x); x10 scaled, noise and 1e30 poison models sit at 9 x and beyond.
+# The fomo-core preset's guard: a candidate that would get weight is rejected when some layer of it
+# is farther from the client's than GUARD x that layer's norm (benchmarks/bench_guard.py measures
+# the honest candidates: at most 1.33 x, with clients several rounds behind; x10 poison is 9 x).
 GUARD = 3.0
 
 
@@ -84,11 +84,21 @@ class ClientPolicy(_Policy):
                      "reject" (non-finite candidates are rejected; a non-finite own loss rejects
                      every candidate) or "skip_round" (any non-finite loss skips the update)
     norm, eps:       the distance ("l2" or "l1") and the constant added to it in the score
-    guard:           the poisoned-client guard: a candidate farther from the baseline than
-                     ``guard`` times the baseline's own norm is rejected (score 0, weight 0),
-                     however low its loss; None (or infinity) turns it off. A finite poisoned model
-                     (parameters of 1e30 with a low loss) would otherwise take the client's model
-                     whenever it is the only improving candidate. None of the peers has it.
+    guard:           the poisoned-client guard, layer by layer: a candidate that would get weight
+                     is rejected (score 0, weight 0) when some layer of it is farther from the
+                     baseline's than ``guard`` times that layer's norm (a layer: each weight
+                     tensor, and each weight with the bias and normalisation parameters after
+                     it; the whole model when the adapter knows no layers). A finite poisoned
+                     model (parameters of 1e30 with a low loss) would otherwise take the
+                     client's model whenever it is the only improving candidate. None (or
+                     infinity): no distance bound. None of the peers has a guard.
+    rebalance:       the candidates that would get weight are first rescaled, hidden unit by
+                     hidden unit, to the balance the client's own model has (where its adapter
+                     knows two layers are joined by ReLU-like operations: :mod:`fomo_core.guard`).
+                     Their functions do not change, so neither do their losses; what a
+                     function-preserving rescaling did to a copy of a good model (a hidden layer
+                     times a, the next divided by a: as good a loss, but layers out of balance
+                     that the next local training wrecks) is undone, whatever a is.
     """
 
     baseline: str = "current"
@@ -103,6 +113,7 @@ class ClientPolicy(_Policy):
     norm: str = "l2"
     eps: float = 0.0
     guard: Optional[float] = None
+    rebalance: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.baseline, "baseline", ("current", "last_update"))
@@ -118,6 +129,7 @@ class ClientPolicy(_Policy):
         real(self.eps, "eps", low=0.0)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
+        flag(self.rebalance, "rebalance")
         if self.measure == "state" and self.buffers != "moved":
             raise ValueError("measure='state' measures the buffers, so they must be moved too: buffers='moved'")
         if self.self_candidate == "trained" and self.baseline == "current":
@@ -164,6 +176,10 @@ class ServerPolicy(_Policy):
     uploads:         when an uploaded model is sent to others: from the "next_round", or
                      "immediately" (later clients of the same round already receive it, as
                      FL-bench's serial trainer does)
+    free_riders:     "allow", or "exclude": a client whose latest upload is a free ride (a mix of
+                     the models it was sent and its own last one, no training of its own:
+                     :mod:`fomo_core.free_riding`) is sent no candidates and offered to no one
+                     until it uploads a model of its own
     """
 
     selection: str = "epsilon_greedy"
@@ -177,9 +193,11 @@ class ServerPolicy(_Policy):
     affinity_update: str = "raw"
     uploads: str = "next_round"
     affinity_k: Optional[int] = 16
+    free_riders: str = "allow"
 
     def __post_init__(self) -> None:
         _one_of(self.uploads, "uploads", ("next_round", "immediately"))
+        _one_of(self.free_riders, "free_riders", ("allow", "exclude"))
         _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))
         _one_of(self.pool, "pool", ("uploaded", "last_round", "all_capped"))
         _one_of(self.include_self, "include_self", ("never", "compete", "always"))

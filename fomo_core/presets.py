@@ -54,7 +54,7 @@ _PEER_SERVER = dict(
 )
 
 PRESETS: dict[str, Preset] = {
-    "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD), server=ServerPolicy()),
+    "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD, rebalance=True), server=ServerPolicy()),
     "paper": Preset(
         name="paper",
         client=ClientPolicy(

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ._validate import count
-from .guard import distance_bound
+from .guard import Balancer, GuardLayout, layer_distances
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
@@ -60,6 +60,9 @@ class ClientRound:
                           (a non-finite own loss: the best finite candidate was adopted)
     eval_seconds, step_seconds, train_seconds: time spent evaluating, in the weights and update,
                           and in local training
+    guard_rejected:       [M] bool: the candidates the policy's guard rejected (score 0, weight
+                          0): they would have had weight, but some layer of theirs is farther
+                          from the client's than the guard allows
     """
 
     params: Any
@@ -74,6 +77,7 @@ class ClientRound:
     eval_seconds: float
     step_seconds: float
     train_seconds: float = 0.0
+    guard_rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def as_float64(x: Any) -> np.ndarray:
@@ -99,9 +103,23 @@ def federate_client(
     client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None
 ) -> ClientRound:
     """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
-    (written in place), ``evaluate`` and ``last_update`` (the baseline the policy may name)."""
+    (written in place), ``evaluate``, ``last_update`` (the baseline the policy may name) and,
+    when it has one, ``guard_layout`` (its measured part's layers, for the guard)."""
     policy, params, evaluate, baseline = client.policy, client.params, client.evaluate, client.last_update
-    return federate(policy, params, candidates, evaluate, baseline=baseline, measured=measured, copy=copy)
+    layout = getattr(client, "guard_layout", None)
+    return federate(
+        policy, params, candidates, evaluate, baseline=baseline, measured=measured, layout=layout, copy=copy
+    )
+
+
+def _rebalanced(balance: Balancer, model: Any, measured: int) -> Any:
+    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced
+    (:class:`fomo_core.guard.Balancer`); what rides behind them is copied as it is."""
+    if measured == len(model):
+        return balance(model)
+    out = model.clone() if hasattr(model, "clone") else np.array(model)
+    out[:measured] = balance(model[:measured])
+    return out
 
 
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
@@ -126,6 +144,7 @@ def federate(
     *,
     baseline: Any = None,
     measured: Optional[int] = None,
+    layout: Optional[GuardLayout] = None,
     copy: Callable[[Any, Any], None],
 ) -> ClientRound:
     """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
@@ -138,6 +157,10 @@ def federate(
                 ignored for "current", where the baseline is ``params`` itself
     measured:   how many leading elements the distance covers (the parameters when buffers ride
                 behind them); default all P
+    layout:     the layers of those ``measured`` elements (a :class:`fomo_core.guard.GuardLayout`:
+                the arrays' shapes, and which layers are joined by ReLU-like operations), for the
+                policy's guard and rebalancing (:mod:`fomo_core.guard`); None: the whole model is
+                one layer, nothing is rebalanced
     copy:       copy(dst, src) for flat models (the framework's in-place copy)
     """
     own_is_baseline = policy.baseline == "current"
@@ -160,23 +183,34 @@ def federate(
     whole = p == len(params)
     fused_in_place = own_is_baseline and whole and policy.nonfinite != "skip_round"
     measured_base = base if whole else base[:p]
+    if policy.rebalance and layout is not None and layout.links and (losses < base_loss).any():
+        # the candidates that can get weight, in the client's own balance (the same functions)
+        balance = Balancer(base if whole else base[:p], layout)
+        cands = [_rebalanced(balance, c, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
+    measured_cands = cands if whole else [c[:p] for c in cands]
     options = policy.step_options()
-    if policy.guard is not None:
-        options["max_distance"] = distance_bound(measured_base, policy.guard, norm=policy.norm)
+    guarded = np.zeros(len(cands), dtype=bool)
+    if policy.guard is not None and math.isfinite(policy.guard):
+        distances = layer_distances(measured_base, measured_cands, layout, norm=policy.norm)
+        # Only candidates that improve on the baseline are rejected (as a non-finite loss is:
+        # score 0); a far one that does not keeps its negative score, which the affinity needs. A
+        # baseline whose loss is not finite improves on nothing and measures nothing (adopt_best).
+        guarded = (distances > policy.guard) & (losses < base_loss)
+    step_losses = np.where(guarded, np.nan, losses)
     if fused_in_place:
         # The common case in one fused pass; no weight leaves the model bit for bit as it was.
-        res = fomo_step(params, cands, base_loss, losses, out=params, **options)
+        res = fomo_step(params, cands, base_loss, step_losses, out=params, **options)
     else:
-        res = fomo_step(measured_base, [c[:p] for c in cands] if not whole else cands, base_loss, losses, **options)
+        res = fomo_step(measured_base, measured_cands, base_loss, step_losses, **options)
     weights, scores = as_float64(res.weights), as_float64(res.scores)
     scores = np.where(np.isnan(scores), 0.0, scores)
 
     outcome = "updated" if weights.sum() > 0 else "nothing_helps"
     if policy.nonfinite == "skip_round" and not all_finite:
         outcome, weights = "skipped", np.zeros_like(weights)
-    elif policy.nonfinite == "adopt_best" and not math.isfinite(base_loss) and np.isfinite(losses).any():
+    elif policy.nonfinite == "adopt_best" and not math.isfinite(base_loss) and np.isfinite(step_losses).any():
         # A diverged client would otherwise never recover: its own loss can't be beaten.
-        best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+        best = int(np.nanargmin(np.where(np.isfinite(step_losses), step_losses, np.nan)))
         weights = np.zeros_like(weights)
         weights[best] = 1.0
         copy(params, cands[best])
@@ -202,4 +236,5 @@ def federate(
         outcome=outcome,
         eval_seconds=t1 - t0,
         step_seconds=t2 - t1,
+        guard_rejected=guarded[n_self:],
     )

@@ -33,6 +33,7 @@ from ._models import is_floating
 from ._pool import ClientPool
 from ._validate import count, real, real_vector
 from .affinity import VALUE_LIMIT, Affinity, _options
+from .free_riding import is_free_ride
 from .model_store import MemoryTable, ModelStore, open_model_store
 from .policy import ServerPolicy
 from .presets import PRESETS, Preset, as_preset
@@ -136,6 +137,9 @@ class Server(Generic[RowsT]):
         self._last_pool = ClientPool(n, last_round)
         self._everyone = ClientPool(n, everyone=True)
         self.round = round
+        # whose latest upload was a free ride (policy.free_riders); not in checkpoints: a restored
+        # server judges every client again at its next upload
+        self.free_riding = np.zeros(n, dtype=bool)
         self._pending: dict = {}
 
     @property
@@ -163,15 +167,28 @@ class Server(Generic[RowsT]):
 
     def select(self, client: int) -> np.ndarray:
         """The ids of the models ``client`` receives this round, int64 [K] (K <= M, +1 with
-        include_self="always")."""
+        include_self="always"); none for a free rider under free_riders="exclude"."""
         pool, m = self._pool()
-        return self.affinity.select(client, m, round=self.round, among=pool)
+        if self._excluded(client):
+            return np.zeros(0, dtype=np.int64)
+        return self.affinity.select(client, m, round=self.round, among=self._without_free_riders(pool))
 
     def select_many(self, clients: Sequence[int]) -> list:
         """:meth:`select` for many clients in one vectorised call (see
         :meth:`Affinity.select_many`): a list of int64 arrays."""
         pool, m = self._pool()
-        return self.affinity.select_many(clients, m, round=self.round, among=pool)
+        picks = self.affinity.select_many(clients, m, round=self.round, among=self._without_free_riders(pool))
+        return [np.zeros(0, dtype=np.int64) if self._excluded(c) else p for c, p in zip(clients, picks)]
+
+    def _excluded(self, client: int) -> bool:
+        return self.policy.free_riders == "exclude" and bool(self.free_riding[self.affinity._client(client)])
+
+    def _without_free_riders(self, pool: ClientPool) -> ClientPool:
+        """The pool without the clients whose latest upload was a free ride (free_riders="exclude")."""
+        if self.policy.free_riders != "exclude" or not self.free_riding.any():
+            return pool
+        members = pool.members
+        return ClientPool(self.num_clients, members[~self.free_riding[members]])
 
     def candidates(self, client: int) -> tuple[np.ndarray, RowsT]:
         """(ids, models): the selection, int64 [K], and a copy of those clients' latest models,
@@ -196,7 +213,9 @@ class Server(Generic[RowsT]):
         candidates ``ids`` it received (``fomo_step(...).scores``, or those of
         ``compute_weights(..., return_scores=True)``: measured before the update), plus the score of its own
         trained model when its policy makes that a candidate (``self_score``). Everything is
-        checked before anything changes: a refused upload leaves the server as it was."""
+        checked before anything changes: a refused upload leaves the server as it was. With
+        free_riders="exclude", an upload that is a mix of what the client was sent and its own
+        last upload marks it a free rider (:attr:`free_riding`) until its next upload."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != (self.num_params,):
@@ -205,13 +224,21 @@ class Server(Generic[RowsT]):
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
+        free_ride = self._free_ride(client, params, ids) if self.policy.free_riders == "exclude" else False
         ids, increments = self.affinity._prepare_update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
         immediately = self.policy.uploads == "immediately"
         self._table.stage(client, self._table.prepare(params), immediately)  # a disk error changes nothing
         self.affinity._apply_update(client, ids, increments)
+        self.free_riding[client] = free_ride
         if immediately:
             self._uploaded(client)
         self._pending[client] = True
+
+    def _free_ride(self, client: int, params: Any, ids: list) -> bool:
+        """Whether an upload is a mix of the models the server holds for the clients it was sent
+        and for its uploader (its last upload): :mod:`fomo_core.free_riding`."""
+        sent = np.asarray(list(dict.fromkeys([client, *ids])), dtype=np.int64)
+        return is_free_ride(params, self._table.rows(sent))
 
     def _uploaded(self, client: int) -> None:
         if not self.uploaded[client]:

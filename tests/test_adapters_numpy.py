@@ -133,7 +133,10 @@ def test_client_update_matches_fomo_core_and_loads_the_estimator(digits):
     cands = np.stack([get_flat_params(p) for p in peers])
     theta = get_flat_params(local)
     l0 = log_loss(val[1], local.predict_proba(val[0]), labels=local.classes_)
-    client = MLPClassifierClient(local, val, train)
+    # the fomo-core preset rescales improving candidates to the client's balance and bounds their
+    # layers' distances: this test checks the bare algorithm
+    unguarded = fc.get_preset("fomo-core").client.replace(guard=None, rebalance=False)
+    client = MLPClassifierClient(local, val, train, policy=unguarded)
     res = client.update(cands)
     assert res.baseline_loss == pytest.approx(l0, rel=1e-9)  # float64 throughout, summation order only
     expected = fc.fomo_step(theta, cands, res.baseline_loss, res.candidate_losses)

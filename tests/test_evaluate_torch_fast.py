@@ -192,19 +192,34 @@ def test_early_stop_when_all_stop_and_with_a_dataloader(mlp_federation):
 
 
 def test_early_stop_options_are_checked():
-    with pytest.raises(ValueError, match=r"early_stop.z must be a positive finite number"):
-        EarlyStop(1.0, z=0)
+    for z in (0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"early_stop.z must be a finite number in \(0.0, inf\]"):
+            EarlyStop(1.0, z=z)
+    with pytest.raises(TypeError, match=r"early_stop.z must be a real number, got str"):
+        EarlyStop(1.0, z="3")
+    with pytest.raises(ValueError, match=r"early_stop.baseline_loss must not be -inf"):
+        EarlyStop(-math.inf)
+    with pytest.raises(ValueError, match=r"early_stop.baseline_loss is beyond float64's range"):
+        EarlyStop(10**400)
+    with pytest.raises(ValueError, match=r"early_stop.seed must be an integer >= 0"):
+        EarlyStop(1.0, seed=-1)
+    with pytest.raises(TypeError, match=r"early_stop.batch_size must be an integer, got float"):
+        EarlyStop(1.0, batch_size=32.0)
     with pytest.raises(ValueError, match=r"early_stop.min_batches must be an integer >= 2"):
         EarlyStop(1.0, min_batches=1)
     with pytest.raises(ValueError, match=r"early_stop.batch_size must be an integer >= 1"):
         EarlyStop(1.0, batch_size=0)
-    with pytest.raises(TypeError, match=r"early_stop.baseline_loss must be a number"):
+    with pytest.raises(TypeError, match=r"early_stop.baseline_loss must be a real number"):
         EarlyStop("1")
     with pytest.raises(TypeError, match=r"early_stop must be an EarlyStop or None"):
         evaluate_candidates(
             nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)), early_stop=0.5
         )
     assert math.isfinite(EarlyStop(0.0).z)
+    # numbers of any library are read as Python floats; a diverged baseline (NaN, +inf) stops nothing
+    rule = EarlyStop(np.float32(0.5), z=torch.tensor(2.0))
+    assert type(rule.baseline_loss) is float and type(rule.z) is float and rule.z == 2.0
+    assert math.isnan(EarlyStop(math.nan).baseline_loss) and EarlyStop(math.inf).baseline_loss == math.inf
 
 
 def test_rows_of_one_buffer_are_read_in_place():

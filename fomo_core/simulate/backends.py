@@ -6,8 +6,9 @@ frameworks in ``fomo_core.adapters``; the simulator knows them only as "module:a
 resolved on first use (as entry points are), so that it imports no framework of its own. A
 backend has ``name``; ``init_params()``, the common initial model [P];
 ``new_client(data, init, seed)``, a client with ``round``/``update``/``train``/``evaluate``/
-``get_flat``/``set_flat`` and ``test_data``; ``as_batch(params)``, [1, P]; and
-``average(models, weights)``, the weighted mean of flat models.
+``get_flat``/``set_flat`` and ``test_data``; ``as_batch(params)``, [1, P];
+``average(models, weights)``, the weighted mean of flat models; and ``dense_spec()``, the
+:class:`fomo_core.DenseSpec` of the clients' model when it is a dense network (else None).
 """
 
 from __future__ import annotations

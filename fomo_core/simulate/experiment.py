@@ -178,6 +178,9 @@ def _results(cfg, dataset, partition, data, runs: dict, seconds: float) -> dict:
             final = np.asarray(run.rounds[-1].client_accuracy) if run.rounds else np.zeros(0)
             # the attackers' own models are no one's concern: the mean over the honest clients
             out["methods"][name]["honest_final_accuracy"] = float(final[honest].mean()) if final.size else float("nan")
+            # ... but free riders' are: whether free riding pays
+            if final.size and attackers.size:
+                out["methods"][name]["attacker_final_accuracy"] = float(final[attackers].mean())
     fomo: Optional[MethodRun] = next((run for name, run in runs.items() if name.partition(":")[0] == "fedfomo"), None)
     if fomo is not None:
         out["affinity"] = fomo.affinity.tolist()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._validate import real
+from .._validate import flag, real
 from ..presets import get_preset
 from ..server import Server
 from .attacks import AttackSettings, attacker_ids, corrupt, diverge, lying_evaluation
@@ -27,11 +27,13 @@ class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
-    epsilon, epsilon_decay, affinity_update, affinity_k: override the preset's server policy when
-    not None (affinity_k: entries kept per affinity row; any k >= clients - 1 keeps every entry).
+    epsilon, epsilon_decay, affinity_update, affinity_k, free_riders: override the preset's server
+    policy when not None (affinity_k: entries kept per affinity row; any k >= clients - 1 keeps
+    every entry).
     seed: everything.
-    guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
-    client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
+    guard, rebalance: override the client policy's poisoned-client guard when not None (how far a
+    candidate's layers may move, as a multiple of each layer's norm, ``math.inf`` for no bound;
+    whether candidates are rescaled to the client's balance first).
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -42,14 +44,18 @@ class FederationSettings:
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
     affinity_k: Optional[int] = None
+    free_riders: Optional[str] = None
     seed: int = 0
     guard: Optional[float] = None
+    rebalance: Optional[bool] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
+        if self.rebalance is not None:
+            flag(self.rebalance, "rebalance")
         if isinstance(self.attack, dict):  # as a grid file (fomo_core.simulate.runner) spells it
             object.__setattr__(self, "attack", AttackSettings(**self.attack))
         if not isinstance(self.attack, AttackSettings):
@@ -57,11 +63,8 @@ class FederationSettings:
 
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
-        changes = {
-            k: getattr(self, k)
-            for k in ("epsilon", "epsilon_decay", "affinity_update", "affinity_k")
-            if getattr(self, k) is not None
-        }
+        overrides = ("epsilon", "epsilon_decay", "affinity_update", "affinity_k", "free_riders")
+        changes = {k: getattr(self, k) for k in overrides if getattr(self, k) is not None}
         return get_preset(self.preset).server.replace(**changes)
 
     def as_dict(self) -> dict:
@@ -90,19 +93,26 @@ OnRound = Optional[Callable[[str, RoundRecord], None]]
 
 
 class _Adversity:
-    """The attack of a run: who attacks, who diverges, and what they upload."""
+    """The attack of a run: who attacks, who diverges, who free-rides, and what they upload."""
 
-    def __init__(self, num_clients: int, fed: FederationSettings):
+    def __init__(self, num_clients: int, fed: FederationSettings, backend: Any):
         self.settings = fed.attack
         self.attackers, self.diverging = attacker_ids(num_clients, fed.attack, fed.seed)
         self.rng = np.random.default_rng([fed.seed, 31337])
+        self.spec = backend.dense_spec() if fed.attack.kind == "reparam" else None
+
+    def trains(self, i: int) -> bool:
+        """Whether client i trains (free riders never do)."""
+        return not (self.settings.kind == "free_ride" and i in self.attackers)
 
     def after_training(self, i: int, client: Any, round: int) -> Any:
         """The model client i uploads after training in ``round`` (its own, or the attack's)."""
         if i in self.diverging and round == self.settings.diverge_round:
             diverge(client)
         params = client.get_flat()
-        return corrupt(params, self.settings, self.rng) if i in self.attackers else params
+        if i not in self.attackers or not self.trains(i):
+            return params
+        return corrupt(params, self.settings, self.rng, spec=self.spec, client=client)
 
     def fooled(self, i: int) -> bool:
         """Whether client i sees the lying attackers' models with a loss of 0."""
@@ -116,10 +126,10 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     become visible the next round."""
     n = len(clients)
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
-    adversity = _Adversity(n, fed)
-    if fed.guard is not None:
-        for client in clients:
-            client.policy = client.policy.replace(guard=fed.guard)
+    adversity = _Adversity(n, fed, backend)
+    guard = {k: getattr(fed, k) for k in ("guard", "rebalance") if getattr(fed, k) is not None}
+    for client in clients:
+        client.policy = client.policy.replace(**guard)
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
@@ -133,7 +143,8 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
                 res = clients[i].update(cands)
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             upload = adversity.after_training(int(i), clients[i], r)
             try:
                 server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
@@ -158,7 +169,7 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
     models weighted by training-set size. Every client is tested with the global model."""
     global_params = init
     sizes = np.array([_train_size(c) for c in clients], dtype=np.float64)
-    adversity = _Adversity(len(clients), fed)
+    adversity = _Adversity(len(clients), fed, backend)
     run = MethodRun("fedavg")
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
@@ -166,7 +177,8 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
         models = []
         for i in part:
             clients[i].set_flat(global_params)
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             models.append(adversity.after_training(int(i), clients[i], r))
         t0 = time.perf_counter()
         global_params = backend.average(models, sizes[part])
@@ -183,14 +195,15 @@ def run_fedavg(backend: Any, clients: list, init: Any, fed: FederationSettings, 
 def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
     """Local: every participant trains its own model on its own data; nothing is shared."""
     run = MethodRun("local")
-    adversity = _Adversity(len(clients), fed)
+    adversity = _Adversity(len(clients), fed, backend)
     for r in range(fed.rounds):
         part = participants(len(clients), fed.participation, r, fed.seed)
         record = RoundRecord(r, 0.0, [], part.tolist())
         # no federated update: "after the update" is the model before this round's training
         record.update_accuracy = float(np.mean([_client_accuracy(backend, c, c.params) for c in clients]))
         for i in part:
-            record.train_seconds += timed(clients[i].train)
+            if adversity.trains(int(i)):
+                record.train_seconds += timed(clients[i].train)
             adversity.after_training(int(i), clients[i], r)  # diverging clients break; nothing is sent
         record.client_accuracy = [_client_accuracy(backend, c, c.params) for c in clients]
         record.accuracy = float(np.mean(record.client_accuracy))
