@@ -23,7 +23,17 @@ from .guard import distance_bound
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
-__all__ = ["ClientRound", "federate", "federate_client", "batch_loss", "as_float64", "timed", "check_client_options"]
+__all__ = [
+    "ClientRound",
+    "federate",
+    "federate_client",
+    "train_round",
+    "train_client",
+    "batch_loss",
+    "as_float64",
+    "timed",
+    "check_client_options",
+]
 
 
 def check_client_options(
@@ -60,6 +70,14 @@ class ClientRound:
                           (a non-finite own loss: the best finite candidate was adopted)
     eval_seconds, step_seconds, train_seconds: time spent evaluating, in the weights and update,
                           and in local training
+    global_step:          the share t of the way toward the global model the client moved
+                          (0.0: it stayed), None when its policy ignores the global model
+    update_loss:          validation loss of the model after the federated update (FedFomo's step
+                          and the move toward the global model), when the policy computed it
+    global_update:        the client's contribution to the global model [P] (the server's
+                          ``receive(..., global_update=)``), None when there is none
+    training:             "kept" (the locally trained model) or "reverted" (keep_training=
+                          "if_not_worse" and training made the validation loss worse)
     """
 
     params: Any
@@ -74,6 +92,10 @@ class ClientRound:
     eval_seconds: float
     step_seconds: float
     train_seconds: float = 0.0
+    global_step: Optional[float] = None
+    update_loss: Optional[float] = None
+    global_update: Any = None
+    training: str = "kept"
 
 
 def as_float64(x: Any) -> np.ndarray:
@@ -96,12 +118,34 @@ def _rows(candidates: Any) -> list:
 
 
 def federate_client(
-    client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None
+    client: Any,
+    candidates: Any,
+    *,
+    copy: Callable[[Any, Any], None],
+    measured: Optional[int] = None,
+    global_params: Any = None,
 ) -> ClientRound:
     """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
     (written in place), ``evaluate`` and ``last_update`` (the baseline the policy may name)."""
     policy, params, evaluate, baseline = client.policy, client.params, client.evaluate, client.last_update
-    return federate(policy, params, candidates, evaluate, baseline=baseline, measured=measured, copy=copy)
+    return federate(
+        policy,
+        params,
+        candidates,
+        evaluate,
+        baseline=baseline,
+        measured=measured,
+        copy=copy,
+        global_params=global_params,
+    )
+
+
+def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any], None], global_params: Any = None):
+    """:func:`train_round` for an adapter's client (its ``policy``, ``params``, ``train`` and
+    ``evaluate``)."""
+    train_round(
+        client.policy, client.params, result, client.train, client.evaluate, copy=copy, global_params=global_params
+    )
 
 
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
@@ -127,6 +171,7 @@ def federate(
     baseline: Any = None,
     measured: Optional[int] = None,
     copy: Callable[[Any, Any], None],
+    global_params: Any = None,
 ) -> ClientRound:
     """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
 
@@ -139,6 +184,9 @@ def federate(
     measured:   how many leading elements the distance covers (the parameters when buffers ride
                 behind them); default all P
     copy:       copy(dst, src) for flat models (the framework's in-place copy)
+    global_params: the server's global model [P], the same type as ``params``; with a policy whose
+                global_model is not "off" the client then moves part-way toward it (see
+                :class:`ClientPolicy`); ignored otherwise
     """
     own_is_baseline = policy.baseline == "current"
     if not own_is_baseline and baseline is None:
@@ -189,6 +237,14 @@ def federate(
     elif not fused_in_place and outcome == "nothing_helps" and policy.nothing_helps == "revert" and base is not params:
         copy(params, base)
     t2 = time.perf_counter()
+    global_step = update_loss = None
+    if policy.global_model != "off" and global_params is not None:
+        unchanged = own_is_baseline and outcome in ("nothing_helps", "skipped")  # still the baseline
+        global_step, update_loss, mix_seconds = _toward_global(
+            policy.global_steps, params, global_params, evaluate, copy, base_loss if unchanged else None
+        )
+        t1 += mix_seconds  # the evaluations of the mixes count as evaluation time
+        t2 = time.perf_counter()
 
     return ClientRound(
         params=params,
@@ -202,4 +258,76 @@ def federate(
         outcome=outcome,
         eval_seconds=t1 - t0,
         step_seconds=t2 - t1,
+        global_step=global_step,
+        update_loss=update_loss,
     )
+
+
+def _toward_global(steps: tuple, params: Any, global_params: Any, evaluate: Callable, copy: Callable, loss: Any):
+    """Moves ``params`` (u, the model after FedFomo's step) in place to the mix u + t (g - u) with
+    the lowest validation loss among t in ``steps`` (t = 1 is g itself), or leaves it where it is
+    unless one is strictly lower. ``loss``: u's loss when already known (else it is evaluated
+    with the mixes). Returns (the share taken, the loss of the model kept, seconds evaluating)."""
+    if tuple(global_params.shape) != tuple(params.shape):
+        raise ValueError(f"global_params has shape {tuple(global_params.shape)}, expected {tuple(params.shape)}")
+    mixes = [global_params if t == 1.0 else params + t * (global_params - params) for t in steps]
+    t0 = time.perf_counter()
+    losses, _ = evaluate(mixes if loss is not None else [params, *mixes])
+    seconds = time.perf_counter() - t0
+    losses = as_float64(losses)
+    if loss is None:
+        loss, losses = float(losses[0]), losses[1:]
+    finite = np.where(np.isfinite(losses), losses, np.inf)
+    best = int(np.argmin(finite))
+    if not finite[best] < loss and math.isfinite(loss):
+        return 0.0, float(loss), seconds
+    if not math.isfinite(finite[best]):  # nothing finite to move to
+        return 0.0, float(loss), seconds
+    copy(params, mixes[best])
+    return float(steps[best]), float(finite[best]), seconds
+
+
+def _clone(x: Any) -> Any:
+    return x.detach().clone() if hasattr(x, "detach") else np.array(x, copy=True)
+
+
+def train_round(
+    policy: ClientPolicy,
+    params: Any,
+    result: ClientRound,
+    train: Callable[[], Any],
+    evaluate: Callable[[list], tuple],
+    *,
+    copy: Callable[[Any, Any], None],
+    global_params: Any = None,
+) -> None:
+    """Step 5 of a round under ``policy``: local training of ``params`` [P] in place by
+    ``train()``, and what the policy adds around it (recorded in ``result``):
+
+    - global_model="train": a copy of ``global_params`` [P] is trained first (``train()`` on the
+      model loaded with it), and its change is ``result.global_update``;
+    - global_model="follow": the change local training made to ``params`` is the contribution;
+    - keep_training="if_not_worse": when training raised the validation loss above
+      ``result.update_loss`` (evaluated if unknown), the model before training is restored.
+    """
+    t0 = time.perf_counter()
+    contributes = policy.global_model != "off" and global_params is not None
+    if contributes and policy.global_model == "train":
+        own = _clone(params)
+        copy(params, global_params)
+        train()
+        result.global_update = params - global_params
+        copy(params, own)
+    keep_before = policy.keep_training == "if_not_worse" or (contributes and policy.global_model == "follow")
+    before = _clone(params) if keep_before else None
+    if policy.keep_training == "if_not_worse" and result.update_loss is None:
+        result.update_loss = float(as_float64(evaluate([params])[0])[0])
+    train()
+    if contributes and policy.global_model == "follow":
+        result.global_update = params - before
+    if policy.keep_training == "if_not_worse":
+        trained_loss = float(as_float64(evaluate([params])[0])[0])
+        if not trained_loss <= result.update_loss and math.isfinite(result.update_loss):
+            copy(params, before)
+            result.training = "reverted"
+    result.train_seconds = time.perf_counter() - t0

@@ -9,8 +9,9 @@ become visible at :meth:`Server.end_round`, so every client of a round sees the 
 >>> for r in range(rounds):
 ...     for i in participants:
 ...         ids, cands = server.candidates(i)                 # [K] ids, [K, P] models
-...         res = clients[i].round(cands)                     # evaluate, weigh, update, train
-...         server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
+...         res = clients[i].round(cands, server.global_params())   # evaluate, weigh, update, train
+...         server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score,
+...                        global_update=res.global_update, num_examples=n_train[i])
 ...     server.end_round()
 """
 
@@ -27,6 +28,7 @@ from ._atomic import atomic_write
 from ._models import is_floating
 from ._validate import count, real, real_vector
 from .affinity import Affinity
+from .global_model import GlobalModel
 from .model_store import read_npz_rows
 from .policy import ServerPolicy
 from .presets import Preset, as_preset
@@ -97,6 +99,10 @@ class Server:
         else:
             self.models = np.repeat(np.asarray(init)[None, :], num_clients, axis=0)
         self.uploaded = np.zeros(num_clients, dtype=bool)
+        # the global model the fomo-core round moves toward (None unless the policy keeps one)
+        self.global_model = (
+            GlobalModel(init, guard=self.policy.global_guard) if self.policy.global_model == "average" else None
+        )
         self.last_round = np.zeros(0, dtype=np.int64)
         self.round = 0
         self._pending: dict = {}
@@ -133,12 +139,23 @@ class Server:
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self, client: int, params: Any, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
+        self,
+        client: int,
+        params: Any,
+        ids: Sequence[int],
+        scores: Any,
+        *,
+        self_score: Optional[float] = None,
+        global_update: Any = None,
+        num_examples: float = 1.0,
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
         :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the
         candidates ``ids`` it received, plus the score of its own trained model when its policy
-        makes that a candidate (``self_score``)."""
+        makes that a candidate (``self_score``). With a global model (ServerPolicy
+        ``global_model="average"``): the client's contribution to it, ``global_update`` [P]
+        (``ClientRound.global_update``), weighted by ``num_examples`` (its training samples); a
+        non-finite or over-long one is dropped, the rest of the upload taken."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != tuple(self.models.shape[1:]):
@@ -149,6 +166,8 @@ class Server:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
         self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
         params = params.detach().clone() if _is_torch(params) else np.array(params)
+        if global_update is not None and self.global_model is not None:
+            self.global_model.receive(_flat(global_update, "global_update"), num_examples)
         if self.policy.uploads == "immediately":
             self.models[client] = params
             self.uploaded[client] = True
@@ -161,7 +180,14 @@ class Server:
             self.uploaded[client] = True
         self.last_round = np.asarray(sorted(self._pending), dtype=np.int64)
         self._pending = {}
+        if self.global_model is not None:
+            self.global_model.end_round()
         self.round += 1
+
+    def global_params(self) -> Any:
+        """The global model [P] clients receive with their candidates (a view: copy it to keep
+        it), or None when the policy keeps none."""
+        return None if self.global_model is None else self.global_model.params
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -189,6 +215,7 @@ class Server:
                 affinity=self.affinity.matrix,
                 uploaded=self.uploaded,
                 last_round=self.last_round,
+                **({} if self.global_model is None else self.global_model.state()),
             )
 
         atomic_write(path, write)
@@ -237,6 +264,12 @@ class Server:
         server.uploaded = arrays["uploaded"].astype(bool)
         server.last_round = arrays["last_round"].astype(np.int64)
         server.round = int(meta["round"])
+        if server.global_model is not None:
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    server.global_model.load_state({"global_params": np.array(data["global_params"])})
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"{where} holds no usable global model: {e}") from None
         return server
 
     def __repr__(self) -> str:

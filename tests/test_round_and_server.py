@@ -218,8 +218,16 @@ def test_the_simulator_equals_a_hand_driven_loop(preset):
     for r in range(3):
         for i in participants(5, 0.6, r, 4):
             ids, cands = server.candidates(int(i))
-            res = hand[i].round(cands)
-            server.receive(int(i), hand[i].get_flat(), ids, res.scores, self_score=res.self_score)
+            res = hand[i].round(cands, server.global_params())
+            server.receive(
+                int(i),
+                hand[i].get_flat(),
+                ids,
+                res.scores,
+                self_score=res.self_score,
+                global_update=res.global_update,
+                num_examples=len(data[i].y_train),
+            )
         server.end_round()
 
     np.testing.assert_array_equal(run.affinity, server.affinity.matrix)

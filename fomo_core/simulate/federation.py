@@ -100,6 +100,12 @@ class _Adversity:
         params = client.get_flat()
         return corrupt(params, self.settings, self.rng) if i in self.attackers else params
 
+    def global_update(self, i: int, update: Any) -> Any:
+        """The contribution to the global model client i sends (its own, or the attack's)."""
+        if update is None or i not in self.attackers:
+            return update
+        return corrupt(update, self.settings, self.rng)
+
     def fooled(self, i: int) -> bool:
         """Whether client i sees the lying attackers' models with a loss of 0."""
         return self.settings.kind == "lying" and i not in self.attackers
@@ -119,21 +125,34 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
-        record = RoundRecord(r, 0.0, [], part.tolist())
+        record = RoundRecord(r, 0.0, [], part.tolist(), no_positive_weight=0, moved_to_global=0)
         taking_part = set(part.tolist())
         after_update = [
             None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)
         ]
+        g = server.global_params()
+        g = None if g is None else g.clone() if hasattr(g, "clone") else g.copy()  # this round's, for everyone
         for i in part:
             ids, cands = server.candidates(int(i))
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
-                res = clients[i].update(cands)
-            after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
-            record.train_seconds += timed(clients[i].train)
+                res = clients[i].update(cands, g)
+                after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
+                clients[i].train_round(res, g)
+            record.train_seconds += res.train_seconds
             upload = adversity.after_training(int(i), clients[i], r)
-            server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            server.receive(
+                int(i),
+                upload,
+                ids,
+                res.scores,
+                self_score=res.self_score,
+                global_update=adversity.global_update(int(i), res.global_update),
+                num_examples=_train_size(clients[i]),
+            )
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
+            record.no_positive_weight += int(not np.any(res.weights > 0))
+            record.moved_to_global += int(bool(res.global_step))
         server.end_round()
         record.update_accuracy = float(np.mean(after_update))
         record.affinity = server.affinity.matrix.tolist()
