@@ -436,11 +436,8 @@ def _partition_settings() -> dict:
         "shards": {"partition": "pathological", "shards_per_client": 2},
         "dirichlet-0.3-50clients-p0.3": {"partition": "dirichlet", "alpha": 0.3, "clients": 50, "participation": 0.3},
     }
-    out = {}
-    for name, keys in partitions.items():
-        out[name] = keys
-        out[f"{name}-equal"] = {**keys, "budget": "equal"}
-    return out
+    equal = {f"{name}-equal": {**keys, "budget": "equal"} for name, keys in partitions.items()}
+    return {**partitions, **equal}
 
 
 PARTITIONS_GRID = Grid(
