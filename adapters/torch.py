@@ -577,9 +577,13 @@ class FedFomoClient:
             train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
 
     def _global(self, global_params: Any) -> Optional[torch.Tensor]:
-        """The server's global model as a flat tensor like :meth:`get_flat` (None stays None)."""
+        """The server's global model (a flat model like :meth:`get_flat`, a state_dict or a
+        module) as a flat tensor like :meth:`get_flat` (None stays None)."""
         if global_params is None:
             return None
+        if isinstance(global_params, (Mapping, nn.Module)):
+            bank = CandidateBank(self.module, 1, include_buffers=self.policy.carries_buffers)
+            return bank.fill([global_params])[0]
         g = torch.as_tensor(global_params)
         if tuple(g.shape) != (self.params.numel(),):
             raise ValueError(f"global_params has shape {tuple(g.shape)}, expected ({self.params.numel()},)")
@@ -592,8 +596,9 @@ class FedFomoClient:
 
         candidates:    a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a
                        sequence of models (state_dicts, modules or flat arrays)
-        global_params: the server's global model [P] (``Server.global_params()``), which the
-                       policy may move toward; peers' presets ignore it
+        global_params: the server's global model (``Server.global_params()``, flat [P] like
+                       :meth:`get_flat`, or a state_dict), which the policy may move toward;
+                       peers' presets ignore it
         """
         cands = self._candidates(candidates)
         g = self._global(global_params)

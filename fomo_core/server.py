@@ -154,20 +154,25 @@ class Server:
         candidates ``ids`` it received, plus the score of its own trained model when its policy
         makes that a candidate (``self_score``). With a global model (ServerPolicy
         ``global_model="average"``): the client's contribution to it, ``global_update`` [P]
-        (``ClientRound.global_update``), weighted by ``num_examples`` (its training samples); a
-        non-finite or over-long one is dropped, the rest of the upload taken."""
+        (``ClientRound.global_update``), weighted by ``num_examples`` (its training samples, 0:
+        no weight); a non-finite or over-long one is dropped, the rest of the upload taken."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != tuple(self.models.shape[1:]):
             raise ValueError(f"params has shape {tuple(params.shape)}, expected ({self.models.shape[1]},)")
+        weight = real(num_examples, "num_examples", low=0.0)
+        if global_update is not None:
+            global_update = _flat(global_update, "global_update")
+            if tuple(global_update.shape) != tuple(params.shape):
+                raise ValueError(f"global_update has shape {tuple(global_update.shape)}, expected {tuple(params.shape)}")
         ids = list(self.affinity._ids(ids, "ids")) if len(ids) else []
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
         self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
         params = params.detach().clone() if _is_torch(params) else np.array(params)
-        if global_update is not None and self.global_model is not None:
-            self.global_model.receive(_flat(global_update, "global_update"), num_examples)
+        if global_update is not None and self.global_model is not None and weight > 0:
+            self.global_model.receive(global_update, weight)
         if self.policy.uploads == "immediately":
             self.models[client] = params
             self.uploaded[client] = True
