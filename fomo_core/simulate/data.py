@@ -42,6 +42,7 @@ __all__ = [
     "BUDGETS",
     "with_validation_labels",
     "carve_validation",
+    "keep_validation",
 ]
 
 TARGETS = ("local", "shifted")
@@ -282,6 +283,20 @@ def with_validation_labels(data: ClientData) -> ClientData:
         data,
         x_train=np.concatenate([data.x_train, data.x_val]),
         y_train=np.concatenate([data.y_train, data.y_val]),
+    )
+
+
+def keep_validation(data: ClientData, keep: int) -> ClientData:
+    """The client's data with only its first ``keep`` validation samples kept for validation and
+    the others added to its training samples (FedFomo using part of its validation labels for
+    training). A client with at most ``keep`` validation samples keeps them all."""
+    keep = count(keep, "keep", low=1, type_error=ValueError)
+    return replace(
+        data,
+        x_train=np.concatenate([data.x_train, data.x_val[keep:]]),
+        y_train=np.concatenate([data.y_train, data.y_val[keep:]]),
+        x_val=data.x_val[:keep],
+        y_val=data.y_val[:keep],
     )
 
 

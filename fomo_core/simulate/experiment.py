@@ -12,12 +12,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .._validate import choice
+from .._validate import choice, count
 from ..presets import PRESETS
 from .attacks import attacker_ids
 from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
-from .data import BUDGETS, Dataset, carve_validation, split_clients, with_validation_labels
+from .data import BUDGETS, Dataset, carve_validation, keep_validation, split_clients, with_validation_labels
 from .data import load_dataset as _load_dataset
 from .federation import METHODS as _FEDERATION_METHODS
 from .federation import FederationSettings
@@ -68,6 +68,9 @@ class ExperimentConfig:
                         validation samples: the same labels as FedFomo) or "carved" (FedFomo's
                         validation is carved out of the others' training samples, a share
                         val_fraction / (1 - test_fraction) of them: the same labels again)
+    fedfomo_validation: with budget "equal": FedFomo validates on at most this many of each
+                        client's validation samples and trains on the others too (0: it validates
+                        on all of them and trains on none)
     """
 
     dataset: str = "digits"
@@ -85,6 +88,7 @@ class ExperimentConfig:
     max_train: int = 0
     label_noise: float = 0.0
     budget: str = "free"
+    fedfomo_validation: int = 0
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -92,6 +96,12 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         choice(self.budget, "budget", BUDGETS)
+        count(self.fedfomo_validation, "fedfomo_validation", type_error=ValueError)
+        if self.fedfomo_validation and self.budget != "equal":
+            raise ValueError(
+                "fedfomo_validation moves FedFomo's validation labels into its training: it needs budget='equal' "
+                f"(the baselines train on them too), got budget={self.budget!r}"
+            )
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("federation", "training")}
@@ -175,6 +185,8 @@ def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
     labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`)."""
     if cfg.budget == "equal" and method != "fedfomo":
         return [with_validation_labels(d) for d in data]
+    if cfg.budget == "equal" and cfg.fedfomo_validation:
+        return [keep_validation(d, cfg.fedfomo_validation) for d in data]
     if cfg.budget == "carved" and method == "fedfomo":
         return [carve_validation(d, cfg.val_fraction / (1.0 - cfg.test_fraction)) for d in data]
     return data
