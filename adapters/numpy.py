@@ -279,7 +279,9 @@ class MLPClassifierClient:
             global_params = global_params.detach().cpu().numpy()
         g = np.asarray(global_params)
         if g.shape != self.params.shape or g.dtype.kind != "f":
-            raise ValueError(f"global_params must be a floating vector of shape {self.params.shape}, got {g.dtype} {g.shape}")
+            raise ValueError(
+                f"global_params must be a floating vector of shape {self.params.shape}, got {g.dtype} {g.shape}"
+            )
         return g.astype(self.params.dtype, copy=False)
 
     def update(self, candidates: Any, global_params: Any = None) -> ClientRound:

@@ -115,7 +115,9 @@ class GlobalModel:
         """Restores :meth:`state`'s arrays."""
         params = np.asarray(state["global_params"])
         if params.shape != tuple(self.params.shape) or not np.isfinite(params).all():
-            raise ValueError(f"global_params has shape {params.shape} or values that do not fit {tuple(self.params.shape)}")
+            raise ValueError(
+                f"global_params has shape {params.shape} or values that do not fit {tuple(self.params.shape)}"
+            )
         if _is_torch(self.params):
             import torch
 

@@ -138,8 +138,12 @@ class ClientPolicy(_Policy):
         _one_of(self.global_model, "global_model", ("off", "train", "follow"))
         _one_of(self.keep_training, "keep_training", ("always", "if_not_worse"))
         if isinstance(self.global_steps, (str, bytes)) or not hasattr(self.global_steps, "__iter__"):
-            raise TypeError(f"global_steps must be a sequence of shares in (0, 1], got {type(self.global_steps).__name__}")
-        steps = tuple(real(t, f"global_steps[{k}]", low=0.0, high=1.0, low_open=True) for k, t in enumerate(self.global_steps))
+            raise TypeError(
+                f"global_steps must be a sequence of shares in (0, 1], got {type(self.global_steps).__name__}"
+            )
+        steps = tuple(
+            real(t, f"global_steps[{k}]", low=0.0, high=1.0, low_open=True) for k, t in enumerate(self.global_steps)
+        )
         if self.global_model != "off" and not steps:
             raise ValueError("global_steps must hold at least one share when global_model is not 'off'")
         object.__setattr__(self, "global_steps", steps)  # a list (from JSON) becomes a tuple

@@ -164,7 +164,9 @@ class Server:
         if global_update is not None:
             global_update = _flat(global_update, "global_update")
             if tuple(global_update.shape) != tuple(params.shape):
-                raise ValueError(f"global_update has shape {tuple(global_update.shape)}, expected {tuple(params.shape)}")
+                raise ValueError(
+                    f"global_update has shape {tuple(global_update.shape)}, expected {tuple(params.shape)}"
+                )
         ids = list(self.affinity._ids(ids, "ids")) if len(ids) else []
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:

@@ -68,6 +68,20 @@ def test_carved_takes_fedfomos_validation_out_of_the_same_budget():
         np.testing.assert_array_equal(carved.x_train, base.x_train[: n - v])
 
 
+def test_fedfomo_can_train_on_all_but_some_of_its_validation_labels():
+    cfg = small("equal", fedfomo_validation=3)
+    data = client_data(cfg)
+    for base, mine, theirs in zip(data, method_data(cfg, "fedfomo", data), method_data(cfg, "local", data)):
+        assert mine.y_val.size == min(3, base.y_val.size)
+        np.testing.assert_array_equal(mine.x_val, base.x_val[:3])
+        np.testing.assert_array_equal(mine.x_train, np.concatenate([base.x_train, base.x_val[3:]]))
+        assert mine.y_train.size + mine.y_val.size == theirs.y_train.size  # still the same labels
+    with pytest.raises(ValueError, match="fedfomo_validation moves FedFomo's validation labels .* budget='equal'"):
+        small("free", fedfomo_validation=3)
+    with pytest.raises(ValueError, match="fedfomo_validation must be an integer >= 0"):
+        small("equal", fedfomo_validation=-1)
+
+
 def test_carving_needs_two_training_samples():
     data = client_data(small("free"))[0]
     one = with_validation_labels(data).__class__(
@@ -132,6 +146,7 @@ def test_the_partitions_grid_covers_every_partition_at_both_budgets():
         cfg = config_from_flat(PARTITIONS_GRID.flat(name), seed=0, method="fedfomo")
         assert cfg.dataset == "mnist5k" and cfg.max_train == 20
         assert cfg.budget == ("equal" if name.endswith("-equal") else "free")
+        assert cfg.fedfomo_validation == (10 if cfg.budget == "equal" else 0)
         seen.add((cfg.partition, cfg.alpha if cfg.partition == "dirichlet" else None, cfg.clients, cfg.budget))
     for budget in ("free", "equal"):
         for part in (("groups", None), ("dirichlet", 0.1), ("dirichlet", 0.3), ("dirichlet", 0.5)):

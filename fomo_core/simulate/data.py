@@ -280,9 +280,7 @@ def with_validation_labels(data: ClientData) -> ClientData:
     """The client's data with its validation samples added to its training samples (the labelled
     budget "equal": a baseline trains on every label FedFomo's client holds)."""
     return replace(
-        data,
-        x_train=np.concatenate([data.x_train, data.x_val]),
-        y_train=np.concatenate([data.y_train, data.y_val]),
+        data, x_train=np.concatenate([data.x_train, data.x_val]), y_train=np.concatenate([data.y_train, data.y_val])
     )
 
 

@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends import BACKENDS, TrainSettings
 from .._validate import count
+from .backends import BACKENDS, TrainSettings
 from .data import BUDGETS, DATASETS, TARGETS
 from .experiment import ExperimentConfig, method_parts, run_experiment
 from .federation import FederationSettings
@@ -437,13 +437,15 @@ def _partition_settings() -> dict:
         "shards": {"partition": "pathological", "shards_per_client": 2},
         "dirichlet-0.3-50clients-p0.3": {"partition": "dirichlet", "alpha": 0.3, "clients": 50, "participation": 0.3},
     }
-    equal = {f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10} for name, keys in partitions.items()}
+    equal = {
+        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10} for name, keys in partitions.items()
+    }
     return {**partitions, **equal}
 
 
 PARTITIONS_GRID = Grid(
     settings=_partition_settings(),
-    methods=("fedfomo", "fedavg", "local", "fedavg_ft", "fedfomo:paper"),
+    methods=("fedfomo", "fedavg", "local", "fedavg_ft"),
     seeds=(0, 1, 2, 3, 4),
     base={"dataset": "mnist5k", "clients": 20, "rounds": 20, "max_train": 20},
 )
