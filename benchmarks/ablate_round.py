@@ -153,7 +153,8 @@ def table(rows: list) -> str:
         "mean ± sd over the seeds run; Δ: paired difference (worst seed in brackets); "
         "no +w / to g: shares of client-rounds with no positively weighted candidate / a move toward the global model.",
         "",
-        "| budget | partition | variant | FedFomo's labels | seeds | accuracy | Δ FedAvg | Δ Local | Δ FedAvg+FT | no +w | to g |",
+        "| budget | partition | variant | FedFomo's labels | seeds | accuracy | Δ FedAvg | Δ Local | Δ FedAvg+FT "
+        "| no +w | to g |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     variants = sorted({k for k in by if k[2] in POLICIES}, key=lambda k: (k[1] != "free", k[0], k[2], k[4]))
@@ -200,8 +201,8 @@ def main(argv=None) -> int:
             continue
         rows.append(run_cell(*job[:4], labels=job[4] or "val-all"))
         done.add(key)
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write(path, lambda f: f.write(text.encode()))
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        atomic_write(path, lambda f, text=text: f.write(text))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     md = table(rows)
     atomic_write(OUT / "ablate_round.md", lambda f: f.write(md.encode()))
