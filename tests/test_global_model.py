@@ -10,6 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from round_models import mlp
 from torch import nn
 
 import fomo_core as fc
@@ -20,21 +21,6 @@ from fomo_core.global_model import GlobalModel
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PEERS = ("paper", "pfllib", "fl-bench")
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    return (x[:300], y[:300]), (x[300:400], y[300:400])
 
 
 def trained_flat(seed: int, train, epochs: int = 5) -> torch.Tensor:
