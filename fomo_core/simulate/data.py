@@ -304,6 +304,7 @@ def carve_validation(data: ClientData, share: float) -> ClientData:
     are replaced by as many validation samples, so training + validation = n labels. The
     validation samples are the first of its validation split (they follow its target
     distribution), the training ones the first of its training split (both in random order)."""
+    share = fraction(share, "share", type_error=ValueError)
     n = data.y_train.size
     if n < 2:
         raise ValueError(f"budget 'carved' needs at least 2 training samples per client to carve from, got {n}")
