@@ -57,7 +57,7 @@ class GlobalModel:
         if not (hasattr(init_params, "shape") and len(init_params.shape) == 1):
             raise ValueError("init_params must be a flat model, a 1-D array or tensor [P]")
         self.params = init_params.detach().clone() if _is_torch(init_params) else np.array(init_params)
-        self.guard = None if guard is None else real(guard, "guard", low=0.0, low_open=True, finite=False)
+        self.guard = None if guard is None else real(guard, "guard", low=0.0, finite=False)
         self._sum = np.zeros(self.params.shape[0], dtype=np.float64)
         self._weight = 0.0
         self._bound = self._compute_bound()
@@ -71,9 +71,9 @@ class GlobalModel:
     def _compute_bound(self) -> float:
         if self.guard is None or math.isinf(self.guard):
             return math.inf
-        bound = self.guard * _norm(_host(self.params))
+        norm = _norm(_host(self.params))
         # a model of norm 0 (an all-zero initial model) gives no scale to bound by
-        return bound if math.isfinite(bound) and bound > 0 else math.inf
+        return self.guard * norm if math.isfinite(norm) and norm > 0 else math.inf
 
     def receive(self, update: Any, weight: float = 1.0) -> bool:
         """Takes one client's contribution [P] (its change to the global model) with ``weight``

@@ -215,7 +215,7 @@ class ServerPolicy(_Policy):
     def __post_init__(self) -> None:
         _one_of(self.global_model, "global_model", ("off", "average"))
         if self.global_guard is not None:
-            real(self.global_guard, "global_guard", low=0.0, low_open=True, finite=False)
+            real(self.global_guard, "global_guard", low=0.0, finite=False)
         _one_of(self.uploads, "uploads", ("next_round", "immediately"))
         _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))
         _one_of(self.pool, "pool", ("uploaded", "last_round", "all_capped"))

@@ -52,7 +52,7 @@ def test_fomo_core_turns_the_mechanism_on_and_the_peers_keep_it_off():
         (lambda: fc.ClientPolicy(global_steps="0.5"), TypeError, "global_steps must be a sequence"),
         (lambda: fc.ClientPolicy(global_model="train", global_steps=()), ValueError, "at least one share"),
         (lambda: fc.ServerPolicy(global_model="median"), ValueError, "global_model must be one of"),
-        (lambda: fc.ServerPolicy(global_guard=0.0), ValueError, "global_guard must be a number"),
+        (lambda: fc.ServerPolicy(global_guard=-1.0), ValueError, "global_guard must be a number"),
     ],
 )
 def test_bad_mechanism_fields_are_refused_naming_the_field(make, error, message):

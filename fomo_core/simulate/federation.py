@@ -1,12 +1,15 @@
-"""The three methods compared by the simulator, with the same clients, data and training budget:
-FedFomo (this library), FedAvg (one global model) and Local (no communication).
+"""The three methods compared by the simulator, with the same clients and data: FedFomo (this
+library), FedAvg (one global model) and Local (no communication).
 
-Every participating client trains ``epochs`` local epochs per round in all three methods;
-FedFomo's clients additionally evaluate the candidates on their validation data (never trained on).
+Every participating client trains ``epochs`` local epochs per round in FedAvg and Local; under
+the fomo-core preset FedFomo's clients train twice (their model, and a copy of the global model),
+under the peer presets once. FedFomo's clients also evaluate the candidates on their validation
+data (never trained on, unless the label budget says so: ``fomo_core.simulate.experiment``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -30,7 +33,8 @@ class FederationSettings:
     epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
     seed: everything.
     guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
-    client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
+    client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off), and
+    the server's bound on contributions to the global model when it keeps one.
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -58,7 +62,10 @@ class FederationSettings:
         changes = {
             k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None
         }
-        return get_preset(self.preset).server.replace(**changes)
+        policy = get_preset(self.preset).server
+        if self.guard is not None and policy.global_model != "off":
+            changes["global_guard"] = None if math.isinf(self.guard) else self.guard
+        return policy.replace(**changes)
 
     def as_dict(self) -> dict:
         return asdict(self)
