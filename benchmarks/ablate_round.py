@@ -149,13 +149,14 @@ def _key(r: dict) -> tuple:
 def table(rows: list) -> str:
     by = {_key(r): r for r in rows}
     lines = [
-        "Accuracy after local training (%), MNIST-5k, 20 clients, 20 training samples each, 20 rounds; "
+        "Accuracy after local training (%, the headline) and after the update, MNIST-5k, 20 clients, "
+        "20 training samples each, 20 rounds; "
         "mean ± sd over the seeds run; Δ: paired difference (worst seed in brackets); "
         "no +w / to g: shares of client-rounds with no positively weighted candidate / a move toward the global model.",
         "",
-        "| budget | partition | variant | FedFomo's labels | seeds | accuracy | Δ FedAvg | Δ Local | Δ FedAvg+FT "
-        "| no +w | to g |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | partition | variant | FedFomo's labels | seeds | accuracy | after the update | Δ FedAvg | Δ Local "
+        "| Δ FedAvg+FT | no +w | to g |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     variants = sorted({k for k in by if k[2] in POLICIES}, key=lambda k: (k[1] != "free", k[0], k[2], k[4]))
     done = set()
@@ -165,6 +166,7 @@ def table(rows: list) -> str:
         done.add((part, budget, method, labels))
         seeds = sorted(k[3] for k in by if k[:3] == (part, budget, method) and k[4] == labels)
         acc = np.array([by[(part, budget, method, s, labels)]["after_training"] for s in seeds]) * 100
+        upd = np.array([by[(part, budget, method, s, labels)]["after_update"] for s in seeds]) * 100
         cells = [
             budget,
             part,
@@ -172,6 +174,7 @@ def table(rows: list) -> str:
             labels,
             str(len(seeds)),
             f"{acc.mean():.1f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.1f}",
+            f"{upd.mean():.1f}",
         ]
         for b in BASELINES:
             diff = [
