@@ -202,7 +202,9 @@ class MLPClassifierClient:
                      losses (default: one batch)
 
     The flat model is :func:`get_flat_params`'s vector: ``get_flat()`` / ``set_flat()`` (not
-    scikit-learn's ``get_params``, which means hyperparameters).
+    scikit-learn's ``get_params``, which means hyperparameters). With the fomo-core preset the
+    estimator also trains a copy of the server's global model each round; scikit-learn keeps its
+    SGD momentum between ``partial_fit`` calls, so the two trainings share it.
     """
 
     def __init__(

@@ -2,8 +2,10 @@
 
 The adapters (``fomo_core.adapters.torch``, ``.numpy``) supply how their models are evaluated and
 trained; what the round does with the losses (the baseline, the client's own model as a candidate,
-what is measured and moved, nothing-helps, non-finite losses) is decided here, once, for all of
-them. The maths is :func:`fomo_core.fomo_step` / :func:`fomo_core.apply_update`.
+what is measured and moved, nothing-helps, non-finite losses, the move toward the server's global
+model, whether local training is kept) is decided here, once, for all of them: :func:`federate`
+(the federated half) and :func:`train_round` (the training half). The maths is
+:func:`fomo_core.fomo_step` / :func:`fomo_core.apply_update`.
 
 Layout of a flat model [P]: the parameters first (``measured`` elements when only parameters are
 measured), then, when the policy carries buffers, the floating-point buffers.
@@ -173,7 +175,8 @@ def federate(
     copy: Callable[[Any, Any], None],
     global_params: Any = None,
 ) -> ClientRound:
-    """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
+    """Steps 1-4 of a round (no training) under ``policy``, and the move toward the server's global
+    model when the policy makes one, writing the new model into ``params``.
 
     params:     the client's flat model [P], written in place
     candidates: [M, P] (an array or a sequence of flat models) as received
@@ -301,7 +304,7 @@ def train_round(
     copy: Callable[[Any, Any], None],
     global_params: Any = None,
 ) -> None:
-    """Step 5 of a round under ``policy``: local training of ``params`` [P] in place by
+    """The training half of a round under ``policy``: local training of ``params`` [P] in place by
     ``train()``, and what the policy adds around it (recorded in ``result``):
 
     - global_model="train": a copy of ``global_params`` [P] is trained first (``train()`` on the
