@@ -39,6 +39,7 @@ from fomo_core.adapters.flower import (
 )
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
+from fomo_core.model_store import ModelStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NODES = {2**64 - 5: 0, 17: 1, 2**63 + 3: 2, 40: 3}  # Flower node ids are unsigned 64-bit
@@ -546,7 +547,7 @@ def test_a_disk_model_store_gives_the_same_federation_and_resumes(tmp_path):
     straight, _ = fl.run_federation(None, 4)
     fl.run_federation(str(tmp_path / "state"), 2, model_store=tmp_path / "models.npy")
     resumed, _ = fl.run_federation(str(tmp_path / "state"), 4, model_store=tmp_path / "models.npy")
-    assert isinstance(resumed.state.models, np.memmap) and len(resumed.models_record()) == 0
+    assert isinstance(resumed.state.models, ModelStore) and len(resumed.models_record()) == 0
     np.testing.assert_array_equal(resumed.affinity_matrix, straight.affinity_matrix)
     for cid in straight.client_ids:
         np.testing.assert_array_equal(resumed.model(cid), straight.model(cid))
