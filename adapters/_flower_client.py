@@ -15,6 +15,7 @@ it was. Each node says who it is with a stable id: ``client-id`` from its node c
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, Callable, Optional
 
@@ -99,6 +100,17 @@ class _TorchCodec:
     def own_batch(client: Any) -> Any:
         return client.params.unsqueeze(0)
 
+    @staticmethod
+    def update_record(client: Any, update: Any) -> ArrayRecord:
+        """A flat change [P] of the client's layout as a state_dict-shaped record (0 for what the
+        flat model does not hold: the buffers the policy keeps local)."""
+        import torch
+
+        state = {k: torch.zeros_like(v) for k, v in client.module.state_dict().items()}
+        for name, view in client.layout.views(update.detach()).items():
+            state[name] = view.to(state[name].dtype)
+        return ArrayRecord(state)
+
 
 class _MLPCodec:
     """MLPClassifierClient: the ArrayRecord is the layer list [W1, b1, W2, b2, ...] (coefs_ and
@@ -135,6 +147,14 @@ class _MLPCodec:
     def own_batch(client: Any) -> Any:
         return client.params[None, :]
 
+    @staticmethod
+    def update_record(client: Any, update: Any) -> ArrayRecord:
+        from ..dense import layers_from_flat
+        from .numpy import mlp_spec
+
+        weights, biases = layers_from_flat(mlp_spec(client.estimator), np.asarray(update))
+        return ArrayRecord([np.array(a) for pair in zip(weights, biases) for a in pair])
+
 
 class _FlatCodec:
     """Any other client with the FedFomo client interface: ``get_flat()`` -> [P], ``set_flat(flat)``,
@@ -161,6 +181,10 @@ class _FlatCodec:
     @staticmethod
     def own_batch(client: Any) -> Any:
         return _numpy(client.get_flat())[None, :]
+
+    @staticmethod
+    def update_record(client: Any, update: Any) -> ArrayRecord:
+        return ArrayRecord({"flat": Array(np.array(_numpy(update)))})
 
 
 # The record keys of Flower's defaults (an immutable value, shared by every call)
@@ -279,6 +303,15 @@ def _save_last_update(client: Any, state: Any) -> None:
         state[LAST_UPDATE_KEY] = ArrayRecord([np.array(values)])
 
 
+def _takes_global_model(client: Any) -> bool:
+    """Whether the client's ``round`` takes the server's global model (``global_params``): the
+    adapters' clients do; a client of the user's own making may not, and then runs without it."""
+    try:
+        return "global_params" in inspect.signature(client.round).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
 def _evaluate(client: Any, codec: Any, data: Any) -> protocol.Evaluation:
     losses, accuracies = client.evaluate(codec.own_batch(client), data)
     size = _data_size(client.val_data if data is None else data)
@@ -301,7 +334,8 @@ def fedfomo_train(
 
     Loads the client's model from the message (its baseline), decodes the candidates (16-bit ones
     widened), runs ``client.round`` (evaluate on its validation data, fomo_step with the server's
-    ``norm``/``eps``, local training) and, when the server asks, evaluates the new model on
+    ``norm``/``eps``, with the server's global model when it sends one, local training; the reply
+    carries the client's contribution to the global model) and, when the server asks, evaluates the new model on
     ``test_data`` (the validation data when None) in the same reply. ``state`` (the node's
     ``context.state``) keeps what the client's preset needs between rounds (PFLlib's baseline).
     """
@@ -321,9 +355,14 @@ def fedfomo_train(
     options = {key: instruction.config[key] for key in ("norm", "eps") if key in instruction.config}
     if options:
         client.policy = client.policy.replace(**options)
-    result = client.round(candidates)
+    if instruction.global_model is None or not _takes_global_model(client):
+        result = client.round(candidates)
+    else:  # the fomo-core round: the server's global model too
+        g = _decode(client, codec, layout, instruction.global_model, protocol.GLOBAL_MODEL, instruction.transport)
+        result = client.round(candidates, global_params=g)
     _save_last_update(client, state)
     evaluation = _evaluate(client, codec, test_data) if instruction.evaluate else None
+    update = getattr(result, "global_update", None)
     content = protocol.train_reply(
         codec.record(client),
         result,
@@ -332,6 +371,7 @@ def fedfomo_train(
         client_id=client_id,
         num_examples=_data_size(client.train_data),
         evaluation=evaluation,
+        global_update=None if update is None else codec.update_record(client, update),
     )
     return Message(content, reply_to=message)
 

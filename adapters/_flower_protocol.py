@@ -13,12 +13,16 @@ train instruction (server -> client)
     ``<arrays>``          the client's latest model as the server holds it (its baseline), in the
                           model's own dtypes
     ``candidate.<k>``     the k-th candidate model, k = 0..M-1, in ``candidate-dtype``
+    ``global.model``      the server's global model, in ``candidate-dtype``, when its preset keeps
+                          one (fomo-core's round)
     ``<config>``          ``"server-round"``, ``"client-id"``, ``"candidate-clients"`` (the
                           candidates' dense indices), ``"candidate-dtype"``, ``"norm"``, ``"eps"``,
                           ``"evaluate"`` (bool: also evaluate the new model), plus the user's
                           train config (the strategy's keys win)
 train reply
     ``<arrays>``          the model after the FedFomo update and local training
+    ``global.update``     the client's contribution to the global model (its change to it), when
+                          it received one and its policy contributes
     ``<config>``          ``{"client-id": str}`` (must be the client the message was sent to)
     ``<metrics>``         ``"num-examples"``, ``"candidate-clients"`` (echoed), ``"scores"``,
                           ``"weights"``, ``"candidate-losses"`` ([M] each), ``"baseline-loss"``,
@@ -50,6 +54,8 @@ from ._flower_layout import TRANSPORTS, ModelLayout
 __all__ = [
     "RecordKeys",
     "CANDIDATE_PREFIX",
+    "GLOBAL_MODEL",
+    "GLOBAL_UPDATE",
     "MAX_NUM_EXAMPLES",
     "TrainInstruction",
     "TrainReply",
@@ -69,6 +75,8 @@ __all__ = [
 ]
 
 CANDIDATE_PREFIX = "candidate."
+GLOBAL_MODEL = "global.model"  # the server's global model in a train instruction
+GLOBAL_UPDATE = "global.update"  # a client's contribution to it in a train reply
 MAX_NUM_EXAMPLES = 2**40  # a count beyond this is a lie, not a dataset
 MAX_SECONDS = 1e7
 MAX_CLIENT_ID_LENGTH = 128
@@ -87,10 +95,10 @@ class RecordKeys:
     def __post_init__(self) -> None:
         for name in ("arrays", "config", "metrics"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value or value.startswith(CANDIDATE_PREFIX):
+            if not isinstance(value, str) or not value or value.startswith((CANDIDATE_PREFIX, "global.")):
                 raise ValueError(
-                    f"record key {name} must be a non-empty string not starting with {CANDIDATE_PREFIX!r}, "
-                    f"got {value!r}"
+                    f"record key {name} must be a non-empty string not starting with {CANDIDATE_PREFIX!r} "
+                    f"or 'global.', got {value!r}"
                 )
         if len({self.arrays, self.config, self.metrics}) != 3:
             raise ValueError(f"record keys must differ, got {self}")
@@ -206,6 +214,7 @@ class TrainInstruction:
     transport: str
     evaluate: bool
     config: ConfigRecord
+    global_model: Optional[ArrayRecord] = None
 
 
 def train_instruction(
@@ -221,12 +230,15 @@ def train_instruction(
     transport: str,
     evaluate: bool,
     config: Optional[ConfigRecord] = None,
+    global_model: Optional[ArrayRecord] = None,
 ) -> RecordDict:
-    """The content of a client's train message: its model, its M candidates and the config (the
-    user's ``config`` entries, then the strategy's)."""
+    """The content of a client's train message: its model, its M candidates, the server's global
+    model when there is one, and the config (the user's ``config`` entries, then the strategy's)."""
     content = RecordDict({keys.arrays: model})
     for k, candidate in enumerate(candidates):
         content[f"{CANDIDATE_PREFIX}{k}"] = candidate
+    if global_model is not None:
+        content[GLOBAL_MODEL] = global_model
     content[keys.config] = _config(
         config,
         {
@@ -269,6 +281,7 @@ def read_train_instruction(content: RecordDict, keys: RecordKeys) -> TrainInstru
         transport,
         bool(config.get("evaluate", False)),
         config,
+        content.array_records.get(GLOBAL_MODEL),
     )
 
 
@@ -295,6 +308,7 @@ class TrainReply:
     seconds:          {"eval", "step", "train"}
     evaluation:       its evaluation of the new model, or None
     metrics:          the reply's MetricRecord (for the user's metric aggregation)
+    global_update:    [P] float32 its contribution to the global model (validated, finite), or None
     """
 
     params: np.ndarray
@@ -307,6 +321,7 @@ class TrainReply:
     seconds: dict
     evaluation: Optional[Evaluation]
     metrics: MetricRecord
+    global_update: Optional[np.ndarray] = None
 
 
 def train_reply(
@@ -318,9 +333,11 @@ def train_reply(
     client_id: str,
     num_examples: int,
     evaluation: Optional[Evaluation] = None,
+    global_update: Optional[ArrayRecord] = None,
 ) -> RecordDict:
     """The content of a train reply from a client round ``result`` (scores, weights,
-    candidate_losses, baseline_loss, eval/step/train_seconds)."""
+    candidate_losses, baseline_loss, eval/step/train_seconds), with the client's contribution to
+    the global model (``global_update``, in the model's layout) when it has one."""
     metrics = MetricRecord(
         {
             "num-examples": int(num_examples),
@@ -340,9 +357,12 @@ def train_reply(
         metrics["loss"] = float(evaluation.loss)
         metrics["accuracy"] = float(evaluation.accuracy)
         metrics["num-eval-examples"] = int(evaluation.num_examples)
-    return RecordDict(
+    content = RecordDict(
         {keys.arrays: model, keys.metrics: metrics, keys.config: ConfigRecord({"client-id": str(client_id)})}
     )
+    if global_update is not None:
+        content[GLOBAL_UPDATE] = global_update
+    return content
 
 
 def _read_evaluation(metrics: MetricRecord, role: str) -> Evaluation:
@@ -369,7 +389,7 @@ def read_train_reply(
     candidates echoed in order; one score, weight and loss per candidate; counts, times and (with
     ``evaluate``) the evaluation in range. ValueError with the reason otherwise."""
     role = "reply"
-    metrics = _reply_metrics(content, keys, client_id, role, arrays={keys.arrays})
+    metrics = _reply_metrics(content, keys, client_id, role, arrays={keys.arrays, GLOBAL_UPDATE})
     echoed = _get(metrics, "candidate-clients", f"{role} metrics")
     if not isinstance(echoed, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in echoed):
         raise ValueError(f"{role} metrics['candidate-clients'] must be a list of integers, got {type(echoed).__name__}")
@@ -395,7 +415,11 @@ def read_train_reply(
             f"{role} must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}"
         )
     params = layout.flat_from_record(content.array_records[keys.arrays], f"{role} model", out=out)
-    return TrainReply(params, scores, weights, losses, self_score, baseline, num_examples, seconds, evaluation, metrics)
+    update = content.array_records.get(GLOBAL_UPDATE)
+    update = None if update is None else layout.flat_from_record(update, f"{role} {GLOBAL_UPDATE!r}")
+    return TrainReply(
+        params, scores, weights, losses, self_score, baseline, num_examples, seconds, evaluation, metrics, update
+    )
 
 
 # --- evaluate ------------------------------------------------------------------------------------

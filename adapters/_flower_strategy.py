@@ -374,7 +374,15 @@ class FedFomo(Strategy):
             try:
                 self._check_reply(reply, message)
                 parsed = self._read_train(reply.content, client, ids, evaluate)
-                self.state.receive(client, parsed.params, ids, parsed.scores, self_score=parsed.self_score)
+                self.state.receive(
+                    client,
+                    parsed.params,
+                    ids,
+                    parsed.scores,
+                    self_score=parsed.self_score,
+                    global_update=parsed.global_update,
+                    num_examples=parsed.num_examples,
+                )
             except Exception as e:  # a client can send anything: record it, never crash
                 record.bytes_rejected += size
                 self._fail(record.failed, client, str(e) or type(e).__name__)
@@ -486,6 +494,8 @@ class FedFomo(Strategy):
             return cache[j, transport]
 
         messages = []
+        g = self.state.global_params()  # the fomo-core round's global model (None for the peers')
+        global_model = None if g is None else self.layout.record(np.asarray(g), self.candidate_dtype)
         for node in node_ids:
             client = self._node_client[node]
             ids, rows = self.state.candidates(client)
@@ -502,6 +512,7 @@ class FedFomo(Strategy):
                 transport=self.candidate_dtype,
                 evaluate=node in evaluate,
                 config=config,
+                global_model=global_model,
             )
             record.bytes_down += payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))

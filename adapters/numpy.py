@@ -23,7 +23,7 @@ from fomo_core.guard import dense_layout
 from fomo_core.layout import join, offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, train_client
 
 from ..dense import DenseSpec, evaluate_candidates, flat_from_layers, layers_from_flat
 
@@ -203,7 +203,9 @@ class MLPClassifierClient:
                      losses (default: one batch)
 
     The flat model is :func:`get_flat_params`'s vector: ``get_flat()`` / ``set_flat()`` (not
-    scikit-learn's ``get_params``, which means hyperparameters).
+    scikit-learn's ``get_params``, which means hyperparameters). With the fomo-core preset the
+    estimator also trains a copy of the server's global model each round; scikit-learn keeps its
+    SGD momentum between ``partial_fit`` calls, so the two trainings share it.
     """
 
     def __init__(
@@ -227,6 +229,8 @@ class MLPClassifierClient:
         for name, data in (("val_data", val_data), ("train_data", train_data)):
             if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
+        if len(val_data[1]) == 0:
+            raise ValueError("val_data holds no samples: FedFomo weighs the candidates by their validation loss")
         self.estimator = estimator
         self.params = get_flat_params(estimator)
         self.guard_layout = dense_layout(mlp_spec(estimator))  # [W_1, b_1, ...]: for the policy's guard
@@ -272,24 +276,50 @@ class MLPClassifierClient:
             train_mlp(self.estimator, *self.train_data, epochs=self.epochs)
         self.params[...] = get_flat_params(self.estimator)
 
-    def update(self, candidates: Any) -> ClientRound:
+    def _global(self, global_params: Any) -> Optional[np.ndarray]:
+        if global_params is None:
+            return None
+        if hasattr(global_params, "detach"):
+            global_params = global_params.detach().cpu().numpy()
+        g = np.asarray(global_params)
+        if g.shape != self.params.shape or g.dtype.kind != "f":
+            raise ValueError(
+                f"global_params must be a floating vector of shape {self.params.shape}, got {g.dtype} {g.shape}"
+            )
+        return g.astype(self.params.dtype, copy=False)
+
+    def update(self, candidates: Any, global_params: Any = None) -> ClientRound:
         """The federated half of a round (into the flat buffer, then loaded into the estimator).
         No training.
 
-        candidates: [M, P] flat models (rows of :func:`get_flat_params`'s layout)."""
+        candidates:    [M, P] flat models (rows of :func:`get_flat_params`'s layout)
+        global_params: the server's global model [P] (``Server.global_params()``), which the
+                       policy may move toward; peers' presets ignore it"""
         cands = np.asarray(candidates) if not hasattr(candidates, "shape") else candidates
         if len(cands.shape) != 2 or cands.shape[1] != self.params.size:
             raise ValueError(f"candidates has shape {tuple(cands.shape)}, expected (M, {self.params.size})")
-        res = federate_client(self, cands, copy=lambda dst, src: np.copyto(dst, src))
+        res = federate_client(self, cands, copy=self._copy, global_params=self._global(global_params))
         set_flat_params(self.estimator, self.params)
         if self.last_update is not None:
             self.last_update[...] = self.params
         return res
 
-    def round(self, candidates: Any) -> ClientRound:
-        """One whole FedFomo round: :meth:`update`, then :meth:`train`.
+    def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.copyto(dst, src)
+        if dst is self.params:  # the estimator follows its flat buffer
+            set_flat_params(self.estimator, self.params)
 
-        candidates: [M, P] flat models (rows of :func:`get_flat_params` layout)."""
-        result = self.update(candidates)
-        result.train_seconds = timed(self.train)
+    def train_round(self, result: ClientRound, global_params: Any = None) -> ClientRound:
+        """The training half of a round under the policy (:func:`fomo_core.round.train_round`):
+        :meth:`train`, and with the fomo-core policy a trained copy of the global model
+        (``result.global_update``) and the check that training did not worsen the validation loss.
+        ``global_params``: the same global model :meth:`update` received."""
+        train_client(self, result, copy=self._copy, global_params=self._global(global_params))
         return result
+
+    def round(self, candidates: Any, global_params: Any = None) -> ClientRound:
+        """One whole FedFomo round: :meth:`update`, then :meth:`train_round`.
+
+        candidates: [M, P] flat models (rows of :func:`get_flat_params` layout); global_params:
+        the server's global model [P], when it keeps one."""
+        return self.train_round(self.update(candidates, global_params), global_params)

@@ -33,7 +33,7 @@ from fomo_core.guard import GuardLayout, Link
 from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, train_client
 
 from .torch_evaluate import _batches as _eval_batches
 from .torch_evaluate import _module_mode, dense_spec, evaluate_candidates, evaluate_module
@@ -498,6 +498,9 @@ class FedFomoClient:
         self.policy = client_policy(preset, policy)
         check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default SGD loop")
         count(batch_size, "batch_size", low=1, type_error=ValueError)
+        if isinstance(val_data, (tuple, list)) and len(val_data) == 2 and hasattr(val_data[1], "shape"):
+            if val_data[1].shape[0] == 0:
+                raise ValueError("val_data holds no samples: FedFomo weighs the candidates by their validation loss")
         real(lr, "lr", low=0.0, low_open=True, type_error=ValueError)
         self.module = module
         carries = self.policy.carries_buffers
@@ -624,15 +627,36 @@ class FedFomoClient:
         else:
             train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
 
-    def update(self, candidates: Any) -> ClientRound:
+    def _global(self, global_params: Any) -> Optional[torch.Tensor]:
+        """The server's global model (a flat model like :meth:`get_flat`, a state_dict or a
+        module) as a flat tensor like :meth:`get_flat` (None stays None)."""
+        if global_params is None:
+            return None
+        if isinstance(global_params, (Mapping, nn.Module)):
+            bank = CandidateBank(self.module, 1, include_buffers=self.policy.carries_buffers)
+            return bank.fill([global_params])[0]
+        g = torch.as_tensor(global_params)
+        if tuple(g.shape) != (self.params.numel(),):
+            raise ValueError(f"global_params has shape {tuple(g.shape)}, expected ({self.params.numel()},)")
+        if not g.is_floating_point():
+            raise TypeError(f"global_params must hold real floating-point values, got dtype {g.dtype}")
+        return g.to(dtype=self.params.dtype, device=self.params.device)
+
+    def update(self, candidates: Any, global_params: Any = None) -> ClientRound:
         """The federated half of a round, no training (``train_seconds`` is 0).
 
-        candidates: a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a sequence
-        of models (state_dicts, modules or flat arrays).
+        candidates:    a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a
+                       sequence of models (state_dicts, modules or flat arrays)
+        global_params: the server's global model (``Server.global_params()``, flat [P] like
+                       :meth:`get_flat`, or a state_dict), which the policy may move toward;
+                       peers' presets ignore it
         """
         cands = self._candidates(candidates)
+        g = self._global(global_params)
         with torch.no_grad():
-            res = federate_client(self, cands, measured=self.measured, copy=lambda dst, src: dst.copy_(src))
+            res = federate_client(
+                self, cands, measured=self.measured, copy=lambda dst, src: dst.copy_(src), global_params=g
+            )
             total = res.weights.sum() + (res.self_weight or 0.0)
             if self.policy.buffers == "scaled" and res.outcome == "updated":
                 # FL-bench multiplies the buffers by the float32 sum of the normalised weights.
@@ -643,12 +667,25 @@ class FedFomoClient:
                 self.last_update.copy_(self.params)
         return res
 
-    def round(self, candidates: Any) -> ClientRound:
-        """One whole FedFomo round: :meth:`update`, then :meth:`train`. ``ClientRound.params`` is
-        the model's live flat buffer (copy it to keep it)."""
-        result = self.update(candidates)
-        result.train_seconds = timed(self.train)
+    def train_round(self, result: ClientRound, global_params: Any = None) -> ClientRound:
+        """The training half of a round under the policy (:func:`fomo_core.round.train_round`):
+        :meth:`train`, and with the fomo-core policy a trained copy of the global model
+        (``result.global_update``) and the check that training did not worsen the validation loss.
+        ``global_params``: the same global model :meth:`update` received."""
+        g = self._global(global_params)
+        train_client(self, result, copy=lambda dst, src: _copy_no_grad(dst, src), global_params=g)
         return result
+
+    def round(self, candidates: Any, global_params: Any = None) -> ClientRound:
+        """One whole FedFomo round: :meth:`update`, then :meth:`train_round`. ``ClientRound.params``
+        is the model's live flat buffer (copy it to keep it); ``global_params``: the server's
+        global model [P], when it keeps one."""
+        return self.train_round(self.update(candidates, global_params), global_params)
+
+
+def _copy_no_grad(dst: torch.Tensor, src: torch.Tensor) -> None:
+    with torch.no_grad():
+        dst.copy_(src)
 
 
 def _split_params(module: nn.Module, flat: torch.Tensor) -> list:

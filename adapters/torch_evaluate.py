@@ -230,6 +230,8 @@ def _batches(data: Any, batch_size: Optional[int], order_seed: Optional[int] = N
     if pair is None:
         return data
     X, y = pair
+    if X.shape[0] == 0:
+        raise ValueError("data holds no samples (X has 0 rows): a validation or test loss needs at least one")
     if order_seed is not None:
         order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(order_seed)).to(X.device)
         X, y = X[order], y[order]

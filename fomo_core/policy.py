@@ -99,6 +99,20 @@ class ClientPolicy(_Policy):
                      function-preserving rescaling did to a copy of a good model (a hidden layer
                      times a, the next divided by a: as good a loss, but layers out of balance
                      that the next local training wrecks) is undone, whatever a is.
+    global_model:    what the client does with the server's global model (a model trained jointly
+                     by every client, as FedAvg's; the server keeps it with
+                     ``ServerPolicy.global_model="average"``): "off" (ignored: every peer), or
+                     after the FedFomo step it moves part-way toward it, by the share of
+                     ``global_steps`` (or not at all) whose model has the lowest validation loss,
+                     and sends the server its contribution: "train" (it also trains a copy of the
+                     global model locally and sends the change: twice the local training) or
+                     "follow" (the change its own model made in local training: no extra training)
+    global_steps:    the shares t of the way from the updated model u toward the global model g
+                     that are tried, u + t (g - u), each in (0, 1]; t = 0 (staying) always is
+    keep_training:   "always" keep the locally trained model, or only "if_not_worse": its
+                     validation loss must not exceed the loss before training, otherwise the
+                     model before training is kept (the training's change still goes to the
+                     global model with global_model="follow")
     """
 
     baseline: str = "current"
@@ -114,6 +128,9 @@ class ClientPolicy(_Policy):
     eps: float = 0.0
     guard: Optional[float] = None
     rebalance: bool = False
+    global_model: str = "off"
+    global_steps: tuple = (0.25, 0.5, 0.75, 1.0)
+    keep_training: str = "always"
 
     def __post_init__(self) -> None:
         _one_of(self.baseline, "baseline", ("current", "last_update"))
@@ -130,6 +147,18 @@ class ClientPolicy(_Policy):
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
         flag(self.rebalance, "rebalance")
+        _one_of(self.global_model, "global_model", ("off", "train", "follow"))
+        _one_of(self.keep_training, "keep_training", ("always", "if_not_worse"))
+        if isinstance(self.global_steps, (str, bytes)) or not hasattr(self.global_steps, "__iter__"):
+            raise TypeError(
+                f"global_steps must be a sequence of shares in (0, 1], got {type(self.global_steps).__name__}"
+            )
+        steps = tuple(
+            real(t, f"global_steps[{k}]", low=0.0, high=1.0, low_open=True) for k, t in enumerate(self.global_steps)
+        )
+        if self.global_model != "off" and not steps:
+            raise ValueError("global_steps must hold at least one share when global_model is not 'off'")
+        object.__setattr__(self, "global_steps", steps)  # a list (from JSON) becomes a tuple
         if self.measure == "state" and self.buffers != "moved":
             raise ValueError("measure='state' measures the buffers, so they must be moved too: buffers='moved'")
         if self.self_candidate == "trained" and self.baseline == "current":
@@ -180,6 +209,13 @@ class ServerPolicy(_Policy):
                      the models it was sent and its own last one, no training of its own:
                      :mod:`fomo_core.free_riding`) is sent no candidates and offered to no one
                      until it uploads a model of its own
+    global_model:    "off", or "average": the server also keeps a global model (the initial model
+                     at first) and at the end of every round moves it by the mean of the
+                     contributions the clients sent (weighted by their number of training
+                     samples): FedAvg's model when every client trains a copy of it
+                     (``ClientPolicy.global_model="train"``)
+    global_guard:    a contribution longer than ``global_guard`` times the global model's norm,
+                     or not finite, is rejected (the round goes on without it); None: no bound
     """
 
     selection: str = "epsilon_greedy"
@@ -194,8 +230,13 @@ class ServerPolicy(_Policy):
     uploads: str = "next_round"
     affinity_k: Optional[int] = 16
     free_riders: str = "allow"
+    global_model: str = "off"
+    global_guard: Optional[float] = None
 
     def __post_init__(self) -> None:
+        _one_of(self.global_model, "global_model", ("off", "average"))
+        if self.global_guard is not None:
+            real(self.global_guard, "global_guard", low=0.0, finite=False)
         _one_of(self.uploads, "uploads", ("next_round", "immediately"))
         _one_of(self.free_riders, "free_riders", ("allow", "exclude"))
         _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))

@@ -54,7 +54,14 @@ _PEER_SERVER = dict(
 )
 
 PRESETS: dict[str, Preset] = {
-    "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD, rebalance=True), server=ServerPolicy()),
+    # fomo-core's own round: the peers' FedFomo step, then a move toward a jointly trained global
+    # model when that lowers the validation loss, and local training kept only when it does not
+    # raise it (measured on every partition: docs/results/partitions)
+    "fomo-core": Preset(
+        name="fomo-core",
+        client=ClientPolicy(guard=GUARD, rebalance=True, global_model="train", keep_training="if_not_worse"),
+        server=ServerPolicy(global_model="average", global_guard=GUARD),
+    ),
     "paper": Preset(
         name="paper",
         client=ClientPolicy(

@@ -2,8 +2,10 @@
 
 The adapters (``fomo_core.adapters.torch``, ``.numpy``) supply how their models are evaluated and
 trained; what the round does with the losses (the baseline, the client's own model as a candidate,
-what is measured and moved, nothing-helps, non-finite losses) is decided here, once, for all of
-them. The maths is :func:`fomo_core.fomo_step` / :func:`fomo_core.apply_update`.
+what is measured and moved, nothing-helps, non-finite losses, the move toward the server's global
+model, whether local training is kept) is decided here, once, for all of them: :func:`federate`
+(the federated half) and :func:`train_round` (the training half). The maths is
+:func:`fomo_core.fomo_step` / :func:`fomo_core.apply_update`.
 
 Layout of a flat model [P]: the parameters first (``measured`` elements when only parameters are
 measured), then, when the policy carries buffers, the floating-point buffers.
@@ -23,7 +25,17 @@ from .guard import Balancer, GuardLayout, layer_distances
 from .ops import apply_update, fomo_step
 from .policy import ClientPolicy
 
-__all__ = ["ClientRound", "federate", "federate_client", "batch_loss", "as_float64", "timed", "check_client_options"]
+__all__ = [
+    "ClientRound",
+    "federate",
+    "federate_client",
+    "train_round",
+    "train_client",
+    "batch_loss",
+    "as_float64",
+    "timed",
+    "check_client_options",
+]
 
 
 def check_client_options(
@@ -63,6 +75,14 @@ class ClientRound:
     guard_rejected:       [M] bool: the candidates the policy's guard rejected (score 0, weight
                           0): they would have had weight, but some layer of theirs is farther
                           from the client's than the guard allows
+    global_step:          the share t of the way toward the global model the client moved
+                          (0.0: it stayed), None when its policy ignores the global model
+    update_loss:          validation loss of the model after the federated update (FedFomo's step
+                          and the move toward the global model), when the policy computed it
+    global_update:        the client's contribution to the global model [P] (the server's
+                          ``receive(..., global_update=)``), None when there is none
+    training:             "kept" (the locally trained model) or "reverted" (keep_training=
+                          "if_not_worse" and training made the validation loss worse)
     """
 
     params: Any
@@ -78,6 +98,10 @@ class ClientRound:
     step_seconds: float
     train_seconds: float = 0.0
     guard_rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    global_step: Optional[float] = None
+    update_loss: Optional[float] = None
+    global_update: Any = None
+    training: str = "kept"
 
 
 def as_float64(x: Any) -> np.ndarray:
@@ -100,7 +124,12 @@ def _rows(candidates: Any) -> list:
 
 
 def federate_client(
-    client: Any, candidates: Any, *, copy: Callable[[Any, Any], None], measured: Optional[int] = None
+    client: Any,
+    candidates: Any,
+    *,
+    copy: Callable[[Any, Any], None],
+    measured: Optional[int] = None,
+    global_params: Any = None,
 ) -> ClientRound:
     """:func:`federate` for an adapter's client, from its ``policy``, flat model ``params`` [P]
     (written in place), ``evaluate``, ``last_update`` (the baseline the policy may name) and,
@@ -108,7 +137,23 @@ def federate_client(
     policy, params, evaluate, baseline = client.policy, client.params, client.evaluate, client.last_update
     layout = getattr(client, "guard_layout", None)
     return federate(
-        policy, params, candidates, evaluate, baseline=baseline, measured=measured, layout=layout, copy=copy
+        policy,
+        params,
+        candidates,
+        evaluate,
+        baseline=baseline,
+        measured=measured,
+        layout=layout,
+        copy=copy,
+        global_params=global_params,
+    )
+
+
+def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any], None], global_params: Any = None):
+    """:func:`train_round` for an adapter's client (its ``policy``, ``params``, ``train`` and
+    ``evaluate``)."""
+    train_round(
+        client.policy, client.params, result, client.train, client.evaluate, copy=copy, global_params=global_params
     )
 
 
@@ -146,8 +191,10 @@ def federate(
     measured: Optional[int] = None,
     layout: Optional[GuardLayout] = None,
     copy: Callable[[Any, Any], None],
+    global_params: Any = None,
 ) -> ClientRound:
-    """Steps 1-4 of a round (no training) under ``policy``, writing the new model into ``params``.
+    """Steps 1-4 of a round (no training) under ``policy``, and the move toward the server's global
+    model when the policy makes one, writing the new model into ``params``.
 
     params:     the client's flat model [P], written in place
     candidates: [M, P] (an array or a sequence of flat models) as received
@@ -162,6 +209,9 @@ def federate(
                 policy's guard and rebalancing (:mod:`fomo_core.guard`); None: the whole model is
                 one layer, nothing is rebalanced
     copy:       copy(dst, src) for flat models (the framework's in-place copy)
+    global_params: the server's global model [P], the same type as ``params``; with a policy whose
+                global_model is not "off" the client then moves part-way toward it (see
+                :class:`ClientPolicy`); ignored otherwise
     """
     own_is_baseline = policy.baseline == "current"
     if not own_is_baseline and baseline is None:
@@ -223,6 +273,14 @@ def federate(
     elif not fused_in_place and outcome == "nothing_helps" and policy.nothing_helps == "revert" and base is not params:
         copy(params, base)
     t2 = time.perf_counter()
+    global_step = update_loss = None
+    if policy.global_model != "off" and global_params is not None:
+        unchanged = own_is_baseline and outcome in ("nothing_helps", "skipped")  # still the baseline
+        global_step, update_loss, mix_seconds = _toward_global(
+            policy.global_steps, params, global_params, evaluate, copy, base_loss if unchanged else None
+        )
+        t1 += mix_seconds  # the evaluations of the mixes count as evaluation time
+        t2 = time.perf_counter()
 
     return ClientRound(
         params=params,
@@ -237,4 +295,76 @@ def federate(
         eval_seconds=t1 - t0,
         step_seconds=t2 - t1,
         guard_rejected=guarded[n_self:],
+        global_step=global_step,
+        update_loss=update_loss,
     )
+
+
+def _toward_global(steps: tuple, params: Any, global_params: Any, evaluate: Callable, copy: Callable, loss: Any):
+    """Moves ``params`` (u, the model after FedFomo's step) in place to the mix u + t (g - u) with
+    the lowest validation loss among t in ``steps`` (t = 1 is g itself), or leaves it where it is
+    unless one is strictly lower. ``loss``: u's loss when already known (else it is evaluated
+    with the mixes). Returns (the share taken, the loss of the model kept, seconds evaluating)."""
+    if tuple(global_params.shape) != tuple(params.shape):
+        raise ValueError(f"global_params has shape {tuple(global_params.shape)}, expected {tuple(params.shape)}")
+    mixes = [global_params if t == 1.0 else params + t * (global_params - params) for t in steps]
+    t0 = time.perf_counter()
+    losses, _ = evaluate(mixes if loss is not None else [params, *mixes])
+    seconds = time.perf_counter() - t0
+    losses = as_float64(losses)
+    if loss is None:
+        loss, losses = float(losses[0]), losses[1:]
+    finite = np.where(np.isfinite(losses), losses, np.inf)
+    best = int(np.argmin(finite))
+    if not finite[best] < loss and math.isfinite(loss):
+        return 0.0, float(loss), seconds
+    if not math.isfinite(finite[best]):  # nothing finite to move to
+        return 0.0, float(loss), seconds
+    copy(params, mixes[best])
+    return float(steps[best]), float(finite[best]), seconds
+
+
+def _clone(x: Any) -> Any:
+    return x.detach().clone() if hasattr(x, "detach") else np.array(x, copy=True)
+
+
+def train_round(
+    policy: ClientPolicy,
+    params: Any,
+    result: ClientRound,
+    train: Callable[[], Any],
+    evaluate: Callable[[list], tuple],
+    *,
+    copy: Callable[[Any, Any], None],
+    global_params: Any = None,
+) -> None:
+    """The training half of a round under ``policy``: local training of ``params`` [P] in place by
+    ``train()``, and what the policy adds around it (recorded in ``result``):
+
+    - global_model="train": a copy of ``global_params`` [P] is trained first (``train()`` on the
+      model loaded with it), and its change is ``result.global_update``;
+    - global_model="follow": the change local training made to ``params`` is the contribution;
+    - keep_training="if_not_worse": when training raised the validation loss above
+      ``result.update_loss`` (evaluated if unknown), the model before training is restored.
+    """
+    t0 = time.perf_counter()
+    contributes = policy.global_model != "off" and global_params is not None
+    if contributes and policy.global_model == "train":
+        own = _clone(params)
+        copy(params, global_params)
+        train()
+        result.global_update = params - global_params
+        copy(params, own)
+    keep_before = policy.keep_training == "if_not_worse" or (contributes and policy.global_model == "follow")
+    before = _clone(params) if keep_before else None
+    if policy.keep_training == "if_not_worse" and result.update_loss is None:
+        result.update_loss = float(as_float64(evaluate([params])[0])[0])
+    train()
+    if contributes and policy.global_model == "follow":
+        result.global_update = params - before
+    if policy.keep_training == "if_not_worse":
+        trained_loss = float(as_float64(evaluate([params])[0])[0])
+        if not trained_loss <= result.update_loss and math.isfinite(result.update_loss):
+            copy(params, before)
+            result.training = "reverted"
+    result.train_seconds = time.perf_counter() - t0

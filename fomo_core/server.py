@@ -9,8 +9,9 @@ they are chosen, how the affinity starts and grows. Uploads made during a round 
 >>> for r in range(rounds):
 ...     for i in participants:
 ...         ids, cands = server.candidates(i)                 # [K] ids, [K, P] models
-...         res = clients[i].round(cands)                     # evaluate, weigh, update, train
-...         server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
+...         res = clients[i].round(cands, server.global_params())   # evaluate, weigh, update, train
+...         server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score,
+...                        global_update=res.global_update, num_examples=n_train[i])
 ...     server.end_round()
 
 Memory: the affinity is O(N k) (``ServerPolicy.affinity_k``), the pools O(N); the models are an
@@ -34,6 +35,7 @@ from ._pool import ClientPool
 from ._validate import count, real, real_vector
 from .affinity import VALUE_LIMIT, Affinity, _options
 from .free_riding import is_free_ride
+from .global_model import GlobalModel
 from .model_store import MemoryTable, ModelStore, open_model_store
 from .policy import ServerPolicy
 from .presets import PRESETS, Preset, as_preset
@@ -125,6 +127,14 @@ class Server(Generic[RowsT]):
             row = MemoryTable(np.asarray(init)[None]).prepare(init, "init_params")
             self._table = MemoryTable(np.repeat(row[None, :], n, axis=0))
         self._start_rounds(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0)
+        self.global_model = self._global_model(init)
+
+    def _global_model(self, init: Any) -> Optional[GlobalModel]:
+        """The global model the fomo-core round moves toward, starting at ``init`` [P] (None
+        unless the policy keeps one)."""
+        if self.policy.global_model != "average":
+            return None
+        return GlobalModel(init, guard=self.policy.global_guard)
 
     def _start_rounds(self, uploaded: np.ndarray, last_round: np.ndarray, round: int) -> None:
         """The round state: who has uploaded (in order), last round's uploaders (in arrival
@@ -205,21 +215,39 @@ class Server(Generic[RowsT]):
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self, client: int, params: RowsT, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
+        self,
+        client: int,
+        params: RowsT,
+        ids: Sequence[int],
+        scores: Any,
+        *,
+        self_score: Optional[float] = None,
+        global_update: Any = None,
+        num_examples: float = 1.0,
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
         :meth:`end_round`, or at once with uploads="immediately"; finite in the table's dtype;
         ``fomo_core.layout.flatten`` makes it from a model of layers) and its scores [K] of the
         candidates ``ids`` it received (``fomo_step(...).scores``, or those of
-        ``compute_weights(..., return_scores=True)``: measured before the update), plus the score of its own
-        trained model when its policy makes that a candidate (``self_score``). Everything is
-        checked before anything changes: a refused upload leaves the server as it was. With
-        free_riders="exclude", an upload that is a mix of what the client was sent and its own
-        last upload marks it a free rider (:attr:`free_riding`) until its next upload."""
+        ``compute_weights(..., return_scores=True)``: measured before the update), plus the score of
+        its own trained model when its policy makes that a candidate (``self_score``). With a global
+        model (ServerPolicy ``global_model="average"``): the client's contribution to it,
+        ``global_update`` [P] (``ClientRound.global_update``), weighted by ``num_examples`` (its
+        training samples, 0: no weight); a non-finite or over-long one is dropped, the rest of the
+        upload taken. Everything is checked before anything changes: a refused upload leaves the
+        server as it was. With free_riders="exclude", an upload that is a mix of what the client
+        was sent and its own last upload marks it a free rider (:attr:`free_riding`) until its
+        next upload."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
         if tuple(params.shape) != (self.num_params,):
             raise ValueError(f"params has shape {tuple(params.shape)}, expected ({self.num_params},)")
+        weight = real(num_examples, "num_examples", low=0.0)
+        if global_update is not None:
+            global_update = _flat(global_update, "global_update")
+            if tuple(global_update.shape) != (self.num_params,):
+                got = tuple(global_update.shape)
+                raise ValueError(f"global_update has shape {got}, expected ({self.num_params},)")
         ids = list(self.affinity._ids(ids, "ids")) if len(ids) else []
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
@@ -230,6 +258,8 @@ class Server(Generic[RowsT]):
         self._table.stage(client, self._table.prepare(params), immediately)  # a disk error changes nothing
         self.affinity._apply_update(client, ids, increments)
         self.free_riding[client] = free_ride
+        if global_update is not None and self.global_model is not None and weight > 0:
+            self.global_model.receive(global_update, weight)
         if immediately:
             self._uploaded(client)
         self._pending[client] = True
@@ -254,7 +284,14 @@ class Server(Generic[RowsT]):
         self.last_round = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
         self._last_pool.reset(self.last_round)
         self._pending = {}
+        if self.global_model is not None:
+            self.global_model.end_round()
         self.round += 1
+
+    def global_params(self) -> Any:
+        """The global model [P] clients receive with their candidates (a view: copy it to keep
+        it), or None when the policy keeps none."""
+        return None if self.global_model is None else self.global_model.params
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -282,6 +319,8 @@ class Server(Generic[RowsT]):
         }
         arrays = {f"affinity_{k}": v for k, v in self.affinity._arrays().items()}
         arrays.update(uploaded=self._uploaded_pool.members, last_round=self.last_round)
+        if self.global_model is not None:
+            arrays.update(self.global_model.state())
         if store is None:
             arrays["models"] = self.models.detach().cpu().numpy() if meta["torch"] else self.models
         else:
@@ -334,6 +373,7 @@ class Server(Generic[RowsT]):
             else:
                 raise ckpt.fail(f"has models {meta['models']!r}, expected 'inline' or {{'store': path}}")
             server._start_rounds(_clients(ckpt, "uploaded", n), _clients(ckpt, "last_round", n), server.round)
+            server.global_model = _global_model(ckpt, server, p, meta["torch"])
         return server
 
     @classmethod
@@ -345,6 +385,7 @@ class Server(Generic[RowsT]):
         server.preset, server.policy = as_preset(meta["preset"]), policy
         server.m = _integer(ckpt, meta, "m", 0, MAX_M)
         server.round = _integer(ckpt, meta, "round", 0, MAX_ROUND)
+        server.global_model = None
         return server
 
     @classmethod
@@ -396,10 +437,30 @@ def _integer(ckpt: Checkpoint, meta: dict, key: str, low: int, high: int) -> int
 
 
 def _policy(ckpt: Checkpoint, data: Any) -> ServerPolicy:
+    if isinstance(data, dict):  # written before the global model existed: it kept none
+        data = {"global_model": "off", "global_guard": None, **data}
     try:
         return ServerPolicy.from_dict(data)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{ckpt.where} holds an invalid policy: {e}") from None
+
+
+def _global_model(ckpt: Checkpoint, server: Server, p: int, is_torch: bool) -> Optional[GlobalModel]:
+    """The checkpoint's global model when its policy keeps one: [P], finite."""
+    if server.policy.global_model != "average":
+        return None
+    ckpt.require("global_params")
+    values = ckpt.array("global_params", "f", shape=(p,))
+    if not np.isfinite(values).all():
+        raise ckpt.fail("entry 'global_params' holds a non-finite value")
+    dtype = server.models.dtype
+    if is_torch:
+        import torch
+
+        init = torch.from_numpy(values).to(dtype)
+    else:
+        init = values.astype(dtype)
+    return server._global_model(init)
 
 
 def _clients(ckpt: Checkpoint, entry: str, n: int) -> np.ndarray:

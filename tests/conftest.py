@@ -73,3 +73,15 @@ def cli_refuses(capsys, tmp_path):
         assert not out.exists()  # nothing written
 
     return check
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """((X, y) training, (X, y) validation): 300 and 100 of scikit-learn's digits as torch tensors."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    return (x[:300], y[:300]), (x[300:400], y[300:400])

@@ -691,11 +691,12 @@ def test_bfloat16_bits_round_to_nearest_even():
 def test_16_bit_candidates_halve_the_candidate_bytes(transport, tolerance):
     full, _ = fl.run_federation(None, 3)
     half, _ = fl.run_federation(None, 3, candidate_dtype=transport)
-    # round 2 sends each client its own model (float32) and 2 candidates
+    # round 2 sends each client its own model (float32), 2 candidates and the global model of the
+    # fomo-core round (those 3 in the candidate dtype)
     p_bytes = 4 * initial_flat().size
-    assert full.rounds[1].bytes_down >= 4 * 3 * p_bytes
+    assert full.rounds[1].bytes_down >= 4 * 4 * p_bytes
     saved = full.rounds[1].bytes_down - half.rounds[1].bytes_down
-    assert abs(saved - 4 * 2 * p_bytes / 2) < 4 * 2 * 400  # npy headers differ by a few bytes
+    assert abs(saved - 4 * 3 * p_bytes / 2) < 4 * 3 * 400  # npy headers differ by a few bytes
     assert half.rounds[-1].failed == {}
     # the models stay close to the float32 run's (rounding only moves them by a few ulps of 16 bits)
     for cid in full.client_ids:
@@ -1215,11 +1216,22 @@ def test_the_strategy_equals_a_hand_driven_loop_of_the_shared_server_and_client_
             ids, cands = server.candidates(i)
             assert ids.tolist() == record.candidates[i]
             c = client(i, np.array(server.model(i)))
-            res = c.round(cands)
-            server.receive(i, c.get_flat(), ids, res.scores, self_score=res.self_score)
+            res = c.round(cands, global_params=server.global_params())
+            server.receive(
+                i,
+                c.get_flat(),
+                ids,
+                res.scores,
+                self_score=res.self_score,
+                global_update=res.global_update,
+                num_examples=len(data[i].y_train),
+            )
         server.end_round()
 
     # Assert
     np.testing.assert_array_equal(strategy.affinity_matrix, server.affinity.matrix)
     for k, cid in enumerate(strategy.client_ids):
         np.testing.assert_array_equal(strategy.model(cid), server.model(k))
+    # the fomo-core round's global model travelled both ways and moved alike
+    np.testing.assert_array_equal(strategy.state.global_params(), server.global_params())
+    assert not np.array_equal(server.global_params(), init)

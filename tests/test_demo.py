@@ -133,6 +133,12 @@ def test_dirichlet_without_groups(tmp_path):
         (["--label-noise", "1"], "argument --label-noise: expected a number in [0, 1), got 1"),
         (["--dataset", "imagenet"], "argument --dataset: invalid choice"),
         (["--cifar10", "/nonexistent/cifar"], "argument --cifar10: "),
+        (["--budget", "lavish"], "argument --budget: invalid choice: 'lavish'"),
+        (["--fedfomo-validation", "10"], "argument --fedfomo-validation: needs --budget equal"),
+        (
+            ["--budget", "equal", "--fedfomo-validation", "-1"],
+            "argument --fedfomo-validation: expected an integer >= 0",
+        ),
     ],
 )
 def test_bad_options_get_clear_messages(argv, message, cli_refuses):

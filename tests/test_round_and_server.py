@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from round_models import mlp
 
 import fomo_core as fc
 from fomo_core.adapters.torch import FedFomoClient
@@ -20,21 +20,6 @@ from fomo_core.simulate.experiment import load_dataset, make_partition
 from fomo_core.simulate.federation import participants, run_fedfomo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    return (x[:300], y[:300]), (x[300:400], y[300:400])
 
 
 # --- policies -------------------------------------------------------------------------------------
@@ -218,8 +203,16 @@ def test_the_simulator_equals_a_hand_driven_loop(preset):
     for r in range(3):
         for i in participants(5, 0.6, r, 4):
             ids, cands = server.candidates(int(i))
-            res = hand[i].round(cands)
-            server.receive(int(i), hand[i].get_flat(), ids, res.scores, self_score=res.self_score)
+            res = hand[i].round(cands, server.global_params())
+            server.receive(
+                int(i),
+                hand[i].get_flat(),
+                ids,
+                res.scores,
+                self_score=res.self_score,
+                global_update=res.global_update,
+                num_examples=len(data[i].y_train),
+            )
         server.end_round()
 
     np.testing.assert_array_equal(run.affinity, server.affinity.matrix)

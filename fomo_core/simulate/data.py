@@ -17,7 +17,7 @@ import importlib.resources
 import importlib.util
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -39,9 +39,17 @@ __all__ = [
     "split_clients",
     "target_clients",
     "flip_labels",
+    "BUDGETS",
+    "with_validation_labels",
+    "carve_validation",
+    "keep_validation",
 ]
 
 TARGETS = ("local", "shifted")
+# How the labelled samples are shared between FedFomo and the baselines (fomo_core.simulate.experiment):
+# "free": FedFomo's validation labels come on top (the baselines never see them); "equal": the
+# baselines also train on them; "carved": FedFomo's training + validation = the baselines' training.
+BUDGETS = ("free", "equal", "carved")
 DATASETS = ("digits", "mnist5k", "cifar10")
 
 
@@ -257,4 +265,50 @@ def split_clients(
             y_train = flip_labels(y_train, label_noise, dataset.num_classes, rng)
             y_val = flip_labels(y_val, label_noise, dataset.num_classes, rng)
         out.append(ClientData(x[train], y_train, x[val], y_val, x[test], y[test], int(targets[k])))
+    for k, d in enumerate(out):
+        for split, y_split in (("validation", d.y_val), ("test", d.y_test), ("training", d.y_train)):
+            if y_split.size == 0:
+                raise ValueError(
+                    f"client {k} has an empty {split} split ({partition.indices[k].size} samples in its partition"
+                    f"{'' if targets[k] == k else f', validation and test from client {targets[k]}'}); give every "
+                    "client more samples (fewer clients, a larger Dirichlet alpha) or larger val_fraction/test_fraction"
+                )
     return out
+
+
+def with_validation_labels(data: ClientData) -> ClientData:
+    """The client's data with its validation samples added to its training samples (the labelled
+    budget "equal": a baseline trains on every label FedFomo's client holds)."""
+    return replace(
+        data, x_train=np.concatenate([data.x_train, data.x_val]), y_train=np.concatenate([data.y_train, data.y_val])
+    )
+
+
+def keep_validation(data: ClientData, keep: int) -> ClientData:
+    """The client's data with only its first ``keep`` validation samples kept for validation and
+    the others added to its training samples (FedFomo using part of its validation labels for
+    training). A client with at most ``keep`` validation samples keeps them all."""
+    keep = count(keep, "keep", low=1, type_error=ValueError)
+    return replace(
+        data,
+        x_train=np.concatenate([data.x_train, data.x_val[keep:]]),
+        y_train=np.concatenate([data.y_train, data.y_val[keep:]]),
+        x_val=data.x_val[:keep],
+        y_val=data.y_val[:keep],
+    )
+
+
+def carve_validation(data: ClientData, share: float) -> ClientData:
+    """The client's data with its validation carved out of its training budget (the labelled
+    budget "carved"): of its n training samples, ``round(share * n)`` (at least 1, at most n - 1)
+    are replaced by as many validation samples, so training + validation = n labels. The
+    validation samples are the first of its validation split (they follow its target
+    distribution), the training ones the first of its training split (both in random order)."""
+    share = fraction(share, "share", type_error=ValueError)
+    n = data.y_train.size
+    if n < 2:
+        raise ValueError(f"budget 'carved' needs at least 2 training samples per client to carve from, got {n}")
+    v = min(max(int(np.floor(share * n + 0.5)), 1), n - 1, data.y_val.size)
+    return replace(
+        data, x_train=data.x_train[: n - v], y_train=data.y_train[: n - v], x_val=data.x_val[:v], y_val=data.y_val[:v]
+    )

@@ -12,18 +12,27 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .._validate import choice, count
 from ..presets import PRESETS
 from .attacks import attacker_ids
 from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
-from .data import Dataset, split_clients
+from .data import BUDGETS, Dataset, carve_validation, keep_validation, split_clients, with_validation_labels
 from .data import load_dataset as _load_dataset
 from .federation import METHODS as _FEDERATION_METHODS
 from .federation import FederationSettings
 from .metrics import MethodRun, RoundRecord, within_group_fraction
 from .partition import dirichlet, feature_clusters, latent_groups, pathological
 
-__all__ = ["ExperimentConfig", "run_experiment", "load_dataset", "make_partition", "METHODS", "method_parts"]
+__all__ = [
+    "ExperimentConfig",
+    "run_experiment",
+    "load_dataset",
+    "make_partition",
+    "method_data",
+    "METHODS",
+    "method_parts",
+]
 
 # every method the simulator runs, by name; "fedfomo:<preset>" runs FedFomo with that preset
 METHODS = {**_FEDERATION_METHODS, **BASELINES}
@@ -53,6 +62,15 @@ class ExperimentConfig:
                         ``cluster_components`` PCA dimensions)
     max_train:          cap on training samples per client (0: none)
     label_noise:        fraction of each client's training and validation labels flipped
+    budget:             who gets which labelled samples: "free" (FedFomo validates on its
+                        validation split, which no baseline uses: the labels it holds beyond the
+                        others'), "equal" (every other method trains on the training and the
+                        validation samples: the same labels as FedFomo) or "carved" (FedFomo's
+                        validation is carved out of the others' training samples, a share
+                        val_fraction / (1 - test_fraction) of them: the same labels again)
+    fedfomo_validation: with budget "equal": FedFomo validates on at most this many of each
+                        client's validation samples and trains on the others too (0: it validates
+                        on all of them and trains on none)
     """
 
     dataset: str = "digits"
@@ -69,10 +87,21 @@ class ExperimentConfig:
     test_fraction: float = 0.4  # a large test split: accuracy differences of a few samples matter
     max_train: int = 0
     label_noise: float = 0.0
+    budget: str = "free"
+    fedfomo_validation: int = 0
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
     training: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        choice(self.budget, "budget", BUDGETS)
+        count(self.fedfomo_validation, "fedfomo_validation", type_error=ValueError)
+        if self.fedfomo_validation and self.budget != "equal":
+            raise ValueError(
+                "fedfomo_validation moves FedFomo's validation labels into its training: it needs budget='equal' "
+                f"(the baselines train on them too), got budget={self.budget!r}"
+            )
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("federation", "training")}
@@ -103,7 +132,7 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
     """Runs every method of ``cfg`` on the same clients and data; returns the results dict
     (methods with per-round accuracy and timings, FedFomo's affinity matrix, the groups and the
     within-group fraction of positive affinity)."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     methods = [(name, *method_parts(name)) for name in cfg.methods]
     seed = cfg.federation.seed
     dataset = load_dataset(cfg)
@@ -130,15 +159,37 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
         return backends[preset]
 
     runs: dict = {}
+    labels: dict = {}  # per method: the labelled samples it used, summed over the clients
     for name, base, preset in methods:
         fed = cfg.federation if preset is None else replace(cfg.federation, preset=preset)
         backend, init = backend_for(fed.preset)
         extra = {"groups": partition.groups} if base in BASELINES else {}
         # fresh clients for every method: same data, same initial model, same shuffling seeds
-        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
+        seen = method_data(cfg, base, data)
+        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(seen)]
+        labels[name] = {
+            "training": int(sum(d.y_train.size for d in seen)),
+            "validation": int(sum(d.y_val.size for d in seen)) if base == "fedfomo" else 0,
+        }
         runs[name] = METHODS[base](backend, clients, init, fed, on_round, **extra)
         runs[name].name = name
-    return _results(cfg, dataset, partition, data, runs, time.perf_counter() - t_start)
+    out = _results(cfg, dataset, partition, data, runs, time.perf_counter() - t_start)
+    for name, counts in labels.items():
+        out["methods"][name]["labelled_samples"] = counts
+    out["cpu_seconds"] = time.process_time() - cpu_start
+    return out
+
+
+def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
+    """The clients' data as method ``method`` ("fedfomo", "fedavg", ...) sees it under the
+    labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`)."""
+    if cfg.budget == "equal" and method != "fedfomo":
+        return [with_validation_labels(d) for d in data]
+    if cfg.budget == "equal" and cfg.fedfomo_validation:
+        return [keep_validation(d, cfg.fedfomo_validation) for d in data]
+    if cfg.budget == "carved" and method == "fedfomo":
+        return [carve_validation(d, cfg.val_fraction / (1.0 - cfg.test_fraction)) for d in data]
+    return data
 
 
 def _warm_up(backend, data, init, seed: int) -> None:

@@ -1,12 +1,15 @@
-"""The three methods compared by the simulator, with the same clients, data and training budget:
-FedFomo (this library), FedAvg (one global model) and Local (no communication).
+"""The three methods compared by the simulator, with the same clients and data: FedFomo (this
+library), FedAvg (one global model) and Local (no communication).
 
-Every participating client trains ``epochs`` local epochs per round in all three methods;
-FedFomo's clients additionally evaluate the candidates on their validation data (never trained on).
+Every participating client trains ``epochs`` local epochs per round in FedAvg and Local; under
+the fomo-core preset FedFomo's clients train twice (their model, and a copy of the global model),
+under the peer presets once. FedFomo's clients also evaluate the candidates on their validation
+data (never trained on, unless the label budget says so: ``fomo_core.simulate.experiment``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -33,7 +36,8 @@ class FederationSettings:
     seed: everything.
     guard, rebalance: override the client policy's poisoned-client guard when not None (how far a
     candidate's layers may move, as a multiple of each layer's norm, ``math.inf`` for no bound;
-    whether candidates are rescaled to the client's balance first).
+    whether candidates are rescaled to the client's balance first); the guard also bounds the
+    server's contributions to the global model when it keeps one.
     attack: attackers and diverging clients (fomo_core.simulate.attacks)."""
 
     rounds: int = 20
@@ -65,7 +69,10 @@ class FederationSettings:
         """The preset's server policy with this run's overrides."""
         overrides = ("epsilon", "epsilon_decay", "affinity_update", "affinity_k", "free_riders")
         changes = {k: getattr(self, k) for k in overrides if getattr(self, k) is not None}
-        return get_preset(self.preset).server.replace(**changes)
+        policy = get_preset(self.preset).server
+        if self.guard is not None and policy.global_model != "off":
+            changes["global_guard"] = None if math.isinf(self.guard) else self.guard
+        return policy.replace(**changes)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +121,13 @@ class _Adversity:
             return params
         return corrupt(params, self.settings, self.rng, spec=self.spec, client=client)
 
+    def global_update(self, i: int, update: Any) -> Any:
+        """The contribution to the global model client i sends (its own, or the attack's)."""
+        # a reparametrisation needs a model; an update is none, so it goes out as it is
+        if update is None or i not in self.attackers or self.settings.kind == "reparam":
+            return update
+        return corrupt(update, self.settings, self.rng)
+
     def fooled(self, i: int) -> bool:
         """Whether client i sees the lying attackers' models with a loss of 0."""
         return self.settings.kind == "lying" and i not in self.attackers
@@ -133,25 +147,38 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
     run = MethodRun("fedfomo")
     for r in range(fed.rounds):
         part = participants(n, fed.participation, r, fed.seed)
-        record = RoundRecord(r, 0.0, [], part.tolist())
+        record = RoundRecord(r, 0.0, [], part.tolist(), no_positive_weight=0, moved_to_global=0)
         taking_part = set(part.tolist())
         after_update = [
             None if k in taking_part else _client_accuracy(backend, c, c.params) for k, c in enumerate(clients)
         ]
+        g = server.global_params()
+        g = None if g is None else g.clone() if hasattr(g, "clone") else g.copy()  # this round's, for everyone
         for i in part:
             ids, cands = server.candidates(int(i))
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
-                res = clients[i].update(cands)
-            after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
-            if adversity.trains(int(i)):
-                record.train_seconds += timed(clients[i].train)
+                res = clients[i].update(cands, g)
+                after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
+                if adversity.trains(int(i)):
+                    clients[i].train_round(res, g)
+            record.train_seconds += res.train_seconds
             upload = adversity.after_training(int(i), clients[i], r)
             try:
-                server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+                server.receive(
+                    int(i),
+                    upload,
+                    ids,
+                    res.scores,
+                    self_score=res.self_score,
+                    global_update=adversity.global_update(int(i), res.global_update),
+                    num_examples=_train_size(clients[i]),
+                )
             except ValueError:  # a non-finite model (a diverged or poisoned client): refused, the run goes on
                 pass
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
+            record.no_positive_weight += int(not np.any(res.weights > 0))
+            record.moved_to_global += int(bool(res.global_step))
         server.end_round()
         record.update_accuracy = float(np.mean(after_update))
         record.affinity = server.affinity.matrix.tolist()

@@ -28,6 +28,9 @@ class RoundRecord:
     eval_seconds:     spent evaluating candidates on validation data (FedFomo)
     step_seconds:     spent computing weights and updating (fomo_step; FedAvg: averaging)
     train_seconds:    spent in local training
+    no_positive_weight: FedFomo only: how many participants gave no received candidate a
+                      positive weight this round
+    moved_to_global:  FedFomo only: how many participants moved toward the global model
     """
 
     round: int
@@ -39,6 +42,8 @@ class RoundRecord:
     eval_seconds: float = 0.0
     step_seconds: float = 0.0
     train_seconds: float = 0.0
+    no_positive_weight: Optional[int] = None
+    moved_to_global: Optional[int] = None
 
 
 @dataclass
@@ -83,6 +88,15 @@ class MethodRun:
             **(
                 {"affinity_per_round": [r.affinity for r in self.rounds]}
                 if self.rounds and self.rounds[0].affinity is not None
+                else {}
+            ),
+            **(
+                {
+                    "participants_per_round": [len(r.participants) for r in self.rounds],
+                    "no_positive_weight_per_round": [r.no_positive_weight for r in self.rounds],
+                    "moved_to_global_per_round": [r.moved_to_global for r in self.rounds],
+                }
+                if self.rounds and self.rounds[0].no_positive_weight is not None
                 else {}
             ),
             "eval_seconds_per_round": [r.eval_seconds for r in self.rounds],

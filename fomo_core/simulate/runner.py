@@ -26,8 +26,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .._validate import count
 from .backends import BACKENDS, TrainSettings
-from .data import DATASETS, TARGETS
+from .data import BUDGETS, DATASETS, TARGETS
 from .experiment import ExperimentConfig, method_parts, run_experiment
 from .federation import FederationSettings
 from .files import write_atomic, write_json_atomic
@@ -37,6 +38,8 @@ __all__ = [
     "Grid",
     "Cell",
     "DEFAULT_GRID",
+    "PARTITIONS_GRID",
+    "GRIDS",
     "config_from_flat",
     "parse_value",
     "run_grid",
@@ -46,13 +49,18 @@ __all__ = [
 ]
 
 METRICS = {"after_update": "after the federated update", "after_training": "after local training"}
+# FedFomo's per-cell shares of client-rounds (participants, every round)
+SHARES = {
+    "no_positive_weight_share": "no received candidate got a positive weight",
+    "moved_to_global_share": "the client moved toward the global model",
+}
 
 # flat keys of a setting: ExperimentConfig's own fields and those of its federation and training
 _CONFIG_KEYS = {f.name for f in fields(ExperimentConfig)} - {"methods", "federation", "training"}
 _FEDERATION_KEYS = {f.name for f in fields(FederationSettings)} - {"seed"}
 _TRAINING_KEYS = {f.name for f in fields(TrainSettings)}
 FLAT_KEYS = sorted(_CONFIG_KEYS | _FEDERATION_KEYS | _TRAINING_KEYS)
-_CHOICES = {"dataset": DATASETS, "partition": PARTITIONS, "target": TARGETS, "backend": BACKENDS}
+_CHOICES = {"dataset": DATASETS, "partition": PARTITIONS, "target": TARGETS, "backend": BACKENDS, "budget": BUDGETS}
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,13 @@ class Grid:
             raise ValueError(f"methods must not repeat, got {list(self.methods)}")
         for m in self.methods:
             method_parts(m)
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"seeds must be integers >= 0, got {list(self.seeds)}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        for k, s in enumerate(self.seeds):
+            try:
+                count(s, f"seeds[{k}]", type_error=ValueError)
+            except ValueError as e:
+                raise ValueError(f"seeds must be integers >= 0, got {list(self.seeds)} ({e})") from None
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
         for name in self.settings:
@@ -147,6 +160,15 @@ def config_from_flat(flat: dict, *, seed: int, method: str) -> ExperimentConfig:
         raise ValueError(f"setting {flat}: {e}") from None
 
 
+def _share(run: dict, key: str) -> Optional[float]:
+    """The share of client-rounds (participants, every round) counted in ``run[key]``, or None
+    when the method does not count them (every method but FedFomo)."""
+    counts, participants = run.get(key), run.get("participants_per_round")
+    if not counts or counts[0] is None or not participants or sum(participants) == 0:
+        return None
+    return float(sum(counts) / sum(participants))
+
+
 def _cell_record(cell: Cell, flat: dict, result: dict) -> dict:
     run = result["methods"][cell.method]
     after_training = run["accuracy_per_round"]
@@ -162,7 +184,11 @@ def _cell_record(cell: Cell, flat: dict, result: dict) -> dict:
         "after_update_per_round": after_update,
         "after_training_per_round": after_training,
         "affinity_within_group_fraction": result.get("affinity_within_group_fraction"),
+        "no_positive_weight_share": _share(run, "no_positive_weight_per_round"),
+        "moved_to_global_share": _share(run, "moved_to_global_per_round"),
+        "labelled_samples": run.get("labelled_samples"),
         "seconds": result["seconds"],
+        "cpu_seconds": result.get("cpu_seconds"),
     }
 
 
@@ -282,6 +308,14 @@ def summarise(records: list, grid: Grid) -> dict:
                 mean, sd = _mean_sd([by[(m, s)][metric] for s in grid.seeds])
                 entry[metric] = {"mean": mean, "sd": sd}
             entry["per_seed"] = {str(s): {k: by[(m, s)][k] for k in METRICS} for s in grid.seeds}
+            for share in SHARES:
+                values = [by[(m, s)].get(share) for s in grid.seeds]
+                if all(v is not None for v in values):
+                    mean, sd = _mean_sd(values)
+                    entry[share] = {"mean": mean, "sd": sd}
+            cpu = [by[(m, s)].get("cpu_seconds") for s in grid.seeds]
+            if all(v is not None for v in cpu):
+                entry["cpu_seconds"] = {"mean": _mean_sd(cpu)[0], "sd": _mean_sd(cpu)[1]}
             if m != reference:
                 entry["paired_difference"] = {
                     metric: _paired([by[(reference, s)][metric] - by[(m, s)][metric] for s in grid.seeds], reference)
@@ -306,7 +340,9 @@ def summary_markdown(summary: dict, grid: Grid) -> str:
     lines = [
         f"Mean ± sd over seeds {', '.join(map(str, grid.seeds))}; accuracy in %, the mean over clients of "
         "their test accuracy in the final round. The headline metric (marked *) is after local training "
-        "when clients are tested on their own distribution, after the federated update for shifted targets.",
+        "when clients are tested on their own distribution, after the federated update for shifted targets. "
+        "FedFomo's shares count client-rounds (participants, every round). CPU s: process CPU time of one "
+        "run (one method, one seed) on a shared machine: compare within a table only.",
         "",
     ]
     for setting, s in summary.items():
@@ -318,6 +354,9 @@ def summary_markdown(summary: dict, grid: Grid) -> str:
             f"after local training{' *' if head == 'after_training' else ''}",
             f"{reference} − method, after update (paired; seeds better)",
             f"{reference} − method, after local training (paired; seeds better)",
+            "no positive weight (% of client-rounds)",
+            "moved toward the global model (%)",
+            "CPU s per run",
         ]
         lines.append("| method | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
@@ -330,6 +369,8 @@ def summary_markdown(summary: dict, grid: Grid) -> str:
                 else f"{_pm(d[k]['mean'], d[k]['sd'], signed=True)} ({d[k]['reference_better_seeds']}/{d[k]['seeds']})"
                 for k in METRICS
             ]
+            cells += [_pm(e[k]["mean"], e[k]["sd"]) if k in e else "–" for k in SHARES]
+            cells.append(f"{e['cpu_seconds']['mean']:.1f}" if "cpu_seconds" in e else "–")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -344,7 +385,10 @@ def _csv(records: list) -> str:
         "after_update",
         "after_training",
         "affinity_within_group_fraction",
+        "no_positive_weight_share",
+        "moved_to_global_share",
         "seconds",
+        "cpu_seconds",
     ]
     rows = [",".join(head)]
     for r in records:
@@ -378,3 +422,33 @@ DEFAULT_GRID = Grid(
     seeds=(0, 1, 2, 3, 4),
     base={"dataset": "mnist5k", "clients": 20, "groups": 2, "partition": "groups", "rounds": 20},
 )
+
+
+def _partition_settings() -> dict:
+    """The partitions users run, each at the current split ("free": FedFomo's validation labels
+    come on top of the baselines' training labels) and at the equal label budget (the baselines
+    train on FedFomo's validation labels too, and FedFomo trains on all but 10 of them, which it
+    keeps for validation: better than validating on all of them on every partition measured)."""
+    partitions = {
+        "groups": {"partition": "groups", "groups": 2},
+        "dirichlet-0.1": {"partition": "dirichlet", "alpha": 0.1},
+        "dirichlet-0.3": {"partition": "dirichlet", "alpha": 0.3},
+        "dirichlet-0.5": {"partition": "dirichlet", "alpha": 0.5},
+        "shards": {"partition": "pathological", "shards_per_client": 2},
+        "dirichlet-0.3-50clients-p0.3": {"partition": "dirichlet", "alpha": 0.3, "clients": 50, "participation": 0.3},
+    }
+    equal = {
+        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10} for name, keys in partitions.items()
+    }
+    return {**partitions, **equal}
+
+
+PARTITIONS_GRID = Grid(
+    settings=_partition_settings(),
+    methods=("fedfomo", "fedavg", "local", "fedavg_ft"),
+    seeds=(0, 1, 2, 3, 4),
+    base={"dataset": "mnist5k", "clients": 20, "rounds": 20, "max_train": 20},
+)
+
+# the grids ``fomo-core experiment --grid NAME`` runs by name
+GRIDS = {"default": DEFAULT_GRID, "partitions": PARTITIONS_GRID}

@@ -1,0 +1,272 @@
+"""The fomo-core round's global model and training check: the policy fields (on in "fomo-core",
+off in the peer presets), the client's move toward the global model, the kept-or-reverted local
+training, the contributions (trained copy or followed change), the server's GlobalModel, and the
+peer presets' rounds bit for bit unchanged when a global model is offered."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from round_models import mlp
+from torch import nn
+
+import fomo_core as fc
+from fomo_core.adapters.numpy import MLPClassifierClient, get_flat_params, initialise_mlp
+from fomo_core.adapters.torch import FedFomoClient, flatten_module, train_sgd
+from fomo_core.global_model import GlobalModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PEERS = ("paper", "pfllib", "fl-bench")
+
+
+def trained_flat(seed: int, train, epochs: int = 5) -> torch.Tensor:
+    model = mlp(seed)
+    train_sgd(model, train, epochs=epochs, lr=0.1, generator=torch.Generator().manual_seed(seed))
+    return flatten_module(model).detach().clone()
+
+
+# --- the policy fields ----------------------------------------------------------------------------
+
+
+def test_fomo_core_turns_the_mechanism_on_and_the_peers_keep_it_off():
+    core = fc.get_preset("fomo-core")
+    assert core.client.global_model == "train" and core.client.keep_training == "if_not_worse"
+    assert core.server.global_model == "average" and core.server.global_guard == fc.policy.GUARD
+    for name in PEERS:
+        p = fc.get_preset(name)
+        assert (p.client.global_model, p.client.keep_training) == ("off", "always")
+        assert (p.server.global_model, p.server.global_guard) == ("off", None)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: fc.ClientPolicy(global_model="fedavg"), ValueError, "global_model must be one of"),
+        (lambda: fc.ClientPolicy(keep_training="never"), ValueError, "keep_training must be one of"),
+        (lambda: fc.ClientPolicy(global_steps=(0.5, 1.5)), ValueError, "global_steps[1] must be a finite number"),
+        (lambda: fc.ClientPolicy(global_steps=(0.0,)), ValueError, "global_steps[0] must be a finite number"),
+        (lambda: fc.ClientPolicy(global_steps="0.5"), TypeError, "global_steps must be a sequence"),
+        (lambda: fc.ClientPolicy(global_model="train", global_steps=()), ValueError, "at least one share"),
+        (lambda: fc.ServerPolicy(global_model="median"), ValueError, "global_model must be one of"),
+        (lambda: fc.ServerPolicy(global_guard=-1.0), ValueError, "global_guard must be a number"),
+    ],
+)
+def test_bad_mechanism_fields_are_refused_naming_the_field(make, error, message):
+    with pytest.raises(error) as info:
+        make()
+    assert message in str(info.value)
+
+
+def test_global_steps_from_json_lists_become_tuples():
+    policy = fc.ClientPolicy.from_dict({**fc.ClientPolicy().as_dict(), "global_steps": [0.5, 1]})
+    assert policy.global_steps == (0.5, 1.0)
+
+
+# --- the peers' rounds: the global model changes nothing -----------------------------------------
+
+
+@pytest.mark.parametrize("preset", PEERS)
+def test_a_peer_round_is_bit_identical_with_a_global_model_offered(preset, digits):
+    train, val = digits
+    peers = [trained_flat(s, train, epochs=2) for s in (1, 2, 3)]
+    carries = fc.get_preset(preset).client.carries_buffers
+    g = trained_flat(7, train)
+
+    def client():
+        c = FedFomoClient(mlp(0), val, train, preset=preset, seed=5, epochs=1, lr=0.1)
+        if carries:  # the flat models carry no buffers here (an MLP has none)
+            assert c.params.numel() == g.numel()
+        return c
+
+    plain, offered = client(), client()
+    res_plain = plain.round(torch.stack(peers))
+    res_offered = offered.round(torch.stack(peers), global_params=g)
+    assert torch.equal(plain.get_flat(), offered.get_flat())
+    np.testing.assert_array_equal(res_plain.weights, res_offered.weights)
+    np.testing.assert_array_equal(res_plain.scores, res_offered.scores)
+    assert res_offered.global_step is None and res_offered.global_update is None
+    assert res_offered.training == "kept"
+
+
+# --- the client's move toward the global model ----------------------------------------------------
+
+
+def core_client(val, train, **changes) -> FedFomoClient:
+    policy = fc.get_preset("fomo-core").client.replace(**changes)
+    return FedFomoClient(mlp(0), val, train, policy=policy, seed=5, epochs=1, lr=0.1)
+
+
+def test_a_better_global_model_is_taken_and_a_worse_one_changes_nothing(digits):
+    train, val = digits
+    peers = torch.stack([trained_flat(s, train, epochs=1) for s in (1, 2)])
+    good = trained_flat(7, train, epochs=20)
+
+    taker = core_client(val, train)
+    res = taker.update(peers, global_params=good)
+    assert res.global_step == 1.0  # the fully trained model beats every mix toward it
+    assert torch.equal(taker.get_flat(), good)
+    assert res.update_loss == pytest.approx(float(taker.evaluate([good])[0][0]))
+
+    worse = good * 30  # confidently wrong: no mix toward it helps
+    without, stayer = core_client(val, train, global_model="off"), core_client(val, train)
+    res_without = without.update(peers)
+    res_stayer = stayer.update(peers, global_params=worse)
+    assert res_stayer.global_step == 0.0
+    assert torch.equal(stayer.get_flat(), without.get_flat())  # FedFomo's step, bit for bit
+    np.testing.assert_array_equal(res_stayer.weights, res_without.weights)
+
+
+def test_the_chosen_mix_has_the_lowest_validation_loss_of_the_steps(digits):
+    train, val = digits
+    client = core_client(val, train, global_steps=(0.25, 0.5, 0.75, 1.0))
+    own = client.get_flat()
+    g = trained_flat(7, train, epochs=20)
+    res = client.update(torch.stack([own * 5]), global_params=g)  # a useless peer: u is the own model
+    mixes = [own + t * (g - own) for t in (0.25, 0.5, 0.75)] + [g]
+    losses = client.evaluate(mixes)[0]
+    assert res.global_step == (0.25, 0.5, 0.75, 1.0)[int(np.argmin(losses))]
+    assert res.update_loss == pytest.approx(float(losses.min()))
+
+
+def test_no_global_model_given_leaves_the_round_as_fedfomo(digits):
+    train, val = digits
+    peers = torch.stack([trained_flat(s, train, epochs=1) for s in (1, 2)])
+    on, off = core_client(val, train), core_client(val, train, global_model="off", keep_training="always")
+    res_on, res_off = on.round(peers), off.round(peers)
+    assert res_on.global_step is None and res_on.global_update is None
+    np.testing.assert_array_equal(res_on.weights, res_off.weights)
+
+
+# --- local training: kept only when it does not hurt; the contribution ----------------------------
+
+
+def test_training_that_raises_the_validation_loss_is_reverted(digits):
+    train, val = digits
+    g = trained_flat(7, train, epochs=20)
+
+    def ruin(module: nn.Module) -> None:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(-3.0)
+
+    policy = fc.get_preset("fomo-core").client.replace(global_model="off")
+    client = FedFomoClient(mlp(0), val, train_fn=ruin, policy=policy)
+    client.set_flat(g)
+    res = client.update(torch.stack([g * 5]))
+    before = client.get_flat()
+    client.train_round(res)
+    assert res.training == "reverted" and torch.equal(client.get_flat(), before)
+
+    helped = FedFomoClient(mlp(0), val, train, policy=policy, epochs=3, lr=0.1, seed=1)
+    res = helped.round(torch.stack([g * 5]))
+    assert res.training == "kept" and float(helped.evaluate([helped.get_flat()])[0][0]) <= res.update_loss
+
+
+def one_full_batch_step(train):
+    x, y = train
+
+    def step(module: nn.Module) -> None:  # deterministic training: one gradient step on all data
+        module.zero_grad()
+        nn.functional.cross_entropy(module(x), y).backward()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.sub_(0.5 * p.grad)
+
+    return step
+
+
+def test_the_trained_copy_of_the_global_model_is_the_contribution(digits):
+    train, val = digits
+    g = trained_flat(7, train, epochs=1)
+    step = one_full_batch_step(train)
+    policy = fc.get_preset("fomo-core").client.replace(keep_training="always")
+    client = FedFomoClient(mlp(0), val, train_fn=step, policy=policy)
+    res = client.update(torch.stack([g * 5]), global_params=g)
+    own = client.get_flat()
+
+    client.train_round(res, global_params=g)
+
+    reference = mlp(0)
+    flat = flatten_module(reference)
+    with torch.no_grad():
+        flat.copy_(g)
+    step(reference)
+    torch.testing.assert_close(res.global_update, flat.detach() - g, rtol=0, atol=0)
+    with torch.no_grad():
+        flat.copy_(own)
+    step(reference)
+    assert torch.equal(client.get_flat(), flat.detach())  # the personal model trained from itself
+
+
+def test_follow_contributes_the_change_of_the_own_training(digits):
+    train, val = digits
+    policy = fc.get_preset("fomo-core").client.replace(global_model="follow", keep_training="always")
+    client = FedFomoClient(mlp(0), val, train_fn=one_full_batch_step(train), policy=policy)
+    g = trained_flat(7, train, epochs=1)
+    res = client.update(torch.stack([g * 5]), global_params=g)
+    before = client.get_flat()
+    client.train_round(res, global_params=g)
+    assert torch.equal(res.global_update, client.get_flat() - before)
+
+
+def test_the_scikit_learn_client_runs_the_whole_default_round():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    d = load_digits()
+    x, y = d.data / 16.0, d.target
+
+    def estimator(seed: int):
+        est = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=0.1, random_state=seed)
+        return initialise_mlp(est, x, y, np.arange(10))
+
+    client = MLPClassifierClient(estimator(0), (x[300:400], y[300:400]), (x[:100], y[:100]), epochs=2)
+    good = estimator(1)
+    for _ in range(20):
+        good.partial_fit(x[:300], y[:300])
+    g = get_flat_params(good)
+    res = client.round(np.stack([get_flat_params(estimator(2))]), global_params=g)
+    assert res.global_step == 1.0 and res.global_update is not None and res.global_update.shape == g.shape
+    assert res.training in ("kept", "reverted")
+    np.testing.assert_array_equal(client.get_flat(), get_flat_params(client.estimator))
+
+
+# --- the server's global model --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_global_model_moves_by_the_weighted_mean_and_drops_bad_contributions(kind):
+    as_array = (lambda a: torch.tensor(a, dtype=torch.float32)) if kind == "torch" else (lambda a: np.array(a))
+    g = GlobalModel(as_array([1.0, 1.0, 1.0, 1.0]), guard=3.0)
+    assert g.receive(as_array([1.0, 0.0, 0.0, 0.0]), weight=1)
+    assert g.receive(as_array([0.0, 2.0, 0.0, 0.0]), weight=3)
+    assert not g.receive(as_array([np.nan, 0.0, 0.0, 0.0]))  # not finite
+    assert not g.receive(as_array([7.0, 0.0, 0.0, 0.0]))  # longer than 3 x ||g|| = 6
+    with pytest.raises(ValueError, match=r"global_update has shape \(3,\), expected \(4,\)"):
+        g.receive(as_array([0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        g.receive(as_array([0.0, 0.0, 0.0, 0.0]), weight=0)
+    g.end_round()
+    np.testing.assert_allclose(np.asarray(g.params), [1.25, 2.5, 1.0, 1.0])
+    assert (g.accepted, g.rejected) == (2, 2)
+    before = copy.deepcopy(g.params)
+    g.end_round()  # a round without contributions leaves it as it was
+    np.testing.assert_array_equal(np.asarray(g.params), np.asarray(before))
+
+
+def test_the_server_keeps_and_checkpoints_its_global_model(tmp_path):
+    init = np.zeros(3, dtype=np.float32)
+    server = fc.Server(2, init, preset="fomo-core", m=1, seed=0)
+    server.receive(0, init, [], [], global_update=np.array([1.0, 0.0, 0.0], np.float32), num_examples=1)
+    server.receive(1, init, [], [], global_update=np.array([0.0, 1.0, 0.0], np.float32), num_examples=3)
+    np.testing.assert_array_equal(server.global_params(), init)  # visible from the next round
+    server.end_round()
+    np.testing.assert_allclose(server.global_params(), [0.25, 0.75, 0.0])
+    server.save(tmp_path / "s.npz")
+    restored = fc.Server.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(restored.global_params(), server.global_params())
+    assert fc.Server(2, init, preset="paper", m=1).global_params() is None

@@ -1,0 +1,188 @@
+"""Label budgets in the simulator (who trains and validates on which labelled samples), the
+empty-split errors, the named "partitions" grid, and the per-cell shares of client-rounds the
+runner reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
+from fomo_core.adapters.torch import FedFomoClient
+from fomo_core.cli import main
+from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
+from fomo_core.simulate.data import carve_validation, split_clients, with_validation_labels
+from fomo_core.simulate.experiment import load_dataset, make_partition, method_data
+from fomo_core.simulate.partition import Partition
+from fomo_core.simulate.runner import GRIDS, PARTITIONS_GRID, Grid, config_from_flat, run_grid
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def small(budget: str, **kw) -> ExperimentConfig:
+    return ExperimentConfig(
+        dataset="digits",
+        clients=4,
+        groups=2,
+        max_train=12,
+        budget=budget,
+        federation=FederationSettings(rounds=1, m=2, seed=3),
+        training=TrainSettings(epochs=1, hidden=(8,)),
+        **kw,
+    )
+
+
+def client_data(cfg: ExperimentConfig) -> list:
+    dataset = load_dataset(cfg)
+    rng = np.random.default_rng(cfg.federation.seed)
+    return split_clients(
+        dataset, make_partition(cfg, dataset, rng), rng, val_fraction=0.2, test_fraction=0.4, max_train=cfg.max_train
+    )
+
+
+def test_equal_gives_the_baselines_fedfomos_validation_labels_to_train_on():
+    cfg = small("equal")
+    data = client_data(cfg)
+    fedfomo, fedavg = method_data(cfg, "fedfomo", data), method_data(cfg, "fedavg", data)
+    assert fedfomo is data  # FedFomo's own split, untouched
+    for mine, theirs in zip(data, fedavg):
+        assert theirs.y_train.size == mine.y_train.size + mine.y_val.size
+        np.testing.assert_array_equal(theirs.x_train, np.concatenate([mine.x_train, mine.x_val]))
+        np.testing.assert_array_equal(theirs.y_test, mine.y_test)  # tested on the same data
+
+
+def test_carved_takes_fedfomos_validation_out_of_the_same_budget():
+    cfg = small("carved")
+    data = client_data(cfg)
+    local, fedfomo = method_data(cfg, "local", data), method_data(cfg, "fedfomo", data)
+    assert local is data
+    share = cfg.val_fraction / (1 - cfg.test_fraction)  # 1/3 of the labels validate
+    for base, carved in zip(data, fedfomo):
+        n = base.y_train.size
+        v = max(1, int(np.floor(share * n + 0.5)))
+        assert carved.y_val.size == v and carved.y_train.size == n - v  # train + val = the others' train
+        np.testing.assert_array_equal(carved.y_val, base.y_val[:v])
+        np.testing.assert_array_equal(carved.x_train, base.x_train[: n - v])
+
+
+def test_fedfomo_can_train_on_all_but_some_of_its_validation_labels():
+    cfg = small("equal", fedfomo_validation=3)
+    data = client_data(cfg)
+    for base, mine, theirs in zip(data, method_data(cfg, "fedfomo", data), method_data(cfg, "local", data)):
+        assert mine.y_val.size == min(3, base.y_val.size)
+        np.testing.assert_array_equal(mine.x_val, base.x_val[:3])
+        np.testing.assert_array_equal(mine.x_train, np.concatenate([base.x_train, base.x_val[3:]]))
+        assert mine.y_train.size + mine.y_val.size == theirs.y_train.size  # still the same labels
+    with pytest.raises(ValueError, match="fedfomo_validation moves FedFomo's validation labels .* budget='equal'"):
+        small("free", fedfomo_validation=3)
+    with pytest.raises(ValueError, match="fedfomo_validation must be an integer >= 0"):
+        small("equal", fedfomo_validation=-1)
+
+
+def test_carving_needs_two_training_samples():
+    data = client_data(small("free"))[0]
+    one = with_validation_labels(data).__class__(
+        data.x_train[:1], data.y_train[:1], data.x_val, data.y_val, data.x_test, data.y_test, 0
+    )
+    with pytest.raises(ValueError, match="budget 'carved' needs at least 2 training samples"):
+        carve_validation(one, 0.3)
+
+
+def test_results_state_each_methods_labelled_samples():
+    results = run_experiment(small("equal", methods=("fedfomo", "local")))
+    fedfomo = results["methods"]["fedfomo"]["labelled_samples"]
+    local = results["methods"]["local"]["labelled_samples"]
+    assert local["validation"] == 0 and fedfomo["validation"] > 0
+    assert local["training"] == fedfomo["training"] + fedfomo["validation"]  # the same labels in all
+    assert results["config"]["budget"] == "equal"
+
+
+def test_an_unknown_budget_is_refused():
+    with pytest.raises(ValueError, match="budget must be one of 'free', 'equal', 'carved'"):
+        small("generous")
+    with pytest.raises(ValueError, match="setting key 'budget' must be one of"):
+        config_from_flat({"budget": "generous"}, seed=0, method="fedfomo")
+
+
+# --- empty splits ---------------------------------------------------------------------------------
+
+
+def test_an_empty_split_names_the_client_and_the_split():
+    cfg = small("free")
+    dataset = load_dataset(cfg)
+    labels = dataset.y
+    # client 1 holds two samples of one class: too few for a validation and a test sample
+    two = np.flatnonzero(labels == 0)[:2]
+    rest = np.setdiff1d(np.arange(labels.size), two)
+    partition = Partition([rest, two], None, [np.unique(labels[rest]), np.array([0])])
+    with pytest.raises(ValueError, match=r"client 1 has an empty (validation|test) split \(2 samples in its partition"):
+        split_clients(dataset, partition, np.random.default_rng(0), val_fraction=0.2, test_fraction=0.2)
+
+
+def test_clients_refuse_empty_validation_data():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="val_data holds no samples"):
+        FedFomoClient(model, empty, (torch.randn(5, 4), torch.zeros(5, dtype=torch.int64)))
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = np.random.default_rng(0).standard_normal((6, 4)), np.arange(6) % 3
+    est = initialise_mlp(MLPClassifier(hidden_layer_sizes=(4,), solver="sgd"), x, y, np.arange(3))
+    with pytest.raises(ValueError, match="val_data holds no samples"):
+        MLPClassifierClient(est, (x[:0], y[:0]), (x, y))
+
+
+# --- the partitions grid --------------------------------------------------------------------------
+
+
+def test_the_partitions_grid_covers_every_partition_at_both_budgets():
+    assert GRIDS["partitions"] is PARTITIONS_GRID and PARTITIONS_GRID.seeds == (0, 1, 2, 3, 4)
+    assert PARTITIONS_GRID.methods[:4] == ("fedfomo", "fedavg", "local", "fedavg_ft")
+    seen = set()
+    for name in PARTITIONS_GRID.settings:
+        cfg = config_from_flat(PARTITIONS_GRID.flat(name), seed=0, method="fedfomo")
+        assert cfg.dataset == "mnist5k" and cfg.max_train == 20
+        assert cfg.budget == ("equal" if name.endswith("-equal") else "free")
+        assert cfg.fedfomo_validation == (10 if cfg.budget == "equal" else 0)
+        seen.add((cfg.partition, cfg.alpha if cfg.partition == "dirichlet" else None, cfg.clients, cfg.budget))
+    for budget in ("free", "equal"):
+        for part in (("groups", None), ("dirichlet", 0.1), ("dirichlet", 0.3), ("dirichlet", 0.5)):
+            assert (*part, 20, budget) in seen
+        assert ("pathological", None, 20, budget) in seen and ("dirichlet", 0.3, 50, budget) in seen
+
+
+def test_a_grid_reports_the_share_of_rounds_without_a_positive_weight(tmp_path):
+    grid = Grid(
+        settings={"d": {"partition": "dirichlet", "alpha": 0.5}},
+        methods=("fedfomo", "local"),
+        seeds=(0,),
+        base={"dataset": "digits", "clients": 4, "rounds": 2, "m": 2, "epochs": 1, "hidden": 8},
+    )
+    done = run_grid(grid, str(tmp_path), progress=False, plots=False)
+    cell = json.loads((tmp_path / "cells" / "d__fedfomo__seed0.json").read_text())
+    assert 0.0 <= cell["no_positive_weight_share"] <= 1.0 and 0.0 <= cell["moved_to_global_share"] <= 1.0
+    assert json.loads((tmp_path / "cells" / "d__local__seed0.json").read_text())["no_positive_weight_share"] is None
+    entry = done["summary"]["d"]["methods"]["fedfomo"]
+    assert entry["no_positive_weight_share"]["mean"] == cell["no_positive_weight_share"]
+    assert "no positive weight" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "3-1"], "seeds must be an integer >= 3"),
+        (["--grid", "partition"], "experiment grid: "),  # neither a grid's name nor a file
+    ],
+)
+def test_experiment_seeds_and_grid_names_are_checked(argv, message, cli_refuses):
+    cli_refuses("experiment", argv, message)
+
+
+def test_the_help_names_the_grids(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4 settings x 5 methods x 5 seeds" in text and "--grid partitions" in text
