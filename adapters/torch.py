@@ -6,6 +6,7 @@
 >>> client = FedFomoClient(model, val_data=(Xv, yv), train_data=(Xt, yt))
 >>> client = FedFomoClient(model, (Xv, yv), (Xt, yt), preset="pfllib")   # PFLlib's round, exactly
 >>> result = client.round(bank)                   # evaluate, weigh, update in place, train locally
+>>> result = client.round(peer_modules)           # modules or state_dicts: read where they are
 
 Everything here converts and dispatches; the maths lives in fomo_core (fomo_step) and the
 candidate evaluation in :func:`evaluate_module`.
@@ -26,16 +27,15 @@ from .._optional import optional_import
 with optional_import("fomo_core.adapters.torch"):
     import torch
     from torch import nn
-    from torch.func import functional_call
 
 from fomo_core._validate import count, real
 from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, timed
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate, timed
 
-from .torch_evaluate import _batches as _eval_batches
-from .torch_evaluate import _module_mode, dense_spec, evaluate_candidates, evaluate_module
+from ._torch_batches import batches, check_pair
+from .torch_evaluate import dense_spec, evaluate_batches, evaluate_candidates, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -355,17 +355,6 @@ class CandidateBank:
 # --- one FedFomo client ---------------------------------------------------------------------------
 
 
-def _batches(data: Any, batch_size: int, generator: Optional[torch.Generator]):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        order = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
-        for start in range(0, x.shape[0], batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
-    else:
-        yield from data
-
-
 def train_sgd(
     module: nn.Module,
     data: Any,
@@ -388,9 +377,11 @@ def train_sgd(
     opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     was_training = module.training
     module.train()
+    pair = check_pair(data)
     try:
         for _ in range(epochs):
-            for x, y in _batches(data, batch_size, generator):
+            order = None if pair is None else torch.randperm(pair[0].shape[0], generator=generator)
+            for x, y in batches(data, batch_size, order):
                 opt.zero_grad(set_to_none=True)
                 loss_fn(module(x), y).backward()
                 opt.step()
@@ -402,6 +393,15 @@ def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+def _copy(dst: Any, src: Any) -> None:
+    """copy(dst, src) of the round: a flat model, or a layer list tensor by tensor."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
 class FedFomoClient:
     """One FedFomo client around a PyTorch model, running its preset's round exactly.
 
@@ -410,6 +410,11 @@ class FedFomoClient:
     buffer), then trains locally. What the baseline is, whether the client's own model is a
     candidate, what BatchNorm statistics become, and so on, is the preset's
     :class:`~fomo_core.ClientPolicy`.
+
+    Candidates given as modules or state_dicts (a server's models, handed over by reference) are
+    read where they are, never copied: evaluated through ``functional_call`` and combined by
+    fomo_step over their tensors as a layer list. Only a model in another dtype or on another
+    device than the client's is copied (converted) into the client's candidate bank first.
 
     module:          the client's model; its parameters (and, when the policy moves them, its
                      floating-point buffers) are flattened (:func:`flatten_module`)
@@ -423,7 +428,7 @@ class FedFomoClient:
     loss_fn:         loss(outputs, targets) for evaluation and the default loop (cross-entropy)
     eval_batch_size: rows per validation batch when val_data is a tensor pair (the batch losses
                      of the "batch_mean"/"batch_sum_per_sample" policies; default: one batch)
-    capacity:        rows of the internal candidate bank used when candidates come as models
+    capacity:        rows of the internal candidate bank, used for candidates that must be copied
     seed:            seeds the default loop's shuffling
     """
 
@@ -468,61 +473,57 @@ class FedFomoClient:
         self.bank = CandidateBank(module, capacity, include_buffers=carries)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def _candidates(self, candidates: Any) -> torch.Tensor:
+    def _candidates(self, candidates: Any) -> Any:
+        """The candidates as the round reads them: [M, P] (a bank's rows, the caller's tensor), a
+        list of flat [P] models, or per model the list of its tensors in the flat layout's order,
+        all read where they are; or, when some model is in another dtype or on another device,
+        the rows of the candidate bank they were converted into."""
         if isinstance(candidates, CandidateBank):
             return candidates.candidates
         if isinstance(candidates, torch.Tensor):
             if candidates.dim() != 2 or candidates.shape[1] != self.params.numel():
                 raise ValueError(f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})")
             return candidates
-        if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
-            if len(candidates) > self.bank.capacity:
-                self.bank = CandidateBank(self.module, len(candidates), include_buffers=self.policy.carries_buffers)
-            return self.bank.fill(candidates)
-        raise TypeError(
-            "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
-            f"got {type(candidates).__name__}"
-        )
+        if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+            raise TypeError(
+                "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
+                f"got {type(candidates).__name__}"
+            )
+        # every model is checked (shapes, real dtypes, data) before anything is read or written
+        prepared = [self.bank._prepare(model, f"candidates[{m}]") for m, model in enumerate(candidates)]
+        if prepared and all(isinstance(t, dict) for t in prepared) and all(map(self._readable, prepared)):
+            return [[t[name].detach() for name in self.layout.names] for t in prepared]
+        if all(isinstance(t, torch.Tensor) for t in prepared) and all(map(self._readable, prepared)):
+            return [t.detach() for t in prepared]
+        if len(candidates) > self.bank.capacity:
+            self.bank = CandidateBank(self.module, len(candidates), include_buffers=self.policy.carries_buffers)
+        for m, tensors in enumerate(prepared):
+            self.bank._write(self.bank.buffer[m], tensors)
+        self.bank.count = len(prepared)
+        return self.bank.candidates
+
+    def _readable(self, model: Any) -> bool:
+        """Whether the round can read a prepared model in place: the client's dtype and device."""
+        tensors = model.values() if isinstance(model, dict) else [model]
+        return all(t.dtype == self.layout.dtype and t.device == self.layout.device for t in tensors)
 
     # --- evaluation ----------------------------------------------------------------------------
 
     def _as_models(self, models: list) -> list:
-        """Flat models [P] as the evaluator takes them: with their own buffers (state_dict views)
-        when the policy carries them, else parameter vectors (the module's buffers)."""
+        """The models as the evaluator takes them: a layer list by name; a flat model as views of
+        its parameters and buffers when the policy carries them (each candidate's own BatchNorm
+        statistics), else as its parameter vector (the module's buffers)."""
+        if models and isinstance(models[0], list):
+            return [dict(zip(self.layout.names, m)) for m in models]
         if self.policy.carries_buffers and self.policy.evaluation == "eval":
             return [self.layout.views(m) for m in models]
         return [m[: self.num_params] for m in models]
 
-    def _val_batches(self) -> list:
-        batches = [tuple(b[:2]) for b in _eval_batches(self.val_data, self.eval_batch_size)]
-        if (
-            self.policy.drop_last == "if_batchnorm"
-            and len(batches) > 1
-            and batches[-1][1].shape[0] < batches[0][1].shape[0]
-            and _has_batchnorm(self.module)
-        ):
-            batches = batches[:-1]
-        return batches
-
-    def _train_mode_losses(self, models: list, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        """Batch-mean losses [K] and correct counts [K] in train mode: BatchNorm normalises with
-        the batch's statistics; its running statistics are updated on copies, never kept."""
-        names = [n for n, _ in self.module.named_parameters()]
-        losses, correct = [], []
-        loss_fn = nn.functional.cross_entropy if self.loss_fn is None else self.loss_fn
-        with torch.no_grad(), _module_mode(self.module, True):
-            for model in models:
-                state = {n: v for n, v in zip(names, _split_params(self.module, model))}
-                state.update({n: b.clone() for n, b in self.module.named_buffers()})
-                out = functional_call(self.module, state, (x,))
-                losses.append(float(loss_fn(out, y)))
-                correct.append(float((out.argmax(dim=1) == y).sum()) if out.ndim == 2 else math.nan)
-        return np.array(losses), np.array(correct)
-
     def evaluate(self, models: Any, data: Any = None) -> tuple:
-        """(losses [K], accuracies [K]) float64 NumPy of K flat models (a [K, P] tensor or a list
-        of [P]) on ``data`` (default: the validation data), with the policy's evaluation mode and
-        loss."""
+        """(losses [K], accuracies [K]) float64 NumPy of K models (a [K, P] tensor, a list of flat
+        [P] tensors or of layer lists in the flat layout's order) on ``data`` (default: the
+        validation data, with the policy's evaluation mode and loss; given data: eval mode, the
+        mean over its samples)."""
         models = list(models) if not isinstance(models, list) else models
         kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
         if data is not None or (self.policy.loss == "mean" and self.policy.evaluation == "eval"):
@@ -534,19 +535,18 @@ class FedFomoClient:
                 **kwargs,
             )
             return as_float64(ev.loss), as_float64(ev.accuracy)
-        per_batch, correct, sizes = [], np.zeros(len(models)), []
-        for x, y in self._val_batches():
-            if self.policy.evaluation == "train":
-                loss, right = self._train_mode_losses(models, x, y)
-            else:
-                ev = evaluate_module(self.module, self._as_models(models), (x, y), **kwargs)
-                loss, right = as_float64(ev.loss), as_float64(ev.accuracy) * y.shape[0]
-            per_batch.append(loss)
-            correct += right
-            sizes.append(y.shape[0])
-        if not sizes:
-            raise ValueError("val_data has no batch to evaluate on")
-        return batch_loss(self.policy.loss, per_batch, sizes), correct / float(sum(sizes))
+        ev = evaluate_batches(
+            self.module,
+            self._as_models(models),
+            self.val_data,
+            batch_size=self.eval_batch_size,
+            training=self.policy.evaluation == "train",
+            drop_last=self.policy.drop_last == "if_batchnorm" and _has_batchnorm(self.module),
+            **kwargs,
+        )
+        sizes = ev.sizes
+        correct = (as_float64(ev.accuracy) * sizes[:, None]).sum(axis=0)
+        return batch_loss(self.policy.loss, as_float64(ev.loss), sizes), correct / float(sizes.sum())
 
     # --- the round -----------------------------------------------------------------------------
 
@@ -577,11 +577,19 @@ class FedFomoClient:
         """The federated half of a round, no training (``train_seconds`` is 0).
 
         candidates: a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a sequence
-        of models (state_dicts, modules or flat arrays).
+        of models (state_dicts, modules or flat arrays), read where they are.
         """
         cands = self._candidates(candidates)
+        params, baseline, measured = self.params, self.last_update, self.measured
+        if isinstance(cands, list) and cands and isinstance(cands[0], list):
+            # layer lists: the client's own models as the same lists of views (the update writes the
+            # flat buffer through them); "measured" counts the parameter tensors that lead them
+            params = list(self.layout.views(self.params).values())
+            baseline = list(self.layout.views(self.last_update).values()) if self.last_update is not None else None
+            measured = sum(1 for _ in self.module.parameters()) if self.measured < self.layout.size else None
         with torch.no_grad():
-            res = federate_client(self, cands, measured=self.measured, copy=lambda dst, src: dst.copy_(src))
+            res = federate(self.policy, params, cands, self.evaluate, baseline=baseline, measured=measured, copy=_copy)
+            res.params = self.params
             total = res.weights.sum() + (res.self_weight or 0.0)
             if self.policy.buffers == "scaled" and res.outcome == "updated":
                 # FL-bench multiplies the buffers by the float32 sum of the normalised weights.
@@ -598,9 +606,3 @@ class FedFomoClient:
         result = self.update(candidates)
         result.train_seconds = timed(self.train)
         return result
-
-
-def _split_params(module: nn.Module, flat: torch.Tensor) -> list:
-    """Views of a flat parameter vector as the module's parameters, in named_parameters order."""
-    shapes = [tuple(p.shape) for p in module.parameters()]
-    return split(flat, shapes, offsets_of(shapes)[0])
