@@ -1,0 +1,87 @@
+"""How far two floating-point computations of the same quantity may lie apart: the tolerances of the
+benchmarks' agreement checks, derived from the dtype and from the magnitudes compared (as the
+kernels' tolerance table in the tests is), never a fixed absolute tolerance.
+
+With u the unit roundoff of a dtype (half its machine epsilon), a sum of n terms computed in that
+dtype in any order is within (n - 1) u of the exact sum, relative to the sum of the terms'
+magnitudes; a dot product likewise. Two implementations that each round their own sums may differ
+by both errors: hence the factor 2 below. Reductions over millions of elements (a model's norm)
+are computed by torch in a cascade (pairwise levels over short runs), whose bound grows with the
+levels, not with the length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+UNIT = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+# the linear runs of a cascade (pairwise) reduction before it pairs partial sums: torch's CPU
+# reductions keep a few vector accumulators over blocks of this order
+CASCADE_RUN = 64
+
+
+def accumulation_length(module: nn.Module) -> int:
+    """The summed fan-in of the module's linear and convolution layers: how many products the
+    deepest chain of sums in one forward accumulates (each layer's outputs are sums over its
+    fan-in of the previous layer's)."""
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            total += m.in_features
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            total += m.in_channels // m.groups * math.prod(m.kernel_size)
+    return total
+
+
+def loss_rtol(module: nn.Module, rows: int, classes: int, dtype: torch.dtype = torch.float32) -> float:
+    """Relative tolerance between two computations of a mean cross-entropy over ``rows`` samples by
+    the same model in ``dtype`` (other kernels, batch shapes or summation orders): the forward's
+    accumulations (:func:`accumulation_length` terms, first order: each sum's error relative to
+    its value), the log-sum-exp over ``classes``, and the sum of ``rows`` non-negative per-sample
+    losses, rounded on both sides."""
+    return 2 * (accumulation_length(module) + classes + rows + 4) * UNIT[dtype]
+
+
+def reduction_rtol(n: int, dtype: torch.dtype = torch.float32) -> float:
+    """Relative bound of a cascade reduction of n non-negative terms in ``dtype`` (a squared
+    norm): linear runs of CASCADE_RUN terms, then ceil(log2) pairwise levels."""
+    return (CASCADE_RUN + math.ceil(math.log2(max(n, 2)))) * UNIT[dtype]
+
+
+def weight_rtol(num_elements: int, num_candidates: int, dtype: torch.dtype = torch.float32) -> float:
+    """Relative tolerance between two computations of the normalised FedFomo weights from the same
+    losses: each distance is a square root of a reduction of float differences (the differences
+    rounded once, the reduction as :func:`reduction_rtol`, the root halving it), carried into the
+    score (one subtraction, one division, a float32 result on the peer's side) and twice into the
+    weight (its own score and the sum), plus the M additions and the division of the
+    normalisation."""
+    u = UNIT[dtype]
+    score = u + reduction_rtol(num_elements, dtype) / 2 + 3 * u
+    return 2 * score + (num_candidates + 2) * u
+
+
+def update_bound(
+    local: np.ndarray, candidates: list, weights: np.ndarray, weight_error: float, dtype: torch.dtype = torch.float32
+) -> np.ndarray:
+    """Per-element bound on two float computations of the update from the same local model [P] and
+    candidates (M arrays [P]): x + sum w (c - x) (fomo-core) against sum w c (the peer), with
+    weights that agree to ``weight_error`` relative. Each side accumulates M + 4 roundings of its
+    terms' magnitudes (|x| + sum w |c - x|, and sum w |c|); the sum of the peer's weights is 1 to
+    M u, which scales x; the weights' own difference moves the result by up to weight_error
+    times sum w |c - x|; both round the result once more to the dtype."""
+    u = UNIT[dtype]
+    m = len(candidates)
+    value = local.copy()
+    moved, own = np.abs(local), np.zeros_like(local)
+    for c, w in zip(candidates, weights):
+        if w != 0.0:
+            value += w * (c - local)
+            moved += w * np.abs(c - local)
+            own += w * np.abs(c)
+    spread = moved - np.abs(local)  # sum w |c - x|
+    return (m + 4) * u * (moved + own) + m * u * np.abs(local) + weight_error * spread + 2 * u * np.abs(value)
