@@ -69,7 +69,6 @@ with optional_import("fomo_core.adapters.torch"):
     from torch import nn
     from torch.func import functional_call, vmap
     from torch.nn import functional as F
-    from torch.overrides import TorchFunctionMode
 
 from fomo_core._validate import count
 from fomo_core.dense import DenseSpec, Evaluation
@@ -78,6 +77,7 @@ from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker
 from ._torch_batches import batches, check_pair
+from ._torch_fast import FastPool, SharedFirstLayer, same_bits
 
 __all__ = [
     "evaluate_module",
@@ -335,65 +335,6 @@ def _class_labels(data: Any) -> bool:
     return True  # a DataLoader: checked batch by batch by the fused route
 
 
-# --- max_pool2d over non-overlapping windows --------------------------------------------------------
-
-
-def _pair2(value: Any) -> Optional[tuple]:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
-        return (value[0], value[0])
-    return None
-
-
-def _window_max(x: torch.Tensor, kernel: tuple) -> torch.Tensor:
-    """max_pool2d(x, kernel) for stride = kernel, no padding, floor mode: the maximum of the
-    kernel[0] * kernel[1] strided slices (the same values, bit for bit)."""
-    kh, kw = kernel
-    h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[..., i:h:kh, j:w:kw]
-            out = part if out is None else torch.maximum(out, part)
-    return out
-
-
-class _FastPool(TorchFunctionMode):
-    """Routes F.max_pool2d with non-overlapping windows to :func:`_window_max`; everything else,
-    and every other pooling configuration, runs as called."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.max_pool2d:
-            kernel = self._windows(*args, **kwargs)
-            if kernel is not None:
-                return _window_max(args[0], kernel)
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _windows(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-        kernel = _pair2(kernel_size)
-        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair2(stride)
-        if (
-            kernel is None
-            or stride != kernel
-            or _pair2(padding) != (0, 0)
-            or _pair2(dilation) != (1, 1)
-            or ceil_mode
-            or return_indices
-            or not torch.is_tensor(input)
-            or input.ndim not in (3, 4)
-            or min(kernel) < 1
-            or input.shape[-2] < kernel[0]
-            or input.shape[-1] < kernel[1]
-        ):
-            return None
-        return kernel
-
-
 # --- the routes: each evaluates the candidates `active` on one forward's rows X [n, ...], whose
 # --- consecutive groups of `sizes` rows are the batches the losses are reduced over -----------------
 
@@ -440,13 +381,20 @@ class _Loop:
         self.states = [{**p, **b} for p, b in states]  # one dict per candidate, merged once
 
     def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
-        losses, correct = [], []
-        for m in active:
-            out = functional_call(self.module, self.states[m], (X,))
-            loss, right = _per_group(self.loss_fn, out, y, sizes)
-            losses.append(loss)
-            correct.append(right)
-        return torch.stack(losses, dim=1), torch.stack(correct, dim=1)
+        shared = SharedFirstLayer(self.module, self.states, active, X)
+        outs = {}
+
+        def forward(k: int, share: bool = True) -> torch.Tensor:
+            with shared.candidate(k) if share else nullcontext():
+                return functional_call(self.module, self.states[active[k]], (X,))
+
+        outs[0] = forward(0)
+        if shared.pending:  # a shape not seen before: the last candidate alone and shared, compared
+            last = len(active) - 1
+            outs[last] = forward(last, share=False)
+            shared.settle(same_bits(forward(last), outs[last]))
+        parts = [_per_group(self.loss_fn, outs[k] if k in outs else forward(k), y, sizes) for k in range(len(active))]
+        return torch.stack([p[0] for p in parts], dim=1), torch.stack([p[1] for p in parts], dim=1)
 
 
 class _Vmap:
@@ -578,7 +526,7 @@ def _evaluating(module: nn.Module, training: bool, chosen: str, device: torch.de
     """Inference mode, the module in eval (or train) mode, the strided max pooling on the torch
     routes and the requested autocast, for the duration."""
     precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
-    pooling = nullcontext() if chosen == "fused" else _FastPool()  # the fused route calls no max_pool2d
+    pooling = nullcontext() if chosen == "fused" else FastPool()  # the fused route calls no max_pool2d
     with torch.inference_mode(), _module_mode(module, training), pooling, precision:
         yield
 

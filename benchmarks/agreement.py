@@ -5,9 +5,10 @@ kernels' tolerance table in the tests is), never a fixed absolute tolerance.
 With u the unit roundoff of a dtype (half its machine epsilon), a sum of n terms computed in that
 dtype in any order is within (n - 1) u of the exact sum, relative to the sum of the terms'
 magnitudes; a dot product likewise. Two implementations that each round their own sums may differ
-by both errors: hence the factor 2 below. Reductions over millions of elements (a model's norm)
-are computed by torch in a cascade (pairwise levels over short runs), whose bound grows with the
-levels, not with the length.
+by both errors: hence the factor 2 below. A float32 norm over millions of elements (PFLlib's
+distance, torch.norm of the concatenated differences) has no useful worst-case bound of that kind
+(torch accumulates long runs in float32): its actual rounding is measured against a float64 norm
+of the same differences (:func:`distance_rtol`) and carried through.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import torch
 from torch import nn
 
 UNIT = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-
-# the linear runs of a cascade (pairwise) reduction before it pairs partial sums: torch's CPU
-# reductions keep a few vector accumulators over blocks of this order
-CASCADE_RUN = 64
 
 
 def accumulation_length(module: nn.Module) -> int:
@@ -47,21 +44,27 @@ def loss_rtol(module: nn.Module, rows: int, classes: int, dtype: torch.dtype = t
     return 2 * (accumulation_length(module) + classes + rows + 4) * UNIT[dtype]
 
 
-def reduction_rtol(n: int, dtype: torch.dtype = torch.float32) -> float:
-    """Relative bound of a cascade reduction of n non-negative terms in ``dtype`` (a squared
-    norm): linear runs of CASCADE_RUN terms, then ceil(log2) pairwise levels."""
-    return (CASCADE_RUN + math.ceil(math.log2(max(n, 2)))) * UNIT[dtype]
+def distance_rtol(local: torch.Tensor, candidates: list) -> float:
+    """The largest relative rounding of the peer's float32 distances, torch.norm of the float32
+    differences, against a float64 norm of the same differences (local [P] and the M candidates
+    [P] as float32 tensors)."""
+    worst = 0.0
+    for c in candidates:
+        diff = c - local  # float32, as the peer forms it
+        exact = float(torch.linalg.vector_norm(diff.double()))
+        worst = max(worst, abs(float(torch.norm(diff)) - exact) / exact if exact else 0.0)
+    return worst
 
 
-def weight_rtol(num_elements: int, num_candidates: int, dtype: torch.dtype = torch.float32) -> float:
+def weight_rtol(distance_error: float, num_candidates: int, dtype: torch.dtype = torch.float32) -> float:
     """Relative tolerance between two computations of the normalised FedFomo weights from the same
-    losses: each distance is a square root of a reduction of float differences (the differences
-    rounded once, the reduction as :func:`reduction_rtol`, the root halving it), carried into the
-    score (one subtraction, one division, a float32 result on the peer's side) and twice into the
-    weight (its own score and the sum), plus the M additions and the division of the
-    normalisation."""
+    losses, one with float64 distances and one with distances off by ``distance_error`` relative
+    (:func:`distance_rtol`): the distance's error and the float32 rounding of each difference,
+    carried into the score (one subtraction, one division, a result rounded to float32 on the
+    peer's side) and twice into the weight (its own score and the sum), plus the M additions and
+    the division of the normalisation."""
     u = UNIT[dtype]
-    score = u + reduction_rtol(num_elements, dtype) / 2 + 3 * u
+    score = distance_error + 5 * u
     return 2 * score + (num_candidates + 2) * u
 
 

@@ -50,9 +50,9 @@ from common import interleaved_samples, markdown_table, save_figure, script_main
 from models import ResNet18, lenet  # noqa: E402
 
 import fomo_core  # noqa: E402
+from fomo_core.adapters._torch_fast import FastPool  # noqa: E402
 from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec  # noqa: E402
 from fomo_core.adapters.torch import dense_spec  # noqa: E402
-from fomo_core.adapters.torch_evaluate import _FastPool  # noqa: E402
 from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
 from fomo_core.dense import evaluate_candidates  # noqa: E402
 
@@ -152,7 +152,7 @@ def functional_loop(
     Xin = X.contiguous(memory_format=torch.channels_last) if channels_last else X
 
     def run():
-        with grad_mode(), _FastPool() if fast_pool else contextlib.nullcontext():
+        with grad_mode(), FastPool() if fast_pool else contextlib.nullcontext():
             return np.array([mean_loss(functional_call(net, sd, (Xin,)), y) for sd in state_dicts])
 
     return run

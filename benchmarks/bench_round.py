@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agreement import loss_rtol, update_bound, weight_rtol  # noqa: E402
+from agreement import distance_rtol, loss_rtol, update_bound, weight_rtol  # noqa: E402
 from common import markdown_table, save_figure, script_main, spread  # noqa: E402
 from models import ResNet18, digits_mlp, lenet  # noqa: E402
 from pfllib_round import CLOCK, PFLlibStyleClient, Phases  # noqa: E402
@@ -114,8 +114,12 @@ def server_models(model: nn.Module, val: tuple, m: int, seed: int = 1) -> list:
     return out
 
 
+def _flat32(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
 def _flat(module: nn.Module) -> np.ndarray:
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).double().numpy()
+    return _flat32(module).double().numpy()
 
 
 class Case:
@@ -272,11 +276,12 @@ def _check_client(case: Case, name: str, compare_losses: bool) -> int:
     peer.receive_models(case.ids, case.server)
     peer.aggregate_parameters(phases, losses_given=losses)  # the same losses: weights and update compare
     peer_weights = np.asarray(phases.weights_used if len(phases.weights_used) else torch.zeros(case.m))
-    P = sum(p.numel() for p in case.template.parameters())
-    w_tol = weight_rtol(P, case.m)
+    start = _start_module(case)  # both rounds' baseline: the starting model (a first round)
+    x32, cands32 = _flat32(start), [_flat32(s) for s in case.server]
+    w_tol = weight_rtol(distance_rtol(x32, cands32), case.m)
     _close(where, "the weights", ours.weights, peer_weights, w_tol * peer_weights)
-    x = _flat(_start_module(case))  # both rounds' baseline: the starting model (a first round)
-    bound = update_bound(x, [_flat(s) for s in case.server], peer_weights, w_tol)
+    x, cands = x32.double().numpy(), [c.double().numpy() for c in cands32]
+    bound = update_bound(x, cands, peer_weights, w_tol)
     _close(where, "the parameters after the update", _flat(client.module), _flat(peer.model), bound)
     # the local epoch from the same updated model: the same SGD on the same batches, bit for bit
     with torch.no_grad():

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from torch.nn.utils import parameters_to_vector
 
 import fomo_core as fc
-from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, _window_max, evaluate_candidates
+from fomo_core.adapters._torch_fast import window_max
+from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, evaluate_candidates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +93,7 @@ def test_window_max_is_max_pool2d(shape, kernel):
     x.view(-1)[::7] = float("nan")  # NaN propagates the same way
     x.view(-1)[1::11] = -0.0
     expected = F.max_pool2d(x, kernel)
-    got = _window_max(x, kernel)
+    got = window_max(x, kernel)
     assert got.shape == expected.shape
     assert torch.equal(torch.isnan(got), torch.isnan(expected))
     finite = ~torch.isnan(expected)
