@@ -2,7 +2,8 @@
 routes (adapters/torch_evaluate.py): torch function modes that the forwards run under.
 
 - :class:`FastPool`: ``max_pool2d`` over non-overlapping windows (kernel = stride, no padding,
-  dilation 1, floor mode: nn.MaxPool2d(k)) as the elementwise maximum of the k*k strided slices:
+  dilation 1, floor mode: nn.MaxPool2d(k)) as elementwise maxima of strided slices (rows, then
+  columns):
   the same values bit for bit (a maximum is exact and propagates NaN alike), several times faster
   than torch's NCHW max_pool2d kernel on CPU.
 - :class:`SharedFirstLayer`: every candidate's first layer reads the same input X, so the M
@@ -41,15 +42,17 @@ def pair2(value: Any) -> Optional[tuple]:
 
 
 def window_max(x: torch.Tensor, kernel: tuple) -> torch.Tensor:
-    """max_pool2d(x, kernel) for stride = kernel, no padding, floor mode: the maximum of the
-    kernel[0] * kernel[1] strided slices (the same values, bit for bit)."""
+    """max_pool2d(x, kernel) for stride = kernel, no padding, floor mode: the maximum over the
+    kernel[0] strided row slices, then over the kernel[1] strided column slices of that (a
+    maximum is exact, so the same values; kh + kw - 2 elementwise maxima instead of kh * kw - 1)."""
     kh, kw = kernel
     h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[..., i:h:kh, j:w:kw]
-            out = part if out is None else torch.maximum(out, part)
+    rows = x[..., 0:h:kh, :w]
+    for i in range(1, kh):
+        rows = torch.maximum(rows, x[..., i:h:kh, :w])
+    out = rows[..., 0::kw]
+    for j in range(1, kw):
+        out = torch.maximum(out, rows[..., j::kw])
     return out
 
 

@@ -311,15 +311,18 @@ class CandidateBank:
         """The model's tensors (a dict by entry name, or one flat tensor), every one checked:
         shape, a real dtype, a device with data. Nothing is written here."""
         L = self.layout
-        if isinstance(model, nn.Module):
-            model = dict(model.state_dict(keep_vars=True))
+        if isinstance(model, nn.Module):  # the entries the layout holds: parameters, then buffers
+            entries = dict(model.named_parameters())
+            if len(L.names) > len(entries):
+                entries.update(model.named_buffers())
+            model = entries
         if isinstance(model, Mapping):
             tensors = {}
             for name, shape in zip(L.names, L.shapes):
                 if name not in model:
                     raise ValueError(f"{role} has no entry {name!r}")
                 t = model[name]
-                if not hasattr(t, "shape") or tuple(t.shape) != shape:
+                if not hasattr(t, "shape") or t.shape != shape:
                     got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
                     raise ValueError(f"{role}[{name!r}] has shape {got}, expected {shape}")
                 tensors[name] = self._real_tensor(t, f"{role}[{name!r}]")
@@ -333,7 +336,7 @@ class CandidateBank:
     @staticmethod
     def _real_tensor(value: Any, role: str) -> torch.Tensor:
         try:
-            t = torch.as_tensor(value)
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{role} must hold real numbers, got dtype {getattr(value, 'dtype', '?')}") from None
         if t.is_complex() or t.dtype == torch.bool:

@@ -21,10 +21,10 @@ With more threads it times loop against vmap on the first batch by the process's
 its threads, which time given to other processes does not inflate), once per architecture, input
 shape, candidate count and thread count in the process, and keeps vmap when it is 10% faster.
 
-Both torch routes replace ``max_pool2d`` over non-overlapping windows (kernel = stride, no padding,
-dilation 1, floor mode: nn.MaxPool2d(k)) by the elementwise maximum of the k*k strided slices: the
-same values bit for bit (a maximum is exact and propagates NaN alike), and several times faster
-than torch's NCHW max_pool2d kernel on CPU.
+Both torch routes run the candidates' forwards under the rewrites of :mod:`._torch_fast`, which
+give the same values faster: ``max_pool2d`` over non-overlapping windows as elementwise maxima of
+strided slices, and (the loop route) the first layer of all candidates, which read the same input,
+as one wide call wherever that keeps every forward bit for bit.
 
 :func:`evaluate_batches` gives the loss of every candidate on every batch, for the policies whose
 validation loss is a mean of batch means: where no row's output depends on the other rows of its
@@ -238,12 +238,15 @@ def _unpack(batch: Any, index: int) -> tuple:
     return batch[0], batch[1]
 
 
+def _upcast(out: torch.Tensor) -> torch.Tensor:
+    """16-bit outputs (autocast) in float32 for the loss."""
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
 def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the per-sample losses."""
     if loss_fn is None:
-        return F.cross_entropy(
-            out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y, reduction="sum"
-        ).double()
+        return F.cross_entropy(_upcast(out), y, reduction="sum").double()
     value = loss_fn(out, y)
     if not torch.is_tensor(value):
         value = torch.as_tensor(value)
@@ -341,17 +344,33 @@ def _class_labels(data: Any) -> bool:
 
 def _per_group(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
     """(loss sums [G] float64, correct counts [G] float64, NaN when not a classification) of one
-    candidate's output, per group of rows."""
+    candidate's output, per group of consecutive rows. One group: the batch's sum as
+    :func:`_loss_sum` takes it; several (a forward over many batches): the default cross-entropy
+    per sample, summed per group in float64, or a user loss called per group."""
+    classify = out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and not y.is_floating_point()
     if len(sizes) == 1:
         loss = _loss_sum(loss_fn, out, y)[None]
+        hits = (out.argmax(dim=1) == y).sum().to(torch.float64)[None] if classify else None
     else:
-        loss = torch.stack([_loss_sum(loss_fn, o, t) for o, t in zip(out.split(sizes), y.split(sizes))])
-    if out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and not y.is_floating_point():
-        hits = (out.argmax(dim=1) == y).to(torch.float64)
-        correct = hits.sum()[None] if len(sizes) == 1 else torch.stack([h.sum() for h in hits.split(sizes)])
-    else:
-        correct = torch.full((len(sizes),), math.nan, dtype=torch.float64, device=out.device)
-    return loss, correct
+        groups = torch.repeat_interleave(
+            torch.arange(len(sizes), device=out.device), torch.as_tensor(sizes, device=out.device)
+        )
+        if loss_fn is None and classify:
+            per_sample = F.cross_entropy(
+                out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y, reduction="none"
+            )
+            loss = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(
+                0, groups, per_sample.double()
+            )
+        else:
+            loss = torch.stack([_loss_sum(loss_fn, o, t) for o, t in zip(out.split(sizes), y.split(sizes))])
+        hits = None
+        if classify:
+            right = (out.argmax(dim=1) == y).to(torch.float64)
+            hits = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(0, groups, right)
+    if hits is None:
+        hits = torch.full((len(sizes),), math.nan, dtype=torch.float64, device=out.device)
+    return loss, hits
 
 
 class _Fused:
