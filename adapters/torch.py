@@ -358,6 +358,45 @@ class CandidateBank:
 # --- one FedFomo client ---------------------------------------------------------------------------
 
 
+class _FlatSGD:
+    """Plain SGD (no momentum, no weight decay) over parameters that are consecutive views of one
+    buffer (a flattened module's): each step is ``param -= lr * grad`` element by element, as
+    torch.optim.SGD computes it (so the same values bit for bit), in one call over the buffer
+    instead of one per tensor. The gradients are views of one zeroed buffer, which backward
+    accumulates into."""
+
+    def __init__(self, flat: torch.Tensor, params: list, lr: float):
+        self.flat, self.params, self.lr = flat, params, lr
+        self.grad = torch.zeros_like(flat)
+        offset = 0
+        for p in params:
+            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.flat.add_(self.grad, alpha=-self.lr)
+
+    def close(self) -> None:
+        """Drops the gradient views (and so the buffer)."""
+        for p in self.params:
+            p.grad = None
+
+
+def _optimizer(module: nn.Module, lr: float, momentum: float, weight_decay: float) -> Any:
+    """The flat SGD step where it gives torch.optim.SGD's values (every parameter trained, in one
+    buffer, no momentum or weight decay: those torch skips for a parameter without a gradient in a
+    step, which a flat step cannot tell from a zero one), else torch.optim.SGD."""
+    entries = _named_tensors(module, include_buffers=False)
+    flat = _existing_flat(entries, _layout(entries)) if entries else None
+    if flat is None or momentum or weight_decay or not all(t.requires_grad for _, t, _ in entries):
+        return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return _FlatSGD(flat, [t for _, t, _ in entries], lr)
+
+
 def train_sgd(
     module: nn.Module,
     data: Any,
@@ -375,9 +414,12 @@ def train_sgd(
     data: a pair of tensors (X [B, ...], y [B]), shuffled with ``generator`` into batches of
     ``batch_size``, or any iterable of (x, y) batches (a DataLoader).
     loss_fn: loss(outputs, targets), cross-entropy by default.
+
+    The values are torch.optim.SGD's. For a flattened module (:func:`flatten_module`) without
+    momentum and weight decay, a step updates the whole parameter buffer in one call.
     """
     loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
-    opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = _optimizer(module, lr, momentum, weight_decay)
     was_training = module.training
     module.train()
     pair = check_pair(data)
@@ -385,11 +427,13 @@ def train_sgd(
         for _ in range(epochs):
             order = None if pair is None else torch.randperm(pair[0].shape[0], generator=generator)
             for x, y in batches(data, batch_size, order):
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss_fn(module(x), y).backward()
                 opt.step()
     finally:
         module.train(was_training)
+        if isinstance(opt, _FlatSGD):
+            opt.close()
 
 
 def _has_batchnorm(module: nn.Module) -> bool:

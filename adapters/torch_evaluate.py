@@ -260,13 +260,6 @@ def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -
     return value.double().sum()
 
 
-def _correct(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Correctly classified samples, or NaN when the output/targets are not a classification."""
-    if out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and not y.is_floating_point():
-        return (out.argmax(dim=1) == y).sum().item()
-    return math.nan
-
-
 def dense_spec(module: nn.Module, *, output: str = "softmax") -> DenseSpec:
     """The :class:`~fomo_core.DenseSpec` of a torch ``nn.Sequential`` of Linear layers (with bias)
     and ReLU, Tanh, Sigmoid or Identity activations (Flatten, Identity and Dropout are no-ops in
