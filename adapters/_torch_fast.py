@@ -157,7 +157,7 @@ class SharedFirstLayer:
     ``candidate(k)``. The first time a module sees an input shape, candidate 0's forward is
     recorded: its first conv/linear call on X tells which tensors are the layer's weight and bias
     (remembered for the module and shape). The wide call then gives every candidate's output of
-    that layer (views of one tensor), which its forward takes instead of calling the layer (only a
+    that layer (one tensor, a contiguous part per candidate), which its forward takes instead of calling the layer (only a
     call with the same input, tensors and arguments). For a shape and count not seen before,
     ``pending`` is set after the first forward: the caller runs the last candidate both ways and
     calls ``settle`` with whether the two agree bit for bit, before the others run. Where it does
@@ -263,9 +263,11 @@ class SharedFirstLayer:
         wide_weight = torch.cat([m[name] for m in models])
         wide_bias = None if bias_name is None else torch.cat([m[bias_name] for m in models])
         wide = func(self.X, wide_weight, wide_bias, **rest)
-        # the outputs: the last dimension of a linear layer's, the channels of a convolution's
-        dim = -1 if func is F.linear else (1 if self.X.ndim == weight.ndim else 0)
-        self.outputs = list(wide.split(weight.shape[0], dim=dim))
+        # the outputs: the last dimension of a linear layer's, the channels of a convolution's; each
+        # candidate's laid out as its own call gives it (a strided view can round otherwise downstream)
+        dim = wide.ndim - 1 if func is F.linear else (1 if self.X.ndim == weight.ndim else 0)
+        per_model = wide.unflatten(dim, (len(models), weight.shape[0])).movedim(dim, 0).contiguous()
+        self.outputs = list(per_model.unbind(0))
         return True
 
 
