@@ -77,7 +77,7 @@ from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker
 from ._torch_batches import batches, check_pair
-from ._torch_fast import FastPool, SharedFirstLayer, same_bits
+from ._torch_fast import Forward, Rewrites, SharedFirstLayer, may_call, same_bits
 
 __all__ = [
     "evaluate_module",
@@ -391,14 +391,19 @@ class _Loop:
             own = {n: b.clone() for n, b in module.named_buffers()}
             states = [(p, {**own, **{n: b.clone() for n, b in bufs.items()}}) for p, bufs in states]
         self.states = [{**p, **b} for p, b in states]  # one dict per candidate, merged once
+        self.forward = Forward(module, {name for state in self.states for name in state})
+        # the rewrites only where the forward may call their ops (a pure torch.nn MLP runs bare)
+        self.pool = may_call(module, (nn.MaxPool2d,))
+        self.share = may_call(module, (nn.modules.conv._ConvNd,))
 
     def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
-        shared = SharedFirstLayer(self.module, self.states, active, X)
+        shared = SharedFirstLayer(self.module, self.states, active if self.share else active[:1], X)
         outs = {}
 
         def forward(k: int, share: bool = True) -> torch.Tensor:
-            with shared.candidate(k) if share else nullcontext():
-                return functional_call(self.module, self.states[active[k]], (X,))
+            with shared.candidate(k) if share else nullcontext() as layer:
+                with Rewrites(self.pool, layer) if self.pool or layer is not None else nullcontext():
+                    return self.forward(self.states[active[k]], X)
 
         outs[0] = forward(0)
         if shared.pending:  # a shape not seen before: the last candidate alone and shared, compared
@@ -412,6 +417,7 @@ class _Loop:
 class _Vmap:
     def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable]):
         self.module, self.cands, self.loss_fn = module, cands, loss_fn
+        self.pool = may_call(module, (nn.MaxPool2d,))
         self.params, self.buffers = cands.stacked()
         self.rows = np.arange(cands.count)
         self.call = self._call(self.buffers is not None)
@@ -442,7 +448,8 @@ class _Vmap:
             # functorch's note that an op (as_strided_ in adaptive pooling) has no batching rule and
             # runs per candidate: a speed remark, measured in the benchmarks, not a fault
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-            outs = self.call(self.params, self.buffers, X)
+            with Rewrites() if self.pool else nullcontext():
+                outs = self.call(self.params, self.buffers, X)
         parts = [_per_group(self.loss_fn, outs[k], y, sizes) for k in range(len(active))]
         return torch.stack([p[0] for p in parts], dim=1), torch.stack([p[1] for p in parts], dim=1)
 
@@ -534,12 +541,11 @@ class _Runner:
 
 
 @contextmanager
-def _evaluating(module: nn.Module, training: bool, chosen: str, device: torch.device, autocast):
-    """Inference mode, the module in eval (or train) mode, the strided max pooling on the torch
-    routes and the requested autocast, for the duration."""
+def _evaluating(module: nn.Module, training: bool, device: torch.device, autocast):
+    """Inference mode, the module in eval (or train) mode and the requested autocast, for the
+    duration."""
     precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
-    pooling = nullcontext() if chosen == "fused" else FastPool()  # the fused route calls no max_pool2d
-    with torch.inference_mode(), _module_mode(module, training), pooling, precision:
+    with torch.inference_mode(), _module_mode(module, training), precision:
         yield
 
 
@@ -645,7 +651,7 @@ def evaluate_module(
     samples = np.zeros(M, dtype=np.int64)
     active = np.arange(M)
     rows = 0
-    with _evaluating(module, False, chosen, device, autocast):
+    with _evaluating(module, False, device, autocast):
         for index, batch in enumerate(batches(data, batch_size, order)):
             X, y = _unpack(batch, index)
             b = int(y.shape[0])
@@ -755,7 +761,7 @@ def evaluate_batches(
     correct = torch.zeros_like(loss)
     runner = _Runner(module, cands, spec, chosen, loss_fn, training)
     active = np.arange(M)
-    with _evaluating(module, training, chosen, device, autocast):
+    with _evaluating(module, training, device, autocast):
         g = 0
         for X, y, groups in chunks:
             if M:

@@ -44,6 +44,15 @@ def loss_rtol(module: nn.Module, rows: int, classes: int, dtype: torch.dtype = t
     return 2 * (accumulation_length(module) + classes + rows + 4) * UNIT[dtype]
 
 
+def autocast_rtol(module: nn.Module, rows: int, classes: int, dtype: torch.dtype) -> float:
+    """Relative tolerance of a mean cross-entropy computed under ``torch.autocast`` to a 16-bit
+    ``dtype`` against float32: every linear and convolution layer's input and weight rounded to
+    it and its output rounded again (three roundings of the dtype's unit per layer, first order;
+    the sums themselves run in float32), on top of :func:`loss_rtol`."""
+    layers = sum(isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) for m in module.modules())
+    return 3 * layers * UNIT[dtype] + loss_rtol(module, rows, classes)
+
+
 def distance_rtol(local: torch.Tensor, candidates: list) -> float:
     """The largest relative rounding of the peer's float32 distances, torch.norm of the float32
     differences, against a float64 norm of the same differences (local [P] and the M candidates

@@ -33,89 +33,79 @@ def machine_line(suite: dict) -> str:
     info = m.get("fomo_core", {})
     load = m.get("load_average", [float("nan")])[0]
     after = suite.get("machine_after", {}).get("load_average", [float("nan")])[0]
+    simd = ", ".join(flag.upper() for flag in m.get("simd", [])) or "?"
+    bf16 = "bfloat16 instructions" if m.get("bf16_instructions") else "no bfloat16 instructions"
     return (
-        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, "
-        f"{after:.1f} after), torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} "
-        f"({info.get('simd', '?')} kernels, {info.get('threads', '?')} threads)"
+        f"{m.get('cpu', '?')} ({simd}; {bf16}; torch dispatches {m.get('torch_cpu_capability', '?')}), "
+        f"{m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, {after:.1f} after), "
+        f"torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} ({info.get('simd', '?')} kernels)"
     )
 
 
+ROUND_CLIENTS = ("fomo-core", "fomo-core, pfllib preset", "PFLlib")
+PHASES = ("eval", "weights+update", "train", "copies")
+
+
+def _phases(t: dict) -> str:
+    """eval / weights+update / train / copies = round, CPU ms medians."""
+    return " / ".join(f"{t[p]['median']:.3g}" for p in PHASES) + f" = {t['cpu']['median']:.4g}"
+
+
 def round_section(r: dict) -> list:
-    ours_name, preset_name, peer_name = "fomo-core", "fomo-core, pfllib preset", "PFLlib-style"
+    ours_name, preset_name, peer_name = ROUND_CLIENTS
     rows = []
     for row in r["rows"]:
         t = row["timing"]
         ours, preset, peer = t[ours_name], t[preset_name], t[peer_name]
-        lo, hi = ours["speedup_range"]
-        cpu = lambda x: f"{x['cpu_speedup_vs_pfllib']:.2f}x" if "cpu_speedup_vs_pfllib" in x else ""  # noqa: E731
         rows.append(
             [
                 row["subject"],
                 row["M"],
-                _iqr(ours["total"]),
-                _iqr(peer["total"]),
-                f"{ours['speedup_vs_pfllib']:.2f}x ({lo:.2f}-{hi:.2f})",
-                f"**{cpu(ours)}**",
-                f"{preset['speedup_vs_pfllib']:.2f}x / {cpu(preset)}",
-                " / ".join(f"{ours[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
-                " / ".join(f"{peer[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
+                _phases(peer),
+                _phases(ours),
+                f"**{ours['own_speedup']:.2f}x**",
+                f"**{ours['round_speedup']:.2f}x**",
+                _phases(preset),
+                f"{preset['own_speedup']:.2f}x / {preset['round_speedup']:.2f}x",
             ]
         )
-    big = [row for row in r["rows"] if row.get("step_bandwidth") and row["step_bandwidth"]["P"] >= 1_000_000]
-    text = [
+    subjects = dict.fromkeys(row["subject"] for row in r["rows"])
+    return [
         "### The whole client round",
         "",
-        "`benchmarks/bench_round.py`: one FedFomo client round (evaluate the baseline and M candidates, "
-        "weigh, update, one local epoch) of fomo-core's `FedFomoClient.round` against a PFLlib-style "
-        "round re-stated from PFLlib's `clientfomo.py` (`benchmarks/pfllib_round.py`: modules made from the "
-        "received state_dicts, train-mode evaluation with autograd on, per-layer aggregation). Same model, "
-        f"candidates (as state_dicts), data and training loader (PFLlib's defaults: batch {r['batch_size']}, "
-        f"lr {r['lr']}). Each case first checks that fomo-core's round (its own policy with PFLlib's eps) and "
-        "fomo-core running the `pfllib` preset give the PFLlib-style round's losses, weights, and parameters "
-        "after the update and after the epoch (fomo-core's own round on ResNet-18 given the same losses: it "
-        "evaluates in eval mode, PFLlib in train mode). Milliseconds, median (quartiles) of interleaved "
-        f"rounds, {r['torch_threads']} torch thread(s); the speedup also by the process's CPU time, which time "
-        "given to other processes on this shared machine does not inflate; phases (wall ms): eval / "
-        "weights+update / train / copies:",
+        "`benchmarks/bench_round.py`: one FedFomo client round (evaluate the baseline and M candidates, weigh, "
+        "update, one local epoch) of fomo-core's `FedFomoClient.round` against PFLlib's client round re-stated "
+        "from its `clientfomo.py` (`benchmarks/pfllib_round.py`: train-mode evaluation with autograd on, "
+        "per-layer aggregation). The candidates are the server's models, handed to every client by reference "
+        "as PFLlib's server does; same model, data and training batches (PFLlib's defaults: batch "
+        f"{r['batch_size']}, lr {r['lr']}). Each case first checks that fomo-core's round (its own policy with "
+        "PFLlib's eps) and fomo-core running the `pfllib` preset give PFLlib's losses, its weights and update "
+        "given the same losses, and the same local epoch bit for bit (fomo-core's own round evaluates in eval "
+        f"mode, PFLlib in train mode: on ResNet-18 only the preset's losses compare). {r['torch_threads']} "
+        "torch thread; every phase by the thread's CPU time, medians of interleaved rounds, milliseconds: "
+        "eval / weights+update / train / copies = the round. FedFomo's own part is all but the training.",
         "",
         markdown_table(
             [
                 "model",
                 "M",
-                "fomo-core ms",
-                "PFLlib-style ms",
-                "speedup, wall (range)",
-                "speedup, CPU time",
-                "`pfllib` preset: wall / CPU",
-                "fomo-core phases",
-                "PFLlib-style phases",
+                "PFLlib",
+                "fomo-core",
+                "own part vs PFLlib",
+                "round vs PFLlib",
+                "fomo-core, `pfllib` preset",
+                "preset: own part / round",
             ],
             rows,
         ),
         "",
-        "Training (the same torch SGD loop over the same loader in every client) is most of a fomo-core "
-        "round: it bounds the round's speedup however fast the FedFomo part gets.",
+        "Training (the same SGD on the same batches; fomo-core steps its flat parameter buffer in one call) is "
+        "most of a round and bounds its ratio. On ResNet-18 the evaluation is convolutions (95% of its time): "
+        "an eval-mode forward without autograd is only somewhat cheaper than PFLlib's train-mode forward with it.",
+        "",
+        " ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects),
         "",
     ]
-    if big:
-        fr = [row["step_bandwidth"]["fraction_of_probe"] for row in big]
-        text += [
-            f"Inside the ResNet-18 round, fomo-core's weights + update move their bytes at {min(fr):.2f}-{max(fr):.2f} "
-            "of a dot-product bandwidth probe timed in the same rounds (the smaller models fit in the caches, "
-            "where that probe is no roof)"
-            + (
-                "; above 1, the probe itself lost its rounds to other processes: on "
-                "this shared machine a single probe per round is no reliable roof (the kernels' own benchmark below "
-                "times it with every method)"
-                if max(fr) > 1
-                else ""
-            )
-            + ".",
-            "",
-        ]
-    subjects = dict.fromkeys(row["subject"] for row in r["rows"])
-    text += [" ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects), ""]
-    return text
 
 
 def evaluate_section(e: dict) -> list:
@@ -231,14 +221,11 @@ def kernels_section(k: dict) -> list:
             "### Weights + update",
             "",
             f"`benchmarks/bench_kernels.py`: P = {c.get('P', 0):,} (ResNet-18's parameters as {c.get('layers', '?')} "
-            f"layers), float32, M = {c.get('M', '?')}, all improving; effective bandwidth counts the bytes the op must "
-            f"move, against a dot-product probe timed in the same rounds ({k['probe']['gbs']:.1f} GB/s). "
-            f"Full tables: `benchmarks/results/kernels.md`.",
+            f"layers), float32, M = {c.get('M', '?')}, all improving; one thread, CPU time; effective bandwidth counts "
+            "the bytes the op must move per second of CPU time, against a dot-product probe timed in the same rounds "
+            f"({k['probe']['gbs']:.1f} GB/s). Full tables: `benchmarks/results/kernels.md`.",
             "",
-            markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
-            "",
-            f"Load average {k.get('load_average', {}).get('before', float('nan')):.1f} during that run: compare its "
-            "same-run ratios, not its milliseconds.",
+            markdown_table(["method", "CPU ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
             "",
         ]
         + _kernel_extras(k)
@@ -254,14 +241,12 @@ def _captioned(caption: str, headers: list, rows: list) -> list:
 def _kernel_extras(k: dict) -> list:
     """Storage dtypes, skipped candidates and layer lists (with and without a plan), when present."""
     out = []
-    wall = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes", [])}
-    cpu = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes_one_thread", [])}
-    if wall:
+    if k.get("dtypes"):
         out += _captioned(
-            "Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
-            "kernel thread, which other processes do not disturb):",
-            ["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
-            [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()],
+            "Storage dtypes against float32 (the same call; the 16-bit formats are computed in float32, so "
+            "they gain by the bytes they save):",
+            ["dtype", "speed vs float32"],
+            [[r["dtype"], f"{r['speedup_vs_float32']:.2f}x"] for r in k["dtypes"]],
         )
     if k.get("skip"):
         out += _captioned(
@@ -278,6 +263,16 @@ def _kernel_extras(k: dict) -> list:
     return out
 
 
+# (result file, the function that writes its part of the section), in the section's order: a new
+# benchmark subject adds its line here
+SECTIONS = [
+    ("round", round_section),
+    ("evaluate", evaluate_section),
+    ("early-stop", early_stop_section),
+    ("kernels", kernels_section),
+]
+
+
 def section() -> str:
     suite = _load("suite") or {}
     parts = [
@@ -286,17 +281,14 @@ def section() -> str:
         "Every figure below comes from `python -m benchmarks` run in the repository "
         "(or `fomo-core bench`; `--quick` for a short run), written to `benchmarks/results/` with the "
         "machine's description, and this section is regenerated from those files by "
-        "`python benchmarks/readme.py`. Ratios are against baselines timed in the same run; medians with quartiles.",
+        "`python benchmarks/readme.py`. Times are CPU time (the calling thread's on one thread, the process's on "
+        "more), which time the scheduler gives other processes on a shared machine does not inflate; ratios are "
+        "against baselines timed in the same run, medians of interleaved repeats.",
         "",
     ]
     if suite:
         parts += [f"Measured on: {machine_line(suite)}.", ""]
-    for name, make in (
-        ("round", round_section),
-        ("evaluate", evaluate_section),
-        ("early-stop", early_stop_section),
-        ("kernels", kernels_section),
-    ):
+    for name, make in SECTIONS:
         payload = _load(name)
         if payload:
             parts += make(payload)
