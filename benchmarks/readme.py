@@ -108,6 +108,14 @@ def round_section(r: dict) -> list:
     ]
 
 
+def _bf16_ratios(results: list) -> list:
+    """The float32 loop's time over the bfloat16 loop's (>1: bfloat16 faster), per case."""
+    by_case: dict = {}
+    for x in results:
+        by_case.setdefault((x["threads"], x["model"], x["B"]), {})[x["method"]] = x["median_ms"]
+    return [c["adapter loop"] / c["adapter loop bf16"] for c in by_case.values() if "adapter loop bf16" in c]
+
+
 def evaluate_section(e: dict) -> list:
     keep = {
         "fused f32",
@@ -137,23 +145,35 @@ def evaluate_section(e: dict) -> list:
         for x in e["results"]
         if x["method"].startswith("ablation") and "LeNet" in x["model"]
     ]
+    bf16 = _bf16_ratios(e["results"])
+    bf16_text = (
+        f"On this machine the bfloat16 loop ran at {min(bf16):.2g}-{max(bf16):.2g}x the float32 loop's speed."
+        if bf16
+        else ""
+    )
     text = [
         "### Candidate evaluation",
         "",
         "`benchmarks/bench_evaluate.py`: the loss of M candidates on a validation batch of B samples. The "
-        "fused dense kernel covers MLPs; for other models the PyTorch adapter runs the candidates through "
-        "`functional_call` (no copies), `max_pool2d` over non-overlapping windows as strided maxima (the "
-        "same values bit for bit; torch's NCHW kernel was half of a LeNet forward), and either one call per "
-        "candidate (`loop`, losses bit for bit those of the per-candidate loop) or `vmap` over the candidates "
-        "in channels_last (float32 rounding); `auto` times both once per model and shape. bfloat16 autocast "
-        "is opt-in (losses within 2e-2 relative). Baseline: the per-candidate `load_state_dict` loop, same run.",
+        "fused dense kernel covers MLPs; for other models the PyTorch adapter runs the candidates' own tensors "
+        "through the module (no copies), with `max_pool2d` over non-overlapping windows as strided maxima and the "
+        "first convolution of all candidates, which read the same input, as one wide call (both give every "
+        "forward bit for bit); either one forward per candidate (`loop`: the losses of the per-candidate "
+        "`load_state_dict` loop bit for bit) or `vmap` over the candidates in channels_last (float32 rounding). "
+        "`auto` takes the loop on one thread and, on more, times loop against vmap by CPU time once per "
+        "architecture and shape in the process. Baseline: the per-candidate `load_state_dict` loop, same run; "
+        "CPU ms (the thread's on one thread, the process's on two).",
         "",
-        markdown_table(["threads", "model", "B", "M", "method", "ms median (IQR)", "vs torch loop"], rows),
+        "bfloat16 autocast (`autocast=torch.bfloat16`) is opt-in and depends on the hardware: it pays only on "
+        "CPUs with bfloat16 instructions (AVX512-BF16, AMX); without them torch emulates it in float32. " + bf16_text,
+        "",
+        markdown_table(["threads", "model", "B", "M", "method", "CPU ms median (IQR)", "vs torch loop"], rows),
         "",
     ]
     if ablations:
         text += [
-            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, or plain vmap):",
+            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, the adapter's "
+            "loop, or plain vmap):",
             "",
             markdown_table(["threads", "B", "change", "vs torch loop"], ablations),
             "",
@@ -183,7 +203,7 @@ def early_stop_section(s: dict) -> list:
         "the batch means, finite-population corrected): such a candidate gets weight 0 anyway. The risk is "
         "stopping one that would have improved. `benchmarks/bench_early_stop.py` on the demo's digits in "
         f"latent groups ({s['clients']} clients, each evaluating the other {s['M']}; time summed over all "
-        "clients, against full evaluation in the same run):",
+        "clients, against full evaluation in the same run, by the process's CPU time):",
         "",
         markdown_table(
             [
