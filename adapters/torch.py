@@ -46,6 +46,7 @@ __all__ = [
     "ClientRound",
     "train_sgd",
     "evaluate_module",
+    "evaluate_batches",
     "evaluate_candidates",
     "dense_spec",
 ]

@@ -349,12 +349,8 @@ def _per_group(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor, 
             torch.arange(len(sizes), device=out.device), torch.as_tensor(sizes, device=out.device)
         )
         if loss_fn is None and classify:
-            per_sample = F.cross_entropy(
-                out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y, reduction="none"
-            )
-            loss = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(
-                0, groups, per_sample.double()
-            )
+            per_sample = F.cross_entropy(_upcast(out), y, reduction="none").double()
+            loss = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(0, groups, per_sample)
         else:
             loss = torch.stack([_loss_sum(loss_fn, o, t) for o, t in zip(out.split(sizes), y.split(sizes))])
         hits = None
