@@ -67,3 +67,17 @@ def test_cli_bench_hands_its_options_to_the_suite(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--only", "speed"])  # the suite's own parser answers
     assert "argument --only: expected a comma-separated subset" in capsys.readouterr().err
+
+
+def test_readme_speed_section_is_the_generated_one():
+    """README's Speed section is benchmarks/readme.py's output from the committed results, not
+    edited by hand, and it names the machine's CPU, SIMD sets and bfloat16 support."""
+    import readme
+
+    text = readme.README.read_text()
+    start = text.index(readme.HEADING + "\n")
+    end = text.find("\n## ", start + len(readme.HEADING))
+    generated = readme.section()
+    assert text[start : end + 1 if end >= 0 else len(text)] == generated
+    machine = next(line for line in generated.splitlines() if line.startswith("Measured on: "))
+    assert "bfloat16 instructions" in machine and "torch dispatches" in machine
