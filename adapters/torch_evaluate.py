@@ -548,7 +548,7 @@ def _evaluating(module: nn.Module, training: bool, device: torch.device, autocas
 def _checked(
     module: Any, candidates: Any, method: str, batch_size: Any, loss_fn: Optional[Callable], training: bool, autocast
 ) -> tuple:
-    """The checks both evaluations make; (candidates, dense spec or None, route)."""
+    """The checks both evaluations make; (the candidates, the fused kernel's spec or None)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if method not in _METHODS:
