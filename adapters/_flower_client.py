@@ -220,6 +220,18 @@ def model_record(model: Any) -> ArrayRecord:
     )
 
 
+def load_model_record(client: Any, record: ArrayRecord) -> None:
+    """Sets ``client``'s model to ``record``, an ArrayRecord of the client's own layout (as
+    :func:`model_record` gives it), checked as any model from the network (dtypes, shapes,
+    bytes, finite values). For ClientApps of other strategies (a FedAvg baseline)."""
+    _load_record(client, record, "record")
+
+
+def _load_record(client: Any, record: ArrayRecord, role: str) -> None:
+    codec = _codec(client)
+    codec.load(client, _decode(client, codec, ModelLayout.of(codec.record(client)), record, role))
+
+
 def node_client_id(context: Context) -> str:
     """The node's stable client id: ``client-id`` from its node config, else ``partition-id``."""
     config = context.node_config
@@ -329,18 +341,15 @@ def fedfomo_evaluate(
 ) -> Message:
     """Evaluates the model in an evaluate message (the client's own latest model) on ``data``
     (the client's validation data when None) and replies with its loss and accuracy."""
-    codec = _codec(client)
     content = message.content
     if keys.arrays not in content.array_records:
         raise ValueError(
             f"message content must hold the client's model as ArrayRecord {keys.arrays!r}, got keys {list(content)}"
         )
-    layout = ModelLayout.of(codec.record(client))
-    codec.load(
-        client, _decode(client, codec, layout, content.array_records[keys.arrays], f"the message's {keys.arrays!r}")
-    )
+    _load_record(client, content.array_records[keys.arrays], f"the message's {keys.arrays!r}")
     return Message(
-        protocol.evaluate_reply(_evaluate(client, codec, data), keys=keys, client_id=client_id), reply_to=message
+        protocol.evaluate_reply(_evaluate(client, _codec(client), data), keys=keys, client_id=client_id),
+        reply_to=message,
     )
 
 

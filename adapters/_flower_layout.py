@@ -17,6 +17,8 @@ Importing this module needs NumPy and Flower only (no compiled extension: fomo_c
 from __future__ import annotations
 
 import ast
+import functools
+import io
 from dataclasses import dataclass
 from typing import Optional
 
@@ -76,6 +78,30 @@ def _npy_header(data: bytes, role: str) -> tuple:
     if dtype.hasobject:
         raise ValueError(f"{role} has object dtype {dtype}: refused")
     return dtype, shape, fortran, start + hlen
+
+
+def _wire_dtype(dtype: np.dtype, transport: str) -> np.dtype:
+    """An array's dtype on the wire: floating arrays in ``transport`` (bfloat16: their upper 16
+    bits as uint16), the others in their own."""
+    if dtype.kind == "f" and transport != "float32":
+        return np.dtype(np.float16 if transport == "float16" else np.uint16)
+    return dtype
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header_of(wire: np.dtype, shape: tuple) -> bytes:
+    """The .npy header np.save writes for a C-ordered ``shape`` array of ``wire``."""
+    buffer = io.BytesIO()
+    empty = np.zeros(shape, dtype=wire)
+    np.save(buffer, empty)
+    return buffer.getvalue()[: buffer.tell() - empty.nbytes]
+
+
+@functools.lru_cache(maxsize=64)
+def _wire_format(dtypes: tuple, shapes: tuple, transport: str) -> tuple:
+    """Per array of a layout: (its dtype on the wire, its shape, its .npy header)."""
+    wires = [_wire_dtype(np.dtype(d), transport) for d in dtypes]
+    return tuple((wire, tuple(shape), _npy_header_of(wire, tuple(shape))) for wire, shape in zip(wires, shapes))
 
 
 @dataclass(frozen=True)
@@ -144,14 +170,15 @@ class ModelLayout:
         if flat.shape != (self.size,):
             raise ValueError(f"flat has shape {flat.shape}, expected ({self.size},)")
         arrays = {}
-        for key, dtype, values in zip(self.keys, self.dtypes, split(flat, self.shapes, self.offsets)):
-            dt = np.dtype(dtype)
-            if transport == "float32" or dt.kind != "f":  # np.array keeps 0-d arrays 0-d
-                arrays[key] = Array(np.array(values, dtype=dt, order="C"))
-            elif transport == "float16":
-                arrays[key] = Array(np.array(values, dtype=np.float16, order="C"))
+        wires = _wire_format(self.dtypes, self.shapes, transport)
+        views = split(flat, self.shapes, self.offsets)
+        for key, dtype, (wire, shape, header), values in zip(self.keys, self.dtypes, wires, views):
+            if transport == "bfloat16" and np.dtype(dtype).kind == "f":
+                data = _to_bfloat16_bits(values).tobytes()
             else:
-                arrays[key] = Array(_to_bfloat16_bits(values))
+                data = np.asarray(values, dtype=wire).tobytes()  # C order
+            # the .npy bytes np.save writes, with the header made once per layout and transport
+            arrays[key] = Array(dtype=str(wire), shape=shape, stype=NUMPY_STYPE, data=header + data)
         return ArrayRecord(arrays)
 
     def arrays(self, flat: np.ndarray) -> list:
@@ -193,18 +220,18 @@ class ModelLayout:
             raise ValueError(f"{role} must be a flwr Array, got {type(array).__name__}")
         if array.stype != NUMPY_STYPE:
             raise ValueError(f"{role} has stype {array.stype!r}, expected {NUMPY_STYPE!r}")
-        wire = dtype
-        if dtype.kind == "f" and transport == "float16":
-            wire = np.dtype(np.float16)
-        elif dtype.kind == "f" and transport == "bfloat16":
-            wire = np.dtype(np.uint16)
+        wire = _wire_dtype(dtype, transport)
         n = int(np.prod(shape, dtype=np.int64))
         data = array.data
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"{role} carries {type(data).__name__}, expected bytes")
         if len(data) > n * wire.itemsize + MAX_HEADER_BYTES + 12:
             raise ValueError(f"{role} carries {len(data)} bytes, more than a {shape} {wire} array needs")
-        got_dtype, got_shape, fortran, start = _npy_header(bytes(data[: MAX_HEADER_BYTES + 12]), role)
+        expected = _npy_header_of(wire, tuple(shape))
+        if data[: len(expected)] == expected:  # the header np.save writes: nothing to parse
+            got_dtype, got_shape, fortran, start = wire, tuple(shape), False, len(expected)
+        else:
+            got_dtype, got_shape, fortran, start = _npy_header(bytes(data[: MAX_HEADER_BYTES + 12]), role)
         if got_dtype != wire or got_shape != tuple(shape):
             raise ValueError(f"{role} holds a {got_shape} {got_dtype} array, expected {tuple(shape)} {wire}")
         if len(data) - start != n * wire.itemsize:

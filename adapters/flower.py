@@ -30,12 +30,14 @@ with optional_import("fomo_core.adapters.flower"):
         fedfomo_client_app,
         fedfomo_evaluate,
         fedfomo_train,
+        load_model_record,
         model_record,
         node_client_id,
     )
     from ._flower_layout import ModelLayout
     from ._flower_protocol import RecordKeys
-    from ._flower_strategy import FedFomo, FedFomoRound
+    from ._flower_records import FedFomoRound
+    from ._flower_strategy import FedFomo
 
 __all__ = [
     "DictBatches",
@@ -46,6 +48,7 @@ __all__ = [
     "fedfomo_client_app",
     "fedfomo_train",
     "fedfomo_evaluate",
+    "load_model_record",
     "model_record",
     "node_client_id",
 ]

@@ -283,6 +283,60 @@ def _kernel_extras(k: dict) -> list:
     return out
 
 
+def server_section(s: dict) -> list:
+    rows = [r for r in s["rows"] if "skipped" not in r]
+    if not rows:
+        return []
+    table = [
+        [
+            f"{r['N']:,}",
+            f"{r['P']:,} {r['dtype']}",
+            r["participation"],
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['select_us']:.3g} / {r['select_many_us']:.3g}",
+            f"{r['round_cpu_s']:.3g} / {r['round_wall_s']:.3g} ({r['participants']:,})",
+            f"{r['save_s']:.3g} / {r['checkpoint_mib']:.3g}",
+            f"{r['load_s']:.3g} / {r['load_peak_rss_mib']:.0f}",
+        ]
+        for r in rows
+    ]
+    skipped = [f"N = {r['N']:,}, P = {r['P']:,} ({r['skipped']})" for r in s["rows"] if "skipped" in r]
+    return [
+        "### The server at scale",
+        "",
+        "`benchmarks/bench_server.py`: `fc.Server` with the models in a disk store "
+        "(`open_model_store`), M = 5, affinity rows of k = 16 entries, every affinity row first given "
+        f"{s['history']} updates of M clients; each configuration in its own process. Peak RSS is the "
+        "process's high-water mark (imports included, about 30 MiB); CPU times are medians; select is per "
+        "client, one call each / all of a round's clients in one `select_many`; the round is every "
+        "participant's `candidates` (M rows read from the store), `receive` (a model written to it) and "
+        "`end_round`; a checkpoint of a store holds only which row is whose, and loading it checks every "
+        "row's CRC-32:",
+        "",
+        markdown_table(
+            [
+                "N",
+                "P",
+                "participation",
+                "peak RSS MiB",
+                "select µs: one / many",
+                "round s: CPU / wall (clients)",
+                "save s / checkpoint MiB",
+                "load s / peak RSS MiB",
+            ],
+            table,
+        ),
+        "",
+        *([f"Not run (disk): {'; '.join(skipped)}.", ""] if skipped else []),
+        f"Load average {s.get('machine', {}).get('load_average', [float('nan')])[0]:.1f} when that run ended "
+        "(the machine is shared): the store's reads and writes wait on the disk, hence wall times well "
+        "above the CPU times at ResNet-18 size.",
+        "",
+        "![server growth](benchmarks/results/server.png)",
+        "",
+    ]
+
+
 # (result file, the function that writes its part of the section), in the section's order: a new
 # benchmark subject adds its line here
 SECTIONS = [
@@ -290,6 +344,7 @@ SECTIONS = [
     ("evaluate", evaluate_section),
     ("early-stop", early_stop_section),
     ("kernels", kernels_section),
+    ("server", server_section),
 ]
 
 

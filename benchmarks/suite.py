@@ -6,6 +6,8 @@ Subjects (each checks first that the implementations it compares agree, and rais
 - evaluate:   candidate evaluation, fused kernel and torch routes against per-candidate loops
 - round:      the whole client round, fomo-core against a PFLlib-style round, with its breakdown
 - early-stop: opt-in early stopping of candidate evaluation: time saved against weights changed
+- server:     the server from 1,000 to 100,000 clients and at ResNet-18 size: memory, selection,
+              rounds and checkpoints, each configuration in its own subprocess
 
 ``--quick`` (a couple of minutes) writes to benchmarks/results/quick/, the full run to
 benchmarks/results/: per subject <name>.json, <name>.md and PNGs, and suite.json with the
@@ -27,7 +29,7 @@ if str(HERE) not in sys.path:
 
 from common import RESULTS, machine, write_atomic, write_results  # noqa: E402
 
-SUBJECTS = ("kernels", "evaluate", "round", "early-stop")
+SUBJECTS = ("kernels", "evaluate", "round", "early-stop", "server")
 
 
 def run_kernels(quick: bool, folder: Path) -> dict:
@@ -48,6 +50,8 @@ def _subject(name: str, quick: bool, folder: Path, tick: Callable) -> dict:
         import bench_evaluate as bench
     elif name == "round":
         import bench_round as bench
+    elif name == "server":
+        import bench_server as bench
     else:
         import bench_early_stop as bench
     payload = bench.run(quick, tick=tick)
@@ -61,7 +65,12 @@ def ticks(name: str, quick: bool) -> int:
     """Progress units of a subject (timed calls; the kernel subject, which reports none, counts 20)."""
     if name == "kernels":
         return 20
-    module = {"evaluate": "bench_evaluate", "round": "bench_round", "early-stop": "bench_early_stop"}[name]
+    module = {
+        "evaluate": "bench_evaluate",
+        "round": "bench_round",
+        "early-stop": "bench_early_stop",
+        "server": "bench_server",
+    }[name]
     return __import__(module).count_ticks(quick)
 
 

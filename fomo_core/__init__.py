@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from . import layout
 from .affinity import Affinity
 from .guard import distance_bound, model_norm
 from .policy import ClientPolicy, ServerPolicy
@@ -66,6 +67,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Affinity",
+    "layout",
     "DenseSpec",
     "evaluate_dense",
     "evaluate_candidates",

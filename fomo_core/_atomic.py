@@ -3,7 +3,8 @@
 The data goes to a temporary file in the destination's own folder (so that the final rename stays
 on one file system), is flushed and fsync'ed, and then replaces the destination with
 ``os.replace`` (atomic on POSIX and Windows); the folder is fsync'ed too where the platform allows,
-so that the rename itself survives a power cut. If anything fails, the temporary file is removed
+so that the rename itself survives a power cut. A missing folder is created first (and its parent
+fsync'ed, so that the new folder survives too). If anything fails, the temporary file is removed
 and the destination is untouched. The new file keeps the old one's permissions (or gets what a
 plain ``open`` would give).
 """
@@ -23,6 +24,7 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None]) ->
     over ``path`` (and fsyncs the folder), so a crash at any point leaves the previous file intact."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    _make_folder(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +38,21 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None]) ->
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _make_folder(folder: str) -> None:
+    """Creates ``folder`` and its missing parents, each made durable in its own parent."""
+    if os.path.isdir(folder):
+        return
+    parent = os.path.dirname(folder)
+    if parent != folder:
+        _make_folder(parent)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:  # made meanwhile by another process
+        if not os.path.isdir(folder):
+            raise
+    _fsync_folder(parent)
 
 
 def _new_file_mode(path: str) -> int:

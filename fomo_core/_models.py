@@ -198,19 +198,21 @@ def can_allocate_like(leaf: Any) -> bool:
     return library(leaf) in ("numpy", "torch", "cupy") or not hasattr(leaf, "__cuda_array_interface__")
 
 
-def _empty_like(leaf: Any) -> Any:
+def empty_like(leaf: Any, shape: Any = None) -> Any:
+    """A new array of ``leaf``'s library, dtype and device, of ``leaf``'s shape or ``shape``."""
+    shape = tuple(leaf.shape) if shape is None else tuple(shape)
     if isinstance(leaf, np.ndarray):
-        return np.empty(leaf.shape, dtype=leaf.dtype)
+        return np.empty(shape, dtype=leaf.dtype)
     if library(leaf) == "torch":
         import torch
 
-        return torch.empty(tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device)
+        return torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
     if library(leaf) == "cupy":
         import cupy
 
         with leaf.device:
-            return cupy.empty(leaf.shape, dtype=leaf.dtype)
-    return np.empty(tuple(leaf.shape), dtype=np.dtype(leaf.dtype))
+            return cupy.empty(shape, dtype=leaf.dtype)
+    return np.empty(shape, dtype=np.dtype(leaf.dtype))
 
 
 def _copy(leaf: Any) -> Any:
@@ -224,16 +226,21 @@ def _copy(leaf: Any) -> Any:
 def allocate_like(structure: Structure, leaves: list) -> tuple[Any, list]:
     """A new model of the local model's layout and array types: fresh buffers for the floating
     leaves (returned second, for the kernels to fill) and copies of the others."""
-    new = [_empty_like(leaf) if f else _copy(leaf) for leaf, f in zip(leaves, structure.floating)]
+    new = [empty_like(leaf) if f else _copy(leaf) for leaf, f in zip(leaves, structure.floating)]
     float_new = [leaf for leaf, f in zip(new, structure.floating) if f]
+    return shaped_like(structure, new), float_new
+
+
+def shaped_like(structure: Structure, leaves: list) -> Any:
+    """A model of ``structure``'s kind, container type and keys holding ``leaves`` (one per key)."""
     if structure.kind == "flat":
-        return new[0], float_new
+        return leaves[0]
     if structure.kind == "mapping":
         try:
             model = structure.container()
         except TypeError:
             model = {}
-        for key, leaf in zip(structure.keys, new):
+        for key, leaf in zip(structure.keys, leaves):
             model[key] = leaf
-        return model, float_new
-    return (tuple(new) if issubclass(structure.container, tuple) else list(new)), float_new
+        return model
+    return tuple(leaves) if issubclass(structure.container, tuple) else list(leaves)

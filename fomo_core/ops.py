@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, Union, overload
 
 import numpy as np
 
@@ -322,6 +322,10 @@ def first_order_scores(
     against finite poisoned models: a candidate farther than it from the local model is rejected
     too, however low its loss.
 
+    Measure before you update: after :func:`apply_update` has written into ``local_params``, the
+    scores describe the moved model. ``compute_weights(..., return_scores=True)`` and
+    :func:`fomo_step` give the scores of the same pass as the weights.
+
     A front door of :func:`fomo_step` (its scores, without the update): the same kernels, the same
     bits.
     """
@@ -333,17 +337,27 @@ def first_order_scores(
 @overload
 def compute_weights(
     local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
     local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+) -> tuple[np.ndarray, Scores[np.ndarray]]: ...
+@overload
+def compute_weights(
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+) -> tuple[Tensor, Scores[Tensor]]: ...
+@overload
+def compute_weights(
     local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: float | None = ..., return_scores: bool = ...,
 ) -> Any: ...
 # fmt: on
 def compute_weights(
@@ -355,16 +369,24 @@ def compute_weights(
     norm: str = "l2",
     eps: float = 0.0,
     max_distance: float | None = None,
+    return_scores: bool = False,
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
     score is positive. Candidates with L_n >= L0 are never read (their weight is 0 regardless).
     ``max_distance`` as in :func:`first_order_scores`.
 
-    A front door of :func:`fomo_step` (its weights, without the update, ``all_scores=False``): the
-    same kernels, the same bits."""
+    ``return_scores=True`` returns ``(weights, scores)`` instead, ``scores`` the :class:`Scores`
+    of every candidate from the same pass (each candidate measured, as :func:`first_order_scores`
+    does, since the affinity matrix wants the negative scores too): what ``Server.receive`` takes.
+    Score before you update: once :func:`apply_update` has written into ``local_params``, scores
+    computed from it describe the moved model, not the one the candidates were weighed against.
+
+    A front door of :func:`fomo_step` (its weights, without the update; ``all_scores`` set to
+    ``return_scores``): the same kernels, the same bits."""
     call = _Call(local_params, candidate_params)
-    weights, _ = call.step(None, local_loss, candidate_losses, norm, eps, False, max_distance)
-    return call.vector(weights)
+    with_scores = flag(return_scores, "return_scores")
+    weights, scores = call.step(None, local_loss, candidate_losses, norm, eps, with_scores, max_distance)
+    return (call.vector(weights), scores) if with_scores else call.vector(weights)
 
 
 # fmt: off

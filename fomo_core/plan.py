@@ -26,7 +26,7 @@ import numpy as np
 from . import _C
 from . import ops as _ops
 from ._models import Structure, check_writable, is_array, mark_written
-from ._validate import real_vector
+from ._validate import flag, real_vector
 from .ops import Scores, StepResult, _Call, _norm_code, _step_options
 
 __all__ = ["Plan", "plan"]
@@ -159,14 +159,24 @@ class Plan:
         norm: str = "l2",
         eps: float = 0.0,
         max_distance: float | None = None,
+        return_scores: bool = False,
     ) -> Any:
-        """[M] normalised weights (see fomo_core.compute_weights)."""
-        done = self._step(local_loss, candidate_losses, norm, eps, False, False, max_distance)
+        """[M] normalised weights, or ``(weights, scores)`` with ``return_scores=True`` (see
+        fomo_core.compute_weights)."""
+        with_scores = flag(return_scores, "return_scores")
+        done = self._step(local_loss, candidate_losses, norm, eps, with_scores, False, max_distance)
         if done is None:
             return self._unplanned(
-                "compute_weights", local_loss, candidate_losses, norm=norm, eps=eps, max_distance=max_distance
+                "compute_weights",
+                local_loss,
+                candidate_losses,
+                norm=norm,
+                eps=eps,
+                max_distance=max_distance,
+                return_scores=with_scores,
             )
-        return self._call.vector(done[0])
+        weights = self._call.vector(done[0])
+        return (weights, done[1]) if with_scores else weights
 
     def apply_update(self, weights: Any) -> Any:
         """theta_i + sum_n w_n (theta_n - theta_i) into the plan's output, which it returns."""

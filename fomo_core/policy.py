@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from ._validate import choice as _one_of
-from ._validate import fraction, real
+from ._validate import count, fraction, real
 
 __all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 
@@ -158,6 +158,9 @@ class ServerPolicy(_Policy):
     self_affinity:   the diagonal value for affinity_init="self"
     affinity_update: "raw" (A[i, n] += s_n) or "normalised" (A[i, n] += s_n / |sum_m s_m|, the sum
                      floored at 1e-9 as the authors do)
+    affinity_k:      entries each client's affinity row keeps besides its own (the top k by value;
+                     the others read 0): memory O(N k) and selection O(k + M) per client. None
+                     keeps every entry, the dense matrix; so does any k >= N - 1
     uploads:         when an uploaded model is sent to others: from the "next_round", or
                      "immediately" (later clients of the same round already receive it, as
                      FL-bench's serial trainer does)
@@ -173,6 +176,7 @@ class ServerPolicy(_Policy):
     self_affinity: float = 0.1
     affinity_update: str = "raw"
     uploads: str = "next_round"
+    affinity_k: Optional[int] = 16
 
     def __post_init__(self) -> None:
         _one_of(self.uploads, "uploads", ("next_round", "immediately"))
@@ -187,3 +191,5 @@ class ServerPolicy(_Policy):
         _one_of(self.affinity_init, "affinity_init", ("self", "identity"))
         real(self.self_affinity, "self_affinity")
         _one_of(self.affinity_update, "affinity_update", ("raw", "normalised"))
+        if self.affinity_k is not None:
+            count(self.affinity_k, "affinity_k", low=1)

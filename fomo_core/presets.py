@@ -49,7 +49,9 @@ _NAN_AFFINITY = "a non-finite score adds 0 to the affinity (the peer adds NaN, a
 # scores with L2 + 1e-5; the server picks the top M (ties as torch.topk) from an identity affinity,
 # without exploration.
 _PEER_CLIENT = dict(nonfinite="skip_round", norm="l2", eps=1e-5)
-_PEER_SERVER = dict(selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_decay=0.0, affinity_init="identity")
+_PEER_SERVER = dict(
+    selection="top_m", tie="torch_topk", epsilon=0.0, epsilon_decay=0.0, affinity_init="identity", affinity_k=None
+)
 
 PRESETS: dict[str, Preset] = {
     "fomo-core": Preset(name="fomo-core", client=ClientPolicy(guard=GUARD), server=ServerPolicy()),
@@ -73,6 +75,7 @@ PRESETS: dict[str, Preset] = {
             affinity_init="self",
             self_affinity=0.1,
             affinity_update="normalised",
+            affinity_k=None,
         ),
         departures=(
             _NAN_AFFINITY,
@@ -80,7 +83,10 @@ PRESETS: dict[str, Preset] = {
             "integer buffers (num_batches_tracked) keep the current value (the peer's update crashes on them)",
             "no sub-federation or global average models are added to the candidates (the peer's "
             "optional hierarchical extension)",
-            "random draws (tie-breaking, exploration) come from the server's own generator, not NumPy's global seed",
+            "random draws (tie-breaking, exploration) come from the server's own generator, which goes on from "
+            "round to round: the peer reseeds NumPy's global generator with the same seed at the start of every "
+            "round's weight computation (federation.py:270), so its exploration and tie-breaking draws repeat "
+            "each round",
         ),
     ),
     "pfllib": Preset(

@@ -1,9 +1,9 @@
 """The FedFomo server, once for every entry point: the simulator, the Flower strategy and users' loops.
 
-It holds each client's latest model, the affinity matrix, the round counter and the random
-generator, and follows a preset's :class:`ServerPolicy`: which clients a client may receive
-(the pool), how they are chosen, how the affinity starts and grows. Uploads made during a round
-become visible at :meth:`Server.end_round`, so every client of a round sees the same models.
+It holds each client's latest model, the affinity, the round counter and the random generator,
+and follows a preset's :class:`ServerPolicy`: which clients a client may receive (the pool), how
+they are chosen, how the affinity starts and grows. Uploads made during a round become visible at
+:meth:`Server.end_round`, so every client of a round sees the same models.
 
 >>> server = Server(num_clients=10, init_params=flat0, preset="fomo-core", m=5, seed=0)
 >>> for r in range(rounds):
@@ -12,6 +12,10 @@ become visible at :meth:`Server.end_round`, so every client of a round sees the 
 ...         res = clients[i].round(cands)                     # evaluate, weigh, update, train
 ...         server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
 ...     server.end_round()
+
+Memory: the affinity is O(N k) (``ServerPolicy.affinity_k``), the pools O(N); the models are an
+[N, P] array, or with a disk store (:mod:`fomo_core.model_store`) only the rows of the call at
+hand: O(M P) per round besides the store, whose checkpoints are incremental.
 """
 
 from __future__ import annotations
@@ -19,21 +23,32 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 import numpy as np
 
 from ._atomic import atomic_write
+from ._checkpoint import Checkpoint
 from ._models import is_floating
+from ._pool import ClientPool
 from ._validate import count, real, real_vector
-from .affinity import Affinity
-from .model_store import read_npz_rows
+from .affinity import VALUE_LIMIT, Affinity, _options
+from .model_store import MemoryTable, ModelStore, open_model_store
 from .policy import ServerPolicy
-from .presets import Preset, as_preset
+from .presets import PRESETS, Preset, as_preset
 
 __all__ = ["Server"]
 
-_FORMAT = "fomo_core.Server/1"
+_FORMAT = "fomo_core.Server/2"
+_FORMAT_V1 = "fomo_core.Server/1"  # every model and the dense affinity in the file; still read
+MAX_M = 2**31 - 1
+MAX_ROUND = 2**62
+_DTYPES = ("float16", "float32", "float64")
+_META = {"format", "preset", "policy", "m", "round", "torch", "num_clients", "num_params", "dtype", "models"}
+_META |= {"affinity"}
+
+#: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
+RowsT = TypeVar("RowsT")
 
 
 def _is_torch(x: Any) -> bool:
@@ -49,71 +64,102 @@ def _flat(x: Any, name: str) -> Any:
     return x
 
 
-class Server:
+class Server(Generic[RowsT]):
     """FedFomo's server state and round logic.
 
     num_clients:  N
-    init_params:  the common initial model, flat [P] (NumPy or torch); every client's row starts
-                  as it (PFLlib's pool sends never-uploaded clients' initial models)
+    init_params:  the common initial model, flat [P] (NumPy or torch, finite); every client's row
+                  starts as it (PFLlib's pool sends never-uploaded clients' initial models). A model
+                  of layers becomes one with ``fomo_core.layout.flatten(dict(model.named_parameters()))``;
+                  the server's models, its candidates included, are of this array type
     preset:       a preset or its name: its ``server`` policy is followed (``policy`` overrides it)
     m:            M, the number of candidates each client receives
     seed:         seeds the generator used for exploration and ties
     policy:       a :class:`ServerPolicy` to use instead of the preset's
-    models:       an [N, P] NumPy array to hold the models instead of one in memory, e.g. a
-                  disk-backed table from :func:`fomo_core.model_store.open_model_store` when
-                  N x P outgrows RAM (filled with ``init_params`` here)
+    models:       where the models live instead of a new [N, P] array in memory: a store from
+                  :func:`fomo_core.model_store.open_model_store` when N x P outgrows RAM (rows on
+                  disk, read and written one at a time), or an [N, P] NumPy array (filled with
+                  ``init_params`` here)
     """
 
     def __init__(
         self,
         num_clients: int,
-        init_params: Any,
+        init_params: RowsT,
         *,
         preset: Union[str, Preset] = "fomo-core",
         m: int = 5,
         seed: Optional[int] = None,
         policy: Optional[ServerPolicy] = None,
-        models: Optional[np.ndarray] = None,
+        models: Any = None,
     ):
         self.preset = as_preset(preset)
         self.policy = self.preset.server if policy is None else policy
         if not isinstance(self.policy, ServerPolicy):
             raise TypeError(f"policy must be a fomo_core.ServerPolicy, got {type(self.policy).__name__}")
-        self.m = count(m, "m", type_error=ValueError)
+        self.m = count(m, "m", high=MAX_M, type_error=ValueError)
         self.affinity = Affinity.from_policy(self.policy, num_clients, seed=seed)
+        n = self.affinity.num_clients
         init = _flat(init_params, "init_params")
-        if models is not None:
+        if isinstance(models, ModelStore):
+            if _is_torch(init) or models.shape != (n, init.shape[0]):
+                raise ValueError(
+                    f"models is a store of {models.shape} ({models.dtype}), expected ({n}, {init.shape[0]}) "
+                    "with NumPy init_params"
+                )
+            models.start(init)
+            self._table: Any = models
+        elif models is not None:
             if not isinstance(models, np.ndarray) or _is_torch(init):
                 raise TypeError(f"models must be a NumPy array (with NumPy init_params), got {type(models).__name__}")
-            if models.shape != (num_clients, init.shape[0]) or models.dtype.kind != "f":
-                raise ValueError(
-                    f"models must be a floating [N, P] = ({num_clients}, {init.shape[0]}) array, "
-                    f"got {models.dtype} {models.shape}"
-                )
-            models[...] = np.asarray(init)
-            self.models = models
+            if models.shape != (n, init.shape[0]) or models.dtype.kind != "f":
+                expected, found = f"({n}, {init.shape[0]})", f"{models.dtype} {models.shape}"
+                raise ValueError(f"models must be a floating [N, P] = {expected} array, got {found}")
+            models[...] = MemoryTable(models[:1]).prepare(init, "init_params")
+            self._table = MemoryTable(models)
         elif _is_torch(init):
-            self.models = init.detach().unsqueeze(0).repeat(num_clients, 1)
+            row = MemoryTable(init[None]).prepare(init, "init_params")
+            self._table = MemoryTable(row.unsqueeze(0).repeat(n, 1))
         else:
-            self.models = np.repeat(np.asarray(init)[None, :], num_clients, axis=0)
-        self.uploaded = np.zeros(num_clients, dtype=bool)
-        self.last_round = np.zeros(0, dtype=np.int64)
-        self.round = 0
+            row = MemoryTable(np.asarray(init)[None]).prepare(init, "init_params")
+            self._table = MemoryTable(np.repeat(row[None, :], n, axis=0))
+        self._start_rounds(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0)
+
+    def _start_rounds(self, uploaded: np.ndarray, last_round: np.ndarray, round: int) -> None:
+        """The round state: who has uploaded (in order), last round's uploaders (in arrival
+        order), the round counter, and the pools kept from them."""
+        n = self.num_clients
+        self.uploaded = np.zeros(n, dtype=bool)
+        self.uploaded[uploaded] = True
+        self._uploaded_pool = ClientPool(n, uploaded)
+        self.last_round = last_round
+        self._last_pool = ClientPool(n, last_round)
+        self._everyone = ClientPool(n, everyone=True)
+        self.round = round
         self._pending: dict = {}
 
     @property
     def num_clients(self) -> int:
         return self.affinity.num_clients
 
+    @property
+    def models(self) -> Any:
+        """The models: the [N, P] array (or tensor) in memory, or the :class:`ModelStore`."""
+        return self._table if isinstance(self._table, ModelStore) else self._table.models
+
+    @property
+    def num_params(self) -> int:
+        return int(self.models.shape[1])
+
     # --- selection ----------------------------------------------------------------------------
 
     def _pool(self) -> tuple:
         """(clients a client may receive, how many at most)."""
         if self.policy.pool == "uploaded":
-            return np.flatnonzero(self.uploaded), self.m
+            return self._uploaded_pool, self.m
         if self.policy.pool == "last_round":
-            return self.last_round, self.m
-        return np.arange(self.num_clients), min(self.m, self.last_round.size)
+            return self._last_pool, self.m
+        return self._everyone, min(self.m, self.last_round.size)
 
     def select(self, client: int) -> np.ndarray:
         """The ids of the models ``client`` receives this round, int64 [K] (K <= M, +1 with
@@ -121,122 +167,188 @@ class Server:
         pool, m = self._pool()
         return self.affinity.select(client, m, round=self.round, among=pool)
 
-    def candidates(self, client: int) -> tuple:
-        """(ids [K], models [K, P]): the selection and a copy of those clients' latest models."""
-        ids = self.select(client)
-        return ids, self.models[ids.tolist()] if _is_torch(self.models) else self.models[ids]
+    def select_many(self, clients: Sequence[int]) -> list:
+        """:meth:`select` for many clients in one vectorised call (see
+        :meth:`Affinity.select_many`): a list of int64 arrays."""
+        pool, m = self._pool()
+        return self.affinity.select_many(clients, m, round=self.round, among=pool)
 
-    def model(self, client: int) -> Any:
-        """Client ``client``'s latest model on the server, [P] (a view: copy it to keep it)."""
-        return self.models[self.affinity._client(client)]
+    def candidates(self, client: int) -> tuple[np.ndarray, RowsT]:
+        """(ids, models): the selection, int64 [K], and a copy of those clients' latest models,
+        [K, P] of ``init_params``' array type. For a model of layers,
+        ``fomo_core.layout.unflatten(models, like=params)`` gives K models of views into the rows."""
+        ids = self.select(client)
+        return ids, self._table.rows(ids)
+
+    def model(self, client: int) -> RowsT:
+        """Client ``client``'s latest model on the server, [P] (in memory a view: copy it to keep
+        it; from a store a fresh array)."""
+        return self._table.row(self.affinity._client(client))
 
     # --- uploads ------------------------------------------------------------------------------
 
     def receive(
-        self, client: int, params: Any, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
+        self, client: int, params: RowsT, ids: Sequence[int], scores: Any, *, self_score: Optional[float] = None
     ) -> None:
         """Takes client ``client``'s upload: its model [P] (visible to others after
-        :meth:`end_round`, or at once with uploads="immediately") and its scores [K] of the
-        candidates ``ids`` it received, plus the score of its own trained model when its policy
-        makes that a candidate (``self_score``)."""
+        :meth:`end_round`, or at once with uploads="immediately"; finite in the table's dtype;
+        ``fomo_core.layout.flatten`` makes it from a model of layers) and its scores [K] of the
+        candidates ``ids`` it received (``fomo_step(...).scores``, or those of
+        ``compute_weights(..., return_scores=True)``: measured before the update), plus the score of its own
+        trained model when its policy makes that a candidate (``self_score``). Everything is
+        checked before anything changes: a refused upload leaves the server as it was."""
         client = self.affinity._client(client)
         params = _flat(params, "params")
-        if tuple(params.shape) != tuple(self.models.shape[1:]):
-            raise ValueError(f"params has shape {tuple(params.shape)}, expected ({self.models.shape[1]},)")
+        if tuple(params.shape) != (self.num_params,):
+            raise ValueError(f"params has shape {tuple(params.shape)}, expected ({self.num_params},)")
         ids = list(self.affinity._ids(ids, "ids")) if len(ids) else []
         scores = list(real_vector(scores, "scores")) if len(ids) or len(scores) else []
         if self_score is not None:
             ids, scores = [client, *ids], [real(self_score, "self_score", finite=False), *scores]
-        self.affinity.update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
-        params = params.detach().clone() if _is_torch(params) else np.array(params)
-        if self.policy.uploads == "immediately":
-            self.models[client] = params
+        ids, increments = self.affinity._prepare_update(client, np.asarray(ids, dtype=np.int64), np.asarray(scores))
+        immediately = self.policy.uploads == "immediately"
+        self._table.stage(client, self._table.prepare(params), immediately)  # a disk error changes nothing
+        self.affinity._apply_update(client, ids, increments)
+        if immediately:
+            self._uploaded(client)
+        self._pending[client] = True
+
+    def _uploaded(self, client: int) -> None:
+        if not self.uploaded[client]:
             self.uploaded[client] = True
-        self._pending[client] = params
+            self._uploaded_pool.add(client)
 
     def end_round(self) -> None:
-        """Makes this round's uploads visible and starts the next round."""
-        for client, params in self._pending.items():
-            self.models[client] = params
-            self.uploaded[client] = True
-        self.last_round = np.asarray(sorted(self._pending), dtype=np.int64)
+        """Makes this round's uploads visible and starts the next round; ``last_round`` lists
+        this round's uploaders in the order they arrived."""
+        self._table.commit()
+        for client in self._pending:
+            self._uploaded(client)
+        self.last_round = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        self._last_pool.reset(self.last_round)
         self._pending = {}
         self.round += 1
 
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Writes the whole state (models, affinity, round, generator, policy) atomically to a
-        ``.npz`` file: a crash mid-save leaves the previous checkpoint."""
+        """Writes the state atomically to a ``.npz`` file (a crash mid-save leaves the previous
+        checkpoint; the folder is created when missing): the affinity, round, generator, policy
+        and the models. With a disk store only which row holds which client's model (and each
+        row's CRC-32) is written: the rows stay in the store, which keeps them until the next
+        save; otherwise every model is."""
         if self._pending:
             raise ValueError("save() between rounds: this round has uploads not yet committed by end_round()")
+        store = self._table if isinstance(self._table, ModelStore) else None
         meta = {
             "format": _FORMAT,
             "preset": self.preset.name,
             "policy": self.policy.as_dict(),
             "m": self.m,
             "round": self.round,
-            "rng": self.affinity.rng.bit_generator.state,
             "torch": _is_torch(self.models),
+            "num_clients": self.num_clients,
+            "num_params": self.num_params,
+            "dtype": str(self.models.dtype).removeprefix("torch."),
+            "models": "inline" if store is None else {"store": os.path.abspath(store.path)},
+            "affinity": self.affinity._meta(),
         }
-        models = self.models.detach().cpu().numpy() if _is_torch(self.models) else self.models
-
-        def write(f: Any) -> None:
-            np.savez(
-                f,
-                meta=np.array(json.dumps(meta)),
-                models=models,
-                affinity=self.affinity.matrix,
-                uploaded=self.uploaded,
-                last_round=self.last_round,
-            )
-
-        atomic_write(path, write)
+        arrays = {f"affinity_{k}": v for k, v in self.affinity._arrays().items()}
+        arrays.update(uploaded=self._uploaded_pool.members, last_round=self.last_round)
+        if store is None:
+            arrays["models"] = self.models.detach().cpu().numpy() if meta["torch"] else self.models
+        else:
+            arrays["store_rows"], arrays["store_crc"] = store.slots()
+            store.flush()
+        text = np.array(json.dumps(meta))
+        atomic_write(path, lambda f: np.savez(f, meta=text, **arrays))
+        if store is not None:
+            store.pin()
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, models: Optional[np.ndarray] = None) -> Server:
-        """A Server restored from :meth:`save`'s file; it continues exactly where it stopped.
-        ``models``: a table to hold the models, as the constructor's (they are streamed into it,
-        never whole in memory)."""
-        where = f"path {os.fspath(path)!r}"
-        keys = ("meta", "affinity", "uploaded", "last_round") + (("models",) if models is None else ())
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: np.array(data[k]) for k in keys}
-            meta = json.loads(str(arrays["meta"]))
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise ValueError(f"{where} is not a readable Server checkpoint: {e}") from None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise ValueError(f"{where} is not a Server checkpoint (format {_FORMAT!r})")
-        table, matrix = (arrays["models"] if models is None else models), arrays["affinity"]
-        n = matrix.shape[0] if matrix.ndim == 2 else -1
-        if (
-            table.ndim != 2
-            or table.shape[0] != n
-            or matrix.shape != (n, n)
-            or arrays["uploaded"].shape != (n,)
-            or not np.isfinite(matrix).all()
-        ):
-            raise ValueError(f"{where} holds inconsistent arrays (models {table.shape}, affinity {matrix.shape})")
-        if meta["torch"]:
-            import torch
+    def load(cls, path: Union[str, os.PathLike], *, models: Any = None) -> Server[Any]:
+        """A Server restored from :meth:`save`'s file (or an earlier version's); it continues
+        exactly where it stopped.
 
-            init = torch.from_numpy(table[0])
-        else:
-            init = np.array(table[0])
-        server = cls(
-            n, init, preset=meta["preset"], m=meta["m"], policy=ServerPolicy.from_dict(meta["policy"]), models=models
-        )
-        if models is None:
-            server.models[...] = torch.from_numpy(table) if meta["torch"] else table
-        else:
-            with np.load(path, allow_pickle=False) as data:
-                read_npz_rows(data, "models", models)
-        server.affinity.matrix = matrix.astype(np.float64)
-        server.affinity.rng.bit_generator.state = meta["rng"]
-        server.uploaded = arrays["uploaded"].astype(bool)
-        server.last_round = arrays["last_round"].astype(np.int64)
-        server.round = int(meta["round"])
+        ``models``: where the models go, as the constructor's: a store (one written with this
+        checkpoint, or for a checkpoint that holds the models themselves any empty one) or an
+        [N, P] array (a store's rows are then copied into it). By default a checkpoint of a disk
+        store reopens the store it names, and the models of any other go to a new array in
+        memory. They are streamed, never whole in memory twice.
+
+        Everything is checked before it is used, sizes before any read or allocation: the
+        metadata (keys, types, round >= 0, m, the policy and preset, the generator state), client
+        ids in [0, N) and not repeated, the affinity (see :meth:`Affinity.load`), every model
+        finite and of the declared shape, a store's rows against their CRC-32. A file that fails
+        gets a ValueError (TypeError for a wrong dtype) naming the file and the entry.
+        """
+        with Checkpoint(path, "Server checkpoint") as ckpt:
+            ckpt.require("meta")
+            meta = ckpt.meta()
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            if found == _FORMAT_V1:
+                return cls._load_v1(ckpt, meta, models)
+            if found != _FORMAT:
+                raise ckpt.fail(f"is not a Server checkpoint (format {found!r}, expected {_FORMAT!r})")
+            if set(meta) != _META:
+                raise ckpt.fail(f"has metadata keys {sorted(meta)}, expected {sorted(_META)}")
+            server = cls._shell(ckpt, meta, _policy(ckpt, meta["policy"]))
+            server.affinity = Affinity._read(ckpt, meta["affinity"], prefix="affinity_")
+            n, p = _integer(ckpt, meta, "num_clients", 1, 2**31 - 1), _integer(ckpt, meta, "num_params", 1, 2**40)
+            if server.affinity.num_clients != n or server.affinity.options() != _options(server.policy):
+                raise ckpt.fail("holds an affinity of other clients or options than its policy says")
+            if meta["dtype"] not in _DTYPES or not isinstance(meta["torch"], bool):
+                raise ckpt.fail(f"has dtype {meta['dtype']!r} / torch {meta['torch']!r}, expected one of {_DTYPES}")
+            dtype = np.dtype(meta["dtype"])
+            if meta["models"] == "inline":
+                server._table = _inline_models(ckpt, (n, p), dtype, meta["torch"], models)
+            elif isinstance(meta["models"], dict) and set(meta["models"]) == {"store"} and not meta["torch"]:
+                server._table = _stored_models(ckpt, meta["models"]["store"], (n, p), dtype, models)
+            else:
+                raise ckpt.fail(f"has models {meta['models']!r}, expected 'inline' or {{'store': path}}")
+            server._start_rounds(_clients(ckpt, "uploaded", n), _clients(ckpt, "last_round", n), server.round)
+        return server
+
+    @classmethod
+    def _shell(cls, ckpt: Checkpoint, meta: dict, policy: ServerPolicy) -> Server:
+        """A server with the checkpoint's preset, policy, m and round, and nothing else yet."""
+        server = cls.__new__(cls)
+        if not isinstance(meta.get("preset"), str) or meta["preset"] not in PRESETS:
+            raise ckpt.fail(f"has preset {meta.get('preset')!r}, expected one of {sorted(PRESETS)}")
+        server.preset, server.policy = as_preset(meta["preset"]), policy
+        server.m = _integer(ckpt, meta, "m", 0, MAX_M)
+        server.round = _integer(ckpt, meta, "round", 0, MAX_ROUND)
+        return server
+
+    @classmethod
+    def _load_v1(cls, ckpt: Checkpoint, meta: dict, models: Any) -> Server:
+        """An earlier version's checkpoint: the dense affinity and every model in the file."""
+        keys = {"format", "preset", "policy", "m", "round", "rng", "torch"}
+        if set(meta) != keys:
+            raise ckpt.fail(f"has metadata keys {sorted(meta)}, expected {sorted(keys)}")
+        policy_dict = meta["policy"]
+        if isinstance(policy_dict, dict) and "affinity_k" not in policy_dict:
+            policy_dict = {**policy_dict, "affinity_k": None}  # it kept every entry
+        server = cls._shell(ckpt, meta, _policy(ckpt, policy_dict))
+        ckpt.require("uploaded", "last_round", "affinity", "models")
+        shape, dtype = ckpt.header("models", "f")
+        if len(shape) != 2 or not 1 <= shape[0] <= 2**31 - 1 or shape[1] < 1 or dtype.name not in _DTYPES:
+            raise ckpt.fail(f"entry 'models' is a {shape} {dtype} table, expected (N, P) of one of {_DTYPES}")
+        n = shape[0]
+        matrix = ckpt.array("affinity", "f", shape=(n, n))
+        if not np.isfinite(matrix).all() or np.abs(matrix).max() > VALUE_LIMIT:
+            raise ckpt.fail(f"entry 'affinity' holds NaN, infinite or values beyond +-{VALUE_LIMIT:g}")
+        server.affinity = Affinity.from_policy(server.policy, n)
+        try:
+            server.affinity.rng.bit_generator.state = meta["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ckpt.fail(f"holds an invalid generator state: {e}") from None
+        server.affinity.matrix = matrix
+        uploaded = ckpt.array("uploaded", "b", shape=(n,))
+        if not isinstance(meta["torch"], bool):
+            raise ckpt.fail(f"has torch {meta['torch']!r}, expected true or false")
+        server._table = _inline_models(ckpt, shape, dtype, meta["torch"], models)
+        server._start_rounds(np.flatnonzero(uploaded), _clients(ckpt, "last_round", n), server.round)
         return server
 
     def __repr__(self) -> str:
@@ -244,3 +356,98 @@ class Server:
             f"Server({self.num_clients} clients, preset={self.preset.name!r}, m={self.m}, round={self.round}, "
             f"{int(self.uploaded.sum())} with a model)"
         )
+
+
+# --- reading a checkpoint's parts -------------------------------------------------------------------
+
+
+def _integer(ckpt: Checkpoint, meta: dict, key: str, low: int, high: int) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ckpt.fail(f"has {key} {value!r}, expected an integer in [{low}, {high}]")
+    return value
+
+
+def _policy(ckpt: Checkpoint, data: Any) -> ServerPolicy:
+    try:
+        return ServerPolicy.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{ckpt.where} holds an invalid policy: {e}") from None
+
+
+def _clients(ckpt: Checkpoint, entry: str, n: int) -> np.ndarray:
+    """A list of distinct client ids in [0, n) (its length at most n)."""
+    shape, _ = ckpt.header(entry, "iu")
+    if len(shape) != 1 or shape[0] > n:
+        raise ckpt.fail(f"entry {entry!r} has shape {shape}, expected at most {n} client ids")
+    ids = ckpt.array(entry, "iu", shape=shape).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= n or np.unique(ids).size != ids.size):
+        raise ckpt.fail(f"entry {entry!r} must hold distinct client ids in [0, {n})")
+    return ids
+
+
+def _inline_models(ckpt: Checkpoint, shape: tuple, dtype: np.dtype, is_torch: bool, models: Any) -> Any:
+    """The table for a checkpoint that holds every model: its size checked before anything is
+    allocated, then filled block by block, each block checked finite."""
+    ckpt.header("models", "f", shape=shape)
+    if isinstance(models, ModelStore):
+        _same_table(shape, dtype, models)
+        for start, block in ckpt.blocks("models", shape, dtype):
+            _check_finite(ckpt, block, start)
+            models.fill(start, block)
+        return models
+    if models is not None:
+        if not isinstance(models, np.ndarray) or models.shape != shape or models.dtype != dtype:
+            found = f"{models.dtype} {models.shape}" if isinstance(models, np.ndarray) else type(models).__name__
+            raise ValueError(f"the checkpoint's models are a {shape} {dtype} table, models= is {found}")
+        table = view = models
+    elif is_torch:
+        import torch
+
+        table = torch.empty(shape, dtype=getattr(torch, dtype.name))
+        view = table.numpy()
+    else:
+        table = view = np.empty(shape, dtype=dtype)
+    for start, block in ckpt.blocks("models", shape, dtype):
+        _check_finite(ckpt, block, start)
+        view[start : start + len(block)] = block
+    return MemoryTable(table)
+
+
+def _same_table(shape: tuple, dtype: np.dtype, store: ModelStore) -> None:
+    if store.shape != shape or store.dtype != dtype:
+        found = f"{store.shape} {store.dtype}"
+        raise ValueError(f"the checkpoint's models are a {shape} {dtype} table, the store a {found} one")
+
+
+def _check_finite(ckpt: Checkpoint, block: np.ndarray, start: int) -> None:
+    bad = ~np.isfinite(block).all(axis=1)
+    if bad.any():
+        raise ckpt.fail(f"entry 'models' holds a non-finite value in client {start + int(np.argmax(bad))}'s model")
+
+
+def _stored_models(ckpt: Checkpoint, path: Any, shape: tuple, dtype: np.dtype, models: Any) -> Any:
+    """The store a checkpoint names (or ``models``), its rows checked against the checkpoint; with
+    an [N, P] array for ``models``, the rows copied into it."""
+    rows = ckpt.array("store_rows", "iu", shape=(shape[0],)).astype(np.int64)
+    crc = ckpt.array("store_crc", "u", shape=(shape[0],)).astype(np.uint32)
+    if rows.size and rows.min() < 0:
+        raise ckpt.fail("entry 'store_rows' holds a negative row")
+    if isinstance(models, ModelStore):
+        _same_table(shape, dtype, models)
+        models.restore(rows, crc, ckpt.where)
+        return models
+    if models is not None and (not isinstance(models, np.ndarray) or models.shape != shape or models.dtype != dtype):
+        found = f"{models.dtype} {models.shape}" if isinstance(models, np.ndarray) else type(models).__name__
+        raise ValueError(f"{ckpt.where} keeps {shape} {dtype} models in a store: models= is {found}")
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise ckpt.fail(f"keeps its models in the store {path!r}, which is missing")
+    store = open_model_store(path, shape[0], shape[1], dtype=dtype)
+    _same_table(shape, dtype, store)
+    store.restore(rows, crc, ckpt.where)
+    if models is None:
+        return store
+    with store:
+        for client in range(shape[0]):
+            models[client] = store.row(client)
+    return MemoryTable(models)

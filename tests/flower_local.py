@@ -33,6 +33,7 @@ class LocalGrid(Grid):
         self.silent: set = set()
         self.unavailable: set = set()
         self.sent: list = []  # (message type, node) of every message pushed
+        self.exchanges: list = []  # the message types of each send_and_receive
         self.states: dict = {}
 
     # Grid's abstract interface (only what the strategy uses does anything)
@@ -69,6 +70,8 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
+        messages = list(messages)
+        self.exchanges.append([m.metadata.message_type for m in messages])
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             node = message.metadata.dst_node_id
@@ -127,6 +130,29 @@ def sklearn_app(data, **app_options):
         return d.x_test, d.y_test
 
     return fedfomo_client_app(client_fn, test_data_fn=test_data_fn, **app_options)
+
+
+def lying_app(data, liar: int, **app_options):
+    """The scikit-learn ClientApp, except that client ``liar`` (its partition id) trains honestly
+    and then claims accuracy 1.0 and 10**9 training examples in its replies."""
+    from flwr.clientapp import ClientApp
+
+    honest = sklearn_app(data, **app_options)
+    app = ClientApp()
+
+    @app.query()
+    @app.train()
+    @app.evaluate()
+    def handle(message: Message, context: Context) -> Message:
+        reply = honest(message, context)
+        if context.node_config.get("partition-id") == liar and "metrics" in reply.content.metric_records:
+            metrics = reply.content["metrics"]
+            for key, lie in (("accuracy", 1.0), ("num-examples", 10**9)):
+                if key in metrics:
+                    metrics[key] = lie
+        return reply
+
+    return app
 
 
 def set_task_identity() -> None:

@@ -39,6 +39,7 @@ from fomo_core.adapters.flower import (
 )
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
+from fomo_core.model_store import ModelStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NODES = {2**64 - 5: 0, 17: 1, 2**63 + 3: 2, 40: 3}  # Flower node ids are unsigned 64-bit
@@ -90,6 +91,15 @@ def initial_flat() -> np.ndarray:
         ({"arrayrecord_key": "same", "configrecord_key": "same"}, ValueError, "record keys must differ"),
         ({"num_clients": 0}, ValueError, "num_clients must be an integer >= 1"),
         ({"seed": 1.5}, TypeError, "seed must be an integer"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"seed": True}, TypeError, "seed must be an integer"),
+        ({"node_wait_timeout": -1.0}, ValueError, "node_wait_timeout must be a finite number"),
+        ({"node_wait_timeout": float("inf")}, ValueError, "node_wait_timeout"),
+        ({"node_wait_timeout": "60"}, TypeError, "node_wait_timeout must be a real number"),
+        ({"count_cap_ratio": 0.5}, ValueError, "count_cap_ratio"),
+        ({"fraction_evaluate": float("nan")}, ValueError, "fraction_evaluate"),
+        ({"identify_all": "yes"}, TypeError, "identify_all must be True or False"),
+        ({"affinity_history": 1}, TypeError, "affinity_history must be True or False"),
     ],
 )
 def test_bad_options_are_refused_with_the_argument_named(options, error, fragment):
@@ -187,6 +197,198 @@ def test_personalised_models_are_returned_in_the_result(clients_data):
     assert result.train_metrics_clientapp[2]["num-clients"] == 4
     with pytest.raises(ValueError, match="evaluate_fn is not supported"):
         strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), evaluate_fn=lambda r, a: None)
+
+
+# --- many clients: who is asked, who is evaluated, who is waited for ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def twenty_clients():
+    return fl.digits_clients(20, 4)[1]
+
+
+def _kinds(grid) -> list:
+    return [kind for kind, _ in grid.sent]
+
+
+def test_a_round_asks_only_its_new_participants_for_their_client_id(twenty_clients):
+    # Prepare: 20 nodes, 20% train per round
+    grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + 7 * k: k for k in range(20)})
+    strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2)
+
+    # Execute
+    strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=3)
+
+    # Assert: the start costs the round's 4 participants, not the 20 nodes; every node is asked
+    # once, and only the nodes that take part are asked at all
+    assert _kinds(grid)[:5] == ["query"] * 4 + ["train"]
+    queried = [node for kind, node in grid.sent if kind == "query"]
+    trained = [node for kind, node in grid.sent if kind == "train"]
+    assert len(queried) == len(set(queried)) and set(queried) == set(trained) and len(trained) == 12
+    assert "evaluate" not in _kinds(grid)  # the clients that train evaluate in their train reply
+    for r in strategy.rounds:
+        assert len(r.scores) == 4 and sorted(r.accuracy) == sorted(r.scores) and r.failed == {}
+    # after the first, no exchange of queries alone: a round's queries go with the round before
+    assert grid.exchanges[0] == ["query"] * 4 and len(grid.exchanges) == 1 + 3
+    assert all(kinds[:4] == ["train"] * 4 for kinds in grid.exchanges[1:])
+    assert "query" not in grid.exchanges[-1]  # nothing drawn beyond the last round
+
+
+def test_a_resumed_run_draws_the_nodes_the_uninterrupted_one_draws(twenty_clients, tmp_path):
+    def run(state_dir, rounds, grid=None):
+        grid = grid or fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + 7 * k: k for k in range(20)})
+        strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2, state_dir=state_dir)
+        strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=rounds)
+        return strategy, grid
+
+    straight, _ = run(None, 4)
+    _, grid = run(tmp_path, 2)
+    resumed, _ = run(tmp_path, 4, grid)  # a new ServerApp, the same nodes (a SuperLink with a database)
+    assert [r.candidates for r in resumed.rounds] == [r.candidates for r in straight.rounds]
+    np.testing.assert_array_equal(resumed.affinity_matrix, straight.affinity_matrix)
+
+
+def test_identify_all_makes_the_sampled_clients_independent_of_the_node_ids(twenty_clients):
+    def run(offset: int) -> FedFomo:
+        grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {offset - 3 * k: k for k in range(20)})
+        strategy = FedFomo(m=2, seed=0, num_clients=20, fraction_train=0.2, identify_all=True)
+        strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=2)
+        assert _kinds(grid)[:21] == ["query"] * 20 + ["train"]  # every node, before round 1
+        return strategy
+
+    a, b = run(10**6), run(2**63)
+    assert [r.candidates for r in a.rounds] == [r.candidates for r in b.rounds]
+    np.testing.assert_array_equal(a.affinity_matrix, b.affinity_matrix)
+
+
+@pytest.mark.parametrize("fraction_evaluate, folded, separate", [(0.1, 2, 0), (0.5, 4, 6)])
+def test_evaluations_are_drawn_from_the_training_clients_first(twenty_clients, fraction_evaluate, folded, separate):
+    grid = fl.LocalGrid(fl.sklearn_app(twenty_clients), {1000 + k: k for k in range(20)})
+    strategy = FedFomo(m=2, seed=0, fraction_train=0.2, fraction_evaluate=fraction_evaluate)
+    strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=2)
+    for r in strategy.rounds:
+        trained_and_evaluated = set(r.scores) & set(r.accuracy)
+        assert len(r.scores) == 4 and len(trained_and_evaluated) == folded
+        assert len(r.accuracy) == folded + separate and r.evaluate_failed == {}
+    assert _kinds(grid).count("evaluate") == 2 * separate
+
+
+def _start_in_a_thread(strategy, grid, rounds: int, deadline: float = 120.0) -> None:
+    """Runs the strategy to ``rounds`` and fails if it has not returned within ``deadline``
+    seconds (a stalled run, not a speed limit: a round takes well under a second here)."""
+    import threading
+
+    errors = []
+
+    def run() -> None:
+        try:
+            strategy.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=rounds)
+        except Exception as e:  # reported in the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(deadline)
+    assert not thread.is_alive(), f"the run stalled (rounds done: {[r.round for r in strategy.rounds]})"
+    assert not errors, errors
+
+
+def _one_round_then_lose_node_17(data, **options) -> tuple:
+    """(strategy, grid) after round 1 of 4 clients, with client 1's node (17) gone."""
+    grid = fl.LocalGrid(fl.sklearn_app(data), NODES)
+    strategy = FedFomo(m=2, seed=0, num_clients=4, **options)
+    _start_in_a_thread(strategy, grid, 1)
+    del grid.nodes[17]
+    return strategy, grid
+
+
+def test_a_lost_node_stalls_no_round(clients_data):
+    # Prepare: a round waits for all 4 nodes, for at most 0.3 s; client 1's node is lost for good
+    strategy, grid = _one_round_then_lose_node_17(clients_data[1], min_available_nodes=4, node_wait_timeout=0.3)
+
+    # Execute
+    _start_in_a_thread(strategy, grid, 3)
+
+    # Assert: rounds 2 and 3 went ahead with the 3 others
+    for r in strategy.rounds[1:]:
+        assert sorted(r.scores) == [0, 2, 3] and r.failed == {}
+
+
+def test_a_round_below_its_minimum_waits_for_a_node_to_come_back(clients_data):
+    # Prepare: 4 clients must train; client 1's node is gone and comes back after a second
+    import threading
+
+    strategy, grid = _one_round_then_lose_node_17(clients_data[1], min_train_nodes=4, node_wait_timeout=0.1)
+    threading.Timer(1.0, grid.nodes.__setitem__, (99, 1)).start()
+
+    # Execute
+    _start_in_a_thread(strategy, grid, 2)
+
+    # Assert: the round waited for it (the timeout does not go below the minimum)
+    assert sorted(strategy.rounds[1].scores) == [0, 1, 2, 3]
+
+
+def _measured_on_the_test_splits(data):
+    """The server's own evaluation of a personalised model: here the server holds every
+    client's test split (as a simulation does)."""
+    from fomo_core.adapters.flower import load_model_record
+
+    def measure(server_round: int, client_id: str, arrays: ArrayRecord) -> MetricRecord:
+        d = data[int(client_id)]
+        client = MLPClassifierClient(fl.estimator(0), (d.x_val, d.y_val), (d.x_train, d.y_train))
+        load_model_record(client, arrays)
+        _, accuracy = client.evaluate(client.get_flat()[None], (d.x_test, d.y_test))
+        return MetricRecord({"accuracy": float(accuracy[0])})
+
+    return measure
+
+
+def test_one_lying_client_moves_neither_the_measured_accuracy_nor_the_weights():
+    # Prepare: 8 clients in 4 groups; client 3 trains honestly and then claims accuracy 1.0 and
+    # 10**9 training examples. The aggregation function records the counts it is given.
+    _, data = fl.digits_clients(8, 4)
+    counts = []
+
+    def run(app) -> tuple:
+        strategy = FedFomo(
+            m=2,
+            seed=0,
+            num_clients=8,
+            train_metrics_aggr_fn=lambda contents, key: (
+                counts.append([c["metrics"][key] for c in contents]) or MetricRecord({})
+            ),
+        )
+        grid = fl.LocalGrid(app, {500 + k: k for k in range(8)})
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=model_record(fl.estimator(0)),
+            num_rounds=2,
+            evaluate_client_fn=_measured_on_the_test_splits(data),
+        )
+        return strategy, result
+
+    # Execute
+    honest, honest_result = run(fl.sklearn_app(data))
+    lied, lied_result = run(fl.lying_app(data, liar=3))
+
+    # Assert
+    for h, x in zip(honest.rounds, lied.rounds):
+        ranked = sorted(h.accuracy.values())
+        print(
+            f"round {h.round}: mean of the reports {100 * h.mean_accuracy:.1f}% -> {100 * x.mean_accuracy:.1f}%, "
+            f"median {100 * h.median_accuracy:.1f}% -> {100 * x.median_accuracy:.1f}%, measured by the server "
+            f"{100 * h.server_accuracy:.1f}% -> {100 * x.server_accuracy:.1f}%"
+        )
+        assert x.accuracy[3] == 1.0 and x.mean_accuracy - h.mean_accuracy > 0.01  # the lie is real and shows
+        assert h.median_accuracy <= x.median_accuracy <= (ranked[4] + ranked[5]) / 2  # one rank at most
+        assert x.server_metrics == h.server_metrics  # the server measured the same models
+        assert lied_result.evaluate_metrics_serverapp[h.round] == honest_result.evaluate_metrics_serverapp[h.round]
+    np.testing.assert_array_equal(lied.affinity_matrix, honest.affinity_matrix)
+    # the aggregation function saw the liar's count lowered to 10x the median of the others'
+    honest_counts, lied_counts = counts[0], counts[2]
+    others = sorted(c for k, c in enumerate(honest_counts) if k != 3)
+    assert lied_counts[3] == int(10 * np.median(others)) < 10**9
+    assert [c for k, c in enumerate(lied_counts) if k != 3] == [c for k, c in enumerate(honest_counts) if k != 3]
 
 
 # --- stable client ids ------------------------------------------------------------------------------
@@ -366,6 +568,10 @@ def test_an_attacking_reply_is_recorded_and_changes_nothing(attack, clients_data
     r2 = strategy.rounds[1]
     assert list(r2.failed) == [1] and fragment in r2.failed[1], r2.failed
     assert sorted(r2.scores) == [0, 2, 3] and 1 not in r2.accuracy and np.isfinite(r2.mean_accuracy)
+    # the refused reply's bytes are counted: received, though not used
+    assert 0 < r2.bytes_rejected < r2.bytes_up
+    if attack == "20 MB labelled (64, 16)":
+        assert r2.bytes_rejected > 20e6
     np.testing.assert_array_equal(strategy.affinity_matrix[1], before_affinity[1])
     np.testing.assert_array_equal(strategy.model("1"), before_model)
     assert np.isfinite(strategy.affinity_matrix).all()
@@ -545,7 +751,7 @@ def test_a_disk_model_store_gives_the_same_federation_and_resumes(tmp_path):
     straight, _ = fl.run_federation(None, 4)
     fl.run_federation(str(tmp_path / "state"), 2, model_store=tmp_path / "models.npy")
     resumed, _ = fl.run_federation(str(tmp_path / "state"), 4, model_store=tmp_path / "models.npy")
-    assert isinstance(resumed.state.models, np.memmap) and len(resumed.models_record()) == 0
+    assert isinstance(resumed.state.models, ModelStore) and len(resumed.models_record()) == 0
     np.testing.assert_array_equal(resumed.affinity_matrix, straight.affinity_matrix)
     for cid in straight.client_ids:
         np.testing.assert_array_equal(resumed.model(cid), straight.model(cid))
@@ -563,14 +769,57 @@ def test_a_checkpoint_of_another_model_or_strategy_is_refused(tmp_path):
         FedFomo(m=3, state_dir=tmp_path).initialise(model_record(fl.estimator(0)))
 
 
+def _rewrite(path: Path, change) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+CORRUPT_CHECKPOINTS = {
+    "truncated": (lambda p: p.write_text(p.read_text()[:-40]), "not a readable"),
+    "a list": (lambda p: p.write_text("[1, 2]"), "format"),
+    "server outside the folder": (lambda p: _rewrite(p, lambda m: m.update(server="../../x.npz")), "'server'"),
+    "round negative": (lambda p: _rewrite(p, lambda m: m.update(round=-7)), "'round'"),
+    "round of another state": (lambda p: _rewrite(p, lambda m: m.update(round=5)), "at round 5"),
+    "a client twice": (lambda p: _rewrite(p, lambda m: m.update(client_ids=["0", "0", "2", "3"])), "twice"),
+    "a client id not text": (lambda p: _rewrite(p, lambda m: m.update(client_ids=[[0], "1", "2", "3"])), "client_ids"),
+    "fewer clients": (lambda p: _rewrite(p, lambda m: m.update(client_ids=["0", "1"], nodes={})), "names 2 clients"),
+    "a node of no client": (lambda p: _rewrite(p, lambda m: m["nodes"].update({"17": 9})), "'nodes'"),
+    "an unknown round field": (lambda p: _rewrite(p, lambda m: m["rounds"][0].update(evil=1)), "'rounds'"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPT_CHECKPOINTS))
+def test_a_corrupt_checkpoint_is_refused_with_the_file_and_entry_named(tmp_path, corruption):
+    fl.run_federation(str(tmp_path), 1)
+    damage, fragment = CORRUPT_CHECKPOINTS[corruption]
+    damage(tmp_path / "strategy.json")
+    with pytest.raises(ValueError, match="strategy.json") as error:
+        FedFomo(m=2, state_dir=tmp_path).initialise(model_record(fl.estimator(0)))
+    assert fragment in str(error.value)
+
+
+def test_a_resumed_server_knows_the_nodes_it_had_bound(tmp_path):
+    # Prepare: 2 rounds; the ServerApp restarts on the same folder, the SuperNodes stay
+    strategy, grid = fl.run_federation(str(tmp_path), 2)
+    grid.sent.clear()
+
+    # Execute: a new strategy on the same grid runs round 3
+    resumed = FedFomo(m=2, seed=0, num_clients=4, state_dir=tmp_path)
+    resumed.start(grid=grid, initial_arrays=model_record(fl.estimator(0)), num_rounds=3)
+
+    # Assert: no node was asked for its client id again
+    assert _kinds(grid) == ["train"] * 4 and resumed.rounds[-1].failed == {}
+
+
 def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     # Prepare: the reference, uninterrupted
-    straight, _ = fl.run_federation(None, 6)
+    straight, _ = fl.run_federation(None, 4)
     script = Path(__file__).resolve().parent / "flower_local.py"
 
-    # Execute: a server process killed (SIGKILL) once round 3's checkpoint exists, then resumed here
+    # Execute: a server process killed (SIGKILL) once round 2's checkpoint exists, then resumed here
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), "6"],
+        [sys.executable, str(script), str(tmp_path), "4"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -580,7 +829,7 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if json.loads((tmp_path / "strategy.json").read_text())["round"] >= 3:
+                if json.loads((tmp_path / "strategy.json").read_text())["round"] >= 2:
                     break
             except (OSError, ValueError):
                 pass
@@ -592,11 +841,11 @@ def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     stopped_at = json.loads((tmp_path / "strategy.json").read_text())["round"]
-    resumed, grid = fl.run_federation(str(tmp_path), 6)
+    resumed, grid = fl.run_federation(str(tmp_path), 4)
 
     # Assert: it had not finished, and the resumed run ends in the uninterrupted run's state
-    assert 3 <= stopped_at < 6  # rounds completed
-    assert [k for k, _ in grid.sent].count("train") == 4 * (6 - stopped_at)
+    assert 2 <= stopped_at < 4  # rounds completed
+    assert [k for k, _ in grid.sent].count("train") == 4 * (4 - stopped_at)
     a, models = _state(straight)
     b, got = _state(resumed)
     np.testing.assert_array_equal(a, b)
@@ -891,8 +1140,8 @@ def test_a_client_of_the_users_own_making_federates(clients_data):
 # --- the Flower App in examples/flower-app, in this process ----------------------------------------
 
 
-@pytest.mark.parametrize("framework", ["sklearn", "torch"])
-def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
+@pytest.mark.parametrize("framework, strategy", [("sklearn", "fedfomo"), ("torch", "fedfomo"), ("sklearn", "fedavg")])
+def test_the_example_app_runs_in_process(framework, strategy, tmp_path, monkeypatch):
     import tomllib
 
     app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
@@ -905,6 +1154,7 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
             "num-server-rounds": 2,
             "num-clients": 4,
             "num-groups": 2,
+            "strategy": strategy,
             "framework": framework,
             "state-dir": str(tmp_path),
             "candidate-dtype": "bfloat16",
@@ -913,8 +1163,35 @@ def test_the_example_app_runs_in_process(framework, tmp_path, monkeypatch):
     grid = fl.LocalGrid(client_app.app, {101: 0, 102: 1, 103: 2, 104: 3}, run_config=config)
     server_app.main(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=config))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["failed"] for r in results["rounds"]] == [{}, {}]
-    assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(0 < r["mean_accuracy"] <= 1 and r["seconds"] > 0 for r in results["rounds"])
+    if strategy == "fedfomo":
+        assert [r["failed"] for r in results["rounds"]] == [{}, {}]
+        assert all(len(r["accuracy"]) == 4 for r in results["rounds"]) and results["groups"] == [0, 1, 0, 1]
+        # the server measured every updated model itself, on the same test splits the clients use
+        for r in results["rounds"]:
+            measured = {k: m["accuracy"] for k, m in r["server_metrics"].items()}
+            assert measured == pytest.approx(r["accuracy"], abs=1e-6)
+    else:  # FedAvg's messages: train and evaluate, one each per client per round
+        assert [k for k, _ in grid.sent] == (["train"] * 4 + ["evaluate"] * 4) * 2
+
+
+def test_the_example_partition_gives_every_client_data_at_any_size(monkeypatch):
+    app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+    monkeypatch.syspath_prepend(str(app_dir))
+    from fedfomo_app.task import partition
+
+    with pytest.raises(ValueError, match="set samples-per-client"):
+        partition(500, 3, 0)  # the digits dealt once: 3.6 samples per client
+    groups, data = partition(1000, 3, 0, 60)
+    assert groups.tolist() == [k % 3 for k in range(1000)]
+    for d in data[:50]:
+        assert d.y_train.size + d.y_val.size + d.y_test.size == 60
+        assert min(d.y_train.size, d.y_val.size, d.y_test.size) > 0
+    # clients of a group hold that group's classes only, and two groups share none
+    classes = [set(np.concatenate([d.y_train, d.y_val, d.y_test]).tolist()) for d in data[:3]]
+    assert not (classes[0] & classes[1]) and not (classes[1] & classes[2]) and not (classes[0] & classes[2])
+    assert all(set(np.concatenate([d.y_train, d.y_test]).tolist()) <= classes[k % 3] for k, d in enumerate(data[:30]))
 
 
 def test_the_strategy_equals_a_hand_driven_loop_of_the_shared_server_and_client_round(clients_data):

@@ -58,7 +58,7 @@ def test_suite_rejects_unknown_subjects(capsys):
 
     with pytest.raises(SystemExit):
         main(["--only", "kernels,speed", "--no-progress"])
-    assert "expected a comma-separated subset of kernels,evaluate,round,early-stop" in capsys.readouterr().err
+    assert "expected a comma-separated subset of kernels,evaluate,round,early-stop,server" in capsys.readouterr().err
 
 
 def test_cli_bench_hands_its_options_to_the_suite(capsys):
@@ -81,3 +81,16 @@ def test_readme_speed_section_is_the_generated_one():
     assert text[start : end + 1 if end >= 0 else len(text)] == generated
     machine = next(line for line in generated.splitlines() if line.startswith("Measured on: "))
     assert "bfloat16 instructions" in machine and "torch dispatches" in machine
+
+
+def test_server_subject_measures_a_small_federation(tmp_path):
+    import bench_server
+
+    assert bench_server.check_agreement()["clients"] == 12
+    cfg = dict(N=40, P=16, participation=0.1, dtype="float32", rounds=1, folder=str(tmp_path))
+    run = bench_server.child_run(cfg)
+    loaded = bench_server.child_load(cfg)
+    assert run["participants"] == 4 and run["round"] == loaded["loaded_round"] == 2
+    assert run["select_us"] > 0 and run["select_many_us"] > 0 and run["checkpoint_mib"] > 0
+    row = {**cfg, **run, **loaded}
+    assert "| 40 | 16 |" in bench_server.table({"rows": [row]})

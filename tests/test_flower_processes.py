@@ -1,213 +1,61 @@
 """The Flower App in examples/flower-app run as users run it, by real processes on loopback:
 
-1. ``flwr run`` on the Simulation Runtime (a SuperLink in simulation mode, Ray backend), 6
-   clients, 3 rounds;
-2. a deployment: ``flower-superlink --insecure``, 3 ``flower-supernode`` processes with partition
-   ids, ``flwr run`` to it, 3 rounds.
+1. the Simulation Runtime on a two-node Ray cluster (a head node that runs nothing, and a worker
+   node with the CPUs, so every ClientApp runs on the second node), 6 clients, 3 rounds;
+2. a deployment (SuperLink with a database, 3 SuperNodes): one SuperNode is killed with SIGKILL
+   during round 1 and every round finishes with the others; then the SuperLink is killed with
+   SIGKILL and restarted on its database, the SuperNodes carry on, the lost one comes back, and
+   a second ``flwr run`` on the same state folder resumes exactly;
+3. processes started here die with the process that started them, even when it is killed with
+   SIGKILL (no ``finally`` runs).
 
-Each reads the ServerApp's checkpoint folder and checks that every client's model changed and
-that the affinity concentrates within the latent groups. The test starts every process itself (its
-own session and process group), and in ``finally`` stops them and every descendant they started
-(SuperExec, ServerApp, ClientApps, Ray), by PID. Flower's home, Ray's temp folder and the ports
-are the test's own; runtime dependency installation is disabled (fomo-core is installed here, not
-on the package index).
+Every process is started through tests/flower_runtime.py: its own process group, a guard that
+kills it and its descendants when the test process dies, and ``stop()`` at the end of each test,
+by PID. Flower's home, Ray's temp folder and the ports are the test's own. Each test prints how
+long it took.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import flower_runtime as fr
 import numpy as np
 import pytest
 
 pytest.importorskip("flwr")
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
-BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
-
-
-def _free_ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _children() -> dict:
-    """{pid: parent pid} of every process visible in /proc."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-                out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _descendants(pids: list) -> list:
-    parents = _children()
-    found, frontier = [], list(pids)
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in found:
-                found.append(child)
-                frontier.append(child)
-    return found
-
-
-class Processes:
-    """Processes the test starts, each in its own session; stop() ends them and all their
-    descendants (snapshotted before the first signal), by PID and process group."""
-
-    def __init__(self, env: dict, logs: Path):
-        self.env, self.logs, self.procs = env, logs, []
-
-    def start(self, name: str, args: list) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.logs
-        )
-        self.procs.append((name, proc, log))
-        return proc
-
-    def run(self, name: str, args: list, timeout: float) -> str:
-        proc = self.start(name, args)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{name} did not finish within {timeout} s; log:\n{self.log(name)[-3000:]}")
-        return self.log(name)
-
-    def terminate(self, name: str) -> None:
-        """SIGTERM to one process's group (a SuperNode shutting down), waited for."""
-        proc = next(p for n, p, _ in self.procs if n == name)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        own = [p.pid for _, p, _ in self.procs]
-        everyone = own + _descendants(own)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in everyone:
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, sig)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and any(p.poll() is None for _, p, _ in self.procs):
-                time.sleep(0.1)
-        for _, p, log in self.procs:
-            p.wait(timeout=5)
-            log.close()
 
 
 @pytest.fixture
 def flower_env():
-    """Environment and folders of one federation: Flower home, a short Ray temp dir, logs."""
-    home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(home),
-        RAY_TMPDIR=ray_tmp,
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONWARNINGS="ignore",
-    )
-    env.pop("RAY_ADDRESS", None)
-    (home / "logs").mkdir()
-    procs = Processes(env, home / "logs")
-    try:
-        yield home, procs
-    finally:
-        procs.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
+    """(Flower home, Processes) of one federation; everything started is stopped afterwards."""
+    with fr.flower_env() as env:
+        yield env
 
 
-def _connection(home: Path, name: str, port: int) -> None:
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listened on port {port} within {timeout} s")
-
-
-def _flwr_run(
-    procs: Processes, state: Path, run_config: str, extra: list, timeout: float, name: str = "flwr-run"
-) -> str:
+def _flwr_run(procs, state: Path, run_config: str, extra: list, timeout: float, name: str = "flwr-run") -> str:
     out = procs.run(
         name,
-        [str(BIN / "flwr"), "run", str(APP), *extra, "--stream", "--run-config", f"state-dir='{state}' {run_config}"],
+        [fr.BIN / "flwr", "run", APP, *extra, "--stream", "--run-config", f"state-dir='{state}' {run_config}"],
         timeout,
     )
     assert (state / "results.json").exists(), f"the ServerApp wrote no results; flwr run said:\n{out[-4000:]}"
     return out
 
 
-def _check_federation(state: Path, num_clients: int, rounds: int, initial: np.ndarray) -> dict:
-    results = json.loads((state / "results.json").read_text())
-    meta = json.loads((state / "strategy.json").read_text())
-    with np.load(state / meta["server"]) as server:
-        models = server["models"]
-    assert meta["round"] == rounds  # rounds completed
-    assert sorted(results["client_ids"]) == [str(k) for k in range(num_clients)]
-    for r in results["rounds"]:
-        assert r["failed"] == {}, r["failed"]
-        assert len(r["scores"]) == num_clients
-        assert len(r["accuracy"]) == num_clients
-    # every client's model moved away from the initial one
-    assert models.shape == (num_clients, initial.size)
-    for k in range(num_clients):
-        assert not np.allclose(models[k], initial), f"client {k}'s model never changed"
-    return results
-
-
-def _superlink_command(port: int, control: int, *flags: str) -> list:
-    """A loopback SuperLink on ``port`` (Fleet API) and ``control`` (Control API), insecure."""
-    fixed = "--insecure --isolation subprocess --host 127.0.0.1 --port".split()
-    return [str(BIN / "flower-superlink"), *flags, *fixed, str(port), "--control-api-address", f"127.0.0.1:{control}"]
-
-
-def _supernode_command(port: int, node_port: int, node_config: str) -> list:
-    """A loopback SuperNode of the SuperLink on ``port``, serving on ``node_port``."""
-    fixed = "--insecure --host 127.0.0.1".split()
-    where = ["--superlink", f"127.0.0.1:{port}", "--port", str(node_port)]
-    return [str(BIN / "flower-supernode"), *fixed, *where, "--node-config", node_config]
+def _wait_for_log(procs, name: str, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in procs.log(name):
+        tail = procs.log(name)[-3000:]
+        assert time.monotonic() < deadline, f"{name} did not log {text!r} within {timeout} s:\n{tail}"
+        assert procs.proc(name).poll() is None, f"{name} exited:\n{procs.log(name)[-3000:]}"
+        time.sleep(0.2)
 
 
 def _initial_flat() -> np.ndarray:
@@ -222,81 +70,155 @@ def _initial_flat() -> np.ndarray:
     return ModelLayout.of(record).flat_from_record(record, "initial")
 
 
-def test_flwr_run_on_the_simulation_runtime(flower_env):
+def _models(state: Path) -> np.ndarray:
+    meta = json.loads((state / "strategy.json").read_text())
+    with np.load(state / meta["server"]) as server:
+        return server["models"]
+
+
+@pytest.mark.slow
+def test_flwr_run_on_the_simulation_runtime_over_a_two_node_ray_cluster(flower_env):
     home, procs = flower_env
-    port, control = _free_ports(2)
-    _connection(home, "sim", port)
-    link = procs.start("superlink", _superlink_command(port, control, "--simulation"))
-    _wait_for_port(port, link, 30)
-    state = home / "state"
     t0 = time.perf_counter()
+    port, ray_port = fr.free_ports(2)
+    ray = [fr.BIN / "ray", "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    head = procs.start("ray-head", [*ray, "--head", "--port", ray_port, "--num-cpus", "0", "--include-dashboard=false"])
+    fr.wait_for_port(ray_port, head, 60)
+    procs.start("ray-worker", [*ray, "--address", f"127.0.0.1:{ray_port}", "--num-cpus", "2"])
+    procs.env["RAY_ADDRESS"] = f"127.0.0.1:{ray_port}"  # the simulation joins this cluster
+    fr.connection(home, "sim", port)
+    link = procs.start("superlink", fr.superlink_command(port, "--simulation"))
+    fr.wait_for_port(port, link, 60)
+    _wait_for_log(procs, "ray-worker", "Ray runtime started", 120)
+    state = home / "state"
     _flwr_run(
         procs,
         state,
         "num-server-rounds=3 num-clients=6 num-groups=3 candidates=5",
         ["sim", "--federation-config", "num-supernodes=6 client-resources-num-cpus=1"],
-        timeout=150,
+        timeout=240,
     )
     seconds = time.perf_counter() - t0
-    results = _check_federation(state, 6, 3, _initial_flat())
+
+    # Assert: every round trained and evaluated every client (on the worker node: the head has no
+    # CPU to run a ClientApp), every model moved, and the affinity found the groups
+    results = json.loads((state / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    for r in results["rounds"]:
+        assert r["failed"] == {} and len(r["scores"]) == 6 and len(r["accuracy"]) == 6
+    models, initial = _models(state), _initial_flat()
+    assert models.shape == (6, initial.size) and not any(np.allclose(m, initial) for m in models)
     from fomo_core.simulate.metrics import within_group_fraction
 
-    groups = np.array(results["groups"])
-    fraction, counted = within_group_fraction(np.array(results["affinity"]), groups)
+    fraction, counted = within_group_fraction(np.array(results["affinity"]), np.array(results["groups"]))
     # each client has 1 group mate among 5 others: 0.2 of its positive affinity by chance
-    assert counted >= 4 and fraction > 0.5, (
-        fraction,
-        counted,
-        np.round(results["affinity"], 2).tolist(),
-        results["groups"],
-    )
-    accuracy = [r["mean_accuracy"] for r in results["rounds"]]
-    print(
-        f"simulation: {seconds:.1f} s, accuracy per round {accuracy}, within-group {fraction:.2f}, "
-        f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}"
-    )
+    assert counted >= 4 and fraction > 0.5, (fraction, counted, np.round(results["affinity"], 2).tolist())
+    accuracy = [round(r["server_accuracy"], 3) for r in results["rounds"]]
+    print(f"simulation on a two-node Ray cluster: {seconds:.1f} s, accuracy per round {accuracy}")
 
 
-def test_flwr_run_on_a_superlink_with_three_supernodes(flower_env):
+def _json(path: Path, timeout: float) -> dict:
+    """The JSON file at ``path`` once it exists (written atomically by the ServerApp)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s"
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_a_deployment_survives_a_lost_supernode_and_a_superlink_crash(flower_env):
     home, procs = flower_env
-    port, control, *node_ports = _free_ports(5)
-    _connection(home, "deploy", port)
-    link = procs.start("superlink", _superlink_command(port, control, "--disable-runtime-dependency-installation"))
-    _wait_for_port(port, link, 30)
-    for k in range(3):
-        procs.start(f"supernode-{k}", _supernode_command(port, node_ports[k], f"partition-id={k} num-partitions=3"))
-    state = home / "state"
     t0 = time.perf_counter()
-    _flwr_run(procs, state, "num-server-rounds=3 num-clients=3 num-groups=2 candidates=2", ["deploy"], timeout=150)
-    seconds = time.perf_counter() - t0
-    results = _check_federation(state, 3, 3, _initial_flat())
-    # clients 0 and 2 share a group (client k is in group k % 2), client 1 is alone; with M = 2 of
-    # 3 clients every client measures both others every round
-    a = np.array(results["affinity"])
-    assert results["groups"] == [0, 1, 0]
-    assert a[0, 2] > a[0, 1] and a[2, 0] > a[2, 1], a
-    accuracy = [r["mean_accuracy"] for r in results["rounds"]]
+    port, *node_ports = fr.free_ports(4)
+    fr.connection(home, "deploy", port)
+    superlink = fr.superlink_command(port, "--disable-runtime-dependency-installation", "--database", home / "link.db")
+    link = procs.start("superlink", superlink)
+    fr.wait_for_port(port, link, 60)
+    for k in range(3):
+        procs.start(f"supernode-{k}", fr.supernode_command(port, node_ports[k], f"partition-id={k}"))
+    state = home / "state"
+    settings = "num-server-rounds=3 num-clients=3 num-groups=2 candidates=1 min-available-nodes=3"
+    command = [fr.BIN / "flwr", "run", APP, "deploy", "--stream", "--run-config"]
+
+    # Execute: round 1 starts with every node; SuperNode 1 is lost (SIGKILL) while it trains;
+    # once round 2's checkpoint is written, the SuperLink crashes (SIGKILL to it, its ServerApp
+    # and everything they started)
+    procs.start("flwr-run", [*command, f"state-dir='{state}' {settings} node-wait-timeout=2"])
+    _wait_for_log(procs, "flwr-run", "configure_train: 3 of 3 nodes train", 180)
+    procs.kill("supernode-1")
+    deadline = time.monotonic() + 240  # the SuperLink declares a node lost within 2 heartbeats (60 s)
+    while (checkpoint := _json(state / "strategy.json", 240))["round"] < 2:
+        assert time.monotonic() < deadline, f"round 2 did not finish:\n{procs.log('flwr-run')[-3000:]}"
+        time.sleep(0.1)
+    procs.kill("superlink")
+    procs.kill("flwr-run")
+    lost_at = time.perf_counter() - t0
+
+    # Assert: round 1 finished without the lost node (Flower's reason recorded), round 2 went
+    # ahead with the two others after waiting 2 s for a third
+    r1, r2 = checkpoint["rounds"][:2]
+    assert sorted(r1["scores"]) == ["0", "2"] and list(r1["failed"]) == ["1"], r1["failed"]
+    assert "Node Unavailable" in r1["failed"]["1"]
+    assert sorted(r2["scores"]) == ["0", "2"] and r2["failed"] == {}
+
+    # Execute: the SuperLink restarts on its database; the lost SuperNode comes back (a new
+    # Flower node id, the same partition); flwr run again on the same state folder
+    link = procs.start("superlink-2", superlink)
+    fr.wait_for_port(port, link, 60)
+    procs.start("supernode-1b", fr.supernode_command(port, node_ports[1], "partition-id=1"))
+    _flwr_run(procs, state, f"{settings} node-wait-timeout=120", ["deploy"], 240, name="flwr-run-2")
+
+    # Assert: the SuperNodes lived through the restart (their registrations are in the database:
+    # no 401), and the run resumed at round 3 from the checkpoint, with all 3 clients
+    for k in (0, 2):
+        assert procs.proc(f"supernode-{k}").poll() is None, procs.log(f"supernode-{k}")[-2000:]
+    resumed = json.loads((state / "results.json").read_text())
+    for before, after in zip(checkpoint["rounds"], resumed["rounds"][:2]):
+        assert after | before == after  # the checkpoint's record of rounds 1-2, unchanged
+    r3 = resumed["rounds"][2]
+    assert r3["round"] == 3 and r3["failed"] == {} and sorted(r3["scores"]) == ["0", "1", "2"]
+    assert resumed["client_ids"] == ["0", "1", "2"]
     print(
-        f"deployment: {seconds:.1f} s, accuracy per round {accuracy}, "
-        f"bytes down/up per round {[(r['bytes_down'], r['bytes_up']) for r in results['rounds']]}"
+        f"deployment: {lost_at:.1f} s to the SuperLink's crash (a SuperNode lost in round 1), "
+        f"{time.perf_counter() - t0:.1f} s in all; accuracy per round "
+        f"{[round(r['server_accuracy'], 3) for r in resumed['rounds']]}"
     )
 
-    # A restarted SuperNode (a new Flower node id, the same partition) and a new ServerApp on the
-    # same state folder: the run resumes at round 4 with client 1 on its new node
-    procs.terminate("supernode-1")
-    procs.start("supernode-1b", _supernode_command(port, node_ports[1], "partition-id=1 num-partitions=3"))
-    before = json.loads((state / "strategy.json").read_text())
-    (state / "results.json").unlink()
-    _flwr_run(
-        procs,
-        state,
-        "num-server-rounds=4 num-clients=3 num-groups=2 candidates=2",
-        ["deploy"],
-        timeout=120,
-        name="flwr-run-2",
-    )
-    resumed = json.loads((state / "results.json").read_text())
-    assert json.loads((state / "strategy.json").read_text())["round"] == 4
-    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
-    assert resumed["rounds"][:3] == results["rounds"] and resumed["client_ids"] == before["client_ids"]
-    assert resumed["rounds"][3]["failed"] == {} and sorted(resumed["rounds"][3]["scores"]) == ["0", "1", "2"]
+
+KILLED_PARENT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import flower_runtime as fr
+
+with fr.flower_env() as (home, procs):
+    (port,) = fr.free_ports(1)
+    link = procs.start("superlink", fr.superlink_command(port, "--simulation"))
+    procs.start("sleepers", ["bash", "-c", "setsid sleep 300 & sleep 300"])  # one leaves the group
+    fr.wait_for_port(port, link, 60)
+    time.sleep(1)
+    print(*procs.pids(), *fr.descendants(procs.pids()), flush=True)
+    time.sleep(300)
+"""
+
+
+def test_processes_die_with_a_parent_killed_by_sigkill(tmp_path):
+    # Prepare: a process that starts a SuperLink (with its own children) and a process tree
+    # with a member in another session, the way the fixtures do, then waits
+    t0 = time.perf_counter()
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT.format(tests=str(Path(__file__).resolve().parent)))
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            started = [int(p) for p in parent.stdout.readline().split()]
+        finally:
+            parent.kill()  # SIGKILL: no finally, no atexit in the parent
+            parent.wait(timeout=30)
+
+    # Assert: every process it started, and every descendant of them, is gone
+    assert len(started) >= 5, started  # 2 guards, the SuperLink and what it started, the sleepers
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(fr.alive(p) for p in started):
+        time.sleep(0.1)
+    assert [p for p in started if fr.alive(p)] == []
+    print(f"{len(started)} processes gone after their parent's SIGKILL, in {time.perf_counter() - t0:.1f} s")

@@ -201,7 +201,14 @@ def test_paper_client_round(kind, case, m, data):
 # --- whole federations: selection, affinity and models over rounds --------------------------------
 
 
-SCHEDULE = [[0, 1, 2, 3, 4, 5], [0, 1, 3, 4], [0, 2, 3, 5], [1, 2, 3, 4, 5]]  # who takes part
+# Who takes part, in the order a sampler produced them: FL-bench draws each round's clients with
+# random.sample (src/server/fedavg.py:122-128 at 06e658b), trains them in that order
+# (src/utils/trainer.py:42) and ranks the previous round's clients with torch.topk over that list
+# (src/server/fedfomo.py:35-42), so with tied affinities the order decides who is sent.
+SCHEDULE = [[3, 0, 5, 1, 4, 2], [4, 1, 0, 3], [5, 2, 0, 3], [2, 5, 1, 4, 3]]
+# Sparse affinity rows: k = 1 keeps one entry per row (these federations fill up to 3), so entries
+# are evicted, parked and forgotten; None keeps every entry (dense).
+ROW_ENTRIES = [None, 1]
 
 
 def fleet(kind: str, data) -> tuple:
@@ -236,19 +243,33 @@ def our_federation(preset: str, kind: str, data, m: int, **server_changes) -> tu
             server.receive(i, clients[i].get_flat(), ids, res.scores, self_score=res.self_score)
         server.end_round()
         selections.append(chosen)
-    return selections, server.affinity.matrix, [c.module.state_dict() for c in clients]
+    return selections, server.affinity, [c.module.state_dict() for c in clients]
 
 
 def assert_same_federation(ours: tuple, selections: list, affinity: np.ndarray, states: list) -> None:
-    """Our federation (our_federation's selections, affinity and models) against the peer's."""
+    """Our federation (our_federation's selections, Affinity and models) against the peer's. With
+    sparse rows that evicted entries, what each row keeps equals the peer's affinity and every
+    evicted entry is at most the smallest one kept in its row (it fell out of the row's top k)."""
     ours_sel, ours_aff, ours_models = ours
     assert ours_sel == selections
-    np.testing.assert_allclose(ours_aff, affinity, **SCORES)
     for mine, theirs in zip(ours_models, states):
         assert_states(mine, theirs)
+    dense = ours_aff.matrix
+    if ours_aff.evicted == 0:
+        np.testing.assert_allclose(dense, affinity, **SCORES)
+        return
+    kept = dense != 0
+    np.testing.assert_allclose(dense[kept], affinity[kept], **SCORES)
+    for i in range(len(dense)):
+        others = np.arange(len(dense)) != i
+        evicted = others & ~kept[i] & (affinity[i] != 0)
+        assert evicted.sum() <= ours_aff.evicted
+        if evicted.any():
+            assert affinity[i, evicted].max() <= dense[i, others & kept[i]].min(initial=np.inf) + 1e-6
 
 
-def test_pfllib_federation(data):
+@pytest.mark.parametrize("k", ROW_ENTRIES)
+def test_pfllib_federation(data, k):
     kind, m = "cnn", 2
     base, vals, trains = fleet(kind, data)
     # serverfomo.py:20-23: identity affinity, every client's server copy starts as the global model
@@ -275,11 +296,12 @@ def test_pfllib_federation(data):
         uploaded_ids = list(part)
         selections.append(chosen)
 
-    ours = our_federation("pfllib", kind, data, m)
+    ours = our_federation("pfllib", kind, data, m, affinity_k=k)
     assert_same_federation(ours, selections, P.double().numpy(), [model.state_dict() for model in models])
 
 
-def test_flbench_federation(data):
+@pytest.mark.parametrize("k", ROW_ENTRIES)
+def test_flbench_federation(data, k):
     kind, m = "cnn", 2
     base, vals, trains = fleet(kind, data)
     P = torch.eye(6)  # server/fedfomo.py:25
@@ -304,26 +326,36 @@ def test_flbench_federation(data):
         prev = list(part)
         selections.append(chosen)
 
-    assert_same_federation(our_federation("fl-bench", kind, data, m), selections, P.double().numpy(), personal)
+    ours = our_federation("fl-bench", kind, data, m, affinity_k=k)
+    assert_same_federation(ours, selections, P.double().numpy(), personal)
 
 
-def test_paper_federation(data):
+@pytest.mark.parametrize(
+    "m, k",
+    [
+        (5, None),  # every other uploader: the two sides' sets must be equal
+        (2, None),  # fewer than the pool: ours must be one of the peer's possible choices
+        (2, 4),  # sparse rows (they fill 5): entries evicted and scored again restart from their new score
+    ],
+)
+def test_paper_federation(data, m, k):
     kind = "cnn"
-    m = 5  # every other uploader: exploration and ties can't make the two sides' choices differ
+    ours_sel, ours_aff, ours_models = our_federation("paper", kind, data, m, epsilon=0.0, affinity_k=k)
     base, vals, trains = fleet(kind, data)
     rows = np.zeros((6, 6))
     np.fill_diagonal(rows, 0.1)  # client.py:285-288
     models = [copy.deepcopy(base) for _ in range(6)]
     first_models = [copy.deepcopy(base) for _ in range(6)]
     uploaded: list = []
-    selections = []
     for epoch, part in enumerate(SCHEDULE):
-        chosen = {}
         if epoch > 0:  # server.py:121-122: round 0 only trains
             updates = {}
             for i in part:  # federation.py:273-284: every client's weights before any update
-                ids = peers.paper_federating_ids(rows[i], i, uploaded, m)
-                chosen[i] = sorted(ids)
+                theirs = peers.paper_federating_ids(rows[i], i, uploaded, m)
+                ids = ours_sel[epoch][i]
+                # The peer breaks ties at random too (client.py:339-340): ours must be one of its
+                # choices, the same values of its row; its round then runs with ours.
+                assert sorted(rows[i][ids]) == sorted(rows[i][theirs])
                 loader = peers.batches(*vals[i], 16)
                 updates[i], rows[i], _ = peers.paper_client_round(
                     first_models[i], [models[i], *[models[j] for j in ids]], [i, *ids], loader, rows[i]
@@ -334,9 +366,10 @@ def test_paper_federation(data):
             first_models[i] = copy.deepcopy(models[i])  # main.py:325-326, server.py:171
             gd(models[i], *trains[i], steps=2)
         uploaded = list(part)  # server.py:266
-        selections.append(chosen)
 
-    ours_sel, ours_aff, ours_models = our_federation("paper", kind, data, m, epsilon=0.0)
-    ours_sel = [{i: sorted(ids) for i, ids in r.items() if ids} for r in ours_sel]  # the peer's sets, sorted
-    theirs = [model.state_dict() for model in models]
-    assert_same_federation((ours_sel, ours_aff, ours_models), selections, rows, theirs)
+    for mine, theirs in zip(ours_models, [model.state_dict() for model in models]):
+        assert_states(mine, theirs)
+    if k is None:
+        np.testing.assert_allclose(ours_aff.matrix, rows, **SCORES)
+    else:
+        assert ours_aff.evicted > 0

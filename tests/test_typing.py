@@ -32,7 +32,7 @@ def test_mypy_sees_ndarray_in_ndarray_out_and_tensor_in_tensor_out(tmp_path):
     expected_errors = {
         number for number, line in enumerate(SNIPPET.read_text().splitlines(), 1) if line.endswith("# wrong")
     }
-    assert len(expected_errors) == 3
+    assert len(expected_errors) == 4
     command = [
         sys.executable,
         "-m",

@@ -35,6 +35,17 @@ state: dict[str, torch.Tensor] = {"w": torch.zeros(3)}
 assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).params, dict[str, torch.Tensor])
 assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).scores, torch.Tensor)
 
+# the weights with the scores from the same pass (what Server.receive takes)
+assert_type(fc.compute_weights(x, c, 1.0, [0.5, 2.0], return_scores=True), tuple[np.ndarray, fc.Scores[np.ndarray]])
+assert_type(fc.compute_weights(t, tc, 1.0, [0.5, 2.0], return_scores=True)[1].scores, torch.Tensor)
+
+# the server's rows keep init_params' array type
+assert_type(fc.Server(3, x).candidates(0), tuple[np.ndarray, np.ndarray])
+assert_type(fc.Server(3, t).candidates(0)[1], torch.Tensor)
+assert_type(fc.Server(3, t).model(0), torch.Tensor)
+assert_type(fc.layout.flatten(state), torch.Tensor)
+assert_type(fc.layout.flatten(layers), np.ndarray)
+
 anything: Any = x
 assert_type(fc.compute_weights(anything, c, 1.0, [0.5]), Any)
 
@@ -48,3 +59,4 @@ assert_type(fc.candidate_distances(OtherCudaArray(), [OtherCudaArray()]), Any)
 assert_type(fc.candidate_distances(t, tc), np.ndarray)  # wrong
 assert_type(fc.compute_weights(x, c, 1.0, [0.5, 2.0]), torch.Tensor)  # wrong
 assert_type(fc.fomo_step(state, [state], 1.0, [0.5]).params, torch.Tensor)  # wrong
+assert_type(fc.Server(3, x).candidates(0), tuple[np.ndarray, torch.Tensor])  # wrong

