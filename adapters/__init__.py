@@ -5,6 +5,7 @@ the frameworks you use get loaded:
 - ``fomo_core.adapters.numpy``: layer lists <-> flat buffers, scikit-learn MLPClassifier clients
 - ``fomo_core.adapters.flower``: a FedFomo strategy for Flower's Message API and ClientApps around
   the torch / scikit-learn clients (extra "flower")
-- ``fomo_core.adapters.simulate_torch``, ``.simulate_sklearn``: the simulator's model backends
-  (``fomo-core demo --backend``), found by name by ``fomo_core.simulate``
+
+The adapters import the core (``fomo_core``) and never the simulator (``fomo_core.simulate``),
+which sits above them.
 """

@@ -3,7 +3,7 @@ its guard) against FedAvg and Local; and whether free riding pays.
 
 The simulator's default federation (digits, 15 clients in 5 latent groups of 2 classes, 20 rounds,
 M = 5, 2 local epochs) with k = 0, 1, 3, 5 attackers taking part in every round and uploading a
-corrupted model instead of the one they trained (fomo_core/simulate/attacks.py): x10 and x1000
+corrupted model instead of the one they trained (fomo_core.simulate.attacks): x10 and x1000
 scaled, sign-flipped, Gaussian noise (sigma 10), NaN, 1e30, "lying" (1e30 whose validation loss
 every victim sees as 0) and "reparam" (a reparametrised copy: the hidden units times a, the output
 weights from them divided by a, the same function, as far as the guard of the attacker's own

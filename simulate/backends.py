@@ -1,55 +1,38 @@
 """The simulator's model backends, by name: PyTorch modules and scikit-learn MLPClassifiers.
 
 A backend builds the clients (the adapters' FedFomo clients, so the simulator runs exactly the
-code a user would) and the server's table of uploaded models [N, P]. The backends live with their
-frameworks in ``fomo_core.adapters``; the simulator knows them only as "module:attribute" names,
-resolved on first use (as entry points are), so that it imports no framework of its own. A
-backend has ``name``; ``init_params()``, the common initial model [P];
-``new_client(data, init, seed)``, a client with ``round``/``update``/``train``/``evaluate``/
-``get_flat``/``set_flat`` and ``test_data``; ``as_batch(params)``, [1, P];
-``average(models, weights)``, the weighted mean of flat models; and ``dense_spec()``, the
-:class:`fomo_core.DenseSpec` of the clients' model when it is a dense network (else None).
+code a user would) and the server's table of uploaded models [N, P]. Each backend is a module of
+this package (``torch_backend.py``, ``sklearn_backend.py``) imported only when it is asked for, so
+that the simulator imports a framework only when it runs on it. A backend has ``name``;
+``init_params()``, the common initial model [P]; ``new_client(data, init, seed)``, a client with
+``round``/``update``/``train``/``evaluate``/``get_flat``/``set_flat`` and ``test_data``;
+``as_batch(params)``, [1, P]; ``average(models, weights)``, the weighted mean of flat models; and
+``dense_spec()``, the :class:`fomo_core.DenseSpec` of the clients' model when it is a dense
+network (else None).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import asdict, dataclass
-
 from .data import Dataset
+from .train_settings import TrainSettings
 
-__all__ = ["TrainSettings", "backend_class", "make_backend", "BACKENDS"]
+__all__ = ["backend_class", "make_backend", "BACKENDS"]
 
-_BACKEND_CLASSES = {
-    "torch": "fomo_core.adapters.simulate_torch:TorchBackend",
-    "sklearn": "fomo_core.adapters.simulate_sklearn:SklearnBackend",
-}
-BACKENDS = tuple(_BACKEND_CLASSES)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local training, the same for every method: ``epochs`` of minibatch SGD per round with
-    ``lr``, ``momentum`` and ``batch_size``; ``hidden``: the MLP's hidden layer sizes."""
-
-    epochs: int = 2
-    lr: float = 0.05
-    momentum: float = 0.5
-    batch_size: int = 16
-    hidden: tuple = (64,)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+BACKENDS = ("torch", "sklearn")
 
 
 def backend_class(name: str) -> type:
-    """The backend class registered under ``name``, imported on first use."""
-    if name not in _BACKEND_CLASSES:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    module, _, attribute = _BACKEND_CLASSES[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    """The backend class named ``name``, imported on first use (torch and scikit-learn stay
+    optional: only the backend that runs imports its framework)."""
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend
+    if name == "sklearn":
+        from .sklearn_backend import SklearnBackend
+
+        return SklearnBackend
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
 def make_backend(name: str, dataset: Dataset, settings: TrainSettings, seed: int, preset: str = "fomo-core"):

@@ -19,9 +19,9 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
-from ._optional import MissingExtraError, optional_import
-from ._validate import count, real
-from .presets import PRESETS
+from fomo_core._optional import MissingExtraError, optional_import
+from fomo_core._validate import count, real
+from fomo_core.presets import PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo-core", description="fomo-core: fast FedFomo for personalised federated learning"
     )
-    from . import __version__
+    from fomo_core import __version__
 
     parser.add_argument("--version", action="version", version=f"fomo-core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,experiment,info,bench}")
@@ -310,7 +310,7 @@ def run_bench(parser: argparse.ArgumentParser, argv: list) -> int:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
     """Cross-option checks; returns the methods."""
-    from .simulate.experiment import method_parts
+    from .experiment import method_parts
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -367,7 +367,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
 
 
 def _config(args: argparse.Namespace, methods: list):
-    from .simulate import ExperimentConfig, FederationSettings, TrainSettings
+    from . import ExperimentConfig, FederationSettings, TrainSettings
 
     return ExperimentConfig(
         dataset="cifar10" if args.cifar10 else args.dataset,
@@ -493,8 +493,8 @@ def _affinity_line(results: dict) -> Optional[str]:
 
 def run_demo(args: argparse.Namespace, methods: list) -> dict:
     from .plots import method_label
-    from .simulate import run_experiment
-    from .simulate.files import write_json_atomic
+    from . import run_experiment
+    from .files import write_json_atomic
 
     cfg = _config(args, methods)
     if cfg.backend == "torch":
@@ -546,7 +546,7 @@ def run_demo(args: argparse.Namespace, methods: list) -> dict:
 
 def _pairs(text: str, what: str) -> dict:
     """'a=1,b=x' -> {"a": 1, "b": "x"} (values as JSON when they parse)."""
-    from .simulate.runner import parse_value
+    from .runner import parse_value
 
     out = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
@@ -574,7 +574,7 @@ def _seeds(text: str) -> tuple:
 def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace):
     import dataclasses
 
-    from .simulate.runner import DEFAULT_GRID, GRIDS, Grid
+    from .runner import DEFAULT_GRID, GRIDS, Grid
 
     try:
         if args.grid in GRIDS:
@@ -603,7 +603,7 @@ def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def run_grid_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     import torch
 
-    from .simulate.runner import run_grid, summary_markdown
+    from .runner import run_grid, summary_markdown
 
     grid = _grid(parser, args)
     torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ import numpy as np
 from .._validate import choice, count
 from ..presets import PRESETS
 from .attacks import attacker_ids
-from .backends import TrainSettings, make_backend
+from .backends import make_backend
 from .baselines import BASELINES
 from .data import BUDGETS, Dataset, carve_validation, keep_validation, split_clients, with_validation_labels
 from .data import load_dataset as _load_dataset
@@ -23,6 +23,7 @@ from .federation import METHODS as _FEDERATION_METHODS
 from .federation import FederationSettings
 from .metrics import MethodRun, RoundRecord, within_group_fraction
 from .partition import dirichlet, feature_clusters, latent_groups, pathological
+from .train_settings import TrainSettings
 
 __all__ = [
     "ExperimentConfig",

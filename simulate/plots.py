@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._optional import optional_import
+from fomo_core._optional import optional_import
 
 __all__ = ["plot_accuracy", "plot_affinity", "plot_grid_setting", "method_label"]
 
@@ -43,7 +43,7 @@ def _save(fig, path: str) -> None:
     """Renders to memory, then writes the file atomically."""
     import io
 
-    from .simulate.files import write_atomic
+    from .files import write_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png")
@@ -51,7 +51,7 @@ def _save(fig, path: str) -> None:
 
 
 def _pyplot():
-    with optional_import("fomo_core.plots"):
+    with optional_import("fomo_core.simulate.plots"):
         import matplotlib
 
         matplotlib.use("Agg")  # files only, no display needed

@@ -27,12 +27,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from .._validate import count
-from .backends import BACKENDS, TrainSettings
+from .backends import BACKENDS
 from .data import BUDGETS, DATASETS, TARGETS
 from .experiment import ExperimentConfig, method_parts, run_experiment
 from .federation import FederationSettings
 from .files import write_atomic, write_json_atomic
 from .partition import PARTITIONS
+from .train_settings import TrainSettings
 
 __all__ = [
     "Grid",
@@ -404,7 +405,7 @@ def _write_summaries(out: str, grid: Grid, records: list, summary: dict, plots: 
     write_atomic(os.path.join(out, "results.csv"), _csv(records))
     write_atomic(os.path.join(out, "summary.md"), summary_markdown(summary, grid))
     if plots:
-        from ..plots import plot_grid_setting
+        from .plots import plot_grid_setting
 
         for setting in grid.settings:
             rows = [r for r in records if r["setting"] == setting]

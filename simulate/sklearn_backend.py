@@ -1,6 +1,6 @@
 """The simulator's scikit-learn backend (``fomo-core demo --backend sklearn``): the clients are
-this package's :class:`~fomo_core.adapters.numpy.MLPClassifierClient`. ``fomo_core.simulate``
-finds it by name (``backend="sklearn"``) and never imports it otherwise.
+the adapters' :class:`~fomo_core.adapters.numpy.MLPClassifierClient`.
+:mod:`fomo_core.simulate.backends` imports this module only when ``backend="sklearn"`` runs.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from fomo_core.simulate.backends import TrainSettings
-from fomo_core.simulate.data import ClientData, Dataset
+from fomo_core.adapters import numpy as adapter
 
-from . import numpy as adapter
+from .data import ClientData, Dataset
+from .train_settings import TrainSettings
 
 __all__ = ["SklearnBackend"]
 

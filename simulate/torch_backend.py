@@ -1,7 +1,7 @@
-"""The simulator's PyTorch backend (``fomo-core demo --backend torch``): the clients are this
-package's :class:`~fomo_core.adapters.torch.FedFomoClient`, so the simulator runs exactly the code
-a user would. ``fomo_core.simulate`` finds it by name (``backend="torch"``) and never imports it
-otherwise; the methods below are all the federation loops call.
+"""The simulator's PyTorch backend (``fomo-core demo --backend torch``): the clients are the
+adapters' :class:`~fomo_core.adapters.torch.FedFomoClient`, so the simulator runs exactly the code
+a user would. :mod:`fomo_core.simulate.backends` imports this module only when ``backend="torch"``
+runs; the methods below are all the federation loops call.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from fomo_core.presets import client_policy
-from fomo_core.simulate.backends import TrainSettings
-from fomo_core.simulate.data import ClientData, Dataset
+from fomo_core.adapters import torch as adapter
 
-from . import torch as adapter
+from .data import ClientData, Dataset
+from .train_settings import TrainSettings
 
 __all__ = ["TorchBackend"]
 

@@ -62,7 +62,7 @@ def restore_torch_threads():
 def cli_refuses(capsys, tmp_path):
     """``cli_refuses(command, argv, message)``: ``fomo-core <command> --out <tmp> <argv>`` stops
     with a usage error (exit code 2) whose text holds ``message``, and writes nothing."""
-    from fomo_core.cli import main
+    from fomo_core.simulate.cli import main
 
     def check(command: str, argv: list, message: str) -> None:
         out = tmp_path / "x"

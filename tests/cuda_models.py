@@ -1,4 +1,4 @@
-"""Models that exercise every path of the ops on a device, shared by tests/test_cuda.py and
+"""Models that exercise every path of the ops on a device, shared by tests/ops/test_cuda.py and
 benchmarks/gpu_check.py (which a GPU machine runs without the test suite's other modules).
 
 ``randn(*shape)`` is the caller's source of float64 CPU noise (a seeded torch generator or NumPy

@@ -1,4 +1,4 @@
-"""Checked by mypy in tests/test_typing.py (never run): the ops keep the caller's array type.
+"""Checked by mypy in tests/ops/test_typing.py (never run): the ops keep the caller's array type.
 
 Lines ending in ``# wrong`` state a type that is NOT the result's: mypy must flag exactly those,
 which proves the check can fail."""

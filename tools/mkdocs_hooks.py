@@ -1,9 +1,10 @@
 """MkDocs hook: the API reference is read from the package as it installs, not as the checkout
-lays it out (``adapters/`` becomes ``fomo_core.adapters`` only in the wheel), so the reference
-builds from source alone, with or without an installed or editable copy.
+lays it out (``adapters/`` and ``simulate/`` become ``fomo_core.adapters`` and
+``fomo_core.simulate`` only in the wheel), so the reference builds from source alone, with or
+without an installed or editable copy.
 
-A temporary folder gets ``fomo_core/`` with ``adapters/`` inside it (symbolic links, no copies),
-and mkdocstrings' Python handler searches it first."""
+A temporary folder gets ``fomo_core/`` with ``adapters/`` and ``simulate/`` inside it (symbolic
+links, no copies), and mkdocstrings' Python handler searches it first."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def on_config(config):
     for entry in (ROOT / "fomo_core").iterdir():
         if entry.name != "__pycache__":
             (package / entry.name).symlink_to(entry)
-    (package / "adapters").symlink_to(ROOT / "adapters")
+    for folder in ("adapters", "simulate"):  # as pyproject.toml's wheel.packages maps them
+        (package / folder).symlink_to(ROOT / folder)
     python = config["plugins"]["mkdocstrings"].config["handlers"].setdefault("python", {})
     python["paths"] = [str(tree)]
     return config

@@ -94,7 +94,7 @@ def test_free_riders_are_allowed_by_default_and_the_policy_is_checked():
 
 def test_free_riding_in_the_simulator():
     from fomo_core.simulate.attacks import AttackSettings
-    from fomo_core.simulate.backends import TrainSettings
+    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
 

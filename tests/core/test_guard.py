@@ -36,7 +36,7 @@ from fomo_core.guard import (  # _checked, _scale_units: to rescale the units of
 from fomo_core.round import federate
 from fomo_core.simulate.attacks import edge_scale, reparametrise
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import models as benchmark_models  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -289,7 +289,8 @@ def test_the_peer_presets_have_no_guard_and_the_policy_checks_its_fields():
 
 def test_the_simulators_reparam_attack_keeps_the_function_at_the_edge_of_the_guard(digits):
     from fomo_core.simulate.attacks import AttackSettings, corrupt
-    from fomo_core.simulate.backends import TrainSettings, make_backend
+    from fomo_core.simulate.backends import make_backend
+    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.data import load_digits as simulator_digits
 
     train, val = digits

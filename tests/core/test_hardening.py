@@ -499,7 +499,7 @@ def test_fomo_core_preset_guards_the_round_and_peer_presets_do_not():
 
 def test_simulator_attack_option_reports_honest_accuracy():
     from fomo_core.simulate.attacks import AttackSettings
-    from fomo_core.simulate.backends import TrainSettings
+    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
 

@@ -819,7 +819,7 @@ def test_a_resumed_server_knows_the_nodes_it_had_bound(tmp_path):
 def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
     # Prepare: the reference, uninterrupted
     straight, _ = fl.run_federation(None, 4)
-    script = Path(__file__).resolve().parent / "flower_local.py"
+    script = Path(__file__).resolve().parents[1] / "flower_local.py"
 
     # Execute: a server process killed (SIGKILL) once round 2's checkpoint exists, then resumed here
     proc = subprocess.Popen(
@@ -1148,7 +1148,7 @@ def test_a_client_of_the_users_own_making_federates(clients_data):
 def test_the_example_app_runs_in_process(framework, strategy, tmp_path, monkeypatch):
     import tomllib
 
-    app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+    app_dir = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
     monkeypatch.syspath_prepend(str(app_dir))
     from fedfomo_app import client_app, server_app
 
@@ -1181,7 +1181,7 @@ def test_the_example_app_runs_in_process(framework, strategy, tmp_path, monkeypa
 
 
 def test_the_example_partition_gives_every_client_data_at_any_size(monkeypatch):
-    app_dir = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+    app_dir = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
     monkeypatch.syspath_prepend(str(app_dir))
     from fedfomo_app.task import partition
 

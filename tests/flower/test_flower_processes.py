@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-APP = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
+APP = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_processes_die_with_a_parent_killed_by_sigkill(tmp_path):
     # with a member in another session, the way the fixtures do, then waits
     t0 = time.perf_counter()
     script = tmp_path / "parent.py"
-    script.write_text(KILLED_PARENT.format(tests=str(Path(__file__).resolve().parent)))
+    script.write_text(KILLED_PARENT.format(tests=str(Path(__file__).resolve().parents[1])))
     with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
         try:
             started = [int(p) for p in parent.stdout.readline().split()]

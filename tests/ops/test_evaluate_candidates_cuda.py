@@ -1,9 +1,9 @@
 """fomo_core.evaluate_candidates on CUDA devices (csrc/cuda/evaluate_candidates.cu): results stay on
 the device, agree with the plain-NumPy reference and the CPU kernel, are bitwise reproducible and
 follow the caller's current stream. Parametrised over every CUDA device; skipped with the reason
-otherwise (see tests/test_cuda.py).
+otherwise (see tests/ops/test_cuda.py).
 
-Tolerances: the rows of tests/test_evaluate_candidates.py. float64 against the reference: F64 (only
+Tolerances: the rows of tests/ops/test_evaluate_candidates.py. float64 against the reference: F64 (only
 the summation order differs); float32/16-bit storage (computed in float32) against the reference
 on the very same rounded values: F32.
 """

@@ -2,7 +2,7 @@
 (fomo_core/reference_dense.py) on random specs, shapes and candidate forms, including B = 1, a
 single class present, M = 0, sample weights, several sample tiles and every output.
 
-Tolerances (see tests/test_evaluate_candidates.py for the full table):
+Tolerances (see tests/ops/test_evaluate_candidates.py for the full table):
 - float64: rtol 1e-9, atol 1e-11 - only the summation order differs from NumPy's (each unit's
   inputs in order from the bias with FMA); random weights of scale up to 2 through up to three
   layers amplify the few-eps differences by at most the product of the weight norms.

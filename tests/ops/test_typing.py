@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SNIPPET = Path(__file__).with_name("typecheck_arrays.py")
+SNIPPET = Path(__file__).resolve().parents[1] / "typecheck_arrays.py"
 
 
 def test_the_package_is_marked_typed():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,7 +62,7 @@ def test_suite_rejects_unknown_subjects(capsys):
 
 
 def test_cli_bench_hands_its_options_to_the_suite(capsys):
-    from fomo_core.cli import main
+    from fomo_core.simulate.cli import main
 
     with pytest.raises(SystemExit):
         main(["bench", "--only", "speed"])  # the suite's own parser answers

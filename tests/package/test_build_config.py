@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def configure(tmp_path: Path, *defines: str, gpu_caps: str | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 
 import fomo_core as fc
 from fomo_core._optional import MissingExtraError, optional_import
-from fomo_core.cli import main
+from fomo_core.simulate.cli import main
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -57,8 +57,8 @@ def test_python_dash_m_runs_the_command_line():
         ),
         (
             "matplotlib",
-            "from fomo_core.plots import plot_accuracy; plot_accuracy({'methods': {}}, 'x.png')",
-            "fomo_core.plots needs matplotlib: pip install 'fomo-core[demo]'",
+            "from fomo_core.simulate.plots import plot_accuracy; plot_accuracy({'methods': {}}, 'x.png')",
+            "fomo_core.simulate.plots needs matplotlib: pip install 'fomo-core[demo]'",
         ),
     ],
 )
@@ -73,7 +73,7 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(blocked, sta
 def test_the_demo_without_its_extras_exits_with_one_line():
     result = run_python(
         "import sys; sys.modules['sklearn'] = sys.modules['mlxtend'] = None\n"
-        "from fomo_core.cli import main\n"
+        "from fomo_core.simulate.cli import main\n"
         "sys.exit(main(['demo', '--no-progress', '--no-plots', '--out', '/tmp/fomo-core-never-written']))"
     )
     assert result.returncode == 2, result.stderr

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from fomo_core.cli import main
+from fomo_core.simulate.cli import main
 
 # The demo sets torch's thread count (--threads, 1 by default); give the other tests theirs back.
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
