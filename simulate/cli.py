@@ -492,9 +492,9 @@ def _affinity_line(results: dict) -> Optional[str]:
 
 
 def run_demo(args: argparse.Namespace, methods: list) -> dict:
-    from .plots import method_label
     from . import run_experiment
     from .files import write_json_atomic
+    from .plots import method_label
 
     cfg = _config(args, methods)
     if cfg.backend == "torch":

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from fomo_core.presets import client_policy
 from fomo_core.adapters import torch as adapter
+from fomo_core.presets import client_policy
 
 from .data import ClientData, Dataset
 from .train_settings import TrainSettings

@@ -94,9 +94,9 @@ def test_free_riders_are_allowed_by_default_and_the_policy_is_checked():
 
 def test_free_riding_in_the_simulator():
     from fomo_core.simulate.attacks import AttackSettings
-    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
+    from fomo_core.simulate.train_settings import TrainSettings
 
     fed = FederationSettings(rounds=2, m=2, attack=AttackSettings(kind="free_ride", attackers=2), free_riders="exclude")
     cfg = ExperimentConfig(

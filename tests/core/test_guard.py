@@ -290,8 +290,8 @@ def test_the_peer_presets_have_no_guard_and_the_policy_checks_its_fields():
 def test_the_simulators_reparam_attack_keeps_the_function_at_the_edge_of_the_guard(digits):
     from fomo_core.simulate.attacks import AttackSettings, corrupt
     from fomo_core.simulate.backends import make_backend
-    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.data import load_digits as simulator_digits
+    from fomo_core.simulate.train_settings import TrainSettings
 
     train, val = digits
     client = FedFomoClient(mlp(0), val, train)

@@ -499,9 +499,9 @@ def test_fomo_core_preset_guards_the_round_and_peer_presets_do_not():
 
 def test_simulator_attack_option_reports_honest_accuracy():
     from fomo_core.simulate.attacks import AttackSettings
-    from fomo_core.simulate.train_settings import TrainSettings
     from fomo_core.simulate.experiment import ExperimentConfig, run_experiment
     from fomo_core.simulate.federation import FederationSettings
+    from fomo_core.simulate.train_settings import TrainSettings
 
     fed = FederationSettings(
         rounds=2, m=2, attack=AttackSettings(kind="lying", attackers=2, diverging=1, diverge_round=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cuda_devices import DEVICES
 from cuda_models import flat_model, layered_model
 from tolerances import distance_rtol, score_rtol, update_bound, update_value_and_magnitude, weight_rtol
 
@@ -29,21 +30,6 @@ import fomo_core
 from fomo_core import reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def _cuda_devices() -> list:
-    if not torch.cuda.is_available():
-        reason = "no CUDA device: torch sees none (a CPU-only torch, or no GPU on this machine)"
-    elif not fomo_core.build_info()["cuda"]:
-        reason = "this fomo_core build has no CUDA kernels (built without nvcc or with FOMO_CUDA=OFF)"
-    elif not fomo_core.has_cuda():
-        reason = "fomo_core's CUDA runtime sees no device (driver too old for its CUDA version?)"
-    else:
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-cuda-device")]
-
-
-DEVICES = _cuda_devices()
 
 
 # ---- oracles and bounds -----------------------------------------------------------------------

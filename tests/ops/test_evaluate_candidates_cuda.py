@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_cuda import DEVICES
+from cuda_devices import DEVICES
 
 from fomo_core import reference_dense as reference
 from fomo_core.dense import DenseSpec, evaluate_candidates

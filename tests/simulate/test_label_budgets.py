@@ -12,8 +12,8 @@ import torch
 
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient
-from fomo_core.simulate.cli import main
 from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
+from fomo_core.simulate.cli import main
 from fomo_core.simulate.data import carve_validation, split_clients, with_validation_labels
 from fomo_core.simulate.experiment import load_dataset, make_partition, method_data
 from fomo_core.simulate.partition import Partition

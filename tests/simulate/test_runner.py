@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from fomo_core.simulate.cli import main
 from fomo_core.simulate import run_experiment
+from fomo_core.simulate.cli import main
 from fomo_core.simulate.files import write_atomic, write_json_atomic
 from fomo_core.simulate.runner import DEFAULT_GRID, Grid, config_from_flat, run_grid, summarise
 
