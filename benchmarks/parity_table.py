@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "core")]  # the shared helpers; the parity tests
 import peers  # noqa: E402
 import test_presets_parity as t  # noqa: E402
 
