@@ -72,6 +72,11 @@ class SklearnBackend:
         client.test_data = (data.x_test, data.y_test)
         return client
 
+    def set_data(self, client: Any, data: ClientData) -> None:
+        """Gives ``client`` new training and validation data (its model and test data stay)."""
+        client.val_data = (data.x_val, data.y_val)
+        client.train_data = (data.x_train, data.y_train)
+
     def as_batch(self, params: Any):
         return params[None, :]
 

@@ -85,6 +85,11 @@ class TorchBackend:
         client.test_data = self._pair(data.x_test, data.y_test)
         return client
 
+    def set_data(self, client: Any, data: ClientData) -> None:
+        """Gives ``client`` new training and validation data (its model and test data stay)."""
+        client.val_data = self._pair(data.x_val, data.y_val)
+        client.train_data = self._pair(data.x_train, data.y_train)
+
     def as_batch(self, params: Any):
         return params.unsqueeze(0)
 

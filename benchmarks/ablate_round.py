@@ -19,10 +19,16 @@ everyone's 20 training labels; "equal": the baselines train on all 70):
 - ``fomo-core``: ``global-train`` + the training check (the preset)
 - with budget "equal", fomo-core's FedFomo validating on all 50 of its validation labels
   (``val-all``), on 10 and training on the other 40 too (``val-10``), or training on all 70 and
-  validating on 50 of them (``train-on-val``: its own model has seen its validation data)
+  validating on 50 of them (``train-on-val``: its own model has seen its validation data); on
+  5 and training on the other 45 (``val-5``); on 10 that rotate: every round it takes part in,
+  the next 10 of its 50 validation labels are held out and the other 40 train, so every label
+  trains over the rounds (``val-10-rotating``, the runner's ``validation_fold="rotating"``); on
+  a fixed 10 with the copy of the global model trained on all 70 labels (``val-10-global-all``:
+  the global model sees every label, the client's own model never its validation fold)
 
     python benchmarks/ablate_round.py          # resumes; writes benchmarks/results/ablate_round.{jsonl,md}
     python benchmarks/ablate_round.py --seeds 0-4
+    python benchmarks/ablate_round.py --seeds 0-4 --budgets equal --labels val-10,val-10-rotating
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import fomo_core as fc
 from fomo_core._atomic import atomic_write
 from fomo_core.simulate import ExperimentConfig, FederationSettings
 from fomo_core.simulate.backends import make_backend
-from fomo_core.simulate.data import keep_validation, split_clients, with_validation_labels
-from fomo_core.simulate.experiment import METHODS, load_dataset, make_partition
+from fomo_core.simulate.data import keep_validation, rotate_validation, split_clients, with_validation_labels
+from fomo_core.simulate.experiment import METHODS, _warm_up, load_dataset, make_partition
 
 OUT = Path(__file__).resolve().parent / "results"
 PARTITIONS = {
@@ -67,6 +74,10 @@ PLAN = {
     ],
     "equal": [
         (("groups", "dirichlet-0.5", "shards"), "fomo-core", lab) for lab in ("val-all", "val-10", "train-on-val")
+    ]
+    + [
+        (("groups", "dirichlet-0.1", "dirichlet-0.5", "shards"), "fomo-core", lab)
+        for lab in ("val-10", "val-10-rotating", "val-10-global-all", "val-5")
     ],
 }
 BASELINES = ("fedavg", "local", "fedavg_ft")
@@ -93,7 +104,12 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     fomo = method in POLICIES
     if not fomo and budget == "equal":
         data = [with_validation_labels(d) for d in data]
-    elif fomo and labels == "val-10":
+    extra = {}
+    if fomo and labels == "val-10-rotating":
+        extra["data_for_turn"] = lambda k, turn, full=data: rotate_validation(full[k], 10, turn)
+    if fomo and labels == "val-5":
+        data = [keep_validation(d, 5) for d in data]
+    elif fomo and labels.startswith("val-10"):
         data = [keep_validation(d, 10) for d in data]
     elif fomo and labels == "train-on-val":
         data = [with_validation_labels(d) for d in data]  # and still validates on its validation split
@@ -105,8 +121,13 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     try:
         backend = make_backend("torch", dataset, cfg.training, seed, preset=fed.preset)
         init = backend.init_params()
+        _warm_up(backend, data[0], init, seed)  # as run_experiment does: the same numbers as the grid's cells
         clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
-        extra = {"groups": part.groups} if method == "fedavg_ft" else {}
+        if method == "fedavg_ft":
+            extra["groups"] = part.groups
+        if labels == "val-10-global-all":
+            for client, d in zip(clients, data):
+                _global_copy_trains_on(client, tuple(torch.from_numpy(a) for a in _all_labels(d)))
         t0 = time.process_time()
         run = METHODS["fedfomo" if fomo else method](backend, clients, init, fed, None, **extra)
         cpu = time.process_time() - t0
@@ -131,10 +152,40 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     return out
 
 
-def jobs(seeds) -> list:
+def _all_labels(d) -> tuple:
+    return np.concatenate([d.x_train, d.x_val]), np.concatenate([d.y_train, d.y_val])
+
+
+def _global_copy_trains_on(client, pair) -> None:
+    """Makes the first local training after each federated update (the copy of the global model,
+    fomo_core.round.train_round) train on ``pair`` instead of the client's training data."""
+    update, train = client.update, client.train
+    pending = []
+
+    def update_then_mark(*args, **kwargs):
+        pending.append(True)
+        return update(*args, **kwargs)
+
+    def train_first_on_pair():
+        if not pending:
+            return train()
+        pending.clear()
+        own, client.train_data = client.train_data, pair
+        try:
+            train()
+        finally:
+            client.train_data = own
+
+    client.update, client.train = update_then_mark, train_first_on_pair
+
+
+def jobs(seeds, budgets=tuple(PLAN), labels=None) -> list:
+    """Every (partition, budget, method, seed, labels) to run; ``labels``: only these of
+    FedFomo's label variants (None: all)."""
     out = []
     for seed in seeds:
-        for budget, plan in PLAN.items():
+        for budget in budgets:
+            plan = [job for job in PLAN[budget] if labels is None or job[2] in labels]
             partitions = sorted({p for parts, _, _ in plan for p in parts})
             for p in partitions:
                 out += [(p, budget, b, seed, None) for b in BASELINES]
@@ -192,13 +243,22 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0-2", help="e.g. 0-2 or 0,3")
+    parser.add_argument("--budgets", default=",".join(PLAN), help="e.g. equal")
+    parser.add_argument("--labels", default=None, help="only these of FedFomo's label variants, e.g. val-10,val-5")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (as fomo-core experiment: one)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     lo, _, hi = args.seeds.partition("-")
     seeds = range(int(lo), int(hi) + 1) if hi else [int(s) for s in args.seeds.split(",")]
     path = OUT / "ablate_round.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     done = {_key(r) for r in rows}
-    for job in jobs(seeds):
+    budgets = tuple(args.budgets.split(","))
+    unknown = set(budgets) - set(PLAN)
+    if unknown:
+        parser.error(f"argument --budgets: expected some of {sorted(PLAN)}, got {sorted(unknown)}")
+    labels = None if args.labels is None else set(args.labels.split(","))
+    for job in jobs(seeds, budgets, labels):
         key = (job[0], job[1], job[2], job[3], job[4] if job[2] in POLICIES else None)
         if key in done:
             continue

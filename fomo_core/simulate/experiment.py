@@ -17,7 +17,16 @@ from ..presets import PRESETS
 from .attacks import attacker_ids
 from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
-from .data import BUDGETS, Dataset, carve_validation, keep_validation, split_clients, with_validation_labels
+from .data import (
+    BUDGETS,
+    FOLDS,
+    Dataset,
+    carve_validation,
+    keep_validation,
+    rotate_validation,
+    split_clients,
+    with_validation_labels,
+)
 from .data import load_dataset as _load_dataset
 from .federation import METHODS as _FEDERATION_METHODS
 from .federation import FederationSettings
@@ -71,6 +80,10 @@ class ExperimentConfig:
     fedfomo_validation: with budget "equal": FedFomo validates on at most this many of each
                         client's validation samples and trains on the others too (0: it validates
                         on all of them and trains on none)
+    validation_fold:    with fedfomo_validation: which of its validation samples FedFomo holds
+                        out: always the same ones ("fixed"), or the next ones in every round it
+                        takes part in ("rotating", so that over the rounds every label trains:
+                        :func:`fomo_core.simulate.data.rotate_validation`)
     """
 
     dataset: str = "digits"
@@ -89,6 +102,7 @@ class ExperimentConfig:
     label_noise: float = 0.0
     budget: str = "free"
     fedfomo_validation: int = 0
+    validation_fold: str = "fixed"
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -101,6 +115,12 @@ class ExperimentConfig:
             raise ValueError(
                 "fedfomo_validation moves FedFomo's validation labels into its training: it needs budget='equal' "
                 f"(the baselines train on them too), got budget={self.budget!r}"
+            )
+        choice(self.validation_fold, "validation_fold", FOLDS)
+        if self.validation_fold != "fixed" and not self.fedfomo_validation:
+            raise ValueError(
+                f"validation_fold={self.validation_fold!r} rotates the labels FedFomo holds out: it needs "
+                "fedfomo_validation > 0 (and budget='equal')"
             )
 
     def as_dict(self) -> dict:
@@ -164,6 +184,8 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
         fed = cfg.federation if preset is None else replace(cfg.federation, preset=preset)
         backend, init = backend_for(fed.preset)
         extra = {"groups": partition.groups} if base in BASELINES else {}
+        if base == "fedfomo" and cfg.validation_fold == "rotating":
+            extra["data_for_turn"] = lambda k, turn: rotate_validation(data[k], cfg.fedfomo_validation, turn)
         # fresh clients for every method: same data, same initial model, same shuffling seeds
         seen = method_data(cfg, base, data)
         clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(seen)]
@@ -182,7 +204,8 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
 
 def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
     """The clients' data as method ``method`` ("fedfomo", "fedavg", ...) sees it under the
-    labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`)."""
+    labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`); with a rotating validation
+    fold, as FedFomo sees it in its first round."""
     if cfg.budget == "equal" and method != "fedfomo":
         return [with_validation_labels(d) for d in data]
     if cfg.budget == "equal" and cfg.fedfomo_validation:
