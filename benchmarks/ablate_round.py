@@ -23,8 +23,9 @@ everyone's 20 training labels; "equal": the baselines train on all 70):
   5 and training on the other 45 (``val-5``); on 10 that rotate: every round it takes part in,
   the next 10 of its 50 validation labels are held out and the other 40 train, so every label
   trains over the rounds (``val-10-rotating``, the runner's ``validation_fold="rotating"``); on
-  a fixed 10 with the copy of the global model trained on all 70 labels (``val-10-global-all``:
-  the global model sees every label, the client's own model never its validation fold)
+  a fixed 10 with the copy of the global model trained on all 70 labels (``val-10-global-all``,
+  the runner's ``global_labels="all"``: the global model sees every label, the client's own
+  model never its validation fold)
 
     python benchmarks/ablate_round.py          # resumes; writes benchmarks/results/ablate_round.{jsonl,md}
     python benchmarks/ablate_round.py --seeds 0-4
@@ -48,7 +49,7 @@ from fomo_core._atomic import atomic_write
 from fomo_core.simulate import ExperimentConfig, FederationSettings
 from fomo_core.simulate.backends import make_backend
 from fomo_core.simulate.data import keep_validation, rotate_validation, split_clients, with_validation_labels
-from fomo_core.simulate.experiment import METHODS, _warm_up, load_dataset, make_partition
+from fomo_core.simulate.experiment import METHODS, _global_train, _warm_up, load_dataset, make_partition
 
 OUT = Path(__file__).resolve().parent / "results"
 PARTITIONS = {
@@ -122,12 +123,12 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
         backend = make_backend("torch", dataset, cfg.training, seed, preset=fed.preset)
         init = backend.init_params()
         _warm_up(backend, data[0], init, seed)  # as run_experiment does: the same numbers as the grid's cells
-        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
+        everything = labels == "val-10-global-all"  # the runner's global_labels="all"
+        clients = [
+            backend.new_client(d, init, seed * 1000 + k, **_global_train(everything, d)) for k, d in enumerate(data)
+        ]
         if method == "fedavg_ft":
             extra["groups"] = part.groups
-        if labels == "val-10-global-all":
-            for client, d in zip(clients, data):
-                _global_copy_trains_on(client, tuple(torch.from_numpy(a) for a in _all_labels(d)))
         t0 = time.process_time()
         run = METHODS["fedfomo" if fomo else method](backend, clients, init, fed, None, **extra)
         cpu = time.process_time() - t0
@@ -150,33 +151,6 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
         out["no_positive_weight_share"] = float(np.sum(d["no_positive_weight_per_round"])) / rounds
         out["moved_to_global_share"] = float(np.sum(d["moved_to_global_per_round"])) / rounds
     return out
-
-
-def _all_labels(d) -> tuple:
-    return np.concatenate([d.x_train, d.x_val]), np.concatenate([d.y_train, d.y_val])
-
-
-def _global_copy_trains_on(client, pair) -> None:
-    """Makes the first local training after each federated update (the copy of the global model,
-    fomo_core.round.train_round) train on ``pair`` instead of the client's training data."""
-    update, train = client.update, client.train
-    pending = []
-
-    def update_then_mark(*args, **kwargs):
-        pending.append(True)
-        return update(*args, **kwargs)
-
-    def train_first_on_pair():
-        if not pending:
-            return train()
-        pending.clear()
-        own, client.train_data = client.train_data, pair
-        try:
-            train()
-        finally:
-            client.train_data = own
-
-    client.update, client.train = update_then_mark, train_first_on_pair
 
 
 def jobs(seeds, budgets=tuple(PLAN), labels=None) -> list:

@@ -23,7 +23,7 @@ from fomo_core.simulate.data import (
     split_clients,
     with_validation_labels,
 )
-from fomo_core.simulate.experiment import load_dataset, make_partition, method_data
+from fomo_core.simulate.experiment import _global_train, load_dataset, make_partition, method_data
 from fomo_core.simulate.federation import run_fedfomo
 from fomo_core.simulate.partition import Partition
 from fomo_core.simulate.runner import GRIDS, PARTITIONS_GRID, Grid, config_from_flat, run_grid
@@ -199,14 +199,44 @@ def test_a_new_validation_fold_reruns_fedfomos_cells_and_keeps_the_baselines(tmp
     assert run_grid(free, str(tmp_path), progress=False, plots=False)["reused"] == []  # their data changed
 
 
+# --- the global model on every label ---------------------------------------------------------------
+
+
+def test_global_labels_all_gives_the_copy_of_the_global_model_every_label():
+    cfg = replace(small("equal", fedfomo_validation=3, global_labels="all"), methods=("fedfomo",))
+    data = client_data(cfg)
+    backend = make_backend("torch", load_dataset(cfg), cfg.training, 3)
+    for d in method_data(cfg, "fedfomo", data):
+        client = backend.new_client(d, backend.init_params(), 0, **_global_train(True, d))
+        x, y = client.global_train_data
+        assert y.shape[0] == d.y_train.size + d.y_val.size  # the labels it validates on too
+        np.testing.assert_array_equal(x.numpy(), np.concatenate([d.x_train, d.x_val]))
+        assert client.train_data[1].shape[0] == d.y_train.size  # its own model: not the validation labels
+    assert _global_train(False, data[0]) == {}
+    results = run_experiment(cfg)
+    training = run_experiment(replace(cfg, global_labels="training"))
+    assert results["methods"]["fedfomo"]["accuracy_per_round"] != training["methods"]["fedfomo"]["accuracy_per_round"]
+    assert results["config"]["global_labels"] == "all"
+
+
+def test_global_labels_are_checked():
+    with pytest.raises(ValueError, match="global_labels must be one of 'training', 'all'"):
+        small("equal", global_labels="some")
+    with pytest.raises(ValueError, match="global_labels='all' trains the global model .* needs budget='equal'"):
+        small("free", global_labels="all")
+    with pytest.raises(ValueError, match="setting key 'global_labels' must be one of"):
+        config_from_flat({"budget": "equal", "global_labels": "most"}, seed=0, method="fedfomo")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--global-labels", "all"], "argument --global-labels: needs --budget equal"),
         (["--budget", "equal", "--validation-fold", "rotating"], "--validation-fold: needs --fedfomo-validation"),
         (["--validation-fold", "spiral"], "argument --validation-fold: invalid choice: 'spiral'"),
     ],
 )
-def test_the_cli_checks_the_validation_fold(argv, message, cli_refuses):
+def test_the_cli_checks_the_fold_and_the_global_labels(argv, message, cli_refuses):
     cli_refuses("demo", argv, message)
 
 

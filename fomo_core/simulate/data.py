@@ -44,6 +44,7 @@ __all__ = [
     "carve_validation",
     "keep_validation",
     "FOLDS",
+    "GLOBAL_LABELS",
     "rotate_validation",
 ]
 
@@ -56,6 +57,9 @@ DATASETS = ("digits", "mnist5k", "cifar10")
 # Which of FedFomo's validation labels it holds out when it trains on the others (budget "equal"):
 # always the same ones ("fixed") or the next ones in every round it takes part in ("rotating").
 FOLDS = ("fixed", "rotating")
+# What the copy of the global model trains on in FedFomo's round (budget "equal"): the client's own
+# training labels ("training") or every label it holds, its validation labels too ("all").
+GLOBAL_LABELS = ("training", "all")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .baselines import BASELINES
 from .data import (
     BUDGETS,
     FOLDS,
+    GLOBAL_LABELS,
     Dataset,
     carve_validation,
     keep_validation,
@@ -84,6 +85,11 @@ class ExperimentConfig:
                         out: always the same ones ("fixed"), or the next ones in every round it
                         takes part in ("rotating", so that over the rounds every label trains:
                         :func:`fomo_core.simulate.data.rotate_validation`)
+    global_labels:      with budget "equal": what the copy of the global model FedFomo's round
+                        trains (preset fomo-core) trains on: the client's training labels
+                        ("training"), or all its labels, the validation labels too ("all": the
+                        global model sees every label, the client's own model never the labels
+                        it validates on)
     """
 
     dataset: str = "digits"
@@ -103,6 +109,7 @@ class ExperimentConfig:
     budget: str = "free"
     fedfomo_validation: int = 0
     validation_fold: str = "fixed"
+    global_labels: str = "training"
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -121,6 +128,12 @@ class ExperimentConfig:
             raise ValueError(
                 f"validation_fold={self.validation_fold!r} rotates the labels FedFomo holds out: it needs "
                 "fedfomo_validation > 0 (and budget='equal')"
+            )
+        choice(self.global_labels, "global_labels", GLOBAL_LABELS)
+        if self.global_labels != "training" and self.budget != "equal":
+            raise ValueError(
+                f"global_labels={self.global_labels!r} trains the global model on FedFomo's validation labels: it "
+                f"needs budget='equal' (the baselines train on them too), got budget={self.budget!r}"
             )
 
     def as_dict(self) -> dict:
@@ -188,7 +201,10 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
             extra["data_for_turn"] = lambda k, turn: rotate_validation(data[k], cfg.fedfomo_validation, turn)
         # fresh clients for every method: same data, same initial model, same shuffling seeds
         seen = method_data(cfg, base, data)
-        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(seen)]
+        everything = base == "fedfomo" and cfg.global_labels == "all"
+        clients = [
+            backend.new_client(d, init, seed * 1000 + k, **_global_train(everything, d)) for k, d in enumerate(seen)
+        ]
         labels[name] = {
             "training": int(sum(d.y_train.size for d in seen)),
             "validation": int(sum(d.y_val.size for d in seen)) if base == "fedfomo" else 0,
@@ -213,6 +229,14 @@ def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
     if cfg.budget == "carved" and method == "fedfomo":
         return [carve_validation(d, cfg.val_fraction / (1.0 - cfg.test_fraction)) for d in data]
     return data
+
+
+def _global_train(everything: bool, data) -> dict:
+    """new_client's keyword for the global model's training data: every label the client holds."""
+    if not everything:
+        return {}
+    both = with_validation_labels(data)
+    return {"global_train": (both.x_train, both.y_train)}
 
 
 def _warm_up(backend, data, init, seed: int) -> None:

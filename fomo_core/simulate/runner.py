@@ -28,7 +28,7 @@ import numpy as np
 
 from .._validate import count
 from .backends import BACKENDS, TrainSettings
-from .data import BUDGETS, DATASETS, FOLDS, TARGETS
+from .data import BUDGETS, DATASETS, FOLDS, GLOBAL_LABELS, TARGETS
 from .experiment import ExperimentConfig, method_parts, run_experiment
 from .federation import FederationSettings
 from .files import write_atomic, write_json_atomic
@@ -67,6 +67,7 @@ _CHOICES = {
     "backend": BACKENDS,
     "budget": BUDGETS,
     "validation_fold": FOLDS,
+    "global_labels": GLOBAL_LABELS,
 }
 
 
@@ -262,7 +263,7 @@ def _read(path: str) -> dict:
 
 
 # keys that change only what FedFomo does: a cell of another method ran the same without them
-FEDFOMO_ONLY_KEYS = ("fedfomo_validation", "validation_fold")
+FEDFOMO_ONLY_KEYS = ("fedfomo_validation", "validation_fold", "global_labels")
 
 
 def _beside_fedfomo(config: dict) -> dict:
