@@ -176,7 +176,7 @@ def table(rows: list) -> str:
     lines = [
         "Accuracy after local training (%, the headline) and after the update, MNIST-5k, 20 clients, "
         "20 training samples each, 20 rounds; "
-        "mean ± sd over the seeds run; Δ: paired difference (worst seed in brackets); "
+        "mean ± sd over the seeds run; Δ: paired difference, mean ± sd (worst seed in brackets); "
         "no +w / to g: shares of client-rounds with no positively weighted candidate / a move toward the global model.",
         "",
         "| budget | partition | variant | FedFomo's labels | seeds | accuracy | after the update | Δ FedAvg | Δ Local "
@@ -207,7 +207,8 @@ def table(rows: list) -> str:
                 for i, s in enumerate(seeds)
                 if (part, budget, b, s, None) in by
             ]
-            cells.append(f"{np.mean(diff):+.1f} ({min(diff):+.1f})" if diff else "–")
+            sd = f" ± {np.std(diff, ddof=1):.1f}" if len(diff) > 1 else ""
+            cells.append(f"{np.mean(diff):+.1f}{sd} ({min(diff):+.1f})" if diff else "–")
         for share in ("no_positive_weight_share", "moved_to_global_share"):
             cells.append(f"{100 * np.mean([by[(part, budget, method, s, labels)][share] for s in seeds]):.0f}%")
         lines.append("| " + " | ".join(cells) + " |")

@@ -305,6 +305,8 @@ def test_the_partitions_grid_covers_every_partition_at_both_budgets():
         assert cfg.dataset == "mnist5k" and cfg.max_train == 20
         assert cfg.budget == ("equal" if name.endswith("-equal") else "free")
         assert cfg.fedfomo_validation == (10 if cfg.budget == "equal" else 0)
+        assert cfg.global_labels == ("all" if cfg.budget == "equal" else "training")
+        assert cfg.validation_fold == "fixed"
         seen.add((cfg.partition, cfg.alpha if cfg.partition == "dirichlet" else None, cfg.clients, cfg.budget))
     for budget in ("free", "equal"):
         for part in (("groups", None), ("dirichlet", 0.1), ("dirichlet", 0.3), ("dirichlet", 0.5)):

@@ -454,8 +454,10 @@ DEFAULT_GRID = Grid(
 def _partition_settings() -> dict:
     """The partitions users run, each at the current split ("free": FedFomo's validation labels
     come on top of the baselines' training labels) and at the equal label budget (the baselines
-    train on FedFomo's validation labels too, and FedFomo trains on all but 10 of them, which it
-    keeps for validation: better than validating on all of them on every partition measured)."""
+    train on FedFomo's validation labels too; FedFomo's own model trains on all but 10 of them,
+    which it keeps for validation, and the copy of the global model its round trains on all of
+    them: better than validating on all of them, or rotating the 10, on the partitions measured
+    by benchmarks/ablate_round.py)."""
     partitions = {
         "groups": {"partition": "groups", "groups": 2},
         "dirichlet-0.1": {"partition": "dirichlet", "alpha": 0.1},
@@ -465,7 +467,8 @@ def _partition_settings() -> dict:
         "dirichlet-0.3-50clients-p0.3": {"partition": "dirichlet", "alpha": 0.3, "clients": 50, "participation": 0.3},
     }
     equal = {
-        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10} for name, keys in partitions.items()
+        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10, "global_labels": "all"}
+        for name, keys in partitions.items()
     }
     return {**partitions, **equal}
 
