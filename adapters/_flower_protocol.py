@@ -422,6 +422,20 @@ def read_train_reply(
     )
 
 
+def reported_examples(reply: Any, keys: RecordKeys) -> Optional[int]:
+    """A train reply's (a Message's) claimed training-set size, read before the replies are so
+    that the round can cap every claim against the others', or None when it has none in range
+    (an error reply, or one refused when it is read)."""
+    if reply.has_error():
+        return None
+    try:
+        return _integer(
+            reply.content.metric_records[keys.metrics], "num-examples", "reply metrics", 0, MAX_NUM_EXAMPLES
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 # --- evaluate ------------------------------------------------------------------------------------
 
 

@@ -195,17 +195,25 @@ def capped_counts(contents: list, key: str, where: str, ratio: float) -> list:
         value = content.metric_records[where].get(key) if where in content.metric_records else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             counts[i] = value
-    if len(counts) < 2:
-        return contents
-    order = sorted(counts, key=counts.__getitem__)
-    ranked = [float(counts[i]) for i in order]
     out = list(contents)
-    for rank, i in enumerate(order):
-        cap = ratio * _median_without(ranked, rank)
+    for i, cap in zip(counts, capped(list(counts.values()), ratio)):
         if counts[i] > cap:
             copy = RecordDict(dict(contents[i].items()))
             copy[where] = MetricRecord({**dict(contents[i].metric_records[where].items()), key: type(counts[i])(cap)})
             out[i] = copy
+    return out
+
+
+def capped(counts: list, ratio: float) -> list:
+    """Each count lowered to at most ``ratio`` times the median of the other counts (as they are
+    with fewer than two)."""
+    if len(counts) < 2:
+        return list(counts)
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    ranked = [float(counts[i]) for i in order]
+    out = list(counts)
+    for rank, i in enumerate(order):
+        out[i] = min(counts[i], ratio * _median_without(ranked, rank))
     return out
 
 

@@ -38,6 +38,7 @@ from ._flower_layout import TRANSPORTS, ModelLayout
 from ._flower_records import (
     FORMAT,
     FedFomoRound,
+    capped,
     capped_counts,
     client_metrics,
     mean_and_median,
@@ -362,8 +363,13 @@ class FedFomo(Strategy):
         record = self._record(server_round)
         replies = self._read_identify_replies(replies, record)
         by_id = {entry[0].metadata.message_id: entry for entry in self._pending_train}
+        # the global model weighs contributions by their counts: capped as the metrics' are, so one
+        # client claiming a huge count cannot take it over
+        reported = [protocol.reported_examples(reply, self.keys) for reply in replies]
+        caps = iter(capped([c for c in reported if c is not None], self.count_cap_ratio))
+        counts = [None if c is None else next(caps) for c in reported]
         answered, used = set(), []
-        for reply in replies:
+        for reply, num_examples in zip(replies, counts):
             size = self._count_reply(record, reply)
             entry = self._match(reply, by_id, "aggregate_train")
             if entry is None:
@@ -381,7 +387,7 @@ class FedFomo(Strategy):
                     parsed.scores,
                     self_score=parsed.self_score,
                     global_update=parsed.global_update,
-                    num_examples=parsed.num_examples,
+                    num_examples=parsed.num_examples if num_examples is None else num_examples,
                 )
             except Exception as e:  # a client can send anything: record it, never crash
                 record.bytes_rejected += size
@@ -512,7 +518,7 @@ class FedFomo(Strategy):
                 transport=self.candidate_dtype,
                 evaluate=node in evaluate,
                 config=config,
-                global_model=global_model,
+                global_model=None if self.state.global_params(client) is None else global_model,
             )
             record.bytes_down += payload_bytes(content)
             message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))

@@ -6,6 +6,7 @@
 >>> client = FedFomoClient(model, val_data=(Xv, yv), train_data=(Xt, yt))
 >>> client = FedFomoClient(model, (Xv, yv), (Xt, yt), preset="pfllib")   # PFLlib's round, exactly
 >>> result = client.round(bank)                   # evaluate, weigh, update in place, train locally
+>>> result = client.round(peer_modules)           # modules or state_dicts: read where they are
 
 Everything here converts and dispatches; the maths lives in fomo_core (fomo_step) and the
 candidate evaluation in :func:`evaluate_module`.
@@ -26,17 +27,16 @@ from .._optional import optional_import
 with optional_import("fomo_core.adapters.torch"):
     import torch
     from torch import nn
-    from torch.func import functional_call
 
 from fomo_core._validate import count, real
 from fomo_core.guard import GuardLayout, Link
 from fomo_core.layout import offsets_of, split
 from fomo_core.policy import ClientPolicy
 from fomo_core.presets import client_policy
-from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate_client, train_client
+from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate, train_client
 
-from .torch_evaluate import _batches as _eval_batches
-from .torch_evaluate import _module_mode, dense_spec, evaluate_candidates, evaluate_module
+from ._torch_batches import batches, check_pair
+from .torch_evaluate import dense_spec, evaluate_batches, evaluate_candidates, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -48,6 +48,7 @@ __all__ = [
     "ClientRound",
     "train_sgd",
     "evaluate_module",
+    "evaluate_batches",
     "evaluate_candidates",
     "dense_spec",
 ]
@@ -360,15 +361,18 @@ class CandidateBank:
         """The model's tensors (a dict by entry name, or one flat tensor), every one checked:
         shape, a real dtype, a device with data. Nothing is written here."""
         L = self.layout
-        if isinstance(model, nn.Module):
-            model = dict(model.state_dict(keep_vars=True))
+        if isinstance(model, nn.Module):  # the entries the layout holds: parameters, then buffers
+            entries = dict(model.named_parameters())
+            if len(L.names) > len(entries):
+                entries.update(model.named_buffers())
+            model = entries
         if isinstance(model, Mapping):
             tensors = {}
             for name, shape in zip(L.names, L.shapes):
                 if name not in model:
                     raise ValueError(f"{role} has no entry {name!r}")
                 t = model[name]
-                if not hasattr(t, "shape") or tuple(t.shape) != shape:
+                if not hasattr(t, "shape") or t.shape != shape:
                     got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
                     raise ValueError(f"{role}[{name!r}] has shape {got}, expected {shape}")
                 tensors[name] = self._real_tensor(t, f"{role}[{name!r}]")
@@ -382,7 +386,7 @@ class CandidateBank:
     @staticmethod
     def _real_tensor(value: Any, role: str) -> torch.Tensor:
         try:
-            t = torch.as_tensor(value)
+            t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{role} must hold real numbers, got dtype {getattr(value, 'dtype', '?')}") from None
         if t.is_complex() or t.dtype == torch.bool:
@@ -404,15 +408,43 @@ class CandidateBank:
 # --- one FedFomo client ---------------------------------------------------------------------------
 
 
-def _batches(data: Any, batch_size: int, generator: Optional[torch.Generator]):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        order = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
-        for start in range(0, x.shape[0], batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
-    else:
-        yield from data
+class _FlatSGD:
+    """Plain SGD (no momentum, no weight decay) over parameters that are consecutive views of one
+    buffer (a flattened module's): each step is ``param -= lr * grad`` element by element, as
+    torch.optim.SGD computes it (so the same values bit for bit), in one call over the buffer
+    instead of one per tensor. The gradients are views of one zeroed buffer, which backward
+    accumulates into."""
+
+    def __init__(self, flat: torch.Tensor, params: list, lr: float):
+        self.flat, self.params, self.lr = flat, params, lr
+        self.grad = torch.zeros_like(flat)
+        offset = 0
+        for p in params:
+            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.flat.add_(self.grad, alpha=-self.lr)
+
+    def close(self) -> None:
+        """Drops the gradient views (and so the buffer)."""
+        for p in self.params:
+            p.grad = None
+
+
+def _optimizer(module: nn.Module, lr: float, momentum: float, weight_decay: float) -> Any:
+    """The flat SGD step where it gives torch.optim.SGD's values (every parameter trained, in one
+    buffer, no momentum or weight decay: those torch skips for a parameter without a gradient in a
+    step, which a flat step cannot tell from a zero one), else torch.optim.SGD."""
+    entries = _named_tensors(module, include_buffers=False)
+    flat = _existing_flat(entries, _layout(entries)) if entries else None
+    if flat is None or momentum or weight_decay or not all(t.requires_grad for _, t, _ in entries):
+        return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return _FlatSGD(flat, [t for _, t, _ in entries], lr)
 
 
 def train_sgd(
@@ -432,23 +464,39 @@ def train_sgd(
     data: a pair of tensors (X [B, ...], y [B]), shuffled with ``generator`` into batches of
     ``batch_size``, or any iterable of (x, y) batches (a DataLoader).
     loss_fn: loss(outputs, targets), cross-entropy by default.
+
+    The values are torch.optim.SGD's. For a flattened module (:func:`flatten_module`) without
+    momentum and weight decay, a step updates the whole parameter buffer in one call.
     """
     loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
-    opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = _optimizer(module, lr, momentum, weight_decay)
     was_training = module.training
     module.train()
+    pair = check_pair(data)
     try:
         for _ in range(epochs):
-            for x, y in _batches(data, batch_size, generator):
-                opt.zero_grad(set_to_none=True)
+            order = None if pair is None else torch.randperm(pair[0].shape[0], generator=generator)
+            for x, y in batches(data, batch_size, order):
+                opt.zero_grad()
                 loss_fn(module(x), y).backward()
                 opt.step()
     finally:
         module.train(was_training)
+        if isinstance(opt, _FlatSGD):
+            opt.close()
 
 
 def _has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _copy(dst: Any, src: Any) -> None:
+    """copy(dst, src) of the round: a flat model, or a layer list tensor by tensor."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
 
 
 class FedFomoClient:
@@ -459,6 +507,11 @@ class FedFomoClient:
     buffer), then trains locally. What the baseline is, whether the client's own model is a
     candidate, what BatchNorm statistics become, and so on, is the preset's
     :class:`~fomo_core.ClientPolicy`.
+
+    Candidates given as modules or state_dicts (a server's models, handed over by reference) are
+    read where they are, never copied: evaluated through ``functional_call`` and combined by
+    fomo_step over their tensors as a layer list. Only a model in another dtype or on another
+    device than the client's is copied (converted) into the client's candidate bank first.
 
     module:          the client's model; its parameters (and, when the policy moves them, its
                      floating-point buffers) are flattened (:func:`flatten_module`)
@@ -476,7 +529,7 @@ class FedFomoClient:
     loss_fn:         loss(outputs, targets) for evaluation and the default loop (cross-entropy)
     eval_batch_size: rows per validation batch when val_data is a tensor pair (the batch losses
                      of the "batch_mean"/"batch_sum_per_sample" policies; default: one batch)
-    capacity:        rows of the internal candidate bank used when candidates come as models
+    capacity:        rows of the internal candidate bank, used for candidates that must be copied
     seed:            seeds the default loop's shuffling
     """
 
@@ -528,61 +581,70 @@ class FedFomoClient:
         self.bank = CandidateBank(module, capacity, include_buffers=carries)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def _candidates(self, candidates: Any) -> torch.Tensor:
+    @property
+    def _guarded(self) -> bool:
+        """Whether the policy's guard reads the candidates layer by layer (a finite bound, or
+        rebalancing)."""
+        guard = self.policy.guard
+        return self.policy.rebalance or (guard is not None and math.isfinite(guard))
+
+    def _candidates(self, candidates: Any, layer_lists: bool = True) -> Any:
+        """The candidates as the round reads them: [M, P] (a bank's rows, the caller's tensor), a
+        list of flat [P] models, or (with ``layer_lists``) per model the list of its tensors in the
+        flat layout's order, all read where they are; or, when some model is in another dtype or
+        on another device, or a layer list is not wanted, the rows of the candidate bank they were
+        converted into."""
         if isinstance(candidates, CandidateBank):
             return candidates.candidates
         if isinstance(candidates, torch.Tensor):
             if candidates.dim() != 2 or candidates.shape[1] != self.params.numel():
                 raise ValueError(f"candidates has shape {tuple(candidates.shape)}, expected (M, {self.params.numel()})")
             return candidates
-        if isinstance(candidates, Sequence) and not isinstance(candidates, (str, bytes)):
-            if len(candidates) > self.bank.capacity:
-                self.bank = CandidateBank(self.module, len(candidates), include_buffers=self.policy.carries_buffers)
-            return self.bank.fill(candidates)
-        raise TypeError(
-            "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
-            f"got {type(candidates).__name__}"
-        )
+        if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+            raise TypeError(
+                "candidates must be a CandidateBank, a tensor [M, P] or a sequence of models, "
+                f"got {type(candidates).__name__}"
+            )
+        # every model is checked (shapes, real dtypes, data) before anything is read or written
+        prepared = [self.bank._prepare(model, f"candidates[{m}]") for m, model in enumerate(candidates)]
+        if (
+            layer_lists
+            and prepared
+            and all(isinstance(t, dict) for t in prepared)
+            and all(map(self._readable, prepared))
+        ):
+            return [[t[name].detach() for name in self.layout.names] for t in prepared]
+        if all(isinstance(t, torch.Tensor) for t in prepared) and all(map(self._readable, prepared)):
+            return [t.detach() for t in prepared]
+        if len(candidates) > self.bank.capacity:
+            self.bank = CandidateBank(self.module, len(candidates), include_buffers=self.policy.carries_buffers)
+        for m, tensors in enumerate(prepared):
+            self.bank._write(self.bank.buffer[m], tensors)
+        self.bank.count = len(prepared)
+        return self.bank.candidates
+
+    def _readable(self, model: Any) -> bool:
+        """Whether the round can read a prepared model in place: the client's dtype and device."""
+        tensors = model.values() if isinstance(model, dict) else [model]
+        return all(t.dtype == self.layout.dtype and t.device == self.layout.device for t in tensors)
 
     # --- evaluation ----------------------------------------------------------------------------
 
     def _as_models(self, models: list) -> list:
-        """Flat models [P] as the evaluator takes them: with their own buffers (state_dict views)
-        when the policy carries them, else parameter vectors (the module's buffers)."""
+        """The models as the evaluator takes them: a layer list by name; a flat model as views of
+        its parameters and buffers when the policy carries them (each candidate's own BatchNorm
+        statistics), else as its parameter vector (the module's buffers)."""
+        if models and isinstance(models[0], list):
+            return [dict(zip(self.layout.names, m)) for m in models]
         if self.policy.carries_buffers and self.policy.evaluation == "eval":
             return [self.layout.views(m) for m in models]
         return [m[: self.num_params] for m in models]
 
-    def _val_batches(self) -> list:
-        batches = [tuple(b[:2]) for b in _eval_batches(self.val_data, self.eval_batch_size)]
-        if (
-            self.policy.drop_last == "if_batchnorm"
-            and len(batches) > 1
-            and batches[-1][1].shape[0] < batches[0][1].shape[0]
-            and _has_batchnorm(self.module)
-        ):
-            batches = batches[:-1]
-        return batches
-
-    def _train_mode_losses(self, models: list, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        """Batch-mean losses [K] and correct counts [K] in train mode: BatchNorm normalises with
-        the batch's statistics; its running statistics are updated on copies, never kept."""
-        names = [n for n, _ in self.module.named_parameters()]
-        losses, correct = [], []
-        loss_fn = nn.functional.cross_entropy if self.loss_fn is None else self.loss_fn
-        with torch.no_grad(), _module_mode(self.module, True):
-            for model in models:
-                state = {n: v for n, v in zip(names, _split_params(self.module, model))}
-                state.update({n: b.clone() for n, b in self.module.named_buffers()})
-                out = functional_call(self.module, state, (x,))
-                losses.append(float(loss_fn(out, y)))
-                correct.append(float((out.argmax(dim=1) == y).sum()) if out.ndim == 2 else math.nan)
-        return np.array(losses), np.array(correct)
-
     def evaluate(self, models: Any, data: Any = None) -> tuple:
-        """(losses [K], accuracies [K]) float64 NumPy of K flat models (a [K, P] tensor or a list
-        of [P]) on ``data`` (default: the validation data), with the policy's evaluation mode and
-        loss."""
+        """(losses [K], accuracies [K]) float64 NumPy of K models (a [K, P] tensor, a list of flat
+        [P] tensors or of layer lists in the flat layout's order) on ``data`` (default: the
+        validation data, with the policy's evaluation mode and loss; given data: eval mode, the
+        mean over its samples)."""
         models = list(models) if not isinstance(models, list) else models
         kwargs = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
         if data is not None or (self.policy.loss == "mean" and self.policy.evaluation == "eval"):
@@ -594,19 +656,18 @@ class FedFomoClient:
                 **kwargs,
             )
             return as_float64(ev.loss), as_float64(ev.accuracy)
-        per_batch, correct, sizes = [], np.zeros(len(models)), []
-        for x, y in self._val_batches():
-            if self.policy.evaluation == "train":
-                loss, right = self._train_mode_losses(models, x, y)
-            else:
-                ev = evaluate_module(self.module, self._as_models(models), (x, y), **kwargs)
-                loss, right = as_float64(ev.loss), as_float64(ev.accuracy) * y.shape[0]
-            per_batch.append(loss)
-            correct += right
-            sizes.append(y.shape[0])
-        if not sizes:
-            raise ValueError("val_data has no batch to evaluate on")
-        return batch_loss(self.policy.loss, per_batch, sizes), correct / float(sum(sizes))
+        ev = evaluate_batches(
+            self.module,
+            self._as_models(models),
+            self.val_data,
+            batch_size=self.eval_batch_size,
+            training=self.policy.evaluation == "train",
+            drop_last=self.policy.drop_last == "if_batchnorm" and _has_batchnorm(self.module),
+            **kwargs,
+        )
+        sizes = ev.sizes
+        correct = (as_float64(ev.accuracy) * sizes[:, None]).sum(axis=0)
+        return batch_loss(self.policy.loss, as_float64(ev.loss), sizes), correct / float(sizes.sum())
 
     # --- the round -----------------------------------------------------------------------------
 
@@ -654,17 +715,38 @@ class FedFomoClient:
         """The federated half of a round, no training (``train_seconds`` is 0).
 
         candidates:    a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a
-                       sequence of models (state_dicts, modules or flat arrays)
+                       sequence of models (state_dicts, modules or flat arrays), read where they
+                       are (copied into the bank first when the policy's guard or global model
+                       needs flat models)
         global_params: the server's global model (``Server.global_params()``, flat [P] like
                        :meth:`get_flat`, or a state_dict), which the policy may move toward;
                        peers' presets ignore it
         """
-        cands = self._candidates(candidates)
         g = self._global(global_params)
+        # the guard (per-layer distances, rebalancing) and the move toward g read flat models
+        cands = self._candidates(candidates, layer_lists=g is None and not self._guarded)
+        params, baseline, measured = self.params, self.last_update, self.measured
+        layout = self.guard_layout
+        if isinstance(cands, list) and cands and isinstance(cands[0], list):
+            # layer lists: the client's own models as the same lists of views (the update writes the
+            # flat buffer through them); "measured" counts the parameter tensors that lead them
+            params = list(self.layout.views(self.params).values())
+            baseline = list(self.layout.views(self.last_update).values()) if self.last_update is not None else None
+            measured = sum(1 for _ in self.module.parameters()) if self.measured < self.layout.size else None
+            layout = None
         with torch.no_grad():
-            res = federate_client(
-                self, cands, measured=self.measured, copy=lambda dst, src: dst.copy_(src), global_params=g
+            res = federate(
+                self.policy,
+                params,
+                cands,
+                self.evaluate,
+                baseline=baseline,
+                measured=measured,
+                layout=layout,
+                copy=_copy,
+                global_params=g,
             )
+            res.params = self.params
             total = res.weights.sum() + (res.self_weight or 0.0)
             if self.policy.buffers == "scaled" and res.outcome == "updated":
                 # FL-bench multiplies the buffers by the float32 sum of the normalised weights.
@@ -694,9 +776,3 @@ class FedFomoClient:
 def _copy_no_grad(dst: torch.Tensor, src: torch.Tensor) -> None:
     with torch.no_grad():
         dst.copy_(src)
-
-
-def _split_params(module: nn.Module, flat: torch.Tensor) -> list:
-    """Views of a flat parameter vector as the module's parameters, in named_parameters order."""
-    shapes = [tuple(p.shape) for p in module.parameters()]
-    return split(flat, shapes, offsets_of(shapes)[0])

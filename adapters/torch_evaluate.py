@@ -1,41 +1,40 @@
 """PyTorch adapter: the loss and accuracy of M candidate models of any ``nn.Module`` on one
 validation set, without copying a model per candidate.
 
-The candidates are run through ``torch.func.functional_call`` over views of their own buffers (no
-``load_state_dict``, no ``deepcopy``), in eval mode under ``torch.inference_mode``; every batch of
-the data is read once for all candidates. Three ways to run them (``method=``):
+The candidates run through ``torch.func.functional_call`` over views of their own tensors (no
+``load_state_dict``, no ``deepcopy``; a flat model is cut into its parameters once per call, never
+per batch) under ``torch.inference_mode``; every batch of the data is read once for all of them.
+Three routes (``method=``):
 
 - ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
   cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
   :func:`dense_spec`), which reads the candidate buffers in place;
-- ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward per data batch (the M
-  first-layer products against the shared input become one wide product, later layers batched
-  matmuls and grouped convolutions); 4-D inputs go in channels_last, where oneDNN's convolutions
-  and the pooling below run fastest;
-- ``"loop"``: one ``functional_call`` per candidate per data batch.
+- ``"loop"``: one forward per candidate: the losses of the plain per-candidate loop
+  (``load_state_dict`` + forward) bit for bit;
+- ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward (the first layer's M
+  products against the shared input become one wide product, later layers batched matmuls and
+  grouped convolutions; 4-D inputs in channels_last); losses to float32 rounding.
 
-``method="auto"`` picks "fused" when it applies. Otherwise, on CPU, it times "loop" and "vmap" on
-the first batch (three times each, once per module, candidate count, input shape and thread count;
-remembered for later calls) and keeps vmap only when it is at least 10% faster. Measured
-(benchmarks/results/evaluate.md, a loaded 2-core machine, M = 10): on a LeNet-style CNN vmap ran
-1.4-1.5x the per-candidate load_state_dict loop on one thread and 2.2-3.0x on two; on ResNet-18,
-whose convolutions already fill the machine, grouped convolutions ran slower than separate ones
-(0.53x on one thread) and the loop wins. On CUDA auto picks vmap (M-fold fewer kernel launches;
-not measured here: no GPU).
+``method="auto"`` takes "fused" where it applies, "vmap" on CUDA, and on CPU "loop" when torch runs
+one thread (grouped convolutions do not beat separate ones there, and timing costs a few forwards).
+With more threads it times loop against vmap on the first batch by the process's CPU time (all of
+its threads, which time given to other processes does not inflate), once per architecture, input
+shape, candidate count and thread count in the process, and keeps vmap when it is 10% faster.
 
-Both torch routes replace ``max_pool2d`` with non-overlapping windows (kernel = stride, no padding,
-dilation 1, floor mode: nn.MaxPool2d(k)) by the elementwise maximum of the k*k strided slices: the
-same values bit for bit (a maximum is exact and propagates NaN alike) and about 40x faster than
-torch's NCHW max_pool2d kernel on CPU on LeNet's first pooling ([100, 6, 28, 28]), which was half
-of a LeNet forward; with it the loop ran 1.4-1.6x the per-candidate loop on one thread.
+Both torch routes run the candidates' forwards under the rewrites of :mod:`._torch_fast`, which
+give the same values faster: ``max_pool2d`` over non-overlapping windows as elementwise maxima of
+strided slices, and (the loop route) the first layer of all candidates, which read the same input,
+as one wide call wherever that keeps every forward bit for bit.
 
-Measured and not kept as defaults: ``inference_mode`` instead of ``no_grad`` alone (about 1x; kept,
-since it costs nothing); channels_last in the loop (1.05-1.6x, below the strided pooling and
-inconsistent); bfloat16 autocast (1.9-2.4x on one thread for the loop on LeNet and ResNet-18, but
-losses move by bfloat16 rounding) is the opt-in ``autocast=torch.bfloat16``.
+:func:`evaluate_batches` gives the loss of every candidate on every batch, for the policies whose
+validation loss is a mean of batch means: where no row's output depends on the other rows of its
+batch (eval mode, or train mode without BatchNorm or dropout) the rows go through the model in one
+forward and the losses are reduced per batch afterwards; with BatchNorm in train mode (batch
+statistics) every batch is its own forward, on scratch copies of the running statistics.
 
-Losses agree with the plain per-candidate loop: bit for bit on the loop route; to float32 rounding
-on the vmap route (the batched kernels sum in other orders: measured below 1e-7 relative).
+Reduced precision (``autocast=torch.bfloat16``) is opt-in and hardware-dependent: where the CPU has
+bfloat16 instructions it is faster; without them (AVX2 only) torch emulates it and it runs several
+times slower. The measurements behind these choices: ``benchmarks/results/evaluate.md``.
 
 Early stopping (``early_stop=EarlyStop(baseline_loss)``, opt-in): see :mod:`._early_stop`.
 
@@ -52,11 +51,11 @@ Candidate formats (``candidates=``):
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
-import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -70,7 +69,6 @@ with optional_import("fomo_core.adapters.torch"):
     from torch import nn
     from torch.func import functional_call, vmap
     from torch.nn import functional as F
-    from torch.overrides import TorchFunctionMode
 
 from fomo_core._validate import count
 from fomo_core.dense import DenseSpec, Evaluation
@@ -78,8 +76,19 @@ from fomo_core.dense import evaluate_candidates as _evaluate_fused
 from fomo_core.layout import offsets_of, split
 
 from ._early_stop import EarlyStop, StopTracker
+from ._torch_batches import batches, check_pair
+from ._torch_fast import Forward, Rewrites, SharedFirstLayer, may_call, same_bits
 
-__all__ = ["evaluate_module", "evaluate_candidates", "dense_spec", "Evaluation", "EarlyStopped", "EarlyStop"]
+__all__ = [
+    "evaluate_module",
+    "evaluate_batches",
+    "evaluate_candidates",
+    "dense_spec",
+    "Evaluation",
+    "BatchEvaluation",
+    "EarlyStopped",
+    "EarlyStop",
+]
 
 _METHODS = ("auto", "fused", "vmap", "loop")
 
@@ -94,6 +103,18 @@ def _module_mode(module: nn.Module, training: bool):
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def _rows_independent(module: nn.Module, training: bool) -> bool:
+    """Whether every row's output is independent of the other rows of its batch: not with
+    BatchNorm using batch statistics (train mode, or no running statistics) nor with dropout in
+    train mode (masks drawn per batch)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (training or m.running_mean is None):
+            return False
+        if training and isinstance(m, nn.modules.dropout._DropoutNd):
+            return False
+    return True
 
 
 class _Candidates:
@@ -165,10 +186,15 @@ class _Candidates:
         buffers = {n: mapping[n] for n in self.buffer_names if n in mapping and torch.is_tensor(mapping[n])}
         return params, buffers
 
+    @functools.cached_property
+    def states(self) -> list:
+        """Per candidate (params by name, buffers by name), the flat ones cut once."""
+        if self.flat is not None and not self.models:
+            return [(self._split(self.flat[m]), {}) for m in range(self.count)]
+        return self.models
+
     def state(self, m: int) -> tuple:
-        if self.flat is not None:
-            return self._split(self.flat[m]), {}
-        return self.models[m]
+        return self.states[m]
 
     def stacked(self) -> tuple:
         """(params [M, ...] by name, buffers [M, ...] by name or None when shared) for vmap."""
@@ -206,52 +232,21 @@ def _rows_as_matrix(rows: list) -> Optional[torch.Tensor]:
     return first.as_strided((len(rows), first.numel()), (first.numel(), 1))
 
 
-def _check_pair(data: Any) -> Optional[tuple]:
-    """(X, y) when data is a tensor pair (checked), None when it is some other iterable."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        X, y = data
-        if not torch.is_tensor(y) or y.shape[0] != X.shape[0]:
-            raise ValueError(
-                f"data must be (X, y) with one target per row of X; X has {X.shape[0]} rows, y "
-                f"{'has ' + str(y.shape[0]) if torch.is_tensor(y) and y.ndim else 'is not a tensor'}"
-            )
-        return X, y
-    if isinstance(data, Iterable) and not torch.is_tensor(data):
-        return None
-    raise TypeError(
-        f"data must be a pair (X, y) of tensors or an iterable of (X, y) batches, got {type(data).__name__}"
-    )
-
-
-def _batches(data: Any, batch_size: Optional[int], order_seed: Optional[int] = None) -> Iterable:
-    """(X, y) batches from a tensor pair or any iterable of pairs (a DataLoader). A tensor pair is
-    visited in a random order seeded by ``order_seed`` when one is given (early stopping)."""
-    pair = _check_pair(data)
-    if pair is None:
-        return data
-    X, y = pair
-    if X.shape[0] == 0:
-        raise ValueError("data holds no samples (X has 0 rows): a validation or test loss needs at least one")
-    if order_seed is not None:
-        order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(order_seed)).to(X.device)
-        X, y = X[order], y[order]
-    if batch_size is None or batch_size >= X.shape[0]:
-        return [(X, y)]
-    return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
-
-
 def _unpack(batch: Any, index: int) -> tuple:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TypeError(f"data batch {index} must be a pair (X, y), got {type(batch).__name__}")
     return batch[0], batch[1]
 
 
+def _upcast(out: torch.Tensor) -> torch.Tensor:
+    """16-bit outputs (autocast) in float32 for the loss."""
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
 def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the per-sample losses."""
     if loss_fn is None:
-        return F.cross_entropy(
-            out.float() if out.dtype in (torch.bfloat16, torch.float16) else out, y, reduction="sum"
-        ).double()
+        return F.cross_entropy(_upcast(out), y, reduction="sum").double()
     value = loss_fn(out, y)
     if not torch.is_tensor(value):
         value = torch.as_tensor(value)
@@ -263,13 +258,6 @@ def _loss_sum(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor) -
             f"({y.shape[0]})"
         )
     return value.double().sum()
-
-
-def _correct(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Correctly classified samples, or NaN when the output/targets are not a classification."""
-    if out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and not y.is_floating_point():
-        return (out.argmax(dim=1) == y).sum().item()
-    return math.nan
 
 
 def dense_spec(module: nn.Module, *, output: str = "softmax") -> DenseSpec:
@@ -323,8 +311,12 @@ def dense_spec(module: nn.Module, *, output: str = "softmax") -> DenseSpec:
     return DenseSpec(tuple(sizes), tuple(acts), "out_in", output)
 
 
-def _dense_spec(module: nn.Module, loss_fn: Optional[Callable]) -> Optional[DenseSpec]:
+def _dense_spec(module: nn.Module, loss_fn: Optional[Callable], training: bool = False) -> Optional[DenseSpec]:
+    """The fused kernel's spec of module, or None where that route does not apply (a user loss;
+    dropout, which the kernel treats as eval mode's identity, in train mode)."""
     if loss_fn is not None or not isinstance(module, nn.Sequential):
+        return None
+    if training and any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules()):
         return None
     try:
         return dense_spec(module)
@@ -339,66 +331,35 @@ def _class_labels(data: Any) -> bool:
     return True  # a DataLoader: checked batch by batch by the fused route
 
 
-# --- max_pool2d over non-overlapping windows --------------------------------------------------------
+# --- the routes: each evaluates the candidates `active` on one forward's rows X [n, ...], whose
+# --- consecutive groups of `sizes` rows are the batches the losses are reduced over -----------------
 
 
-def _pair2(value: Any) -> Optional[tuple]:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
-        return (value[0], value[0])
-    return None
-
-
-def _window_max(x: torch.Tensor, kernel: tuple) -> torch.Tensor:
-    """max_pool2d(x, kernel) for stride = kernel, no padding, floor mode: the maximum of the
-    kernel[0] * kernel[1] strided slices (the same values, bit for bit)."""
-    kh, kw = kernel
-    h, w = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[..., i:h:kh, j:w:kw]
-            out = part if out is None else torch.maximum(out, part)
-    return out
-
-
-class _FastPool(TorchFunctionMode):
-    """Routes F.max_pool2d with non-overlapping windows to :func:`_window_max`; everything else,
-    and every other pooling configuration, runs as called."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.max_pool2d:
-            kernel = self._windows(*args, **kwargs)
-            if kernel is not None:
-                return _window_max(args[0], kernel)
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _windows(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-        kernel = _pair2(kernel_size)
-        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else _pair2(stride)
-        if (
-            kernel is None
-            or stride != kernel
-            or _pair2(padding) != (0, 0)
-            or _pair2(dilation) != (1, 1)
-            or ceil_mode
-            or return_indices
-            or not torch.is_tensor(input)
-            or input.ndim not in (3, 4)
-            or min(kernel) < 1
-            or input.shape[-2] < kernel[0]
-            or input.shape[-1] < kernel[1]
-        ):
-            return None
-        return kernel
-
-
-# --- the routes: each evaluates the candidates `active` on one batch --------------------------------
+def _per_group(loss_fn: Optional[Callable], out: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
+    """(loss sums [G] float64, correct counts [G] float64, NaN when not a classification) of one
+    candidate's output, per group of consecutive rows. One group: the batch's sum as
+    :func:`_loss_sum` takes it; several (a forward over many batches): the default cross-entropy
+    per sample, summed per group in float64, or a user loss called per group."""
+    classify = out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and not y.is_floating_point()
+    if len(sizes) == 1:
+        loss = _loss_sum(loss_fn, out, y)[None]
+        hits = (out.argmax(dim=1) == y).sum().to(torch.float64)[None] if classify else None
+    else:
+        groups = torch.repeat_interleave(
+            torch.arange(len(sizes), device=out.device), torch.as_tensor(sizes, device=out.device)
+        )
+        if loss_fn is None and classify:
+            per_sample = F.cross_entropy(_upcast(out), y, reduction="none").double()
+            loss = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(0, groups, per_sample)
+        else:
+            loss = torch.stack([_loss_sum(loss_fn, o, t) for o, t in zip(out.split(sizes), y.split(sizes))])
+        hits = None
+        if classify:
+            right = (out.argmax(dim=1) == y).to(torch.float64)
+            hits = torch.zeros(len(sizes), dtype=torch.float64, device=out.device).index_add_(0, groups, right)
+    if hits is None:
+        hits = torch.full((len(sizes),), math.nan, dtype=torch.float64, device=out.device)
+    return loss, hits
 
 
 class _Fused:
@@ -406,31 +367,53 @@ class _Fused:
         self.spec, self.cands = spec, cands
         self.params = cands.layer_lists()
 
-    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
         params = self.params
         if len(active) < self.cands.count:  # rows read in place: a list of views, never a copy
             params = [params[m] for m in active]
-        res = _evaluate_fused(self.spec, params, X.reshape(X.shape[0], -1), y)
-        b = X.shape[0]
-        return res.loss.double() * b, res.accuracy.double() * b
+        losses, correct = [], []
+        for x, t in zip(X.split(sizes), y.split(sizes)):
+            res = _evaluate_fused(self.spec, params, x.reshape(x.shape[0], -1), t)
+            losses.append(res.loss.double() * x.shape[0])
+            correct.append(res.accuracy.double() * x.shape[0])
+        return torch.stack(losses), torch.stack(correct)
 
 
 class _Loop:
-    def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable]):
-        self.module, self.cands, self.loss_fn = module, cands, loss_fn
+    def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable], training: bool):
+        self.module, self.loss_fn = module, loss_fn
+        states = cands.states
+        if training:  # train mode updates running statistics: on scratch copies, made once per call
+            own = {n: b.clone() for n, b in module.named_buffers()}
+            states = [(p, {**own, **{n: b.clone() for n, b in bufs.items()}}) for p, bufs in states]
+        self.states = [{**p, **b} for p, b in states]  # one dict per candidate, merged once
+        self.forward = Forward(module, {name for state in self.states for name in state})
+        # the rewrites only where the forward may call their ops (a pure torch.nn MLP runs bare)
+        self.pool = may_call(module, (nn.MaxPool2d,))
+        self.share = may_call(module, (nn.modules.conv._ConvNd,))
 
-    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
-        losses, correct = [], []
-        for m in active:
-            out = functional_call(self.module, self.cands.state(int(m)), (X,))
-            losses.append(_loss_sum(self.loss_fn, out, y))
-            correct.append(_correct(out, y))
-        return torch.stack(losses), torch.tensor(correct, dtype=torch.float64, device=X.device)
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
+        shared = SharedFirstLayer(self.module, self.states, active if self.share else active[:1], X)
+        outs = {}
+
+        def forward(k: int, share: bool = True) -> torch.Tensor:
+            with shared.candidate(k) if share else nullcontext() as layer:
+                with Rewrites(self.pool, layer) if self.pool or layer is not None else nullcontext():
+                    return self.forward(self.states[active[k]], X)
+
+        outs[0] = forward(0)
+        if shared.pending:  # a shape not seen before: the last candidate alone and shared, compared
+            last = len(active) - 1
+            outs[last] = forward(last, share=False)
+            shared.settle(same_bits(forward(last), outs[last]))
+        parts = [_per_group(self.loss_fn, outs[k] if k in outs else forward(k), y, sizes) for k in range(len(active))]
+        return torch.stack([p[0] for p in parts], dim=1), torch.stack([p[1] for p in parts], dim=1)
 
 
 class _Vmap:
     def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable]):
         self.module, self.cands, self.loss_fn = module, cands, loss_fn
+        self.pool = may_call(module, (nn.MaxPool2d,))
         self.params, self.buffers = cands.stacked()
         self.rows = np.arange(cands.count)
         self.call = self._call(self.buffers is not None)
@@ -453,7 +436,7 @@ class _Vmap:
             self.buffers = {n: t.index_select(0, pos) for n, t in self.buffers.items()}
         self.rows = active.copy()
 
-    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor) -> tuple:
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
         self._select(active)
         if X.ndim == 4:
             X = X.contiguous(memory_format=torch.channels_last)
@@ -461,48 +444,129 @@ class _Vmap:
             # functorch's note that an op (as_strided_ in adaptive pooling) has no batching rule and
             # runs per candidate: a speed remark, measured in the benchmarks, not a fault
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-            outs = self.call(self.params, self.buffers, X)
-        losses = torch.stack([_loss_sum(self.loss_fn, outs[k], y) for k in range(len(active))])
-        correct = torch.tensor([_correct(outs[k], y) for k in range(len(active))], dtype=torch.float64, device=X.device)
-        return losses, correct
+            with Rewrites() if self.pool else nullcontext():
+                outs = self.call(self.params, self.buffers, X)
+        parts = [_per_group(self.loss_fn, outs[k], y, sizes) for k in range(len(active))]
+        return torch.stack([p[0] for p in parts], dim=1), torch.stack([p[1] for p in parts], dim=1)
 
 
-# The route "auto" measured for a module, by (candidate kind, M, input shape/dtype, threads).
-_measured_routes: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+# --- the route "auto" takes ------------------------------------------------------------------------
+
+# Measured by process CPU time, once per (architecture, candidate form and count, input shape and
+# dtype, threads) in the process: later calls and other clients of the same model reuse it.
+_measured_routes: dict = {}
 
 
-def _route_key(cands: _Candidates, X: torch.Tensor) -> tuple:
-    return (cands.kind, cands.count, tuple(X.shape), X.dtype, torch.get_num_threads())
+def _route_key(module: nn.Module, cands: _Candidates, active: np.ndarray, X: torch.Tensor) -> tuple:
+    shapes = tuple((n, tuple(t.shape), t.dtype) for n, t in module.state_dict(keep_vars=True).items())
+    architecture = (type(module).__module__, type(module).__qualname__, repr(module), shapes)
+    return (architecture, cands.kind, len(active), tuple(X.shape), X.dtype, torch.get_num_threads())
 
 
-def _measure_routes(module: nn.Module, cands: _Candidates, routes: dict, active, X, y) -> tuple:
-    """Times loop and vmap on this batch, alternately, three times each after one warm-up call,
-    and remembers for the module the one with the lower best time (the best time is the least
-    disturbed by other processes); vmap must win by 10%, since the loop gives the per-candidate
-    forward bit for bit. Returns (the route, its result on this batch)."""
+def _measure_routes(routes: dict, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
+    """Times loop and vmap on this batch by the process's CPU time (its worker threads included;
+    time given to other processes not), alternately, twice each after one warm-up call, and
+    returns (the route with the lower best time, its result on this batch); vmap must win by 10%,
+    since the loop gives the per-candidate forward bit for bit."""
     best = {name: math.inf for name in routes}
-    results = {}
-    for name, run in routes.items():
-        results[name] = run(active, X, y)  # first calls pay one-off costs (oneDNN primitives, vmap set-up)
-    for _ in range(3):
+    results = {name: run(active, X, y, sizes) for name, run in routes.items()}  # first calls pay one-off costs
+    for _ in range(2):
         for name, run in routes.items():
-            t0 = time.perf_counter()
-            run(active, X, y)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            t0 = time.process_time()
+            run(active, X, y, sizes)
+            best[name] = min(best[name], time.process_time() - t0)
     chosen = "vmap" if best["vmap"] < 0.9 * best["loop"] else "loop"
-    _measured_routes.setdefault(module, {})[_route_key(cands, X)] = chosen
     return chosen, results[chosen]
 
 
-def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: Any) -> str:
+def _choose(method: str, cands: _Candidates, spec: Optional[DenseSpec], data: Any, training: bool, autocast) -> str:
     """The route, or "measure" when auto must time loop against vmap on the first batch."""
+    if method == "fused" and spec is None:
+        raise ValueError(
+            "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"
+            + (", without dropout in train mode" if training else "")
+        )
+    if method == "fused" and autocast is not None:
+        raise ValueError("autocast applies to the torch routes ('vmap', 'loop'), not to method='fused'")
+    if method == "vmap" and training:
+        raise ValueError("method='vmap' evaluates in eval mode; in train mode use 'loop' or 'auto'")
     if method != "auto":
         return method
     first = cands.first_tensor()
     on_cuda = first is not None and first.device.type == "cuda"
-    if spec is not None and not on_cuda and _class_labels(data):  # the fused route runs on CPU here
+    if spec is not None and autocast is None and not on_cuda and _class_labels(data):  # fused: CPU here
         return "fused"
-    return "vmap" if on_cuda else "measure"
+    if training:
+        return "loop"
+    if on_cuda:
+        return "vmap"
+    return "loop" if torch.get_num_threads() == 1 else "measure"
+
+
+class _Runner:
+    """The candidates on the chosen route, batch after batch; "measure" becomes a route on the
+    first batch (measured, or as measured before in the process)."""
+
+    def __init__(self, module, cands, spec, chosen: str, loss_fn, training: bool):
+        self.module, self.cands, self.spec, self.loss_fn, self.training = module, cands, spec, loss_fn, training
+        self.method = chosen
+        self.routes: dict = {}
+
+    def _route(self, name: str):
+        if name not in self.routes:
+            if name == "fused":
+                self.routes[name] = _Fused(self.spec, self.cands)
+            elif name == "loop":
+                self.routes[name] = _Loop(self.module, self.cands, self.loss_fn, self.training)
+            else:
+                self.routes[name] = _Vmap(self.module, self.cands, self.loss_fn)
+        return self.routes[name]
+
+    def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
+        if self.method != "measure":
+            return self._route(self.method)(active, X, y, sizes)
+        key = _route_key(self.module, self.cands, active, X)
+        known = _measured_routes.get(key)
+        if known is not None:
+            self.method = known
+            return self._route(known)(active, X, y, sizes)
+        routes = {name: self._route(name) for name in ("loop", "vmap")}
+        self.method, result = _measure_routes(routes, active, X, y, sizes)
+        _measured_routes[key] = self.method
+        return result
+
+
+@contextmanager
+def _evaluating(module: nn.Module, training: bool, device: torch.device, autocast):
+    """Inference mode, the module in eval (or train) mode and the requested autocast, for the
+    duration."""
+    precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
+    with torch.inference_mode(), _module_mode(module, training), precision:
+        yield
+
+
+def _checked(
+    module: Any, candidates: Any, method: str, batch_size: Any, loss_fn: Optional[Callable], training: bool, autocast
+) -> tuple:
+    """The checks both evaluations make; (the candidates, the fused kernel's spec or None)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if batch_size is not None:
+        count(batch_size, "batch_size", low=1, type_error=ValueError)
+    if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+    cands = _Candidates(module, candidates)
+    spec = _dense_spec(module, loss_fn, training)
+    return cands, spec
+
+
+def _on_device(X: torch.Tensor, y: torch.Tensor, first: Optional[torch.Tensor], device: torch.device) -> tuple:
+    X, y = X.to(device), y.to(device)
+    if X.is_floating_point() and first is not None and X.dtype != first.dtype:
+        X = X.to(first.dtype)
+    return X, y
 
 
 @dataclass(frozen=True)
@@ -530,7 +594,7 @@ def evaluate_module(
     autocast: Optional[torch.dtype] = None,
     early_stop: Optional[EarlyStop] = None,
 ) -> Evaluation:
-    """Mean loss and accuracy of every candidate model on a validation set.
+    """Mean loss and accuracy of every candidate model on a validation set, in eval mode.
 
     module:     the architecture (an ``nn.Module``); its own parameters are only used as the
                 template (and its buffers for flat candidates)
@@ -539,14 +603,15 @@ def evaluate_module(
     data:       a pair (X, y) of tensors, or an iterable of (X, y) batches (a DataLoader)
     loss_fn:    ``loss_fn(output, target)`` returning per-sample losses [b] or the batch mean;
                 default ``torch.nn.functional.cross_entropy``
-    batch_size: split a tensor pair into batches of this many rows (default: one batch, or
+    batch_size: rows per forward when data is a tensor pair (default: all of them at once, or
                 ``early_stop.batch_size`` with early stopping)
     method:     "auto", "fused", "vmap" or "loop" (see the module docstring)
     autocast:   None (default: the candidates' own dtype) or a reduced-precision dtype
-                (``torch.bfloat16``) to run the torch routes under ``torch.autocast``: faster on
-                CPUs with bfloat16 arithmetic, but the losses move by the dtype's rounding (~1e-2
-                relative per layer in the worst case for bfloat16), which can change which
-                candidates improve on a close baseline. Not for the fused route.
+                (``torch.bfloat16``) to run the torch routes under ``torch.autocast``: faster only
+                on CPUs with bfloat16 arithmetic (several times slower without it), and the losses
+                move by the dtype's rounding (~1e-2 relative per layer in the worst case for
+                bfloat16), which can change which candidates improve on a close baseline. Not for
+                the fused route.
     early_stop: an :class:`EarlyStop` (opt-in): evaluate in batches and stop a candidate once its
                 loss is confidently above ``early_stop.baseline_loss``; returns an
                 :class:`EarlyStopped` evaluation (with ``samples`` per candidate)
@@ -555,85 +620,49 @@ def evaluate_module(
     tensors on the candidates' device; accuracy is NaN unless the output is [b, C] class scores
     and y class indices) and the ``method`` used. The loss is the mean over all samples.
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if batch_size is not None:
-        count(batch_size, "batch_size", low=1, type_error=ValueError)
-    if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+    cands, spec = _checked(module, candidates, method, batch_size, loss_fn, False, autocast)
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
         raise TypeError(f"early_stop must be an EarlyStop or None, got {type(early_stop).__name__}")
-    cands = _Candidates(module, candidates)
-    spec = _dense_spec(module, loss_fn)
-    chosen = _choose(method, cands, spec, data)
-    if chosen == "fused" and spec is None:
-        raise ValueError(
-            "method='fused' needs a dense nn.Sequential (Linear + ReLU/Tanh/Sigmoid/Identity) and the default loss"
-        )
-    if chosen == "fused" and autocast is not None:
-        if method == "fused":
-            raise ValueError("autocast applies to the torch routes ('vmap', 'loop'), not to method='fused'")
-        chosen = "measure"  # the caller asked for reduced precision: run a torch route under autocast
+    chosen = _choose(method, cands, spec, data, False, autocast)
     first = cands.first_tensor()
     device = first.device if first is not None else torch.device("cpu")
     M = cands.count
     make = EarlyStopped if early_stop is not None else Evaluation
+    pair = check_pair(data)
     if M == 0:
-        _check_pair(data)
         empty = torch.zeros(0, dtype=torch.float64, device=device)
         extra = {"samples": np.zeros(0, dtype=np.int64), "stopped": np.zeros(0, dtype=bool)} if early_stop else {}
-        return make(empty, empty.clone(), "fused" if chosen == "fused" else chosen.replace("measure", "loop"), **extra)
+        return make(empty, empty.clone(), chosen.replace("measure", "loop"), **extra)
 
-    routes: dict = {}
-    if chosen == "fused":
-        routes["fused"] = _Fused(spec, cands)
-    else:
-        if chosen in ("loop", "measure"):
-            routes["loop"] = _Loop(module, cands, loss_fn)
-        if chosen in ("vmap", "measure"):
-            routes["vmap"] = _Vmap(module, cands, loss_fn)
-    pair = _check_pair(data)
+    runner = _Runner(module, cands, spec, chosen, loss_fn, False)
     tracker = StopTracker(early_stop, M, pair[0].shape[0] if pair is not None else None) if early_stop else None
-    if early_stop is not None and batch_size is None:
-        batch_size = early_stop.batch_size
-    batches = _batches(data, batch_size, early_stop.seed if early_stop is not None else None)
+    order = None
+    if early_stop is not None:
+        batch_size = early_stop.batch_size if batch_size is None else batch_size
+        if pair is not None:  # a seeded random order: the batches are a random sample of the set
+            order = torch.randperm(pair[0].shape[0], generator=torch.Generator().manual_seed(early_stop.seed))
 
     loss_sums = torch.zeros(M, dtype=torch.float64, device=device)
     correct = torch.zeros(M, dtype=torch.float64, device=device)
     samples = np.zeros(M, dtype=np.int64)
     active = np.arange(M)
     rows = 0
-    precision = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
-    pooling = nullcontext() if chosen == "fused" else _FastPool()  # the fused route calls no max_pool2d
-    with torch.inference_mode(), _module_mode(module, False), pooling, precision:
-        for index, batch in enumerate(batches):
+    with _evaluating(module, False, device, autocast):
+        for index, batch in enumerate(batches(data, batch_size, order)):
             X, y = _unpack(batch, index)
-            if len(active) == 0:  # every candidate stopped: only count the remaining rows
-                rows += int(y.shape[0])
-                continue
-            X, y = X.to(device), y.to(device)
-            if X.is_floating_point() and first is not None and X.dtype != first.dtype:
-                X = X.to(first.dtype)
-            if chosen == "measure":
-                known = _measured_routes.get(module, {}).get(_route_key(cands, X))
-                if known is None:
-                    chosen, (batch_loss, batch_correct) = _measure_routes(module, cands, routes, active, X, y)
-                else:
-                    chosen = known
-                    batch_loss, batch_correct = routes[chosen](active, X, y)
-                routes = {chosen: routes[chosen]}
-            else:
-                batch_loss, batch_correct = routes[chosen](active, X, y)
             b = int(y.shape[0])
+            if len(active) == 0:  # every candidate stopped: only count the remaining rows
+                rows += b
+                continue
+            X, y = _on_device(X, y, first, device)
+            batch_loss, batch_correct = runner(active, X, y, (b,))
             index_t = torch.as_tensor(active, device=device)
-            loss_sums.index_add_(0, index_t, batch_loss.to(device=device, dtype=torch.float64))
-            correct.index_add_(0, index_t, batch_correct.to(device=device, dtype=torch.float64))
+            loss_sums.index_add_(0, index_t, batch_loss[0].to(device=device, dtype=torch.float64))
+            correct.index_add_(0, index_t, batch_correct[0].to(device=device, dtype=torch.float64))
             samples[active] += b
             rows += b
             if tracker is not None:
-                tracker.add(active, (batch_loss.double() / b).cpu().numpy(), b)
+                tracker.add(active, (batch_loss[0].double() / b).cpu().numpy(), b)
                 active = np.flatnonzero(tracker.active)
                 if len(active) == 0 and pair is not None:
                     rows = int(pair[0].shape[0])
@@ -642,7 +671,104 @@ def evaluate_module(
         raise ValueError("data holds no samples")
     counts = torch.as_tensor(samples, dtype=torch.float64, device=device)
     extra = {"samples": samples, "stopped": samples < rows} if early_stop is not None else {}
-    return make(loss_sums / counts, correct / counts, chosen, **extra)
+    return make(loss_sums / counts, correct / counts, runner.method, **extra)
+
+
+@dataclass(frozen=True)
+class BatchEvaluation:
+    """The loss and accuracy of M candidates on each of G batches.
+
+    loss:     [G, M] float64, each candidate's mean loss on each batch
+    accuracy: [G, M] float64, its accuracy there (NaN when not a classification)
+    sizes:    [G] int64 NumPy, the rows of each batch
+    method:   the route used
+    """
+
+    loss: Any
+    accuracy: Any
+    sizes: Any
+    method: str
+
+
+def _batch_sizes(data: Any, pair: Optional[tuple], batch_size: Optional[int], drop_last: bool) -> tuple:
+    """(the batches as a list of (X, y), or None for a tensor pair; the rows of each batch)."""
+    if pair is not None:
+        n = int(pair[0].shape[0])
+        size = n if batch_size is None else batch_size
+        sizes = [size] * (n // size) + ([n % size] if n % size else []) if n else []
+        listed = None
+    else:
+        listed = [_unpack(batch, index) for index, batch in enumerate(data)]
+        sizes = [int(y.shape[0]) for _, y in listed]
+    if drop_last and len(sizes) > 1 and sizes[-1] < sizes[0]:
+        sizes = sizes[:-1]
+        listed = listed[:-1] if listed is not None else None
+    return listed, sizes
+
+
+def evaluate_batches(
+    module: nn.Module,
+    candidates: Any,
+    data: Any,
+    *,
+    batch_size: Optional[int] = None,
+    training: bool = False,
+    drop_last: bool = False,
+    loss_fn: Optional[Callable] = None,
+    method: str = "auto",
+    autocast: Optional[torch.dtype] = None,
+) -> BatchEvaluation:
+    """The mean loss and accuracy of every candidate on every batch of a validation set: what the
+    policies whose loss is a mean of batch means ("batch_mean", "batch_sum_per_sample") reduce.
+
+    data, candidates, loss_fn, method, autocast: as :func:`evaluate_module`'s
+    batch_size: the rows of a batch when data is a tensor pair (default: one batch); the batches
+                of an iterable are its own
+    training:   evaluate in train mode (BatchNorm normalises each batch by its own statistics;
+                no running statistics change, the module's or the candidates')
+    drop_last:  leave out a last batch smaller than the first
+
+    Where no row's output depends on the others in its batch (eval mode, or train mode without
+    BatchNorm or dropout) and data is a tensor pair, all the rows go through each model in one
+    forward and the losses are reduced per batch afterwards: the same batch losses to float32
+    rounding (a forward over more rows may sum in another order), and the memory of a forward
+    over the whole set (give a DataLoader to bound it). Otherwise each batch is its own forward.
+    Returns a :class:`BatchEvaluation`.
+    """
+    cands, spec = _checked(module, candidates, method, batch_size, loss_fn, training, autocast)
+    chosen = _choose(method, cands, spec, data, training, autocast)
+    first = cands.first_tensor()
+    device = first.device if first is not None else torch.device("cpu")
+    pair = check_pair(data)
+    listed, sizes = _batch_sizes(data, pair, batch_size, drop_last)
+    if not sizes or not sum(sizes):
+        raise ValueError("data holds no samples")
+    M = cands.count
+    if pair is not None:
+        rows = sum(sizes)
+        X, y = pair[0][:rows], pair[1][:rows]
+        if _rows_independent(module, training):
+            chunks = [(X, y, tuple(sizes))]
+        else:
+            chunks = [(x, t, (x.shape[0],)) for x, t in zip(X.split(sizes), y.split(sizes))]
+    else:
+        chunks = [(x, t, (x.shape[0],)) for x, t in listed]
+    loss = torch.zeros((len(sizes), M), dtype=torch.float64, device=device)
+    correct = torch.zeros_like(loss)
+    runner = _Runner(module, cands, spec, chosen, loss_fn, training)
+    active = np.arange(M)
+    with _evaluating(module, training, device, autocast):
+        g = 0
+        for X, y, groups in chunks:
+            if M:
+                X, y = _on_device(X, y, first, device)
+                batch_loss, batch_correct = runner(active, X, y, groups)
+                loss[g : g + len(groups)] = batch_loss.to(device=device, dtype=torch.float64)
+                correct[g : g + len(groups)] = batch_correct.to(device=device, dtype=torch.float64)
+            g += len(groups)
+    counts = torch.as_tensor(sizes, dtype=torch.float64, device=device)[:, None]
+    method_used = runner.method if M else chosen.replace("measure", "loop")
+    return BatchEvaluation(loss / counts, correct / counts, np.asarray(sizes, dtype=np.int64), method_used)
 
 
 #: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code

@@ -1,7 +1,9 @@
 """Speed of FedFomo's weights + update: fomo_core against the ways peers compute it.
 
 Headline: ResNet-18's parameters (P = 11,181,642 as its 62 real layer shapes, CIFAR-10 head),
-float32, M = 10 candidates, all improving. In the same process, medians over repeats:
+float32, M = 10 candidates, all improving. In the same process, on one thread (fomo_core's, torch's
+and the BLAS's), medians over interleaved repeats of the calling thread's CPU time (time the
+scheduler gives other processes on a shared machine does not count):
 
 - fomo_core.fomo_step over the layer list (a new output, a reused out= buffer, and in place), and
   over a flat [M, P] array (new output);
@@ -13,8 +15,7 @@ float32, M = 10 candidates, all improving. In the same process, medians over rep
 Effective bandwidth counts the bytes the op must move, (M_d + M+ + 3) * P * bytes: M_d distances
 read, M+ improving candidates read by the update, and local read twice plus the output written.
 
-Also: float16/bfloat16/float64 storage (wall time at the default threads, and CPU time on one
-thread, which other processes on a shared machine disturb less), half the candidates not improving
+Also: float16/bfloat16/float64 storage, half the candidates not improving
 (skipped), M = 1..20; small models as layer lists against the same data flat, with and without a
 plan (fomo_core.plan: the per-array intake paid once); Fortran-order layers (time and peak memory
 against the same values in C order). Writes results/kernels.{json,md,png}.
@@ -31,7 +32,6 @@ import argparse
 import functools
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,16 +43,9 @@ import fomo_core as fc
 from fomo_core.layout import offsets_of, split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    interleaved_ms,
-    interleaved_samples,
-    keep_freed_memory,
-    machine,
-    markdown_table,
-    peak_extra_mib,
-    write_results,
-)  # noqa: E402
+from common import interleaved_ms, keep_freed_memory, machine, markdown_table, peak_extra_mib, write_results  # noqa: E402
 
+CLOCK = time.thread_time  # the calling thread's CPU time: every kernel runs on it (one thread)
 BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 
 
@@ -169,7 +162,8 @@ class Probe:
 
     def timed(self, methods: dict, repeats: int) -> tuple[dict, dict]:
         """Median ms of every method, interleaved with the probe; and the probe's GB/s."""
-        times = {name: median for name, (median, _) in interleaved_ms({**methods, **self.methods}, repeats).items()}
+        timed = interleaved_ms({**methods, **self.methods}, repeats, clock=CLOCK)
+        times = {name: median for name, (median, _) in timed.items()}
         gbs = {name: self.nbytes / times.pop(name) / 1e6 for name in self.methods}
         return times, {
             "gbs": max(gbs.values()),
@@ -304,7 +298,7 @@ def small_model(repeats: int) -> list[dict]:
         "flat NumPy": lambda: numpy_flat(problem, flat_x, flat_c),
         "flat torch": lambda: torch_flat(problem),
     }
-    times = {name: median for name, (median, _) in interleaved_ms(methods, repeats * 20, warmup=5).items()}
+    times = {name: median for name, (median, _) in interleaved_ms(methods, repeats * 20, 5, CLOCK).items()}
     base = times["PFLlib-style per-layer torch loop"]
     return [{"method": k, "us": v * 1e3, "speedup_vs_pfllib": base / v} for k, v in times.items()]
 
@@ -336,7 +330,7 @@ def layer_lists(repeats: int) -> list[dict]:
         for method in ("layers, out=", "layers through a plan"):
             got = torch.cat([t.reshape(-1) for t in methods[method]().params])
             assert torch.allclose(got, want, rtol=1e-6, atol=1e-6), f"{name}: {method} differs from the flat call"
-        times = {k: med for k, (med, _) in interleaved_ms(methods, repeats * 20, warmup=5).items()}
+        times = {k: med for k, (med, _) in interleaved_ms(methods, repeats * 20, 5, CLOCK).items()}
         base = times["flat, out="]
         for method, ms in times.items():
             rows.append(
@@ -386,36 +380,11 @@ def fortran_order(p: int, m: int, repeats: int) -> list[dict]:
     for name, fn in methods.items():
         np.testing.assert_allclose(fn().distances.numpy(), want.numpy(), rtol=1e-9, err_msg=name)
     memory = {name: peak_extra_mib(fn) for name, fn in methods.items()}
-    times = {k: med for k, (med, _) in interleaved_ms(methods, repeats).items()}
+    times = {k: med for k, (med, _) in interleaved_ms(methods, repeats, clock=CLOCK).items()}
     base = times["C order (baseline)"]
     return [
         {"case": name, "ms": times[name], "vs_c_order": times[name] / base, "peak_extra_mib": memory[name]}
         for name in methods
-    ]
-
-
-def interleaved_cpu_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median CPU time (ms) of the calling thread, interleaved: with one kernel thread the work runs
-    on the caller, and time the scheduler gives other processes does not count."""
-    times = interleaved_samples(methods, repeats, warmup, clock=time.thread_time)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def dtypes_one_thread(shapes, m: int, repeats: int) -> list[dict]:
-    """16-bit against float32 storage on one kernel thread, by CPU time (see interleaved_cpu_ms)."""
-    problems = {
-        str(d).removeprefix("torch."): Problem(shapes, m, d, improving=m)
-        for d in (torch.float32, torch.float16, torch.bfloat16)
-    }
-    threads = fc.get_num_threads()
-    fc.set_num_threads(1)
-    try:
-        times = interleaved_cpu_ms({name: pb.step for name, pb in problems.items()}, repeats)
-    finally:
-        fc.set_num_threads(threads)
-    return [
-        {"dtype": name, "cpu_ms": times[name], "speedup_vs_float32": times["float32"] / times[name]}
-        for name in problems
     ]
 
 
@@ -445,6 +414,20 @@ def run(quick: bool, repeats: int | None = None) -> dict:
     """Every measurement of this script; ``quick`` shrinks the models (a quarter of ResNet-18's
     channels, P = 1e6 for the Fortran-order case) and the repeats."""
     repeats = repeats or (3 if quick else 7)
+    from threadpoolctl import threadpool_limits
+
+    threads = (torch.get_num_threads(), fc.get_num_threads())
+    torch.set_num_threads(1)
+    fc.set_num_threads(1)
+    try:
+        with threadpool_limits(1):  # NumPy's BLAS (the probe's np.dot, the flat NumPy method) too
+            return _run(quick, repeats)
+    finally:
+        torch.set_num_threads(threads[0])
+        fc.set_num_threads(threads[1])
+
+
+def _run(quick: bool, repeats: int) -> dict:
     shapes = resnet18_shapes()
     if quick:
         shapes = [tuple(max(1, d // 4) if i < 2 else d for i, d in enumerate(s)) for s in shapes]
@@ -456,14 +439,14 @@ def run(quick: bool, repeats: int | None = None) -> dict:
         "config": {"P": p, "M": m, "layers": len(shapes), "repeats": repeats, "quick": quick},
         "machine": machine(),
         "build_info": fc.build_info(),
-        "torch_threads": torch.get_num_threads(),
+        "threads": 1,
+        "clock": "thread CPU time",
     }
     results["headline"], probe = headline(Problem(shapes, m, torch.float32, improving=m), repeats, probe_arrays)
     results["pfllib_default_allocator"] = probe.pop("default_allocator")
     results["probe"] = probe
     results["glibc_keeps_freed_memory"] = keep_freed_memory()  # already applied inside headline()
     results["dtypes"] = dtypes(shapes, m, repeats, probe_arrays)
-    results["dtypes_one_thread"] = dtypes_one_thread(shapes, m, repeats)
     results["skip"] = skipping(shapes, m, repeats, probe_arrays)
     results["m_sweep"] = m_sweep(shapes, [1, 5, 10, 20], repeats, probe_arrays)
     results["small_model"] = small_model(repeats)
@@ -486,29 +469,23 @@ def report(results: dict) -> str:
     sections = [
         f"P = {p:,} ({results['config']['layers']} layers), float32, M = {m}, all improving; dot-product probe "
         f"{probe['gbs']:.1f} GB/s (np.dot {probe['numpy_dot_gbs']:.1f}, torch.dot {probe['torch_dot_gbs']:.1f}); "
-        f"medians of {repeats} interleaved rounds (each table times the probe with its methods); "
-        f"{info['threads']} threads, {info['simd']} kernels; "
+        f"medians of {repeats} interleaved rounds of the calling thread's CPU time (each table times the probe "
+        f"with its methods); one thread (fomo_core, torch, BLAS), {info['simd']} kernels; "
         f"load average {results['load_average']['before']:.2f} before, {results['load_average']['after']:.2f} after; "
         f"peak memory measured first; then glibc keeps freed memory for reuse, so no method is timed "
         f"by the page faults of fresh temporaries: {results['glibc_keeps_freed_memory']}.",
-        markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"], headline_rows),
+        markdown_table(["method", "CPU ms", "GB/s", "of probe", "vs PFLlib", "peak extra MiB"], headline_rows),
         f"Under glibc's default allocator (big temporaries returned to the system after each call), the "
         f"PFLlib-style loop takes {allocator['pfllib_ms']:.0f} ms against fomo_step's "
         f"{allocator['fomo_core_ms']:.1f} ms: {allocator['speedup_vs_pfllib']:.1f}x. The table above keeps freed "
         f"memory for reuse, which is every method's best case.",
-        f"Storage dtypes (fomo_step over layers into a reused out=, M = {m}), wall time at {info['threads']} threads:",
+        f"Storage dtypes (fomo_step over layers into a reused out=, M = {m}):",
         markdown_table(
-            ["dtype", "ms", "GB/s", "of probe", "speed vs float32"],
+            ["dtype", "CPU ms", "GB/s", "of probe", "speed vs float32"],
             [
                 [r["dtype"], r["ms"], r["gbs"], r["fraction_of_probe"], r["speedup_vs_float32"]]
                 for r in results["dtypes"]
             ],
-        ),
-        "The same on one kernel thread, by the thread's CPU time (time given to other processes on this "
-        "shared machine does not count):",
-        markdown_table(
-            ["dtype", "CPU ms", "speed vs float32"],
-            [[r["dtype"], r["cpu_ms"], r["speedup_vs_float32"]] for r in results["dtypes_one_thread"]],
         ),
         f"Non-improving candidates (float32, M = {m}):",
         markdown_table(

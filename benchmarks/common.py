@@ -53,10 +53,13 @@ def interleaved_samples(
     return times
 
 
-def interleaved_ms(methods: dict, repeats: int, warmup: int = 2) -> dict:
+def interleaved_ms(
+    methods: dict, repeats: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter
+) -> dict:
     """{name: (median ms, min ms)} of every method over interleaved rounds (interleaved_samples):
     the median is the figure of merit, the minimum shows the method undisturbed by other processes."""
-    return {name: (statistics.median(t), min(t)) for name, t in interleaved_samples(methods, repeats, warmup).items()}
+    samples = interleaved_samples(methods, repeats, warmup, clock=clock)
+    return {name: (statistics.median(t), min(t)) for name, t in samples.items()}
 
 
 def spread(samples: list) -> dict:
@@ -118,6 +121,36 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
         return None
 
 
+# the instruction sets that decide the kernels' and torch's speed: vector width, and whether bfloat16
+# arithmetic exists in hardware (without it torch emulates bfloat16 in float32, at a loss)
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_features() -> dict:
+    """The CPU's model name, its SIMD flags among SIMD_FLAGS, whether it has bfloat16 instructions,
+    and the instruction set torch dispatches to (Linux /proc/cpuinfo; empty elsewhere)."""
+    out: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and "cpu" not in out:
+                    out["cpu"] = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and "simd" not in out:
+                    flags = set(line.split(":", 1)[1].split())
+                    out["simd"] = [flag for flag in SIMD_FLAGS if flag in flags]
+                    out["bf16_instructions"] = any(flag in flags for flag in BF16_FLAGS)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        pass
+    return out
+
+
 def machine() -> dict:
     """The machine's description: CPU model, cores, load average, library versions, build_info()."""
     info = {
@@ -126,14 +159,7 @@ def machine() -> dict:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info.update(cpu_features())
     try:
         info["load_average"] = list(os.getloadavg())
     except OSError:

@@ -33,89 +33,87 @@ def machine_line(suite: dict) -> str:
     info = m.get("fomo_core", {})
     load = m.get("load_average", [float("nan")])[0]
     after = suite.get("machine_after", {}).get("load_average", [float("nan")])[0]
+    simd = ", ".join(flag.upper() for flag in m.get("simd", [])) or "?"
+    bf16 = "bfloat16 instructions" if m.get("bf16_instructions") else "no bfloat16 instructions"
     return (
-        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, "
-        f"{after:.1f} after), torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} "
-        f"({info.get('simd', '?')} kernels, {info.get('threads', '?')} threads)"
+        f"{m.get('cpu', '?')} ({simd}; {bf16}; torch dispatches {m.get('torch_cpu_capability', '?')}), "
+        f"{m.get('cpus', '?')} cores shared with other work (load average {load:.1f} before, {after:.1f} after), "
+        f"torch {m.get('torch', '?')}, fomo_core {info.get('version', '?')} ({info.get('simd', '?')} kernels)"
     )
 
 
+ROUND_CLIENTS = ("fomo-core", "fomo-core, pfllib preset", "PFLlib")
+PHASES = ("eval", "weights+update", "train", "copies")
+
+
+def _phases(t: dict) -> str:
+    """eval / weights+update / train / copies = round, CPU ms medians."""
+    return " / ".join(f"{t[p]['median']:.3g}" for p in PHASES) + f" = {t['cpu']['median']:.4g}"
+
+
 def round_section(r: dict) -> list:
-    ours_name, preset_name, peer_name = "fomo-core", "fomo-core, pfllib preset", "PFLlib-style"
+    ours_name, preset_name, peer_name = ROUND_CLIENTS
     rows = []
     for row in r["rows"]:
         t = row["timing"]
         ours, preset, peer = t[ours_name], t[preset_name], t[peer_name]
-        lo, hi = ours["speedup_range"]
-        cpu = lambda x: f"{x['cpu_speedup_vs_pfllib']:.2f}x" if "cpu_speedup_vs_pfllib" in x else ""  # noqa: E731
         rows.append(
             [
                 row["subject"],
                 row["M"],
-                _iqr(ours["total"]),
-                _iqr(peer["total"]),
-                f"{ours['speedup_vs_pfllib']:.2f}x ({lo:.2f}-{hi:.2f})",
-                f"**{cpu(ours)}**",
-                f"{preset['speedup_vs_pfllib']:.2f}x / {cpu(preset)}",
-                " / ".join(f"{ours[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
-                " / ".join(f"{peer[p]['median']:.3g}" for p in ("eval", "weights+update", "train", "copies")),
+                _phases(peer),
+                _phases(ours),
+                f"**{ours['own_speedup']:.2f}x**",
+                f"**{ours['round_speedup']:.2f}x**",
+                _phases(preset),
+                f"{preset['own_speedup']:.2f}x / {preset['round_speedup']:.2f}x",
             ]
         )
-    big = [row for row in r["rows"] if row.get("step_bandwidth") and row["step_bandwidth"]["P"] >= 1_000_000]
-    text = [
+    subjects = dict.fromkeys(row["subject"] for row in r["rows"])
+    return [
         "### The whole client round",
         "",
-        "`benchmarks/bench_round.py`: one FedFomo client round (evaluate the baseline and M candidates, "
-        "weigh, update, one local epoch) of fomo-core's `FedFomoClient.round` against a PFLlib-style "
-        "round re-stated from PFLlib's `clientfomo.py` (`benchmarks/pfllib_round.py`: modules made from the "
-        "received state_dicts, train-mode evaluation with autograd on, per-layer aggregation). Same model, "
-        f"candidates (as state_dicts), data and training loader (PFLlib's defaults: batch {r['batch_size']}, "
-        f"lr {r['lr']}). Each case first checks that fomo-core's round (its own policy with PFLlib's eps) and "
-        "fomo-core running the `pfllib` preset give the PFLlib-style round's losses, weights, and parameters "
-        "after the update and after the epoch (fomo-core's own round on ResNet-18 given the same losses: it "
-        "evaluates in eval mode, PFLlib in train mode). Milliseconds, median (quartiles) of interleaved "
-        f"rounds, {r['torch_threads']} torch thread(s); the speedup also by the process's CPU time, which time "
-        "given to other processes on this shared machine does not inflate; phases (wall ms): eval / "
-        "weights+update / train / copies:",
+        "`benchmarks/bench_round.py`: one FedFomo client round (evaluate the baseline and M candidates, weigh, "
+        "update, one local epoch) of fomo-core's `FedFomoClient.round` against PFLlib's client round re-stated "
+        "from its `clientfomo.py` (`benchmarks/pfllib_round.py`: train-mode evaluation with autograd on, "
+        "per-layer aggregation). The candidates are the server's models, handed to every client by reference "
+        "as PFLlib's server does; same model, data and training batches (PFLlib's defaults: batch "
+        f"{r['batch_size']}, lr {r['lr']}). Each case first checks that fomo-core's round (its own policy with "
+        "PFLlib's eps) and fomo-core running the `pfllib` preset give PFLlib's losses, its weights and update "
+        "given the same losses, and the same local epoch bit for bit (fomo-core's own round evaluates in eval "
+        f"mode, PFLlib in train mode: on ResNet-18 only the preset's losses compare). {r['torch_threads']} "
+        "torch thread; every phase by the thread's CPU time, medians of interleaved rounds, milliseconds: "
+        "eval / weights+update / train / copies = the round. FedFomo's own part is all but the training.",
         "",
         markdown_table(
             [
                 "model",
                 "M",
-                "fomo-core ms",
-                "PFLlib-style ms",
-                "speedup, wall (range)",
-                "speedup, CPU time",
-                "`pfllib` preset: wall / CPU",
-                "fomo-core phases",
-                "PFLlib-style phases",
+                "PFLlib",
+                "fomo-core",
+                "own part vs PFLlib",
+                "round vs PFLlib",
+                "fomo-core, `pfllib` preset",
+                "preset: own part / round",
             ],
             rows,
         ),
         "",
-        "Training (the same torch SGD loop over the same loader in every client) is most of a fomo-core "
-        "round: it bounds the round's speedup however fast the FedFomo part gets.",
+        "Training (the same SGD on the same batches; fomo-core steps its flat parameter buffer in one call) is "
+        "most of a round and bounds its ratio. On ResNet-18 the evaluation is convolutions (95% of its time): "
+        "an eval-mode forward without autograd is only somewhat cheaper than PFLlib's train-mode forward with it.",
+        "",
+        " ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects),
         "",
     ]
-    if big:
-        fr = [row["step_bandwidth"]["fraction_of_probe"] for row in big]
-        text += [
-            f"Inside the ResNet-18 round, fomo-core's weights + update move their bytes at {min(fr):.2f}-{max(fr):.2f} "
-            "of a dot-product bandwidth probe timed in the same rounds (the smaller models fit in the caches, "
-            "where that probe is no roof)"
-            + (
-                "; above 1, the probe itself lost its rounds to other processes: on "
-                "this shared machine a single probe per round is no reliable roof (the kernels' own benchmark below "
-                "times it with every method)"
-                if max(fr) > 1
-                else ""
-            )
-            + ".",
-            "",
-        ]
-    subjects = dict.fromkeys(row["subject"] for row in r["rows"])
-    text += [" ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects), ""]
-    return text
+
+
+def _bf16_ratios(results: list) -> list:
+    """The float32 loop's time over the bfloat16 loop's (>1: bfloat16 faster), per case."""
+    by_case: dict = {}
+    for x in results:
+        by_case.setdefault((x["threads"], x["model"], x["B"]), {})[x["method"]] = x["median_ms"]
+    return [c["adapter loop"] / c["adapter loop bf16"] for c in by_case.values() if "adapter loop bf16" in c]
 
 
 def evaluate_section(e: dict) -> list:
@@ -147,23 +145,35 @@ def evaluate_section(e: dict) -> list:
         for x in e["results"]
         if x["method"].startswith("ablation") and "LeNet" in x["model"]
     ]
+    bf16 = _bf16_ratios(e["results"])
+    bf16_text = (
+        f"On this machine the bfloat16 loop ran at {min(bf16):.2g}-{max(bf16):.2g}x the float32 loop's speed."
+        if bf16
+        else ""
+    )
     text = [
         "### Candidate evaluation",
         "",
         "`benchmarks/bench_evaluate.py`: the loss of M candidates on a validation batch of B samples. The "
-        "fused dense kernel covers MLPs; for other models the PyTorch adapter runs the candidates through "
-        "`functional_call` (no copies), `max_pool2d` over non-overlapping windows as strided maxima (the "
-        "same values bit for bit; torch's NCHW kernel was half of a LeNet forward), and either one call per "
-        "candidate (`loop`, losses bit for bit those of the per-candidate loop) or `vmap` over the candidates "
-        "in channels_last (float32 rounding); `auto` times both once per model and shape. bfloat16 autocast "
-        "is opt-in (losses within 2e-2 relative). Baseline: the per-candidate `load_state_dict` loop, same run.",
+        "fused dense kernel covers MLPs; for other models the PyTorch adapter runs the candidates' own tensors "
+        "through the module (no copies), with `max_pool2d` over non-overlapping windows as strided maxima and the "
+        "first convolution of all candidates, which read the same input, as one wide call (both give every "
+        "forward bit for bit); either one forward per candidate (`loop`: the losses of the per-candidate "
+        "`load_state_dict` loop bit for bit) or `vmap` over the candidates in channels_last (float32 rounding). "
+        "`auto` takes the loop on one thread and, on more, times loop against vmap by CPU time once per "
+        "architecture and shape in the process. Baseline: the per-candidate `load_state_dict` loop, same run; "
+        "CPU ms (the thread's on one thread, the process's on two).",
         "",
-        markdown_table(["threads", "model", "B", "M", "method", "ms median (IQR)", "vs torch loop"], rows),
+        "bfloat16 autocast (`autocast=torch.bfloat16`) is opt-in and depends on the hardware: it pays only on "
+        "CPUs with bfloat16 instructions (AVX512-BF16, AMX); without them torch emulates it in float32. " + bf16_text,
+        "",
+        markdown_table(["threads", "model", "B", "M", "method", "CPU ms median (IQR)", "vs torch loop"], rows),
         "",
     ]
     if ablations:
         text += [
-            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, or plain vmap):",
+            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, the adapter's "
+            "loop, or plain vmap):",
             "",
             markdown_table(["threads", "B", "change", "vs torch loop"], ablations),
             "",
@@ -193,7 +203,7 @@ def early_stop_section(s: dict) -> list:
         "the batch means, finite-population corrected): such a candidate gets weight 0 anyway. The risk is "
         "stopping one that would have improved. `benchmarks/bench_early_stop.py` on the demo's digits in "
         f"latent groups ({s['clients']} clients, each evaluating the other {s['M']}; time summed over all "
-        "clients, against full evaluation in the same run):",
+        "clients, against full evaluation in the same run, by the process's CPU time):",
         "",
         markdown_table(
             [
@@ -231,14 +241,11 @@ def kernels_section(k: dict) -> list:
             "### Weights + update",
             "",
             f"`benchmarks/bench_kernels.py`: P = {c.get('P', 0):,} (ResNet-18's parameters as {c.get('layers', '?')} "
-            f"layers), float32, M = {c.get('M', '?')}, all improving; effective bandwidth counts the bytes the op must "
-            f"move, against a dot-product probe timed in the same rounds ({k['probe']['gbs']:.1f} GB/s). "
-            f"Full tables: `benchmarks/results/kernels.md`.",
+            f"layers), float32, M = {c.get('M', '?')}, all improving; one thread, CPU time; effective bandwidth counts "
+            "the bytes the op must move per second of CPU time, against a dot-product probe timed in the same rounds "
+            f"({k['probe']['gbs']:.1f} GB/s). Full tables: `benchmarks/results/kernels.md`.",
             "",
-            markdown_table(["method", "ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
-            "",
-            f"Load average {k.get('load_average', {}).get('before', float('nan')):.1f} during that run: compare its "
-            "same-run ratios, not its milliseconds.",
+            markdown_table(["method", "CPU ms", "GB/s", "of probe", "vs PFLlib-style loop"], rows),
             "",
         ]
         + _kernel_extras(k)
@@ -254,14 +261,12 @@ def _captioned(caption: str, headers: list, rows: list) -> list:
 def _kernel_extras(k: dict) -> list:
     """Storage dtypes, skipped candidates and layer lists (with and without a plan), when present."""
     out = []
-    wall = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes", [])}
-    cpu = {r["dtype"]: r["speedup_vs_float32"] for r in k.get("dtypes_one_thread", [])}
-    if wall:
+    if k.get("dtypes"):
         out += _captioned(
-            "Storage dtypes against float32 (the same call; wall time on the run's threads, and CPU time on one "
-            "kernel thread, which other processes do not disturb):",
-            ["dtype", "speed vs float32 (wall)", "speed vs float32 (one thread, CPU time)"],
-            [[d, f"{v:.2f}x", f"{cpu[d]:.2f}x" if d in cpu else ""] for d, v in wall.items()],
+            "Storage dtypes against float32 (the same call; the 16-bit formats are computed in float32, so "
+            "they gain by the bytes they save):",
+            ["dtype", "speed vs float32"],
+            [[r["dtype"], f"{r['speedup_vs_float32']:.2f}x"] for r in k["dtypes"]],
         )
     if k.get("skip"):
         out += _captioned(
@@ -332,6 +337,17 @@ def server_section(s: dict) -> list:
     ]
 
 
+# (result file, the function that writes its part of the section), in the section's order: a new
+# benchmark subject adds its line here
+SECTIONS = [
+    ("round", round_section),
+    ("evaluate", evaluate_section),
+    ("early-stop", early_stop_section),
+    ("kernels", kernels_section),
+    ("server", server_section),
+]
+
+
 def section() -> str:
     suite = _load("suite") or {}
     parts = [
@@ -340,18 +356,14 @@ def section() -> str:
         "Every figure below comes from `python -m benchmarks` run in the repository "
         "(or `fomo-core bench`; `--quick` for a short run), written to `benchmarks/results/` with the "
         "machine's description, and this section is regenerated from those files by "
-        "`python benchmarks/readme.py`. Ratios are against baselines timed in the same run; medians with quartiles.",
+        "`python benchmarks/readme.py`. Times are CPU time (the calling thread's on one thread, the process's on "
+        "more), which time the scheduler gives other processes on a shared machine does not inflate; ratios are "
+        "against baselines timed in the same run, medians of interleaved repeats.",
         "",
     ]
     if suite:
         parts += [f"Measured on: {machine_line(suite)}.", ""]
-    for name, make in (
-        ("round", round_section),
-        ("evaluate", evaluate_section),
-        ("early-stop", early_stop_section),
-        ("kernels", kernels_section),
-        ("server", server_section),
-    ):
+    for name, make in SECTIONS:
         payload = _load(name)
         if payload:
             parts += make(payload)

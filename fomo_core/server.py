@@ -288,10 +288,13 @@ class Server(Generic[RowsT]):
             self.global_model.end_round()
         self.round += 1
 
-    def global_params(self) -> Any:
+    def global_params(self, client: Optional[int] = None) -> Any:
         """The global model [P] clients receive with their candidates (a view: copy it to keep
-        it), or None when the policy keeps none."""
-        return None if self.global_model is None else self.global_model.params
+        it), or None when the policy keeps none, and for ``client`` when it is a free rider under
+        free_riders="exclude" (it gets nothing to ride on)."""
+        if self.global_model is None or (client is not None and self._excluded(client)):
+            return None
+        return self.global_model.params
 
     # --- persistence --------------------------------------------------------------------------
 

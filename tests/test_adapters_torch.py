@@ -273,3 +273,63 @@ def test_the_fused_step_is_what_fomo_core_computes(digits):
     res = client.update(cands)
     w = fc.compute_weights(theta, cands, res.baseline_loss, res.candidate_losses)
     np.testing.assert_array_equal(res.weights, w.numpy())
+
+
+# --- candidates read where they are; the flat SGD step ----------------------------------------------
+
+
+def test_module_candidates_are_read_in_place_and_give_the_flat_round(digits):
+    """Modules (a server's models by reference) are evaluated and combined where they are: the
+    client's bank stays empty, and the round equals the one over the same models as [M, P]. The
+    default preset's guard reads flat models: it takes them through the bank, to the same round."""
+    train, val, _ = digits
+    peers = [_trained(s, train, 10 * s) for s in (1, 2, 3)]
+    flat = torch.stack([parameters_to_vector(p.parameters()).detach() for p in peers])
+    unguarded = fc.get_preset("fomo-core").client.replace(guard=None, rebalance=False)
+    by_rows = FedFomoClient(_trained(0, train, 5), val, train, policy=unguarded)
+    in_place = FedFomoClient(_trained(0, train, 5), val, train, policy=unguarded)
+    guarded = FedFomoClient(_trained(0, train, 5), val, train)
+    expected = by_rows.update(flat)
+    res = in_place.update(peers)
+    assert len(in_place.bank) == 0  # nothing was copied into the bank
+    np.testing.assert_array_equal(guarded.update(peers).candidate_losses, expected.candidate_losses)
+    assert len(guarded.bank) == 3
+    assert res.params.data_ptr() == in_place.params.data_ptr()
+    np.testing.assert_array_equal(res.candidate_losses, expected.candidate_losses)
+    np.testing.assert_array_equal(res.weights, expected.weights)
+    # the update over layer lists: the same float32 arithmetic per element as over rows
+    torch.testing.assert_close(in_place.params, by_rows.params, rtol=0, atol=0)
+    for peer, row in zip(peers, flat):  # nothing of theirs changed
+        torch.testing.assert_close(parameters_to_vector(peer.parameters()), row, rtol=0, atol=0)
+
+
+def test_candidates_in_another_dtype_are_converted_into_the_bank(digits):
+    train, val, _ = digits
+    peers = [_trained(s, train, 20) for s in (1, 2)]
+    client = FedFomoClient(_trained(0, train, 5), val, train)
+    reference = FedFomoClient(_trained(0, train, 5), val, train)
+    res = client.update([{k: v.double() for k, v in p.state_dict().items()} for p in peers])
+    assert len(client.bank) == 2  # converted to the client's float32 first
+    np.testing.assert_array_equal(res.weights, reference.update([p.state_dict() for p in peers]).weights)
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": 0.9, "weight_decay": 1e-3}])
+def test_train_sgd_gives_torch_sgd_values_bit_for_bit(digits, options):
+    """A flattened module trains by one flat step per batch (plain SGD) or by torch.optim.SGD
+    (momentum, weight decay): either way the values of torch.optim.SGD on an ordinary module."""
+    train, _, _ = digits
+    flat_model, plain = mlp(3), mlp(3)
+    flatten_module(flat_model)
+    train_sgd(flat_model, train, epochs=2, lr=0.1, batch_size=50, generator=torch.Generator().manual_seed(0), **options)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1, **options)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        order = torch.randperm(600, generator=g)
+        for i in range(0, 600, 50):
+            idx = order[i : i + 50]
+            opt.zero_grad()
+            nn.functional.cross_entropy(plain(train[0][idx]), train[1][idx]).backward()
+            opt.step()
+    for a, b in zip(flat_model.parameters(), plain.parameters()):
+        assert torch.equal(a, b)
+        assert (a.grad is None) == (not options)  # the flat step leaves no gradient views behind

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from torch.nn.utils import parameters_to_vector
 
 import fomo_core as fc
-from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, _window_max, evaluate_candidates
+from fomo_core.adapters._torch_fast import window_max
+from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, evaluate_candidates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +93,7 @@ def test_window_max_is_max_pool2d(shape, kernel):
     x.view(-1)[::7] = float("nan")  # NaN propagates the same way
     x.view(-1)[1::11] = -0.0
     expected = F.max_pool2d(x, kernel)
-    got = _window_max(x, kernel)
+    got = window_max(x, kernel)
     assert got.shape == expected.shape
     assert torch.equal(torch.isnan(got), torch.isnan(expected))
     finite = ~torch.isnan(expected)
@@ -239,3 +240,142 @@ def test_rows_of_one_buffer_are_read_in_place():
         by_rows = evaluate_candidates(models[0], rows, (X, y), method=method)
         assert torch.equal(by_rows.loss, evaluate_candidates(models[0], flat, (X, y), method=method).loss)
         assert torch.equal(by_rows.loss, evaluate_candidates(models[0], apart, (X, y), method=method).loss)
+
+
+# --- the first layer shared by all candidates ------------------------------------------------------
+
+
+def test_shared_first_layer_is_used_and_keeps_the_loop_bit_for_bit():
+    from fomo_core.adapters import _torch_fast
+
+    models = _models(nn.MaxPool2d(2), count=4)
+    g = torch.Generator().manual_seed(7)
+    X, y = torch.randn(11, 3, 17, 17, generator=g), torch.randint(0, 5, (11,), generator=g)
+    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    assert torch.equal(ev.loss, _plain_loop(models, X, y))
+    layer = _torch_fast.SharedFirstLayer.layers[models[0]][(tuple(X.shape), X.dtype, X.device, False)]
+    assert layer[0] is F.conv2d and layer[1] == "0.weight" and layer[2] == "0.bias"  # found the first conv
+    key = (F.conv2d, (4, 3, 3, 3), tuple(X.shape), X.dtype, X.device, 4, torch.get_num_threads())
+    assert _torch_fast.SharedFirstLayer.exact[key] is True  # checked on the last candidate, then used
+
+
+def test_shared_first_layer_steps_aside_where_it_would_change_a_bit(monkeypatch):
+    from fomo_core.adapters import _torch_fast
+
+    monkeypatch.setattr(_torch_fast.SharedFirstLayer, "exact", {})
+    monkeypatch.setattr(_torch_fast, "same_bits", lambda a, b: False)  # as if the wide kernel rounded otherwise
+    models = _models(nn.MaxPool2d(2), count=3)
+    g = torch.Generator().manual_seed(8)
+    X, y = torch.randn(5, 3, 17, 17, generator=g), torch.randint(0, 5, (5,), generator=g)
+    for _ in range(2):  # decided once, then every forward runs as it is
+        ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+        assert torch.equal(ev.loss, _plain_loop(models, X, y))
+    assert list(_torch_fast.SharedFirstLayer.exact.values()) == [False]
+
+
+def test_a_first_layer_not_on_the_input_is_not_shared():
+    from fomo_core.adapters import _torch_fast
+
+    class Scaled(nn.Module):  # the first layer reads 2 * X, not X
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(2 * x)
+
+    models = [Scaled() for _ in range(3)]
+    X, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    expected = torch.stack([F.cross_entropy(m(X), y, reduction="sum").double() / 4 for m in models]).detach()
+    assert torch.equal(ev.loss, expected)
+    assert _torch_fast.SharedFirstLayer.layers[models[0]][(tuple(X.shape), X.dtype, X.device, False)] is None
+
+
+# --- the route auto takes --------------------------------------------------------------------------
+
+
+def test_auto_takes_the_loop_on_one_thread_without_timing(monkeypatch):
+    from fomo_core.adapters import torch_evaluate
+
+    monkeypatch.setattr(torch_evaluate, "_measure_routes", lambda *a: pytest.fail("timed on one thread"))
+    models = _models(nn.MaxPool2d(2))
+    X, y = torch.randn(6, 3, 17, 17), torch.randint(0, 5, (6,))
+    assert evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y)).method == "loop"
+
+
+def test_auto_times_once_per_architecture_and_shape_in_the_process(monkeypatch, restore_torch_threads):
+    """Every client of the same model reuses the first measurement (it is not kept per module)."""
+    from fomo_core.adapters import torch_evaluate
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(torch_evaluate, "_measured_routes", {})
+    timed = []
+    measure = torch_evaluate._measure_routes
+    monkeypatch.setattr(torch_evaluate, "_measure_routes", lambda *a: timed.append(1) or measure(*a))
+    X, y = torch.randn(6, 3, 17, 17), torch.randint(0, 5, (6,))
+    for _ in range(2):  # two clients: separate module instances of one architecture
+        models = _models(nn.MaxPool2d(2))
+        ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y))
+        assert ev.method in ("loop", "vmap")
+    assert len(timed) == 1
+    evaluate_candidates(models[0], [m.state_dict() for m in models], (X[:5], y[:5]))  # another shape
+    assert len(timed) == 2
+
+
+# --- per-batch losses --------------------------------------------------------------------------------
+
+
+def _cnn_no_bn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 7 * 7, 5))
+
+
+def _batch_loop(models, X, y, size, training):
+    """Each batch through each model on its own (no_grad; train mode on a copy, whose running
+    statistics may move)."""
+    out = []
+    with torch.no_grad():
+        for m in models:
+            net = copy.deepcopy(m).train(training)
+            out.append(
+                [F.cross_entropy(net(X[i : i + size]), y[i : i + size]).double() for i in range(0, len(y), size)]
+            )
+    return torch.tensor(out, dtype=torch.float64).T
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_evaluate_batches_one_forward_without_batchnorm(training):
+    from fomo_core.adapters.torch_evaluate import evaluate_batches
+
+    models = [_cnn_no_bn(s) for s in range(3)]
+    g = torch.Generator().manual_seed(9)
+    X, y = torch.randn(23, 3, 16, 16, generator=g), torch.randint(0, 5, (23,), generator=g)
+    ev = evaluate_batches(models[0], [m.state_dict() for m in models], (X, y), batch_size=5, training=training)
+    assert ev.loss.shape == (5, 3) and list(ev.sizes) == [5, 5, 5, 5, 3]
+    # one forward over all 23 rows: the batch losses to float32 rounding of sums over 5 rows
+    torch.testing.assert_close(ev.loss, _batch_loop(models, X, y, 5, training), rtol=1e-6, atol=0)
+    dropped = evaluate_batches(models[0], [m.state_dict() for m in models], (X, y), batch_size=5, drop_last=True)
+    assert list(dropped.sizes) == [5, 5, 5, 5]
+    torch.testing.assert_close(dropped.loss, ev.loss[:4], rtol=1e-6, atol=0)
+
+
+def test_evaluate_batches_in_train_mode_with_batchnorm_leaves_every_statistic():
+    from fomo_core.adapters.torch_evaluate import evaluate_batches
+
+    models = _models(nn.MaxPool2d(2))
+    for m in models:
+        m.train()
+    g = torch.Generator().manual_seed(10)
+    X, y = torch.randn(12, 3, 17, 17, generator=g), torch.randint(0, 5, (12,), generator=g)
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    ev = evaluate_batches(models[0], models, (X, y), batch_size=4, training=True)
+    # batch statistics per batch of 4, each batch its own forward: the plain train-mode loop bit for bit
+    assert torch.equal(ev.loss, _batch_loop(models, X, y, 4, True))
+    for m, state in zip(models, before):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, state[k]), k  # no running statistic moved, the template's included
+    with pytest.raises(ValueError, match="method='vmap' evaluates in eval mode"):
+        evaluate_batches(models[0], models, (X, y), training=True, method="vmap")
+    with pytest.raises(ValueError, match="data holds no samples"):
+        evaluate_batches(models[0], models, (X[:0], y[:0]))

@@ -172,10 +172,11 @@ def run_fedfomo(
             turns[i] += 1
             ids, cands = server.candidates(int(i))
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
-                res = clients[i].update(cands, g)
+                g_i = None if server.global_params(int(i)) is None else g  # none for an excluded free rider
+                res = clients[i].update(cands, g_i)
                 after_update[i] = _client_accuracy(backend, clients[i], clients[i].params)
                 if adversity.trains(int(i)):
-                    clients[i].train_round(res, g)
+                    clients[i].train_round(res, g_i)
             record.train_seconds += res.train_seconds
             upload = adversity.after_training(int(i), clients[i], r)
             try:

@@ -30,13 +30,13 @@ def partition(num_clients: int, num_groups: int, seed: int, samples_per_client: 
         part = _drawn_from_groups(digits.y, num_clients, num_groups, samples_per_client, rng)
     else:
         part = latent_groups(digits.y, num_clients, num_groups, rng)
-    data = split_clients(digits, part, rng, val_fraction=0.2, test_fraction=0.3)
-    empty = [k for k, d in enumerate(data) if min(d.y_train.size, d.y_val.size, d.y_test.size) == 0]
-    if empty:
+    try:
+        data = split_clients(digits, part, rng, val_fraction=0.2, test_fraction=0.3)
+    except ValueError as e:  # a client left without one of its splits
         raise ValueError(
-            f"{len(empty)} of {num_clients} clients have no training, validation or test samples (the digits' "
-            f"{digits.y.size} samples dealt to {num_clients} clients): set samples-per-client (e.g. 60)"
-        )
+            f"{e} (the digits' {digits.y.size} samples dealt to {num_clients} clients): set samples-per-client "
+            "(e.g. 60)"
+        ) from e
     return part.groups, data
 
 
