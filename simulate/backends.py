@@ -4,8 +4,10 @@ A backend builds the clients (the adapters' FedFomo clients, so the simulator ru
 code a user would) and the server's table of uploaded models [N, P]. Each backend is a module of
 this package (``torch_backend.py``, ``sklearn_backend.py``) imported only when it is asked for, so
 that the simulator imports a framework only when it runs on it. A backend has ``name``;
-``init_params()``, the common initial model [P]; ``new_client(data, init, seed)``, a client with
-``round``/``update``/``train``/``evaluate``/``get_flat``/``set_flat`` and ``test_data``;
+``init_params()``, the common initial model [P]; ``new_client(data, init, seed, global_train=None)``,
+a client (``global_train``: the (x, y) the copy of the global model trains on, default its
+training data) with ``round``/``update``/``train``/``evaluate``/``get_flat``/``set_flat`` and
+``test_data``; ``set_data(client, data)``, new training and validation data for a client;
 ``as_batch(params)``, [1, P]; ``average(models, weights)``, the weighted mean of flat models; and
 ``dense_spec()``, the :class:`fomo_core.DenseSpec` of the clients' model when it is a dense
 network (else None).
