@@ -14,8 +14,8 @@ import torch
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
 from fomo_core.adapters.torch import FedFomoClient
 from fomo_core.simulate import ExperimentConfig, FederationSettings, TrainSettings, run_experiment
-from fomo_core.simulate.cli import main
 from fomo_core.simulate.backends import make_backend
+from fomo_core.simulate.cli import main
 from fomo_core.simulate.data import (
     carve_validation,
     keep_validation,
