@@ -38,7 +38,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _C
-from ._models import is_floating
+from ._models import is_floating, is_torch
 from .layout import join, offsets_of, split
 from .ops import _cuda_index, _device_vectors
 
@@ -193,10 +193,6 @@ def layers_from_flat(spec: DenseSpec, flat: Any) -> tuple[list, list]:
 # ---- evaluation ----
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
-
-
 def _candidates_for_kernel(candidate_params: Any) -> Any:
     """The [M, P] array itself, or a list with per candidate either a flat vector or a list of
     layer arrays (a state_dict's values, or [W1, b1, W2, b2, ...])."""
@@ -225,7 +221,7 @@ def _candidates_for_kernel(candidate_params: Any) -> Any:
 
 def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
     """(labels int64 [B] or None, targets float64 [B, C] or None), on y's device for torch."""
-    torch_y = _is_torch(y)
+    torch_y = is_torch(y)
     if torch_y:
         import torch
 
@@ -275,7 +271,7 @@ def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
 def _sample_weight(sample_weight: Any, rows: int) -> Any:
     if sample_weight is None:
         return None
-    if _is_torch(sample_weight):
+    if is_torch(sample_weight):
         import torch
 
         if sample_weight.is_complex() or sample_weight.dtype == torch.bool:
@@ -303,7 +299,7 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     # weights (and of weighted losses) then stay far from float64's range at both ends: weights of
     # 1e307 overflowed them (NaN losses), and tiny ones no longer underflow in w * loss.
     w = w / largest
-    if _is_torch(w) and w.device.type == "cpu":
+    if is_torch(w) and w.device.type == "cpu":
         w = w.numpy()
     return w
 
@@ -393,7 +389,7 @@ def _in_callers_type(ev: Evaluation, first: Any, X: Any) -> Evaluation:
     """Torch tensors on the candidates' device (X's when M = 0) for torch input, else NumPy; CUDA
     results are already device vectors of the caller's library."""
     source = first if first is not None else X
-    if not _is_torch(source) or not isinstance(ev.loss, np.ndarray):
+    if not is_torch(source) or not isinstance(ev.loss, np.ndarray):
         return ev
     import torch
 

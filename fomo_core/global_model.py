@@ -19,18 +19,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._models import is_torch
 from ._validate import real
 
 __all__ = ["GlobalModel"]
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _host(x: Any) -> np.ndarray:
     """A float64 NumPy copy of a flat vector."""
-    if _is_torch(x):
+    if is_torch(x):
         x = x.detach().cpu().double().numpy()
     return np.array(x, dtype=np.float64)
 
@@ -56,7 +53,7 @@ class GlobalModel:
     def __init__(self, init_params: Any, *, guard: Optional[float] = None):
         if not (hasattr(init_params, "shape") and len(init_params.shape) == 1):
             raise ValueError("init_params must be a flat model, a 1-D array or tensor [P]")
-        self.params = init_params.detach().clone() if _is_torch(init_params) else np.array(init_params)
+        self.params = init_params.detach().clone() if is_torch(init_params) else np.array(init_params)
         self.guard = None if guard is None else real(guard, "guard", low=0.0, finite=False)
         self._sum = np.zeros(self.params.shape[0], dtype=np.float64)
         self._weight = 0.0
@@ -97,7 +94,7 @@ class GlobalModel:
         """Applies the weighted mean of this round's accepted contributions."""
         if self._weight > 0:
             step = self._sum / self._weight
-            if _is_torch(self.params):
+            if is_torch(self.params):
                 import torch
 
                 self.params += torch.from_numpy(step).to(dtype=self.params.dtype, device=self.params.device)
@@ -118,7 +115,7 @@ class GlobalModel:
             raise ValueError(
                 f"global_params has shape {params.shape} or values that do not fit {tuple(self.params.shape)}"
             )
-        if _is_torch(self.params):
+        if is_torch(self.params):
             import torch
 
             self.params.copy_(torch.from_numpy(params))

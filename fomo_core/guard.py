@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from ._models import floating_leaves, parse_model
+from ._models import floating_leaves, is_torch, parse_model
 from ._validate import choice, count, real, to_host
 from .layout import offsets_of
 
@@ -53,7 +53,7 @@ __all__ = [
 
 
 def _leaf_sum(leaf: Any, norm: str) -> float:
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if is_torch(leaf):
         import torch
 
         values = leaf.detach().resolve_neg()

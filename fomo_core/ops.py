@@ -33,6 +33,7 @@ from ._models import (
     candidate_leaves,
     check_writable,
     floating_leaves,
+    is_torch,
     mark_written,
     out_leaves,
     parse_model,
@@ -152,7 +153,7 @@ def _step_options(
 
 def _cuda_index(leaf: Any) -> int | None:
     """The CUDA device index of an array, or None for arrays in host memory."""
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if is_torch(leaf):
         if leaf.device.type != "cuda":
             return None
         return 0 if leaf.device.index is None else int(leaf.device.index)
@@ -168,7 +169,7 @@ def _cuda_index(leaf: Any) -> int | None:
 def _device_vectors(leaf: Any, index: int, m: int, count: int) -> list:
     """`count` float64 vectors [m] and one uint8 vector [m] on CUDA device `index`, in the array
     library of `leaf` (torch for torch, CuPy for CuPy and other CUDA arrays when it is installed)."""
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if is_torch(leaf):
         import torch
 
         device = torch.device("cuda", index)
@@ -198,7 +199,7 @@ class _Call:
             )
         self.candidates = candidate_leaves(self.structure, self.local, candidate_params)
         first = self.leaves[0] if self.leaves else None
-        self.torch = first is not None and type(first).__module__.split(".")[0] == "torch"
+        self.torch = first is not None and is_torch(first)
         self.device = first.device if self.torch else None
         self.first_float = self.local[0] if self.local else None
         self.cuda = None if self.first_float is None else _cuda_index(self.first_float)
