@@ -82,7 +82,6 @@ from ._torch_fast import Forward, Rewrites, SharedFirstLayer, may_call, same_bit
 __all__ = [
     "evaluate_module",
     "evaluate_batches",
-    "evaluate_candidates",
     "dense_spec",
     "Evaluation",
     "BatchEvaluation",
@@ -771,6 +770,25 @@ def evaluate_batches(
     return BatchEvaluation(loss / counts, correct / counts, np.asarray(sizes, dtype=np.int64), method_used)
 
 
-#: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code
-#: keeps working. (``fomo_core.evaluate_candidates`` is the fused dense evaluation, another function.)
-evaluate_candidates = evaluate_module
+#: Old names of this module's functions: each still gives the function, with a DeprecationWarning
+#: (``fomo_core.evaluate_candidates`` is the fused dense evaluation, another function).
+_RENAMED = {"evaluate_candidates": "evaluate_module"}
+
+
+def deprecated_name(module: str, name: str) -> Any:
+    """The function an old name of ``module`` stands for, with a DeprecationWarning naming the new
+    one (a module's ``__getattr__``: it runs only for names the module does not define)."""
+    if name not in _RENAMED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new = _RENAMED[name]
+    warnings.warn(
+        f"{module}.{name} is deprecated and will be removed in 0.3: call {module}.{new} (the same function); "
+        "fomo_core.evaluate_candidates is the fused evaluation of a DenseSpec, another function",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return globals()[new]
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_name(__name__, name)
