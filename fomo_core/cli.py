@@ -21,6 +21,7 @@ from typing import Optional
 
 from ._optional import MissingExtraError, optional_import
 from ._validate import count, real
+from .choices import AffinityUpdate, allowed
 from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -108,7 +109,7 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--affinity-update",
-        choices=("raw", "normalised"),
+        choices=allowed(AffinityUpdate),
         default=None,
         help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's",
     )

@@ -37,6 +37,7 @@ import numpy as np
 
 from ._models import floating_leaves, is_torch, parse_model
 from ._validate import choice, count, real, to_host
+from .choices import Norm, allowed
 from .layout import offsets_of
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-def _leaf_sum(leaf: Any, norm: str) -> float:
+def _leaf_sum(leaf: Any, norm: Norm) -> float:
     if is_torch(leaf):
         import torch
 
@@ -64,16 +65,16 @@ def _leaf_sum(leaf: Any, norm: str) -> float:
     return float(np.dot(values, values)) if norm == "l2" else float(np.abs(values).sum())
 
 
-def model_norm(params: Any, *, norm: str = "l2") -> float:
+def model_norm(params: Any, *, norm: Norm = "l2") -> float:
     """||theta|| over the floating-point entries of a model (flat, layer list or mapping), summed
     in float64: sqrt of the sum of squares (``"l2"``) or the sum of magnitudes (``"l1"``)."""
-    choice(norm, "norm", ("l2", "l1"))
+    choice(norm, "norm", allowed(Norm))
     structure, leaves = parse_model(params, "params")
     total = sum(_leaf_sum(leaf, norm) for leaf in floating_leaves(structure, leaves))
     return math.sqrt(total) if norm == "l2" else total
 
 
-def distance_bound(local_params: Any, ratio: float, *, norm: str = "l2") -> float:
+def distance_bound(local_params: Any, ratio: float, *, norm: Norm = "l2") -> float:
     """``ratio * model_norm(local_params)``: the ``max_distance`` of the relative guard (a ratio of
     infinity: no guard). A local model that is not finite gives infinity too (its own loss is not
     finite either, and the round's non-finite rule decides)."""
@@ -131,7 +132,7 @@ class GuardLayout(NamedTuple):
 
 
 def layer_distances(
-    local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: str = "l2"
+    local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: Norm = "l2"
 ) -> np.ndarray:
     """[M] float64: for every candidate, the largest over the layers (:func:`guard_layers`) of its
     distance from ``local`` there over the norm of ``local`` there.
@@ -146,7 +147,7 @@ def layer_distances(
     out (a non-finite candidate is rejected by the ops anyway; a non-finite local model has no
     norm to measure from), and NaN comes back only when every layer is NaN (no bound rejects it).
     """
-    choice(norm, "norm", ("l2", "l1"))
+    choice(norm, "norm", allowed(Norm))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
     shapes, offsets = _checked(local, layout)

@@ -39,6 +39,7 @@ from ._models import (
     parse_model,
 )
 from ._validate import flag, real, real_vector
+from .choices import Norm
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -269,13 +270,13 @@ class _Call:
 # Overloads stay one compact signature each (no formatter): a table for type checkers.
 # fmt: off
 @overload
-def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: str = ...) -> np.ndarray: ...
+def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: Norm = ...) -> np.ndarray: ...
 @overload
-def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: str = ...) -> Tensor: ...
+def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: Norm = ...) -> Tensor: ...
 @overload
-def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: str = ...) -> Any: ...
+def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: Norm = ...) -> Any: ...
 # fmt: on
-def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str = "l2") -> Any:
+def candidate_distances(local_params: Any, candidate_params: Any, *, norm: Norm = "l2") -> Any:
     """Distance of every candidate to the local model, [M] float64.
 
     ``norm="l2"``: sqrt(sum (c - x)^2); ``norm="l1"``: sum |c - x|; summed in float64 over the
@@ -291,17 +292,17 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
 # fmt: off
 @overload
 def first_order_scores(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[np.ndarray]: ...
 @overload
 def first_order_scores(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[Tensor]: ...
 @overload
 def first_order_scores(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ...,
 ) -> Scores[Any]: ...
 # fmt: on
@@ -311,7 +312,7 @@ def first_order_scores(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
     max_distance: float | None = None,
 ) -> Scores[Any]:
@@ -337,27 +338,27 @@ def first_order_scores(
 # fmt: off
 @overload
 def compute_weights(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
 ) -> tuple[np.ndarray, Scores[np.ndarray]]: ...
 @overload
 def compute_weights(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
 ) -> tuple[Tensor, Scores[Tensor]]: ...
 @overload
 def compute_weights(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., max_distance: float | None = ..., return_scores: bool = ...,
 ) -> Any: ...
 # fmt: on
@@ -367,7 +368,7 @@ def compute_weights(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
     max_distance: float | None = None,
     return_scores: bool = False,
@@ -419,27 +420,27 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
 # fmt: off
 @overload
 def fomo_step(
-    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
 ) -> StepResult[_ArrayModelT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
 ) -> StepResult[_TensorModelT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
 ) -> StepResult[_OutT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
 ) -> StepResult[_OutT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
     eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
 ) -> StepResult[Any, Any]: ...
 # fmt: on
@@ -449,7 +450,7 @@ def fomo_step(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
     all_scores: bool = True,
     out: Any = None,

@@ -27,6 +27,7 @@ from . import _C
 from . import ops as _ops
 from ._models import Structure, check_writable, is_array, mark_written
 from ._validate import flag, real_vector
+from .choices import Norm
 from .ops import Scores, StepResult, _Call, _norm_code, _step_options
 
 __all__ = ["Plan", "plan"]
@@ -127,7 +128,7 @@ class Plan:
             mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
 
-    def candidate_distances(self, *, norm: str = "l2") -> Any:
+    def candidate_distances(self, *, norm: Norm = "l2") -> Any:
         """[M] float64 distances of the candidates to the local model (see fomo_core.candidate_distances)."""
         d = self._run("candidate_distances", _norm_code(norm))
         if d is None:
@@ -139,7 +140,7 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
         max_distance: float | None = None,
     ) -> Scores:
@@ -156,7 +157,7 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
         max_distance: float | None = None,
         return_scores: bool = False,
@@ -193,7 +194,7 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
         all_scores: bool = True,
         max_distance: float | None = None,
