@@ -43,7 +43,7 @@ def _torch_bool() -> Any:
     return torch.bool
 
 
-def _kind(x: Any) -> str | None:
+def _kind(x: Any) -> Optional[str]:
     """'b', 'i', 'u', 'f', 'c' or other dtype kinds of an array-like, None for plain Python values."""
     dtype = getattr(x, "dtype", None)
     if dtype is None:

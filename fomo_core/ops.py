@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Protocol, TypeVar, Union, overload
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def _step_options(
     )
 
 
-def _cuda_index(leaf: Any) -> int | None:
+def _cuda_index(leaf: Any) -> Optional[int]:
     """The CUDA device index of an array, or None for arrays in host memory."""
     if is_torch(leaf):
         if leaf.device.type != "cuda":
@@ -210,7 +210,7 @@ class _Call:
             return len(self.candidates)
         return int(self.candidates.shape[0])
 
-    def device_results(self, count: int) -> list | None:
+    def device_results(self, count: int) -> Optional[list]:
         """Result vectors on the call's CUDA device (None for host arrays: the kernels return NumPy).
 
         Without usable CUDA (a build without it, or no device) there is nothing to allocate on: the
@@ -293,17 +293,17 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: Norm 
 @overload
 def first_order_scores(
     local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[np.ndarray]: ...
 @overload
 def first_order_scores(
     local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[Tensor]: ...
 @overload
 def first_order_scores(
     local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[Any]: ...
 # fmt: on
 def first_order_scores(
@@ -314,7 +314,7 @@ def first_order_scores(
     *,
     norm: Norm = "l2",
     eps: float = 0.0,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
 ) -> Scores[Any]:
     """FedFomo's raw scores s_n = (L0 - L_n) / (||theta_n - theta_i|| + eps) of every candidate.
 
@@ -339,27 +339,27 @@ def first_order_scores(
 @overload
 def compute_weights(
     local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
     local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[False] = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
     local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[True],
 ) -> tuple[np.ndarray, Scores[np.ndarray]]: ...
 @overload
 def compute_weights(
     local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[True],
 ) -> tuple[Tensor, Scores[Tensor]]: ...
 @overload
 def compute_weights(
     local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: bool = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: bool = ...,
 ) -> Any: ...
 # fmt: on
 def compute_weights(
@@ -370,7 +370,7 @@ def compute_weights(
     *,
     norm: Norm = "l2",
     eps: float = 0.0,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
     return_scores: bool = False,
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
@@ -421,27 +421,27 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
 @overload
 def fomo_step(
     local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[_ArrayModelT, np.ndarray]: ...
 @overload
 def fomo_step(
     local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[_TensorModelT, Tensor]: ...
 @overload
 def fomo_step(
     local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: Optional[float] = ...,
 ) -> StepResult[_OutT, np.ndarray]: ...
 @overload
 def fomo_step(
     local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: Optional[float] = ...,
 ) -> StepResult[_OutT, Tensor]: ...
 @overload
 def fomo_step(
     local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
-    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
+    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[Any, Any]: ...
 # fmt: on
 def fomo_step(
@@ -454,7 +454,7 @@ def fomo_step(
     eps: float = 0.0,
     all_scores: bool = True,
     out: Any = None,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
 ) -> StepResult[Any, Any]:
     """One fused FedFomo step: distances, scores, weights and the update in two passes over memory.
 

@@ -19,7 +19,7 @@ Host arrays only: for CUDA arrays a plan calls the ops as they are (no table is 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Plan:
 
     def _step(
         self, local_loss, candidate_losses, norm, eps, all_scores, update, max_distance=None
-    ) -> tuple[Any, Scores] | None:
+    ) -> Optional[tuple[Any, Scores]]:
         options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         if update:
             self._writing()
@@ -142,7 +142,7 @@ class Plan:
         *,
         norm: Norm = "l2",
         eps: float = 0.0,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
     ) -> Scores:
         """Raw scores of every candidate (see fomo_core.first_order_scores)."""
         done = self._step(local_loss, candidate_losses, norm, eps, True, False, max_distance)
@@ -159,7 +159,7 @@ class Plan:
         *,
         norm: Norm = "l2",
         eps: float = 0.0,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
         return_scores: bool = False,
     ) -> Any:
         """[M] normalised weights, or ``(weights, scores)`` with ``return_scores=True`` (see
@@ -197,7 +197,7 @@ class Plan:
         norm: Norm = "l2",
         eps: float = 0.0,
         all_scores: bool = True,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
     ) -> StepResult:
         """The fused step into the plan's output (see fomo_core.fomo_step); ``.params`` is that output."""
         done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True, max_distance)
