@@ -198,6 +198,14 @@ def is_torch(x: Any) -> bool:
     return library(x) == "torch"
 
 
+def as_float64(x: Any, *, copy: bool = False) -> np.ndarray:
+    """A float64 NumPy array of x (a NumPy array, a torch tensor on any device, a number or a
+    sequence of numbers): x itself when it is one already, unless ``copy``."""
+    if is_torch(x):
+        x = x.detach().cpu().double().numpy()
+    return np.array(x, dtype=np.float64) if copy else np.asarray(x, dtype=np.float64)
+
+
 def can_allocate_like(leaf: Any) -> bool:
     """Whether new arrays of this leaf's library can be made here (NumPy, torch, CuPy, or anything
     in host memory, which gets NumPy)."""
@@ -221,7 +229,8 @@ def empty_like(leaf: Any, shape: Any = None) -> Any:
     return np.empty(shape, dtype=np.dtype(leaf.dtype))
 
 
-def _copy(leaf: Any) -> Any:
+def copy_leaf(leaf: Any) -> Any:
+    """A copy of an array in its own library (a torch copy is detached)."""
     if isinstance(leaf, np.ndarray) or library(leaf) == "cupy":
         return leaf.copy()
     if is_torch(leaf):
@@ -232,7 +241,7 @@ def _copy(leaf: Any) -> Any:
 def allocate_like(structure: Structure, leaves: list) -> tuple[Any, list]:
     """A new model of the local model's layout and array types: fresh buffers for the floating
     leaves (returned second, for the kernels to fill) and copies of the others."""
-    new = [empty_like(leaf) if f else _copy(leaf) for leaf, f in zip(leaves, structure.floating)]
+    new = [empty_like(leaf) if f else copy_leaf(leaf) for leaf, f in zip(leaves, structure.floating)]
     float_new = [leaf for leaf, f in zip(new, structure.floating) if f]
     return shaped_like(structure, new), float_new
 

@@ -19,17 +19,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._models import is_torch
+from ._models import as_float64, is_torch
 from ._validate import real
 
 __all__ = ["GlobalModel"]
-
-
-def _host(x: Any) -> np.ndarray:
-    """A float64 NumPy copy of a flat vector."""
-    if is_torch(x):
-        x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
 
 
 def _norm(x: np.ndarray) -> float:
@@ -68,7 +61,7 @@ class GlobalModel:
     def _compute_bound(self) -> float:
         if self.guard is None or math.isinf(self.guard):
             return math.inf
-        norm = _norm(_host(self.params))
+        norm = _norm(as_float64(self.params))
         # a model of norm 0 (an all-zero initial model) gives no scale to bound by
         return self.guard * norm if math.isfinite(norm) and norm > 0 else math.inf
 
@@ -80,7 +73,7 @@ class GlobalModel:
         weight = real(weight, "weight", low=0.0, low_open=True)
         if tuple(update.shape) != tuple(self.params.shape):
             raise ValueError(f"global_update has shape {tuple(update.shape)}, expected {tuple(self.params.shape)}")
-        u = _host(update)
+        u = as_float64(update)
         norm = _norm(u)
         if not math.isfinite(norm) or norm > self.bound():
             self.rejected += 1
@@ -106,7 +99,7 @@ class GlobalModel:
 
     def state(self) -> dict:
         """The arrays to checkpoint (between rounds)."""
-        return {"global_params": _host(self.params).astype(np.float64)}
+        return {"global_params": as_float64(self.params, copy=True)}
 
     def load_state(self, state: dict) -> None:
         """Restores :meth:`state`'s arrays."""

@@ -375,7 +375,7 @@ def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray
     outgoing weights by it, in place in the flat, contiguous ``model``."""
     out = shapes[link.weight_out]
     units = _units(shapes, link)
-    if hasattr(model, "detach"):
+    if is_torch(model):
         import torch
 
         a = torch.as_tensor(a, dtype=model.dtype, device=model.device)
@@ -399,7 +399,7 @@ def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray
 
 def _squares(values: Any) -> np.ndarray:
     """Element-wise squares in float64 NumPy of a NumPy array or torch tensor (any device)."""
-    if hasattr(values, "detach"):
+    if is_torch(values):
         import torch
 
         values = values.detach().resolve_neg().to(torch.float64)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._models import is_array, is_torch
+from ._models import as_float64, is_array, is_torch
 from .ops import Scores, StepResult
 
 __all__ = [
@@ -142,9 +142,7 @@ class _Model:
 
 
 def _losses(values: Any, m: int, name: str) -> list:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().double().numpy()
-    out = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+    out = [float(v) for v in as_float64(values).reshape(-1)]
     if len(out) != m:
         raise ValueError(f"{name} has {len(out)} values, expected {m}")
     return out
