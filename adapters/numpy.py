@@ -199,6 +199,8 @@ class MLPClassifierClient:
                      policy (an MLP has no buffers and no BatchNorm: the buffer, evaluation-mode
                      and drop-last choices change nothing)
     train_fn:        ``train_fn(estimator)`` replaces the default (``epochs`` partial_fit passes)
+    global_train_data: (X, y) the copy of the server's global model trains on in the fomo-core
+                     round (default: train_data; the default training only)
     eval_batch_size: rows per validation batch, for the "batch_mean"/"batch_sum_per_sample"
                      losses (default: one batch)
 
@@ -217,6 +219,7 @@ class MLPClassifierClient:
         preset: Any = "fomo-core",
         policy: Optional[ClientPolicy] = None,
         train_fn: Optional[Callable[[Any], Any]] = None,
+        global_train_data: Optional[tuple] = None,
         epochs: int = 1,
         eval_batch_size: Optional[int] = None,
     ):
@@ -225,8 +228,9 @@ class MLPClassifierClient:
             raise ValueError(
                 "estimator must have parameters: fit it, or call initialise_mlp(estimator, X, y, classes) first"
             )
-        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default training")
-        for name, data in (("val_data", val_data), ("train_data", train_data)):
+        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default training", global_train_data)
+        pairs = (("val_data", val_data), ("train_data", train_data), ("global_train_data", global_train_data))
+        for name, data in pairs:
             if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise TypeError(f"{name} must be a pair (X, y), got {type(data).__name__}")
         if len(val_data[1]) == 0:
@@ -237,6 +241,7 @@ class MLPClassifierClient:
         self.last_update = self.params.copy() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data
+        self.global_train_data = global_train_data
         self.train_fn = train_fn
         self.epochs = epochs
         self.eval_batch_size = eval_batch_size
@@ -268,12 +273,13 @@ class MLPClassifierClient:
         if self.last_update is not None:
             self.last_update[...] = self.params
 
-    def train(self) -> None:
-        """Local training (the user's hook or partial_fit), then the flat buffer follows the model."""
+    def train(self, data: Optional[tuple] = None) -> None:
+        """Local training (the user's hook or partial_fit on ``data``, default the training data),
+        then the flat buffer follows the model."""
         if self.train_fn is not None:
             self.train_fn(self.estimator)
         else:
-            train_mlp(self.estimator, *self.train_data, epochs=self.epochs)
+            train_mlp(self.estimator, *(self.train_data if data is None else data), epochs=self.epochs)
         self.params[...] = get_flat_params(self.estimator)
 
     def _global(self, global_params: Any) -> Optional[np.ndarray]:

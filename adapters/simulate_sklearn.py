@@ -58,7 +58,9 @@ class SklearnBackend:
     def init_params(self):
         return self.adapter.get_flat_params(self._initialised())
 
-    def new_client(self, data: ClientData, init: Any, seed: int):
+    def new_client(self, data: ClientData, init: Any, seed: int, global_train: Any = None):
+        """A client on ``data``; ``global_train``: (x, y) arrays the copy of the global model
+        trains on (default: its training data)."""
         s = self.settings
         # partial_fit allocates the parameters (one step on one sample); set_params then loads
         # the common initial model over them
@@ -66,11 +68,21 @@ class SklearnBackend:
             self.build_estimator(seed), data.x_train, data.y_train, np.arange(self.dataset.num_classes)
         )
         client = self.adapter.MLPClassifierClient(
-            est, (data.x_val, data.y_val), (data.x_train, data.y_train), epochs=s.epochs, preset=self.preset
+            est,
+            (data.x_val, data.y_val),
+            (data.x_train, data.y_train),
+            global_train_data=global_train,
+            epochs=s.epochs,
+            preset=self.preset,
         )
         client.set_flat(init)
         client.test_data = (data.x_test, data.y_test)
         return client
+
+    def set_data(self, client: Any, data: ClientData) -> None:
+        """Gives ``client`` new training and validation data (its model and test data stay)."""
+        client.val_data = (data.x_val, data.y_val)
+        client.train_data = (data.x_train, data.y_train)
 
     def as_batch(self, params: Any):
         return params[None, :]

@@ -68,12 +68,15 @@ class TorchBackend:
     def _pair(self, x: np.ndarray, y: np.ndarray) -> tuple:
         return self.torch.from_numpy(x), self.torch.from_numpy(y)
 
-    def new_client(self, data: ClientData, init: Any, seed: int):
+    def new_client(self, data: ClientData, init: Any, seed: int, global_train: Any = None):
+        """A client on ``data``; ``global_train``: (x, y) arrays the copy of the global model
+        trains on (default: its training data)."""
         s = self.settings
         client = self.adapter.FedFomoClient(
             self.build_module(),
             self._pair(data.x_val, data.y_val),
             self._pair(data.x_train, data.y_train),
+            global_train_data=None if global_train is None else self._pair(*global_train),
             epochs=s.epochs,
             lr=s.lr,
             momentum=s.momentum,
@@ -84,6 +87,11 @@ class TorchBackend:
         client.set_flat(init)
         client.test_data = self._pair(data.x_test, data.y_test)
         return client
+
+    def set_data(self, client: Any, data: ClientData) -> None:
+        """Gives ``client`` new training and validation data (its model and test data stay)."""
+        client.val_data = self._pair(data.x_val, data.y_val)
+        client.train_data = self._pair(data.x_train, data.y_train)
 
     def as_batch(self, params: Any):
         return params.unsqueeze(0)

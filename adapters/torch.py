@@ -520,6 +520,10 @@ class FedFomoClient:
     preset:          a preset or its name (default "fomo-core"); ``policy`` overrides its client
                      policy
     train_fn:        ``train_fn(module)`` replaces the default loop (then train_data is not needed)
+    global_train_data: what the copy of the server's global model trains on in the fomo-core
+                     round (default: train_data), e.g. the training data and the validation data
+                     together: the client's own model never sees its validation data, the global
+                     model may (the default loop only)
     epochs, lr, momentum, weight_decay, batch_size: the default loop's settings
     loss_fn:         loss(outputs, targets) for evaluation and the default loop (cross-entropy)
     eval_batch_size: rows per validation batch when val_data is a tensor pair (the batch losses
@@ -537,6 +541,7 @@ class FedFomoClient:
         preset: Any = "fomo-core",
         policy: Optional[ClientPolicy] = None,
         train_fn: Optional[Callable[[nn.Module], Any]] = None,
+        global_train_data: Any = None,
         epochs: int = 1,
         lr: float = 0.05,
         momentum: float = 0.0,
@@ -548,7 +553,7 @@ class FedFomoClient:
         seed: Optional[int] = None,
     ):
         self.policy = client_policy(preset, policy)
-        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default SGD loop")
+        check_client_options(train_fn, train_data, epochs, eval_batch_size, "the default SGD loop", global_train_data)
         count(batch_size, "batch_size", low=1, type_error=ValueError)
         if isinstance(val_data, (tuple, list)) and len(val_data) == 2 and hasattr(val_data[1], "shape"):
             if val_data[1].shape[0] == 0:
@@ -565,6 +570,7 @@ class FedFomoClient:
         self.last_update = self.params.detach().clone() if self.policy.baseline == "last_update" else None
         self.val_data = val_data
         self.train_data = train_data
+        self.global_train_data = global_train_data
         self.train_fn = train_fn
         self.train_options = dict(
             epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, loss_fn=loss_fn
@@ -680,12 +686,14 @@ class FedFomoClient:
             if self.last_update is not None:
                 self.last_update.copy_(flat)
 
-    def train(self) -> None:
-        """Local training: the user's hook, or the default SGD loop."""
+    def train(self, data: Any = None) -> None:
+        """Local training: the user's hook, or the default SGD loop on ``data`` (default: the
+        training data)."""
         if self.train_fn is not None:
             self.train_fn(self.module)
         else:
-            train_sgd(self.module, self.train_data, generator=self.generator, **self.train_options)
+            data = self.train_data if data is None else data
+            train_sgd(self.module, data, generator=self.generator, **self.train_options)
 
     def _global(self, global_params: Any) -> Optional[torch.Tensor]:
         """The server's global model (a flat model like :meth:`get_flat`, a state_dict or a

@@ -19,10 +19,17 @@ everyone's 20 training labels; "equal": the baselines train on all 70):
 - ``fomo-core``: ``global-train`` + the training check (the preset)
 - with budget "equal", fomo-core's FedFomo validating on all 50 of its validation labels
   (``val-all``), on 10 and training on the other 40 too (``val-10``), or training on all 70 and
-  validating on 50 of them (``train-on-val``: its own model has seen its validation data)
+  validating on 50 of them (``train-on-val``: its own model has seen its validation data); on
+  5 and training on the other 45 (``val-5``); on 10 that rotate: every round it takes part in,
+  the next 10 of its 50 validation labels are held out and the other 40 train, so every label
+  trains over the rounds (``val-10-rotating``, the runner's ``validation_fold="rotating"``); on
+  a fixed 10 with the copy of the global model trained on all 70 labels (``val-10-global-all``,
+  the runner's ``global_labels="all"``: the global model sees every label, the client's own
+  model never its validation fold)
 
     python benchmarks/ablate_round.py          # resumes; writes benchmarks/results/ablate_round.{jsonl,md}
     python benchmarks/ablate_round.py --seeds 0-4
+    python benchmarks/ablate_round.py --seeds 0-4 --budgets equal --labels val-10,val-10-rotating
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import fomo_core as fc
 from fomo_core._atomic import atomic_write
 from fomo_core.simulate import ExperimentConfig, FederationSettings
 from fomo_core.simulate.backends import make_backend
-from fomo_core.simulate.data import keep_validation, split_clients, with_validation_labels
-from fomo_core.simulate.experiment import METHODS, load_dataset, make_partition
+from fomo_core.simulate.data import keep_validation, rotate_validation, split_clients, with_validation_labels
+from fomo_core.simulate.experiment import METHODS, _global_train, _warm_up, load_dataset, make_partition
 
 OUT = Path(__file__).resolve().parent / "results"
 PARTITIONS = {
@@ -67,6 +75,10 @@ PLAN = {
     ],
     "equal": [
         (("groups", "dirichlet-0.5", "shards"), "fomo-core", lab) for lab in ("val-all", "val-10", "train-on-val")
+    ]
+    + [
+        (("groups", "dirichlet-0.1", "dirichlet-0.5", "shards"), "fomo-core", lab)
+        for lab in ("val-10", "val-10-rotating", "val-10-global-all", "val-5")
     ],
 }
 BASELINES = ("fedavg", "local", "fedavg_ft")
@@ -93,7 +105,12 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     fomo = method in POLICIES
     if not fomo and budget == "equal":
         data = [with_validation_labels(d) for d in data]
-    elif fomo and labels == "val-10":
+    extra = {}
+    if fomo and labels == "val-10-rotating":
+        extra["data_for_turn"] = lambda k, turn, full=data: rotate_validation(full[k], 10, turn)
+    if fomo and labels == "val-5":
+        data = [keep_validation(d, 5) for d in data]
+    elif fomo and labels.startswith("val-10"):
         data = [keep_validation(d, 10) for d in data]
     elif fomo and labels == "train-on-val":
         data = [with_validation_labels(d) for d in data]  # and still validates on its validation split
@@ -105,8 +122,13 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     try:
         backend = make_backend("torch", dataset, cfg.training, seed, preset=fed.preset)
         init = backend.init_params()
-        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(data)]
-        extra = {"groups": part.groups} if method == "fedavg_ft" else {}
+        _warm_up(backend, data[0], init, seed)  # as run_experiment does: the same numbers as the grid's cells
+        everything = labels == "val-10-global-all"  # the runner's global_labels="all"
+        clients = [
+            backend.new_client(d, init, seed * 1000 + k, **_global_train(everything, d)) for k, d in enumerate(data)
+        ]
+        if method == "fedavg_ft":
+            extra["groups"] = part.groups
         t0 = time.process_time()
         run = METHODS["fedfomo" if fomo else method](backend, clients, init, fed, None, **extra)
         cpu = time.process_time() - t0
@@ -131,10 +153,13 @@ def run_cell(partition: str, budget: str, method: str, seed: int, labels: str = 
     return out
 
 
-def jobs(seeds) -> list:
+def jobs(seeds, budgets=tuple(PLAN), labels=None) -> list:
+    """Every (partition, budget, method, seed, labels) to run; ``labels``: only these of
+    FedFomo's label variants (None: all)."""
     out = []
     for seed in seeds:
-        for budget, plan in PLAN.items():
+        for budget in budgets:
+            plan = [job for job in PLAN[budget] if labels is None or job[2] in labels]
             partitions = sorted({p for parts, _, _ in plan for p in parts})
             for p in partitions:
                 out += [(p, budget, b, seed, None) for b in BASELINES]
@@ -151,7 +176,7 @@ def table(rows: list) -> str:
     lines = [
         "Accuracy after local training (%, the headline) and after the update, MNIST-5k, 20 clients, "
         "20 training samples each, 20 rounds; "
-        "mean ± sd over the seeds run; Δ: paired difference (worst seed in brackets); "
+        "mean ± sd over the seeds run; Δ: paired difference, mean ± sd (worst seed in brackets); "
         "no +w / to g: shares of client-rounds with no positively weighted candidate / a move toward the global model.",
         "",
         "| budget | partition | variant | FedFomo's labels | seeds | accuracy | after the update | Δ FedAvg | Δ Local "
@@ -182,7 +207,8 @@ def table(rows: list) -> str:
                 for i, s in enumerate(seeds)
                 if (part, budget, b, s, None) in by
             ]
-            cells.append(f"{np.mean(diff):+.1f} ({min(diff):+.1f})" if diff else "–")
+            sd = f" ± {np.std(diff, ddof=1):.1f}" if len(diff) > 1 else ""
+            cells.append(f"{np.mean(diff):+.1f}{sd} ({min(diff):+.1f})" if diff else "–")
         for share in ("no_positive_weight_share", "moved_to_global_share"):
             cells.append(f"{100 * np.mean([by[(part, budget, method, s, labels)][share] for s in seeds]):.0f}%")
         lines.append("| " + " | ".join(cells) + " |")
@@ -192,13 +218,22 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0-2", help="e.g. 0-2 or 0,3")
+    parser.add_argument("--budgets", default=",".join(PLAN), help="e.g. equal")
+    parser.add_argument("--labels", default=None, help="only these of FedFomo's label variants, e.g. val-10,val-5")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (as fomo-core experiment: one)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     lo, _, hi = args.seeds.partition("-")
     seeds = range(int(lo), int(hi) + 1) if hi else [int(s) for s in args.seeds.split(",")]
     path = OUT / "ablate_round.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     done = {_key(r) for r in rows}
-    for job in jobs(seeds):
+    budgets = tuple(args.budgets.split(","))
+    unknown = set(budgets) - set(PLAN)
+    if unknown:
+        parser.error(f"argument --budgets: expected some of {sorted(PLAN)}, got {sorted(unknown)}")
+    labels = None if args.labels is None else set(args.labels.split(","))
+    for job in jobs(seeds, budgets, labels):
         key = (job[0], job[1], job[2], job[3], job[4] if job[2] in POLICIES else None)
         if key in done:
             continue

@@ -261,7 +261,14 @@ def _check_client(case: Case, name: str, compare_losses: bool) -> int:
     unless they agree. Returns the number of improving candidates."""
     case.reset()
     client, peer = case.clients[name], case.peer
-    ours = client.update(case.server)
+    # fomo-core's guard rescales improving candidates to the client's balance before the distances
+    # (a departure PFLlib does not make): the step is compared without it, and timed with it
+    policy = client.policy
+    client.policy = policy.replace(rebalance=False)
+    try:
+        ours = client.update(case.server)
+    finally:
+        client.policy = policy
     losses = [ours.baseline_loss, *np.asarray(ours.candidate_losses)]
     where = f"{case.subject}, M = {case.m}, {name}"
     if compare_losses:  # PFLlib's own evaluation (cf:104, 111)

@@ -24,10 +24,6 @@ def _load(name: str):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _iqr(s: dict) -> str:
-    return f"{s['median']:.3g} ({s['q1']:.3g}-{s['q3']:.3g})"
-
-
 def machine_line(suite: dict) -> str:
     m = suite.get("machine_before", {})
     info = m.get("fomo_core", {})
@@ -104,120 +100,6 @@ def round_section(r: dict) -> list:
         "an eval-mode forward without autograd is only somewhat cheaper than PFLlib's train-mode forward with it.",
         "",
         " ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects),
-        "",
-    ]
-
-
-def _bf16_ratios(results: list) -> list:
-    """The float32 loop's time over the bfloat16 loop's (>1: bfloat16 faster), per case."""
-    by_case: dict = {}
-    for x in results:
-        by_case.setdefault((x["threads"], x["model"], x["B"]), {})[x["method"]] = x["median_ms"]
-    return [c["adapter loop"] / c["adapter loop bf16"] for c in by_case.values() if "adapter loop bf16" in c]
-
-
-def evaluate_section(e: dict) -> list:
-    keep = {
-        "fused f32",
-        "torch loop",
-        "sklearn loop",
-        "adapter loop",
-        "adapter vmap",
-        "adapter auto",
-        "adapter loop bf16",
-        "adapter vmap bf16",
-    }
-    rows = [
-        [
-            x["threads"],
-            x["model"],
-            x["B"],
-            x["M"],
-            x["method"],
-            f"{x['median_ms']:.3g} ({x['q1_ms']:.3g}-{x['q3_ms']:.3g})",
-            f"{x['speedup_vs_torch_loop']:.2f}x",
-        ]
-        for x in e["results"]
-        if x["method"] in keep
-    ]
-    ablations = [
-        [x["threads"], x["B"], x["method"].removeprefix("ablation: "), f"{x['speedup_vs_torch_loop']:.2f}x"]
-        for x in e["results"]
-        if x["method"].startswith("ablation") and "LeNet" in x["model"]
-    ]
-    bf16 = _bf16_ratios(e["results"])
-    bf16_text = (
-        f"On this machine the bfloat16 loop ran at {min(bf16):.2g}-{max(bf16):.2g}x the float32 loop's speed."
-        if bf16
-        else ""
-    )
-    text = [
-        "### Candidate evaluation",
-        "",
-        "`benchmarks/bench_evaluate.py`: the loss of M candidates on a validation batch of B samples. The "
-        "fused dense kernel covers MLPs; for other models the PyTorch adapter runs the candidates' own tensors "
-        "through the module (no copies), with `max_pool2d` over non-overlapping windows as strided maxima and the "
-        "first convolution of all candidates, which read the same input, as one wide call (both give every "
-        "forward bit for bit); either one forward per candidate (`loop`: the losses of the per-candidate "
-        "`load_state_dict` loop bit for bit) or `vmap` over the candidates in channels_last (float32 rounding). "
-        "`auto` takes the loop on one thread and, on more, times loop against vmap by CPU time once per "
-        "architecture and shape in the process. Baseline: the per-candidate `load_state_dict` loop, same run; "
-        "CPU ms (the thread's on one thread, the process's on two).",
-        "",
-        "bfloat16 autocast (`autocast=torch.bfloat16`) is opt-in and depends on the hardware: it pays only on "
-        "CPUs with bfloat16 instructions (AVX512-BF16, AMX); without them torch emulates it in float32. " + bf16_text,
-        "",
-        markdown_table(["threads", "model", "B", "M", "method", "CPU ms median (IQR)", "vs torch loop"], rows),
-        "",
-    ]
-    if ablations:
-        text += [
-            "What decided the torch routes (LeNet CNN, each a per-candidate loop with one change, the adapter's "
-            "loop, or plain vmap):",
-            "",
-            markdown_table(["threads", "B", "change", "vs torch loop"], ablations),
-            "",
-        ]
-    return text
-
-
-def early_stop_section(s: dict) -> list:
-    rows = [
-        [
-            x["model"],
-            x["epochs"],
-            x["setting"],
-            f"{x['speedup_vs_full']:.2f}x",
-            f"{100 * x['stopped_fraction']:.0f}%",
-            f"{x['rounds_with_changed_helpers']} of {x['rounds']}",
-            x["improving_candidates_stopped"],
-            f"{x['max_weight_change']:.3g}",
-        ]
-        for x in s["rows"]
-    ]
-    return [
-        "### Early stopping of candidate evaluation (opt-in)",
-        "",
-        "`evaluate_module(..., early_stop=EarlyStop(baseline_loss))` evaluates in batches (in a seeded random "
-        "order) and stops a candidate once its loss is confidently above the baseline's (z standard errors of "
-        "the batch means, finite-population corrected): such a candidate gets weight 0 anyway. The risk is "
-        "stopping one that would have improved. `benchmarks/bench_early_stop.py` on the demo's digits in "
-        f"latent groups ({s['clients']} clients, each evaluating the other {s['M']}; time summed over all "
-        "clients, against full evaluation in the same run, by the process's CPU time):",
-        "",
-        markdown_table(
-            [
-                "model",
-                "local epochs",
-                "setting",
-                "speed vs full",
-                "stopped",
-                "rounds whose helped set changed",
-                "improving candidates stopped",
-                "max weight change",
-            ],
-            rows,
-        ),
         "",
     ]
 
@@ -341,11 +223,11 @@ def server_section(s: dict) -> list:
 # benchmark subject adds its line here
 SECTIONS = [
     ("round", round_section),
-    ("evaluate", evaluate_section),
-    ("early-stop", early_stop_section),
     ("kernels", kernels_section),
     ("server", server_section),
 ]
+# subjects whose tables are in docs/benchmarks.md only (README names them and links there)
+ELSEWHERE = ("candidate evaluation by route and model", "opt-in early stopping", "Flower at many clients")
 
 
 def section() -> str:
@@ -367,6 +249,7 @@ def section() -> str:
         payload = _load(name)
         if payload:
             parts += make(payload)
+    parts += [f"More, from the same run: {', '.join(ELSEWHERE)}: [benchmarks](docs/benchmarks.md).", ""]
     return "\n".join(parts).rstrip() + "\n\n"
 
 

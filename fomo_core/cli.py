@@ -168,6 +168,20 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
         "its other validation labels too (0: validates on all of them)",
     )
     d.add_argument(
+        "--validation-fold",
+        choices=("fixed", "rotating"),
+        default="fixed",
+        help="with --fedfomo-validation: FedFomo holds out the same validation labels every round (fixed), or "
+        "the next ones every round it takes part in, so that every label trains over the rounds (rotating)",
+    )
+    d.add_argument(
+        "--global-labels",
+        choices=("training", "all"),
+        default="training",
+        help="with --budget equal: the copy of the global model FedFomo's default round trains on the client's "
+        "training labels, or on all its labels, its validation labels too (all)",
+    )
+    d.add_argument(
         "--target",
         choices=("local", "shifted"),
         default="local",
@@ -334,6 +348,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
         parser.error("argument --methods: 'oracle' needs latent groups, which partition 'dirichlet' does not have")
     if args.fedfomo_validation and args.budget != "equal":
         parser.error("argument --fedfomo-validation: needs --budget equal (the baselines train on those labels too)")
+    if args.validation_fold != "fixed" and not args.fedfomo_validation:
+        parser.error("argument --validation-fold: needs --fedfomo-validation (the labels it rotates)")
+    if args.global_labels != "training" and args.budget != "equal":
+        parser.error("argument --global-labels: needs --budget equal (the baselines train on those labels too)")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error(
             f"arguments --val-fraction + --test-fraction must leave training data (sum < 1), "
@@ -386,6 +404,8 @@ def _config(args: argparse.Namespace, methods: list):
         label_noise=args.label_noise,
         budget=args.budget,
         fedfomo_validation=args.fedfomo_validation,
+        validation_fold=args.validation_fold,
+        global_labels=args.global_labels,
         backend=args.backend,
         methods=tuple(methods),
         federation=FederationSettings(

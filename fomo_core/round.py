@@ -40,13 +40,20 @@ __all__ = [
 
 
 def check_client_options(
-    train_fn: Optional[Callable], train_data: Any, epochs: Any, eval_batch_size: Any, default_training: str
+    train_fn: Optional[Callable],
+    train_data: Any,
+    epochs: Any,
+    eval_batch_size: Any,
+    default_training: str,
+    global_train_data: Any = None,
 ) -> None:
     """The options every adapter's client takes for its training and evaluation, checked alike
     (ValueError for any bad value, TypeError for a train_fn that cannot be called).
     ``default_training`` names the adapter's own loop in the message when data is missing."""
     if train_fn is None and train_data is None:
         raise ValueError(f"train_data is required unless train_fn is given ({default_training} needs data)")
+    if train_fn is not None and global_train_data is not None:
+        raise ValueError(f"global_train_data is data for {default_training}, which train_fn replaces: give one of them")
     if train_fn is not None and not callable(train_fn):
         raise TypeError(f"train_fn must be callable, got {type(train_fn).__name__}")
     count(epochs, "epochs", type_error=ValueError)
@@ -145,9 +152,18 @@ def federate_client(
 
 def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any], None], global_params: Any = None):
     """:func:`train_round` for an adapter's client (its ``policy``, ``params``, ``train`` and
-    ``evaluate``)."""
+    ``evaluate``; the copy of the global model trains on its ``global_train_data`` when that is
+    set: ``train(global_train_data)``)."""
+    data = getattr(client, "global_train_data", None)
     train_round(
-        client.policy, client.params, result, client.train, client.evaluate, copy=copy, global_params=global_params
+        client.policy,
+        client.params,
+        result,
+        client.train,
+        client.evaluate,
+        copy=copy,
+        global_params=global_params,
+        train_global=None if data is None else lambda: client.train(data),
     )
 
 
@@ -327,12 +343,13 @@ def train_round(
     *,
     copy: Callable[[Any, Any], None],
     global_params: Any = None,
+    train_global: Optional[Callable[[], Any]] = None,
 ) -> None:
     """The training half of a round under ``policy``: local training of ``params`` [P] in place by
     ``train()``, and what the policy adds around it (recorded in ``result``):
 
-    - global_model="train": a copy of ``global_params`` [P] is trained first (``train()`` on the
-      model loaded with it), and its change is ``result.global_update``;
+    - global_model="train": a copy of ``global_params`` [P] is trained first (``train_global()``,
+      default ``train()``, on the model loaded with it), and its change is ``result.global_update``;
     - global_model="follow": the change local training made to ``params`` is the contribution;
     - keep_training="if_not_worse": when training raised the validation loss above
       ``result.update_loss`` (evaluated if unknown), the model before training is restored.
@@ -342,7 +359,7 @@ def train_round(
     if contributes and policy.global_model == "train":
         own = copy_leaf(params)
         copy(params, global_params)
-        train()
+        (train if train_global is None else train_global)()
         result.global_update = params - global_params
         copy(params, own)
     keep_before = policy.keep_training == "if_not_worse" or (contributes and policy.global_model == "follow")

@@ -94,3 +94,16 @@ def test_server_subject_measures_a_small_federation(tmp_path):
     assert run["select_us"] > 0 and run["select_many_us"] > 0 and run["checkpoint_mib"] > 0
     row = {**cfg, **run, **loaded}
     assert "| 40 | 16 |" in bench_server.table({"rows": [row]})
+
+
+def test_partition_tables_are_the_generated_ones():
+    """README's and the partitions page's tables are benchmarks/partition_tables.py's output from
+    the committed grid (docs/results/partitions/results.json), not typed in by hand."""
+    import json
+
+    import partition_tables as pt
+
+    results = json.loads(pt.RESULTS.read_text())
+    for path, start, end, metrics in pt.PLACES:
+        text, i, j = pt.placed(path, start, end)
+        assert text[i:j] == pt.tables(results, metrics) + "\n", f"{path.name}: run partition_tables.py --write"

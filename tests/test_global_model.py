@@ -202,6 +202,41 @@ def test_the_trained_copy_of_the_global_model_is_the_contribution(digits):
     assert torch.equal(client.get_flat(), flat.detach())  # the personal model trained from itself
 
 
+def test_the_copy_of_the_global_model_trains_on_global_train_data_when_given(digits):
+    train, val = digits
+    both = (torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]))
+    g = trained_flat(7, train, epochs=1)
+    policy = fc.get_preset("fomo-core").client.replace(keep_training="always")
+    options = dict(policy=policy, seed=3, epochs=1, lr=0.1)
+    client = FedFomoClient(mlp(0), val, train, global_train_data=both, **options)
+    res = client.update(torch.stack([g * 5]), global_params=g)
+    own = client.get_flat()
+    client.train_round(res, global_params=g)
+
+    # the same trainings by hand, in the same order on the same generator
+    reference = FedFomoClient(mlp(0), val, train, **options)
+    reference.set_flat(g)
+    reference.train(both)
+    assert torch.equal(res.global_update, reference.get_flat() - g)  # the copy trained on both
+    reference.set_flat(own)
+    reference.train()
+    assert torch.equal(client.get_flat(), reference.get_flat())  # the own model on its training data only
+
+
+def test_global_train_data_is_checked():
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = np.random.default_rng(0).standard_normal((6, 4)), np.arange(6) % 3
+    data = (torch.from_numpy(x).float(), torch.from_numpy(y))
+    with pytest.raises(ValueError, match="global_train_data is data for the default SGD loop, which train_fn replaces"):
+        FedFomoClient(nn.Sequential(nn.Linear(4, 3)), data, train_fn=lambda m: None, global_train_data=data)
+    est = initialise_mlp(MLPClassifier(hidden_layer_sizes=(4,), solver="sgd"), x, y, np.arange(3))
+    with pytest.raises(TypeError, match="global_train_data must be a pair"):
+        MLPClassifierClient(est, (x, y), (x, y), global_train_data=x)
+    with pytest.raises(ValueError, match="global_train_data is data for the default training"):
+        MLPClassifierClient(est, (x, y), train_fn=lambda e: None, global_train_data=(x, y))
+
+
 def test_follow_contributes_the_change_of_the_own_training(digits):
     train, val = digits
     policy = fc.get_preset("fomo-core").client.replace(global_model="follow", keep_training="always")
@@ -233,6 +268,13 @@ def test_the_scikit_learn_client_runs_the_whole_default_round():
     assert res.global_step == 1.0 and res.global_update is not None and res.global_update.shape == g.shape
     assert res.training in ("kept", "reverted")
     np.testing.assert_array_equal(client.get_flat(), get_flat_params(client.estimator))
+
+    # the copy of the global model trains on global_train_data when given (the own model does not)
+    updates = []
+    for extra in (None, (x[:300], y[:300])):
+        other = MLPClassifierClient(estimator(0), (x[300:400], y[300:400]), (x[:100], y[:100]), global_train_data=extra)
+        updates.append(other.round(np.stack([get_flat_params(estimator(2))]), global_params=g).global_update)
+    assert not np.array_equal(updates[0], updates[1])
 
 
 # --- the server's global model --------------------------------------------------------------------

@@ -5,8 +5,10 @@ code a user would) and the server's table of uploaded models [N, P]. The backend
 frameworks in ``fomo_core.adapters``; the simulator knows them only as "module:attribute" names,
 resolved on first use (as entry points are), so that it imports no framework of its own. A
 backend has ``name``; ``init_params()``, the common initial model [P];
-``new_client(data, init, seed)``, a client with ``round``/``update``/``train``/``evaluate``/
-``get_flat``/``set_flat`` and ``test_data``; ``as_batch(params)``, [1, P];
+``new_client(data, init, seed, global_train=None)``, a client (``global_train``: the (x, y) the
+copy of the global model trains on, default its training data) with ``round``/``update``/``train``/``evaluate``/
+``get_flat``/``set_flat`` and ``test_data``; ``set_data(client, data)``, new training and
+validation data for a client; ``as_batch(params)``, [1, P];
 ``average(models, weights)``, the weighted mean of flat models; and ``dense_spec()``, the
 :class:`fomo_core.DenseSpec` of the clients' model when it is a dense network (else None).
 """

@@ -43,6 +43,9 @@ __all__ = [
     "with_validation_labels",
     "carve_validation",
     "keep_validation",
+    "FOLDS",
+    "GLOBAL_LABELS",
+    "rotate_validation",
 ]
 
 TARGETS = ("local", "shifted")
@@ -51,6 +54,12 @@ TARGETS = ("local", "shifted")
 # baselines also train on them; "carved": FedFomo's training + validation = the baselines' training.
 BUDGETS = ("free", "equal", "carved")
 DATASETS = ("digits", "mnist5k", "cifar10")
+# Which of FedFomo's validation labels it holds out when it trains on the others (budget "equal"):
+# always the same ones ("fixed") or the next ones in every round it takes part in ("rotating").
+FOLDS = ("fixed", "rotating")
+# What the copy of the global model trains on in FedFomo's round (budget "equal"): the client's own
+# training labels ("training") or every label it holds, its validation labels too ("all").
+GLOBAL_LABELS = ("training", "all")
 
 
 @dataclass(frozen=True)
@@ -295,6 +304,30 @@ def keep_validation(data: ClientData, keep: int) -> ClientData:
         y_train=np.concatenate([data.y_train, data.y_val[keep:]]),
         x_val=data.x_val[:keep],
         y_val=data.y_val[:keep],
+    )
+
+
+def rotate_validation(data: ClientData, keep: int, turn: int) -> ClientData:
+    """The client's data in the ``turn``-th round it takes part in (0, 1, ...) with a rotating
+    validation fold: ``keep`` of its n validation samples, a window that moves on by ``keep`` each
+    turn (wrapping around), are held out for validation, and the other n - keep train with its
+    training samples; over ceil(n / keep) turns every validation label trains. The split is in
+    seeded random order, so the folds follow from the seed. Turn 0 is
+    :func:`keep_validation` ``(data, keep)``; a client with at most ``keep`` validation samples
+    keeps them all, every turn."""
+    keep = count(keep, "keep", low=1, type_error=ValueError)
+    turn = count(turn, "turn", type_error=ValueError)
+    n = data.y_val.size
+    if n <= keep:
+        return data
+    held = (turn * keep + np.arange(keep)) % n
+    trains = np.setdiff1d(np.arange(n), held)  # ascending: the split's own order
+    return replace(
+        data,
+        x_train=np.concatenate([data.x_train, data.x_val[trains]]),
+        y_train=np.concatenate([data.y_train, data.y_val[trains]]),
+        x_val=data.x_val[held],
+        y_val=data.y_val[held],
     )
 
 

@@ -17,7 +17,17 @@ from ..presets import PRESETS
 from .attacks import attacker_ids
 from .backends import TrainSettings, make_backend
 from .baselines import BASELINES
-from .data import BUDGETS, Dataset, carve_validation, keep_validation, split_clients, with_validation_labels
+from .data import (
+    BUDGETS,
+    FOLDS,
+    GLOBAL_LABELS,
+    Dataset,
+    carve_validation,
+    keep_validation,
+    rotate_validation,
+    split_clients,
+    with_validation_labels,
+)
 from .data import load_dataset as _load_dataset
 from .federation import METHODS as _FEDERATION_METHODS
 from .federation import FederationSettings
@@ -71,6 +81,15 @@ class ExperimentConfig:
     fedfomo_validation: with budget "equal": FedFomo validates on at most this many of each
                         client's validation samples and trains on the others too (0: it validates
                         on all of them and trains on none)
+    validation_fold:    with fedfomo_validation: which of its validation samples FedFomo holds
+                        out: always the same ones ("fixed"), or the next ones in every round it
+                        takes part in ("rotating", so that over the rounds every label trains:
+                        :func:`fomo_core.simulate.data.rotate_validation`)
+    global_labels:      with budget "equal": what the copy of the global model FedFomo's round
+                        trains (preset fomo-core) trains on: the client's training labels
+                        ("training"), or all its labels, the validation labels too ("all": the
+                        global model sees every label, the client's own model never the labels
+                        it validates on)
     """
 
     dataset: str = "digits"
@@ -89,6 +108,8 @@ class ExperimentConfig:
     label_noise: float = 0.0
     budget: str = "free"
     fedfomo_validation: int = 0
+    validation_fold: str = "fixed"
+    global_labels: str = "training"
     backend: str = "torch"
     methods: tuple = ("fedfomo", "fedavg", "local")
     federation: FederationSettings = field(default_factory=FederationSettings)
@@ -101,6 +122,18 @@ class ExperimentConfig:
             raise ValueError(
                 "fedfomo_validation moves FedFomo's validation labels into its training: it needs budget='equal' "
                 f"(the baselines train on them too), got budget={self.budget!r}"
+            )
+        choice(self.validation_fold, "validation_fold", FOLDS)
+        if self.validation_fold != "fixed" and not self.fedfomo_validation:
+            raise ValueError(
+                f"validation_fold={self.validation_fold!r} rotates the labels FedFomo holds out: it needs "
+                "fedfomo_validation > 0 (and budget='equal')"
+            )
+        choice(self.global_labels, "global_labels", GLOBAL_LABELS)
+        if self.global_labels != "training" and self.budget != "equal":
+            raise ValueError(
+                f"global_labels={self.global_labels!r} trains the global model on FedFomo's validation labels: it "
+                f"needs budget='equal' (the baselines train on them too), got budget={self.budget!r}"
             )
 
     def as_dict(self) -> dict:
@@ -164,9 +197,14 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
         fed = cfg.federation if preset is None else replace(cfg.federation, preset=preset)
         backend, init = backend_for(fed.preset)
         extra = {"groups": partition.groups} if base in BASELINES else {}
+        if base == "fedfomo" and cfg.validation_fold == "rotating":
+            extra["data_for_turn"] = lambda k, turn: rotate_validation(data[k], cfg.fedfomo_validation, turn)
         # fresh clients for every method: same data, same initial model, same shuffling seeds
         seen = method_data(cfg, base, data)
-        clients = [backend.new_client(d, init, seed * 1000 + k) for k, d in enumerate(seen)]
+        everything = base == "fedfomo" and cfg.global_labels == "all"
+        clients = [
+            backend.new_client(d, init, seed * 1000 + k, **_global_train(everything, d)) for k, d in enumerate(seen)
+        ]
         labels[name] = {
             "training": int(sum(d.y_train.size for d in seen)),
             "validation": int(sum(d.y_val.size for d in seen)) if base == "fedfomo" else 0,
@@ -182,7 +220,8 @@ def run_experiment(cfg: ExperimentConfig, on_round: Optional[Callable[[str, Roun
 
 def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
     """The clients' data as method ``method`` ("fedfomo", "fedavg", ...) sees it under the
-    labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`)."""
+    labelled budget ``cfg.budget`` (see :class:`ExperimentConfig`); with a rotating validation
+    fold, as FedFomo sees it in its first round."""
     if cfg.budget == "equal" and method != "fedfomo":
         return [with_validation_labels(d) for d in data]
     if cfg.budget == "equal" and cfg.fedfomo_validation:
@@ -190,6 +229,14 @@ def method_data(cfg: ExperimentConfig, method: str, data: list) -> list:
     if cfg.budget == "carved" and method == "fedfomo":
         return [carve_validation(d, cfg.val_fraction / (1.0 - cfg.test_fraction)) for d in data]
     return data
+
+
+def _global_train(everything: bool, data) -> dict:
+    """new_client's keyword for the global model's training data: every label the client holds."""
+    if not everything:
+        return {}
+    both = with_validation_labels(data)
+    return {"global_train": (both.x_train, both.y_train)}
 
 
 def _warm_up(backend, data, init, seed: int) -> None:

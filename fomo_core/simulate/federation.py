@@ -134,12 +134,24 @@ class _Adversity:
         return self.settings.kind == "lying" and i not in self.attackers
 
 
-def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings, on_round: OnRound = None) -> MethodRun:
+def run_fedfomo(
+    backend: Any,
+    clients: list,
+    init: Any,
+    fed: FederationSettings,
+    on_round: OnRound = None,
+    data_for_turn: Optional[Callable[[int, int], Any]] = None,
+) -> MethodRun:
     """FedFomo with the shared :class:`fomo_core.Server` and the clients' own round (the preset's
     policies): each round a participating client receives the models the server selects for it,
     runs its round (evaluate, weigh, update, train) and uploads its model and scores; uploads
-    become visible the next round."""
+    become visible the next round.
+
+    data_for_turn: ``data_for_turn(k, t)``, client k's data (a ClientData) in the t-th round it
+    takes part in (t = 0, 1, ...), set before that round (a rotating validation fold:
+    :func:`fomo_core.simulate.data.rotate_validation`); None: the clients keep their data."""
     n = len(clients)
+    turns = np.zeros(n, dtype=np.int64)  # rounds each client has taken part in
     server = Server(n, init, preset=fed.preset, m=fed.m, seed=fed.seed, policy=fed.server_policy())
     adversity = _Adversity(n, fed, backend)
     guard = {k: getattr(fed, k) for k in ("guard", "rebalance") if getattr(fed, k) is not None}
@@ -156,6 +168,9 @@ def run_fedfomo(backend: Any, clients: list, init: Any, fed: FederationSettings,
         g = server.global_params()
         g = None if g is None else g.clone() if hasattr(g, "clone") else g.copy()  # this round's, for everyone
         for i in part:
+            if data_for_turn is not None:
+                backend.set_data(clients[i], data_for_turn(int(i), int(turns[i])))
+            turns[i] += 1
             ids, cands = server.candidates(int(i))
             with lying_evaluation(clients[i], adversity.fooled(int(i))):
                 g_i = None if server.global_params(int(i)) is None else g  # none for an excluded free rider

@@ -28,7 +28,7 @@ import numpy as np
 
 from .._validate import count
 from .backends import BACKENDS, TrainSettings
-from .data import BUDGETS, DATASETS, TARGETS
+from .data import BUDGETS, DATASETS, FOLDS, GLOBAL_LABELS, TARGETS
 from .experiment import ExperimentConfig, method_parts, run_experiment
 from .federation import FederationSettings
 from .files import write_atomic, write_json_atomic
@@ -60,7 +60,15 @@ _CONFIG_KEYS = {f.name for f in fields(ExperimentConfig)} - {"methods", "federat
 _FEDERATION_KEYS = {f.name for f in fields(FederationSettings)} - {"seed"}
 _TRAINING_KEYS = {f.name for f in fields(TrainSettings)}
 FLAT_KEYS = sorted(_CONFIG_KEYS | _FEDERATION_KEYS | _TRAINING_KEYS)
-_CHOICES = {"dataset": DATASETS, "partition": PARTITIONS, "target": TARGETS, "backend": BACKENDS, "budget": BUDGETS}
+_CHOICES = {
+    "dataset": DATASETS,
+    "partition": PARTITIONS,
+    "target": TARGETS,
+    "backend": BACKENDS,
+    "budget": BUDGETS,
+    "validation_fold": FOLDS,
+    "global_labels": GLOBAL_LABELS,
+}
 
 
 @dataclass(frozen=True)
@@ -209,7 +217,7 @@ def run_grid(
     todo, reused = [], []
     for cell in grid.cells():
         path = os.path.join(cells_dir, cell.key + ".json")
-        if _finished(path, grid.flat(cell.setting)):
+        if _finished(path, grid.flat(cell.setting), cell.method):
             reused.append(cell)
         else:
             todo.append(cell)
@@ -254,14 +262,33 @@ def _read(path: str) -> dict:
         return json.load(f)
 
 
-def _finished(path: str, flat: dict) -> bool:
-    """A cell file from an earlier run counts when it parses and ran the same configuration."""
+# keys that change only what FedFomo does: a cell of another method ran the same without them
+FEDFOMO_ONLY_KEYS = ("fedfomo_validation", "validation_fold", "global_labels")
+
+
+def _beside_fedfomo(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in FEDFOMO_ONLY_KEYS}
+
+
+def _finished(path: str, flat: dict, method: str) -> bool:
+    """A cell file from an earlier run counts when it parses and ran the same configuration
+    (for a method other than FedFomo, up to the keys that concern FedFomo only: the cell's
+    recorded configuration is then brought up to date)."""
     if not os.path.exists(path):
         return False
     try:
-        return _read(path).get("config") == json.loads(json.dumps(flat))
+        record = _read(path)
     except (OSError, json.JSONDecodeError):
         return False
+    wanted = json.loads(json.dumps(flat))
+    if record.get("config") == wanted:
+        return True
+    if method_parts(method)[0] == "fedfomo" or not isinstance(record.get("config"), dict):
+        return False
+    if _beside_fedfomo(record["config"]) != _beside_fedfomo(wanted):
+        return False
+    write_json_atomic(path, {**record, "config": wanted})
+    return True
 
 
 # --- summaries ------------------------------------------------------------------------------------
@@ -427,8 +454,10 @@ DEFAULT_GRID = Grid(
 def _partition_settings() -> dict:
     """The partitions users run, each at the current split ("free": FedFomo's validation labels
     come on top of the baselines' training labels) and at the equal label budget (the baselines
-    train on FedFomo's validation labels too, and FedFomo trains on all but 10 of them, which it
-    keeps for validation: better than validating on all of them on every partition measured)."""
+    train on FedFomo's validation labels too; FedFomo's own model trains on all but 10 of them,
+    which it keeps for validation, and the copy of the global model its round trains on all of
+    them: better than validating on all of them, or rotating the 10, on the partitions measured
+    by benchmarks/ablate_round.py)."""
     partitions = {
         "groups": {"partition": "groups", "groups": 2},
         "dirichlet-0.1": {"partition": "dirichlet", "alpha": 0.1},
@@ -438,7 +467,8 @@ def _partition_settings() -> dict:
         "dirichlet-0.3-50clients-p0.3": {"partition": "dirichlet", "alpha": 0.3, "clients": 50, "participation": 0.3},
     }
     equal = {
-        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10} for name, keys in partitions.items()
+        f"{name}-equal": {**keys, "budget": "equal", "fedfomo_validation": 10, "global_labels": "all"}
+        for name, keys in partitions.items()
     }
     return {**partitions, **equal}
 
