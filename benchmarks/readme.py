@@ -221,11 +221,7 @@ def server_section(s: dict) -> list:
 
 # (result file, the function that writes its part of the section), in the section's order: a new
 # benchmark subject adds its line here
-SECTIONS = [
-    ("round", round_section),
-    ("kernels", kernels_section),
-    ("server", server_section),
-]
+SECTIONS = [("round", round_section), ("kernels", kernels_section), ("server", server_section)]
 # subjects whose tables are in docs/benchmarks.md only (README names them and links there)
 ELSEWHERE = ("candidate evaluation by route and model", "opt-in early stopping", "Flower at many clients")
 
