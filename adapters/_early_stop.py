@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class StopTracker:
     correction, which only makes the test more conservative)
     """
 
-    def __init__(self, rule: EarlyStop, count: int, total: int | None):
+    def __init__(self, rule: EarlyStop, count: int, total: Optional[int]):
         self.rule = rule
         self.total = total
         self.sum = np.zeros(count)  # sum of batch mean losses

@@ -36,7 +36,7 @@ from fomo_core.presets import client_policy
 from fomo_core.round import ClientRound, as_float64, batch_loss, check_client_options, federate, train_client
 
 from ._torch_batches import batches, check_pair
-from .torch_evaluate import dense_spec, evaluate_batches, evaluate_candidates, evaluate_module
+from .torch_evaluate import dense_spec, deprecated_name, evaluate_batches, evaluate_module
 
 __all__ = [
     "FlatLayout",
@@ -49,7 +49,6 @@ __all__ = [
     "train_sgd",
     "evaluate_module",
     "evaluate_batches",
-    "evaluate_candidates",
     "dense_spec",
 ]
 
@@ -776,3 +775,7 @@ class FedFomoClient:
 def _copy_no_grad(dst: torch.Tensor, src: torch.Tensor) -> None:
     with torch.no_grad():
         dst.copy_(src)
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_name(__name__, name)

@@ -1,52 +1,14 @@
 """PyTorch adapter: the loss and accuracy of M candidate models of any ``nn.Module`` on one
 validation set, without copying a model per candidate.
 
-The candidates run through ``torch.func.functional_call`` over views of their own tensors (no
-``load_state_dict``, no ``deepcopy``; a flat model is cut into its parameters once per call, never
-per batch) under ``torch.inference_mode``; every batch of the data is read once for all of them.
-Three routes (``method=``):
-
-- ``"fused"``: a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with the default
-  cross-entropy goes to fomo_core's fused kernel (:func:`fomo_core.evaluate_candidates`,
-  :func:`dense_spec`), which reads the candidate buffers in place;
-- ``"loop"``: one forward per candidate: the losses of the plain per-candidate loop
-  (``load_state_dict`` + forward) bit for bit;
-- ``"vmap"``: ``torch.func.vmap`` over the candidates, one batched forward (the first layer's M
-  products against the shared input become one wide product, later layers batched matmuls and
-  grouped convolutions; 4-D inputs in channels_last); losses to float32 rounding.
-
-``method="auto"`` takes "fused" where it applies, "vmap" on CUDA, and on CPU "loop" when torch runs
-one thread (grouped convolutions do not beat separate ones there, and timing costs a few forwards).
-With more threads it times loop against vmap on the first batch by the process's CPU time (all of
-its threads, which time given to other processes does not inflate), once per architecture, input
-shape, candidate count and thread count in the process, and keeps vmap when it is 10% faster.
-
-Both torch routes run the candidates' forwards under the rewrites of :mod:`._torch_fast`, which
-give the same values faster: ``max_pool2d`` over non-overlapping windows as elementwise maxima of
-strided slices, and (the loop route) the first layer of all candidates, which read the same input,
-as one wide call wherever that keeps every forward bit for bit.
-
-:func:`evaluate_batches` gives the loss of every candidate on every batch, for the policies whose
-validation loss is a mean of batch means: where no row's output depends on the other rows of its
-batch (eval mode, or train mode without BatchNorm or dropout) the rows go through the model in one
-forward and the losses are reduced per batch afterwards; with BatchNorm in train mode (batch
-statistics) every batch is its own forward, on scratch copies of the running statistics.
-
-Reduced precision (``autocast=torch.bfloat16``) is opt-in and hardware-dependent: where the CPU has
-bfloat16 instructions it is faster; without them (AVX2 only) torch emulates it and it runs several
-times slower. The measurements behind these choices: ``benchmarks/results/evaluate.md``.
-
-Early stopping (``early_stop=EarlyStop(baseline_loss)``, opt-in): see :mod:`._early_stop`.
-
-Candidate formats (``candidates=``):
-
-- a 2-D tensor [M, P] or a sequence of 1-D tensors [P]: flat parameter vectors in
-  ``module.parameters()`` order, each parameter flattened row-major (exactly
-  ``torch.nn.utils.parameters_to_vector``); buffers (BatchNorm running statistics) are the
-  module's own;
-- a sequence of state_dicts: parameters by name, buffers taken from the state_dict when present
-  (BatchNorm statistics of each candidate) and from the module otherwise;
-- a sequence of modules of the same architecture: their parameters and buffers.
+:func:`evaluate_module` gives each candidate's mean loss and accuracy, :func:`evaluate_batches`
+its loss on every batch (the policies whose validation loss is a mean of batch means). The
+candidates run through ``torch.func.functional_call`` over views of their own tensors under
+``torch.inference_mode``, every batch of the data read once for all of them, by one of three
+routes: the fused dense kernel (:func:`fomo_core.evaluate_candidates`), one forward per candidate,
+or ``torch.func.vmap`` over the candidates. Early stopping: :mod:`._early_stop`; the forwards'
+rewrites: :mod:`._torch_fast`. The measurements behind the routes: the Benchmarks page of the
+documentation (candidate evaluation).
 """
 
 from __future__ import annotations
@@ -82,7 +44,6 @@ from ._torch_fast import Forward, Rewrites, SharedFirstLayer, may_call, same_bit
 __all__ = [
     "evaluate_module",
     "evaluate_batches",
-    "evaluate_candidates",
     "dense_spec",
     "Evaluation",
     "BatchEvaluation",
@@ -598,20 +559,43 @@ def evaluate_module(
 
     module:     the architecture (an ``nn.Module``); its own parameters are only used as the
                 template (and its buffers for flat candidates)
-    candidates: [M, P] tensor or sequence of flat [P] tensors (``module.parameters()`` order), or
-                a sequence of M state_dicts or modules (see the module docstring)
+    candidates: the M candidates, in one of three forms:
+
+                - a 2-D tensor [M, P] or a sequence of 1-D tensors [P]: flat parameter vectors
+                  in ``module.parameters()`` order, each parameter flattened row-major (exactly
+                  ``torch.nn.utils.parameters_to_vector``); buffers (BatchNorm running
+                  statistics) are the module's own;
+                - a sequence of state_dicts: parameters by name, buffers taken from the
+                  state_dict when present (BatchNorm statistics of each candidate) and from the
+                  module otherwise;
+                - a sequence of modules of the module's architecture: their parameters and
+                  buffers.
     data:       a pair (X, y) of tensors, or an iterable of (X, y) batches (a DataLoader)
     loss_fn:    ``loss_fn(output, target)`` returning per-sample losses [b] or the batch mean;
                 default ``torch.nn.functional.cross_entropy``
     batch_size: rows per forward when data is a tensor pair (default: all of them at once, or
                 ``early_stop.batch_size`` with early stopping)
-    method:     "auto", "fused", "vmap" or "loop" (see the module docstring)
+    method:     the route:
+
+                - "fused": a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with
+                  the default cross-entropy goes to fomo_core's fused kernel
+                  (:func:`fomo_core.evaluate_candidates`, :func:`dense_spec`), which reads the
+                  candidate buffers in place;
+                - "loop": one forward per candidate: the losses of the plain per-candidate loop
+                  (``load_state_dict`` + forward) bit for bit;
+                - "vmap": ``torch.func.vmap`` over the candidates, one batched forward (4-D
+                  inputs in channels_last); losses to float32 rounding;
+                - "auto" (default): "fused" where it applies, "vmap" on CUDA, and on CPU "loop"
+                  when torch runs one thread; with more threads it times loop against vmap on
+                  the first batch by the process's CPU time, once per architecture, input
+                  shape, candidate count and thread count in the process, and keeps vmap when
+                  it is 10% faster.
     autocast:   None (default: the candidates' own dtype) or a reduced-precision dtype
-                (``torch.bfloat16``) to run the torch routes under ``torch.autocast``: faster only
-                on CPUs with bfloat16 arithmetic (several times slower without it), and the losses
-                move by the dtype's rounding (~1e-2 relative per layer in the worst case for
-                bfloat16), which can change which candidates improve on a close baseline. Not for
-                the fused route.
+                (``torch.bfloat16``) to run the torch routes under ``torch.autocast``. Its speed
+                depends on the CPU and the thread count (faster or slower: the Benchmarks page),
+                and the losses move by the dtype's rounding (~1e-2 relative per layer in the
+                worst case for bfloat16), which can change which candidates improve on a close
+                baseline. Not for the fused route.
     early_stop: an :class:`EarlyStop` (opt-in): evaluate in batches and stop a candidate once its
                 loss is confidently above ``early_stop.baseline_loss``; returns an
                 :class:`EarlyStopped` evaluation (with ``samples`` per candidate)
@@ -771,6 +755,25 @@ def evaluate_batches(
     return BatchEvaluation(loss / counts, correct / counts, np.asarray(sizes, dtype=np.int64), method_used)
 
 
-#: The name :func:`evaluate_module` had before 0.2: the same function, kept so that existing code
-#: keeps working. (``fomo_core.evaluate_candidates`` is the fused dense evaluation, another function.)
-evaluate_candidates = evaluate_module
+#: Old names of this module's functions: each still gives the function, with a DeprecationWarning
+#: (``fomo_core.evaluate_candidates`` is the fused dense evaluation, another function).
+_RENAMED = {"evaluate_candidates": "evaluate_module"}
+
+
+def deprecated_name(module: str, name: str) -> Any:
+    """The function an old name of ``module`` stands for, with a DeprecationWarning naming the new
+    one (a module's ``__getattr__``: it runs only for names the module does not define)."""
+    if name not in _RENAMED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new = _RENAMED[name]
+    warnings.warn(
+        f"{module}.{name} is deprecated and will be removed in 0.3: call {module}.{new} (the same function); "
+        "fomo_core.evaluate_candidates is the fused evaluation of a DenseSpec, another function",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return globals()[new]
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_name(__name__, name)

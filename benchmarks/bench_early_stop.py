@@ -33,7 +33,7 @@ from models import lenet  # noqa: E402
 
 import fomo_core as fc  # noqa: E402
 from fomo_core.adapters.torch import flatten_module, train_sgd  # noqa: E402
-from fomo_core.adapters.torch_evaluate import EarlyStop, evaluate_candidates  # noqa: E402
+from fomo_core.adapters.torch_evaluate import EarlyStop, evaluate_module  # noqa: E402
 from fomo_core.simulate.data import load_digits, split_clients  # noqa: E402
 from fomo_core.simulate.partition import latent_groups  # noqa: E402
 
@@ -85,17 +85,15 @@ def case(model: str, epochs: int, repeats: int, tick: Optional[Callable] = None)
     rounds = []
     for i, (net, flat, val) in enumerate(clients):
         others = torch.stack([clients[j][1] for j in range(CLIENTS) if j != i]).detach()
-        l0 = float(evaluate_candidates(net, flat.detach()[None], val).loss[0])
+        l0 = float(evaluate_module(net, flat.detach()[None], val).loss[0])
         rounds.append((net, flat.detach(), others, val, l0))
 
     def full():
-        return [evaluate_candidates(net, others, val).loss for net, _, others, val, _ in rounds]
+        return [evaluate_module(net, others, val).loss for net, _, others, val, _ in rounds]
 
     def early(z, b, k):
         rule = lambda l0: EarlyStop(l0, z=z, batch_size=b, min_batches=k)  # noqa: E731
-        return lambda: [
-            evaluate_candidates(net, others, val, early_stop=rule(l0)) for net, _, others, val, l0 in rounds
-        ]
+        return lambda: [evaluate_module(net, others, val, early_stop=rule(l0)) for net, _, others, val, l0 in rounds]
 
     methods = {"full": full, **{f"z={z}, batch {b}, min {k}": early(z, b, k) for z, b, k in SETTINGS}}
     full_losses = full()

@@ -10,7 +10,7 @@ Methods:
 - torch loop: one model, load_state_dict + eval + forward + cross_entropy per candidate (no_grad);
 - sklearn loop: log_loss(y, clf.predict_proba(X)) per fitted MLPClassifier (and predict_proba
   alone, the stricter baseline);
-- adapter vmap / loop / auto: fomo_core.adapters.torch_evaluate.evaluate_candidates with flat [M, P]
+- adapter vmap / loop / auto: fomo_core.adapters.torch_evaluate.evaluate_module with flat [M, P]
   candidates or with state_dicts ("sd").
 
 CNNs, beside the adapter's routes (loop, vmap, auto, bfloat16 autocast): the ablations that
@@ -58,7 +58,7 @@ import fomo_core  # noqa: E402
 from fomo_core.adapters._torch_fast import Rewrites  # noqa: E402
 from fomo_core.adapters.numpy import get_flat_params, mlp_labels, mlp_spec  # noqa: E402
 from fomo_core.adapters.torch import dense_spec  # noqa: E402
-from fomo_core.adapters.torch_evaluate import evaluate_candidates as adapter_evaluate  # noqa: E402
+from fomo_core.adapters.torch_evaluate import evaluate_module as adapter_evaluate  # noqa: E402
 from fomo_core.dense import evaluate_candidates  # noqa: E402
 
 M = 10

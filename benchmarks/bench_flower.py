@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -198,7 +199,7 @@ def plot(payload: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list | None = None) -> int:
+def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 and 60 clients, 3 rounds, 1 repeat")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default 6; quick 3)")

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -155,7 +156,7 @@ def _accuracy(summary: dict) -> dict:
     return {"metric": setting["headline"], "mean": entry["mean"], "sd": entry["sd"]}
 
 
-def committed_accuracy(setting: str, seeds) -> dict | None:
+def committed_accuracy(setting: str, seeds) -> Optional[dict]:
     """FedFomo's headline accuracy in the committed cells of ``setting`` (mean and sd over the
     seeds found), or None for a setting of no committed grid."""
     values = []

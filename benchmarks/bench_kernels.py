@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -410,7 +411,7 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(quick: bool, repeats: int | None = None) -> dict:
+def run(quick: bool, repeats: Optional[int] = None) -> dict:
     """Every measurement of this script; ``quick`` shrinks the models (a quarter of ResNet-18's
     channels, P = 1e6 for the Fortran-order case) and the repeats."""
     repeats = repeats or (3 if quick else 7)

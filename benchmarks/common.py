@@ -9,7 +9,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -102,7 +102,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_extra_mib(fn: Callable[[], object]) -> float | None:
+def peak_extra_mib(fn: Callable[[], object]) -> Optional[float]:
     """Peak resident memory fn() adds above what the process held before it (Linux only).
 
     Resets the kernel's high-water mark through /proc/self/clear_refs, so allocations made in C++
@@ -190,7 +190,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_results(name: str, payload: dict, table: str, folder: Path | None = None) -> tuple[Path, Path]:
+def write_results(name: str, payload: dict, table: str, folder: Optional[Path] = None) -> tuple[Path, Path]:
     """Writes <folder>/<name>.json and <name>.md (folder: results/); returns their paths."""
     folder = RESULTS if folder is None else Path(folder)
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"

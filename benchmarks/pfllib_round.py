@@ -36,6 +36,7 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class PFLlibStyleClient:
             L += loss.item()
         return L / len(self.val_batches)
 
-    def weight_cal(self, phases: Phases, losses_given: list | None = None) -> torch.Tensor:  # cf:102-125
+    def weight_cal(self, phases: Phases, losses_given: Optional[list] = None) -> torch.Tensor:  # cf:102-125
         """losses_given: [L0, L_1..L_M] to use instead of evaluating (the agreement check gives
         both implementations the same losses, so that the weights compare to float32 rounding)."""
         weight_list = []
@@ -127,7 +128,7 @@ class PFLlibStyleClient:
                 return torch.tensor([w / w_sum for w in weights])
         return torch.tensor([])
 
-    def aggregate_parameters(self, phases: Phases, losses_given: list | None = None) -> None:  # cf:157-165
+    def aggregate_parameters(self, phases: Phases, losses_given: Optional[list] = None) -> None:  # cf:157-165
         raw = self.weight_cal(phases, losses_given)
         t0 = CLOCK()
         weights = self.weight_scale(raw)

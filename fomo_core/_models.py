@@ -157,13 +157,13 @@ def check_writable(leaves: list, names: list) -> None:
     """Refuses the output tensors that torch's own in-place ops refuse: tensors autograd tracks
     (``requires_grad`` while grad mode is on: a leaf Parameter of a live graph) and inference
     tensors outside ``torch.inference_mode()``. ``names`` are the leaves' path suffixes."""
-    if not any(library(leaf) == "torch" for leaf in leaves):
+    if not any(is_torch(leaf) for leaf in leaves):
         return
     import torch
 
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     for leaf, name in zip(leaves, names):
-        if library(leaf) != "torch":
+        if not is_torch(leaf):
             continue
         if not inference and leaf.is_inference():
             raise ValueError(
@@ -180,7 +180,7 @@ def check_writable(leaves: list, names: list) -> None:
 def mark_written(leaves: list) -> None:
     """Bumps the version counter of the torch tensors the kernels wrote (as torch's in-place ops
     do), so that autograd refuses a backward pass through values that have changed."""
-    written = [leaf for leaf in leaves if library(leaf) == "torch" and not leaf.is_inference()]
+    written = [leaf for leaf in leaves if is_torch(leaf) and not leaf.is_inference()]
     if written:
         import torch.autograd.graph
 
@@ -190,6 +190,20 @@ def mark_written(leaves: list) -> None:
 def library(leaf: Any) -> str:
     """The array library a leaf comes from ("numpy", "torch", "cupy", ...)."""
     return type(leaf).__module__.split(".")[0]
+
+
+def is_torch(x: Any) -> bool:
+    """Whether x is a torch object (a tensor, a parameter), told from its type without importing
+    torch."""
+    return library(x) == "torch"
+
+
+def as_float64(x: Any, *, copy: bool = False) -> np.ndarray:
+    """A float64 NumPy array of x (a NumPy array, a torch tensor on any device, a number or a
+    sequence of numbers): x itself when it is one already, unless ``copy``."""
+    if is_torch(x):
+        x = x.detach().cpu().double().numpy()
+    return np.array(x, dtype=np.float64) if copy else np.asarray(x, dtype=np.float64)
 
 
 def can_allocate_like(leaf: Any) -> bool:
@@ -203,7 +217,7 @@ def empty_like(leaf: Any, shape: Any = None) -> Any:
     shape = tuple(leaf.shape) if shape is None else tuple(shape)
     if isinstance(leaf, np.ndarray):
         return np.empty(shape, dtype=leaf.dtype)
-    if library(leaf) == "torch":
+    if is_torch(leaf):
         import torch
 
         return torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
@@ -215,10 +229,11 @@ def empty_like(leaf: Any, shape: Any = None) -> Any:
     return np.empty(shape, dtype=np.dtype(leaf.dtype))
 
 
-def _copy(leaf: Any) -> Any:
+def copy_leaf(leaf: Any) -> Any:
+    """A copy of an array in its own library (a torch copy is detached)."""
     if isinstance(leaf, np.ndarray) or library(leaf) == "cupy":
         return leaf.copy()
-    if library(leaf) == "torch":
+    if is_torch(leaf):
         return leaf.detach().clone()
     return np.array(leaf)
 
@@ -226,7 +241,7 @@ def _copy(leaf: Any) -> Any:
 def allocate_like(structure: Structure, leaves: list) -> tuple[Any, list]:
     """A new model of the local model's layout and array types: fresh buffers for the floating
     leaves (returned second, for the kernels to fill) and copies of the others."""
-    new = [empty_like(leaf) if f else _copy(leaf) for leaf, f in zip(leaves, structure.floating)]
+    new = [empty_like(leaf) if f else copy_leaf(leaf) for leaf, f in zip(leaves, structure.floating)]
     float_new = [leaf for leaf, f in zip(new, structure.floating) if f]
     return shaped_like(structure, new), float_new
 

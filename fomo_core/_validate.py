@@ -15,18 +15,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._models import is_torch
+
 __all__ = ["choice", "count", "flag", "fraction", "real", "real_vector", "to_host"]
-
-
-def _library(x: Any) -> str:
-    return type(x).__module__.split(".")[0]
 
 
 def to_host(x: Any) -> Any:
     """A CPU NumPy view or copy of a small per-candidate input (losses, weights, scores) wherever it
     lives; torch tensors keep their dtype (checked by the callers) with negative/conjugate bits
     resolved (NumPy cannot see them, and reading the raw memory would flip signs)."""
-    if _library(x) == "torch" and hasattr(x, "detach"):
+    if is_torch(x) and hasattr(x, "detach"):
         x = x.detach()
         if x.is_complex() or x.dtype is _torch_bool():
             return x  # refused by the callers by dtype; never converted
@@ -45,12 +43,12 @@ def _torch_bool() -> Any:
     return torch.bool
 
 
-def _kind(x: Any) -> str | None:
+def _kind(x: Any) -> Optional[str]:
     """'b', 'i', 'u', 'f', 'c' or other dtype kinds of an array-like, None for plain Python values."""
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return None
-    if _library(x) == "torch":
+    if is_torch(x):
         if dtype.is_complex:
             return "c"
         if dtype.is_floating_point:

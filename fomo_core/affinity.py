@@ -38,6 +38,7 @@ from ._pool import ClientPool
 from ._validate import count as _count
 from ._validate import real as _real
 from ._validate import real_vector
+from .choices import AffinityInit, AffinityUpdate
 from .policy import ServerPolicy
 from .presets import Preset, as_preset
 
@@ -117,9 +118,9 @@ class Affinity:
         tie: str = "random",
         epsilon: float = 0.3,
         epsilon_decay: float = 0.05,
-        init: str = "self",
+        init: AffinityInit = "self",
         self_affinity: float = 0.1,
-        update: str = "raw",
+        update: AffinityUpdate = "raw",
         k: Optional[int] = ServerPolicy.affinity_k,
         seed: Union[int, None, np.random.SeedSequence] = None,
     ):

@@ -31,14 +31,16 @@ Losses and accuracies are means over the samples, weighted by ``sample_weight`` 
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from . import _C
-from ._models import is_floating
+from ._models import is_floating, is_torch
 from .layout import join, offsets_of, split
 from .ops import _cuda_index, _device_vectors
 
@@ -145,22 +147,30 @@ class DenseSpec:
         at, _ = offsets_of(self.shapes)
         return list(zip(at[0::2], at[1::2]))
 
-    # ---- builders (the adapters own the framework code) ----
+    # ---- deprecated builders (the adapters own the framework code) ----
     @classmethod
     def from_module(cls, module: Any, *, output: str = "softmax") -> DenseSpec:
-        """The spec of a torch ``nn.Sequential`` of Linear layers: see
-        :func:`fomo_core.adapters.torch.dense_spec`, which this calls."""
-        from .adapters.torch import dense_spec
-
-        return dense_spec(module, output=output)
+        """Deprecated (removed in 0.3): call :func:`fomo_core.adapters.torch.dense_spec`, which
+        gives the same spec of a torch ``nn.Sequential`` of Linear layers."""
+        return _deprecated_builder("from_module", "fomo_core.adapters.torch", "dense_spec")(module, output=output)
 
     @classmethod
     def from_sklearn(cls, estimator: Any) -> DenseSpec:
-        """The spec of a fitted scikit-learn MLPClassifier or MLPRegressor: see
-        :func:`fomo_core.adapters.numpy.mlp_spec`, which this calls."""
-        from .adapters.numpy import mlp_spec
+        """Deprecated (removed in 0.3): call :func:`fomo_core.adapters.numpy.mlp_spec`, which gives
+        the same spec of a fitted scikit-learn MLPClassifier or MLPRegressor."""
+        return _deprecated_builder("from_sklearn", "fomo_core.adapters.numpy", "mlp_spec")(estimator)
 
-        return mlp_spec(estimator)
+
+def _deprecated_builder(old: str, module: str, name: str) -> Callable:
+    """The adapter function that ``DenseSpec.<old>`` forwards to, with a DeprecationWarning naming
+    it. The core imports no adapter: the module is loaded by name, and only until 0.3 removes the
+    two builders and this function."""
+    warnings.warn(
+        f"DenseSpec.{old} is deprecated and will be removed in 0.3: call {module}.{name} (the same spec)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(module), name)
 
 
 # ---- flat buffers <-> layer lists ----
@@ -193,10 +203,6 @@ def layers_from_flat(spec: DenseSpec, flat: Any) -> tuple[list, list]:
 # ---- evaluation ----
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
-
-
 def _candidates_for_kernel(candidate_params: Any) -> Any:
     """The [M, P] array itself, or a list with per candidate either a flat vector or a list of
     layer arrays (a state_dict's values, or [W1, b1, W2, b2, ...])."""
@@ -225,7 +231,7 @@ def _candidates_for_kernel(candidate_params: Any) -> Any:
 
 def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
     """(labels int64 [B] or None, targets float64 [B, C] or None), on y's device for torch."""
-    torch_y = _is_torch(y)
+    torch_y = is_torch(y)
     if torch_y:
         import torch
 
@@ -275,7 +281,7 @@ def _targets(spec: DenseSpec, y: Any, rows: int) -> tuple:
 def _sample_weight(sample_weight: Any, rows: int) -> Any:
     if sample_weight is None:
         return None
-    if _is_torch(sample_weight):
+    if is_torch(sample_weight):
         import torch
 
         if sample_weight.is_complex() or sample_weight.dtype == torch.bool:
@@ -303,7 +309,7 @@ def _sample_weight(sample_weight: Any, rows: int) -> Any:
     # weights (and of weighted losses) then stay far from float64's range at both ends: weights of
     # 1e307 overflowed them (NaN losses), and tiny ones no longer underflow in w * loss.
     w = w / largest
-    if _is_torch(w) and w.device.type == "cpu":
+    if is_torch(w) and w.device.type == "cpu":
         w = w.numpy()
     return w
 
@@ -393,7 +399,7 @@ def _in_callers_type(ev: Evaluation, first: Any, X: Any) -> Evaluation:
     """Torch tensors on the candidates' device (X's when M = 0) for torch input, else NumPy; CUDA
     results are already device vectors of the caller's library."""
     source = first if first is not None else X
-    if not _is_torch(source) or not isinstance(ev.loss, np.ndarray):
+    if not is_torch(source) or not isinstance(ev.loss, np.ndarray):
         return ev
     import torch
 

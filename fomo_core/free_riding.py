@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._models import as_float64
 from ._validate import real
 
 __all__ = ["hull_distance", "is_free_ride", "FREE_RIDE_TOLERANCE"]
@@ -32,12 +33,6 @@ __all__ = ["hull_distance", "is_free_ride", "FREE_RIDE_TOLERANCE"]
 FREE_RIDE_TOLERANCE = 1e-3
 
 _CHUNK = 1 << 16  # elements per pass: O(K * chunk) extra memory, never O(K * P)
-
-
-def _host64(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def hull_distance(upload: Any, references: Any) -> float:
@@ -54,8 +49,8 @@ def hull_distance(upload: Any, references: Any) -> float:
     upload_sq = 0.0
     for start in range(0, size, _CHUNK):
         stop = min(start + _CHUNK, size)
-        rows = _host64(references[:, start:stop])
-        target = _host64(upload[start:stop])
+        rows = as_float64(references[:, start:stop])
+        target = as_float64(upload[start:stop])
         upload_sq += float(target @ target)
         diffs = rows[1:] - rows[0]
         gram += diffs @ diffs.T
@@ -66,8 +61,8 @@ def hull_distance(upload: Any, references: Any) -> float:
     residual_sq = 0.0
     for start in range(0, size, _CHUNK):  # the residual itself, not |t|^2 - b.w (no cancellation)
         stop = min(start + _CHUNK, size)
-        rows = _host64(references[:, start:stop])
-        residual = _host64(upload[start:stop]) - rows[0] - weights @ (rows[1:] - rows[0])
+        rows = as_float64(references[:, start:stop])
+        residual = as_float64(upload[start:stop]) - rows[0] - weights @ (rows[1:] - rows[0])
         residual_sq += float(residual @ residual)
     if upload_sq == 0.0:
         return 0.0 if residual_sq == 0.0 else float("inf")

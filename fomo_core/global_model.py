@@ -19,20 +19,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._models import as_float64, is_torch
 from ._validate import real
 
 __all__ = ["GlobalModel"]
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _host(x: Any) -> np.ndarray:
-    """A float64 NumPy copy of a flat vector."""
-    if _is_torch(x):
-        x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
 
 
 def _norm(x: np.ndarray) -> float:
@@ -56,7 +46,7 @@ class GlobalModel:
     def __init__(self, init_params: Any, *, guard: Optional[float] = None):
         if not (hasattr(init_params, "shape") and len(init_params.shape) == 1):
             raise ValueError("init_params must be a flat model, a 1-D array or tensor [P]")
-        self.params = init_params.detach().clone() if _is_torch(init_params) else np.array(init_params)
+        self.params = init_params.detach().clone() if is_torch(init_params) else np.array(init_params)
         self.guard = None if guard is None else real(guard, "guard", low=0.0, finite=False)
         self._sum = np.zeros(self.params.shape[0], dtype=np.float64)
         self._weight = 0.0
@@ -71,7 +61,7 @@ class GlobalModel:
     def _compute_bound(self) -> float:
         if self.guard is None or math.isinf(self.guard):
             return math.inf
-        norm = _norm(_host(self.params))
+        norm = _norm(as_float64(self.params))
         # a model of norm 0 (an all-zero initial model) gives no scale to bound by
         return self.guard * norm if math.isfinite(norm) and norm > 0 else math.inf
 
@@ -83,7 +73,7 @@ class GlobalModel:
         weight = real(weight, "weight", low=0.0, low_open=True)
         if tuple(update.shape) != tuple(self.params.shape):
             raise ValueError(f"global_update has shape {tuple(update.shape)}, expected {tuple(self.params.shape)}")
-        u = _host(update)
+        u = as_float64(update)
         norm = _norm(u)
         if not math.isfinite(norm) or norm > self.bound():
             self.rejected += 1
@@ -97,7 +87,7 @@ class GlobalModel:
         """Applies the weighted mean of this round's accepted contributions."""
         if self._weight > 0:
             step = self._sum / self._weight
-            if _is_torch(self.params):
+            if is_torch(self.params):
                 import torch
 
                 self.params += torch.from_numpy(step).to(dtype=self.params.dtype, device=self.params.device)
@@ -109,7 +99,7 @@ class GlobalModel:
 
     def state(self) -> dict:
         """The arrays to checkpoint (between rounds)."""
-        return {"global_params": _host(self.params).astype(np.float64)}
+        return {"global_params": as_float64(self.params, copy=True)}
 
     def load_state(self, state: dict) -> None:
         """Restores :meth:`state`'s arrays."""
@@ -118,7 +108,7 @@ class GlobalModel:
             raise ValueError(
                 f"global_params has shape {params.shape} or values that do not fit {tuple(self.params.shape)}"
             )
-        if _is_torch(self.params):
+        if is_torch(self.params):
             import torch
 
             self.params.copy_(torch.from_numpy(params))

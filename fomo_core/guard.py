@@ -35,8 +35,9 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from ._models import floating_leaves, parse_model
+from ._models import floating_leaves, is_torch, parse_model
 from ._validate import choice, count, real, to_host
+from .choices import Norm, allowed
 from .layout import offsets_of
 
 __all__ = [
@@ -52,8 +53,8 @@ __all__ = [
 ]
 
 
-def _leaf_sum(leaf: Any, norm: str) -> float:
-    if type(leaf).__module__.split(".")[0] == "torch":
+def _leaf_sum(leaf: Any, norm: Norm) -> float:
+    if is_torch(leaf):
         import torch
 
         values = leaf.detach().resolve_neg()
@@ -64,16 +65,16 @@ def _leaf_sum(leaf: Any, norm: str) -> float:
     return float(np.dot(values, values)) if norm == "l2" else float(np.abs(values).sum())
 
 
-def model_norm(params: Any, *, norm: str = "l2") -> float:
+def model_norm(params: Any, *, norm: Norm = "l2") -> float:
     """||theta|| over the floating-point entries of a model (flat, layer list or mapping), summed
     in float64: sqrt of the sum of squares (``"l2"``) or the sum of magnitudes (``"l1"``)."""
-    choice(norm, "norm", ("l2", "l1"))
+    choice(norm, "norm", allowed(Norm))
     structure, leaves = parse_model(params, "params")
     total = sum(_leaf_sum(leaf, norm) for leaf in floating_leaves(structure, leaves))
     return math.sqrt(total) if norm == "l2" else total
 
 
-def distance_bound(local_params: Any, ratio: float, *, norm: str = "l2") -> float:
+def distance_bound(local_params: Any, ratio: float, *, norm: Norm = "l2") -> float:
     """``ratio * model_norm(local_params)``: the ``max_distance`` of the relative guard (a ratio of
     infinity: no guard). A local model that is not finite gives infinity too (its own loss is not
     finite either, and the round's non-finite rule decides)."""
@@ -131,7 +132,7 @@ class GuardLayout(NamedTuple):
 
 
 def layer_distances(
-    local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: str = "l2"
+    local: Any, candidates: Any, layout: Optional[GuardLayout] = None, *, norm: Norm = "l2"
 ) -> np.ndarray:
     """[M] float64: for every candidate, the largest over the layers (:func:`guard_layers`) of its
     distance from ``local`` there over the norm of ``local`` there.
@@ -146,7 +147,7 @@ def layer_distances(
     out (a non-finite candidate is rejected by the ops anyway; a non-finite local model has no
     norm to measure from), and NaN comes back only when every layer is NaN (no bound rejects it).
     """
-    choice(norm, "norm", ("l2", "l1"))
+    choice(norm, "norm", allowed(Norm))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
     shapes, offsets = _checked(local, layout)
@@ -374,7 +375,7 @@ def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray
     outgoing weights by it, in place in the flat, contiguous ``model``."""
     out = shapes[link.weight_out]
     units = _units(shapes, link)
-    if hasattr(model, "detach"):
+    if is_torch(model):
         import torch
 
         a = torch.as_tensor(a, dtype=model.dtype, device=model.device)
@@ -398,7 +399,7 @@ def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray
 
 def _squares(values: Any) -> np.ndarray:
     """Element-wise squares in float64 NumPy of a NumPy array or torch tensor (any device)."""
-    if hasattr(values, "detach"):
+    if is_torch(values):
         import torch
 
         values = values.detach().resolve_neg().to(torch.float64)

@@ -32,6 +32,7 @@ from typing import Any, Union
 import numpy as np
 
 from ._checkpoint import UNREADABLE
+from ._models import is_torch
 from ._validate import count
 
 __all__ = ["ModelStore", "open_model_store", "read_npz_rows"]
@@ -43,7 +44,7 @@ MAX_ROWS = 2**40
 
 def _row_array(params: Any, dtype: np.dtype, where: str) -> np.ndarray:
     """A model [P] as a contiguous NumPy array of the table's dtype, refused unless finite there."""
-    if type(params).__module__.startswith("torch"):
+    if is_torch(params):
         params = params.detach().cpu().numpy()
     with np.errstate(over="ignore", invalid="ignore"):
         row = np.ascontiguousarray(params, dtype=dtype)
@@ -62,7 +63,7 @@ class MemoryTable:
 
     @property
     def is_torch(self) -> bool:
-        return type(self.models).__module__.startswith("torch")
+        return is_torch(self.models)
 
     def row(self, client: int) -> Any:
         return self.models[client]

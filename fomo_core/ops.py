@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Protocol, TypeVar, Union, overload
 
 import numpy as np
 
@@ -33,11 +33,13 @@ from ._models import (
     candidate_leaves,
     check_writable,
     floating_leaves,
+    is_torch,
     mark_written,
     out_leaves,
     parse_model,
 )
 from ._validate import flag, real, real_vector
+from .choices import Norm
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -150,9 +152,9 @@ def _step_options(
     )
 
 
-def _cuda_index(leaf: Any) -> int | None:
+def _cuda_index(leaf: Any) -> Optional[int]:
     """The CUDA device index of an array, or None for arrays in host memory."""
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if is_torch(leaf):
         if leaf.device.type != "cuda":
             return None
         return 0 if leaf.device.index is None else int(leaf.device.index)
@@ -168,7 +170,7 @@ def _cuda_index(leaf: Any) -> int | None:
 def _device_vectors(leaf: Any, index: int, m: int, count: int) -> list:
     """`count` float64 vectors [m] and one uint8 vector [m] on CUDA device `index`, in the array
     library of `leaf` (torch for torch, CuPy for CuPy and other CUDA arrays when it is installed)."""
-    if type(leaf).__module__.split(".")[0] == "torch":
+    if is_torch(leaf):
         import torch
 
         device = torch.device("cuda", index)
@@ -198,7 +200,7 @@ class _Call:
             )
         self.candidates = candidate_leaves(self.structure, self.local, candidate_params)
         first = self.leaves[0] if self.leaves else None
-        self.torch = first is not None and type(first).__module__.split(".")[0] == "torch"
+        self.torch = first is not None and is_torch(first)
         self.device = first.device if self.torch else None
         self.first_float = self.local[0] if self.local else None
         self.cuda = None if self.first_float is None else _cuda_index(self.first_float)
@@ -208,7 +210,7 @@ class _Call:
             return len(self.candidates)
         return int(self.candidates.shape[0])
 
-    def device_results(self, count: int) -> list | None:
+    def device_results(self, count: int) -> Optional[list]:
         """Result vectors on the call's CUDA device (None for host arrays: the kernels return NumPy).
 
         Without usable CUDA (a build without it, or no device) there is nothing to allocate on: the
@@ -268,13 +270,13 @@ class _Call:
 # Overloads stay one compact signature each (no formatter): a table for type checkers.
 # fmt: off
 @overload
-def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: str = ...) -> np.ndarray: ...
+def candidate_distances(local_params: ArrayModel, candidate_params: Any, *, norm: Norm = ...) -> np.ndarray: ...
 @overload
-def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: str = ...) -> Tensor: ...
+def candidate_distances(local_params: TensorModel, candidate_params: Any, *, norm: Norm = ...) -> Tensor: ...
 @overload
-def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: str = ...) -> Any: ...
+def candidate_distances(local_params: _CudaArrayModel, candidate_params: Any, *, norm: Norm = ...) -> Any: ...
 # fmt: on
-def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str = "l2") -> Any:
+def candidate_distances(local_params: Any, candidate_params: Any, *, norm: Norm = "l2") -> Any:
     """Distance of every candidate to the local model, [M] float64.
 
     ``norm="l2"``: sqrt(sum (c - x)^2); ``norm="l1"``: sum |c - x|; summed in float64 over the
@@ -290,18 +292,18 @@ def candidate_distances(local_params: Any, candidate_params: Any, *, norm: str =
 # fmt: off
 @overload
 def first_order_scores(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[np.ndarray]: ...
 @overload
 def first_order_scores(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[Tensor]: ...
 @overload
 def first_order_scores(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ...,
 ) -> Scores[Any]: ...
 # fmt: on
 def first_order_scores(
@@ -310,9 +312,9 @@ def first_order_scores(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
 ) -> Scores[Any]:
     """FedFomo's raw scores s_n = (L0 - L_n) / (||theta_n - theta_i|| + eps) of every candidate.
 
@@ -336,28 +338,28 @@ def first_order_scores(
 # fmt: off
 @overload
 def compute_weights(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
 def compute_weights(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[False] = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[False] = ...,
 ) -> Tensor: ...
 @overload
 def compute_weights(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[True],
 ) -> tuple[np.ndarray, Scores[np.ndarray]]: ...
 @overload
 def compute_weights(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: Literal[True],
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: Literal[True],
 ) -> tuple[Tensor, Scores[Tensor]]: ...
 @overload
 def compute_weights(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., max_distance: float | None = ..., return_scores: bool = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., max_distance: Optional[float] = ..., return_scores: bool = ...,
 ) -> Any: ...
 # fmt: on
 def compute_weights(
@@ -366,9 +368,9 @@ def compute_weights(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
     return_scores: bool = False,
 ) -> Any:
     """FedFomo's normalised weights [M]: w_n = max(s_n, 0) / sum_m max(s_m, 0), all 0 when no
@@ -418,28 +420,28 @@ def apply_update(local_params: Any, candidate_params: Any, weights: Any, *, out:
 # fmt: off
 @overload
 def fomo_step(
-    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    local_params: _ArrayModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[_ArrayModelT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: float | None = ...,
+    local_params: _TensorModelT, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., all_scores: bool = ..., out: None = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[_TensorModelT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    local_params: ArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: Optional[float] = ...,
 ) -> StepResult[_OutT, np.ndarray]: ...
 @overload
 def fomo_step(
-    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: float | None = ...,
+    local_params: TensorModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., all_scores: bool = ..., out: _OutT, max_distance: Optional[float] = ...,
 ) -> StepResult[_OutT, Tensor]: ...
 @overload
 def fomo_step(
-    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: str = ...,
-    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: float | None = ...,
+    local_params: _CudaArrayModel, candidate_params: Any, local_loss: float, candidate_losses: Any, *, norm: Norm = ...,
+    eps: float = ..., all_scores: bool = ..., out: Any = ..., max_distance: Optional[float] = ...,
 ) -> StepResult[Any, Any]: ...
 # fmt: on
 def fomo_step(
@@ -448,11 +450,11 @@ def fomo_step(
     local_loss: float,
     candidate_losses: Any,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     eps: float = 0.0,
     all_scores: bool = True,
     out: Any = None,
-    max_distance: float | None = None,
+    max_distance: Optional[float] = None,
 ) -> StepResult[Any, Any]:
     """One fused FedFomo step: distances, scores, weights and the update in two passes over memory.
 

@@ -19,7 +19,7 @@ Host arrays only: for CUDA arrays a plan calls the ops as they are (no table is 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from . import _C
 from . import ops as _ops
 from ._models import Structure, check_writable, is_array, mark_written
 from ._validate import flag, real_vector
+from .choices import Norm
 from .ops import Scores, StepResult, _Call, _norm_code, _step_options
 
 __all__ = ["Plan", "plan"]
@@ -118,7 +119,7 @@ class Plan:
 
     def _step(
         self, local_loss, candidate_losses, norm, eps, all_scores, update, max_distance=None
-    ) -> tuple[Any, Scores] | None:
+    ) -> Optional[tuple[Any, Scores]]:
         options = _step_options(local_loss, candidate_losses, norm, eps, all_scores, max_distance)
         if update:
             self._writing()
@@ -127,7 +128,7 @@ class Plan:
             mark_written(self._out_float)
         return None if raw is None else self._call.scores(*raw)
 
-    def candidate_distances(self, *, norm: str = "l2") -> Any:
+    def candidate_distances(self, *, norm: Norm = "l2") -> Any:
         """[M] float64 distances of the candidates to the local model (see fomo_core.candidate_distances)."""
         d = self._run("candidate_distances", _norm_code(norm))
         if d is None:
@@ -139,9 +140,9 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
     ) -> Scores:
         """Raw scores of every candidate (see fomo_core.first_order_scores)."""
         done = self._step(local_loss, candidate_losses, norm, eps, True, False, max_distance)
@@ -156,9 +157,9 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
         return_scores: bool = False,
     ) -> Any:
         """[M] normalised weights, or ``(weights, scores)`` with ``return_scores=True`` (see
@@ -193,10 +194,10 @@ class Plan:
         local_loss: float,
         candidate_losses: Any,
         *,
-        norm: str = "l2",
+        norm: Norm = "l2",
         eps: float = 0.0,
         all_scores: bool = True,
-        max_distance: float | None = None,
+        max_distance: Optional[float] = None,
     ) -> StepResult:
         """The fused step into the plan's output (see fomo_core.fomo_step); ``.params`` is that output."""
         done = self._step(local_loss, candidate_losses, norm, eps, all_scores, True, max_distance)

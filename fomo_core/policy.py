@@ -16,11 +16,36 @@ before the training that followed) with the client's freshly trained model as a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_origin, get_type_hints
 
 from ._validate import choice as _one_of
 from ._validate import count, flag, fraction, real
+from .choices import (
+    AffinityInit,
+    AffinityUpdate,
+    Baseline,
+    Buffers,
+    ClientGlobalModel,
+    DropLast,
+    EvaluationMode,
+    FreeRiders,
+    IncludeSelf,
+    KeepTraining,
+    Measure,
+    NonFinite,
+    Norm,
+    NothingHelps,
+    Pool,
+    Selection,
+    SelfCandidate,
+    ServerGlobalModel,
+    Tie,
+    Uploads,
+    ValidationLoss,
+    allowed,
+)
 
 __all__ = ["ClientPolicy", "ServerPolicy", "GUARD"]
 
@@ -31,6 +56,11 @@ GUARD = 3.0
 
 
 class _Policy:
+    def _check_choices(self) -> None:
+        """Every field typed by a ``Literal`` (:mod:`fomo_core.choices`) holds one of its values."""
+        for name, choice in _choice_fields(type(self)):
+            _one_of(getattr(self, name), name, allowed(choice))
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -50,6 +80,13 @@ class _Policy:
         if set(data) != names:
             raise ValueError(f"a {cls.__name__} needs exactly the fields {sorted(names)}, got {sorted(data)}")
         return cls(**data)
+
+
+@functools.cache
+def _choice_fields(cls: type) -> tuple:
+    """(name, Literal type) of the fields of a policy class that are choices, in field order."""
+    hints = get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in fields(cls) if get_origin(hints[f.name]) is Literal)
 
 
 @dataclass(frozen=True)
@@ -115,40 +152,29 @@ class ClientPolicy(_Policy):
                      global model with global_model="follow")
     """
 
-    baseline: str = "current"
-    self_candidate: str = "none"
-    measure: str = "parameters"
-    buffers: str = "local"
-    nothing_helps: str = "keep"
-    evaluation: str = "eval"
-    loss: str = "mean"
-    drop_last: str = "never"
-    nonfinite: str = "adopt_best"
-    norm: str = "l2"
+    baseline: Baseline = "current"
+    self_candidate: SelfCandidate = "none"
+    measure: Measure = "parameters"
+    buffers: Buffers = "local"
+    nothing_helps: NothingHelps = "keep"
+    evaluation: EvaluationMode = "eval"
+    loss: ValidationLoss = "mean"
+    drop_last: DropLast = "never"
+    nonfinite: NonFinite = "adopt_best"
+    norm: Norm = "l2"
     eps: float = 0.0
     guard: Optional[float] = None
     rebalance: bool = False
-    global_model: str = "off"
+    global_model: ClientGlobalModel = "off"
     global_steps: tuple = (0.25, 0.5, 0.75, 1.0)
-    keep_training: str = "always"
+    keep_training: KeepTraining = "always"
 
     def __post_init__(self) -> None:
-        _one_of(self.baseline, "baseline", ("current", "last_update"))
-        _one_of(self.self_candidate, "self_candidate", ("none", "trained"))
-        _one_of(self.measure, "measure", ("parameters", "state"))
-        _one_of(self.buffers, "buffers", ("local", "scaled", "moved"))
-        _one_of(self.nothing_helps, "nothing_helps", ("keep", "revert"))
-        _one_of(self.evaluation, "evaluation", ("eval", "train"))
-        _one_of(self.loss, "loss", ("mean", "batch_mean", "batch_sum_per_sample"))
-        _one_of(self.drop_last, "drop_last", ("never", "if_batchnorm"))
-        _one_of(self.nonfinite, "nonfinite", ("adopt_best", "reject", "skip_round"))
-        _one_of(self.norm, "norm", ("l2", "l1"))
+        self._check_choices()
         real(self.eps, "eps", low=0.0)
         if self.guard is not None:
             real(self.guard, "guard", low=0.0, finite=False)
         flag(self.rebalance, "rebalance")
-        _one_of(self.global_model, "global_model", ("off", "train", "follow"))
-        _one_of(self.keep_training, "keep_training", ("always", "if_not_worse"))
         if isinstance(self.global_steps, (str, bytes)) or not hasattr(self.global_steps, "__iter__"):
             raise TypeError(
                 f"global_steps must be a sequence of shares in (0, 1], got {type(self.global_steps).__name__}"
@@ -218,37 +244,29 @@ class ServerPolicy(_Policy):
                      or not finite, is rejected (the round goes on without it); None: no bound
     """
 
-    selection: str = "epsilon_greedy"
-    pool: str = "uploaded"
-    include_self: str = "never"
-    tie: str = "random"
+    selection: Selection = "epsilon_greedy"
+    pool: Pool = "uploaded"
+    include_self: IncludeSelf = "never"
+    tie: Tie = "random"
     epsilon: float = 0.3
     epsilon_decay: float = 0.05
-    affinity_init: str = "self"
+    affinity_init: AffinityInit = "self"
     self_affinity: float = 0.1
-    affinity_update: str = "raw"
-    uploads: str = "next_round"
+    affinity_update: AffinityUpdate = "raw"
+    uploads: Uploads = "next_round"
     affinity_k: Optional[int] = 16
-    free_riders: str = "allow"
-    global_model: str = "off"
+    free_riders: FreeRiders = "allow"
+    global_model: ServerGlobalModel = "off"
     global_guard: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _one_of(self.global_model, "global_model", ("off", "average"))
+        self._check_choices()
         if self.global_guard is not None:
             real(self.global_guard, "global_guard", low=0.0, finite=False)
-        _one_of(self.uploads, "uploads", ("next_round", "immediately"))
-        _one_of(self.free_riders, "free_riders", ("allow", "exclude"))
-        _one_of(self.selection, "selection", ("epsilon_greedy", "epsilon_greedy_per_slot", "top_m"))
-        _one_of(self.pool, "pool", ("uploaded", "last_round", "all_capped"))
-        _one_of(self.include_self, "include_self", ("never", "compete", "always"))
-        _one_of(self.tie, "tie", ("random", "lowest_index", "torch_topk"))
         if self.tie == "torch_topk" and self.selection != "top_m":
             raise ValueError("tie='torch_topk' orders a top-M selection: it needs selection='top_m'")
         fraction(self.epsilon, "epsilon")
         real(self.epsilon_decay, "epsilon_decay", low=0.0)
-        _one_of(self.affinity_init, "affinity_init", ("self", "identity"))
         real(self.self_affinity, "self_affinity")
-        _one_of(self.affinity_update, "affinity_update", ("raw", "normalised"))
         if self.affinity_k is not None:
             count(self.affinity_k, "affinity_k", low=1)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
+from ._models import as_float64, is_array, is_torch
 from .ops import Scores, StepResult
 
 __all__ = [
@@ -78,20 +79,16 @@ def round_to_dtype(value: float, dtype: str) -> float:
 # ---- models ---------------------------------------------------------------------------------
 
 
-def _is_array(x: Any) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, type)
-
-
 def _values(array: Any) -> list:
     """The stored values of an array as Python floats in C order (every storage format widens to
     float64 exactly)."""
-    if type(array).__module__.split(".")[0] == "torch":
+    if is_torch(array):
         return array.detach().cpu().double().reshape(-1).tolist()
     return np.asarray(array).astype(np.float64).reshape(-1).tolist()
 
 
 def _copy(array: Any) -> np.ndarray:
-    if type(array).__module__.split(".")[0] == "torch":
+    if is_torch(array):
         return array.detach().cpu().numpy().copy()
     return np.array(array, copy=True)
 
@@ -110,7 +107,7 @@ class _Model:
     """A model split into its floating leaves (in the model's order) and everything else."""
 
     def __init__(self, model: Any, role: str):
-        if _is_array(model):
+        if is_array(model):
             self.kind, self.container, entries = "flat", None, [(None, model)]
         elif isinstance(model, Mapping):
             self.kind, self.container, entries = "mapping", dict, list(model.items())
@@ -135,7 +132,7 @@ class _Model:
 
     def candidates(self, candidate_params: Any) -> list:
         """[M][L] lists of values: a 2-D array gives its rows, a sequence its models."""
-        if self.kind == "flat" and _is_array(candidate_params):
+        if self.kind == "flat" and is_array(candidate_params):
             if len(candidate_params.shape) != 2:
                 raise ValueError("candidate_params as one array must be 2-D [M, P]")
             rows = [candidate_params[m] for m in range(int(candidate_params.shape[0]))]
@@ -145,9 +142,7 @@ class _Model:
 
 
 def _losses(values: Any, m: int, name: str) -> list:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().double().numpy()
-    out = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+    out = [float(v) for v in as_float64(values).reshape(-1)]
     if len(out) != m:
         raise ValueError(f"{name} has {len(out)} values, expected {m}")
     return out

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._models import as_float64
 from .dense import DenseSpec, layers_from_flat
 
 __all__ = ["evaluate_candidates", "forward", "ACTIVATE", "PER_SAMPLE"]
@@ -55,19 +56,13 @@ def _squared_error(z: np.ndarray, y: np.ndarray) -> tuple:
 PER_SAMPLE = {"softmax": _softmax, "logistic": _binary_logistic, "squared_error": _squared_error}
 
 
-def _to_f64(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
 def _layers(spec: DenseSpec, candidate: Any) -> list:
     """[(W [n_out, n_in], b [n_out])] in float64 from a flat vector or a layer list."""
     if isinstance(candidate, (list, tuple)):
-        arrays = [_to_f64(a) for a in candidate]
+        arrays = [as_float64(a) for a in candidate]
         pairs = list(zip(arrays[0::2], arrays[1::2]))
     else:
-        pairs = list(zip(*layers_from_flat(spec, _to_f64(candidate))))
+        pairs = list(zip(*layers_from_flat(spec, as_float64(candidate))))
     if spec.weight_layout == "in_out":
         pairs = [(w.T, b) for w, b in pairs]
     return pairs
@@ -75,7 +70,7 @@ def _layers(spec: DenseSpec, candidate: Any) -> list:
 
 def forward(spec: DenseSpec, candidate: Any, X: Any) -> np.ndarray:
     """The output layer's values z [B, C] (logits, or predictions for squared error)."""
-    h = _to_f64(X)
+    h = as_float64(X)
     layers = _layers(spec, candidate)
     for index, (w, b) in enumerate(layers):
         h = h @ w.T + b
@@ -89,9 +84,9 @@ def evaluate_candidates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(loss [M], accuracy [M]) in float64, candidate by candidate."""
     candidates = list(candidate_params)
-    y = _to_f64(y)
-    rows = _to_f64(X).shape[0]
-    w = np.ones(rows) if sample_weight is None else _to_f64(sample_weight)
+    y = as_float64(y)
+    rows = as_float64(X).shape[0]
+    w = np.ones(rows) if sample_weight is None else as_float64(sample_weight)
     losses, accuracies = np.zeros(len(candidates)), np.zeros(len(candidates))
     for m, candidate in enumerate(candidates):
         per_sample, correct = PER_SAMPLE[spec.output](forward(spec, candidate, X), y)

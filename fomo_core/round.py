@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ._models import as_float64, copy_leaf
 from ._validate import count
 from .guard import Balancer, GuardLayout, layer_distances
 from .ops import apply_update, fomo_step
@@ -109,13 +110,6 @@ class ClientRound:
     update_loss: Optional[float] = None
     global_update: Any = None
     training: str = "kept"
-
-
-def as_float64(x: Any) -> np.ndarray:
-    """A float64 NumPy copy of a vector of any array type (torch included)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -340,10 +334,6 @@ def _toward_global(steps: tuple, params: Any, global_params: Any, evaluate: Call
     return float(steps[best]), float(finite[best]), seconds
 
 
-def _clone(x: Any) -> Any:
-    return x.detach().clone() if hasattr(x, "detach") else np.array(x, copy=True)
-
-
 def train_round(
     policy: ClientPolicy,
     params: Any,
@@ -367,13 +357,13 @@ def train_round(
     t0 = time.perf_counter()
     contributes = policy.global_model != "off" and global_params is not None
     if contributes and policy.global_model == "train":
-        own = _clone(params)
+        own = copy_leaf(params)
         copy(params, global_params)
         (train if train_global is None else train_global)()
         result.global_update = params - global_params
         copy(params, own)
     keep_before = policy.keep_training == "if_not_worse" or (contributes and policy.global_model == "follow")
-    before = _clone(params) if keep_before else None
+    before = copy_leaf(params) if keep_before else None
     if policy.keep_training == "if_not_worse" and result.update_loss is None:
         result.update_loss = float(as_float64(evaluate([params])[0])[0])
     train()

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from ._checkpoint import Checkpoint
-from ._models import is_floating
+from ._models import is_floating, is_torch
 from ._pool import ClientPool
 from ._validate import count, real, real_vector
 from .affinity import VALUE_LIMIT, Affinity, _options
@@ -52,10 +52,6 @@ _META |= {"affinity"}
 
 #: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
 RowsT = TypeVar("RowsT")
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
 
 
 def _flat(x: Any, name: str) -> Any:
@@ -105,7 +101,7 @@ class Server(Generic[RowsT]):
         n = self.affinity.num_clients
         init = _flat(init_params, "init_params")
         if isinstance(models, ModelStore):
-            if _is_torch(init) or models.shape != (n, init.shape[0]):
+            if is_torch(init) or models.shape != (n, init.shape[0]):
                 raise ValueError(
                     f"models is a store of {models.shape} ({models.dtype}), expected ({n}, {init.shape[0]}) "
                     "with NumPy init_params"
@@ -113,14 +109,14 @@ class Server(Generic[RowsT]):
             models.start(init)
             self._table: Any = models
         elif models is not None:
-            if not isinstance(models, np.ndarray) or _is_torch(init):
+            if not isinstance(models, np.ndarray) or is_torch(init):
                 raise TypeError(f"models must be a NumPy array (with NumPy init_params), got {type(models).__name__}")
             if models.shape != (n, init.shape[0]) or models.dtype.kind != "f":
                 expected, found = f"({n}, {init.shape[0]})", f"{models.dtype} {models.shape}"
                 raise ValueError(f"models must be a floating [N, P] = {expected} array, got {found}")
             models[...] = MemoryTable(models[:1]).prepare(init, "init_params")
             self._table = MemoryTable(models)
-        elif _is_torch(init):
+        elif is_torch(init):
             row = MemoryTable(init[None]).prepare(init, "init_params")
             self._table = MemoryTable(row.unsqueeze(0).repeat(n, 1))
         else:
@@ -313,7 +309,7 @@ class Server(Generic[RowsT]):
             "policy": self.policy.as_dict(),
             "m": self.m,
             "round": self.round,
-            "torch": _is_torch(self.models),
+            "torch": is_torch(self.models),
             "num_clients": self.num_clients,
             "num_params": self.num_params,
             "dtype": str(self.models.dtype).removeprefix("torch."),

@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .federation import FederationSettings, OnRound, _client_accuracy, _train_size, participants, timed
+from ..round import timed
+from .federation import FederationSettings, OnRound, _client_accuracy, _train_size, participants
 from .metrics import MethodRun, RoundRecord
 
 __all__ = ["run_fedavg_finetune", "run_group_oracle", "BASELINES"]

@@ -21,6 +21,7 @@ from typing import Optional
 
 from fomo_core._optional import MissingExtraError, optional_import
 from fomo_core._validate import count, real
+from fomo_core.choices import AffinityUpdate, allowed
 from fomo_core.presets import PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -108,7 +109,7 @@ def _demo_parser(sub) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--affinity-update",
-        choices=("raw", "normalised"),
+        choices=allowed(AffinityUpdate),
         default=None,
         help="A[i,n] += s (raw) or s / |sum s| (normalised); default: the preset's",
     )

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._validate import flag, real
 from ..presets import get_preset
+from ..round import timed
 from ..server import Server
 from .attacks import AttackSettings, attacker_ids, corrupt, diverge, lying_evaluation
 from .metrics import MethodRun, RoundRecord
@@ -254,12 +255,6 @@ def run_local(backend: Any, clients: list, init: Any, fed: FederationSettings, o
         if on_round is not None:
             on_round(run.name, record)
     return run
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _train_size(client: Any) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Union
 
 from .._atomic import atomic_write
 
 __all__ = ["write_atomic", "write_json_atomic"]
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
+def write_atomic(path: str, data: Union[str, bytes]) -> None:
     """Writes ``data`` (str as UTF-8, or bytes) to ``path`` atomically, creating its folder."""
     if isinstance(data, str):
         data = data.encode("utf-8")

@@ -39,12 +39,8 @@ FOMO_DECLARE_KERNEL_SET(avx2)
 // below it the data sit in L3 and one thread is as fast; at twice it two threads are 2x faster).
 constexpr int64_t kParallelThreshold = int64_t(1) << 21;
 
-}  // namespace cpu
-}  // namespace fomo
-
-namespace fomo {
-namespace cpu {
 // The kernel set for this machine (isa.cpp).
 const KernelSet& kernels();
+
 }  // namespace cpu
 }  // namespace fomo

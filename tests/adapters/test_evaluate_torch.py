@@ -1,4 +1,4 @@
-"""The PyTorch adapter (fomo_core.adapters.torch_evaluate.evaluate_candidates) against the plain
+"""The PyTorch adapter (fomo_core.adapters.torch_evaluate.evaluate_module) against the plain
 per-candidate loop (load_state_dict + forward), on real torch models: an MLP and a small CNN with
 BatchNorm whose running statistics differ per candidate.
 
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, TensorDataset
 
-from fomo_core.adapters.torch_evaluate import evaluate_candidates
+from fomo_core.adapters.torch_evaluate import evaluate_module
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -74,7 +74,7 @@ def cnn_case():
 def test_mlp_methods_match_the_per_candidate_loop(mlp_case, method):
     models, X, y = mlp_case
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
-    ev = evaluate_candidates(models[0], flat, (X, y), method=method)
+    ev = evaluate_module(models[0], flat, (X, y), method=method)
     loss, acc = _baseline(models, X, y)
     assert ev.method == ("fused" if method == "auto" else method)
     torch.testing.assert_close(ev.loss, loss, **TOL)
@@ -86,7 +86,7 @@ def test_mlp_methods_match_the_per_candidate_loop(mlp_case, method):
 def test_cnn_with_batchnorm_uses_each_candidates_running_statistics(cnn_case, form, method):
     models, X, y = cnn_case
     candidates = [m.state_dict() for m in models] if form == "state_dicts" else models
-    ev = evaluate_candidates(models[0], candidates, (X, y), method=method)
+    ev = evaluate_module(models[0], candidates, (X, y), method=method)
     loss, acc = _baseline(models, X, y)
     torch.testing.assert_close(ev.loss, loss, **TOL)
     torch.testing.assert_close(ev.accuracy, acc, rtol=0, atol=0)
@@ -96,7 +96,7 @@ def test_flat_candidates_take_the_modules_buffers(cnn_case):
     models, X, y = cnn_case
     template = models[0]
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
-    ev = evaluate_candidates(template, flat, (X, y))
+    ev = evaluate_module(template, flat, (X, y))
     # the candidates' parameters with the template's BatchNorm statistics
     mixed = []
     for m in models:
@@ -111,13 +111,13 @@ def test_flat_candidates_take_the_modules_buffers(cnn_case):
 def test_dataloader_equals_tensor_pair_and_batches_are_combined_by_size(mlp_case):
     models, X, y = mlp_case
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
-    whole = evaluate_candidates(models[0], flat, (X, y), method="loop")
+    whole = evaluate_module(models[0], flat, (X, y), method="loop")
     loader = DataLoader(TensorDataset(X, y), batch_size=32)  # 32 + 32 + 26 rows
     for method in ("loop", "vmap", "fused"):
-        batched = evaluate_candidates(models[0], flat, loader, method=method)
+        batched = evaluate_module(models[0], flat, loader, method=method)
         torch.testing.assert_close(batched.loss, whole.loss, **TOL)
         torch.testing.assert_close(batched.accuracy, whole.accuracy, rtol=0, atol=1e-15)
-    split = evaluate_candidates(models[0], flat, (X, y), batch_size=25, method="vmap")
+    split = evaluate_module(models[0], flat, (X, y), batch_size=25, method="vmap")
     torch.testing.assert_close(split.loss, whole.loss, **TOL)
 
 
@@ -125,7 +125,7 @@ def test_soft_labels_leave_the_fused_route(mlp_case):
     models, X, y = mlp_case
     flat = torch.stack([parameters_to_vector(m.parameters()) for m in models]).detach()
     soft = nn.functional.one_hot(y, 10).float() * 0.9 + 0.01  # class probabilities: cross_entropy's other form
-    ev = evaluate_candidates(models[0], flat, (X, soft))
+    ev = evaluate_module(models[0], flat, (X, soft))
     assert ev.method in ("loop", "vmap")
     expected = torch.stack([nn.functional.cross_entropy(m(X), soft).detach().double() for m in models])
     torch.testing.assert_close(ev.loss, expected, **TOL)
@@ -143,11 +143,11 @@ def test_user_loss_functions_per_sample_or_mean(mlp_case):
         return (out.max(1).values - out.gather(1, target[:, None])[:, 0]).mean()
 
     loss, _ = _baseline(models, X, y)
-    ev = evaluate_candidates(models[0], flat, (X, y), loss_fn=per_sample)
+    ev = evaluate_module(models[0], flat, (X, y), loss_fn=per_sample)
     assert ev.method in ("loop", "vmap")  # a user loss never takes the fused route
     torch.testing.assert_close(ev.loss, loss, **TOL)
     margin, _ = _baseline(models, X, y, loss_fn=mean_margin)
-    ev = evaluate_candidates(models[0], flat, (X, y), loss_fn=mean_margin, method="vmap")
+    ev = evaluate_module(models[0], flat, (X, y), loss_fn=mean_margin, method="vmap")
     torch.testing.assert_close(ev.loss, margin, rtol=0, atol=1e-6)
 
 
@@ -157,8 +157,8 @@ def test_module_is_left_as_it_was(cnn_case):
     template.train()
     template[1].eval()  # mixed flags must come back as they were
     before = {k: v.clone() for k, v in template.state_dict().items()}
-    evaluate_candidates(template, [m.state_dict() for m in models], (X, y), method="vmap")
-    evaluate_candidates(template, [m.state_dict() for m in models], (X, y), method="loop")
+    evaluate_module(template, [m.state_dict() for m in models], (X, y), method="vmap")
+    evaluate_module(template, [m.state_dict() for m in models], (X, y), method="loop")
     assert template.training and not template[1].training and template[0].training
     for k, v in template.state_dict().items():
         assert torch.equal(v, before[k]), k  # running statistics untouched: eval mode, no update
@@ -181,23 +181,21 @@ def test_flat_views_are_not_copied(mlp_case):
 def test_empty_candidates_and_errors(mlp_case):
     models, X, y = mlp_case
     P = sum(p.numel() for p in models[0].parameters())
-    empty = evaluate_candidates(models[0], torch.zeros(0, P), (X, y))
+    empty = evaluate_module(models[0], torch.zeros(0, P), (X, y))
     assert empty.loss.shape == (0,)
     with pytest.raises(ValueError, match=rf"candidates has shape \(2, 5\), expected \(M, {P}\)"):
-        evaluate_candidates(models[0], torch.zeros(2, 5), (X, y))
+        evaluate_module(models[0], torch.zeros(2, 5), (X, y))
     with pytest.raises(ValueError, match=r'candidates\[1\] has no entry "2.bias"'):
         sd = models[1].state_dict()
         del sd["2.bias"]
-        evaluate_candidates(models[0], [models[0].state_dict(), sd], (X, y))
+        evaluate_module(models[0], [models[0].state_dict(), sd], (X, y))
     with pytest.raises(TypeError, match=r"candidates mixes kinds"):
-        evaluate_candidates(models[0], [models[0].state_dict(), models[1]], (X, y))
+        evaluate_module(models[0], [models[0].state_dict(), models[1]], (X, y))
     with pytest.raises(ValueError, match=r"method must be one of"):
-        evaluate_candidates(models[0], [models[0]], (X, y), method="fast")
+        evaluate_module(models[0], [models[0]], (X, y), method="fast")
     with pytest.raises(ValueError, match=r"method='fused' needs a dense nn.Sequential"):
-        evaluate_candidates(
-            _cnn(0), [_cnn(1)], (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), method="fused"
-        )
+        evaluate_module(_cnn(0), [_cnn(1)], (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), method="fused")
     with pytest.raises(TypeError, match=r"data must be a pair \(X, y\) of tensors or an iterable"):
-        evaluate_candidates(models[0], [models[0]], 3)
+        evaluate_module(models[0], [models[0]], 3)
     with pytest.raises(TypeError, match=r"module must be a torch.nn.Module"):
-        evaluate_candidates("net", [models[0]], (X, y))
+        evaluate_module("net", [models[0]], (X, y))

@@ -24,7 +24,7 @@ from torch.nn.utils import parameters_to_vector
 
 import fomo_core as fc
 from fomo_core.adapters._torch_fast import window_max
-from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, evaluate_candidates
+from fomo_core.adapters.torch_evaluate import EarlyStop, EarlyStopped, evaluate_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,7 +83,7 @@ def test_loop_route_equals_the_plain_loop_bit_for_bit(pool):
     models = _models(POOLS[pool])
     g = torch.Generator().manual_seed(3)
     X, y = torch.randn(23, 3, 17, 17, generator=g), torch.randint(0, 5, (23,), generator=g)
-    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
     assert torch.equal(ev.loss, _plain_loop(models, X, y))
 
 
@@ -110,9 +110,9 @@ def test_vmap_and_auto_agree_with_the_loop_to_float32_rounding(candidates):
         if candidates == "flat"
         else [m.state_dict() for m in models]
     )
-    loop = evaluate_candidates(models[0], given, (X, y), method="loop")
+    loop = evaluate_module(models[0], given, (X, y), method="loop")
     for method in ("vmap", "auto", "auto"):  # the second auto call uses the route the first measured
-        ev = evaluate_candidates(models[0], given, (X, y), method=method)
+        ev = evaluate_module(models[0], given, (X, y), method=method)
         assert ev.method in (("vmap",) if method == "vmap" else ("loop", "vmap"))
         torch.testing.assert_close(ev.loss, loop.loss, rtol=1e-6, atol=0)
         assert torch.equal(ev.accuracy, loop.accuracy)
@@ -123,13 +123,13 @@ def test_bfloat16_autocast_is_opt_in_and_close():
     g = torch.Generator().manual_seed(5)
     X, y = torch.randn(16, 3, 17, 17, generator=g), torch.randint(0, 5, (16,), generator=g)
     sds = [m.state_dict() for m in models]
-    exact = evaluate_candidates(models[0], sds, (X, y), method="loop")
+    exact = evaluate_module(models[0], sds, (X, y), method="loop")
     for method in ("loop", "vmap"):
-        low = evaluate_candidates(models[0], sds, (X, y), method=method, autocast=torch.bfloat16)
+        low = evaluate_module(models[0], sds, (X, y), method=method, autocast=torch.bfloat16)
         torch.testing.assert_close(low.loss, exact.loss, rtol=2e-2, atol=0)
         assert not torch.equal(low.loss, exact.loss)  # it did run in reduced precision
     with pytest.raises(ValueError, match="autocast must be None, torch.bfloat16 or torch.float16"):
-        evaluate_candidates(models[0], sds, (X, y), autocast=torch.float64)
+        evaluate_module(models[0], sds, (X, y), autocast=torch.float64)
 
 
 # --- early stopping --------------------------------------------------------------------------------
@@ -159,9 +159,9 @@ def mlp_federation():
 @pytest.mark.parametrize("method", ["fused", "loop", "vmap"])
 def test_early_stop_drops_only_candidates_above_the_baseline(mlp_federation, method):
     models, flat, val = mlp_federation
-    full = evaluate_candidates(models[0], flat, val, method=method)
+    full = evaluate_module(models[0], flat, val, method=method)
     baseline = float(full.loss[3])  # candidate 3 is the client: 0-2 are worse, 4 better
-    ev = evaluate_candidates(models[0], flat, val, method=method, early_stop=EarlyStop(baseline, batch_size=30))
+    ev = evaluate_module(models[0], flat, val, method=method, early_stop=EarlyStop(baseline, batch_size=30))
     assert isinstance(ev, EarlyStopped) and ev.method == method
     assert ev.stopped[:2].all() and not ev.stopped[4]  # far worse stopped; better kept
     assert (ev.samples[ev.stopped] < 300).all() and (ev.samples[~ev.stopped] == 300).all()
@@ -175,9 +175,9 @@ def test_early_stop_drops_only_candidates_above_the_baseline(mlp_federation, met
 
 def test_early_stop_never_stops_when_every_candidate_improves(mlp_federation):
     models, flat, val = mlp_federation
-    ev = evaluate_candidates(models[0], flat, val, early_stop=EarlyStop(baseline_loss=100.0))
+    ev = evaluate_module(models[0], flat, val, early_stop=EarlyStop(baseline_loss=100.0))
     assert not ev.stopped.any() and (ev.samples == 300).all()
-    full = evaluate_candidates(models[0], flat, val)
+    full = evaluate_module(models[0], flat, val)
     torch.testing.assert_close(ev.loss, full.loss, rtol=1e-6, atol=0)
 
 
@@ -185,10 +185,10 @@ def test_early_stop_when_all_stop_and_with_a_dataloader(mlp_federation):
     from torch.utils.data import DataLoader, TensorDataset
 
     models, flat, (X, y) = mlp_federation
-    ev = evaluate_candidates(models[0], flat, (X, y), early_stop=EarlyStop(baseline_loss=-1.0, min_batches=2))
+    ev = evaluate_module(models[0], flat, (X, y), early_stop=EarlyStop(baseline_loss=-1.0, min_batches=2))
     assert ev.stopped.all() and (ev.samples == 64).all()  # two batches of 32, then nothing left to run
     loader = DataLoader(TensorDataset(X, y), batch_size=25)
-    ev = evaluate_candidates(models[0], flat, loader, method="loop", early_stop=EarlyStop(baseline_loss=-1.0))
+    ev = evaluate_module(models[0], flat, loader, method="loop", early_stop=EarlyStop(baseline_loss=-1.0))
     assert ev.stopped.all() and (ev.samples == 100).all()  # the loader's batches: 4 of 25
 
 
@@ -213,7 +213,7 @@ def test_early_stop_options_are_checked():
     with pytest.raises(TypeError, match=r"early_stop.baseline_loss must be a real number"):
         EarlyStop("1")
     with pytest.raises(TypeError, match=r"early_stop must be an EarlyStop or None"):
-        evaluate_candidates(
+        evaluate_module(
             nn.Linear(2, 2), torch.zeros(1, 6), (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)), early_stop=0.5
         )
     assert math.isfinite(EarlyStop(0.0).z)
@@ -237,9 +237,9 @@ def test_rows_of_one_buffer_are_read_in_place():
     g = torch.Generator().manual_seed(6)
     X, y = torch.randn(9, 3, 17, 17, generator=g), torch.randint(0, 5, (9,), generator=g)
     for method in ("loop", "vmap"):
-        by_rows = evaluate_candidates(models[0], rows, (X, y), method=method)
-        assert torch.equal(by_rows.loss, evaluate_candidates(models[0], flat, (X, y), method=method).loss)
-        assert torch.equal(by_rows.loss, evaluate_candidates(models[0], apart, (X, y), method=method).loss)
+        by_rows = evaluate_module(models[0], rows, (X, y), method=method)
+        assert torch.equal(by_rows.loss, evaluate_module(models[0], flat, (X, y), method=method).loss)
+        assert torch.equal(by_rows.loss, evaluate_module(models[0], apart, (X, y), method=method).loss)
 
 
 # --- the first layer shared by all candidates ------------------------------------------------------
@@ -251,7 +251,7 @@ def test_shared_first_layer_is_used_and_keeps_the_loop_bit_for_bit():
     models = _models(nn.MaxPool2d(2), count=4)
     g = torch.Generator().manual_seed(7)
     X, y = torch.randn(11, 3, 17, 17, generator=g), torch.randint(0, 5, (11,), generator=g)
-    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
     assert torch.equal(ev.loss, _plain_loop(models, X, y))
     layer = _torch_fast.SharedFirstLayer.layers[models[0]][(tuple(X.shape), X.dtype, X.device, False)]
     assert layer[0] is F.conv2d and layer[1] == "0.weight" and layer[2] == "0.bias"  # found the first conv
@@ -268,7 +268,7 @@ def test_shared_first_layer_steps_aside_where_it_would_change_a_bit(monkeypatch)
     g = torch.Generator().manual_seed(8)
     X, y = torch.randn(5, 3, 17, 17, generator=g), torch.randint(0, 5, (5,), generator=g)
     for _ in range(2):  # decided once, then every forward runs as it is
-        ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+        ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
         assert torch.equal(ev.loss, _plain_loop(models, X, y))
     assert list(_torch_fast.SharedFirstLayer.exact.values()) == [False]
 
@@ -286,7 +286,7 @@ def test_a_first_layer_not_on_the_input_is_not_shared():
 
     models = [Scaled() for _ in range(3)]
     X, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
-    ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
     expected = torch.stack([F.cross_entropy(m(X), y, reduction="sum").double() / 4 for m in models]).detach()
     assert torch.equal(ev.loss, expected)
     assert _torch_fast.SharedFirstLayer.layers[models[0]][(tuple(X.shape), X.dtype, X.device, False)] is None
@@ -301,7 +301,7 @@ def test_auto_takes_the_loop_on_one_thread_without_timing(monkeypatch):
     monkeypatch.setattr(torch_evaluate, "_measure_routes", lambda *a: pytest.fail("timed on one thread"))
     models = _models(nn.MaxPool2d(2))
     X, y = torch.randn(6, 3, 17, 17), torch.randint(0, 5, (6,))
-    assert evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y)).method == "loop"
+    assert evaluate_module(models[0], [m.state_dict() for m in models], (X, y)).method == "loop"
 
 
 def test_auto_times_once_per_architecture_and_shape_in_the_process(monkeypatch, restore_torch_threads):
@@ -316,10 +316,10 @@ def test_auto_times_once_per_architecture_and_shape_in_the_process(monkeypatch, 
     X, y = torch.randn(6, 3, 17, 17), torch.randint(0, 5, (6,))
     for _ in range(2):  # two clients: separate module instances of one architecture
         models = _models(nn.MaxPool2d(2))
-        ev = evaluate_candidates(models[0], [m.state_dict() for m in models], (X, y))
+        ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y))
         assert ev.method in ("loop", "vmap")
     assert len(timed) == 1
-    evaluate_candidates(models[0], [m.state_dict() for m in models], (X[:5], y[:5]))  # another shape
+    evaluate_module(models[0], [m.state_dict() for m in models], (X[:5], y[:5]))  # another shape
     assert len(timed) == 2
 
 

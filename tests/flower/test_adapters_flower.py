@@ -38,7 +38,7 @@ from fomo_core.adapters.flower import (
     model_record,
 )
 from fomo_core.adapters.numpy import MLPClassifierClient, initialise_mlp
-from fomo_core.adapters.torch import FedFomoClient, evaluate_candidates
+from fomo_core.adapters.torch import FedFomoClient, evaluate_module
 from fomo_core.model_store import ModelStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -905,7 +905,7 @@ def test_torch_train_handler_is_the_fedfomo_client_round(clients_data):
     # Execute
     answer = fedfomo_train(message, via_flower, client_id="0", test_data=test)
     expected = direct.round([p.state_dict() for p in peers])
-    ev = evaluate_candidates(direct.module, [direct.module.state_dict()], test)
+    ev = evaluate_module(direct.module, [direct.module.state_dict()], test)
 
     # Assert: the same round, bit for bit, and the reply carries it and the new model's evaluation
     metrics = answer.content["metrics"]
@@ -1029,7 +1029,7 @@ def test_evaluate_handler_measures_the_model_it_was_sent(clients_data):
 
     reply = fedfomo_evaluate(message, client, client_id="1", data=test)
 
-    ev = evaluate_candidates(sent, [sent.state_dict()], test)
+    ev = evaluate_module(sent, [sent.state_dict()], test)
     metrics = reply.content["metrics"]
     assert metrics["accuracy"] == float(ev.accuracy[0]) and metrics["loss"] == float(ev.loss[0])
     assert metrics["num-eval-examples"] == len(d.y_test) and reply.content["config"]["client-id"] == "1"

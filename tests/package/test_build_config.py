@@ -6,13 +6,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def configure(tmp_path: Path, *defines: str, gpu_caps: str | None = None) -> subprocess.CompletedProcess:
+def configure(tmp_path: Path, *defines: str, gpu_caps: Optional[str] = None) -> subprocess.CompletedProcess:
     """cmake's configure step with a stand-in nvidia-smi first on the PATH: it prints `gpu_caps`
     (compute capabilities, one a line) or fails as it does on a machine without a driver."""
     pybind11 = pytest.importorskip("pybind11")

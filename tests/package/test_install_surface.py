@@ -4,6 +4,7 @@ evaluations (old names kept)."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -100,8 +101,34 @@ def test_missing_extra_error_is_still_an_import_error():
     assert issubclass(MissingExtraError, ModuleNotFoundError)
 
 
-def test_each_evaluation_has_its_own_name_and_the_old_name_still_works():
+def test_each_evaluation_has_its_own_name_and_the_old_names_still_work():
     torch_adapter = pytest.importorskip("fomo_core.adapters.torch")
+    from fomo_core.adapters import torch_evaluate
+
     assert fc.evaluate_candidates is fc.evaluate_dense
-    assert torch_adapter.evaluate_candidates is torch_adapter.evaluate_module
     assert torch_adapter.evaluate_module is not fc.evaluate_dense
+    for module in (torch_adapter, torch_evaluate):
+        assert "evaluate_candidates" not in module.__all__
+        with pytest.warns(
+            DeprecationWarning, match=rf"{module.__name__}\.evaluate_candidates is deprecated.+evaluate_module"
+        ):
+            old = module.evaluate_candidates
+        assert old is torch_adapter.evaluate_module
+    with pytest.warns(DeprecationWarning, match="call fomo_core.adapters.torch.evaluate_module"):
+        from fomo_core.adapters.torch import evaluate_candidates  # noqa: F401 (the import warns)
+    with pytest.raises(AttributeError, match="has no attribute 'evaluate_everything'"):
+        torch_adapter.evaluate_everything  # noqa: B018 (only other names raise as before)
+
+
+def test_every_public_name_is_one_object_wherever_it_is_exported():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("flwr")
+    adapters = ("torch", "torch_evaluate", "numpy", "flower")
+    modules = [fc] + [importlib.import_module(f"fomo_core.adapters.{name}") for name in adapters]
+    seen: dict = {}
+    for module in modules:
+        for name in module.__all__:
+            value = getattr(module, name)
+            first = seen.setdefault(name, (module.__name__, value))
+            assert first[1] is value, f"{module.__name__}.{name} is not {first[0]}.{name}"
