@@ -193,7 +193,8 @@ def server_section(s: dict) -> list:
         "client, one call each / all of a round's clients in one `select_many`; the round is every "
         "participant's `candidates` (M rows read from the store), `receive` (a model written to it) and "
         "`end_round`; a checkpoint of a store holds only which row is whose, and loading it checks every "
-        "row's CRC-32:",
+        "row's CRC-32. (Run before the `fomo-core` preset's server kept a global model: one more model [P] "
+        "in memory and in every checkpoint, which these uploads, without contributions, leave as it is.)",
         "",
         markdown_table(
             [
