@@ -79,7 +79,7 @@ def test_annotations_are_written_so_that_python_3_9_can_evaluate_them():
     # tools, the documentation, users' introspection) cannot evaluate ``X | None``: annotations say
     # Optional[X] / Union[X, Y]. Ruff can only be told not to rewrite them (UP007 and UP045 are
     # off in pyproject.toml); this keeps new code to the same style.
-    root = Path(__file__).resolve().parents[1]
-    files = sorted([*root.glob("fomo_core/**/*.py"), *root.glob("adapters/*.py")])
+    root = Path(__file__).resolve().parents[2]
+    files = sorted([*root.glob("fomo_core/**/*.py"), *root.glob("adapters/*.py"), *root.glob("simulate/*.py")])
     assert len(files) > 40
     assert [where for path in files for where in _union_annotations(path)] == []
