@@ -107,12 +107,25 @@ class Recorder:
             return res
 
         round_module.layer_distances, round_module._rebalanced = layer_distances, rebalanced
-        round_module.federate = federate
+        # the torch adapter calls federate by its own name (the others through round's)
+        self.callers = [m for m in (round_module, _torch_adapter()) if m is not None]
+        for caller in self.callers:
+            caller.federate = federate
         return self
 
     def __exit__(self, *exc) -> None:
         module = self.module
-        module.layer_distances, module._rebalanced, module.federate = self.distances, self.rebalanced, self.federate
+        module.layer_distances, module._rebalanced = self.distances, self.rebalanced
+        for caller in self.callers:
+            caller.federate = self.federate
+
+
+def _torch_adapter():
+    try:
+        import fomo_core.adapters.torch as adapter
+    except ImportError:  # no torch: the scikit-learn backend only
+        return None
+    return adapter
 
 
 def _host(x) -> np.ndarray:
