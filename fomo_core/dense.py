@@ -31,11 +31,9 @@ Losses and accuracies are means over the samples, weighted by ``sample_weight`` 
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -146,31 +144,6 @@ class DenseSpec:
         """[(weight_offset, bias_offset)] of each layer in the flat buffer."""
         at, _ = offsets_of(self.shapes)
         return list(zip(at[0::2], at[1::2]))
-
-    # ---- deprecated builders (the adapters own the framework code) ----
-    @classmethod
-    def from_module(cls, module: Any, *, output: str = "softmax") -> DenseSpec:
-        """Deprecated (removed in 0.3): call :func:`fomo_core.adapters.torch.dense_spec`, which
-        gives the same spec of a torch ``nn.Sequential`` of Linear layers."""
-        return _deprecated_builder("from_module", "fomo_core.adapters.torch", "dense_spec")(module, output=output)
-
-    @classmethod
-    def from_sklearn(cls, estimator: Any) -> DenseSpec:
-        """Deprecated (removed in 0.3): call :func:`fomo_core.adapters.numpy.mlp_spec`, which gives
-        the same spec of a fitted scikit-learn MLPClassifier or MLPRegressor."""
-        return _deprecated_builder("from_sklearn", "fomo_core.adapters.numpy", "mlp_spec")(estimator)
-
-
-def _deprecated_builder(old: str, module: str, name: str) -> Callable:
-    """The adapter function that ``DenseSpec.<old>`` forwards to, with a DeprecationWarning naming
-    it. The core imports no adapter: the module is loaded by name, and only until 0.3 removes the
-    two builders and this function."""
-    warnings.warn(
-        f"DenseSpec.{old} is deprecated and will be removed in 0.3: call {module}.{name} (the same spec)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return getattr(importlib.import_module(module), name)
 
 
 # ---- flat buffers <-> layer lists ----

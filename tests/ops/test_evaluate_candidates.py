@@ -292,17 +292,3 @@ def test_codes_come_from_the_extension_and_the_reference_knows_every_name():
     assert ACTIVATIONS == tuple(_C.ACTIVATIONS) and OUTPUTS == tuple(_C.OUTPUTS)
     assert set(reference.ACTIVATE) == set(_C.ACTIVATIONS)
     assert set(reference.PER_SAMPLE) == set(_C.OUTPUTS)
-
-
-def test_the_deprecated_spec_builders_on_dense_spec_warn_naming_the_adapters_and_still_forward(digits):
-    X, y = digits
-    model = _mlp(torch.float32, 0, act=nn.Sigmoid)
-    with pytest.warns(
-        DeprecationWarning, match=r"DenseSpec.from_module .+ call fomo_core.adapters.torch.dense_spec"
-    ) as w:
-        spec = DenseSpec.from_module(model, output="squared_error")
-    assert spec == dense_spec(model, output="squared_error")
-    assert w[0].filename == __file__  # the warning points at the caller's line
-    clf = _fit(X[:300], y[:300], (12,), "tanh")
-    with pytest.warns(DeprecationWarning, match=r"DenseSpec.from_sklearn .+ call fomo_core.adapters.numpy.mlp_spec"):
-        assert DenseSpec.from_sklearn(clf) == mlp_spec(clf)
