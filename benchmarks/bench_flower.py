@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -41,11 +42,19 @@ from common import machine, markdown_table, save_figure, write_results  # noqa: 
 
 APP = HERE.parent / "examples" / "flower-app"
 METHODS = {
-    "fedfomo": "strategy='fedfomo'",
-    "fedfomo-identify-all": "strategy='fedfomo' identify-all=true",
+    "fedfomo": "strategy='fedfomo' global-model='follow'",  # the app's default
+    "fedfomo-train": "strategy='fedfomo' global-model='train'",
     "fedavg": "strategy='fedavg'",
 }
-SETTINGS = [(100, 0.1), (250, 0.1), (1000, 0.01), (1000, 0.1)]  # (clients, fraction of them per round)
+IDENTIFY_ALL = {"fedfomo-identify-all": "strategy='fedfomo' global-model='follow' identify-all=true"}
+LABELS = {
+    "fedfomo": "FedFomo (global model followed)",
+    "fedfomo-train": "FedFomo (global model trained)",
+    "fedavg": "FedAvg",
+    "fedfomo-identify-all": "FedFomo, every node identified",
+}
+# (clients, fraction of them per round); the target's case first
+SETTINGS = [(1000, 0.1), (1000, 0.01), (100, 0.1), (250, 0.1)]
 QUICK = [(20, 0.25), (60, 0.1)]
 
 
@@ -83,7 +92,7 @@ class CpuSampler:
         raise ValueError(f"time {t} is outside the samples ({s[0][0]} .. {s[-1][0]})")
 
 
-def run_once(method: str, clients: int, fraction: float, rounds: int) -> dict:
+def run_once(method: str, clients: int, fraction: float, rounds: int, methods: dict) -> dict:
     """One ``flwr run`` of the example app; per round: wall seconds, CPU seconds, accuracy."""
     with fr.flower_env() as (home, procs):
         (port,) = fr.free_ports(1)
@@ -92,7 +101,7 @@ def run_once(method: str, clients: int, fraction: float, rounds: int) -> dict:
         fr.wait_for_port(port, link, 120)
         out = home / "results"
         run_config = (
-            f"{METHODS[method]} results-dir='{out}' num-server-rounds={rounds} num-clients={clients} num-groups=3 "
+            f"{methods[method]} results-dir='{out}' num-server-rounds={rounds} num-clients={clients} num-groups=3 "
             f"samples-per-client=60 fraction-train={fraction} local-epochs=1 server-evaluate=false"
         )
         federation = f"num-supernodes={clients} client-resources-num-cpus=1"
@@ -115,7 +124,11 @@ def run_once(method: str, clients: int, fraction: float, rounds: int) -> dict:
                 }
             )
         first = results["rounds"][0]["started"]
-        return {"rounds": per_round, "before_round_1": {"wall": first - start, "cpu": cpu.at(first)}}
+        return {
+            "rounds": per_round,
+            "before_round_1": {"wall": first - start, "cpu": cpu.at(first)},
+            "load_average_1min": os.getloadavg()[0],  # how loaded the machine was (2 cores)
+        }
 
 
 def summarise(runs: list) -> dict:
@@ -137,37 +150,36 @@ def summarise(runs: list) -> dict:
 
 
 def table(payload: dict) -> str:
+    """One row per setting: each FedFomo variant's CPU per round against FedAvg's (the ratio), wall
+    per round, round 1 and the clients' mean accuracy after the last round."""
     rows = []
     for s in payload["settings"]:
-        fomo, avg, before = (s["summary"][m] for m in ("fedfomo", "fedavg", "fedfomo-identify-all"))
-        per_round = s["clients"] * s["fraction"]
+        summary = s["summary"]
+        fomo, train, avg = summary["fedfomo"], summary["fedfomo-train"], summary["fedavg"]
+        start = [f"{summary[m]['round_1_wall']:.1f} / {summary[m]['round_1_cpu']:.1f}" for m in payload["methods"]]
         rows.append(
             [
                 s["clients"],
                 s["fraction"],
-                f"{per_round:.0f}",
-                payload["rounds"],
-                f"{fomo['per_round_cpu']:.2f} / {avg['per_round_cpu']:.2f}",
+                f"{s['clients'] * s['fraction']:.0f}",
+                f"{fomo['per_round_cpu']:.2f} / {train['per_round_cpu']:.2f} / {avg['per_round_cpu']:.2f}",
                 f"{fomo['per_round_cpu'] / avg['per_round_cpu']:.2f}",
-                f"{fomo['per_round_wall']:.1f} / {avg['per_round_wall']:.1f}",
-                f"{fomo['per_round_wall'] / avg['per_round_wall']:.2f}",
-                f"{before['round_1_wall']:.1f} s / {before['round_1_cpu']:.1f} s",
-                f"{fomo['round_1_wall']:.1f} s / {fomo['round_1_cpu']:.1f} s",
-                f"{avg['round_1_wall']:.1f} s / {avg['round_1_cpu']:.1f} s",
+                f"{train['per_round_cpu'] / avg['per_round_cpu']:.2f}",
+                f"{fomo['per_round_wall']:.1f} / {train['per_round_wall']:.1f} / {avg['per_round_wall']:.1f}",
+                " ; ".join(start),
+                " / ".join(f"{100 * x['final_accuracy']:.1f}" for x in (fomo, train, avg)),
             ]
         )
     headers = [
         "clients",
         "fraction",
         "per round",
-        "rounds",
-        "CPU s per round, FedFomo / FedAvg",
-        "ratio (CPU)",
-        "wall s per round, FedFomo / FedAvg",
-        "ratio (wall)",
-        "round 1 before (every node identified): wall / CPU",
-        "round 1 FedFomo: wall / CPU",
-        "round 1 FedAvg: wall / CPU",
+        "CPU s per round: follow / train / FedAvg",
+        "ratio follow (CPU)",
+        "ratio train (CPU)",
+        "wall s per round: follow / train / FedAvg",
+        "round 1 wall / CPU s: " + " ; ".join(LABELS[m] for m in payload["methods"]),
+        "accuracy % after the last round: follow / train / FedAvg",
     ]
     return markdown_table(headers, rows)
 
@@ -179,20 +191,12 @@ def plot(payload: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = {"fedfomo": "FedFomo", "fedavg": "FedAvg", "fedfomo-identify-all": "FedFomo, every node identified"}
-    for fraction in sorted({s["fraction"] for s in payload["settings"]}):
-        chosen = [s for s in payload["settings"] if s["fraction"] == fraction]
-        if len(chosen) < 2:
-            continue
-        x = [s["clients"] for s in chosen]
-        for method in ("fedfomo", "fedavg"):
-            axes[0].plot(x, [s["summary"][method]["per_round_cpu"] for s in chosen], "o-", label=f"{labels[method]}")
-        for method in ("fedfomo-identify-all", "fedfomo", "fedavg"):
-            axes[1].plot(x, [s["summary"][method]["round_1_wall"] for s in chosen], "o-", label=labels[method])
-        title = f"fraction {fraction}"
-        axes[0].set_title(f"CPU seconds per round ({title})")
-        axes[1].set_title(f"round 1 (start-up), wall seconds ({title})")
-    for ax in axes:
+    for ax, fraction in zip(axes, (0.1, 0.01)):
+        chosen = sorted((s for s in payload["settings"] if s["fraction"] == fraction), key=lambda s: s["clients"])
+        for method in payload["methods"]:
+            x = [s["clients"] for s in chosen]
+            ax.plot(x, [s["summary"][method]["per_round_cpu"] for s in chosen], "o-", label=LABELS[method])
+        ax.set_title(f"CPU seconds per round (fraction {fraction})")
         ax.set_xlabel("virtual clients")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -204,19 +208,23 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="20 and 60 clients, 3 rounds, 1 repeat")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default 6; quick 3)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per method and setting (default 2)")
+    parser.add_argument(
+        "--identify-all", action="store_true", help="also FedFomo asking every node before round 1 (the old start-up)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results[/quick])")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else SETTINGS
     rounds = args.rounds or (3 if args.quick else 6)
     repeats = args.repeats or (1 if args.quick else 2)
+    methods = METHODS | (IDENTIFY_ALL if args.identify_all else {})
     folder = Path(args.out) if args.out else HERE / "results" / ("quick" if args.quick else "")
-    payload = {"rounds": rounds, "repeats": repeats, "settings": [], "machine": machine()}
-    total, done, began = len(settings) * repeats * len(METHODS), 0, time.time()
+    payload = {"rounds": rounds, "repeats": repeats, "methods": list(methods), "settings": [], "machine": machine()}
+    total, done, began = len(settings) * repeats * len(methods), 0, time.time()
     for clients, fraction in settings:
-        runs: dict = {m: [] for m in METHODS}
+        runs: dict = {m: [] for m in methods}
         for _ in range(repeats):
-            for method in METHODS:  # interleaved: the machine's drift reaches every method alike
-                runs[method].append(run_once(method, clients, fraction, rounds))
+            for method in methods:  # interleaved: the machine's drift reaches every method alike
+                runs[method].append(run_once(method, clients, fraction, rounds, methods))
                 done += 1
                 elapsed = time.time() - began
                 print(
@@ -234,7 +242,7 @@ def main(argv: Optional[list] = None) -> int:
                 "summary": {m: summarise(r) for m, r in runs.items()},
             }
         )
-    write_results("flower", payload, table(payload), folder)
+        write_results("flower", payload, table(payload), folder)  # after every setting: a cut-off run keeps them
     plot(payload, folder / "flower.png")
     print(table(payload))
     return 0

@@ -16,7 +16,7 @@ from .task import client_data, make_client, test_split
 def client_fn(context: Context):
     rc = context.run_config
     k, d = client_data(rc, context.node_config)
-    return make_client(str(rc["framework"]), k, d, int(rc["local-epochs"]))
+    return make_client(str(rc["framework"]), k, d, int(rc["local-epochs"]), str(rc["global-model"]))
 
 
 def test_data_fn(context: Context):

@@ -101,16 +101,28 @@ def initial_model(framework: str, seed: int):
     raise ValueError(f"run config 'framework' must be 'sklearn' or 'torch', got {framework!r}")
 
 
-def make_client(framework: str, k: int, d, epochs: int):
+def client_policy(global_model: str = "train"):
+    """The fomo-core client policy, contributing to the global model by ``global_model``: "train"
+    (a copy of the global model trained too: twice the local training) or "follow" (the change the
+    client's own training made: no second training)."""
+    from fomo_core import presets
+
+    if global_model not in ("train", "follow"):
+        raise ValueError(f"run config 'global-model' must be 'train' or 'follow', got {global_model!r}")
+    return presets.client_policy("fomo-core").replace(global_model=global_model)
+
+
+def make_client(framework: str, k: int, d, epochs: int, global_model: str = "train"):
     """Client k's FedFomo client (its validation and training data; the model's values come from
-    the server)."""
+    the server), contributing to the global model by ``global_model`` (:func:`client_policy`)."""
+    policy = client_policy(global_model)
     if framework == "sklearn":
         from fomo_core.adapters.numpy import MLPClassifierClient
 
         # a copy of one initialised estimator: the values come from the server, and partial_fit
         # reseeds from random_state at every call, so this is make_estimator(k) without its cost
         estimator = copy.deepcopy(_estimator_template()).set_params(random_state=k)
-        return MLPClassifierClient(estimator, (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs)
+        return MLPClassifierClient(estimator, (d.x_val, d.y_val), (d.x_train, d.y_train), epochs=epochs, policy=policy)
     import torch
 
     from fomo_core.adapters.torch import FedFomoClient
@@ -125,6 +137,7 @@ def make_client(framework: str, k: int, d, epochs: int):
         momentum=0.5,
         batch_size=16,
         seed=k,
+        policy=policy,
     )
 
 
