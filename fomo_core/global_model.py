@@ -97,9 +97,19 @@ class GlobalModel:
         self._weight = 0.0
         self._bound = self._compute_bound()
 
+    @property
+    def dtype_name(self) -> str:
+        """The model's dtype: "float32", "float64", "float16" (or torch's "bfloat16")."""
+        return str(self.params.dtype).removeprefix("torch.")
+
     def state(self) -> dict:
-        """The arrays to checkpoint (between rounds)."""
-        return {"global_params": as_float64(self.params, copy=True)}
+        """The arrays to checkpoint (between rounds): the model in its own dtype [P] (bfloat16,
+        which NumPy lacks, as float32: exactly), so a checkpoint holds 4P bytes of a float32
+        model, not 8P."""
+        if not is_torch(self.params):
+            return {"global_params": np.array(self.params)}
+        values = self.params.detach().cpu()
+        return {"global_params": (values.float() if self.dtype_name == "bfloat16" else values).numpy().copy()}
 
     def load_state(self, state: dict) -> None:
         """Restores :meth:`state`'s arrays."""

@@ -49,6 +49,9 @@ MAX_ROUND = 2**62
 _DTYPES = ("float16", "float32", "float64")
 _META = {"format", "preset", "policy", "m", "round", "torch", "num_clients", "num_params", "dtype", "models"}
 _META |= {"affinity"}
+# written since the global model is stored in its own dtype (before: float64, then cast to the models')
+_META_GLOBAL_DTYPE = _META | {"global_dtype"}
+_STORED_AS = {"float16": "float16", "float32": "float32", "float64": "float64", "bfloat16": "float32"}
 
 #: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
 RowsT = TypeVar("RowsT")
@@ -315,6 +318,7 @@ class Server(Generic[RowsT]):
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "models": "inline" if store is None else {"store": os.path.abspath(store.path)},
             "affinity": self.affinity._meta(),
+            "global_dtype": None if self.global_model is None else self.global_model.dtype_name,
         }
         arrays = {f"affinity_{k}": v for k, v in self.affinity._arrays().items()}
         arrays.update(uploaded=self._uploaded_pool.members, last_round=self.last_round)
@@ -355,8 +359,8 @@ class Server(Generic[RowsT]):
                 return cls._load_v1(ckpt, meta, models)
             if found != _FORMAT:
                 raise ckpt.fail(f"is not a Server checkpoint (format {found!r}, expected {_FORMAT!r})")
-            if set(meta) != _META:
-                raise ckpt.fail(f"has metadata keys {sorted(meta)}, expected {sorted(_META)}")
+            if set(meta) not in (_META, _META_GLOBAL_DTYPE):
+                raise ckpt.fail(f"has metadata keys {sorted(meta)}, expected {sorted(_META_GLOBAL_DTYPE)}")
             server = cls._shell(ckpt, meta, _policy(ckpt, meta["policy"]))
             server.affinity = Affinity._read(ckpt, meta["affinity"], prefix="affinity_")
             n, p = _integer(ckpt, meta, "num_clients", 1, 2**31 - 1), _integer(ckpt, meta, "num_params", 1, 2**40)
@@ -372,7 +376,7 @@ class Server(Generic[RowsT]):
             else:
                 raise ckpt.fail(f"has models {meta['models']!r}, expected 'inline' or {{'store': path}}")
             server._start_rounds(_clients(ckpt, "uploaded", n), _clients(ckpt, "last_round", n), server.round)
-            server.global_model = _global_model(ckpt, server, p, meta["torch"])
+            server.global_model = _global_model(ckpt, server, p, meta["torch"], meta.get("global_dtype"))
         return server
 
     @classmethod
@@ -444,21 +448,35 @@ def _policy(ckpt: Checkpoint, data: Any) -> ServerPolicy:
         raise type(e)(f"{ckpt.where} holds an invalid policy: {e}") from None
 
 
-def _global_model(ckpt: Checkpoint, server: Server, p: int, is_torch: bool) -> Optional[GlobalModel]:
-    """The checkpoint's global model when its policy keeps one: [P], finite."""
+def _global_model(
+    ckpt: Checkpoint, server: Server, p: int, is_torch: bool, dtype_name: Optional[str]
+) -> Optional[GlobalModel]:
+    """The checkpoint's global model when its policy keeps one: [P], finite, in the dtype it was
+    saved from (``dtype_name``; None: a checkpoint from before that was recorded, whose float64
+    copy goes to the models' dtype as it did then)."""
     if server.policy.global_model != "average":
         return None
     ckpt.require("global_params")
+    if dtype_name is not None:
+        if (
+            not isinstance(dtype_name, str)
+            or dtype_name not in _STORED_AS
+            or (dtype_name == "bfloat16" and not is_torch)
+        ):
+            raise ckpt.fail(f"has global_dtype {dtype_name!r}, expected one of {sorted(_STORED_AS)}")
+        _, found = ckpt.header("global_params", "f")
+        if found != np.dtype(_STORED_AS[dtype_name]):
+            raise ckpt.fail(f"entry 'global_params' is {found}, expected {_STORED_AS[dtype_name]} for {dtype_name}")
     values = ckpt.array("global_params", "f", shape=(p,))
     if not np.isfinite(values).all():
         raise ckpt.fail("entry 'global_params' holds a non-finite value")
-    dtype = server.models.dtype
     if is_torch:
         import torch
 
+        dtype = server.models.dtype if dtype_name is None else getattr(torch, dtype_name)
         init = torch.from_numpy(values).to(dtype)
     else:
-        init = values.astype(dtype)
+        init = values.astype(server.models.dtype if dtype_name is None else dtype_name, copy=False)
     return server._global_model(init)
 
 

@@ -6,6 +6,7 @@ peer presets' rounds bit for bit unchanged when a global model is offered."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -312,3 +313,61 @@ def test_the_server_keeps_and_checkpoints_its_global_model(tmp_path):
     restored = fc.Server.load(tmp_path / "s.npz")
     np.testing.assert_array_equal(restored.global_params(), server.global_params())
     assert fc.Server(2, init, preset="paper", m=1).global_params() is None
+
+
+def _rounds(server: fc.Server, rounds: int, rng: np.random.Generator) -> None:
+    p = server.num_params
+    for _ in range(rounds):
+        for client in rng.permutation(server.num_clients)[:3]:
+            ids = server.select(int(client))
+            update = rng.standard_normal(p).astype(np.float32) * 1e-3
+            server.receive(
+                int(client), rng.standard_normal(p), ids, rng.standard_normal(ids.size), global_update=update
+            )
+        server.end_round()
+
+
+@pytest.mark.parametrize("init_dtype, models_dtype", [("float32", "float32"), ("float64", "float32")])
+def test_a_checkpoint_holds_the_global_model_in_its_dtype_and_resumes_exactly(tmp_path, init_dtype, models_dtype):
+    # the global model keeps init_params' dtype (a float64 one beside float32 models too): stored
+    # as such (4P bytes for float32, not 8P) and restored as such, so the resumed run is the same
+    init = np.random.default_rng(1).standard_normal(50).astype(init_dtype)
+    table = np.empty((6, 50), dtype=models_dtype)
+    server = fc.Server(6, init, m=2, seed=0, models=table)
+    _rounds(server, 2, np.random.default_rng(2))
+    server.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["global_params"].dtype == np.dtype(init_dtype)
+    back = fc.Server.load(tmp_path / "s.npz")
+    assert back.global_params().dtype == server.global_params().dtype == np.dtype(init_dtype)
+    _rounds(server, 2, np.random.default_rng(3))
+    _rounds(back, 2, np.random.default_rng(3))
+    np.testing.assert_array_equal(back.global_params(), server.global_params())
+
+
+def test_a_torch_global_model_is_stored_in_its_dtype(tmp_path):
+    server = fc.Server(3, torch.arange(4, dtype=torch.float32) / 3, m=1, seed=0)
+    server.receive(0, torch.zeros(4), [], [], global_update=torch.full((4,), 0.1), num_examples=1)
+    server.end_round()
+    server.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["global_params"].dtype == np.float32
+    back = fc.Server.load(tmp_path / "s.npz")
+    assert back.global_params().dtype == torch.float32
+    assert torch.equal(back.global_params(), server.global_params())
+
+
+def test_a_checkpoint_with_a_float64_global_model_and_no_dtype_still_loads(tmp_path):
+    # checkpoints written before the dtype was recorded hold float64 values of the models' dtype
+    server = fc.Server(6, np.zeros(4, np.float32), m=2, seed=0)
+    _rounds(server, 2, np.random.default_rng(2))
+    server.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["global_dtype"]
+    arrays.update(meta=np.array(json.dumps(meta)), global_params=arrays["global_params"].astype(np.float64))
+    np.savez(tmp_path / "old.npz", **arrays)
+    back = fc.Server.load(tmp_path / "old.npz")
+    assert back.global_params().dtype == np.float32
+    np.testing.assert_array_equal(back.global_params(), server.global_params())

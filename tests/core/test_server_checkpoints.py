@@ -86,6 +86,9 @@ BAD_META = {
     "bad-dtype": (_set("dtype", "int8"), "has dtype 'int8'"),
     "bad-models": (_set("models", {"store": 3, "x": 1}), "has models"),
     "wrong-format": (_set("format", "fomo_core.Server/9"), "is not a Server checkpoint"),
+    "global-dtype": (_set("global_dtype", "int8"), "has global_dtype 'int8'"),
+    "global-dtype-list": (_set("global_dtype", ["float32"]), r"has global_dtype \['float32'\]"),
+    "global-dtype-mismatch": (_set("global_dtype", "float64"), "entry 'global_params' is float32, expected float64"),
 }
 
 
