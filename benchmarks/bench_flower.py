@@ -58,21 +58,56 @@ SETTINGS = [(1000, 0.1), (1000, 0.01), (100, 0.1), (250, 0.1)]
 QUICK = [(20, 0.25), (60, 0.1)]
 
 
-class CpuSampler:
-    """(time, CPU seconds of the process trees of ``pids``) every ``period`` seconds, in a thread.
-    A process that has ended keeps the CPU time last seen of it (Ray's workers end with the run,
-    and nobody in the tree reaps them)."""
+PROCESS_KINDS = ("superlink", "serverapp", "simulation", "ray workers (ClientApps)", "ray services", "other")
 
-    def __init__(self, pids: list, period: float = 0.25):
+
+def process_kind(pid: int) -> str:
+    """Which part of the run a process is, from its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    if "flower-superlink" in command:
+        return "superlink"
+    if "flwr-serverapp" in command:
+        return "serverapp"
+    if "flwr-simulation" in command:
+        return "simulation"
+    if "ray::" in command or "default_worker.py" in command:
+        return "ray workers (ClientApps)"
+    if "ray" in command:
+        return "ray services"
+    return "other"
+
+
+class CpuSampler:
+    """(time, CPU seconds of the process trees of ``pids``) every ``period`` seconds, in a thread;
+    with ``by_kind`` also each sample's CPU seconds by :func:`process_kind`. A process that has
+    ended keeps the CPU time last seen of it (Ray's workers end with the run, and nobody in the
+    tree reaps them)."""
+
+    def __init__(self, pids: list, period: float = 0.25, by_kind: bool = False):
         self.pids, self.period, self.samples = pids, period, []
+        self.by_kind: Optional[list] = [] if by_kind else None  # (time, {kind: CPU seconds})
         self._seen: dict = {}
+        self._kinds: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._seen.update(fr.cpu_by_process(self.pids))
-            self.samples.append((time.time(), sum(self._seen.values())))
+            now = fr.cpu_by_process(self.pids)
+            self._seen.update(now)
+            t = time.time()
+            self.samples.append((t, sum(self._seen.values())))
+            if self.by_kind is not None:
+                for key in now.keys() - self._kinds.keys():
+                    self._kinds[key] = process_kind(key[0])
+                totals = dict.fromkeys(PROCESS_KINDS, 0.0)
+                for key, cpu in self._seen.items():
+                    totals[self._kinds[key]] += cpu
+                self.by_kind.append((t, totals))
             self._stop.wait(self.period)
 
     def __enter__(self) -> CpuSampler:
@@ -91,9 +126,17 @@ class CpuSampler:
                 return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
         raise ValueError(f"time {t} is outside the samples ({s[0][0]} .. {s[-1][0]})")
 
+    def kinds_between(self, start: float, end: float) -> dict:
+        """{kind: CPU seconds} spent from the last sample at or before ``start`` to the first at
+        or after ``end``."""
+        first = [totals for t, totals in self.by_kind if t <= start][-1]
+        last = next(totals for t, totals in self.by_kind if t >= end)
+        return {k: last[k] - first[k] for k in PROCESS_KINDS}
 
-def run_once(method: str, clients: int, fraction: float, rounds: int, methods: dict) -> dict:
-    """One ``flwr run`` of the example app; per round: wall seconds, CPU seconds, accuracy."""
+
+def run_once(method: str, clients: int, fraction: float, rounds: int, methods: dict, by_kind: bool = False) -> dict:
+    """One ``flwr run`` of the example app; per round: wall seconds, CPU seconds, accuracy; with
+    ``by_kind`` also the CPU seconds of rounds 2..R by process kind (``"by_kind"``)."""
     with fr.flower_env() as (home, procs):
         (port,) = fr.free_ports(1)
         fr.connection(home, "sim", port)
@@ -107,7 +150,7 @@ def run_once(method: str, clients: int, fraction: float, rounds: int, methods: d
         federation = f"num-supernodes={clients} client-resources-num-cpus=1"
         command = ["flwr", "run", APP, "sim", "--stream", "--federation-config", federation, "--run-config", run_config]
         start = time.time()
-        with CpuSampler([link.pid]) as cpu:
+        with CpuSampler([link.pid], by_kind=by_kind) as cpu:
             procs.run("flwr-run", command, timeout=3600)
             time.sleep(2 * cpu.period)  # a sample after the last round's end
         results = json.loads((out / "results.json").read_text())
@@ -124,7 +167,11 @@ def run_once(method: str, clients: int, fraction: float, rounds: int, methods: d
                 }
             )
         first = results["rounds"][0]["started"]
-        return {
+        kinds = {}
+        if by_kind:
+            r2, last = results["rounds"][1], results["rounds"][-1]
+            kinds = {"by_kind": cpu.kinds_between(r2["started"], last["started"] + last["seconds"])}
+        return kinds | {
             "rounds": per_round,
             "before_round_1": {"wall": first - start, "cpu": cpu.at(first)},
             "load_average_1min": os.getloadavg()[0],  # how loaded the machine was (2 cores)

@@ -7,8 +7,9 @@ models in a disk model store (``fomo_core.model_store.open_model_store``):
 2. history: every client's affinity row receives H updates of M random clients with random scores
    (a long-running server's rows, without running H·N client rounds);
 3. rounds at the participation rate (clients sampled without replacement, in sampled order): for
-   each participant ``candidates`` (its M models read from the store), ``receive`` (a model and M
-   scores), then ``end_round``; the round's process CPU time;
+   each participant ``candidates`` (its M models read from the store), ``receive`` (a model, M
+   scores and its contribution to the global model, as the fomo-core round sends), then
+   ``end_round``; the round's process CPU time;
 4. select per client: ``Server.select`` over 1,000 sampled clients (thread CPU time per call), and
    ``Server.select_many`` over the same clients in one call where the server has it;
 5. checkpoint: ``save`` (wall and CPU time, bytes written), then ``Server.load`` in a second fresh
@@ -81,7 +82,9 @@ def _status(field: str) -> float:
 def _drive_round(server, clients, uploads, rng) -> None:
     for i in clients:
         ids, _ = server.candidates(int(i))
-        server.receive(int(i), uploads[int(i) % len(uploads)], ids, rng.standard_normal(len(ids)))
+        upload = uploads[int(i) % len(uploads)]
+        # the fomo-core round's contribution to the global model too: one more [P] per upload
+        server.receive(int(i), upload, ids, rng.standard_normal(len(ids)), global_update=upload)
     server.end_round()
 
 
@@ -198,13 +201,17 @@ def check_agreement() -> dict:
             for _ in range(4):
                 _drive_round(server, rng.choice(n, 6, replace=False), [rng.standard_normal(p).astype(np.float32)], rng)
         picks = [[memory.select(i).tolist() for i in range(n)], [disk.select(i).tolist() for i in range(n)]]
-        if picks[0] != picks[1] or not np.array_equal(memory.affinity.matrix, disk.affinity.matrix):
+        same_global = np.array_equal(memory.global_params(), disk.global_params())
+        if picks[0] != picks[1] or not np.array_equal(memory.affinity.matrix, disk.affinity.matrix) or not same_global:
             raise AssertionError("a server on a model store and one in memory disagree")
         disk.save(Path(tmp) / "c.npz")
         back = fc.Server.load(Path(tmp) / "c.npz", models=open_model_store(Path(tmp) / "m.npy", n, p))
-        if [back.select(i).tolist() for i in range(n)] != [disk.select(i).tolist() for i in range(n)]:
+        if [back.select(i).tolist() for i in range(n)] != [disk.select(i).tolist() for i in range(n)] or not (
+            np.array_equal(back.global_params(), disk.global_params())
+        ):
             raise AssertionError("a reloaded server selects differently from the one that saved it")
-    return {"checked": "store vs memory selections and affinity; checkpoint continuation", "clients": n}
+    checked = "store vs memory selections, affinity and global model; checkpoint continuation"
+    return {"checked": checked, "clients": n}
 
 
 def _free_disk_gib(folder: Path) -> float:
