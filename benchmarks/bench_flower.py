@@ -58,7 +58,8 @@ SETTINGS = [(1000, 0.1), (1000, 0.01), (100, 0.1), (250, 0.1)]
 QUICK = [(20, 0.25), (60, 0.1)]
 
 
-PROCESS_KINDS = ("superlink", "serverapp", "simulation", "ray workers (ClientApps)", "ray services", "other")
+SIMULATION = "simulation (ServerApp and Ray's driver)"
+PROCESS_KINDS = ("superlink", "superexec", SIMULATION, "ray workers (ClientApps)", "ray services", "other")
 
 
 def process_kind(pid: int) -> str:
@@ -68,16 +69,16 @@ def process_kind(pid: int) -> str:
             command = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "other"
-    if "flower-superlink" in command:
-        return "superlink"
-    if "flwr-serverapp" in command:
-        return "serverapp"
-    if "flwr-simulation" in command:
-        return "simulation"
-    if "ray::" in command or "default_worker.py" in command:
-        return "ray workers (ClientApps)"
-    if "ray" in command:
-        return "ray services"
+    for needle, kind in (
+        ("flower-superlink", "superlink"),
+        ("flower-superexec", "superexec"),
+        ("flwr-simulation", SIMULATION),
+        ("ray::", "ray workers (ClientApps)"),
+        ("default_worker.py", "ray workers (ClientApps)"),
+        ("ray", "ray services"),
+    ):
+        if needle in command:
+            return kind
     return "other"
 
 
