@@ -7,7 +7,7 @@ unpacking and packing of each message), for FedFomo (global model followed / tra
     python benchmarks/flower_profile.py                          # 100 clients, fraction 0.1 (minutes)
     python benchmarks/flower_profile.py --clients 1000 --fraction 0.1
 
-Writes benchmarks/results/flower_profile.{json,md}: per method, the CPU seconds of a round by
+Writes benchmarks/results/flower_profile_<clients>_<fraction>.{json,md}: per method, the CPU seconds of a round by
 process kind (median over the repeats) and the milliseconds per client of a round.
 """
 
@@ -58,7 +58,8 @@ def main(argv: Optional[list] = None) -> int:
             payload["runs"][method].append(run)
             print(f"{method}: {run['by_kind']}", file=sys.stderr, flush=True)
     payload["machine"]["load_average_end"] = os.getloadavg()
-    write_results("flower_profile", payload, table(payload), Path(args.out) if args.out else None)
+    name = f"flower_profile_{args.clients}_{args.fraction:g}"
+    write_results(name, payload, table(payload), Path(args.out) if args.out else None)
     print(table(payload))
     return 0
 
