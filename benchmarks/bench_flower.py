@@ -103,7 +103,7 @@ class CpuSampler:
             t = time.time()
             self.samples.append((t, sum(self._seen.values())))
             if self.by_kind is not None:
-                for key in now.keys() - self._kinds.keys():
+                for key in now:  # every sample: a process forked a moment ago may still show its parent's command
                     self._kinds[key] = process_kind(key[0])
                 totals = dict.fromkeys(PROCESS_KINDS, 0.0)
                 for key, cpu in self._seen.items():
