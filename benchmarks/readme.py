@@ -191,10 +191,10 @@ def server_section(s: dict) -> list:
         f"{s['history']} updates of M clients; each configuration in its own process. Peak RSS is the "
         "process's high-water mark (imports included, about 30 MiB); CPU times are medians; select is per "
         "client, one call each / all of a round's clients in one `select_many`; the round is every "
-        "participant's `candidates` (M rows read from the store), `receive` (a model written to it) and "
-        "`end_round`; a checkpoint of a store holds only which row is whose, and loading it checks every "
-        "row's CRC-32. (Run before the `fomo-core` preset's server kept a global model: one more model [P] "
-        "in memory and in every checkpoint, which these uploads, without contributions, leave as it is.)",
+        "participant's `candidates` (M rows read from the store), `receive` (a model written to it, and "
+        "its contribution to the `fomo-core` preset's global model: one more [P] per upload) and "
+        "`end_round`; a checkpoint of a store holds which row is whose and the global model (in its "
+        "dtype), and loading it checks every row's CRC-32.",
         "",
         markdown_table(
             [
