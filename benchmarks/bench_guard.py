@@ -88,10 +88,11 @@ class Recorder:
             distances.append(self.distances(*args, **kwargs))
             return distances[-1]
 
-        def rebalanced(balance, model, measured):
-            out = self.rebalanced(balance, model, measured)
-            shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
-            return out
+        def rebalanced(balance, models, measured):
+            outs = self.rebalanced(balance, models, measured)
+            for out, model in zip(outs, models):
+                shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
+            return outs
 
         def federate(*args, **kwargs):
             shifts.clear()

@@ -239,104 +239,144 @@ class Balancer:
         self.layout = layout
         self.shapes, self.offsets = _checked(reference, layout)
         self.units = [_units(self.shapes, link) for link in layout.links]
-        self.targets = np.concatenate([i.sum(axis=1) + b - o.sum(axis=0) for i, b, o in self._sums(reference)] or [[]])
+        sums = self._sums(_stacked([reference]))
+        self.targets = np.concatenate([i[0].sum(axis=1) + b[0] - o[0].sum(axis=0) for i, b, o in sums] or [[]])
 
     def _array(self, flat: Any, k: int) -> Any:
-        return flat[self.offsets[k] : self.offsets[k] + math.prod(self.shapes[k])]
+        """Array k of a flat model [P], or of every row of models [B, P]."""
+        return flat[..., self.offsets[k] : self.offsets[k] + math.prod(self.shapes[k])]
 
-    def _sums(self, model: Any) -> list:
-        return [_unit_sums(model, self._array, self.shapes, link, self.layout.links) for link in self.layout.links]
+    def _sums(self, models: Any) -> list:
+        """Per link, the squared weights of every model [B, P] (:func:`_unit_sums`)."""
+        return [_unit_sums(models, self._array, self.shapes, link, self.layout.links) for link in self.layout.links]
 
     def __call__(self, model: Any) -> Any:
-        out = model.clone() if hasattr(model, "clone") else np.array(model)
-        if not self.layout.links:
-            return out
-        scales = self._scales(self._sums(model))
-        if scales is not None:
-            for link, a in zip(self.layout.links, np.split(scales, np.cumsum(self.units)[:-1])):
-                _scale_units(out, self._array, link, self.shapes, a)
-        return out
+        return self.many([model])[0]
 
-    def _scales(self, sums: list) -> Optional[np.ndarray]:
-        """The per-unit scales [all linked units], or None when the sums are not finite."""
+    def many(self, models: Sequence) -> list:
+        """Rebalanced copies of several flat models [P], their scales solved together (one Newton
+        iteration's arrays hold all of them: each model follows its own iterates, steps and
+        stopping rule, as if alone, up to the rounding of the sums over units)."""
+        outs = [model.clone() if hasattr(model, "clone") else np.array(model) for model in models]
+        if not self.layout.links or not outs:
+            return outs
+        for out, scales in zip(outs, self._scales(self._sums(_stacked(models)))):
+            if scales is not None:
+                for link, a in zip(self.layout.links, np.split(scales, np.cumsum(self.units)[:-1])):
+                    _scale_units(out, self._array, link, self.shapes, a)
+        return outs
+
+    def _scales(self, sums: list) -> list:
+        """Per model (the rows of :meth:`_sums`), the per-unit scales [all linked units], or None
+        when its sums are not finite. Arrays over the models are [B, ...]."""
         links = self.layout.links
-        if not all(np.isfinite(x).all() for parts in sums for x in parts):
-            return None
+        finite = np.logical_and.reduce(
+            [np.isfinite(x).reshape(len(x), -1).all(axis=1) for parts in sums for x in parts]
+        )
+        if not finite.any():
+            return [None] * len(finite)
+        sums = [tuple(x[finite] for x in parts) for parts in sums]
+        b = int(finite.sum())
         starts = np.concatenate([[0], np.cumsum(self.units)]).astype(int)
         n = int(starts[-1])
         # f(u) = fixed_in . e^2u + fixed_out . e^-2u + sum_c sum_ji c_ji e^2(u_j - u_i) - 2 target . u
-        fixed_in, fixed_out = np.zeros(n), np.zeros(n)  # squares to units outside the links
-        incoming, outgoing = np.zeros(n), np.zeros(n)  # every unit's squares, at u = 0
-        couplings = []  # (the units of a link, those of the link before, their squared weights)
-        for k, (link, (w_in, bias, w_out)) in enumerate(zip(links, sums)):
+        fixed_in, fixed_out = np.zeros((b, n)), np.zeros((b, n))  # squares to units outside the links
+        incoming, outgoing = np.zeros((b, n)), np.zeros((b, n))  # every unit's squares, at u = 0
+        couplings = []  # (the units of a link, those of the link before, their squared weights [B, ...])
+        for k, link in enumerate(links):
+            w_in, bias, w_out = sums[k]
             here = slice(starts[k], starts[k + 1])
             before = next((j for j, prev in enumerate(links) if prev.weight_out == link.weight_in), None)
             after = any(nxt.weight_in == link.weight_out for nxt in links)
-            fixed_in[here] = bias + (w_in.sum(axis=1) if before is None else 0.0)
-            fixed_out[here] = 0.0 if after else w_out.sum(axis=0)
-            incoming[here], outgoing[here] = w_in.sum(axis=1) + bias, w_out.sum(axis=0)
+            fixed_in[:, here] = bias + (w_in.sum(axis=2) if before is None else 0.0)
+            fixed_out[:, here] = 0.0 if after else w_out.sum(axis=1)
+            incoming[:, here], outgoing[:, here] = w_in.sum(axis=2) + bias, w_out.sum(axis=1)
             if before is not None:
                 couplings.append((here, slice(starts[before], starts[before + 1]), w_in))
         free = (incoming > 0) & (outgoing > 0)  # a unit with no weight on one side has no balance
         tolerance = 1e-7 * (incoming + outgoing)  # below float32's rounding of the weights
+        targets = self.targets
+
+        def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # row by row, [B]
+            return np.einsum("bn,bn->b", x, y)
+
+        def times(c: np.ndarray, v: np.ndarray) -> np.ndarray:  # c @ v per model
+            return np.matmul(c, v[:, :, None])[:, :, 0]
+
+        def times_t(c: np.ndarray, v: np.ndarray) -> np.ndarray:  # c.T @ v per model
+            return np.matmul(v[:, None, :], c)[:, 0, :]
 
         # a coupling's rescaled squares are diag(e^2u_here) c diag(e^-2u_back): products with c only
-        def value(u: np.ndarray) -> float:
-            total = fixed_in @ np.exp(2 * u) + fixed_out @ np.exp(-2 * u) - 2 * self.targets @ u
+        def value(u: np.ndarray) -> np.ndarray:
+            total = dot(fixed_in, np.exp(2 * u)) + dot(fixed_out, np.exp(-2 * u)) - 2 * (u @ targets)
             for here, back, c in couplings:
-                total += np.exp(2 * u[here]) @ (c @ np.exp(-2 * u[back]))
-            return float(total)
+                total += dot(np.exp(2 * u[:, here]), times(c, np.exp(-2 * u[:, back])))
+            return total
 
         def derivatives(u: np.ndarray) -> tuple:
-            """(gradient [n], the Hessian's diagonal [n], its coupling blocks)."""
+            """(gradient [B, n], the Hessian's diagonal [B, n], its coupling blocks)."""
             up, down = fixed_in * np.exp(2 * u), fixed_out * np.exp(-2 * u)
-            grad, diagonal, blocks = 2 * (up - down - self.targets), 4 * (up + down), []
+            grad, diagonal, blocks = 2 * (up - down - targets), 4 * (up + down), []
             for here, back, c in couplings:
-                x, y = np.exp(2 * u[here]), np.exp(-2 * u[back])
-                rows, cols = x * (c @ y), y * (c.T @ x)
-                grad[here] += 2 * rows
-                grad[back] -= 2 * cols
-                diagonal[here] += 4 * rows
-                diagonal[back] += 4 * cols
+                x, y = np.exp(2 * u[:, here]), np.exp(-2 * u[:, back])
+                rows, cols = x * times(c, y), y * times_t(c, x)
+                grad[:, here] += 2 * rows
+                grad[:, back] -= 2 * cols
+                diagonal[:, here] += 4 * rows
+                diagonal[:, back] += 4 * cols
                 blocks.append((here, back, c, x, y))
             return np.where(free, grad, 0.0), np.where(free, diagonal, 1.0), blocks
 
-        def newton_step(grad: np.ndarray, diagonal: np.ndarray, blocks: list) -> np.ndarray:
+        def newton_step(grad: np.ndarray, diagonal: np.ndarray, blocks: list, active: np.ndarray) -> np.ndarray:
             """-H^-1 grad by conjugate gradients on Hessian-vector products (the Hessian couples
-            only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned."""
+            only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned;
+            a model's iterates stop where its own residual is small enough (inexact Newton)."""
 
             def hessian_times(v: np.ndarray) -> np.ndarray:
                 out = diagonal * v
                 for here, back, c, x, y in blocks:
-                    out[here] -= 4 * x * (c @ (y * v[back]))
-                    out[back] -= 4 * y * (c.T @ (x * v[here]))
+                    out[:, here] -= 4 * x * times(c, y * v[:, back])
+                    out[:, back] -= 4 * y * times_t(c, x * v[:, here])
                 return np.where(free, out, v)
 
-            x, r = np.zeros(n), -grad
+            x, r = np.zeros((b, n)), -grad
             z = r / diagonal
-            p, rz = z.copy(), float(r @ z)
+            p, rz = z.copy(), dot(r, z)
+            enough = 1e-6 * np.sqrt(dot(grad, grad))
+            going = active.copy()
             for _ in range(4 * n + 20):
-                if math.sqrt(max(float(r @ r), 0.0)) <= 1e-6 * math.sqrt(float(grad @ grad)):  # inexact Newton
+                going &= np.sqrt(np.maximum(dot(r, r), 0.0)) > enough
+                if not going.any():
                     break
                 hp = hessian_times(p)
-                alpha = rz / float(p @ hp)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    alpha = np.where(going, rz / dot(p, hp), 0.0)[:, None]
                 x, r = x + alpha * p, r - alpha * hp
                 z = r / diagonal
-                rz, rz_before = float(r @ z), rz
-                p = z + (rz / rz_before) * p
+                rz_next = dot(r, z)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    p = np.where(going[:, None], z + (rz_next / rz)[:, None] * p, p)
+                rz = np.where(going, rz_next, rz)
             return x
 
-        u = np.zeros(n)
+        u, active = np.zeros((b, n)), np.ones(b, dtype=bool)
         for _ in range(100):
             grad, diagonal, blocks = derivatives(u)
-            if np.all(np.abs(grad) <= tolerance):
+            active &= ~np.all(np.abs(grad) <= tolerance, axis=1)
+            if not active.any():
                 break
-            step = newton_step(grad, diagonal, blocks)
-            start, t = value(u), 1.0
-            while t > 1e-6 and value(u + t * step) > start + 1e-4 * t * float(grad @ step):
-                t /= 2  # backtracking: Newton's full step can overshoot far from the optimum
-            u = u + t * step
-        return np.exp(u)
+            step = newton_step(grad, diagonal, blocks, active)
+            start, slope, t = value(u), dot(grad, step), np.ones(b)
+            searching = active.copy()
+            while True:  # backtracking: Newton's full step can overshoot far from the optimum
+                searching &= t > 1e-6
+                if not searching.any():
+                    break
+                searching &= value(u + t[:, None] * step) > start + 1e-4 * t * slope
+                t = np.where(searching, t / 2, t)
+            u = np.where(active[:, None], u + t[:, None] * step, u)
+        solved = iter(np.exp(u))
+        return [next(solved) if ok else None for ok in finite]
 
 
 def _units(shapes: list, link: Link) -> int:
@@ -345,29 +385,39 @@ def _units(shapes: list, link: Link) -> int:
     return into[0] if link.order == "out_in" else into[-1]
 
 
-def _unit_sums(model: Any, array: Any, shapes: list, link: Link, links: tuple) -> tuple:
-    """(incoming [units, inputs], bias [units], outgoing [outputs, units]) float64 NumPy: a link's
-    squared weights summed over everything but the units they join (a convolution's window; the
-    positions a flattening laid out per channel). ``inputs`` are the units of the link before
-    when there is one, else every input element; ``outputs`` likewise."""
+def _unit_sums(models: Any, array: Any, shapes: list, link: Link, links: tuple) -> tuple:
+    """(incoming [B, units, inputs], bias [B, units], outgoing [B, outputs, units]) float64 NumPy
+    of models [B, P]: a link's squared weights summed over everything but the units they join (a
+    convolution's window; the positions a flattening laid out per channel). ``inputs`` are the
+    units of the link before when there is one, else every input element; ``outputs`` likewise."""
     units = _units(shapes, link)
     before = next((prev for prev in links if prev.weight_out == link.weight_in), None)
-    w_in = _squares(array(model, link.weight_in))
-    w_out = _squares(array(model, link.weight_out))
+    w_in = _squares(array(models, link.weight_in))
+    w_out = _squares(array(models, link.weight_out))
+    b = len(w_in)
     if link.order == "out_in":
-        incoming = w_in.reshape(units, -1)
-        outgoing = w_out.reshape(shapes[link.weight_out][0], units, -1).sum(axis=2)
+        incoming = w_in.reshape(b, units, -1)
+        outgoing = w_out.reshape(b, shapes[link.weight_out][0], units, -1).sum(axis=3)
     else:
-        incoming = w_in.reshape(-1, units).T
-        outgoing = w_out.reshape(units, -1).T
+        incoming = w_in.reshape(b, -1, units).transpose(0, 2, 1)
+        outgoing = w_out.reshape(b, units, -1).transpose(0, 2, 1)
     if before is not None:  # group the inputs by the previous link's units
         inputs = _units(shapes, before)
         if link.order == "out_in":
-            incoming = w_in.reshape(units, inputs, -1).sum(axis=2)
+            incoming = w_in.reshape(b, units, inputs, -1).sum(axis=3)
         else:
-            incoming = w_in.reshape(inputs, -1, units).sum(axis=1).T
-    bias = _squares(array(model, link.bias_in)) if link.bias_in is not None else np.zeros(units)
+            incoming = w_in.reshape(b, inputs, -1, units).sum(axis=2).transpose(0, 2, 1)
+    bias = _squares(array(models, link.bias_in)) if link.bias_in is not None else np.zeros((b, units))
     return incoming, bias, outgoing
+
+
+def _stacked(models: Sequence) -> Any:
+    """Flat models [P] as one [B, P] array of their kind (torch or NumPy)."""
+    if is_torch(models[0]):
+        import torch
+
+        return torch.stack([m.detach() for m in models])
+    return np.stack([np.asarray(m) for m in models])
 
 
 def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray) -> None:

@@ -167,14 +167,15 @@ def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any],
     )
 
 
-def _rebalanced(balance: Balancer, model: Any, measured: int) -> Any:
-    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced
-    (:class:`fomo_core.guard.Balancer`); what rides behind them is copied as it is."""
-    if measured == len(model):
-        return balance(model)
-    out = model.clone() if hasattr(model, "clone") else np.array(model)
-    out[:measured] = balance(model[:measured])
-    return out
+def _rebalanced(balance: Balancer, models: list, measured: int) -> list:
+    """Copies of the flat ``models`` whose first ``measured`` elements are rebalanced, all in one
+    solve (:meth:`fomo_core.guard.Balancer.many`); what rides behind them is copied as it is."""
+    if not models or measured == len(models[0]):
+        return balance.many(models)
+    outs = [model.clone() if hasattr(model, "clone") else np.array(model) for model in models]
+    for out, part in zip(outs, balance.many([model[:measured] for model in models])):
+        out[:measured] = part
+    return outs
 
 
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
@@ -246,7 +247,9 @@ def federate(
     if policy.rebalance and layout is not None and layout.links and (losses < base_loss).any():
         # the candidates that can get weight, in the client's own balance (the same functions)
         balance = Balancer(base if whole else base[:p], layout)
-        cands = [_rebalanced(balance, c, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
+        improving = [k for k, loss in enumerate(losses) if loss < base_loss]
+        for k, rebalanced in zip(improving, _rebalanced(balance, [cands[k] for k in improving], p)):
+            cands[k] = rebalanced
     measured_cands = cands if whole else [c[:p] for c in cands]
     options = policy.step_options()
     guarded = np.zeros(len(cands), dtype=bool)

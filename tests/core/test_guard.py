@@ -24,6 +24,7 @@ from fomo_core.adapters.numpy import MLPClassifierClient, get_flat_params, initi
 from fomo_core.adapters.torch import FedFomoClient, flatten_module, guard_layout, train_sgd
 from fomo_core.adapters.torch_evaluate import dense_spec
 from fomo_core.guard import (  # _checked, _scale_units: to rescale the units of any linked layout
+    Balancer,
     GuardLayout,
     Link,
     _checked,
@@ -168,6 +169,39 @@ def test_rebalancing_keeps_the_function_and_undoes_any_rescaling(make, x):
     torch.testing.assert_close(outputs(module, rescaled, x), outputs(module, other, x), rtol=1e-4, atol=1e-4)
     assert float((rescaled - other).norm()) > float(other.norm())
     torch.testing.assert_close(rebalance(rescaled, own, layout), balanced, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [mlp, lenet])
+def test_rebalancing_many_models_at_once_gives_each_what_it_gets_alone(make):
+    """One solve for all the round's candidates: each model keeps its own iterates and stopping
+    rule, so a model that needs many Newton steps (rescaled far) next to ones that need few, and a
+    non-finite one (left as it is), come out bit for bit as when rebalanced alone."""
+    module = make()
+    layout = guard_layout(module)
+    own = parameters_to_vector(module.parameters()).detach().clone()
+    g = torch.Generator().manual_seed(1)
+    models = [own + 0.05 * torch.randn(own.shape, generator=g) for _ in range(3)]
+    far = models[0].clone()
+    shapes, offsets = _checked(far, layout)
+    array = lambda flat, k: flat[offsets[k] : offsets[k] + math.prod(shapes[k])]  # noqa: E731
+    for link in layout.links:
+        _scale_units(far, array, link, shapes, np.exp(np.linspace(-3, 3, layout.shapes[link.weight_in][0])))
+    broken = models[1].clone()
+    broken[5] = float("nan")
+    models = [models[0], far, broken, models[2], own]
+    balance = Balancer(own, layout)
+    together = balance.many(models)
+    for model, got in zip(models, together):  # bit for bit (NaN where the broken model has it)
+        torch.testing.assert_close(got, balance(model), rtol=0, atol=0, equal_nan=True)
+    np.testing.assert_array_equal(together[2].numpy(), broken.numpy())  # NaN where it was: left as it is
+    d = load_digits()
+    clf = initialise_mlp(MLPClassifier(hidden_layer_sizes=(16,), random_state=0), d.data, d.target, np.arange(10))
+    flat = get_flat_params(clf)
+    spec = mlp_spec(clf)
+    batch = [flat + 0.01, reparametrise(flat + 0.01, spec, np.linspace(0.05, 20, 16)), flat]
+    sklearn_balance = Balancer(flat, dense_layout(spec))
+    for model, got in zip(batch, sklearn_balance.many(batch)):
+        np.testing.assert_array_equal(got, sklearn_balance(model))
 
 
 def test_rebalancing_in_scikit_learns_layout():
