@@ -342,7 +342,7 @@ def cost_runs(repeats: int, m: int = 5) -> dict:
         def guard(flat=flat, candidates=candidates, layout=layout):
             if layout.links:  # as the round does: rebalance (when there is anything to), then measure
                 balance = Balancer(flat, layout)
-                candidates = [balance(c) for c in candidates]
+                candidates = balance.many(list(candidates))
             return layer_distances(flat, candidates, layout)
 
         def step(flat=flat, candidates=candidates, losses=losses):
