@@ -587,6 +587,15 @@ class FedFomoClient:
         guard = self.policy.guard
         return self.policy.rebalance or (guard is not None and math.isfinite(guard))
 
+    @property
+    def loss_of_flat_alone(self) -> bool:
+        """Whether a model's validation loss depends on its flat model alone, so that the training
+        check may evaluate the model before training after it (:func:`fomo_core.round.train_round`):
+        eval-mode evaluation, the default training loop (a ``train_fn`` may change anything), and
+        no floating-point buffer outside the flat buffer (BatchNorm statistics training moves)."""
+        outside = not self.policy.carries_buffers and any(b.is_floating_point() for b in self.module.buffers())
+        return self.policy.evaluation == "eval" and self.train_fn is None and not outside
+
     def _candidates(self, candidates: Any, layer_lists: bool = True) -> Any:
         """The candidates as the round reads them: [M, P] (a bank's rows, the caller's tensor), a
         list of flat [P] models, or (with ``layer_lists``) per model the list of its tensors in the
