@@ -206,7 +206,9 @@ def test_when_nothing_helps_the_check_reuses_the_baselines_loss(digits):
     policy = fc.get_preset("fomo-core").client.replace(global_model="off")
     client = Recording(mlp(0), val, train, policy=policy, seed=5, epochs=1, lr=0.1)
     client.set_flat(own)
-    worse = torch.stack([own + 0.5 * torch.randn(own.shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
+    worse = torch.stack(
+        [own + 0.5 * torch.randn(own.shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    )
     res = client.update(worse)
     assert res.outcome == "nothing_helps" and torch.equal(client.get_flat(), own)
     client.calls = []
