@@ -91,6 +91,22 @@ def cpu_by_process(pids: list) -> dict:
     return out
 
 
+def frozen_tree(pids: list) -> list:
+    """``pids`` and every descendant, all stopped (SIGSTOP) so that none can start another: a
+    snapshot taken while they run misses a child started just after it, which then outlives the
+    kill and can keep a listening socket it inherited."""
+    frozen: set = set()
+    while True:
+        tree = [*pids, *descendants(pids)]
+        new = [p for p in tree if p not in frozen]
+        if not new:
+            return tree
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen.update(new)
+
+
 def _kill(pids: list, sig: int) -> None:
     for pid in pids:
         for kill in (os.killpg, os.kill):
@@ -117,7 +133,7 @@ def guard_main(command: list) -> int:
             child.send_signal(sig)
 
     def orphaned(_sig: int, _frame) -> None:
-        everyone = [child.pid, *descendants([child.pid])]
+        everyone = frozen_tree([child.pid])
         _kill(everyone, signal.SIGKILL)
         os.killpg(0, signal.SIGKILL)  # the group, this guard included
 
@@ -174,8 +190,13 @@ class Processes:
     def kill(self, name: str) -> None:
         """SIGKILL to one process's whole tree and group (a machine lost), waited for."""
         proc = self.proc(name)
-        _kill([proc.pid, *descendants([proc.pid])], signal.SIGKILL)
+        tree = frozen_tree([proc.pid])
+        _kill(tree, signal.SIGKILL)
         proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in tree):
+            assert time.monotonic() < deadline, f"{name}: processes outlived SIGKILL: {[p for p in tree if alive(p)]}"
+            time.sleep(0.1)
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -191,6 +212,7 @@ class Processes:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and any(alive(p) for p in everyone):
                 time.sleep(0.1)
+        _kill(frozen_tree(own), signal.SIGKILL)  # any started after the snapshot
         for _, p, log in self.procs:
             p.wait(timeout=5)
             log.close()
@@ -258,6 +280,17 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
                 return
         time.sleep(0.2)
     raise AssertionError(f"nothing listened on port {port} within {timeout} s")
+
+
+def wait_for_port_closed(port: int, timeout: float) -> None:
+    """Until nothing accepts connections on ``port`` (a killed server's socket is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        assert time.monotonic() < deadline, f"port {port} still accepts connections after {timeout} s"
+        time.sleep(0.2)
 
 
 def superlink_command(port: int, *flags: str) -> list:

@@ -17,7 +17,9 @@ long it took.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -153,6 +155,7 @@ def test_a_deployment_survives_a_lost_supernode_and_a_superlink_crash(flower_env
         time.sleep(0.1)
     procs.kill("superlink")
     procs.kill("flwr-run")
+    fr.wait_for_port_closed(port, 30)  # else the new SuperLink would share the port with a leftover
     lost_at = time.perf_counter() - t0
 
     # Assert: round 1 finished without the lost node (Flower's reason recorded), round 2 went
@@ -222,3 +225,32 @@ def test_processes_die_with_a_parent_killed_by_sigkill(tmp_path):
         time.sleep(0.1)
     assert [p for p in started if fr.alive(p)] == []
     print(f"{len(started)} processes gone after their parent's SIGKILL, in {time.perf_counter() - t0:.1f} s")
+
+
+def _with_argument(marker: str) -> list:
+    """PIDs of the living processes whose command line holds ``marker``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace") and fr.alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_a_killed_process_leaves_no_child_it_was_starting(flower_env):
+    # Prepare: a process that starts children in sessions of their own as fast as it can (as a SuperLink
+    # starts its SuperExec), so that one is always being started while the kill walks the tree
+    _, procs = flower_env
+    marker = f"{30 + os.getpid() % 1000 / 1000:.3f}"  # sleep's argument: unique to this test run
+    procs.start("spawner", ["bash", "-c", f"while :; do setsid sleep {marker} & done"])
+    deadline = time.monotonic() + 30
+    while len(_with_argument(marker)) < 50:
+        assert time.monotonic() < deadline, "the spawner did not start its children"
+        time.sleep(0.05)
+
+    # Execute
+    procs.kill("spawner")
+
+    # Assert: no child outlived it, not even one started during the kill
+    time.sleep(0.5)
+    assert _with_argument(marker) == []
