@@ -295,6 +295,7 @@ class Balancer:
                 couplings.append((here, slice(starts[before], starts[before + 1]), w_in))
         free = (incoming > 0) & (outgoing > 0)  # a unit with no weight on one side has no balance
         tolerance = 1e-7 * (incoming + outgoing)  # below float32's rounding of the weights
+        terms = _Terms(fixed_in, fixed_out, free, tolerance, tuple(couplings))
         targets = self.targets
 
         def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # row by row, [B]
@@ -307,17 +308,17 @@ class Balancer:
             return np.matmul(v[:, None, :], c)[:, 0, :]
 
         # a coupling's rescaled squares are diag(e^2u_here) c diag(e^-2u_back): products with c only
-        def value(u: np.ndarray) -> np.ndarray:
-            total = dot(fixed_in, np.exp(2 * u)) + dot(fixed_out, np.exp(-2 * u)) - 2 * (u @ targets)
-            for here, back, c in couplings:
+        def value(q: _Terms, u: np.ndarray) -> np.ndarray:
+            total = dot(q.fixed_in, np.exp(2 * u)) + dot(q.fixed_out, np.exp(-2 * u)) - 2 * (u @ targets)
+            for here, back, c in q.couplings:
                 total += dot(np.exp(2 * u[:, here]), times(c, np.exp(-2 * u[:, back])))
             return total
 
-        def derivatives(u: np.ndarray) -> tuple:
+        def derivatives(q: _Terms, u: np.ndarray) -> tuple:
             """(gradient [B, n], the Hessian's diagonal [B, n], its coupling blocks)."""
-            up, down = fixed_in * np.exp(2 * u), fixed_out * np.exp(-2 * u)
+            up, down = q.fixed_in * np.exp(2 * u), q.fixed_out * np.exp(-2 * u)
             grad, diagonal, blocks = 2 * (up - down - targets), 4 * (up + down), []
-            for here, back, c in couplings:
+            for here, back, c in q.couplings:
                 x, y = np.exp(2 * u[:, here]), np.exp(-2 * u[:, back])
                 rows, cols = x * times(c, y), y * times_t(c, x)
                 grad[:, here] += 2 * rows
@@ -325,12 +326,13 @@ class Balancer:
                 diagonal[:, here] += 4 * rows
                 diagonal[:, back] += 4 * cols
                 blocks.append((here, back, c, x, y))
-            return np.where(free, grad, 0.0), np.where(free, diagonal, 1.0), blocks
+            return np.where(q.free, grad, 0.0), np.where(q.free, diagonal, 1.0), blocks
 
-        def newton_step(grad: np.ndarray, diagonal: np.ndarray, blocks: list, active: np.ndarray) -> np.ndarray:
+        def newton_step(free: np.ndarray, grad: np.ndarray, diagonal: np.ndarray, blocks: list) -> np.ndarray:
             """-H^-1 grad by conjugate gradients on Hessian-vector products (the Hessian couples
             only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned;
-            a model's iterates stop where its own residual is small enough (inexact Newton)."""
+            a model's iterates stop where its own residual is small enough (inexact Newton), and
+            the arrays keep only the models still iterating."""
 
             def hessian_times(v: np.ndarray) -> np.ndarray:
                 out = diagonal * v
@@ -339,44 +341,71 @@ class Balancer:
                     out[:, back] -= 4 * y * times_t(c, x * v[:, here])
                 return np.where(free, out, v)
 
-            x, r = np.zeros((b, n)), -grad
+            step, at = np.zeros(grad.shape), np.arange(len(grad))  # at: the rows still iterating
+            x, r = np.zeros(grad.shape), -grad
             z = r / diagonal
             p, rz = z.copy(), dot(r, z)
             enough = 1e-6 * np.sqrt(dot(grad, grad))
-            going = active.copy()
             for _ in range(4 * n + 20):
-                going &= np.sqrt(np.maximum(dot(r, r), 0.0)) > enough
-                if not going.any():
-                    break
+                going = np.sqrt(np.maximum(dot(r, r), 0.0)) > enough
+                if not going.all():
+                    step[at[~going]] = x[~going]
+                    if not going.any():
+                        break
+                    at, x, r, p, rz, enough, diagonal, free = (
+                        a[going] for a in (at, x, r, p, rz, enough, diagonal, free)
+                    )
+                    blocks = [(here, back, c[going], cx[going], cy[going]) for here, back, c, cx, cy in blocks]
                 hp = hessian_times(p)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    alpha = np.where(going, rz / dot(p, hp), 0.0)[:, None]
+                alpha = (rz / dot(p, hp))[:, None]
                 x, r = x + alpha * p, r - alpha * hp
                 z = r / diagonal
-                rz_next = dot(r, z)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    p = np.where(going[:, None], z + (rz_next / rz)[:, None] * p, p)
-                rz = np.where(going, rz_next, rz)
-            return x
+                rz, rz_before = dot(r, z), rz
+                p = z + (rz / rz_before)[:, None] * p
+            else:
+                step[at] = x
+            return step
 
-        u, active = np.zeros((b, n)), np.ones(b, dtype=bool)
+        u, at, now = np.zeros((b, n)), np.arange(b), np.zeros((b, n))  # now: u of the rows at
         for _ in range(100):
-            grad, diagonal, blocks = derivatives(u)
-            active &= ~np.all(np.abs(grad) <= tolerance, axis=1)
-            if not active.any():
-                break
-            step = newton_step(grad, diagonal, blocks, active)
-            start, slope, t = value(u), dot(grad, step), np.ones(b)
-            searching = active.copy()
+            grad, diagonal, blocks = derivatives(terms, now)
+            going = ~np.all(np.abs(grad) <= terms.tolerance, axis=1)
+            if not going.all():  # the models that are solved leave the arrays
+                u[at[~going]] = now[~going]
+                if not going.any():
+                    break
+                at, now, grad, diagonal, terms = at[going], now[going], grad[going], diagonal[going], terms.rows(going)
+                blocks = [(here, back, c[going], x[going], y[going]) for here, back, c, x, y in blocks]
+            step = newton_step(terms.free, grad, diagonal, blocks)
+            start, slope, t = value(terms, now), dot(grad, step), np.ones(len(at))
+            searching = np.ones(len(at), dtype=bool)
             while True:  # backtracking: Newton's full step can overshoot far from the optimum
                 searching &= t > 1e-6
                 if not searching.any():
                     break
-                searching &= value(u + t[:, None] * step) > start + 1e-4 * t * slope
+                searching &= value(terms, now + t[:, None] * step) > start + 1e-4 * t * slope
                 t = np.where(searching, t / 2, t)
-            u = np.where(active[:, None], u + t[:, None] * step, u)
+            now = now + t[:, None] * step
+        else:
+            u[at] = now
         solved = iter(np.exp(u))
         return [next(solved) if ok else None for ok in finite]
+
+
+class _Terms(NamedTuple):
+    """The rebalancing objective's terms for the models being solved, [B, ...] each (see
+    :meth:`Balancer._scales`): squares to units outside the links, the units that have a balance,
+    the stopping tolerances, and the couplings (units here, the link's before, their squares)."""
+
+    fixed_in: np.ndarray
+    fixed_out: np.ndarray
+    free: np.ndarray
+    tolerance: np.ndarray
+    couplings: tuple
+
+    def rows(self, keep: np.ndarray) -> _Terms:
+        """The terms of the models ``keep`` selects (a boolean mask over the rows)."""
+        return _Terms(*(a[keep] for a in self[:4]), tuple((here, back, c[keep]) for here, back, c in self.couplings))
 
 
 def _units(shapes: list, link: Link) -> int:
