@@ -271,11 +271,12 @@ class Balancer:
         when its sums are not finite. Arrays over the models are [B, ...]."""
         links = self.layout.links
         finite = np.logical_and.reduce(
-            [np.isfinite(x).reshape(len(x), -1).all(axis=1) for parts in sums for x in parts]
+            [np.isfinite(x).all(axis=tuple(range(1, x.ndim))) for parts in sums for x in parts]
         )
         if not finite.any():
             return [None] * len(finite)
-        sums = [tuple(x[finite] for x in parts) for parts in sums]
+        if not finite.all():
+            sums = [tuple(x[finite] for x in parts) for parts in sums]
         b = int(finite.sum())
         starts = np.concatenate([[0], np.cumsum(self.units)]).astype(int)
         n = int(starts[-1])
@@ -481,8 +482,8 @@ def _squares(values: Any) -> np.ndarray:
     if is_torch(values):
         import torch
 
-        values = values.detach().resolve_neg().to(torch.float64)
-        return (values * values).cpu().numpy()
+        values = values.detach().resolve_neg().to(torch.float64, copy=True)
+        return values.mul_(values).cpu().numpy()
     values = np.asarray(values, dtype=np.float64)
     return values * values
 
