@@ -581,11 +581,10 @@ class FedFomoClient:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     @property
-    def _guarded(self) -> bool:
-        """Whether the policy's guard reads the candidates layer by layer (a finite bound, or
-        rebalancing)."""
-        guard = self.policy.guard
-        return self.policy.rebalance or (guard is not None and math.isfinite(guard))
+    def _rebalances(self) -> bool:
+        """Whether the policy's guard rescales candidates (rebalancing, where the model has linked
+        layers): it writes rescaled flat copies, so the candidates are read as flat models."""
+        return self.policy.rebalance and bool(self.guard_layout.links)
 
     @property
     def loss_of_flat_alone(self) -> bool:
@@ -724,15 +723,15 @@ class FedFomoClient:
 
         candidates:    a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a
                        sequence of models (state_dicts, modules or flat arrays), read where they
-                       are (copied into the bank first when the policy's guard or global model
-                       needs flat models)
+                       are (copied into the bank first when the policy's rebalancing or global
+                       model needs flat models)
         global_params: the server's global model (``Server.global_params()``, flat [P] like
                        :meth:`get_flat`, or a state_dict), which the policy may move toward;
                        peers' presets ignore it
         """
         g = self._global(global_params)
-        # the guard (per-layer distances, rebalancing) and the move toward g read flat models
-        cands = self._candidates(candidates, layer_lists=g is None and not self._guarded)
+        # rebalancing and the move toward g read flat models; the guard's distances read layer lists
+        cands = self._candidates(candidates, layer_lists=g is None and not self._rebalances)
         params, baseline, measured = self.params, self.last_update, self.measured
         layout = self.guard_layout
         if isinstance(cands, list) and cands and isinstance(cands[0], list):
@@ -741,7 +740,6 @@ class FedFomoClient:
             params = list(self.layout.views(self.params).values())
             baseline = list(self.layout.views(self.last_update).values()) if self.last_update is not None else None
             measured = sum(1 for _ in self.module.parameters()) if self.measured < self.layout.size else None
-            layout = None
         with torch.no_grad():
             res = federate(
                 self.policy,

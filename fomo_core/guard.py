@@ -137,8 +137,9 @@ def layer_distances(
     """[M] float64: for every candidate, the largest over the layers (:func:`guard_layers`) of its
     distance from ``local`` there over the norm of ``local`` there.
 
-    local:      the flat model measured from, [P] (NumPy or torch)
-    candidates: [M, P] (an array, or a sequence of M flat models)
+    local:      the flat model measured from, [P] (NumPy or torch), or the list of its arrays in
+                the layout's order (then every candidate is such a list too: read where it is)
+    candidates: [M, P] (an array, or a sequence of M flat models), or M lists of arrays
     layout:     a :class:`GuardLayout` of [P]; None: the whole model is one layer
     norm:       "l2" (the arrays of a layer combine their squares) or "l1"
 
@@ -150,18 +151,22 @@ def layer_distances(
     choice(norm, "norm", allowed(Norm))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
-    shapes, offsets = _checked(local, layout)
+    listed = isinstance(local, (list, tuple))
+    shapes, offsets = _checked_lists(local, layout) if listed else _checked(local, layout)
     rows = len(candidates)
     two_d = hasattr(candidates, "shape") and len(candidates.shape) == 2
     power = 2 if norm == "l2" else 1  # what adds up across the arrays of a layer
     dist, own = np.zeros((rows, len(shapes))), np.zeros(len(shapes))
-    zero = local[: max(math.prod(s) for s in shapes)] * 0  # the local model's norms: its distances from 0
     for k, (start, shape) in enumerate(zip(offsets, shapes)):
         stop = start + math.prod(shape)
-        layer = local[start:stop]
-        own[k] = float(np.asarray(to_host(candidate_distances(zero[: stop - start], [layer], norm=norm)))[0]) ** power
-        if rows:
+        if listed:
+            layer, part = local[k].reshape(-1), [c[k].reshape(-1) for c in candidates]
+        else:
+            layer = local[start:stop]
             part = candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
+        zero = layer * 0  # the local model's norm there: its distance from 0
+        own[k] = float(np.asarray(to_host(candidate_distances(zero, [layer], norm=norm)))[0]) ** power
+        if rows:
             dist[:, k] = np.asarray(to_host(candidate_distances(layer, part, norm=norm))) ** power
     groups = guard_layers(shapes)
     out = np.empty((rows, len(groups)))
@@ -188,6 +193,17 @@ def _checked(model: Any, layout: Optional[GuardLayout]) -> tuple:
         raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
     for link in () if layout is None else layout.links:
         _check_link(link, shapes)
+    return shapes, offsets
+
+
+def _checked_lists(model: Sequence, layout: Optional[GuardLayout]) -> tuple:
+    """:func:`_checked` for a model given as the list of its arrays in ``layout``'s order."""
+    if layout is None:
+        raise ValueError("a model given as a list of arrays needs a layout (the shapes of its arrays)")
+    sizes = [math.prod(a.shape) for a in model]
+    shapes, offsets = _checked(np.empty(sum(sizes)), layout)
+    if sizes != [math.prod(s) for s in shapes]:
+        raise ValueError(f"the model's arrays have shapes {[tuple(a.shape) for a in model]}, the layout {shapes}")
     return shapes, offsets
 
 

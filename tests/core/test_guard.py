@@ -311,6 +311,52 @@ def test_a_poison_in_one_small_layer_is_rejected_layer_by_layer():
     assert res.guard_rejected.tolist() == [True] and res.scores[0] == 0.0
 
 
+def test_layer_distances_read_models_given_as_lists_of_their_arrays():
+    module = lenet()
+    layout = guard_layout(module)
+    local = parameters_to_vector(module.parameters()).detach().clone()
+    g = torch.Generator().manual_seed(3)
+    cands = torch.stack([local + s * torch.randn(local.shape, generator=g) for s in (0.01, 0.5, 3.0)])
+
+    def arrays(flat):  # the model as the list of its arrays, in the layout's order
+        shapes, offsets = _checked(flat, layout)
+        return [flat[o : o + math.prod(s)].reshape(s) for o, s in zip(offsets, shapes)]
+
+    listed = layer_distances(arrays(local), [arrays(c) for c in cands], layout)
+    np.testing.assert_array_equal(listed, layer_distances(local, cands, layout))  # the same kernel, layer by layer
+    with pytest.raises(ValueError, match="needs a layout"):
+        layer_distances(arrays(local), [arrays(c) for c in cands])
+    with pytest.raises(ValueError, match="the model's arrays have shapes"):
+        layer_distances(arrays(local)[::-1], [arrays(c)[::-1] for c in cands], layout)  # the same sizes, reordered
+
+
+@pytest.mark.parametrize("guard", [PRESET.guard, 1e-3])
+def test_the_guard_reads_modules_in_place_where_nothing_is_rebalanced(digits, guard):
+    """A model whose layers are not linked (BatchNorm between them): the guarded round reads the
+    server's modules where they are (nothing is copied into the bank) and ends as the round on the
+    same models copied into an [M, P] tensor: the same model, the same rejections (with a tight
+    guard every improving candidate is rejected), the weights to float64 rounding."""
+    train, val = digits
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    assert guard_layout(start).links == ()
+    peers = [_trained(start, train, epochs=1, seed=s) for s in (1, 2, 3)]
+    runs = {}
+    for form in ("modules", "tensor"):
+        client = FedFomoClient(copy.deepcopy(start), val, train, policy=PRESET.replace(guard=guard))
+        given = peers if form == "modules" else torch.stack([flatten_module(m).detach() for m in peers])
+        res = client.update(given)
+        runs[form] = (res, client.get_flat(), client.bank.count)
+    (in_place, flat, written), (copied, flat_copied, _) = runs["modules"], runs["tensor"]
+    assert written == 0  # read where they are
+    improving = in_place.candidate_losses < in_place.baseline_loss
+    assert improving.any() and in_place.guard_rejected.tolist() == copied.guard_rejected.tolist()
+    assert in_place.guard_rejected.tolist() == (improving.tolist() if guard < 1 else [False] * 3)
+    assert torch.equal(flat, flat_copied)
+    # the distances add up layer by layer rather than over the flat model: float64 rounding apart
+    np.testing.assert_allclose(in_place.weights, copied.weights, rtol=1e-12, atol=0)
+
+
 def test_the_peer_presets_have_no_guard_and_the_policy_checks_its_fields():
     assert PRESET.guard == 3.0 and PRESET.rebalance is True
     for name in ("paper", "pfllib", "fl-bench"):
