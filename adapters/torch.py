@@ -509,8 +509,11 @@ class FedFomoClient:
 
     Candidates given as modules or state_dicts (a server's models, handed over by reference) are
     read where they are, never copied: evaluated through ``functional_call`` and combined by
-    fomo_step over their tensors as a layer list. Only a model in another dtype or on another
-    device than the client's is copied (converted) into the client's candidate bank first.
+    fomo_step over their tensors as a layer list (the guard's layer distances read them there
+    too). They are copied (converted) into the client's candidate bank first only when a model is
+    in another dtype or on another device than the client's, or when the round rescales them
+    (rebalancing, on a model with linked layers) or moves toward a global model: those read flat
+    models.
 
     module:          the client's model; its parameters (and, when the policy moves them, its
                      floating-point buffers) are flattened (:func:`flatten_module`)
