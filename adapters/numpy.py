@@ -246,6 +246,14 @@ class MLPClassifierClient:
         self.epochs = epochs
         self.eval_batch_size = eval_batch_size
 
+    @property
+    def loss_of_flat_alone(self) -> bool:
+        """Whether a model's validation loss depends on its flat model alone (an MLP has nothing
+        else), so that the training check may evaluate the model before training after it
+        (:func:`fomo_core.round.train_round`): with the default training (a ``train_fn`` may
+        change anything)."""
+        return self.train_fn is None
+
     def evaluate(self, models: Any, data: Optional[tuple] = None) -> tuple:
         """(losses [K], accuracies [K]) float64 of K flat models ([K, P] or a list of [P]) on
         ``data`` (default: the validation data, with the policy's loss)."""

@@ -509,8 +509,11 @@ class FedFomoClient:
 
     Candidates given as modules or state_dicts (a server's models, handed over by reference) are
     read where they are, never copied: evaluated through ``functional_call`` and combined by
-    fomo_step over their tensors as a layer list. Only a model in another dtype or on another
-    device than the client's is copied (converted) into the client's candidate bank first.
+    fomo_step over their tensors as a layer list (the guard's layer distances read them there
+    too). They are copied (converted) into the client's candidate bank first only when a model is
+    in another dtype or on another device than the client's, or when the round rescales them
+    (rebalancing, on a model with linked layers) or moves toward a global model: those read flat
+    models.
 
     module:          the client's model; its parameters (and, when the policy moves them, its
                      floating-point buffers) are flattened (:func:`flatten_module`)
@@ -581,11 +584,19 @@ class FedFomoClient:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     @property
-    def _guarded(self) -> bool:
-        """Whether the policy's guard reads the candidates layer by layer (a finite bound, or
-        rebalancing)."""
-        guard = self.policy.guard
-        return self.policy.rebalance or (guard is not None and math.isfinite(guard))
+    def _rebalances(self) -> bool:
+        """Whether the policy's guard rescales candidates (rebalancing, where the model has linked
+        layers): it writes rescaled flat copies, so the candidates are read as flat models."""
+        return self.policy.rebalance and bool(self.guard_layout.links)
+
+    @property
+    def loss_of_flat_alone(self) -> bool:
+        """Whether a model's validation loss depends on its flat model alone, so that the training
+        check may evaluate the model before training after it (:func:`fomo_core.round.train_round`):
+        eval-mode evaluation, the default training loop (a ``train_fn`` may change anything), and
+        no floating-point buffer outside the flat buffer (BatchNorm statistics training moves)."""
+        outside = not self.policy.carries_buffers and any(b.is_floating_point() for b in self.module.buffers())
+        return self.policy.evaluation == "eval" and self.train_fn is None and not outside
 
     def _candidates(self, candidates: Any, layer_lists: bool = True) -> Any:
         """The candidates as the round reads them: [M, P] (a bank's rows, the caller's tensor), a
@@ -715,15 +726,15 @@ class FedFomoClient:
 
         candidates:    a CandidateBank, a tensor [M, P] laid out like :meth:`get_flat`, or a
                        sequence of models (state_dicts, modules or flat arrays), read where they
-                       are (copied into the bank first when the policy's guard or global model
-                       needs flat models)
+                       are (copied into the bank first when the policy's rebalancing or global
+                       model needs flat models)
         global_params: the server's global model (``Server.global_params()``, flat [P] like
                        :meth:`get_flat`, or a state_dict), which the policy may move toward;
                        peers' presets ignore it
         """
         g = self._global(global_params)
-        # the guard (per-layer distances, rebalancing) and the move toward g read flat models
-        cands = self._candidates(candidates, layer_lists=g is None and not self._guarded)
+        # rebalancing and the move toward g read flat models; the guard's distances read layer lists
+        cands = self._candidates(candidates, layer_lists=g is None and not self._rebalances)
         params, baseline, measured = self.params, self.last_update, self.measured
         layout = self.guard_layout
         if isinstance(cands, list) and cands and isinstance(cands[0], list):
@@ -732,7 +743,6 @@ class FedFomoClient:
             params = list(self.layout.views(self.params).values())
             baseline = list(self.layout.views(self.last_update).values()) if self.last_update is not None else None
             measured = sum(1 for _ in self.module.parameters()) if self.measured < self.layout.size else None
-            layout = None
         with torch.no_grad():
             res = federate(
                 self.policy,

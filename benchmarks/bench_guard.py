@@ -88,10 +88,11 @@ class Recorder:
             distances.append(self.distances(*args, **kwargs))
             return distances[-1]
 
-        def rebalanced(balance, model, measured):
-            out = self.rebalanced(balance, model, measured)
-            shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
-            return out
+        def rebalanced(balance, models, measured):
+            outs = self.rebalanced(balance, models, measured)
+            for out, model in zip(outs, models):
+                shifts.append(float(np.linalg.norm(_host(out) - _host(model)) / np.linalg.norm(_host(model))))
+            return outs
 
         def federate(*args, **kwargs):
             shifts.clear()
@@ -341,7 +342,7 @@ def cost_runs(repeats: int, m: int = 5) -> dict:
         def guard(flat=flat, candidates=candidates, layout=layout):
             if layout.links:  # as the round does: rebalance (when there is anything to), then measure
                 balance = Balancer(flat, layout)
-                candidates = [balance(c) for c in candidates]
+                candidates = balance.many(list(candidates))
             return layer_distances(flat, candidates, layout)
 
         def step(flat=flat, candidates=candidates, losses=losses):

@@ -137,8 +137,9 @@ def layer_distances(
     """[M] float64: for every candidate, the largest over the layers (:func:`guard_layers`) of its
     distance from ``local`` there over the norm of ``local`` there.
 
-    local:      the flat model measured from, [P] (NumPy or torch)
-    candidates: [M, P] (an array, or a sequence of M flat models)
+    local:      the flat model measured from, [P] (NumPy or torch), or the list of its arrays in
+                the layout's order (then every candidate is such a list too: read where it is)
+    candidates: [M, P] (an array, or a sequence of M flat models), or M lists of arrays
     layout:     a :class:`GuardLayout` of [P]; None: the whole model is one layer
     norm:       "l2" (the arrays of a layer combine their squares) or "l1"
 
@@ -150,18 +151,22 @@ def layer_distances(
     choice(norm, "norm", allowed(Norm))
     from .ops import candidate_distances  # the compiled kernels load on first use
 
-    shapes, offsets = _checked(local, layout)
+    listed = isinstance(local, (list, tuple))
+    shapes, offsets = _checked_lists(local, layout) if listed else _checked(local, layout)
     rows = len(candidates)
     two_d = hasattr(candidates, "shape") and len(candidates.shape) == 2
     power = 2 if norm == "l2" else 1  # what adds up across the arrays of a layer
     dist, own = np.zeros((rows, len(shapes))), np.zeros(len(shapes))
-    zero = local[: max(math.prod(s) for s in shapes)] * 0  # the local model's norms: its distances from 0
     for k, (start, shape) in enumerate(zip(offsets, shapes)):
         stop = start + math.prod(shape)
-        layer = local[start:stop]
-        own[k] = float(np.asarray(to_host(candidate_distances(zero[: stop - start], [layer], norm=norm)))[0]) ** power
-        if rows:
+        if listed:
+            layer, part = local[k].reshape(-1), [c[k].reshape(-1) for c in candidates]
+        else:
+            layer = local[start:stop]
             part = candidates[:, start:stop] if two_d else [c[start:stop] for c in candidates]
+        zero = layer * 0  # the local model's norm there: its distance from 0
+        own[k] = float(np.asarray(to_host(candidate_distances(zero, [layer], norm=norm)))[0]) ** power
+        if rows:
             dist[:, k] = np.asarray(to_host(candidate_distances(layer, part, norm=norm))) ** power
     groups = guard_layers(shapes)
     out = np.empty((rows, len(groups)))
@@ -188,6 +193,17 @@ def _checked(model: Any, layout: Optional[GuardLayout]) -> tuple:
         raise ValueError(f"the layout's shapes cover {total} elements, but the model has {size}")
     for link in () if layout is None else layout.links:
         _check_link(link, shapes)
+    return shapes, offsets
+
+
+def _checked_lists(model: Sequence, layout: Optional[GuardLayout]) -> tuple:
+    """:func:`_checked` for a model given as the list of its arrays in ``layout``'s order."""
+    if layout is None:
+        raise ValueError("a model given as a list of arrays needs a layout (the shapes of its arrays)")
+    sizes = [math.prod(a.shape) for a in model]
+    shapes, offsets = _checked(np.empty(sum(sizes)), layout)
+    if sizes != [math.prod(s) for s in shapes]:
+        raise ValueError(f"the model's arrays have shapes {[tuple(a.shape) for a in model]}, the layout {shapes}")
     return shapes, offsets
 
 
@@ -239,104 +255,174 @@ class Balancer:
         self.layout = layout
         self.shapes, self.offsets = _checked(reference, layout)
         self.units = [_units(self.shapes, link) for link in layout.links]
-        self.targets = np.concatenate([i.sum(axis=1) + b - o.sum(axis=0) for i, b, o in self._sums(reference)] or [[]])
+        sums = self._sums(_stacked([reference]))
+        self.targets = np.concatenate([i[0].sum(axis=1) + b[0] - o[0].sum(axis=0) for i, b, o in sums] or [[]])
 
     def _array(self, flat: Any, k: int) -> Any:
-        return flat[self.offsets[k] : self.offsets[k] + math.prod(self.shapes[k])]
+        """Array k of a flat model [P], or of every row of models [B, P]."""
+        return flat[..., self.offsets[k] : self.offsets[k] + math.prod(self.shapes[k])]
 
-    def _sums(self, model: Any) -> list:
-        return [_unit_sums(model, self._array, self.shapes, link, self.layout.links) for link in self.layout.links]
+    def _sums(self, models: Any) -> list:
+        """Per link, the squared weights of every model [B, P] (:func:`_unit_sums`)."""
+        return [_unit_sums(models, self._array, self.shapes, link, self.layout.links) for link in self.layout.links]
 
     def __call__(self, model: Any) -> Any:
-        out = model.clone() if hasattr(model, "clone") else np.array(model)
-        if not self.layout.links:
-            return out
-        scales = self._scales(self._sums(model))
-        if scales is not None:
-            for link, a in zip(self.layout.links, np.split(scales, np.cumsum(self.units)[:-1])):
-                _scale_units(out, self._array, link, self.shapes, a)
-        return out
+        return self.many([model])[0]
 
-    def _scales(self, sums: list) -> Optional[np.ndarray]:
-        """The per-unit scales [all linked units], or None when the sums are not finite."""
+    def many(self, models: Sequence) -> list:
+        """Rebalanced copies of several flat models [P], their scales solved together (one Newton
+        iteration's arrays hold all of them: each model follows its own iterates, steps and
+        stopping rule, as if alone, up to the rounding of the sums over units)."""
+        outs = [model.clone() if hasattr(model, "clone") else np.array(model) for model in models]
+        if not self.layout.links or not outs:
+            return outs
+        for out, scales in zip(outs, self._scales(self._sums(_stacked(models)))):
+            if scales is not None:
+                for link, a in zip(self.layout.links, np.split(scales, np.cumsum(self.units)[:-1])):
+                    _scale_units(out, self._array, link, self.shapes, a)
+        return outs
+
+    def _scales(self, sums: list) -> list:
+        """Per model (the rows of :meth:`_sums`), the per-unit scales [all linked units], or None
+        when its sums are not finite. Arrays over the models are [B, ...]."""
         links = self.layout.links
-        if not all(np.isfinite(x).all() for parts in sums for x in parts):
-            return None
+        finite = np.logical_and.reduce(
+            [np.isfinite(x).all(axis=tuple(range(1, x.ndim))) for parts in sums for x in parts]
+        )
+        if not finite.any():
+            return [None] * len(finite)
+        if not finite.all():
+            sums = [tuple(x[finite] for x in parts) for parts in sums]
+        b = int(finite.sum())
         starts = np.concatenate([[0], np.cumsum(self.units)]).astype(int)
         n = int(starts[-1])
         # f(u) = fixed_in . e^2u + fixed_out . e^-2u + sum_c sum_ji c_ji e^2(u_j - u_i) - 2 target . u
-        fixed_in, fixed_out = np.zeros(n), np.zeros(n)  # squares to units outside the links
-        incoming, outgoing = np.zeros(n), np.zeros(n)  # every unit's squares, at u = 0
-        couplings = []  # (the units of a link, those of the link before, their squared weights)
-        for k, (link, (w_in, bias, w_out)) in enumerate(zip(links, sums)):
+        fixed_in, fixed_out = np.zeros((b, n)), np.zeros((b, n))  # squares to units outside the links
+        incoming, outgoing = np.zeros((b, n)), np.zeros((b, n))  # every unit's squares, at u = 0
+        couplings = []  # (the units of a link, those of the link before, their squared weights [B, ...])
+        for k, link in enumerate(links):
+            w_in, bias, w_out = sums[k]
             here = slice(starts[k], starts[k + 1])
             before = next((j for j, prev in enumerate(links) if prev.weight_out == link.weight_in), None)
             after = any(nxt.weight_in == link.weight_out for nxt in links)
-            fixed_in[here] = bias + (w_in.sum(axis=1) if before is None else 0.0)
-            fixed_out[here] = 0.0 if after else w_out.sum(axis=0)
-            incoming[here], outgoing[here] = w_in.sum(axis=1) + bias, w_out.sum(axis=0)
+            fixed_in[:, here] = bias + (w_in.sum(axis=2) if before is None else 0.0)
+            fixed_out[:, here] = 0.0 if after else w_out.sum(axis=1)
+            incoming[:, here], outgoing[:, here] = w_in.sum(axis=2) + bias, w_out.sum(axis=1)
             if before is not None:
                 couplings.append((here, slice(starts[before], starts[before + 1]), w_in))
         free = (incoming > 0) & (outgoing > 0)  # a unit with no weight on one side has no balance
         tolerance = 1e-7 * (incoming + outgoing)  # below float32's rounding of the weights
+        terms = _Terms(fixed_in, fixed_out, free, tolerance, tuple(couplings))
+        targets = self.targets
+
+        def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # row by row, [B]
+            return np.einsum("bn,bn->b", x, y)
+
+        def times(c: np.ndarray, v: np.ndarray) -> np.ndarray:  # c @ v per model
+            return np.matmul(c, v[:, :, None])[:, :, 0]
+
+        def times_t(c: np.ndarray, v: np.ndarray) -> np.ndarray:  # c.T @ v per model
+            return np.matmul(v[:, None, :], c)[:, 0, :]
 
         # a coupling's rescaled squares are diag(e^2u_here) c diag(e^-2u_back): products with c only
-        def value(u: np.ndarray) -> float:
-            total = fixed_in @ np.exp(2 * u) + fixed_out @ np.exp(-2 * u) - 2 * self.targets @ u
-            for here, back, c in couplings:
-                total += np.exp(2 * u[here]) @ (c @ np.exp(-2 * u[back]))
-            return float(total)
+        def value(q: _Terms, u: np.ndarray) -> np.ndarray:
+            total = dot(q.fixed_in, np.exp(2 * u)) + dot(q.fixed_out, np.exp(-2 * u)) - 2 * (u @ targets)
+            for here, back, c in q.couplings:
+                total += dot(np.exp(2 * u[:, here]), times(c, np.exp(-2 * u[:, back])))
+            return total
 
-        def derivatives(u: np.ndarray) -> tuple:
-            """(gradient [n], the Hessian's diagonal [n], its coupling blocks)."""
-            up, down = fixed_in * np.exp(2 * u), fixed_out * np.exp(-2 * u)
-            grad, diagonal, blocks = 2 * (up - down - self.targets), 4 * (up + down), []
-            for here, back, c in couplings:
-                x, y = np.exp(2 * u[here]), np.exp(-2 * u[back])
-                rows, cols = x * (c @ y), y * (c.T @ x)
-                grad[here] += 2 * rows
-                grad[back] -= 2 * cols
-                diagonal[here] += 4 * rows
-                diagonal[back] += 4 * cols
+        def derivatives(q: _Terms, u: np.ndarray) -> tuple:
+            """(gradient [B, n], the Hessian's diagonal [B, n], its coupling blocks)."""
+            up, down = q.fixed_in * np.exp(2 * u), q.fixed_out * np.exp(-2 * u)
+            grad, diagonal, blocks = 2 * (up - down - targets), 4 * (up + down), []
+            for here, back, c in q.couplings:
+                x, y = np.exp(2 * u[:, here]), np.exp(-2 * u[:, back])
+                rows, cols = x * times(c, y), y * times_t(c, x)
+                grad[:, here] += 2 * rows
+                grad[:, back] -= 2 * cols
+                diagonal[:, here] += 4 * rows
+                diagonal[:, back] += 4 * cols
                 blocks.append((here, back, c, x, y))
-            return np.where(free, grad, 0.0), np.where(free, diagonal, 1.0), blocks
+            return np.where(q.free, grad, 0.0), np.where(q.free, diagonal, 1.0), blocks
 
-        def newton_step(grad: np.ndarray, diagonal: np.ndarray, blocks: list) -> np.ndarray:
+        def newton_step(free: np.ndarray, grad: np.ndarray, diagonal: np.ndarray, blocks: list) -> np.ndarray:
             """-H^-1 grad by conjugate gradients on Hessian-vector products (the Hessian couples
-            only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned."""
+            only the units of consecutive links: no [n, n] matrix is built), Jacobi-preconditioned;
+            a model's iterates stop where its own residual is small enough (inexact Newton), and
+            the arrays keep only the models still iterating."""
 
             def hessian_times(v: np.ndarray) -> np.ndarray:
                 out = diagonal * v
                 for here, back, c, x, y in blocks:
-                    out[here] -= 4 * x * (c @ (y * v[back]))
-                    out[back] -= 4 * y * (c.T @ (x * v[here]))
+                    out[:, here] -= 4 * x * times(c, y * v[:, back])
+                    out[:, back] -= 4 * y * times_t(c, x * v[:, here])
                 return np.where(free, out, v)
 
-            x, r = np.zeros(n), -grad
+            step, at = np.zeros(grad.shape), np.arange(len(grad))  # at: the rows still iterating
+            x, r = np.zeros(grad.shape), -grad
             z = r / diagonal
-            p, rz = z.copy(), float(r @ z)
+            p, rz = z.copy(), dot(r, z)
+            enough = 1e-6 * np.sqrt(dot(grad, grad))
             for _ in range(4 * n + 20):
-                if math.sqrt(max(float(r @ r), 0.0)) <= 1e-6 * math.sqrt(float(grad @ grad)):  # inexact Newton
-                    break
+                going = np.sqrt(np.maximum(dot(r, r), 0.0)) > enough
+                if not going.all():
+                    step[at[~going]] = x[~going]
+                    if not going.any():
+                        break
+                    at, x, r, p, rz, enough, diagonal, free = (
+                        a[going] for a in (at, x, r, p, rz, enough, diagonal, free)
+                    )
+                    blocks = [(here, back, c[going], cx[going], cy[going]) for here, back, c, cx, cy in blocks]
                 hp = hessian_times(p)
-                alpha = rz / float(p @ hp)
+                alpha = (rz / dot(p, hp))[:, None]
                 x, r = x + alpha * p, r - alpha * hp
                 z = r / diagonal
-                rz, rz_before = float(r @ z), rz
-                p = z + (rz / rz_before) * p
-            return x
+                rz, rz_before = dot(r, z), rz
+                p = z + (rz / rz_before)[:, None] * p
+            else:
+                step[at] = x
+            return step
 
-        u = np.zeros(n)
+        u, at, now = np.zeros((b, n)), np.arange(b), np.zeros((b, n))  # now: u of the rows at
         for _ in range(100):
-            grad, diagonal, blocks = derivatives(u)
-            if np.all(np.abs(grad) <= tolerance):
-                break
-            step = newton_step(grad, diagonal, blocks)
-            start, t = value(u), 1.0
-            while t > 1e-6 and value(u + t * step) > start + 1e-4 * t * float(grad @ step):
-                t /= 2  # backtracking: Newton's full step can overshoot far from the optimum
-            u = u + t * step
-        return np.exp(u)
+            grad, diagonal, blocks = derivatives(terms, now)
+            going = ~np.all(np.abs(grad) <= terms.tolerance, axis=1)
+            if not going.all():  # the models that are solved leave the arrays
+                u[at[~going]] = now[~going]
+                if not going.any():
+                    break
+                at, now, grad, diagonal, terms = at[going], now[going], grad[going], diagonal[going], terms.rows(going)
+                blocks = [(here, back, c[going], x[going], y[going]) for here, back, c, x, y in blocks]
+            step = newton_step(terms.free, grad, diagonal, blocks)
+            start, slope, t = value(terms, now), dot(grad, step), np.ones(len(at))
+            searching = np.ones(len(at), dtype=bool)
+            while True:  # backtracking: Newton's full step can overshoot far from the optimum
+                searching &= t > 1e-6
+                if not searching.any():
+                    break
+                searching &= value(terms, now + t[:, None] * step) > start + 1e-4 * t * slope
+                t = np.where(searching, t / 2, t)
+            now = now + t[:, None] * step
+        else:
+            u[at] = now
+        solved = iter(np.exp(u))
+        return [next(solved) if ok else None for ok in finite]
+
+
+class _Terms(NamedTuple):
+    """The rebalancing objective's terms for the models being solved, [B, ...] each (see
+    :meth:`Balancer._scales`): squares to units outside the links, the units that have a balance,
+    the stopping tolerances, and the couplings (units here, the link's before, their squares)."""
+
+    fixed_in: np.ndarray
+    fixed_out: np.ndarray
+    free: np.ndarray
+    tolerance: np.ndarray
+    couplings: tuple
+
+    def rows(self, keep: np.ndarray) -> _Terms:
+        """The terms of the models ``keep`` selects (a boolean mask over the rows)."""
+        return _Terms(*(a[keep] for a in self[:4]), tuple((here, back, c[keep]) for here, back, c in self.couplings))
 
 
 def _units(shapes: list, link: Link) -> int:
@@ -345,29 +431,39 @@ def _units(shapes: list, link: Link) -> int:
     return into[0] if link.order == "out_in" else into[-1]
 
 
-def _unit_sums(model: Any, array: Any, shapes: list, link: Link, links: tuple) -> tuple:
-    """(incoming [units, inputs], bias [units], outgoing [outputs, units]) float64 NumPy: a link's
-    squared weights summed over everything but the units they join (a convolution's window; the
-    positions a flattening laid out per channel). ``inputs`` are the units of the link before
-    when there is one, else every input element; ``outputs`` likewise."""
+def _unit_sums(models: Any, array: Any, shapes: list, link: Link, links: tuple) -> tuple:
+    """(incoming [B, units, inputs], bias [B, units], outgoing [B, outputs, units]) float64 NumPy
+    of models [B, P]: a link's squared weights summed over everything but the units they join (a
+    convolution's window; the positions a flattening laid out per channel). ``inputs`` are the
+    units of the link before when there is one, else every input element; ``outputs`` likewise."""
     units = _units(shapes, link)
     before = next((prev for prev in links if prev.weight_out == link.weight_in), None)
-    w_in = _squares(array(model, link.weight_in))
-    w_out = _squares(array(model, link.weight_out))
+    w_in = _squares(array(models, link.weight_in))
+    w_out = _squares(array(models, link.weight_out))
+    b = len(w_in)
     if link.order == "out_in":
-        incoming = w_in.reshape(units, -1)
-        outgoing = w_out.reshape(shapes[link.weight_out][0], units, -1).sum(axis=2)
+        incoming = w_in.reshape(b, units, -1)
+        outgoing = w_out.reshape(b, shapes[link.weight_out][0], units, -1).sum(axis=3)
     else:
-        incoming = w_in.reshape(-1, units).T
-        outgoing = w_out.reshape(units, -1).T
+        incoming = w_in.reshape(b, -1, units).transpose(0, 2, 1)
+        outgoing = w_out.reshape(b, units, -1).transpose(0, 2, 1)
     if before is not None:  # group the inputs by the previous link's units
         inputs = _units(shapes, before)
         if link.order == "out_in":
-            incoming = w_in.reshape(units, inputs, -1).sum(axis=2)
+            incoming = w_in.reshape(b, units, inputs, -1).sum(axis=3)
         else:
-            incoming = w_in.reshape(inputs, -1, units).sum(axis=1).T
-    bias = _squares(array(model, link.bias_in)) if link.bias_in is not None else np.zeros(units)
+            incoming = w_in.reshape(b, inputs, -1, units).sum(axis=2).transpose(0, 2, 1)
+    bias = _squares(array(models, link.bias_in)) if link.bias_in is not None else np.zeros((b, units))
     return incoming, bias, outgoing
+
+
+def _stacked(models: Sequence) -> Any:
+    """Flat models [P] as one [B, P] array of their kind (torch or NumPy)."""
+    if is_torch(models[0]):
+        import torch
+
+        return torch.stack([m.detach() for m in models])
+    return np.stack([np.asarray(m) for m in models])
 
 
 def _scale_units(model: Any, array: Any, link: Link, shapes: list, a: np.ndarray) -> None:
@@ -402,8 +498,8 @@ def _squares(values: Any) -> np.ndarray:
     if is_torch(values):
         import torch
 
-        values = values.detach().resolve_neg().to(torch.float64)
-        return (values * values).cpu().numpy()
+        values = values.detach().resolve_neg().to(torch.float64, copy=True)
+        return values.mul_(values).cpu().numpy()
     values = np.asarray(values, dtype=np.float64)
     return values * values
 

@@ -153,7 +153,8 @@ def federate_client(
 def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any], None], global_params: Any = None):
     """:func:`train_round` for an adapter's client (its ``policy``, ``params``, ``train`` and
     ``evaluate``; the copy of the global model trains on its ``global_train_data`` when that is
-    set: ``train(global_train_data)``)."""
+    set: ``train(global_train_data)``; ``loss_of_flat_alone``, when it has it: see
+    :func:`train_round`)."""
     data = getattr(client, "global_train_data", None)
     train_round(
         client.policy,
@@ -164,17 +165,19 @@ def train_client(client: Any, result: ClientRound, *, copy: Callable[[Any, Any],
         copy=copy,
         global_params=global_params,
         train_global=None if data is None else lambda: client.train(data),
+        loss_of_flat_alone=getattr(client, "loss_of_flat_alone", False),
     )
 
 
-def _rebalanced(balance: Balancer, model: Any, measured: int) -> Any:
-    """A copy of the flat ``model`` whose first ``measured`` elements are rebalanced
-    (:class:`fomo_core.guard.Balancer`); what rides behind them is copied as it is."""
-    if measured == len(model):
-        return balance(model)
-    out = model.clone() if hasattr(model, "clone") else np.array(model)
-    out[:measured] = balance(model[:measured])
-    return out
+def _rebalanced(balance: Balancer, models: list, measured: int) -> list:
+    """Copies of the flat ``models`` whose first ``measured`` elements are rebalanced, all in one
+    solve (:meth:`fomo_core.guard.Balancer.many`); what rides behind them is copied as it is."""
+    if not models or measured == len(models[0]):
+        return balance.many(models)
+    outs = [model.clone() if hasattr(model, "clone") else np.array(model) for model in models]
+    for out, part in zip(outs, balance.many([model[:measured] for model in models])):
+        out[:measured] = part
+    return outs
 
 
 def batch_loss(loss: str, per_batch: Any, sizes: Any) -> np.ndarray:
@@ -246,7 +249,9 @@ def federate(
     if policy.rebalance and layout is not None and layout.links and (losses < base_loss).any():
         # the candidates that can get weight, in the client's own balance (the same functions)
         balance = Balancer(base if whole else base[:p], layout)
-        cands = [_rebalanced(balance, c, p) if loss < base_loss else c for c, loss in zip(cands, losses)]
+        improving = [k for k, loss in enumerate(losses) if loss < base_loss]
+        for k, rebalanced in zip(improving, _rebalanced(balance, [cands[k] for k in improving], p)):
+            cands[k] = rebalanced
     measured_cands = cands if whole else [c[:p] for c in cands]
     options = policy.step_options()
     guarded = np.zeros(len(cands), dtype=bool)
@@ -334,6 +339,13 @@ def _toward_global(steps: tuple, params: Any, global_params: Any, evaluate: Call
     return float(steps[best]), float(finite[best]), seconds
 
 
+def _still_baseline(policy: ClientPolicy, result: ClientRound) -> bool:
+    """Whether :func:`federate` left the client's model bit for bit as the baseline it evaluated:
+    its own model (baseline "current"), which no candidate moved (nothing helped, or the round was
+    skipped) and no move toward the global model changed (that sets ``update_loss`` itself)."""
+    return policy.baseline == "current" and result.outcome in ("nothing_helps", "skipped") and not result.global_step
+
+
 def train_round(
     policy: ClientPolicy,
     params: Any,
@@ -344,6 +356,7 @@ def train_round(
     copy: Callable[[Any, Any], None],
     global_params: Any = None,
     train_global: Optional[Callable[[], Any]] = None,
+    loss_of_flat_alone: bool = False,
 ) -> None:
     """The training half of a round under ``policy``: local training of ``params`` [P] in place by
     ``train()``, and what the policy adds around it (recorded in ``result``):
@@ -352,7 +365,13 @@ def train_round(
       default ``train()``, on the model loaded with it), and its change is ``result.global_update``;
     - global_model="follow": the change local training made to ``params`` is the contribution;
     - keep_training="if_not_worse": when training raised the validation loss above
-      ``result.update_loss`` (evaluated if unknown), the model before training is restored.
+      ``result.update_loss``, the model before training is restored. That loss is the baseline's
+      when the update left the model as the baseline (the model ``params`` held for
+      :func:`federate`, baseline "current", nothing moved it), else it is evaluated: before
+      training, or, with ``loss_of_flat_alone`` (``evaluate``'s loss of a model depends on the flat
+      model alone: nothing that training changes outside it, such as BatchNorm statistics kept in
+      a module, nor the random numbers training draws), after it, in one call with the trained
+      model (one evaluation route for both).
     """
     t0 = time.perf_counter()
     contributes = policy.global_model != "off" and global_params is not None
@@ -364,13 +383,20 @@ def train_round(
         copy(params, own)
     keep_before = policy.keep_training == "if_not_worse" or (contributes and policy.global_model == "follow")
     before = copy_leaf(params) if keep_before else None
-    if policy.keep_training == "if_not_worse" and result.update_loss is None:
+    checks = policy.keep_training == "if_not_worse"
+    if checks and result.update_loss is None and _still_baseline(policy, result):
+        result.update_loss = result.baseline_loss
+    if checks and result.update_loss is None and not loss_of_flat_alone:
         result.update_loss = float(as_float64(evaluate([params])[0])[0])
     train()
     if contributes and policy.global_model == "follow":
         result.global_update = params - before
-    if policy.keep_training == "if_not_worse":
-        trained_loss = float(as_float64(evaluate([params])[0])[0])
+    if checks:
+        if result.update_loss is None:  # the model before training and the trained one, together
+            both = as_float64(evaluate([before, params])[0])
+            result.update_loss, trained_loss = float(both[0]), float(both[1])
+        else:
+            trained_loss = float(as_float64(evaluate([params])[0])[0])
         if not trained_loss <= result.update_loss and math.isfinite(result.update_loss):
             copy(params, before)
             result.training = "reverted"

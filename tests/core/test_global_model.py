@@ -167,6 +167,72 @@ def test_training_that_raises_the_validation_loss_is_reverted(digits):
     assert res.training == "kept" and float(helped.evaluate([helped.get_flat()])[0][0]) <= res.update_loss
 
 
+class Recording(FedFomoClient):
+    """A client that records how many models each of its evaluations takes; ``flat_alone``
+    overrides :attr:`FedFomoClient.loss_of_flat_alone` (None: the client's own answer)."""
+
+    flat_alone = None
+
+    def evaluate(self, models, data=None):
+        self.calls = [*getattr(self, "calls", []), len(models)]
+        return super().evaluate(models, data)
+
+    @property
+    def loss_of_flat_alone(self):
+        return super().loss_of_flat_alone if self.flat_alone is None else self.flat_alone
+
+
+@pytest.mark.parametrize("lr, training", [(0.1, "kept"), (40.0, "reverted")])
+def test_the_check_evaluates_the_model_before_training_with_the_trained_one_and_decides_alike(digits, lr, training):
+    """Where a model's loss is its flat model's alone, the model before training is evaluated after
+    training, in one call with the trained one: the same loss, the same decision, one call less."""
+    train, val = digits
+    peers = torch.stack([trained_flat(s, train, epochs=1) for s in (1, 2)])
+    policy = fc.get_preset("fomo-core").client.replace(global_model="off")
+    rounds = {}
+    for flat_alone in (True, False):
+        client = Recording(mlp(0), val, train, policy=policy, seed=5, epochs=1, lr=lr)
+        client.flat_alone = flat_alone
+        res = client.round(peers)
+        rounds[flat_alone] = (res, client.get_flat(), client.calls)
+    (deferred, after, calls), (eager, after_eager, calls_eager) = rounds[True], rounds[False]
+    assert deferred.outcome == "updated" and (deferred.training, eager.training) == (training, training)
+    assert deferred.update_loss == eager.update_loss and torch.equal(after, after_eager)
+    assert (calls, calls_eager) == ([3, 2], [3, 1, 1])
+
+
+def test_when_nothing_helps_the_check_reuses_the_baselines_loss(digits):
+    train, val = digits
+    own = trained_flat(7, train, epochs=20)
+    policy = fc.get_preset("fomo-core").client.replace(global_model="off")
+    client = Recording(mlp(0), val, train, policy=policy, seed=5, epochs=1, lr=0.1)
+    client.set_flat(own)
+    worse = torch.stack(
+        [own + 0.5 * torch.randn(own.shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    )
+    res = client.update(worse)
+    assert res.outcome == "nothing_helps" and torch.equal(client.get_flat(), own)
+    client.calls = []
+    client.train_round(res)
+    assert res.update_loss == res.baseline_loss == float(client.evaluate([own])[0][0])  # its loss, exactly
+    assert client.calls[0] == 1  # the trained model only; then the check above
+
+
+def test_buffers_training_moves_outside_the_flat_model_keep_the_evaluation_before_training(digits):
+    train, val = digits
+    with_bn = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    core = fc.get_preset("fomo-core").client
+    assert FedFomoClient(mlp(0), val, train).loss_of_flat_alone
+    assert not FedFomoClient(copy.deepcopy(with_bn), val, train).loss_of_flat_alone  # its statistics stay
+    assert FedFomoClient(copy.deepcopy(with_bn), val, train, policy=core.replace(buffers="moved")).loss_of_flat_alone
+    assert not FedFomoClient(mlp(0), val, train_fn=lambda m: None).loss_of_flat_alone  # a hook may change anything
+    assert not FedFomoClient(mlp(0), val, train, policy=core.replace(evaluation="train")).loss_of_flat_alone
+    client = Recording(copy.deepcopy(with_bn), val, train, policy=core.replace(global_model="off"), seed=5, lr=0.1)
+    peers = torch.stack([client.get_flat() + 0.01 * torch.randn(client.get_flat().shape) for _ in range(2)])
+    client.round(peers)
+    assert client.calls[1:] == [1, 1]
+
+
 def one_full_batch_step(train):
     x, y = train
 

@@ -24,6 +24,7 @@ from fomo_core.adapters.numpy import MLPClassifierClient, get_flat_params, initi
 from fomo_core.adapters.torch import FedFomoClient, flatten_module, guard_layout, train_sgd
 from fomo_core.adapters.torch_evaluate import dense_spec
 from fomo_core.guard import (  # _checked, _scale_units: to rescale the units of any linked layout
+    Balancer,
     GuardLayout,
     Link,
     _checked,
@@ -170,6 +171,39 @@ def test_rebalancing_keeps_the_function_and_undoes_any_rescaling(make, x):
     torch.testing.assert_close(rebalance(rescaled, own, layout), balanced, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [mlp, lenet])
+def test_rebalancing_many_models_at_once_gives_each_what_it_gets_alone(make):
+    """One solve for all the round's candidates: each model keeps its own iterates and stopping
+    rule, so a model that needs many Newton steps (rescaled far) next to ones that need few, and a
+    non-finite one (left as it is), come out bit for bit as when rebalanced alone."""
+    module = make()
+    layout = guard_layout(module)
+    own = parameters_to_vector(module.parameters()).detach().clone()
+    g = torch.Generator().manual_seed(1)
+    models = [own + 0.05 * torch.randn(own.shape, generator=g) for _ in range(3)]
+    far = models[0].clone()
+    shapes, offsets = _checked(far, layout)
+    array = lambda flat, k: flat[offsets[k] : offsets[k] + math.prod(shapes[k])]  # noqa: E731
+    for link in layout.links:
+        _scale_units(far, array, link, shapes, np.exp(np.linspace(-3, 3, layout.shapes[link.weight_in][0])))
+    broken = models[1].clone()
+    broken[5] = float("nan")
+    models = [models[0], far, broken, models[2], own]
+    balance = Balancer(own, layout)
+    together = balance.many(models)
+    for model, got in zip(models, together):  # bit for bit (NaN where the broken model has it)
+        torch.testing.assert_close(got, balance(model), rtol=0, atol=0, equal_nan=True)
+    np.testing.assert_array_equal(together[2].numpy(), broken.numpy())  # NaN where it was: left as it is
+    d = load_digits()
+    clf = initialise_mlp(MLPClassifier(hidden_layer_sizes=(16,), random_state=0), d.data, d.target, np.arange(10))
+    flat = get_flat_params(clf)
+    spec = mlp_spec(clf)
+    batch = [flat + 0.01, reparametrise(flat + 0.01, spec, np.linspace(0.05, 20, 16)), flat]
+    sklearn_balance = Balancer(flat, dense_layout(spec))
+    for model, got in zip(batch, sklearn_balance.many(batch)):
+        np.testing.assert_array_equal(got, sklearn_balance(model))
+
+
 def test_rebalancing_in_scikit_learns_layout():
     d = load_digits()
     clf = initialise_mlp(MLPClassifier(hidden_layer_sizes=(16,), random_state=0), d.data, d.target, np.arange(10))
@@ -275,6 +309,52 @@ def test_a_poison_in_one_small_layer_is_rejected_layer_by_layer():
     assert not res.guard_rejected.any() and res.scores[0] < 0
     _, res = round_([far], [0.5], layout)
     assert res.guard_rejected.tolist() == [True] and res.scores[0] == 0.0
+
+
+def test_layer_distances_read_models_given_as_lists_of_their_arrays():
+    module = lenet()
+    layout = guard_layout(module)
+    local = parameters_to_vector(module.parameters()).detach().clone()
+    g = torch.Generator().manual_seed(3)
+    cands = torch.stack([local + s * torch.randn(local.shape, generator=g) for s in (0.01, 0.5, 3.0)])
+
+    def arrays(flat):  # the model as the list of its arrays, in the layout's order
+        shapes, offsets = _checked(flat, layout)
+        return [flat[o : o + math.prod(s)].reshape(s) for o, s in zip(offsets, shapes)]
+
+    listed = layer_distances(arrays(local), [arrays(c) for c in cands], layout)
+    np.testing.assert_array_equal(listed, layer_distances(local, cands, layout))  # the same kernel, layer by layer
+    with pytest.raises(ValueError, match="needs a layout"):
+        layer_distances(arrays(local), [arrays(c) for c in cands])
+    with pytest.raises(ValueError, match="the model's arrays have shapes"):
+        layer_distances(arrays(local)[::-1], [arrays(c)[::-1] for c in cands], layout)  # the same sizes, reordered
+
+
+@pytest.mark.parametrize("guard", [PRESET.guard, 1e-3])
+def test_the_guard_reads_modules_in_place_where_nothing_is_rebalanced(digits, guard):
+    """A model whose layers are not linked (BatchNorm between them): the guarded round reads the
+    server's modules where they are (nothing is copied into the bank) and ends as the round on the
+    same models copied into an [M, P] tensor: the same model, the same rejections (with a tight
+    guard every improving candidate is rejected), the weights to float64 rounding."""
+    train, val = digits
+    torch.manual_seed(0)
+    start = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    assert guard_layout(start).links == ()
+    peers = [_trained(start, train, epochs=1, seed=s) for s in (1, 2, 3)]
+    runs = {}
+    for form in ("modules", "tensor"):
+        client = FedFomoClient(copy.deepcopy(start), val, train, policy=PRESET.replace(guard=guard))
+        given = peers if form == "modules" else torch.stack([flatten_module(m).detach() for m in peers])
+        res = client.update(given)
+        runs[form] = (res, client.get_flat(), client.bank.count)
+    (in_place, flat, written), (copied, flat_copied, _) = runs["modules"], runs["tensor"]
+    assert written == 0  # read where they are
+    improving = in_place.candidate_losses < in_place.baseline_loss
+    assert improving.any() and in_place.guard_rejected.tolist() == copied.guard_rejected.tolist()
+    assert in_place.guard_rejected.tolist() == (improving.tolist() if guard < 1 else [False] * 3)
+    assert torch.equal(flat, flat_copied)
+    # the distances add up layer by layer rather than over the flat model: float64 rounding apart
+    np.testing.assert_allclose(in_place.weights, copied.weights, rtol=1e-12, atol=0)
 
 
 def test_the_peer_presets_have_no_guard_and_the_policy_checks_its_fields():
