@@ -22,6 +22,10 @@ import numpy as np
 from ._models import as_float64, is_torch
 from ._validate import real
 
+#: The NumPy dtype a global model of each dtype is checkpointed in (NumPy has no bfloat16;
+#: float32 holds it exactly).
+STORED_DTYPE = {"float16": "float16", "float32": "float32", "float64": "float64", "bfloat16": "float32"}
+
 __all__ = ["GlobalModel"]
 
 
@@ -108,8 +112,10 @@ class GlobalModel:
         model, not 8P."""
         if not is_torch(self.params):
             return {"global_params": np.array(self.params)}
-        values = self.params.detach().cpu()
-        return {"global_params": (values.float() if self.dtype_name == "bfloat16" else values).numpy().copy()}
+        import torch
+
+        stored = getattr(torch, STORED_DTYPE[self.dtype_name])
+        return {"global_params": self.params.detach().cpu().to(stored).numpy().copy()}
 
     def load_state(self, state: dict) -> None:
         """Restores :meth:`state`'s arrays."""

@@ -35,7 +35,7 @@ from ._pool import ClientPool
 from ._validate import count, real, real_vector
 from .affinity import VALUE_LIMIT, Affinity, _options
 from .free_riding import is_free_ride
-from .global_model import GlobalModel
+from .global_model import STORED_DTYPE, GlobalModel
 from .model_store import MemoryTable, ModelStore, open_model_store
 from .policy import ServerPolicy
 from .presets import PRESETS, Preset, as_preset
@@ -51,7 +51,6 @@ _META = {"format", "preset", "policy", "m", "round", "torch", "num_clients", "nu
 _META |= {"affinity"}
 # written since the global model is stored in its own dtype (before: float64, then cast to the models')
 _META_GLOBAL_DTYPE = _META | {"global_dtype"}
-_STORED_AS = {"float16": "float16", "float32": "float32", "float64": "float64", "bfloat16": "float32"}
 
 #: The array type of the server's models: ``init_params``' (np.ndarray or torch.Tensor).
 RowsT = TypeVar("RowsT")
@@ -460,13 +459,13 @@ def _global_model(
     if dtype_name is not None:
         if (
             not isinstance(dtype_name, str)
-            or dtype_name not in _STORED_AS
+            or dtype_name not in STORED_DTYPE
             or (dtype_name == "bfloat16" and not is_torch)
         ):
-            raise ckpt.fail(f"has global_dtype {dtype_name!r}, expected one of {sorted(_STORED_AS)}")
+            raise ckpt.fail(f"has global_dtype {dtype_name!r}, expected one of {sorted(STORED_DTYPE)}")
         _, found = ckpt.header("global_params", "f")
-        if found != np.dtype(_STORED_AS[dtype_name]):
-            raise ckpt.fail(f"entry 'global_params' is {found}, expected {_STORED_AS[dtype_name]} for {dtype_name}")
+        if found != np.dtype(STORED_DTYPE[dtype_name]):
+            raise ckpt.fail(f"entry 'global_params' is {found}, expected {STORED_DTYPE[dtype_name]} for {dtype_name}")
     values = ckpt.array("global_params", "f", shape=(p,))
     if not np.isfinite(values).all():
         raise ckpt.fail("entry 'global_params' holds a non-finite value")
