@@ -17,6 +17,14 @@ import tempfile
 
 import pytest
 
+# pytest-xdist's workers already fill the cores, so each runs one OpenMP thread (torch's and the
+# kernels'), unless the caller chose a count: on a shared 2-core machine two threads per worker
+# wait for each other at every parallel region whenever one is descheduled (three of the suite's
+# tests beside five busy processes: 30% less CPU on one thread). The kernels' threaded paths keep
+# their own tests, which set the count explicitly.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @contextlib.contextmanager
 def _one_torch_thread():
