@@ -1,0 +1,215 @@
+"""The cost of ONE model's forward over the round benchmark's validation set, by route.
+
+What a client round's evaluation costs per model, against what it cannot beat (plain torch
+inference on the same rows) and against PFLlib's evaluation of one model (recalculate_loss:
+train mode, autograd on, batches of 10; benchmarks/pfllib_round.py). Variants:
+
+- fomo-core: ``evaluate_module`` of one candidate (a module, as the server hands them over; and
+  a flat [P] vector, as the client's own model and rebalanced candidates are read), and of a
+  module with its input left in NCHW (the loop route before it took channels_last);
+- torch: ``model.eval(); with torch.inference_mode(): cross_entropy(model(X), y)`` on the same
+  rows, also with channels_last, and with BatchNorm folded into the preceding convolution (the
+  folding itself, made per model, timed with it);
+- PFLlib: its recalculate_loss over batches of 10.
+
+And, for ResNet-18, the evaluation batch size: the rows of a larger validation set through one
+model whole vs in chunks of 32 / 64 / 128 (CPU time per row).
+
+One torch thread, process CPU time, interleaved repeats, median (and min) ms.
+
+    python benchmarks/probe_forward.py [--repeats N] [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_round import BATCH, SUBJECTS, data, loader  # noqa: E402
+from common import interleaved_samples, spread  # noqa: E402
+
+from fomo_core.adapters import torch_evaluate  # noqa: E402
+from fomo_core.adapters.torch import evaluate_module  # noqa: E402
+
+CLOCK = time.process_time
+
+
+def folded(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model with every BatchNorm2d that directly follows a Conv2d inside a
+    Sequential or a block (attribute pairs conv*/bn*, and Sequential(conv, bn)) folded into it:
+    w' = w * g / sqrt(v + eps) per output channel, b' = (b - m) * g / sqrt(v + eps) + beta."""
+    out = copy.deepcopy(model)
+
+    def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+        )
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        with torch.no_grad():
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        return fused
+
+    for module in list(out.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:]):
+                if isinstance(module._modules[a], nn.Conv2d) and isinstance(module._modules[b], nn.BatchNorm2d):
+                    module._modules[a] = fold(module._modules[a], module._modules[b])
+                    module._modules[b] = nn.Identity()
+        for k in (1, 2):
+            conv, bn = getattr(module, f"conv{k}", None), getattr(module, f"bn{k}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{k}", fold(conv, bn))
+                setattr(module, f"bn{k}", nn.Identity())
+    return out.eval()
+
+
+def plain(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float(F.cross_entropy(model(X), y, reduction="sum"))
+
+
+def pfllib_loss(model: nn.Module, batches: list) -> float:
+    """PFLlib's recalculate_loss (clientfomo.py:139-151): train mode, autograd, mean of batch losses."""
+    total = 0.0
+    for x, t in batches:
+        total += F.cross_entropy(model(x), t).item()
+    return total / len(batches)
+
+
+def per_forward(subject: str, repeats: int) -> dict:
+    build, _, (n_train, n_val), _ = SUBJECTS[subject]
+    torch.manual_seed(0)
+    model = build()
+    _, (X, y) = data(subject, n_train, n_val)
+    # running statistics away from 0/1, as after training (else folding is near the identity)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    server_model = copy.deepcopy(model)
+    nchw = copy.deepcopy(model)  # a template the loop hands its input as given (not channels_last)
+    torch_evaluate._TAKES_CHANNELS_LAST[nchw] = False
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    X_last = X.contiguous(memory_format=torch.channels_last)
+    train_copy = copy.deepcopy(model).train()
+    batches = list(loader((X, y), BATCH, drop_last=False))
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    methods = {
+        "torch eval": lambda: plain(model, X, y),
+        "fomo-core, a module": lambda: evaluate_module(model, [server_model], (X, y)).loss,
+        "fomo-core, a flat vector": lambda: evaluate_module(model, [flat], (X, y)).loss,
+        "fomo-core, a module, NCHW input": lambda: evaluate_module(nchw, [server_model], (X, y)).loss,
+        "torch eval, channels_last": lambda: plain(last, X_last, y),
+        "PFLlib recalculate_loss": lambda: pfllib_loss(train_copy, batches),
+    }
+    if has_bn:
+        methods["torch eval, BatchNorm folded (fold timed)"] = lambda: plain(folded(model), X, y)
+        fold_only = folded(model)
+        methods["torch eval, BatchNorm folded (fold untimed)"] = lambda: plain(fold_only, X, y)
+    samples = interleaved_samples(methods, repeats, warmup=2, clock=CLOCK)
+    reference = plain(model, X, y) / len(y)
+    losses = {"torch eval": reference}
+    if has_bn:
+        losses["BatchNorm folded"] = plain(folded(model), X, y) / len(y)
+    losses["fomo-core, a module"] = float(evaluate_module(model, [server_model], (X, y)).loss[0])
+    base = spread(samples["torch eval"])["median"]
+    return {
+        "subject": subject,
+        "rows": len(y),
+        "ms": {name: spread(s) for name, s in samples.items()},
+        "vs torch eval": {name: spread(s)["median"] / base for name, s in samples.items()},
+        "losses": losses,
+    }
+
+
+def chunk_sweep(rows: int, repeats: int, chunks=(None, 32, 64, 128)) -> dict:
+    """ResNet-18, one model, eval mode: CPU ms per row of evaluate_module over `rows` rows with
+    each batch_size (None: all rows in one forward), and the loss each gives."""
+    torch.manual_seed(0)
+    model = SUBJECTS["ResNet-18"][0]().eval()
+    g = torch.Generator().manual_seed(2)
+    X, y = torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
+    methods = {
+        f"batch {c or 'all'}": (lambda c=c: evaluate_module(model, [model], (X, y), batch_size=c).loss) for c in chunks
+    }
+    samples = interleaved_samples(methods, repeats, warmup=1, clock=CLOCK)
+    losses = {
+        f"batch {c or 'all'}": float(evaluate_module(model, [model], (X, y), batch_size=c).loss[0]) for c in chunks
+    }
+    return {
+        "rows": rows,
+        "ms per row": {name: spread([v / rows for v in s]) for name, s in samples.items()},
+        "losses": losses,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=256, help="rows of the ResNet-18 batch-size sweep")
+    parser.add_argument("--subjects", nargs="*", default=["LeNet CNN", "ResNet-18"])
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    import fomo_core
+
+    fomo_core.set_num_threads(1)
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "clock": "process CPU time",
+        "load average at start": list(__import__("os").getloadavg()),
+        "per_forward": [per_forward(s, args.repeats) for s in args.subjects],
+    }
+    if not args.no_sweep:
+        out["chunk_sweep"] = chunk_sweep(args.rows, max(3, args.repeats // 2))
+    out["load average at end"] = list(__import__("os").getloadavg())
+    print(summary(out))
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def summary(out: dict) -> str:
+    """The medians (min) in ms and the ratios to plain torch, and the sweep's ms per row."""
+    lines = [f"load average {out['load average at start']} -> {out['load average at end']}"]
+    for r in out["per_forward"]:
+        lines.append(f"{r['subject']}, {r['rows']} rows: CPU ms median (min), x plain torch eval")
+        for name, t in r["ms"].items():
+            lines.append(f"  {name:45s} {t['median']:9.2f} ({t['min']:.2f})  {r['vs torch eval'][name]:.3f}x")
+        lines.append(f"  losses: {r['losses']}")
+    if "chunk_sweep" in out:
+        sweep = out["chunk_sweep"]
+        lines.append(f"ResNet-18, one model over {sweep['rows']} rows: CPU ms per row median (min), loss")
+        for name, t in sweep["ms per row"].items():
+            lines.append(f"  {name:12s} {t['median']:8.3f} ({t['min']:.3f})  {sweep['losses'][name]!r}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
