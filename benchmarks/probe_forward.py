@@ -17,15 +17,14 @@ model whole vs in chunks of 32 / 64 / 128 (CPU time per row).
 
 One torch thread, process CPU time, interleaved repeats, median (and min) ms.
 
-    python benchmarks/probe_forward.py [--repeats N] [--rows N]
+    python benchmarks/probe_forward.py [--repeats N] [--rows N] [--write]   # --write: results/forward.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,8 +35,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_round import BATCH, SUBJECTS, data, loader  # noqa: E402
-from common import interleaved_samples, spread  # noqa: E402
+from common import interleaved_samples, machine, markdown_table, spread, write_results  # noqa: E402
 
+import fomo_core  # noqa: E402
 from fomo_core.adapters import torch_evaluate  # noqa: E402
 from fomo_core.adapters.torch import evaluate_module  # noqa: E402
 
@@ -168,47 +168,57 @@ def chunk_sweep(rows: int, repeats: int, chunks=(None, 32, 64, 128)) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--rows", type=int, default=256, help="rows of the ResNet-18 batch-size sweep")
     parser.add_argument("--subjects", nargs="*", default=["LeNet CNN", "ResNet-18"])
     parser.add_argument("--no-sweep", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/results/forward.{json,md}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    import fomo_core
-
     fomo_core.set_num_threads(1)
     out = {
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "machine": machine(),
         "threads": 1,
         "clock": "process CPU time",
-        "load average at start": list(__import__("os").getloadavg()),
         "per_forward": [per_forward(s, args.repeats) for s in args.subjects],
     }
     if not args.no_sweep:
         out["chunk_sweep"] = chunk_sweep(args.rows, max(3, args.repeats // 2))
-    out["load average at end"] = list(__import__("os").getloadavg())
-    print(summary(out))
-    if args.out is not None:
-        args.out.write_text(json.dumps(out, indent=1))
+    out["load_average_after"] = list(os.getloadavg())
+    text = table(out)
+    print(text)
+    if args.write:
+        write_results("forward", out, text)
     return 0
 
 
-def summary(out: dict) -> str:
-    """The medians (min) in ms and the ratios to plain torch, and the sweep's ms per row."""
-    lines = [f"load average {out['load average at start']} -> {out['load average at end']}"]
+def table(out: dict) -> str:
+    """Markdown: per subject the CPU ms median [min] of each variant and its ratio to plain torch;
+    the sweep's CPU ms per row and loss per batch size."""
+    rows = []
     for r in out["per_forward"]:
-        lines.append(f"{r['subject']}, {r['rows']} rows: CPU ms median (min), x plain torch eval")
         for name, t in r["ms"].items():
-            lines.append(f"  {name:45s} {t['median']:9.2f} ({t['min']:.2f})  {r['vs torch eval'][name]:.3f}x")
-        lines.append(f"  losses: {r['losses']}")
+            rows.append(
+                [
+                    r["subject"],
+                    r["rows"],
+                    name,
+                    f"{t['median']:.1f} [{t['min']:.1f}]",
+                    f"{r['vs torch eval'][name]:.2f}x",
+                ]
+            )
+    text = markdown_table(["subject", "rows", "one model's evaluation", "CPU ms median [min]", "vs torch eval"], rows)
     if "chunk_sweep" in out:
         sweep = out["chunk_sweep"]
-        lines.append(f"ResNet-18, one model over {sweep['rows']} rows: CPU ms per row median (min), loss")
-        for name, t in sweep["ms per row"].items():
-            lines.append(f"  {name:12s} {t['median']:8.3f} ({t['min']:.3f})  {sweep['losses'][name]!r}")
-    return "\n".join(lines)
+        rows = [
+            [name, f"{t['median']:.2f} [{t['min']:.2f}]", f"{sweep['losses'][name]:.9f}"]
+            for name, t in sweep["ms per row"].items()
+        ]
+        text += f"\n\nResNet-18, one model over {sweep['rows']} rows, evaluate_module by batch size:\n\n"
+        text += markdown_table(["batch_size", "CPU ms per row median [min]", "loss"], rows)
+    before, after = out["machine"].get("load_average", [float("nan")])[0], out["load_average_after"][0]
+    text += f"\n\n1 torch thread, process CPU time; load average {before:.1f} before, {after:.1f} after."
+    return text
 
 
 if __name__ == "__main__":
