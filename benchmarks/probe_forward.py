@@ -10,10 +10,11 @@ train mode, autograd on, batches of 10; benchmarks/pfllib_round.py). Variants:
 - torch: ``model.eval(); with torch.inference_mode(): cross_entropy(model(X), y)`` on the same
   rows, also with channels_last, and with BatchNorm folded into the preceding convolution (the
   folding itself, made per model, timed with it);
-- PFLlib: its recalculate_loss over batches of 10.
+- PFLlib: its recalculate_loss over batches of 10; and the pfllib preset's evaluation (train
+  mode, batches of 10, no autograd) against plain torch's train-mode forward without autograd.
 
-And, for ResNet-18, the evaluation batch size: the rows of a larger validation set through one
-model whole vs in chunks of 32 / 64 / 128 (CPU time per row).
+And the evaluation batch size: the rows of a larger validation set (ResNet-18: 256, LeNet: 1,024)
+through one model whole vs in chunks of 16 to 256 rows (CPU time per row).
 
 One torch thread, process CPU time, interleaved repeats, median (and min) ms.
 
@@ -39,7 +40,7 @@ from common import interleaved_samples, machine, markdown_table, spread, write_r
 
 import fomo_core  # noqa: E402
 from fomo_core.adapters import torch_evaluate  # noqa: E402
-from fomo_core.adapters.torch import evaluate_module  # noqa: E402
+from fomo_core.adapters.torch import evaluate_batches, evaluate_module  # noqa: E402
 
 CLOCK = time.process_time
 
@@ -96,6 +97,16 @@ def pfllib_loss(model: nn.Module, batches: list) -> float:
     return total / len(batches)
 
 
+def no_grad_train(model: nn.Module, batches: list, channels_last: bool) -> float:
+    """Train-mode losses over the batches without autograd (running statistics move: timing only)."""
+    total = 0.0
+    with torch.inference_mode():
+        for x, t in batches:
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            total += F.cross_entropy(model(x), t).item()
+    return total / len(batches)
+
+
 def per_forward(subject: str, repeats: int) -> dict:
     build, _, (n_train, n_val), _ = SUBJECTS[subject]
     torch.manual_seed(0)
@@ -115,6 +126,7 @@ def per_forward(subject: str, repeats: int) -> dict:
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     X_last = X.contiguous(memory_format=torch.channels_last)
     train_copy = copy.deepcopy(model).train()
+    train_last = copy.deepcopy(train_copy).to(memory_format=torch.channels_last)
     batches = list(loader((X, y), BATCH, drop_last=False))
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     methods = {
@@ -125,7 +137,12 @@ def per_forward(subject: str, repeats: int) -> dict:
         "torch eval, channels_last": lambda: plain(last, X_last, y),
         "PFLlib recalculate_loss": lambda: pfllib_loss(train_copy, batches),
     }
-    if has_bn:
+    if has_bn:  # the pfllib preset's evaluation: train mode (batch statistics), batches of 10, no autograd
+        methods["fomo-core, train mode, batches of 10"] = lambda: (
+            evaluate_batches(model, [server_model], (X, y), batch_size=BATCH, training=True).loss
+        )
+        methods["torch train mode, no autograd, batches of 10"] = lambda: no_grad_train(train_copy, batches, False)
+        methods["same, channels_last"] = lambda: no_grad_train(train_last, batches, True)
         methods["torch eval, BatchNorm folded (fold timed)"] = lambda: plain(folded(model), X, y)
         fold_only = folded(model)
         methods["torch eval, BatchNorm folded (fold untimed)"] = lambda: plain(fold_only, X, y)
@@ -145,21 +162,22 @@ def per_forward(subject: str, repeats: int) -> dict:
     }
 
 
-def chunk_sweep(rows: int, repeats: int, chunks=(None, 32, 64, 128)) -> dict:
-    """ResNet-18, one model, eval mode: CPU ms per row of evaluate_module over `rows` rows with
+def chunk_sweep(subject: str, rows: int, repeats: int, chunks=(None, 16, 32, 64, 128, 256)) -> dict:
+    """One model of ``subject``, eval mode: CPU ms per row of evaluate_module over ``rows`` rows with
     each batch_size (None: all rows in one forward), and the loss each gives."""
     torch.manual_seed(0)
-    model = SUBJECTS["ResNet-18"][0]().eval()
+    model = SUBJECTS[subject][0]().eval()
     g = torch.Generator().manual_seed(2)
     X, y = torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
+    # None: every row in one forward (batch_size = rows; evaluate_module's own default bounds the rows)
+    sizes = {f"batch {c or 'all'}": c or rows for c in chunks}
     methods = {
-        f"batch {c or 'all'}": (lambda c=c: evaluate_module(model, [model], (X, y), batch_size=c).loss) for c in chunks
+        name: (lambda c=c: evaluate_module(model, [model], (X, y), batch_size=c).loss) for name, c in sizes.items()
     }
     samples = interleaved_samples(methods, repeats, warmup=1, clock=CLOCK)
-    losses = {
-        f"batch {c or 'all'}": float(evaluate_module(model, [model], (X, y), batch_size=c).loss[0]) for c in chunks
-    }
+    losses = {name: float(evaluate_module(model, [model], (X, y), batch_size=c).loss[0]) for name, c in sizes.items()}
     return {
+        "subject": subject,
         "rows": rows,
         "ms per row": {name: spread([v / rows for v in s]) for name, s in samples.items()},
         "losses": losses,
@@ -169,7 +187,7 @@ def chunk_sweep(rows: int, repeats: int, chunks=(None, 32, 64, 128)) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--rows", type=int, default=256, help="rows of the ResNet-18 batch-size sweep")
+    parser.add_argument("--rows", type=int, default=256, help="rows of the batch-size sweep (ResNet-18; LeNet 4x)")
     parser.add_argument("--subjects", nargs="*", default=["LeNet CNN", "ResNet-18"])
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/forward.{json,md}")
@@ -183,7 +201,8 @@ def main(argv=None) -> int:
         "per_forward": [per_forward(s, args.repeats) for s in args.subjects],
     }
     if not args.no_sweep:
-        out["chunk_sweep"] = chunk_sweep(args.rows, max(3, args.repeats // 2))
+        reps = max(3, args.repeats * 2 // 3)
+        out["chunk_sweep"] = [chunk_sweep("ResNet-18", args.rows, reps), chunk_sweep("LeNet CNN", 4 * args.rows, reps)]
     out["load_average_after"] = list(os.getloadavg())
     text = table(out)
     print(text)
@@ -208,13 +227,12 @@ def table(out: dict) -> str:
                 ]
             )
     text = markdown_table(["subject", "rows", "one model's evaluation", "CPU ms median [min]", "vs torch eval"], rows)
-    if "chunk_sweep" in out:
-        sweep = out["chunk_sweep"]
+    for sweep in out.get("chunk_sweep", []):
         rows = [
-            [name, f"{t['median']:.2f} [{t['min']:.2f}]", f"{sweep['losses'][name]:.9f}"]
+            [name, f"{t['median']:.3f} [{t['min']:.3f}]", f"{sweep['losses'][name]:.9f}"]
             for name, t in sweep["ms per row"].items()
         ]
-        text += f"\n\nResNet-18, one model over {sweep['rows']} rows, evaluate_module by batch size:\n\n"
+        text += f"\n\n{sweep['subject']}, one model over {sweep['rows']} rows, evaluate_module by batch size:\n\n"
         text += markdown_table(["batch_size", "CPU ms per row median [min]", "loss"], rows)
     before, after = out["machine"].get("load_average", [float("nan")])[0], out["load_average_after"][0]
     text += f"\n\n1 torch thread, process CPU time; load average {before:.1f} before, {after:.1f} after."

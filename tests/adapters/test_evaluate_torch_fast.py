@@ -3,7 +3,8 @@
 - The loop route (inference mode, max_pool2d by strided maxima) gives the plain per-candidate
   loop's losses bit for bit: the same forward, a maximum is exact. A convolutional model's 4-D
   input goes in channels_last (the plain loop below feeds it so); against the NCHW loop that is
-  float32 rounding, bounded as the benchmarks' agreement checks bound it (loss_rtol below).
+  float32 rounding, bounded as the benchmarks' agreement checks bound it (loss_rtol below). So are
+  the default forwards of a convolutional model over a bounded number of rows against one forward.
 - The vmap route and "auto" agree to float32 rounding: rtol 1e-6, because batched convolutions and
   matmuls sum in other orders than the per-candidate kernels (measured below 1e-7 relative).
 - bfloat16 autocast is opt-in and agrees within 2e-2 relative: bfloat16 keeps 8 significant bits
@@ -444,3 +445,55 @@ def test_evaluate_batches_in_train_mode_with_batchnorm_leaves_every_statistic():
         evaluate_batches(models[0], models, (X, y), training=True, method="vmap")
     with pytest.raises(ValueError, match="data holds no samples"):
         evaluate_batches(models[0], models, (X[:0], y[:0]))
+
+
+# --- rows per forward by default -------------------------------------------------------------------
+
+
+def _wide_cnn(seed: int, padding=1) -> nn.Module:
+    torch.manual_seed(seed)  # its first convolution's output: 64 x 32 x 32 float32 = 256 KiB per row
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=padding), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5)
+    ).eval()
+
+
+def test_default_rows_per_forward_keep_the_first_convolution_within_the_budget():
+    from fomo_core.adapters.torch_evaluate import FORWARD_BYTES, _forward_rows
+
+    X = torch.zeros(100, 3, 32, 32)
+    assert _forward_rows(_wide_cnn(0), X) == FORWARD_BYTES // (64 * 32 * 32 * 4) == 16
+    assert _forward_rows(_wide_cnn(0, padding="same"), X) == 16
+    assert _forward_rows(_wide_cnn(0, padding="valid"), X) == FORWARD_BYTES // (64 * 30 * 30 * 4)
+    strided = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.Flatten())
+    assert _forward_rows(strided, X) == FORWARD_BYTES // (8 * 14 * 14 * 4)
+    assert _forward_rows(nn.Sequential(nn.Flatten(), nn.Linear(3072, 2)), X) is None  # no convolution: one forward
+    assert _forward_rows(nn.Sequential(nn.Conv2d(3, 2**20, 1)), X) == 1  # at least one row
+
+
+def test_default_rows_per_forward_agree_with_one_forward_to_float32_rounding():
+    from fomo_core.adapters.torch_evaluate import evaluate_batches
+
+    models = [_wide_cnn(s) for s in range(3)]
+    g = torch.Generator().manual_seed(15)
+    X, y = torch.randn(40, 3, 32, 32, generator=g), torch.randint(0, 5, (40,), generator=g)
+    sds = [m.state_dict() for m in models]
+    ev = evaluate_module(models[0], sds, (X, y), method="loop")
+    assert torch.equal(ev.loss, evaluate_module(models[0], sds, (X, y), method="loop", batch_size=16).loss)
+    whole = evaluate_module(models[0], sds, (X, y), method="loop", batch_size=40)
+    torch.testing.assert_close(ev.loss, whole.loss, rtol=loss_rtol(models[0], 40, 5), atol=0)
+    # the batch losses of batches of 5, three batches (15 rows) per forward, against each batch alone
+    per_batch = evaluate_batches(models[0], sds, (X, y), batch_size=5, method="loop")
+    torch.testing.assert_close(
+        per_batch.loss, _batch_loop(models, X, y, 5, False), rtol=loss_rtol(models[0], 5, 5), atol=0
+    )
+
+
+def test_batches_are_grouped_into_forwards_of_at_most_the_rows_given():
+    from fomo_core.adapters.torch_evaluate import _grouped
+
+    X, y = torch.arange(23.0)[:, None], torch.arange(23)
+    chunks = _grouped(X, y, [5, 5, 5, 5, 3], 11)
+    assert [c[2] for c in chunks] == [(5, 5), (5, 5), (3,)]
+    assert torch.equal(torch.cat([c[0] for c in chunks]), X) and torch.equal(torch.cat([c[1] for c in chunks]), y)
+    assert [c[2] for c in _grouped(X, y, [5, 5, 5, 5, 3], None)] == [(5, 5, 5, 5, 3)]
+    assert [c[2] for c in _grouped(X, y, [20, 3], 4)] == [(20,), (3,)]  # a batch above the rows: its own forward
