@@ -164,13 +164,13 @@ def per_forward(subject: str, repeats: int) -> dict:
 
 def chunk_sweep(subject: str, rows: int, repeats: int, chunks=(None, 16, 32, 64, 128, 256)) -> dict:
     """One model of ``subject``, eval mode: CPU ms per row of evaluate_module over ``rows`` rows with
-    each batch_size (None: all rows in one forward), and the loss each gives."""
+    each batch_size (None: all rows in one forward), and with its default, and the loss each gives."""
     torch.manual_seed(0)
     model = SUBJECTS[subject][0]().eval()
     g = torch.Generator().manual_seed(2)
     X, y = torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g)
-    # None: every row in one forward (batch_size = rows; evaluate_module's own default bounds the rows)
-    sizes = {f"batch {c or 'all'}": c or rows for c in chunks}
+    # "all": every row in one forward; "default": evaluate_module's own (batch_size None)
+    sizes = {"batch default": None, **{f"batch {c or 'all'}": c or rows for c in chunks}}
     methods = {
         name: (lambda c=c: evaluate_module(model, [model], (X, y), batch_size=c).loss) for name, c in sizes.items()
     }
