@@ -17,6 +17,7 @@ import functools
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -76,6 +77,36 @@ def _rows_independent(module: nn.Module, training: bool) -> bool:
         if training and isinstance(m, nn.modules.dropout._DropoutNd):
             return False
     return True
+
+
+# Rows per forward where none is asked for, on the loop route over CPU: a forward over more rows
+# than its activations keep in the caches costs more per row. benchmarks/probe_forward.py (one thread,
+# CPU time per row): ResNet-18 over 256 rows 16.4 ms in forwards of 16-64 rows against 19.4 in one;
+# LeNet over 1,024 rows 0.067 ms in forwards of 256 against 0.091 in one, 0.108 in forwards of 32.
+# Both are near their best where the first convolution's output of one forward is 4 MiB: so the
+# forwards hold as many rows as keep it within that.
+FORWARD_BYTES = 4 << 20
+
+
+def _forward_rows(module: nn.Module, X: torch.Tensor) -> Optional[int]:
+    """How many rows of 4-D input X one forward of ``module`` takes by default: as many as keep its
+    first Conv2d's output within FORWARD_BYTES (at least 1); None (all of them) without a Conv2d."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None or X.ndim != 4:
+        return None
+    size = 1
+    for n, k, s, d, p in zip(X.shape[2:], conv.kernel_size, conv.stride, conv.dilation, _padding(conv)):
+        size *= max(1, (n + 2 * p - d * (k - 1) - 1) // s + 1)
+    return max(1, FORWARD_BYTES // (conv.out_channels * size * X.element_size()))
+
+
+def _padding(conv: nn.Conv2d) -> tuple:
+    """The convolution's padding per side as numbers ("same": half the dilated kernel)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(conv.padding)
 
 
 class _Candidates:
@@ -340,6 +371,13 @@ class _Fused:
         return torch.stack(losses), torch.stack(correct)
 
 
+# Convolutions on CPU run faster over channels_last (NHWC) input: 0.77x of the CPU time on the
+# ResNet-18 and LeNet of benchmarks/probe_forward.py, the same function to float32 rounding. The loop
+# hands 4-D input to a model with convolutions so; a module whose forward cannot take it (a .view
+# of a convolution's output raises) is remembered and gets its input as given.
+_TAKES_CHANNELS_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class _Loop:
     def __init__(self, module: nn.Module, cands: _Candidates, loss_fn: Optional[Callable], training: bool):
         self.module, self.loss_fn = module, loss_fn
@@ -354,6 +392,19 @@ class _Loop:
         self.share = may_call(module, (nn.modules.conv._ConvNd,))
 
     def __call__(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
+        if not (self.share and X.ndim == 4 and X.device.type == "cpu" and _TAKES_CHANNELS_LAST.get(self.module, True)):
+            return self._run(active, X, y, sizes)
+        try:
+            result = self._run(active, X.contiguous(memory_format=torch.channels_last), y, sizes)
+        except RuntimeError:
+            if _TAKES_CHANNELS_LAST.get(self.module):  # it did before: an error of this input
+                raise
+            _TAKES_CHANNELS_LAST[self.module] = False  # e.g. a .view of a convolution's output
+            return self._run(active, X, y, sizes)
+        _TAKES_CHANNELS_LAST[self.module] = True
+        return result
+
+    def _run(self, active: np.ndarray, X: torch.Tensor, y: torch.Tensor, sizes: tuple) -> tuple:
         shared = SharedFirstLayer(self.module, self.states, active if self.share else active[:1], X)
         outs = {}
 
@@ -573,8 +624,11 @@ def evaluate_module(
     data:       a pair (X, y) of tensors, or an iterable of (X, y) batches (a DataLoader)
     loss_fn:    ``loss_fn(output, target)`` returning per-sample losses [b] or the batch mean;
                 default ``torch.nn.functional.cross_entropy``
-    batch_size: rows per forward when data is a tensor pair (default: all of them at once, or
-                ``early_stop.batch_size`` with early stopping)
+    batch_size: rows per forward when data is a tensor pair (default: ``early_stop.batch_size``
+                with early stopping; on the loop route over CPU, a model with a Conv2d gets as
+                many rows per forward as keep its first convolution's output within
+                ``FORWARD_BYTES`` (4 MiB; measured: larger forwards cost more per row, the
+                Benchmarks page); otherwise all of them at once)
     method:     the route:
 
                 - "fused": a dense ``nn.Sequential`` (Linear + ReLU/Tanh/Sigmoid/Identity) with
@@ -582,7 +636,11 @@ def evaluate_module(
                   (:func:`fomo_core.evaluate_candidates`, :func:`dense_spec`), which reads the
                   candidate buffers in place;
                 - "loop": one forward per candidate: the losses of the plain per-candidate loop
-                  (``load_state_dict`` + forward) bit for bit;
+                  (``load_state_dict`` + forward) bit for bit. On CPU a model with
+                  convolutions gets 4-D input in channels_last (faster: about 0.8x the CPU
+                  time of NCHW on a ResNet-18), so bit for bit the plain loop over channels_last
+                  input, and NCHW's losses to float32 rounding; a forward that cannot take
+                  channels_last (a ``.view`` of a convolution's output) gets its input as given;
                 - "vmap": ``torch.func.vmap`` over the candidates, one batched forward (4-D
                   inputs in channels_last); losses to float32 rounding;
                 - "auto" (default): "fused" where it applies, "vmap" on CUDA, and on CPU "loop"
@@ -621,6 +679,8 @@ def evaluate_module(
     runner = _Runner(module, cands, spec, chosen, loss_fn, False)
     tracker = StopTracker(early_stop, M, pair[0].shape[0] if pair is not None else None) if early_stop else None
     order = None
+    if batch_size is None and early_stop is None and pair is not None and chosen == "loop" and device.type == "cpu":
+        batch_size = _forward_rows(module, pair[0])
     if early_stop is not None:
         batch_size = early_stop.batch_size if batch_size is None else batch_size
         if pair is not None:  # a seeded random order: the batches are a random sample of the set
@@ -690,6 +750,20 @@ def _batch_sizes(data: Any, pair: Optional[tuple], batch_size: Optional[int], dr
     return listed, sizes
 
 
+def _grouped(X: torch.Tensor, y: torch.Tensor, sizes: list, most: Optional[int]) -> list:
+    """Forwards of consecutive batches (rows of ``sizes``) of X and y, each of at most ``most``
+    rows but at least one batch (None: one forward): (X rows, y rows, the batches' sizes)."""
+    chunks, start, group, rows = [], 0, [], 0
+    for size in sizes:
+        if group and most is not None and rows + size > most:
+            chunks.append((X[start : start + rows], y[start : start + rows], tuple(group)))
+            start, group, rows = start + rows, [], 0
+        group.append(size)
+        rows += size
+    chunks.append((X[start : start + rows], y[start : start + rows], tuple(group)))
+    return chunks
+
+
 def evaluate_batches(
     module: nn.Module,
     candidates: Any,
@@ -714,9 +788,11 @@ def evaluate_batches(
 
     Where no row's output depends on the others in its batch (eval mode, or train mode without
     BatchNorm or dropout) and data is a tensor pair, all the rows go through each model in one
-    forward and the losses are reduced per batch afterwards: the same batch losses to float32
-    rounding (a forward over more rows may sum in another order), and the memory of a forward
-    over the whole set (give a DataLoader to bound it). Otherwise each batch is its own forward.
+    forward (on the loop route over CPU, a model with a Conv2d: consecutive batches grouped into
+    forwards of at most :func:`evaluate_module`'s default rows) and the losses are reduced per
+    batch afterwards: the same batch losses to float32 rounding (a forward over more rows may sum
+    in another order), and the memory of a forward over the whole set (give a DataLoader to bound
+    it). Otherwise each batch is its own forward.
     Returns a :class:`BatchEvaluation`.
     """
     cands, spec = _checked(module, candidates, method, batch_size, loss_fn, training, autocast)
@@ -732,7 +808,8 @@ def evaluate_batches(
         rows = sum(sizes)
         X, y = pair[0][:rows], pair[1][:rows]
         if _rows_independent(module, training):
-            chunks = [(X, y, tuple(sizes))]
+            most = _forward_rows(module, X) if chosen == "loop" and device.type == "cpu" else None
+            chunks = _grouped(X, y, sizes, most)
         else:
             chunks = [(x, t, (x.shape[0],)) for x, t in zip(X.split(sizes), y.split(sizes))]
     else:

@@ -47,6 +47,19 @@ def _phases(t: dict) -> str:
     return " / ".join(f"{t[p]['median']:.3g}" for p in PHASES) + f" = {t['cpu']['median']:.4g}"
 
 
+def _per_forward(r: dict, subject: str) -> str:
+    """CPU ms per forward of the validation set, fomo-core's own round (M + 3 forwards: the training
+    check's two with the baseline and the M candidates) against PFLlib's (M + 1), per M."""
+    ours_name, _, peer_name = ROUND_CLIENTS
+    parts = []
+    for row in r["rows"]:
+        if row["subject"] == subject:
+            t, m = row["timing"], row["M"]
+            ours, peer = t[ours_name]["eval"]["median"] / (m + 3), t[peer_name]["eval"]["median"] / (m + 1)
+            parts.append(f"{ours:.0f} ms per forward at M = {m} against PFLlib's {peer:.0f} ms")
+    return "; ".join(parts) or "not measured"
+
+
 def round_section(r: dict) -> list:
     ours_name, preset_name, peer_name = ROUND_CLIENTS
     rows = []
@@ -96,13 +109,14 @@ def round_section(r: dict) -> list:
         ),
         "",
         "Training (the same SGD on the same batches; fomo-core steps its flat parameter buffer in one call) is "
-        "most of a round and bounds its ratio. On ResNet-18 the evaluation is convolutions (95% of its time): "
-        "an eval-mode forward without autograd is only somewhat cheaper than PFLlib's train-mode forward with it. "
-        "fomo-core's own round does more than PFLlib's: its training check validates two more models (the model "
-        "before local training, unless the federated update left it as it was, and the trained one; in one call "
-        "where no BatchNorm statistics sit outside the parameters), which on ResNet-18 costs about "
-        "what PFLlib's per-layer aggregation does, and its guard rebalances the improving candidates (one Newton "
-        "solve for all of them), most of its weights + update time on the MLP.",
+        "most of a round and bounds its ratio. fomo-core's own round does more than PFLlib's: its training check "
+        "validates two more models (the model before local training, unless the federated update left it as it "
+        "was, and the trained one), M + 3 forwards of the validation set against PFLlib's M + 1, and its guard "
+        "rebalances the improving candidates (one Newton solve for all of them), most of its weights + update "
+        "time on the MLP. On ResNet-18 the evaluation is convolutions, and fomo-core's forward (eval mode, no "
+        "autograd, the input in channels_last) costs about plain torch's (`benchmarks/probe_forward.py`): "
+        f"{_per_forward(r, 'ResNet-18')}. Its own part there is bounded by the forwards it runs, not by how "
+        "it runs them.",
         "",
         " ".join(f"![{s}](benchmarks/results/round-{s.lower().replace(' ', '-')}.png)" for s in subjects),
         "",

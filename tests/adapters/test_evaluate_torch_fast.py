@@ -1,7 +1,10 @@
 """The faster torch evaluation routes and early stopping (fomo_core.adapters.torch_evaluate).
 
 - The loop route (inference mode, max_pool2d by strided maxima) gives the plain per-candidate
-  loop's losses bit for bit: the same forward, a maximum is exact.
+  loop's losses bit for bit: the same forward, a maximum is exact. A convolutional model's 4-D
+  input goes in channels_last (the plain loop below feeds it so); against the NCHW loop that is
+  float32 rounding, bounded as the benchmarks' agreement checks bound it (loss_rtol below). So are
+  the default forwards of a convolutional model over a bounded number of rows against one forward.
 - The vmap route and "auto" agree to float32 rounding: rtol 1e-6, because batched convolutions and
   matmuls sum in other orders than the per-candidate kernels (measured below 1e-7 relative).
 - bfloat16 autocast is opt-in and agrees within 2e-2 relative: bfloat16 keeps 8 significant bits
@@ -56,8 +59,15 @@ def _models(pool: nn.Module, count: int = 3, size: int = 17):
     return models
 
 
-def _plain_loop(models, X, y):
-    """The per-candidate loop of existing implementations: load_state_dict, eval, forward."""
+def _channels_last(X):
+    """The input layout the loop route gives a convolutional model on CPU."""
+    return X.contiguous(memory_format=torch.channels_last) if X.ndim == 4 else X
+
+
+def _plain_loop(models, X, y, layout=_channels_last):
+    """The per-candidate loop of existing implementations: load_state_dict, eval, forward (the
+    input in ``layout``)."""
+    X = layout(X)
     target = copy.deepcopy(models[0])
     out = []
     with torch.no_grad():
@@ -85,6 +95,56 @@ def test_loop_route_equals_the_plain_loop_bit_for_bit(pool):
     X, y = torch.randn(23, 3, 17, 17, generator=g), torch.randint(0, 5, (23,), generator=g)
     ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
     assert torch.equal(ev.loss, _plain_loop(models, X, y))
+
+
+def loss_rtol(module: nn.Module, rows: int, classes: int) -> float:
+    """Two float32 computations of one mean cross-entropy (other kernels or summation orders): each
+    side rounds the forward's accumulations (the summed fan-in of its linear and convolution
+    layers), the log-sum-exp over the classes and the sum over the rows, relative u = 2^-24 per
+    term (first order)."""
+    fan_in = sum(
+        m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
+        for m in module.modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    )
+    return 2 * (fan_in + classes + rows + 4) * 2.0**-24
+
+
+def test_loop_route_in_channels_last_agrees_with_the_nchw_loop_to_float32_rounding():
+    models = _models(nn.MaxPool2d(2), count=4)
+    g = torch.Generator().manual_seed(12)
+    X, y = torch.randn(29, 3, 17, 17, generator=g), torch.randint(0, 5, (29,), generator=g)
+    ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+    nchw = _plain_loop(models, X, y, layout=lambda x: x)
+    torch.testing.assert_close(ev.loss, nchw, rtol=loss_rtol(models[0], 29, 5), atol=0)
+
+
+class _ViewHead(nn.Module):
+    """A CNN whose forward .view()s a convolution's output: impossible on channels_last input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return self.fc(out.view(out.shape[0], -1))
+
+
+def test_a_forward_that_cannot_take_channels_last_gets_its_input_as_given():
+    from fomo_core.adapters import torch_evaluate
+
+    torch.manual_seed(13)
+    models = [_ViewHead().eval() for _ in range(3)]
+    g = torch.Generator().manual_seed(14)
+    X, y = torch.randn(6, 3, 7, 7, generator=g), torch.randint(0, 3, (6,), generator=g)
+    with pytest.raises(RuntimeError):  # the premise: the forward cannot take channels_last
+        models[0](_channels_last(X))
+    for _ in range(2):  # found out on the first call, remembered for the second
+        ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
+        assert torch.equal(ev.loss, _plain_loop(models, X, y, layout=lambda x: x))
+    assert torch_evaluate._TAKES_CHANNELS_LAST[models[0]] is False
 
 
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 9, 7), (2, 2)), ((3, 8, 8), (3, 3)), ((1, 2, 5, 6), (2, 3))])
@@ -246,13 +306,16 @@ def test_rows_of_one_buffer_are_read_in_place():
 
 
 def test_shared_first_layer_is_used_and_keeps_the_loop_bit_for_bit():
-    from fomo_core.adapters import _torch_fast
+    from fomo_core.adapters import _torch_fast, torch_evaluate
 
     models = _models(nn.MaxPool2d(2), count=4)
+    # in NCHW (a forward that cannot take channels_last), where the wide call of this layer gives
+    # each candidate's output bit for bit (over channels_last input it does not for this layer)
+    torch_evaluate._TAKES_CHANNELS_LAST[models[0]] = False
     g = torch.Generator().manual_seed(7)
     X, y = torch.randn(11, 3, 17, 17, generator=g), torch.randint(0, 5, (11,), generator=g)
     ev = evaluate_module(models[0], [m.state_dict() for m in models], (X, y), method="loop")
-    assert torch.equal(ev.loss, _plain_loop(models, X, y))
+    assert torch.equal(ev.loss, _plain_loop(models, X, y, layout=lambda x: x))
     layer = _torch_fast.SharedFirstLayer.layers[models[0]][(tuple(X.shape), X.dtype, X.device, False)]
     assert layer[0] is F.conv2d and layer[1] == "0.weight" and layer[2] == "0.bias"  # found the first conv
     key = (F.conv2d, (4, 3, 3, 3), tuple(X.shape), X.dtype, X.device, 4, torch.get_num_threads())
@@ -339,7 +402,10 @@ def _batch_loop(models, X, y, size, training):
         for m in models:
             net = copy.deepcopy(m).train(training)
             out.append(
-                [F.cross_entropy(net(X[i : i + size]), y[i : i + size]).double() for i in range(0, len(y), size)]
+                [
+                    F.cross_entropy(net(_channels_last(X[i : i + size])), y[i : i + size]).double()
+                    for i in range(0, len(y), size)
+                ]
             )
     return torch.tensor(out, dtype=torch.float64).T
 
@@ -379,3 +445,55 @@ def test_evaluate_batches_in_train_mode_with_batchnorm_leaves_every_statistic():
         evaluate_batches(models[0], models, (X, y), training=True, method="vmap")
     with pytest.raises(ValueError, match="data holds no samples"):
         evaluate_batches(models[0], models, (X[:0], y[:0]))
+
+
+# --- rows per forward by default -------------------------------------------------------------------
+
+
+def _wide_cnn(seed: int, padding=1) -> nn.Module:
+    torch.manual_seed(seed)  # its first convolution's output: 64 x 32 x 32 float32 = 256 KiB per row
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=padding), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5)
+    ).eval()
+
+
+def test_default_rows_per_forward_keep_the_first_convolution_within_the_budget():
+    from fomo_core.adapters.torch_evaluate import FORWARD_BYTES, _forward_rows
+
+    X = torch.zeros(100, 3, 32, 32)
+    assert _forward_rows(_wide_cnn(0), X) == FORWARD_BYTES // (64 * 32 * 32 * 4) == 16
+    assert _forward_rows(_wide_cnn(0, padding="same"), X) == 16
+    assert _forward_rows(_wide_cnn(0, padding="valid"), X) == FORWARD_BYTES // (64 * 30 * 30 * 4)
+    strided = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.Flatten())
+    assert _forward_rows(strided, X) == FORWARD_BYTES // (8 * 14 * 14 * 4)
+    assert _forward_rows(nn.Sequential(nn.Flatten(), nn.Linear(3072, 2)), X) is None  # no convolution: one forward
+    assert _forward_rows(nn.Sequential(nn.Conv2d(3, 2**20, 1)), X) == 1  # at least one row
+
+
+def test_default_rows_per_forward_agree_with_one_forward_to_float32_rounding():
+    from fomo_core.adapters.torch_evaluate import evaluate_batches
+
+    models = [_wide_cnn(s) for s in range(3)]
+    g = torch.Generator().manual_seed(15)
+    X, y = torch.randn(40, 3, 32, 32, generator=g), torch.randint(0, 5, (40,), generator=g)
+    sds = [m.state_dict() for m in models]
+    ev = evaluate_module(models[0], sds, (X, y), method="loop")
+    assert torch.equal(ev.loss, evaluate_module(models[0], sds, (X, y), method="loop", batch_size=16).loss)
+    whole = evaluate_module(models[0], sds, (X, y), method="loop", batch_size=40)
+    torch.testing.assert_close(ev.loss, whole.loss, rtol=loss_rtol(models[0], 40, 5), atol=0)
+    # the batch losses of batches of 5, three batches (15 rows) per forward, against each batch alone
+    per_batch = evaluate_batches(models[0], sds, (X, y), batch_size=5, method="loop")
+    torch.testing.assert_close(
+        per_batch.loss, _batch_loop(models, X, y, 5, False), rtol=loss_rtol(models[0], 5, 5), atol=0
+    )
+
+
+def test_batches_are_grouped_into_forwards_of_at_most_the_rows_given():
+    from fomo_core.adapters.torch_evaluate import _grouped
+
+    X, y = torch.arange(23.0)[:, None], torch.arange(23)
+    chunks = _grouped(X, y, [5, 5, 5, 5, 3], 11)
+    assert [c[2] for c in chunks] == [(5, 5), (5, 5), (3,)]
+    assert torch.equal(torch.cat([c[0] for c in chunks]), X) and torch.equal(torch.cat([c[1] for c in chunks]), y)
+    assert [c[2] for c in _grouped(X, y, [5, 5, 5, 5, 3], None)] == [(5, 5, 5, 5, 3)]
+    assert [c[2] for c in _grouped(X, y, [20, 3], 4)] == [(20,), (3,)]  # a batch above the rows: its own forward
