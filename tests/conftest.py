@@ -25,6 +25,13 @@ settings.register_profile(
 settings.load_profile("fomo")
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The long tests (marked ``slow``) first, the rest in their order: under pytest-xdist they
+    then start at once beside the short ones, instead of leaving one worker running them alone at
+    the end while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def restore_threads():
     """Leaves fomo_core's OpenMP thread count as the test found it."""
