@@ -37,6 +37,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_round import BATCH, SUBJECTS, data, loader  # noqa: E402
 from common import interleaved_samples, machine, markdown_table, spread, write_results  # noqa: E402
+from pfllib_round import PFLlibStyleClient  # noqa: E402
 
 import fomo_core  # noqa: E402
 from fomo_core.adapters import torch_evaluate  # noqa: E402
@@ -89,14 +90,6 @@ def plain(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
         return float(F.cross_entropy(model(X), y, reduction="sum"))
 
 
-def pfllib_loss(model: nn.Module, batches: list) -> float:
-    """PFLlib's recalculate_loss (clientfomo.py:139-151): train mode, autograd, mean of batch losses."""
-    total = 0.0
-    for x, t in batches:
-        total += F.cross_entropy(model(x), t).item()
-    return total / len(batches)
-
-
 def no_grad_train(model: nn.Module, batches: list, channels_last: bool) -> float:
     """Train-mode losses over the batches without autograd (running statistics move: timing only)."""
     total = 0.0
@@ -128,6 +121,7 @@ def per_forward(subject: str, repeats: int) -> dict:
     train_copy = copy.deepcopy(model).train()
     train_last = copy.deepcopy(train_copy).to(memory_format=torch.channels_last)
     batches = list(loader((X, y), BATCH, drop_last=False))
+    pfllib = PFLlibStyleClient(copy.deepcopy(train_copy), [], batches, num_clients=1)  # its val batches
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     methods = {
         "torch eval": lambda: plain(model, X, y),
@@ -135,7 +129,7 @@ def per_forward(subject: str, repeats: int) -> dict:
         "fomo-core, a flat vector": lambda: evaluate_module(model, [flat], (X, y)).loss,
         "fomo-core, a module, NCHW input": lambda: evaluate_module(nchw, [server_model], (X, y)).loss,
         "torch eval, channels_last": lambda: plain(last, X_last, y),
-        "PFLlib recalculate_loss": lambda: pfllib_loss(train_copy, batches),
+        "PFLlib recalculate_loss": lambda: pfllib.recalculate_loss(train_copy),
     }
     if has_bn:  # the pfllib preset's evaluation: train mode (batch statistics), batches of 10, no autograd
         methods["fomo-core, train mode, batches of 10"] = lambda: (
